@@ -1,0 +1,66 @@
+"""meshstats: Istio Telemetry V2 (peer metadata exchange + stats plugin) for Python.
+
+>>> import meshstats
+>>> store = meshstats.Store()
+>>> req = store.counter("istio_requests_total", "Requests.", ("reporter",))
+>>> store.inc(store.series(req, ("source",)))
+>>> b'istio_requests_total{reporter="source"} 1' in store.render()
+True
+
+``meshstats.HAS_EXTENSION`` says whether the compiled core is in use; set
+``MESHSTATS_NO_EXTENSIONS=1`` before import to force the pure-Python twins.
+"""
+
+from __future__ import annotations
+
+from . import _peer_exchange, _store
+from ._peer_exchange import (
+    PeerExchange,
+    PeerPrefixDecoder,
+    decode_peer_header,
+    decode_peer_prefix,
+    encode_peer_header,
+    encode_peer_prefix,
+)
+from ._store import DEFAULT_BUCKETS, Store
+from .errors import (
+    ArrayTypeError,
+    BatchShapeError,
+    ConfigError,
+    DuplicateMetricError,
+    ExpressionError,
+    InvalidLabelsError,
+    InvalidMetricError,
+    InvalidSampleError,
+    MeshstatsError,
+    PeerExchangeError,
+    UnknownSeriesError,
+)
+
+#: True when every compiled module loaded (neither disabled nor missing).
+HAS_EXTENSION: bool = bool(_store.COMPILED and _peer_exchange.COMPILED)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "HAS_EXTENSION",
+    "ArrayTypeError",
+    "BatchShapeError",
+    "ConfigError",
+    "DuplicateMetricError",
+    "ExpressionError",
+    "InvalidLabelsError",
+    "InvalidMetricError",
+    "InvalidSampleError",
+    "MeshstatsError",
+    "PeerExchange",
+    "PeerExchangeError",
+    "PeerPrefixDecoder",
+    "Store",
+    "UnknownSeriesError",
+    "decode_peer_header",
+    "decode_peer_prefix",
+    "encode_peer_header",
+    "encode_peer_prefix",
+]

@@ -1,0 +1,104 @@
+"""The one exception hierarchy, shared by the compiled and the pure-Python backends.
+
+Every class also subclasses the builtin a caller would naturally catch, so
+``except ValueError`` keeps working for code that does not know meshstats.
+
+>>> from meshstats.errors import MeshstatsError, InvalidSampleError
+>>> try:
+...     raise InvalidSampleError("amount must be >= 0, got -1")
+... except ValueError as exc:
+...     isinstance(exc, MeshstatsError)
+True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MeshstatsError",
+    "InvalidSampleError",
+    "UnknownSeriesError",
+    "InvalidMetricError",
+    "DuplicateMetricError",
+    "InvalidLabelsError",
+    "ArrayTypeError",
+    "BatchShapeError",
+    "PeerExchangeError",
+    "ConfigError",
+    "ExpressionError",
+]
+
+
+class MeshstatsError(Exception):
+    """Base class of every error meshstats raises on purpose."""
+
+
+class InvalidSampleError(MeshstatsError, ValueError):
+    """A recorded value makes no sense for its metric (negative counter step, NaN, ...)."""
+
+
+class UnknownSeriesError(MeshstatsError, IndexError, ValueError):
+    """A series or metric id that the store never handed out."""
+
+    def __init__(self, message: str, series_id: int | None = None) -> None:
+        super().__init__(message)
+        self.series_id = series_id
+
+
+class InvalidMetricError(MeshstatsError, ValueError):
+    """A metric definition is malformed (bad name, bad buckets, bad label names)."""
+
+
+class DuplicateMetricError(InvalidMetricError):
+    """A metric family with the same exposed name is already registered."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class InvalidLabelsError(MeshstatsError, ValueError):
+    """Label values do not match the metric's label names (count or type)."""
+
+
+class ArrayTypeError(MeshstatsError, TypeError):
+    """A batch argument is not a 1-D buffer of an accepted dtype."""
+
+
+class BatchShapeError(MeshstatsError, ValueError):
+    """Batch arguments disagree in length."""
+
+
+class PeerExchangeError(MeshstatsError, ValueError):
+    """Peer metadata could not be decoded.
+
+    ``offset`` is the byte position (from the start of the input given to the decoder)
+    where the problem was found; ``reason`` is a short machine-readable code such as
+    ``"bad_magic"``, ``"truncated"`` or ``"oversize"``.
+    """
+
+    def __init__(self, reason: str, offset: int, detail: str = "") -> None:
+        self.reason = reason
+        self.offset = offset
+        self.detail = detail
+        text = f"{reason} at byte {offset}"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+    def __reduce__(self) -> tuple[type[PeerExchangeError], tuple[str, int, str]]:
+        return (type(self), (self.reason, self.offset, self.detail))
+
+
+class ConfigError(MeshstatsError, ValueError):
+    """A stats configuration is invalid; ``field`` names where (``metrics[2].dimensions``)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class ExpressionError(MeshstatsError, ValueError):
+    """An attribute expression failed to parse; ``column`` is 1-based."""
+
+    def __init__(self, message: str, expression: str = "", column: int = 0) -> None:
+        super().__init__(f"{message} (column {column} of {expression!r})" if column else message)
+        self.expression = expression
+        self.column = column

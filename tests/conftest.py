@@ -1,0 +1,83 @@
+"""Every test that touches compiled code runs against both backends.
+
+Use the ``backend`` fixture: it is parametrized over ``c`` (the Cython modules) and
+``py`` (the pure-Python twins) and gives the modules of that backend::
+
+    def test_inc(backend):
+        store = backend.store.Store()
+
+The ``c`` cases carry the ``c_extension`` marker. They are deselected (not skipped) when
+``MESHSTATS_NO_EXTENSIONS=1`` is set or ``--no-c-extensions`` is given; otherwise a missing
+compiled module is an error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import pytest
+
+from meshstats._backend import extensions_disabled
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    store: ModuleType
+    peer_exchange: ModuleType
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _load(name: str) -> Backend:
+    suffix = "_c" if name == "c" else "_py"
+    return Backend(
+        name=name,
+        store=importlib.import_module(f"meshstats._store{suffix}"),
+        peer_exchange=importlib.import_module(f"meshstats._peer_exchange{suffix}"),
+    )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-c-extensions",
+        action="store_true",
+        help="run only the pure-Python backend",
+    )
+
+
+def _c_disabled(config: pytest.Config) -> bool:
+    return bool(config.getoption("--no-c-extensions")) or extensions_disabled()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _c_disabled(config):
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("c_extension") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(
+    scope="session",
+    params=[pytest.param("c", marks=pytest.mark.c_extension), "py"],
+)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return _load(request.param)
+
+
+@pytest.fixture(scope="session")
+def c_backend() -> Backend:
+    """The compiled backend alone, for differential tests (mark them ``c_extension``)."""
+    return _load("c")
+
+
+@pytest.fixture(scope="session")
+def py_backend() -> Backend:
+    return _load("py")
