@@ -23,6 +23,7 @@ __all__ = [
     "ArrayTypeError",
     "BatchShapeError",
     "PeerExchangeError",
+    "PeerMetadataTypeError",
     "ConfigError",
     "ExpressionError",
 ]
@@ -85,6 +86,15 @@ class PeerExchangeError(MeshstatsError, ValueError):
 
     def __reduce__(self) -> tuple[type[PeerExchangeError], tuple[str, int, str]]:
         return (type(self), (self.reason, self.offset, self.detail))
+
+
+class PeerMetadataTypeError(MeshstatsError, TypeError):
+    """Peer metadata holds something a protobuf ``Struct`` cannot carry.
+
+    Raised when encoding: a non-``str`` key, a value of an unsupported type (bytes,
+    set, numpy ints, ...), a ``str`` with lone surrogates, an ``int`` too large for a
+    double, or nesting deeper than ``MAX_DEPTH`` (which also stops cyclic containers).
+    """
 
 
 class ConfigError(MeshstatsError, ValueError):
