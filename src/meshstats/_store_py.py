@@ -1,4 +1,687 @@
-# PLACEHOLDER: replaced by the pure-Python store (see docs/store.md).
-DEFAULT_BUCKETS = ()
-class Store:  # noqa: D101
-    pass
+"""The series store in pure Python: the fallback twin of ``_store_c`` (see ``docs/store.md``).
+
+>>> from meshstats._store_py import Store
+>>> store = Store()
+>>> req = store.counter("istio_requests_total", "Requests.", ("reporter", "response_code"))
+>>> s = store.series(req, ("source", "200"))
+>>> store.inc(s)
+>>> store.inc(s, 4)
+>>> store.value(s)
+5
+>>> print(store.render().decode(), end="")
+# HELP istio_requests_total Requests.
+# TYPE istio_requests_total counter
+istio_requests_total{reporter="source",response_code="200"} 5
+
+Every rule (ids, validation, overflow series, exposition bytes) is the one the compiled
+store follows, so the two are interchangeable. Where the compiled store uses C11 atomics,
+this twin takes one ``threading.Lock`` per update: no update is lost, but threads do not
+record in parallel here.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import sys
+import threading
+from bisect import bisect_left, insort
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _render_py
+from ._render_py import OVERFLOW_FAMILY, OVERFLOW_HELP, HistogramValue, Snapshot, SnapshotEntry
+from .errors import (
+    ArrayTypeError,
+    BatchShapeError,
+    DuplicateMetricError,
+    InvalidLabelsError,
+    InvalidMetricError,
+    InvalidSampleError,
+    UnknownSeriesError,
+)
+
+__all__ = ["DEFAULT_BUCKETS", "Store"]
+
+#: Envoy's default histogram bounds (``histogram_impl.cc::defaultBuckets``), used by Istio.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    10000.0, 30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+)  # fmt: skip
+
+_COUNTER, _GAUGE, _HISTOGRAM = 0, 1, 2
+_KIND_NAMES = ("counter", "gauge", "histogram")
+_U64_MAX = (1 << 64) - 1
+_OVERFLOW_VALUE = "__overflow__"
+_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_INT_DTYPES = frozenset(np.dtype(t) for t in ("int32", "int64", "uint32", "uint64"))
+_FLOAT_DTYPES = frozenset(np.dtype(t) for t in ("float64", "float32")) | _INT_DTYPES
+# Non-histogram series share these empty placeholders: their kind byte keeps them unused.
+_NO_COUNTS: list[int] = []
+_NO_BOUNDS: tuple[float, ...] = ()
+
+
+class _Metric:
+    __slots__ = (
+        "id", "name", "family", "kind", "help", "label_names", "buckets", "max_series",
+        "index", "series_ids", "real_count", "overflow_key", "overflow_id", "overflow_count",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        metric_id: int,
+        name: str,
+        kind: int,
+        help_text: str,
+        label_names: tuple[str, ...],
+        buckets: tuple[float, ...],
+        max_series: int,
+    ) -> None:
+        self.id = metric_id
+        self.name = name
+        self.family = _render_py.openmetrics_family(name, _KIND_NAMES[kind])
+        self.kind = kind
+        self.help = help_text
+        self.label_names = label_names
+        self.buckets = buckets
+        self.max_series = max_series
+        # Label values -> series id, the overflow series included once it exists.
+        self.index: dict[tuple[str, ...], int] = {}
+        self.series_ids: list[int] = []
+        self.real_count = 0
+        # With no labels the only label set, (), is a real series: nothing can overflow.
+        self.overflow_key = (_OVERFLOW_VALUE,) * len(label_names) if label_names else None
+        self.overflow_id = -1
+        self.overflow_count = 0
+
+
+def _index_arg(value: object, param: str, error: type[Exception]) -> int:
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise error(f"{param} must be an integer, got {type(value).__name__}") from None
+
+
+def _real_arg(value: object, param: str) -> float:
+    """``float(value)`` for real numbers only: ``float("1.5")`` must not sneak through."""
+    if isinstance(value, (str, bytes, bytearray, memoryview)) or not (
+        hasattr(value, "__float__") or hasattr(value, "__index__")
+    ):
+        raise InvalidSampleError(f"{param} must be a real number, got {type(value).__name__}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise InvalidSampleError(f"{param} must be a real number: {exc}") from None
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _batch_array(obj: object, param: str, dtypes: frozenset[np.dtype[Any]]) -> npt.NDArray[Any]:
+    try:
+        view = memoryview(obj)  # type: ignore[arg-type]
+    except TypeError:
+        raise ArrayTypeError(
+            f"{param} must be a 1-D buffer (numpy array, array.array, memoryview), "
+            f"got {type(obj).__name__}"
+        ) from None
+    if view.ndim != 1:
+        raise ArrayTypeError(f"{param} must be 1-D, got {view.ndim} dimensions")
+    arr = obj if isinstance(obj, np.ndarray) else np.asarray(view)
+    if arr.dtype not in dtypes:
+        allowed = ", ".join(sorted(str(d) for d in dtypes))
+        raise ArrayTypeError(f"{param} has dtype {arr.dtype}, expected one of {allowed}")
+    return arr
+
+
+class Store:
+    """Counters, gauges and histograms keyed by small integer series ids.
+
+    >>> store = Store(default_max_series=2)
+    >>> dur = store.histogram("d", "Duration.", ("code",), buckets=(1, 10))
+    >>> store.observe(store.series(dur, ("200",)), 3.0)
+    >>> store.histogram_value(store.series(dur, ("200",)))
+    ((0, 1, 0), 3.0)
+
+    Parameters
+    ----------
+    default_max_series
+        The cardinality bound of metrics registered without ``max_series``.
+    """
+
+    def __init__(self, default_max_series: int = 100_000) -> None:
+        self._default_max_series = self._check_max_series(default_max_series, "default_max_series")
+        self._lock = threading.Lock()
+        self._metrics: list[_Metric] = []
+        # Sorted (name, metric id) pairs: exposition order without sorting at every scrape.
+        self._order: list[tuple[str, int]] = []
+        self._taken: set[str] = {OVERFLOW_FAMILY, OVERFLOW_FAMILY[:-6]}
+        # One entry per series id; the kind byte is appended last, so a series whose kind
+        # is visible has all its other slots in place (readers check it without the lock).
+        self._kind = bytearray()
+        self._metric_of: list[int] = []
+        self._labels: list[tuple[str, ...]] = []
+        self._vals: list[Any] = []  # counter int, gauge float, histogram sum
+        self._counts: list[list[int]] = []
+        self._bounds: list[tuple[float, ...]] = []  # the metric's own tuple, shared
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def counter(
+        self,
+        name: str,
+        help: str = "",  # noqa: A002 - the contract's parameter name
+        labels: Sequence[str] = (),
+        *,
+        max_series: int | None = None,
+    ) -> int:
+        """Register a counter; returns its metric id.
+
+        >>> Store().counter("istio_requests_total", "Requests.", ("reporter",))
+        0
+        """
+        return self._register(_COUNTER, name, help, labels, (), max_series)
+
+    def gauge(
+        self,
+        name: str,
+        help: str = "",  # noqa: A002
+        labels: Sequence[str] = (),
+        *,
+        max_series: int | None = None,
+    ) -> int:
+        """Register a gauge; returns its metric id.
+
+        >>> Store().gauge("istio_build", "Build.", ("component", "tag"))
+        0
+        """
+        return self._register(_GAUGE, name, help, labels, (), max_series)
+
+    def histogram(
+        self,
+        name: str,
+        help: str = "",  # noqa: A002
+        labels: Sequence[str] = (),
+        *,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        max_series: int | None = None,
+    ) -> int:
+        """Register a histogram with finite, strictly increasing ``buckets`` (+Inf implied).
+
+        >>> Store().histogram("istio_request_bytes", "Bytes.", (), buckets=(1, 10, 100))
+        0
+        """
+        return self._register(
+            _HISTOGRAM, name, help, labels, self._check_buckets(buckets), max_series
+        )
+
+    @staticmethod
+    def _check_max_series(value: object, param: str) -> int:
+        number = _index_arg(value, param, InvalidMetricError)
+        if number < 1:
+            raise InvalidMetricError(f"{param} must be >= 1, got {number}")
+        return number
+
+    @staticmethod
+    def _check_buckets(buckets: object) -> tuple[float, ...]:
+        if isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__"):
+            raise InvalidMetricError(
+                f"buckets must be a sequence of numbers, got {type(buckets).__name__}"
+            )
+        bounds: list[float] = []
+        for i, bound in enumerate(buckets):
+            try:
+                value = _real_arg(bound, f"buckets[{i}]")
+            except InvalidSampleError as exc:
+                raise InvalidMetricError(str(exc)) from None
+            if not math.isfinite(value):
+                raise InvalidMetricError(
+                    f"buckets[{i}] must be finite, got {value!r} (+Inf is implicit)"
+                )
+            if bounds and value <= bounds[-1]:
+                raise InvalidMetricError(
+                    f"buckets must be strictly increasing: buckets[{i}] = {value!r} "
+                    f"after {bounds[-1]!r}"
+                )
+            bounds.append(value)
+        if not bounds:
+            raise InvalidMetricError("buckets must hold at least one bound")
+        return tuple(bounds)
+
+    def _register(
+        self,
+        kind: int,
+        name: object,
+        help_text: object,
+        labels: object,
+        buckets: tuple[float, ...],
+        max_series: int | None,
+    ) -> int:
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise InvalidMetricError(f"name must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {name!r}")
+        if kind == _COUNTER and name == "_total":
+            raise InvalidMetricError("name '_total' leaves an empty OpenMetrics family name")
+        if not isinstance(help_text, str):
+            raise InvalidMetricError(f"help must be a str, got {type(help_text).__name__}")
+        if not _utf8_ok(help_text):
+            raise InvalidMetricError("help must be encodable as UTF-8 (no lone surrogates)")
+        label_names = self._check_label_names(labels, kind)
+        limit = (
+            self._default_max_series
+            if max_series is None
+            else self._check_max_series(max_series, "max_series")
+        )
+        name = str(name)
+        family = _render_py.openmetrics_family(name, _KIND_NAMES[kind])
+        with self._lock:
+            for taken in (name, family):
+                if taken in self._taken:
+                    raise DuplicateMetricError(
+                        f"a metric family named {taken!r} is already registered", name=taken
+                    )
+            metric = _Metric(len(self._metrics), name, kind, help_text, label_names, buckets, limit)
+            self._metrics.append(metric)
+            self._taken.update((name, family))
+            insort(self._order, (name, metric.id))
+            return metric.id
+
+    @staticmethod
+    def _check_label_names(labels: object, kind: int) -> tuple[str, ...]:
+        if not isinstance(labels, (tuple, list)):
+            raise InvalidMetricError(
+                f"labels must be a tuple or list of str, got {type(labels).__name__}"
+            )
+        names: list[str] = []
+        for i, label in enumerate(labels):
+            if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
+                raise InvalidMetricError(
+                    f"labels[{i}] must match [a-zA-Z_][a-zA-Z0-9_]*, got {label!r}"
+                )
+            if label.startswith("__"):
+                raise InvalidMetricError(
+                    f"labels[{i}] = {label!r}: names starting '__' are reserved"
+                )
+            if kind == _HISTOGRAM and label == "le":
+                raise InvalidMetricError(f"labels[{i}] = 'le' is reserved for histogram buckets")
+            if label in names:
+                raise InvalidMetricError(f"labels[{i}] = {label!r} is given twice")
+            names.append(str(label))
+        return tuple(names)
+
+    def _metric(self, metric: object) -> _Metric:
+        number = metric if type(metric) is int else _index_arg(metric, "metric", UnknownSeriesError)
+        metrics = self._metrics
+        if not 0 <= number < len(metrics):
+            raise UnknownSeriesError(f"no metric with id {number}", number)
+        return metrics[number]
+
+    # -- series ------------------------------------------------------------------------------
+
+    def series(self, metric: int, values: Sequence[str]) -> int:
+        """The series id of ``values`` (one ``str`` per label) in ``metric``; stable.
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("code",))
+        >>> store.series(m, ("200",)), store.series(m, ["404"]), store.series(m, ("200",))
+        (0, 1, 0)
+        """
+        m = self._metric(metric)
+        if type(values) is tuple:
+            try:
+                found = m.index.get(values)
+            except TypeError:  # unhashable member: validation below says what is wrong
+                found = None
+            if found is not None:
+                return found
+        key = self._check_values(m, values)
+        with self._lock:
+            found = m.index.get(key)
+            if found is not None:
+                return found
+            if key == m.overflow_key:
+                return self._overflow_series(m)
+            if m.real_count >= m.max_series:
+                m.overflow_count += 1
+                return self._overflow_series(m)
+            m.real_count += 1
+            return self._new_series(m, key)
+
+    @staticmethod
+    def _check_values(m: _Metric, values: object) -> tuple[str, ...]:
+        if not isinstance(values, (tuple, list)):
+            raise InvalidLabelsError(
+                f"values must be a tuple or list of str, got {type(values).__name__}"
+            )
+        if len(values) != len(m.label_names):
+            raise InvalidLabelsError(
+                f"values has {len(values)} items but metric {m.name!r} has "
+                f"{len(m.label_names)} labels {m.label_names!r}"
+            )
+        key: list[str] = []
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                raise InvalidLabelsError(
+                    f"values[{i}] (label {m.label_names[i]!r}) must be a str, "
+                    f"got {type(value).__name__}"
+                )
+            if not _utf8_ok(value):
+                raise InvalidLabelsError(
+                    f"values[{i}] (label {m.label_names[i]!r}) must be encodable as UTF-8"
+                )
+            key.append(value if type(value) is str else str.__str__(value))
+        return tuple(key)
+
+    def _overflow_series(self, m: _Metric) -> int:
+        # Called with the lock held.
+        if m.overflow_id < 0:
+            assert m.overflow_key is not None
+            m.overflow_id = self._new_series(m, m.overflow_key)
+        return m.overflow_id
+
+    def _new_series(self, m: _Metric, key: tuple[str, ...]) -> int:
+        # Called with the lock held.
+        sid = len(self._kind)
+        if m.kind == _HISTOGRAM:
+            self._vals.append(0.0)
+            self._counts.append([0] * (len(m.buckets) + 1))
+            self._bounds.append(m.buckets)
+        else:
+            self._vals.append(0 if m.kind == _COUNTER else 0.0)
+            self._counts.append(_NO_COUNTS)
+            self._bounds.append(_NO_BOUNDS)
+        self._labels.append(key)
+        self._metric_of.append(m.id)
+        m.series_ids.append(sid)
+        m.index[key] = sid
+        self._kind.append(m.kind)  # last: publishes the series to lock-free readers
+        return sid
+
+    def _series_arg(self, series: object, kind: int, method: str) -> int:
+        """Slow path of the recorders: convert ``series`` and explain what is wrong."""
+        sid = series if type(series) is int else _index_arg(series, "series", UnknownSeriesError)
+        if not 0 <= sid < len(self._kind):
+            raise UnknownSeriesError(f"no series with id {sid}", sid)
+        actual = self._kind[sid]
+        if kind >= 0 and actual != kind:
+            raise InvalidSampleError(
+                f"series {sid} is a {_KIND_NAMES[actual]}; {method}() needs a {_KIND_NAMES[kind]}"
+            )
+        return sid
+
+    def series_count(self, metric: int) -> int:
+        """How many real series ``metric`` holds (the overflow series not counted)."""
+        return self._metric(metric).real_count
+
+    def overflow_count(self, metric: int) -> int:
+        """How many ``series()`` calls were folded into ``metric``'s overflow series."""
+        return self._metric(metric).overflow_count
+
+    def labels(self, series: int) -> tuple[str, ...]:
+        """The label values of ``series``.
+
+        >>> store = Store()
+        >>> store.labels(store.series(store.gauge("g", "", ("a",)), ("x",)))
+        ('x',)
+        """
+        return self._labels[self._series_arg(series, -1, "labels")]
+
+    def metric_of(self, series: int) -> int:
+        """The metric id ``series`` belongs to."""
+        return self._metric_of[self._series_arg(series, -1, "metric_of")]
+
+    # -- recording -----------------------------------------------------------------------
+
+    def inc(self, series: int, n: int = 1) -> None:
+        """Add ``n`` (``0 <= n < 2**64``) to a counter series.
+
+        >>> store = Store()
+        >>> s = store.series(store.counter("c_total"), ())
+        >>> store.inc(s); store.inc(s, 2); store.value(s)
+        3
+        """
+        if type(n) is not int or n < 0 or n > _U64_MAX:
+            n = self._check_amount(n)
+        kind = self._kind
+        if type(series) is not int or not 0 <= series < len(kind) or kind[series] != _COUNTER:
+            series = self._series_arg(series, _COUNTER, "inc")
+        vals = self._vals
+        with self._lock:
+            total = vals[series] + n
+            vals[series] = total if total <= _U64_MAX else total & _U64_MAX
+
+    @staticmethod
+    def _check_amount(n: object) -> int:
+        number = _index_arg(n, "n", InvalidSampleError)
+        if not 0 <= number <= _U64_MAX:
+            raise InvalidSampleError(f"n must be in [0, 2**64), got {number}")
+        return number
+
+    def set(self, series: int, v: float) -> None:
+        """Set a gauge series to ``v`` (any float, NaN and infinities included)."""
+        if type(v) is not float:
+            v = _real_arg(v, "v")
+        kind = self._kind
+        if type(series) is not int or not 0 <= series < len(kind) or kind[series] != _GAUGE:
+            series = self._series_arg(series, _GAUGE, "set")
+        # One list store is atomic: no lock needed for a plain overwrite.
+        self._vals[series] = v
+
+    def observe(self, series: int, v: float) -> None:
+        """Record ``v`` in a histogram series (``le`` inclusive; NaN is rejected).
+
+        >>> store = Store()
+        >>> s = store.series(store.histogram("h", buckets=(1, 2)), ())
+        >>> store.observe(s, 1.0); store.observe(s, 1.5); store.observe(s, float("inf"))
+        >>> store.histogram_value(s)
+        ((1, 1, 1), inf)
+        """
+        if type(v) is not float:
+            v = _real_arg(v, "v")
+        if v != v:
+            raise InvalidSampleError("v must not be NaN")
+        kind = self._kind
+        if type(series) is not int or not 0 <= series < len(kind) or kind[series] != _HISTOGRAM:
+            series = self._series_arg(series, _HISTOGRAM, "observe")
+        # bisect_left finds the first bound >= v, which is the inclusive-le bucket.
+        bucket = bisect_left(self._bounds[series], v)
+        with self._lock:
+            self._counts[series][bucket] += 1
+            self._vals[series] += v
+
+    # -- batches -------------------------------------------------------------------------
+
+    def _check_ids(self, ids_arr: npt.NDArray[Any], kind: int) -> int:
+        """Index of the first id that is unknown or of the wrong kind, or -1."""
+        nseries = len(self._kind)
+        kinds = np.frombuffer(bytes(self._kind), dtype=np.uint8)
+        unknown = ids_arr >= nseries
+        if ids_arr.dtype.kind == "i":
+            unknown |= ids_arr < 0
+        safe = np.where(unknown, 0, ids_arr) if nseries else np.zeros(0, np.intp)
+        wrong = unknown.copy()
+        if nseries:
+            wrong |= kinds[safe] != kind
+        bad = np.flatnonzero(wrong)
+        return int(bad[0]) if bad.size else -1
+
+    def _raise_bad_id(self, ids_arr: npt.NDArray[Any], i: int, kind: int, method: str) -> None:
+        sid = int(ids_arr[i])
+        if not 0 <= sid < len(self._kind):
+            raise UnknownSeriesError(f"ids[{i}] = {sid} is not a known series", sid)
+        raise InvalidSampleError(
+            f"ids[{i}] = {sid} is a {_KIND_NAMES[self._kind[sid]]}; "
+            f"{method}() needs {_KIND_NAMES[kind]} series"
+        )
+
+    def inc_many(self, ids: object, amounts: object = None) -> None:
+        """``inc(ids[i], amounts[i])`` for every ``i``, all or nothing.
+
+        >>> import numpy as np
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> a, b = store.series(m, ("a",)), store.series(m, ("b",))
+        >>> store.inc_many(np.array([a, b, a]), np.array([1, 2, 3]))
+        >>> store.value(a), store.value(b)
+        (4, 2)
+        """
+        ids_arr = _batch_array(ids, "ids", _INT_DTYPES)
+        amounts_arr = None if amounts is None else _batch_array(amounts, "amounts", _INT_DTYPES)
+        if amounts_arr is not None and len(amounts_arr) != len(ids_arr):
+            raise BatchShapeError(
+                f"ids and amounts must have the same length, got {len(ids_arr)} and "
+                f"{len(amounts_arr)}"
+            )
+        bad_id = self._check_ids(ids_arr, _COUNTER)
+        bad_amount = -1
+        if amounts_arr is not None and amounts_arr.dtype.kind == "i":
+            negative = np.flatnonzero(amounts_arr < 0)
+            bad_amount = int(negative[0]) if negative.size else -1
+        if bad_id >= 0 and (bad_amount < 0 or bad_id <= bad_amount):
+            self._raise_bad_id(ids_arr, bad_id, _COUNTER, "inc_many")
+        if bad_amount >= 0:
+            raise InvalidSampleError(
+                f"amounts[{bad_amount}] = {int(amounts_arr[bad_amount])} must be >= 0"  # type: ignore[index]
+            )
+        id_list: list[int] = ids_arr.tolist()
+        vals = self._vals
+        with self._lock:
+            if amounts_arr is None:
+                for sid in id_list:
+                    vals[sid] += 1
+            else:
+                for sid, amount in zip(id_list, amounts_arr.tolist()):
+                    vals[sid] += amount
+            # Wrap like the compiled store's uint64 slots (checked once per touched series).
+            for sid in set(id_list):
+                if vals[sid] > _U64_MAX:
+                    vals[sid] &= _U64_MAX
+
+    def observe_many(self, ids: object, values: object) -> None:
+        """``observe(ids[i], values[i])`` for every ``i``, all or nothing.
+
+        >>> import numpy as np
+        >>> store = Store()
+        >>> s = store.series(store.histogram("h", buckets=(1,)), ())
+        >>> store.observe_many(np.array([s, s], dtype=np.int32), np.array([0.5, 7.0]))
+        >>> store.histogram_value(s)
+        ((1, 1), 7.5)
+        """
+        ids_arr = _batch_array(ids, "ids", _INT_DTYPES)
+        values_arr = _batch_array(values, "values", _FLOAT_DTYPES)
+        if len(values_arr) != len(ids_arr):
+            raise BatchShapeError(
+                f"ids and values must have the same length, got {len(ids_arr)} and "
+                f"{len(values_arr)}"
+            )
+        floats = values_arr.astype(np.float64, copy=False)
+        bad_id = self._check_ids(ids_arr, _HISTOGRAM)
+        nan = np.flatnonzero(np.isnan(floats))
+        bad_value = int(nan[0]) if nan.size else -1
+        if bad_id >= 0 and (bad_value < 0 or bad_id <= bad_value):
+            self._raise_bad_id(ids_arr, bad_id, _HISTOGRAM, "observe_many")
+        if bad_value >= 0:
+            raise InvalidSampleError(f"values[{bad_value}] is NaN")
+        vals, counts, bounds = self._vals, self._counts, self._bounds
+        with self._lock:
+            # One value at a time, in order: sums equal a loop of observe() bit for bit.
+            for sid, value in zip(ids_arr.tolist(), floats.tolist()):
+                counts[sid][bisect_left(bounds[sid], value)] += 1
+                vals[sid] += value
+
+    # -- reading -------------------------------------------------------------------------
+
+    def value(self, series: int) -> int | float:
+        """A counter's (``int``) or gauge's (``float``) current value."""
+        kind = self._kind
+        if type(series) is not int or not 0 <= series < len(kind) or kind[series] == _HISTOGRAM:
+            series = self._series_arg(series, -1, "value")
+            if kind[series] == _HISTOGRAM:
+                raise InvalidSampleError(f"series {series} is a histogram; use histogram_value()")
+        value: int | float = self._vals[series]
+        return value
+
+    def histogram_value(self, series: int) -> HistogramValue:
+        """``(non-cumulative counts per bucket, last is +Inf; sum)`` of a histogram series."""
+        series = self._series_arg(series, _HISTOGRAM, "histogram_value")
+        with self._lock:
+            return tuple(self._counts[series]), float(self._vals[series])
+
+    def snapshot(self) -> Snapshot:
+        """Every family sorted by name: ``(name, kind, help, label_names, buckets, series)``.
+
+        The overflow family (``meshstats_series_overflow_total``) is included, sorted like
+        the others, when any metric has folded label sets: it is what ``render()`` prints.
+        """
+        entries: Snapshot = []
+        overflow: list[tuple[tuple[str, ...], Any]] = []
+        with self._lock:
+            order = list(self._order)
+            vals, counts, labels = self._vals, self._counts, self._labels
+            for metric in self._metrics:
+                if metric.overflow_count:
+                    overflow.append(((metric.name,), metric.overflow_count))
+            for name, metric_id in order:
+                m = self._metrics[metric_id]
+                if m.kind == _HISTOGRAM:
+                    rows: list[tuple[tuple[str, ...], Any]] = [
+                        (labels[s], (tuple(counts[s]), vals[s])) for s in m.series_ids
+                    ]
+                else:
+                    rows = [(labels[s], vals[s]) for s in m.series_ids]
+                entry: SnapshotEntry = (
+                    name, _KIND_NAMES[m.kind], m.help, m.label_names, m.buckets, rows
+                )  # fmt: skip
+                entries.append(entry)
+        if overflow:
+            extra: SnapshotEntry = (
+                OVERFLOW_FAMILY, "counter", OVERFLOW_HELP, ("metric",), (), overflow
+            )  # fmt: skip
+            position = bisect_left([e[0] for e in entries], OVERFLOW_FAMILY)
+            entries.insert(position, extra)
+        return entries
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The exposition: Prometheus text 0.0.4, or OpenMetrics 1.0 if ``openmetrics``."""
+        return _render_py.render(self.snapshot(), openmetrics=openmetrics)
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held by the store (``sys.getsizeof`` over its containers).
+
+        An estimate, not an exact figure: objects Python shares (small ints, interned
+        strings) are counted where the store refers to them, each distinct object once.
+        """
+        size = sys.getsizeof
+        seen: set[int] = set()
+
+        def once(obj: object) -> int:
+            if id(obj) in seen:
+                return 0
+            seen.add(id(obj))
+            return size(obj)
+
+        with self._lock:
+            total = size(self) + size(self._kind) + size(self._order) + size(self._taken)
+            containers = (self._metric_of, self._labels, self._vals, self._counts, self._bounds)
+            total += sum(size(c) for c in containers)
+            for value in self._vals:
+                total += once(value)
+            for counts in self._counts:
+                total += once(counts) + sum(once(c) for c in counts)
+            for bounds in self._bounds:
+                total += once(bounds)
+            for key in self._labels:
+                total += once(key) + sum(once(v) for v in key)
+            for m in self._metrics:
+                total += size(m) + size(m.index) + size(m.series_ids) + once(m.name)
+                total += once(m.help) + once(m.label_names) + once(m.buckets)
+        return total
