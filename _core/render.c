@@ -1,0 +1,338 @@
+/* The exposition renderer. Speed comes from three things: integers are written by a
+ * hand-made formatter (no printf per sample), a histogram series' label block is
+ * escaped once and then copied for each of its bucket lines, and floats that hold
+ * small integers (most sums, every default bound) skip the printf round-trip. */
+#include "render.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_internal.h"
+
+static const char OVERFLOW_FAMILY[] = "meshstats_series_overflow_total";
+static const char OVERFLOW_HELP[] =
+    "Label sets folded into the overflow series because the metric reached max_series.";
+
+typedef struct writer {
+    ms_store *s;
+    ms_buf *b;
+    int failed;
+} writer;
+
+static int reserve(writer *w, size_t n) {
+    ms_buf *b = w->b;
+    if (w->failed) return 0;
+    if (b->cap - b->len >= n) return 1;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < n) {
+        if (cap > SIZE_MAX / 2) {
+            w->failed = 1;
+            return 0;
+        }
+        cap *= 2;
+    }
+    char *p = ms_realloc(w->s, b->data, b->cap, cap);
+    if (!p) {
+        w->failed = 1;
+        return 0;
+    }
+    b->data = p;
+    b->cap = cap;
+    return 1;
+}
+
+static inline void put(writer *w, const char *p, size_t n) {
+    if (!reserve(w, n)) return;
+    memcpy(w->b->data + w->b->len, p, n);
+    w->b->len += n;
+}
+
+#define PUT_LIT(w, lit) put((w), (lit), sizeof(lit) - 1)
+
+static inline void put_char(writer *w, char c) {
+    if (!reserve(w, 1)) return;
+    w->b->data[w->b->len++] = c;
+}
+
+static void put_u64(writer *w, uint64_t v) {
+    static const char pairs[201] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
+    char tmp[20];
+    char *p = tmp + sizeof tmp;
+    while (v >= 100) {
+        unsigned r = (unsigned)(v % 100);
+        v /= 100;
+        *--p = pairs[2 * r + 1];
+        *--p = pairs[2 * r];
+    }
+    if (v >= 10) {
+        *--p = pairs[2 * v + 1];
+        *--p = pairs[2 * v];
+    } else {
+        *--p = (char)('0' + v);
+    }
+    put(w, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+static void put_double(writer *w, double v) {
+    /* Integral values below 1e15 print as their digits under %.15g: do that directly. */
+    if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v && !(v == 0 && signbit(v))) {
+        if (v < 0) {
+            put_char(w, '-');
+            put_u64(w, (uint64_t)(-(int64_t)v));
+        } else {
+            put_u64(w, (uint64_t)v);
+        }
+        return;
+    }
+    char buf[32];
+    put(w, buf, ms_format_double(v, buf));
+}
+
+/* Label values: \ " and newline escaped; help text: \ and newline, plus " in OM. */
+static void put_escaped(writer *w, const char *p, size_t n, int quote) {
+    if (!reserve(w, 2 * n)) return;
+    char *o = w->b->data + w->b->len;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\\') {
+            *o++ = '\\';
+            *o++ = '\\';
+        } else if (c == '\n') {
+            *o++ = '\\';
+            *o++ = 'n';
+        } else if (c == '"' && quote) {
+            *o++ = '\\';
+            *o++ = '"';
+        } else {
+            *o++ = c;
+        }
+    }
+    w->b->len = (size_t)(o - w->b->data);
+}
+
+static void put_label_value(writer *w, const ms_str *v) {
+    if (v->len_flags & MS_STR_ESCAPE)
+        put_escaped(w, v->data, ms_str_len(v), 1);
+    else
+        put(w, v->data, ms_str_len(v));
+}
+
+/* One family to print: a metric, or (metric == NULL) the overflow family. */
+typedef struct family {
+    const char *name;
+    size_t name_len;
+    const ms_metric *metric;
+} family;
+
+static int family_cmp(const void *a, const void *b) {
+    const family *x = a, *y = b;
+    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int c = memcmp(x->name, y->name, n);
+    if (c) return c;
+    return (x->name_len > y->name_len) - (x->name_len < y->name_len);
+}
+
+typedef struct render_ctx {
+    writer w;
+    int om;
+    uint32_t n_series;
+    const uint32_t *start; /* series of metric m: order[start[m] .. start[m + 1]) */
+    const uint32_t *order;
+    ms_buf labels; /* scratch: one series' escaped label block */
+} render_ctx;
+
+static void put_header(render_ctx *c, const char *name, size_t name_len, int strip_total,
+                       const ms_str *help, const char *help_raw, size_t help_len,
+                       const char *type) {
+    writer *w = &c->w;
+    size_t family_len = strip_total ? name_len - 6 : name_len;
+    PUT_LIT(w, "# HELP ");
+    put(w, name, family_len);
+    put_char(w, ' ');
+    if (help)
+        put_escaped(w, help->data, ms_str_len(help), c->om);
+    else
+        put_escaped(w, help_raw, help_len, c->om);
+    PUT_LIT(w, "\n# TYPE ");
+    put(w, name, family_len);
+    put_char(w, ' ');
+    put(w, type, strlen(type));
+    put_char(w, '\n');
+}
+
+static int ends_with_total(const char *name, size_t len) {
+    return len >= 6 && memcmp(name + len - 6, "_total", 6) == 0;
+}
+
+/* `a="v",b="w"` for series r into c->labels (no braces). */
+static int build_labels(render_ctx *c, const ms_metric *m, const ms_series *r) {
+    writer lw = {c->w.s, &c->labels, 0};
+    const uint32_t *ls = ms_labelset_at(c->w.s, r->labelset);
+    c->labels.len = 0;
+    for (uint32_t i = 0; i < m->n_labels; i++) {
+        const ms_str *name = m->label_names[i];
+        if (i) put_char(&lw, ',');
+        put(&lw, name->data, ms_str_len(name));
+        PUT_LIT(&lw, "=\"");
+        put_label_value(&lw, ms_string_at(c->w.s, ls[1 + i]));
+        put_char(&lw, '"');
+    }
+    return !lw.failed;
+}
+
+static void put_sample_start(render_ctx *c, const char *name, size_t len, const char *suffix,
+                             size_t suffix_len) {
+    put(&c->w, name, len);
+    put(&c->w, suffix, suffix_len);
+    if (c->labels.len) {
+        put_char(&c->w, '{');
+        put(&c->w, c->labels.data, c->labels.len);
+        put_char(&c->w, '}');
+    }
+    put_char(&c->w, ' ');
+}
+
+static void render_metric(render_ctx *c, const ms_metric *m) {
+    static const char *const types[] = {"counter", "gauge", "histogram"};
+    writer *w = &c->w;
+    const char *name = m->name->data;
+    size_t name_len = ms_str_len(m->name);
+    int strip = c->om && m->kind == MS_COUNTER && ends_with_total(name, name_len);
+    put_header(c, name, name_len, strip, m->help, NULL, 0, types[m->kind]);
+    /* OM counter samples are <family>_total; text samples use the name as given. */
+    const char *suffix = c->om && m->kind == MS_COUNTER && !strip ? "_total" : "";
+    size_t suffix_len = strlen(suffix);
+    for (uint32_t k = c->start[m->id]; k < c->start[m->id + 1] && !w->failed; k++) {
+        const ms_series *r = ms_series_at(w->s, c->order[k]);
+        if (!build_labels(c, m, r)) {
+            w->failed = 1;
+            return;
+        }
+        if (m->kind == MS_COUNTER) {
+            put_sample_start(c, name, name_len, suffix, suffix_len);
+            put_u64(w, ms_atomic_load_u64(r->slots));
+            put_char(w, '\n');
+        } else if (m->kind == MS_GAUGE) {
+            put_sample_start(c, name, name_len, "", 0);
+            put_double(w, ms_atomic_load_double(r->slots));
+            put_char(w, '\n');
+        } else {
+            uint64_t cumulative = 0;
+            for (uint32_t b = 0; b <= m->n_bounds; b++) {
+                cumulative += ms_atomic_load_u64(&r->slots[b]);
+                put(w, name, name_len);
+                PUT_LIT(w, "_bucket{");
+                if (c->labels.len) {
+                    put(w, c->labels.data, c->labels.len);
+                    put_char(w, ',');
+                }
+                PUT_LIT(w, "le=\"");
+                if (b < m->n_bounds)
+                    put(w, m->bound_text[b]->data, ms_str_len(m->bound_text[b]));
+                else
+                    PUT_LIT(w, "+Inf");
+                PUT_LIT(w, "\"} ");
+                put_u64(w, cumulative);
+                put_char(w, '\n');
+            }
+            put_sample_start(c, name, name_len, "_sum", 4);
+            put_double(w, ms_atomic_load_double(&r->slots[m->n_bounds + 1]));
+            put_char(w, '\n');
+            put_sample_start(c, name, name_len, "_count", 6);
+            put_u64(w, cumulative);
+            put_char(w, '\n');
+        }
+    }
+}
+
+static void render_overflow(render_ctx *c, const family *fams, size_t n_fams) {
+    writer *w = &c->w;
+    size_t len = sizeof OVERFLOW_FAMILY - 1;
+    put_header(c, OVERFLOW_FAMILY, len, c->om, NULL, OVERFLOW_HELP, sizeof OVERFLOW_HELP - 1,
+               "counter");
+    /* One line per folding metric, in the families' (name) order. */
+    for (size_t i = 0; i < n_fams; i++) {
+        const ms_metric *m = fams[i].metric;
+        if (!m) continue;
+        uint64_t folded =
+            atomic_load_explicit((_Atomic uint64_t *)&m->overflow_count, memory_order_relaxed);
+        if (!folded) continue;
+        put(w, OVERFLOW_FAMILY, len);
+        PUT_LIT(w, "{metric=\"");
+        put_label_value(w, m->name);
+        PUT_LIT(w, "\"} ");
+        put_u64(w, folded);
+        put_char(w, '\n');
+    }
+}
+
+void ms_buf_free(ms_store *s, ms_buf *b) {
+    ms_dealloc(s, b->data, b->cap);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
+    /* Metrics first: a series read later may belong to a newer metric, and is skipped. */
+    uint32_t n_metrics = ms_metric_count(s);
+    uint32_t n_series = ms_series_total(s);
+    size_t fams_bytes = ((size_t)n_metrics + 1) * sizeof(family);
+    size_t start_bytes = ((size_t)n_metrics + 2) * sizeof(uint32_t);
+    size_t order_bytes = ((size_t)n_series + 1) * sizeof(uint32_t);
+    family *fams = ms_alloc(s, fams_bytes);
+    uint32_t *start = ms_alloc(s, start_bytes);
+    uint32_t *order = ms_alloc(s, order_bytes);
+    render_ctx c = {{s, out, 0}, openmetrics != 0, n_series, start, order, {0}};
+    ms_status st = MS_ERR_NOMEM;
+    if (!fams || !start || !order) goto done;
+
+    /* Group series by metric with a counting sort, keeping series-id order. */
+    memset(start, 0, start_bytes);
+    for (uint32_t i = 0; i < n_series; i++) {
+        uint32_t m = ms_series_at(s, i)->metric_kind >> 2;
+        if (m < n_metrics) start[m + 2]++;
+    }
+    for (uint32_t m = 0; m < n_metrics; m++) start[m + 2] += start[m + 1];
+    for (uint32_t i = 0; i < n_series; i++) {
+        uint32_t m = ms_series_at(s, i)->metric_kind >> 2;
+        if (m < n_metrics) order[start[m + 1]++] = i;
+    }
+
+    size_t n_fams = 0;
+    int folded = 0;
+    for (uint32_t m = 0; m < n_metrics; m++) {
+        const ms_metric *metric = ms_metric_at(s, m);
+        fams[n_fams].name = metric->name->data;
+        fams[n_fams].name_len = ms_str_len(metric->name);
+        fams[n_fams++].metric = metric;
+        if (atomic_load_explicit((_Atomic uint64_t *)&metric->overflow_count,
+                                 memory_order_relaxed))
+            folded = 1;
+    }
+    if (folded) {
+        fams[n_fams].name = OVERFLOW_FAMILY;
+        fams[n_fams].name_len = sizeof OVERFLOW_FAMILY - 1;
+        fams[n_fams++].metric = NULL;
+    }
+    qsort(fams, n_fams, sizeof *fams, family_cmp);
+    if (!reserve(&c.w, (size_t)n_series * 64 + n_fams * 128 + 16)) goto done;
+
+    for (size_t i = 0; i < n_fams && !c.w.failed; i++) {
+        if (fams[i].metric)
+            render_metric(&c, fams[i].metric);
+        else
+            render_overflow(&c, fams, n_fams);
+    }
+    if (c.om) PUT_LIT(&c.w, "# EOF\n");
+    st = c.w.failed ? MS_ERR_NOMEM : MS_OK;
+done:
+    ms_buf_free(s, &c.labels);
+    ms_dealloc(s, fams, fams ? fams_bytes : 0);
+    ms_dealloc(s, start, start ? start_bytes : 0);
+    ms_dealloc(s, order, order ? order_bytes : 0);
+    return st;
+}

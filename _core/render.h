@@ -1,0 +1,26 @@
+/* Prometheus text 0.0.4 and OpenMetrics 1.0 exposition of a store (docs/store.md,
+ * "Exposition"). Lock-free: it may run while other threads record or add series, and
+ * shows each series as it was when read.
+ *
+ *     ms_buf out = {0};
+ *     if (ms_render(store, 0, &out) == MS_OK) fwrite(out.data, 1, out.len, stdout);
+ *     ms_buf_free(store, &out);
+ */
+#ifndef MESHSTATS_RENDER_H
+#define MESHSTATS_RENDER_H
+
+#include <stddef.h>
+
+#include "store.h"
+
+typedef struct ms_buf {
+    char *data;
+    size_t len, cap;
+} ms_buf;
+
+/* Appends to *out (which may start empty); memory comes from the store's allocator
+ * and counts in ms_store_memory until ms_buf_free. */
+ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out);
+void ms_buf_free(ms_store *s, ms_buf *b);
+
+#endif

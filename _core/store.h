@@ -1,0 +1,118 @@
+/* The series store: metrics, interned label sets, and atomically updated samples.
+ *
+ * Plain C11, no Python. The contract (ids, errors, overflow rules) is
+ * docs/store.md; this header is its C face. Structural calls (ms_metric_add,
+ * ms_series_get) take the store's mutex; recording calls never lock and may run
+ * on any number of threads at once, also while series are being added. Readers
+ * (ms_render, the ms_*_info calls) take no lock either: everything they read is
+ * append-only, never moves, and is published with release stores.
+ *
+ *     ms_store *s = ms_store_new(NULL, 100000);
+ *     uint32_t m, sid;
+ *     ms_strref labels[] = {{"reporter", 8}}, values[] = {{"source", 6}};
+ *     ms_metric_add(s, MS_COUNTER, "up_total", 8, "", 0, labels, 1, NULL, 0, 0, &m);
+ *     ms_series_get(s, m, values, 1, &sid);
+ *     ms_inc(s, sid, 1);
+ *     ms_store_free(s);
+ */
+#ifndef MESHSTATS_STORE_H
+#define MESHSTATS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum ms_status {
+    MS_OK = 0,
+    MS_ERR_NOMEM,            /* an allocation failed; the store is unchanged */
+    MS_ERR_INVALID_METRIC,   /* bad name, label names, buckets or max_series */
+    MS_ERR_DUPLICATE_METRIC, /* the exposed name is taken */
+    MS_ERR_INVALID_LABELS,   /* wrong number of label values */
+    MS_ERR_UNKNOWN_METRIC,   /* a metric id never handed out */
+    MS_ERR_UNKNOWN_SERIES,   /* a series id never handed out */
+    MS_ERR_WRONG_KIND,       /* e.g. observe() on a counter */
+    MS_ERR_INVALID_SAMPLE,   /* NaN observation, negative amount */
+    MS_ERR_LIMIT             /* 2**32 ids, or 2 GiB of label text, used up */
+} ms_status;
+
+typedef enum ms_kind { MS_COUNTER = 0, MS_GAUGE = 1, MS_HISTOGRAM = 2 } ms_kind;
+
+/* Every byte the store holds comes from here (the Python glue passes PyMem_Raw*,
+ * which are thread-safe without the GIL, so tracemalloc sees the store). */
+typedef struct ms_allocator {
+    void *(*malloc)(size_t);
+    void *(*calloc)(size_t, size_t);
+    void *(*realloc)(void *, size_t);
+    void (*free)(void *);
+} ms_allocator;
+
+typedef struct ms_strref {
+    const char *ptr;
+    size_t len;
+} ms_strref;
+
+typedef struct ms_store ms_store;
+
+#define MS_NO_SERIES UINT32_MAX
+
+/* A read-only view of one metric; pointers stay valid for the store's life. */
+typedef struct ms_metric_info {
+    ms_kind kind;
+    ms_strref name, help;
+    uint32_t n_labels, n_bounds;
+    const double *bounds;
+    uint64_t max_series;
+    uint64_t series_count;   /* real series, the overflow series not included */
+    uint64_t overflow_count; /* series() calls folded into the overflow series */
+} ms_metric_info;
+
+/* allocator NULL: the C library's. default_max_series must be >= 1. NULL on OOM. */
+ms_store *ms_store_new(const ms_allocator *allocator, uint64_t default_max_series);
+void ms_store_free(ms_store *s);
+/* Exact bytes currently requested from the allocator by this store. */
+size_t ms_store_memory(const ms_store *s);
+
+/* max_series 0 means the store's default. Names are validated here (ASCII rules of
+ * docs/store.md); help is any UTF-8. Bounds: strictly increasing, finite, >= 1 of
+ * them, histograms only (counters and gauges must pass n_bounds 0). */
+ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name_len,
+                        const char *help, size_t help_len, const ms_strref *label_names,
+                        uint32_t n_labels, const double *bounds, uint32_t n_bounds,
+                        uint64_t max_series, uint32_t *out_metric);
+
+/* The series of `metric` with these label values (UTF-8, any bytes), created on first
+ * use; past max_series the metric's overflow series. */
+ms_status ms_series_get(ms_store *s, uint32_t metric, const ms_strref *values,
+                        uint32_t n_values, uint32_t *out_series);
+
+uint32_t ms_metric_count(const ms_store *s);
+uint32_t ms_series_total(const ms_store *s);
+ms_status ms_metric_get(const ms_store *s, uint32_t metric, ms_metric_info *out);
+ms_status ms_metric_label_name(const ms_store *s, uint32_t metric, uint32_t i, ms_strref *out);
+ms_status ms_series_metric(const ms_store *s, uint64_t series, uint32_t *out_metric);
+ms_status ms_series_label(const ms_store *s, uint64_t series, uint32_t i, ms_strref *out);
+
+/* Recording: lock-free, callable from any thread without the GIL. */
+ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n);
+ms_status ms_set(ms_store *s, uint64_t series, double v);
+ms_status ms_observe(ms_store *s, uint64_t series, double v);
+
+/* For batch callers that validate everything first: MS_OK when `series` exists and
+ * is of `kind`. The *_unchecked calls then skip the checks. */
+ms_status ms_check(const ms_store *s, uint64_t series, ms_kind kind);
+void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n);
+void ms_observe_unchecked(ms_store *s, uint64_t series, double v);
+
+/* Whole batches: nothing is recorded unless every element is valid; on error
+ * *bad_index is the first bad element. amounts NULL means 1 each. */
+ms_status ms_inc_many(ms_store *s, const uint64_t *ids, const uint64_t *amounts, size_t n,
+                      size_t *bad_index);
+ms_status ms_observe_many(ms_store *s, const uint64_t *ids, const double *values, size_t n,
+                          size_t *bad_index);
+
+/* Reading. counts has room for n_bounds + 1 (the last is +Inf), non-cumulative. */
+ms_status ms_counter_value(const ms_store *s, uint64_t series, uint64_t *out);
+ms_status ms_gauge_value(const ms_store *s, uint64_t series, double *out);
+ms_status ms_histogram_value(const ms_store *s, uint64_t series, uint64_t *counts,
+                             double *sum);
+
+#endif

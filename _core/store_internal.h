@@ -1,0 +1,123 @@
+/* Layout of the store, shared by store.c and render.c only (not a public API).
+ *
+ * Memory is the point of this layout (docs: a counter and a 19-bucket histogram
+ * series over 25 label values should cost <= 400 bytes together):
+ *   - every distinct label value is stored once (string table, u32 ids);
+ *   - a label set (tuple of value ids) is stored once and shared by every metric
+ *     that uses the same values (Istio's HTTP metrics all do);
+ *   - a series is 16 bytes (slot pointer, metric|kind, label set) plus its slots.
+ * Nothing a lock-free reader can reach ever moves: elements live in fixed pages
+ * reached through a directory; a grown directory is published with a release
+ * store and the old one is kept until the store dies.
+ */
+#ifndef MESHSTATS_STORE_INTERNAL_H
+#define MESHSTATS_STORE_INTERNAL_H
+
+#include <pthread.h>
+
+#include "atomics.h"
+#include "store.h"
+
+#define MS_PAGE_SHIFT 8
+#define MS_PAGE_MASK ((1u << MS_PAGE_SHIFT) - 1)
+
+/* Append-only vector of fixed-size elements in pages that never move. */
+typedef struct ms_pvec {
+    size_t elem_size;
+    char **_Atomic dir;
+    uint32_t dir_cap, n_pages;
+    ms_atomic_u32 count; /* published elements */
+} ms_pvec;
+
+static inline void *ms_pvec_at(const ms_pvec *v, uint32_t i) {
+    char **dir = atomic_load_explicit((char **_Atomic *)&v->dir, memory_order_acquire);
+    return dir[i >> MS_PAGE_SHIFT] + (size_t)(i & MS_PAGE_MASK) * v->elem_size;
+}
+
+/* A label value or name: length (31 bits) + "needs escaping" bit, then the bytes. */
+typedef struct ms_str {
+    uint32_t len_flags;
+    char data[];
+} ms_str;
+
+#define MS_STR_ESCAPE 0x80000000u
+#define MS_STR_MAXLEN 0x7fffffffu
+
+static inline uint32_t ms_str_len(const ms_str *s) { return s->len_flags & MS_STR_MAXLEN; }
+
+typedef struct ms_series {
+    ms_atomic_u64 *slots;  /* counter/gauge: 1 word; histogram: buckets + 1, then sum */
+    uint32_t metric_kind;  /* metric id << 2 | kind */
+    uint32_t labelset;
+} ms_series;
+
+typedef struct ms_metric {
+    ms_kind kind;
+    uint32_t id, n_labels, n_bounds;
+    uint32_t stride; /* slot words per series */
+    uint64_t max_series;
+    _Atomic uint64_t n_series, overflow_count;
+    ms_atomic_u32 overflow_series; /* MS_NO_SERIES until first needed */
+    const ms_str *name, *help;
+    const ms_str **label_names;
+    const double *bounds;
+    const ms_str **bound_text; /* formatted bounds, for render */
+    /* Slot pages, written under the store mutex only. */
+    ms_atomic_u64 *page;
+    uint32_t page_used, page_cap; /* in series */
+} ms_metric;
+
+/* Open addressing over u32 ids (slot = id + 1, 0 = empty); grows past 70% load. */
+typedef struct ms_table {
+    uint32_t *slots;
+    uint32_t cap, used;
+} ms_table;
+
+typedef struct ms_block {
+    struct ms_block *next;
+    size_t size; /* whole block, header included */
+} ms_block;
+
+struct ms_store {
+    ms_allocator al;
+    _Atomic size_t mem;
+    pthread_mutex_t lock;
+    uint64_t seed;
+    uint64_t default_max_series;
+    ms_block *blocks;             /* every never-moving allocation, freed at the end */
+    char *arena, *arena_end;      /* bump area for small never-moving items */
+    size_t arena_next;            /* size of the next arena block */
+    ms_pvec metrics;              /* ms_metric * */
+    ms_pvec series;               /* ms_series */
+    ms_pvec strings;              /* const ms_str * */
+    ms_pvec labelsets;            /* const uint32_t *: [n, id0, id1, ...] */
+    ms_table string_table, labelset_table, series_table;
+    uint32_t overflow_string;     /* id of "__overflow__", MS_NO_SERIES until used */
+};
+
+static inline const ms_metric *ms_metric_at(const ms_store *s, uint32_t id) {
+    return *(ms_metric *const *)ms_pvec_at(&s->metrics, id);
+}
+
+static inline const ms_str *ms_string_at(const ms_store *s, uint32_t id) {
+    return *(const ms_str *const *)ms_pvec_at(&s->strings, id);
+}
+
+static inline const uint32_t *ms_labelset_at(const ms_store *s, uint32_t id) {
+    return *(const uint32_t *const *)ms_pvec_at(&s->labelsets, id);
+}
+
+static inline const ms_series *ms_series_at(const ms_store *s, uint32_t id) {
+    return (const ms_series *)ms_pvec_at(&s->series, id);
+}
+
+/* Counted allocation through the store's allocator (render uses these too). */
+void *ms_alloc(ms_store *s, size_t n);
+void *ms_realloc(ms_store *s, void *p, size_t old_n, size_t new_n);
+void ms_dealloc(ms_store *s, void *p, size_t n);
+
+/* Shortest of %.15g/%.16g/%.17g that reads back exactly; +Inf/-Inf/NaN. out >= 32 bytes.
+ * Returns the length. */
+size_t ms_format_double(double v, char *out);
+
+#endif

@@ -1,0 +1,478 @@
+/* Unit tests of store.c and render.c; expected bytes are written from docs/store.md. */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "render.h"
+#include "store.h"
+#include "store_internal.h"
+
+static _Atomic int failures;
+
+#define CHECK(cond)                                                              \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                          \
+        }                                                                        \
+    } while (0)
+
+#define S(lit) {(lit), sizeof(lit) - 1}
+
+/* ---- an allocator that knows every live byte, and can be told to fail ---------- */
+
+static size_t live_bytes;
+static long fail_after = -1; /* allocations left before one fails; -1: never */
+
+static int should_fail(void) {
+    if (fail_after < 0) return 0;
+    return fail_after-- == 0;
+}
+
+static void *t_malloc(size_t n) {
+    if (should_fail()) return NULL;
+    size_t *p = malloc(n + 16);
+    if (!p) return NULL;
+    *p = n;
+    live_bytes += n;
+    return (char *)p + 16;
+}
+
+static void *t_calloc(size_t k, size_t n) {
+    void *p = t_malloc(k * n);
+    if (p) memset(p, 0, k * n);
+    return p;
+}
+
+static void t_free(void *p) {
+    if (!p) return;
+    size_t *h = (size_t *)((char *)p - 16);
+    live_bytes -= *h;
+    free(h);
+}
+
+static void *t_realloc(void *p, size_t n) {
+    if (!p) return t_malloc(n);
+    if (should_fail()) return NULL;
+    size_t *h = (size_t *)((char *)p - 16);
+    size_t old = *h;
+    size_t *q = realloc(h, n + 16);
+    if (!q) return NULL;
+    *q = n;
+    live_bytes += n - old;
+    return (char *)q + 16;
+}
+
+static const ms_allocator counting = {t_malloc, t_calloc, t_realloc, t_free};
+
+/* ---- helpers --------------------------------------------------------------------- */
+
+static uint32_t metric(ms_store *s, ms_kind kind, const char *name, const char *help,
+                       const ms_strref *labels, uint32_t n, const double *b, uint32_t nb,
+                       uint64_t max) {
+    uint32_t id = 999;
+    ms_status st = ms_metric_add(s, kind, name, strlen(name), help, strlen(help), labels, n, b,
+                                 nb, max, &id);
+    CHECK(st == MS_OK);
+    return id;
+}
+
+static uint32_t series1(ms_store *s, uint32_t m, const char *v) {
+    ms_strref values[] = {{v, strlen(v)}};
+    uint32_t id = 999;
+    CHECK(ms_series_get(s, m, values, 1, &id) == MS_OK);
+    return id;
+}
+
+static int render_equals(ms_store *s, int om, const char *expected) {
+    ms_buf b = {0};
+    CHECK(ms_render(s, om, &b) == MS_OK);
+    int ok = b.len == strlen(expected) && memcmp(b.data, expected, b.len) == 0;
+    if (!ok) fprintf(stderr, "--- expected:\n%s--- got:\n%.*s---\n", expected, (int)b.len, b.data);
+    ms_buf_free(s, &b);
+    return ok;
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+static void test_format_double(void) {
+    struct {
+        double v;
+        const char *text;
+    } cases[] = {{0.5, "0.5"},       {3600000, "3600000"}, {0.005, "0.005"},
+                 {0.1, "0.1"},       {1.0 / 3, "0.3333333333333333"},
+                 {0.1 + 0.2, "0.30000000000000004"}, {1e-5, "1e-05"},
+                 {1e15, "1e+15"},    {-2.5, "-2.5"},       {0.0, "0"},
+                 {-0.0, "-0"},       {INFINITY, "+Inf"},   {-INFINITY, "-Inf"},
+                 {NAN, "NaN"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char buf[32];
+        size_t n = ms_format_double(cases[i].v, buf);
+        CHECK(n == strlen(cases[i].text) && strcmp(buf, cases[i].text) == 0);
+    }
+}
+
+static void test_metric_validation(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    uint32_t id;
+    double good[] = {1, 2}, unsorted[] = {2, 1}, inf[] = {1, INFINITY}, nan[] = {NAN};
+    ms_strref le[] = {S("le")}, dunder[] = {S("__x")}, dup[] = {S("a"), S("a")},
+              colon[] = {S("a:b")}, digit[] = {S("1a")};
+#define ADD(kind, name, labels, n, b, nb) \
+    ms_metric_add(s, kind, name, strlen(name), "", 0, labels, n, b, nb, 0, &id)
+    CHECK(ADD(MS_COUNTER, "", NULL, 0, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_COUNTER, "9x", NULL, 0, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_COUNTER, "a-b", NULL, 0, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_COUNTER, "x", dunder, 1, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_COUNTER, "x", dup, 2, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_COUNTER, "x", colon, 1, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_COUNTER, "x", digit, 1, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_HISTOGRAM, "h", le, 1, good, 2) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_HISTOGRAM, "h", NULL, 0, unsorted, 2) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_HISTOGRAM, "h", NULL, 0, inf, 2) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_HISTOGRAM, "h", NULL, 0, nan, 1) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_HISTOGRAM, "h", NULL, 0, good, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ms_metric_count(s) == 0);
+    CHECK(ADD(MS_COUNTER, "ns:a_total", le, 1, NULL, 0) == MS_OK && id == 0);
+    CHECK(ADD(MS_GAUGE, "ns:a_total", NULL, 0, NULL, 0) == MS_ERR_DUPLICATE_METRIC);
+    CHECK(ADD(MS_HISTOGRAM, "h", NULL, 0, good, 2) == MS_OK && id == 1);
+    ms_metric_info info;
+    CHECK(ms_metric_get(s, 1, &info) == MS_OK && info.kind == MS_HISTOGRAM &&
+          info.n_bounds == 2 && info.bounds[1] == 2 && info.max_series == 100);
+    CHECK(ms_metric_get(s, 2, &info) == MS_ERR_UNKNOWN_METRIC);
+#undef ADD
+    ms_store_free(s);
+}
+
+static void test_series_identity_and_sharing(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    ms_strref names[] = {S("a"), S("b")};
+    double b[] = {1};
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 2, NULL, 0, 0);
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", names, 2, b, 1, 0);
+    ms_strref v1[] = {S("x"), S("y")}, v2[] = {S("y"), S("x")}, bad[] = {S("x")};
+    uint32_t s0, s1, s2, s3, again;
+    CHECK(ms_series_get(s, c, v1, 2, &s0) == MS_OK && s0 == 0);
+    CHECK(ms_series_get(s, c, v2, 2, &s1) == MS_OK && s1 == 1);
+    CHECK(ms_series_get(s, h, v1, 2, &s2) == MS_OK && s2 == 2);
+    CHECK(ms_series_get(s, c, v1, 2, &again) == MS_OK && again == s0);
+    CHECK(ms_series_get(s, h, v2, 2, &s3) == MS_OK && s3 == 3);
+    CHECK(ms_series_get(s, c, bad, 1, &again) == MS_ERR_INVALID_LABELS);
+    CHECK(ms_series_get(s, 7, v1, 2, &again) == MS_ERR_UNKNOWN_METRIC);
+    /* Two distinct strings, two label sets, shared by both metrics. */
+    CHECK(s->strings.count == 2 && s->labelsets.count == 2);
+    ms_strref got;
+    CHECK(ms_series_label(s, s3, 0, &got) == MS_OK && got.len == 1 && got.ptr[0] == 'y');
+    uint32_t m;
+    CHECK(ms_series_metric(s, s2, &m) == MS_OK && m == h);
+    CHECK(ms_series_metric(s, 4, &m) == MS_ERR_UNKNOWN_SERIES);
+    ms_store_free(s);
+}
+
+static void test_overflow(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    ms_strref names[] = {S("k")};
+    uint32_t m = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 2);
+    uint32_t a = series1(s, m, "a"), b = series1(s, m, "b");
+    uint32_t o1 = series1(s, m, "c");
+    size_t mem = ms_store_memory(s);
+    uint32_t o2 = series1(s, m, "d");
+    CHECK(o1 == 2 && o2 == o1);
+    CHECK(ms_store_memory(s) == mem); /* folding costs nothing */
+    CHECK(series1(s, m, "a") == a && series1(s, m, "b") == b);
+    ms_metric_info info;
+    CHECK(ms_metric_get(s, m, &info) == MS_OK && info.series_count == 2 &&
+          info.overflow_count == 2);
+    ms_strref got;
+    CHECK(ms_series_label(s, o1, 0, &got) == MS_OK && got.len == 12 &&
+          memcmp(got.ptr, "__overflow__", 12) == 0);
+    CHECK(ms_inc(s, o1, 5) == MS_OK);
+    ms_store_free(s);
+}
+
+static void test_recording(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    double bounds[] = {1, 5, 10};
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", NULL, 0, NULL, 0, 0);
+    uint32_t g = metric(s, MS_GAUGE, "g", "", NULL, 0, NULL, 0, 0);
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", NULL, 0, bounds, 3, 0);
+    uint32_t sc, sg, sh;
+    CHECK(ms_series_get(s, c, NULL, 0, &sc) == MS_OK);
+    CHECK(ms_series_get(s, g, NULL, 0, &sg) == MS_OK);
+    CHECK(ms_series_get(s, h, NULL, 0, &sh) == MS_OK);
+    CHECK(ms_inc(s, sc, 1) == MS_OK && ms_inc(s, sc, UINT64_MAX - 1) == MS_OK);
+    uint64_t v;
+    CHECK(ms_counter_value(s, sc, &v) == MS_OK && v == UINT64_MAX);
+    CHECK(ms_set(s, sg, -2.5) == MS_OK);
+    double d;
+    CHECK(ms_gauge_value(s, sg, &d) == MS_OK && d == -2.5);
+    CHECK(ms_set(s, sg, NAN) == MS_OK && ms_gauge_value(s, sg, &d) == MS_OK && isnan(d));
+    /* le is inclusive; -inf and negatives go to the first bucket, +inf to the last. */
+    double obs[] = {1, 1.0000001, 5, -INFINITY, -3, 10, 11, INFINITY};
+    for (size_t i = 0; i < 8; i++) CHECK(ms_observe(s, sh, obs[i]) == MS_OK);
+    CHECK(ms_observe(s, sh, NAN) == MS_ERR_INVALID_SAMPLE);
+    uint64_t counts[4];
+    double sum;
+    CHECK(ms_histogram_value(s, sh, counts, &sum) == MS_OK);
+    CHECK(counts[0] == 3 && counts[1] == 2 && counts[2] == 1 && counts[3] == 2);
+    CHECK(isnan(sum)); /* -inf + inf */
+    CHECK(ms_inc(s, sg, 1) == MS_ERR_WRONG_KIND);
+    CHECK(ms_observe(s, sc, 1) == MS_ERR_WRONG_KIND);
+    CHECK(ms_set(s, sh, 1) == MS_ERR_WRONG_KIND);
+    CHECK(ms_inc(s, 3, 1) == MS_ERR_UNKNOWN_SERIES);
+    CHECK(ms_inc(s, UINT64_MAX, 1) == MS_ERR_UNKNOWN_SERIES);
+    CHECK(ms_histogram_value(s, sc, counts, &sum) == MS_ERR_WRONG_KIND);
+
+    /* A bad element anywhere means nothing of the batch is recorded. */
+    uint64_t ids[] = {sc, sc, sg, sc}, amounts[] = {1, 2, 3, 4};
+    size_t bad = 99;
+    CHECK(ms_counter_value(s, sc, &v) == MS_OK);
+    uint64_t before = v;
+    CHECK(ms_inc_many(s, ids, amounts, 4, &bad) == MS_ERR_WRONG_KIND && bad == 2);
+    CHECK(ms_counter_value(s, sc, &v) == MS_OK && v == before);
+    ids[2] = sc;
+    CHECK(ms_inc_many(s, ids, amounts, 4, &bad) == MS_OK);
+    CHECK(ms_counter_value(s, sc, &v) == MS_OK && v == before + 10);
+    CHECK(ms_inc_many(s, ids, NULL, 4, &bad) == MS_OK);
+    CHECK(ms_counter_value(s, sc, &v) == MS_OK && v == before + 14);
+    uint64_t hids[] = {sh, sh, sh};
+    double hv[] = {0.5, NAN, 3};
+    CHECK(ms_observe_many(s, hids, hv, 3, &bad) == MS_ERR_INVALID_SAMPLE && bad == 1);
+    ms_store_free(s);
+}
+
+static void test_render(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    ms_strref names[] = {S("reporter"), S("code")};
+    double bounds[] = {0.5, 1, 3600000};
+    uint32_t c = metric(s, MS_COUNTER, "istio_requests_total", "Total \"requests\".\\\n", names,
+                        2, NULL, 0, 2);
+    uint32_t h = metric(s, MS_HISTOGRAM, "dur", "", names, 2, bounds, 3, 0);
+    metric(s, MS_GAUGE, "empty", "No series.", NULL, 0, NULL, 0, 0);
+    uint32_t g = metric(s, MS_GAUGE, "build", "", NULL, 0, NULL, 0, 0);
+    uint32_t id;
+    ms_strref v1[] = {S("source"), S("200")}, v2[] = {{"a\"b\\c\nd\xc3\xa9", 9}, S("")},
+              v3[] = {S("x"), S("y")};
+    CHECK(ms_series_get(s, c, v1, 2, &id) == MS_OK && ms_inc(s, id, 1234567890123ULL) == MS_OK);
+    CHECK(ms_series_get(s, h, v1, 2, &id) == MS_OK);
+    CHECK(ms_observe(s, id, 0.5) == MS_OK && ms_observe(s, id, 2) == MS_OK &&
+          ms_observe(s, id, 1e9) == MS_OK);
+    CHECK(ms_series_get(s, c, v2, 2, &id) == MS_OK);
+    CHECK(ms_series_get(s, c, v3, 2, &id) == MS_OK); /* folded */
+    CHECK(ms_series_get(s, c, v3, 2, &id) == MS_OK); /* folded */
+    CHECK(ms_series_get(s, g, NULL, 0, &id) == MS_OK && ms_set(s, id, 0.1) == MS_OK);
+    const char *text =
+        "# HELP build \n"
+        "# TYPE build gauge\n"
+        "build 0.1\n"
+        "# HELP dur \n"
+        "# TYPE dur histogram\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"0.5\"} 1\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"1\"} 1\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"3600000\"} 2\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"+Inf\"} 3\n"
+        "dur_sum{reporter=\"source\",code=\"200\"} 1000000002.5\n"
+        "dur_count{reporter=\"source\",code=\"200\"} 3\n"
+        "# HELP empty No series.\n"
+        "# TYPE empty gauge\n"
+        "# HELP istio_requests_total Total \"requests\".\\\\\\n\n"
+        "# TYPE istio_requests_total counter\n"
+        "istio_requests_total{reporter=\"source\",code=\"200\"} 1234567890123\n"
+        "istio_requests_total{reporter=\"a\\\"b\\\\c\\nd\xc3\xa9\",code=\"\"} 0\n"
+        "istio_requests_total{reporter=\"__overflow__\",code=\"__overflow__\"} 0\n"
+        "# HELP meshstats_series_overflow_total Label sets folded into the overflow series "
+        "because the metric reached max_series.\n"
+        "# TYPE meshstats_series_overflow_total counter\n"
+        "meshstats_series_overflow_total{metric=\"istio_requests_total\"} 2\n";
+    CHECK(render_equals(s, 0, text));
+    const char *om =
+        "# HELP build \n"
+        "# TYPE build gauge\n"
+        "build 0.1\n"
+        "# HELP dur \n"
+        "# TYPE dur histogram\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"0.5\"} 1\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"1\"} 1\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"3600000\"} 2\n"
+        "dur_bucket{reporter=\"source\",code=\"200\",le=\"+Inf\"} 3\n"
+        "dur_sum{reporter=\"source\",code=\"200\"} 1000000002.5\n"
+        "dur_count{reporter=\"source\",code=\"200\"} 3\n"
+        "# HELP empty No series.\n"
+        "# TYPE empty gauge\n"
+        "# HELP istio_requests Total \\\"requests\\\".\\\\\\n\n"
+        "# TYPE istio_requests counter\n"
+        "istio_requests_total{reporter=\"source\",code=\"200\"} 1234567890123\n"
+        "istio_requests_total{reporter=\"a\\\"b\\\\c\\nd\xc3\xa9\",code=\"\"} 0\n"
+        "istio_requests_total{reporter=\"__overflow__\",code=\"__overflow__\"} 0\n"
+        "# HELP meshstats_series_overflow Label sets folded into the overflow series "
+        "because the metric reached max_series.\n"
+        "# TYPE meshstats_series_overflow counter\n"
+        "meshstats_series_overflow_total{metric=\"istio_requests_total\"} 2\n"
+        "# EOF\n";
+    CHECK(render_equals(s, 1, om));
+    ms_store_free(s);
+}
+
+static void test_render_counter_without_total(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    uint32_t c = metric(s, MS_COUNTER, "hits", "", NULL, 0, NULL, 0, 0), id;
+    CHECK(ms_series_get(s, c, NULL, 0, &id) == MS_OK && ms_inc(s, id, 3) == MS_OK);
+    CHECK(render_equals(s, 0, "# HELP hits \n# TYPE hits counter\nhits 3\n"));
+    CHECK(render_equals(s, 1, "# HELP hits \n# TYPE hits counter\nhits_total 3\n# EOF\n"));
+    ms_store_free(s);
+    s = ms_store_new(NULL, 1);
+    CHECK(render_equals(s, 0, ""));
+    CHECK(render_equals(s, 1, "# EOF\n"));
+    ms_store_free(s);
+}
+
+/* The store's own count must equal what the allocator really holds, at every step. */
+static void test_memory_accounting(void) {
+    live_bytes = 0;
+    ms_store *s = ms_store_new(&counting, 1000);
+    CHECK(ms_store_memory(s) == live_bytes);
+    ms_strref names[] = {S("a"), S("b")};
+    double bounds[] = {1, 2, 3};
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 2, NULL, 0, 0);
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "help", names, 2, bounds, 3, 0);
+    char a[16], b[16];
+    for (int i = 0; i < 3000; i++) {
+        snprintf(a, sizeof a, "a%d", i % 97);
+        snprintf(b, sizeof b, "b%d", i);
+        ms_strref v[] = {{a, strlen(a)}, {b, strlen(b)}};
+        uint32_t id;
+        CHECK(ms_series_get(s, i % 2 ? c : h, v, 2, &id) == MS_OK);
+        CHECK(ms_store_memory(s) == live_bytes);
+    }
+    ms_buf out = {0};
+    CHECK(ms_render(s, 0, &out) == MS_OK && ms_store_memory(s) == live_bytes);
+    ms_buf_free(s, &out);
+    CHECK(ms_store_memory(s) == live_bytes);
+    ms_store_free(s);
+    CHECK(live_bytes == 0);
+}
+
+/* Every allocation failing in turn: an error comes back, nothing leaks (ASan). */
+static void test_out_of_memory(void) {
+    for (long k = 0; k < 200; k++) {
+        fail_after = k;
+        ms_store *s = ms_store_new(&counting, 3);
+        if (!s) continue;
+        ms_strref names[] = {S("a")};
+        double bounds[] = {1, 2};
+        uint32_t m = 0, id;
+        ms_status st =
+            ms_metric_add(s, MS_HISTOGRAM, "h", 1, "x", 1, names, 1, bounds, 2, 0, &m);
+        CHECK(st == MS_OK || st == MS_ERR_NOMEM);
+        for (int i = 0; i < 6 && st == MS_OK; i++) {
+            char v[16];
+            snprintf(v, sizeof v, "v%d", i);
+            ms_strref values[] = {{v, strlen(v)}};
+            ms_status g = ms_series_get(s, m, values, 1, &id);
+            CHECK(g == MS_OK || g == MS_ERR_NOMEM);
+            if (g == MS_OK) CHECK(ms_observe(s, id, 1.5) == MS_OK);
+        }
+        ms_buf out = {0};
+        ms_status r = ms_render(s, 1, &out);
+        CHECK(r == MS_OK || r == MS_ERR_NOMEM);
+        ms_buf_free(s, &out);
+        CHECK(ms_store_memory(s) == live_bytes);
+        ms_store_free(s);
+        CHECK(live_bytes == 0);
+    }
+    fail_after = -1;
+}
+
+/* ---- threads: exact totals while series are being added ---------------------------- */
+
+#define THREADS 4
+#define EVENTS 1000000
+#define BATCH 80 /* EVENTS / 2 and BATCH are multiples of 8 */
+
+typedef struct worker {
+    ms_store *s;
+    uint32_t counter, hist;
+    int seed;
+} worker;
+
+static void *record(void *arg) {
+    worker *w = arg;
+    uint64_t ids[BATCH];
+    double values[BATCH];
+    for (int i = 0; i < EVENTS / 2; i++) {
+        ms_inc(w->s, w->counter, 1);
+        ms_observe(w->s, w->hist, (double)((i + w->seed) % 8));
+    }
+    size_t bad;
+    for (int i = 0; i < BATCH; i++) {
+        ids[i] = w->hist;
+        values[i] = (double)(i % 8);
+    }
+    for (int k = 0; k < EVENTS / 2 / BATCH; k++) {
+        CHECK(ms_observe_many(w->s, ids, values, BATCH, &bad) == MS_OK);
+        for (int i = 0; i < BATCH; i++) ids[i] = w->counter;
+        CHECK(ms_inc_many(w->s, ids, NULL, BATCH, &bad) == MS_OK);
+        for (int i = 0; i < BATCH; i++) ids[i] = w->hist;
+    }
+    return NULL;
+}
+
+static void *grow(void *arg) {
+    worker *w = arg;
+    char v[16];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(v, sizeof v, "g%d", i);
+        series1(w->s, 1, v);
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    ms_store *s = ms_store_new(NULL, 100000);
+    ms_strref names[] = {S("k")};
+    double bounds[] = {1, 3, 5};
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", names, 1, bounds, 3, 0);
+    worker w = {s, series1(s, c, "x"), series1(s, h, "x"), 0};
+    worker ws[THREADS];
+    pthread_t t[THREADS + 1];
+    for (int i = 0; i < THREADS; i++) {
+        ws[i] = w;
+        ws[i].seed = i;
+        CHECK(pthread_create(&t[i], NULL, record, &ws[i]) == 0);
+    }
+    CHECK(pthread_create(&t[THREADS], NULL, grow, &w) == 0);
+    for (int i = 0; i <= THREADS; i++) pthread_join(t[i], NULL);
+    uint64_t v, counts[4];
+    double sum;
+    CHECK(ms_counter_value(s, w.counter, &v) == MS_OK && v == (uint64_t)THREADS * EVENTS);
+    CHECK(ms_histogram_value(s, w.hist, counts, &sum) == MS_OK);
+    CHECK(counts[0] + counts[1] + counts[2] + counts[3] == (uint64_t)THREADS * EVENTS);
+    /* Values 0..7 cycle evenly in every thread: 2/8 <= 1, 2/8 in (1,3], 2/8 in (3,5]. */
+    for (int i = 0; i < 4; i++) CHECK(counts[i] == (uint64_t)THREADS * EVENTS / 4);
+    CHECK(sum == 3.5 * THREADS * EVENTS); /* integer sums stay exact in a double */
+    CHECK(ms_series_total(s) == 20002);
+    ms_store_free(s);
+}
+
+int main(void) {
+    test_format_double();
+    test_metric_validation();
+    test_series_identity_and_sharing();
+    test_overflow();
+    test_recording();
+    test_render();
+    test_render_counter_without_total();
+    test_memory_accounting();
+    test_out_of_memory();
+    test_threads();
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    puts("all store/render tests passed");
+    return 0;
+}
