@@ -1,0 +1,577 @@
+"""The stats plugin: every request and connection becomes Istio's standard metrics.
+
+>>> from meshstats import StatsEngine
+>>> engine = StatsEngine({"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default",
+...                       "LABELS": {"app": "reviews", "version": "v2"}})
+>>> peer = engine.peer("inbound", {"WORKLOAD_NAME": "productpage-v1", "NAMESPACE": "default"})
+>>> engine.record_request(peer, response_code=200, duration_ms=12, request_bytes=300,
+...                       response_bytes=900)
+>>> b'source_workload="productpage-v1"' in engine.render()
+True
+
+How a label is resolved (``shared/DESIGN.md``, "Label resolver"): each label is an
+expression (the packaged ``default_dimensions.yaml``, then the user's overrides). Expressions
+that read only the peer and the local node are evaluated once per peer, in :meth:`peer`, and
+kept in the returned :class:`PeerContext`; per event only the request-scoped ones run
+(``response_code``, ``response_flags``, ``request_protocol``, ``destination_service``), then one
+dictionary lookup gives the series ids and the compiled store records. No Python lock is
+taken per event.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .attributes import (
+    REQUEST_SCOPED,
+    Layered,
+    ReporterKind,
+    is_grpc_content_type,
+    peer_attributes,
+    request_attributes,
+    resolve_destination_service,
+    service_attributes,
+)
+from .config import StatsConfig
+from .errors import ConfigError, ExpressionError
+from .expr import EvaluationFailed, Expression, compile_expression
+from .peer_metadata import PeerMetadata
+from .standard_metrics import BUILD_METRIC, STANDARD_METRICS, StandardMetric
+
+__all__ = ["StatsEngine", "PeerContext", "TcpConnection", "default_dimensions"]
+
+# Which standard metrics each kind of event emits, and what value each records.
+_HTTP = {
+    "requests_total": "one",
+    "request_duration_milliseconds": "duration",
+    "request_bytes": "request_bytes",
+    "response_bytes": "response_bytes",
+}
+_GRPC = {"request_messages_total": "request_messages", "response_messages_total": "response_messages"}
+_TCP = {
+    "tcp_connections_opened_total": "opened",
+    "tcp_connections_closed_total": "closed",
+    "tcp_sent_bytes_total": "sent",
+    "tcp_received_bytes_total": "received",
+}
+_EVENT_METRICS = {"http": _HTTP, "grpc": _GRPC, "tcp": _TCP}
+
+
+def default_dimensions() -> dict[str, str]:
+    """Istio's standard labels as expressions, read from the packaged ``default_dimensions.yaml``."""
+    text = importlib.resources.files("meshstats").joinpath("default_dimensions.yaml").read_text(
+        encoding="utf-8"
+    )
+    import yaml
+
+    data = yaml.safe_load(text)
+    return {str(k): str(v) for k, v in data.items()}
+
+
+@dataclass
+class _Emitter:
+    metric: int  # store metric id
+    kind: str  # counter | gauge | histogram
+    value: str | Expression  # a named event value, or a custom metric's expression
+
+
+@dataclass
+class _Plan:
+    """Metrics of one event kind that share one label list: resolved once per event."""
+
+    labels: tuple[str, ...]
+    exprs: tuple[Expression, ...]
+    peer_pos: tuple[int, ...]
+    request_pos: tuple[int, ...]
+    emitters: list[_Emitter] = field(default_factory=list)
+
+
+class PeerContext:
+    """Everything fixed for one peer and connection, resolved once and reused per event.
+
+    Obtain it from :meth:`StatsEngine.peer`; keep it for the life of the connection (or let the
+    engine's bounded cache keep it for a peer id).
+    """
+
+    __slots__ = ("reporter", "attrs", "_engine", "_plans", "_services", "__weakref__")
+
+    def __init__(self, engine: StatsEngine, reporter: ReporterKind, attrs: dict[str, Any]) -> None:
+        self.reporter = reporter
+        self.attrs = attrs
+        self._engine = engine
+        # plan index -> (peer-scoped values by position, request values -> series ids)
+        self._plans: dict[int, tuple[list[str], dict[tuple[str, ...], tuple[int, ...]]]] = {}
+        self._services: dict[str | None, dict[str, str]] = {}
+
+    def service(self, host: str | None) -> dict[str, str]:
+        """``destination.service.*`` for a request's host (cached per host)."""
+        found = self._services.get(host)
+        if found is None:
+            engine = self._engine
+            info = resolve_destination_service(
+                host_header=host,
+                route_name=self.attrs.get("xds.route_name"),
+                cluster_name=self.attrs.get("xds.cluster_name"),
+                cluster_metadata=self.attrs.get("xds.cluster_metadata"),
+                host_header_fallback=engine.host_header_fallback(self.reporter),
+            )
+            found = service_attributes(self.reporter, info, self.attrs)
+            if len(self._services) < 1024:  # hosts come from clients: bound what we keep
+                self._services[host] = found
+        return found
+
+    def series(self, index: int, plan: _Plan, attrs: Mapping[str, Any]) -> tuple[int, ...]:
+        """Series ids of the plan's metrics for this event (request-scoped values from attrs)."""
+        cached = self._plans.get(index)
+        if cached is None:
+            values = [""] * len(plan.labels)
+            for pos in plan.peer_pos:
+                values[pos] = plan.exprs[pos].label(self.attrs)
+            cached = self._plans[index] = (values, {})
+        base, by_request = cached
+        exprs = plan.exprs
+        key = tuple([exprs[pos].label(attrs) for pos in plan.request_pos])
+        ids = by_request.get(key)
+        engine = self._engine
+        if ids is None:
+            engine.cache_misses += 1
+            full = list(base)
+            for pos, value in zip(plan.request_pos, key):
+                full[pos] = value
+            labels = tuple(full)
+            ids = tuple(engine.store.series(e.metric, labels) for e in plan.emitters)
+            if len(by_request) < engine.config.max_series:
+                by_request[key] = ids
+        else:
+            engine.cache_hits += 1
+        return ids
+
+
+class StatsEngine:
+    """Turns requests and connections into Istio's metrics in a :class:`~meshstats.Store`.
+
+    Parameters
+    ----------
+    local_node:
+        This proxy's node metadata: a :class:`PeerMetadata`, a mapping, or a JSON/YAML file
+        (bare metadata or an Istio bootstrap ``{"node": {"id", "metadata"}}``).
+    config:
+        Istio's stats PluginConfig (see :mod:`meshstats.config`), or ``None`` for the defaults.
+    store:
+        Where to record; a new :class:`~meshstats.Store` by default.
+    local_principal:
+        The URI SAN of this proxy's certificate (``spiffe://td/ns/<ns>/sa/<sa>``), if any.
+    """
+
+    def __init__(
+        self,
+        local_node: PeerMetadata | Mapping[str, Any] | str | os.PathLike[str],
+        config: StatsConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        store: Any = None,
+        local_principal: str | None = None,
+    ) -> None:
+        from . import Store
+
+        self.local = _as_metadata(local_node)
+        self.config = StatsConfig.parse(config)
+        self.store = store if store is not None else Store(
+            default_max_series=self.config.max_series
+        )
+        self.local_principal = local_principal
+        self.config_warnings: list[str] = []
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.peer_cache_hits = 0
+        self.peer_cache_misses = 0
+        self._peers: OrderedDict[Any, PeerContext] = OrderedDict()
+        self._plans: dict[str, list[tuple[int, _Plan]]] = {}
+        self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
+        self._reporting: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._build_plans()
+        build = self.store.gauge(BUILD_METRIC.name, BUILD_METRIC.help, BUILD_METRIC.labels)
+        self.store.set(
+            self.store.series(build, ("proxy", self.local.istio_version or "unknown")), 1.0
+        )
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def host_header_fallback(self, reporter: str) -> bool:
+        """Istio enables it for client sidecars only unless the config says otherwise."""
+        if self.config.disable_host_header_fallback is not None:
+            return not self.config.disable_host_header_fallback
+        return reporter == "outbound"
+
+    def _compile(self, tag: str, source: str, where: str) -> Expression | None:
+        try:
+            return compile_expression(source)
+        except ExpressionError as exc:
+            self.config_warnings.append(f"{where}: dimension {tag!r} dropped: {exc}")
+            return None
+
+    def _dimensions(self, metric: str, standard: tuple[str, ...] | None) -> dict[str, Expression]:
+        """Istio's rules (§5) turning defaults plus ``metrics[]`` entries into one label list."""
+        defaults = default_dimensions()
+        labels: dict[str, Expression] = {}
+        if standard is not None:
+            for tag in standard:
+                expr = self._compile(tag, defaults[tag], "default_dimensions.yaml")
+                assert expr is not None, f"packaged default for {tag} does not parse"
+                labels[tag] = expr
+        appended: dict[str, Expression] = {}
+        for i, entry in enumerate(self.config.metrics):
+            if entry.name not in ("", metric):
+                continue
+            if standard is not None:
+                for tag in entry.tags_to_remove:
+                    labels.pop(tag, None)
+            for tag in sorted(entry.dimensions):
+                expr = self._compile(tag, entry.dimensions[tag], f"metrics[{i}].dimensions")
+                if standard is not None and tag in standard:
+                    if expr is None:  # Istio: an unparsable override removes the standard tag
+                        labels.pop(tag, None)
+                    elif tag in labels:
+                        labels[tag] = expr
+                elif expr is not None:
+                    appended[tag] = expr
+                else:
+                    appended.pop(tag, None)
+        for tag in sorted(appended):
+            labels.pop(tag, None)
+            labels[tag] = appended[tag]
+        return labels
+
+    def _build_plans(self) -> None:
+        dropped = {e.name for e in self.config.metrics if e.drop and e.name}
+        if any(e.drop and not e.name for e in self.config.metrics):
+            dropped |= set(STANDARD_METRICS)
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], _Plan] = {}
+
+        def plan_for(event: str, labels: dict[str, Expression]) -> _Plan:
+            spec = tuple((tag, e.source) for tag, e in labels.items())
+            plan = groups.get((event, spec))
+            if plan is None:
+                exprs = tuple(labels.values())
+                peer = tuple(i for i, e in enumerate(exprs) if not _request_scoped(e))
+                request = tuple(i for i in range(len(exprs)) if i not in peer)
+                plan = groups[(event, spec)] = _Plan(tuple(labels), exprs, peer, request)
+                self._plans.setdefault(event, []).append((len(groups) - 1, plan))
+            return plan
+
+        for event, metrics in _EVENT_METRICS.items():
+            for short, value in metrics.items():
+                if short in dropped:
+                    continue
+                std: StandardMetric = STANDARD_METRICS[short]
+                labels = self._dimensions(short, std.labels)
+                metric_id = self._register(std.name, std.help, tuple(labels), std.kind, short)
+                plan_for(event, labels).emitters.append(_Emitter(metric_id, std.kind, value))
+
+        for i, definition in enumerate(self.config.definitions):
+            if definition.name in STANDARD_METRICS:
+                self.config_warnings.append(
+                    f"definitions[{i}]: {definition.name!r} is a standard metric; ignored"
+                )
+                continue
+            value = self._compile("value", definition.value, f"definitions[{i}]")
+            if value is None:
+                continue
+            labels = self._dimensions(definition.name, None)
+            kind = definition.type.lower()
+            metric_id = self._register(
+                f"istio_{definition.name}", f"Custom metric {definition.name}.", tuple(labels),
+                kind, definition.name,
+            )
+            for event in ("http", "tcp"):  # Istio emits custom metrics at request end / close
+                plan_for(event, labels).emitters.append(_Emitter(metric_id, kind, value))
+
+    def _register(self, name: str, help_text: str, labels: tuple[str, ...], kind: str,
+                  short: str) -> int:
+        if kind == "histogram":
+            return int(self.store.histogram(name, help_text, labels,
+                                            buckets=self.config.buckets_for(short)))
+        if kind == "gauge":
+            return int(self.store.gauge(name, help_text, labels))
+        return int(self.store.counter(name, help_text, labels))
+
+    # -- peers ---------------------------------------------------------------------------------
+
+    def peer(
+        self,
+        reporter: ReporterKind,
+        metadata: PeerMetadata | Mapping[str, Any] | None = None,
+        *,
+        peer_principal: str | None = None,
+        cluster_name: str | None = None,
+        cluster_metadata: Mapping[str, Any] | None = None,
+        route_name: str | None = None,
+        upstream_metadata: PeerMetadata | Mapping[str, Any] | None = None,
+        cache_key: Any = None,
+    ) -> PeerContext:
+        """Resolve everything that depends only on the peer and this connection.
+
+        ``reporter`` is ``"outbound"`` for a client sidecar, ``"inbound"`` for a server
+        sidecar (``"gateway"`` for Istio's SERVER_GATEWAY). ``metadata`` is what the exchange
+        taught us (``None``: nothing, the labels say ``unknown``). ``peer_principal`` must come
+        from the peer's verified certificate. With ``cache_key`` (e.g. the peer's
+        ``x-envoy-peer-metadata-id`` plus its principal), contexts are kept in a bounded cache
+        of ``peer_cache_size`` entries; when it overflows the oldest quarter is dropped, as
+        Istio does.
+        """
+        if self.config.reporter == "SERVER_GATEWAY" and reporter == "inbound":
+            reporter = "gateway"
+        if cache_key is not None:
+            full_key = (reporter, cache_key, peer_principal, cluster_name, route_name)
+            found = self._peers.get(full_key)
+            if found is not None:
+                self.peer_cache_hits += 1
+                return found
+            self.peer_cache_misses += 1
+        peer = None if metadata is None else _as_metadata(metadata)
+        upstream = None if upstream_metadata is None else _as_metadata(upstream_metadata)
+        attrs = peer_attributes(
+            reporter, self.local, peer, local_principal=self.local_principal,
+            peer_principal=peer_principal, cluster_name=cluster_name,
+            cluster_metadata=cluster_metadata, route_name=route_name, upstream_peer=upstream,
+        )
+        ctx = PeerContext(self, reporter, attrs)
+        if cache_key is not None:
+            self._peers[full_key] = ctx
+            limit = self.config.peer_cache_size
+            if len(self._peers) > limit:
+                for _ in range(max(1, limit // 4)):
+                    self._peers.popitem(last=False)
+        return ctx
+
+    # -- events --------------------------------------------------------------------------------
+
+    def record_request(
+        self,
+        peer: PeerContext,
+        *,
+        response_code: int = 0,
+        duration_ms: float | None = None,
+        request_bytes: int = 0,
+        response_bytes: int = 0,
+        host: str | None = None,
+        grpc_status: int | None = None,
+        response_flags: int | Iterable[str] | str | None = None,
+        protocol: str | None = None,
+        content_type: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        request_protocol: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One finished HTTP or gRPC request, as the access-log callback sees it.
+
+        ``duration_ms`` is truncated to whole milliseconds as Envoy does (``None``: no
+        completion time, the duration histogram is skipped). ``request_bytes`` and
+        ``response_bytes`` are wire bytes (headers and body). ``protocol`` is ``"http"`` or
+        ``"grpc"``; by default gRPC is detected from ``content_type``.
+        """
+        if protocol is None:
+            protocol = "grpc" if is_grpc_content_type(content_type) else "http"
+        attrs = request_attributes(
+            protocol=protocol, response_code=response_code, grpc_status=grpc_status,
+            response_flags=response_flags, host=host, method=method, path=path,
+            request_protocol=request_protocol, headers=headers,
+            duration_ms=duration_ms, request_bytes=request_bytes,
+            response_bytes=response_bytes, extra=attributes,
+        )
+        attrs.update(peer.service(host))
+        values = {
+            "one": 1,
+            "duration": None if duration_ms is None else float(int(duration_ms)),
+            "request_bytes": request_bytes,
+            "response_bytes": response_bytes,
+        }
+        self._emit("http", peer, Layered(attrs, peer.attrs), values)
+
+    def record_grpc_messages(self, peer: PeerContext, request_messages: int,
+                             response_messages: int) -> None:
+        """gRPC message-count deltas (Istio reports them periodically and at stream end)."""
+        values = {"request_messages": request_messages, "response_messages": response_messages}
+        self._emit("grpc", peer, peer.attrs, values)
+
+    def tcp_connection(self, peer: PeerContext | None = None) -> TcpConnection:
+        """A TCP connection whose telemetry is reported every ``tcp_reporting_duration``.
+
+        Pass the peer now or later with :meth:`TcpConnection.set_peer`; labels are fixed at the
+        first report, which waits for the peer (or the close), as Istio's does.
+        """
+        conn = TcpConnection(self, peer)
+        self._connections.add(conn)
+        return conn
+
+    def _emit(self, event: str, peer: PeerContext, attrs: Mapping[str, Any],
+              values: Mapping[str, Any]) -> None:
+        store = self.store
+        for index, plan in self._plans.get(event, ()):
+            ids = peer.series(index, plan, attrs)
+            for sid, emitter in zip(ids, plan.emitters):
+                value = emitter.value
+                if isinstance(value, str):
+                    amount = values[value]
+                else:
+                    amount = _custom_value(value, attrs)
+                if amount is None:
+                    continue
+                if emitter.kind == "counter":
+                    if amount:
+                        store.inc(sid, amount)
+                elif emitter.kind == "histogram":
+                    store.observe(sid, amount)
+                else:
+                    store.set(sid, float(amount))
+
+    # -- periodic reporting ----------------------------------------------------------------------
+
+    def report_tcp(self) -> int:
+        """Report every open connection's byte deltas now; returns how many reported."""
+        return sum(1 for conn in list(self._connections) if conn.flush())
+
+    def start_reporting(self) -> None:
+        """Report TCP deltas every ``tcp_reporting_duration`` from a daemon thread."""
+        period = self.config.tcp_reporting_duration
+        if self._reporting is not None or period <= 0:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(period):
+                self.report_tcp()
+
+        self._reporting = threading.Thread(target=loop, name="meshstats-tcp-report", daemon=True)
+        self._reporting.start()
+
+    def stop_reporting(self) -> None:
+        self._stop.set()
+        if self._reporting is not None:
+            self._reporting.join()
+            self._reporting = None
+
+    # -- output --------------------------------------------------------------------------------
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        return bytes(self.store.render(openmetrics=openmetrics))
+
+    def cache_stats(self) -> dict[str, int]:
+        return {
+            "series_hits": self.cache_hits,
+            "series_misses": self.cache_misses,
+            "peer_hits": self.peer_cache_hits,
+            "peer_misses": self.peer_cache_misses,
+            "peers_cached": len(self._peers),
+        }
+
+
+class TcpConnection:
+    """Telemetry of one TCP connection: opened, bytes both ways, closed.
+
+    Byte totals only grow and are written only by the caller's thread; the reporter keeps
+    what it has reported and emits the difference, so :meth:`add_bytes` needs no lock.
+    """
+
+    def __init__(self, engine: StatsEngine, peer: PeerContext | None) -> None:
+        self._engine = engine
+        self._peer = peer
+        self._peer_known = peer is not None
+        self.sent = 0
+        self.received = 0
+        self._reported_sent = 0
+        self._reported_received = 0
+        self._opened_reported = False
+        self.closed = False
+        self._flush_lock = threading.Lock()  # serialises the reporter thread and close()
+        self.opened_at = time.monotonic()
+
+    def set_peer(self, peer: PeerContext) -> None:
+        """The peer is known (exchange done, or known to be absent: an ``unknown`` context)."""
+        if not self._opened_reported:
+            self._peer = peer
+        self._peer_known = True
+
+    def add_bytes(self, sent: int = 0, received: int = 0) -> None:
+        self.sent += sent
+        self.received += received
+
+    def flush(self, *, closing: bool = False, response_flags: Any = None) -> bool:
+        """Report what changed since the last report (needs the peer unless closing)."""
+        with self._flush_lock:
+            if self.closed or not (self._peer_known or closing):
+                return False
+            engine = self._engine
+            if self._peer is None:
+                self._peer = engine.peer("inbound", None)
+            sent, received = self.sent, self.received
+            values = {
+                "opened": 0 if self._opened_reported else 1,
+                "closed": 1 if closing else 0,
+                "sent": sent - self._reported_sent,
+                "received": received - self._reported_received,
+            }
+            self._reported_sent, self._reported_received = sent, received
+            self._opened_reported = True
+            attrs = request_attributes(protocol="tcp", response_flags=response_flags)
+            attrs.update(self._peer.service(None))
+            engine._emit("tcp", self._peer, Layered(attrs, self._peer.attrs), values)
+            if closing:
+                self.closed = True
+            return True
+
+    def close(self, response_flags: Any = None) -> None:
+        """Final report: remaining bytes and ``tcp_connections_closed_total`` + 1."""
+        self.flush(closing=True, response_flags=response_flags)
+        self._engine._connections.discard(self)
+
+
+def _request_scoped(expr: Expression) -> bool:
+    if not expr.attributes:
+        return False
+    known_peer = ("source", "destination", "connection", "context.reporter", "xds", "node",
+                  "filter_state", "upstream_peer", "downstream_peer")
+    for name in expr.attributes:
+        if any(name == p or name.startswith(p + ".") for p in REQUEST_SCOPED):
+            return True
+        if not any(name == p or name.startswith(p + ".") for p in known_peer):
+            return True  # a user's own attribute: assume it can change per request
+    return False
+
+
+def _custom_value(expr: Expression, attrs: Mapping[str, Any]) -> int:
+    """A custom metric's value: an unsigned integer, else 0 (Istio's rule)."""
+    try:
+        value = expr.evaluate(attrs)
+    except EvaluationFailed:
+        return 0
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return 0
+
+
+def _as_metadata(node: PeerMetadata | Mapping[str, Any] | str | os.PathLike[str]) -> PeerMetadata:
+    if isinstance(node, PeerMetadata):
+        return node
+    if isinstance(node, Mapping):
+        return PeerMetadata.from_struct(dict(node))
+    if isinstance(node, (str, os.PathLike)):
+        return PeerMetadata.from_file(node)
+    raise ConfigError(f"node metadata must be a mapping or a file, got {type(node).__name__}")
+
