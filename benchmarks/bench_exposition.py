@@ -32,10 +32,16 @@ def _fill_prometheus(registry: Any, n: int) -> None:
 
     from meshstats import DEFAULT_BUCKETS
 
-    counter = prometheus_client.Counter("istio_requests", "Requests.", LABEL_NAMES,
-                                        registry=registry)
-    hist = prometheus_client.Histogram("istio_request_duration_milliseconds", "Duration.",
-                                       LABEL_NAMES, buckets=DEFAULT_BUCKETS, registry=registry)
+    counter = prometheus_client.Counter(
+        "istio_requests", "Requests.", LABEL_NAMES, registry=registry
+    )
+    hist = prometheus_client.Histogram(
+        "istio_request_duration_milliseconds",
+        "Duration.",
+        LABEL_NAMES,
+        buckets=DEFAULT_BUCKETS,
+        registry=registry,
+    )
     rng = np.random.default_rng(n)
     for i in range(n):
         values = label_values(i)

@@ -58,10 +58,16 @@ def _prometheus(labels: list[tuple[str, ...]]) -> object:
 
     prometheus_client.disable_created_metrics()
     registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    counter = prometheus_client.Counter("istio_requests", "Requests.", LABEL_NAMES,
-                                        registry=registry)
-    hist = prometheus_client.Histogram("istio_request_duration_milliseconds", "Duration.",
-                                       LABEL_NAMES, buckets=DEFAULT_BUCKETS, registry=registry)
+    counter = prometheus_client.Counter(
+        "istio_requests", "Requests.", LABEL_NAMES, registry=registry
+    )
+    hist = prometheus_client.Histogram(
+        "istio_request_duration_milliseconds",
+        "Duration.",
+        LABEL_NAMES,
+        buckets=DEFAULT_BUCKETS,
+        registry=registry,
+    )
     for values in labels:
         counter.labels(*values).inc()
         hist.labels(*values).observe(10.0)

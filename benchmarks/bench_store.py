@@ -126,9 +126,7 @@ def test_batch_counter_meshstats_c(
 
 
 @pytest.mark.benchmark(group="batch of 1M counter increments")
-def test_batch_counter_numpy_bincount_floor(
-    benchmark: Any, batch: dict[str, np.ndarray]
-) -> None:
+def test_batch_counter_numpy_bincount_floor(benchmark: Any, batch: dict[str, np.ndarray]) -> None:
     """The floor: NumPy adding into a plain array, no store, no atomics."""
     benchmark(np.bincount, batch["slots"], batch["amounts"], N_SERIES)
 

@@ -121,8 +121,9 @@ class StatsConfig:
     peer_cache_size: int = 500
 
     @classmethod
-    def parse(cls, source: StatsConfig | Mapping[str, Any] | str | os.PathLike[str] | None
-              ) -> StatsConfig:
+    def parse(
+        cls, source: StatsConfig | Mapping[str, Any] | str | os.PathLike[str] | None
+    ) -> StatsConfig:
         """From a mapping, JSON text, or a path to a JSON or YAML file."""
         if source is None:
             return cls()
@@ -193,8 +194,9 @@ def _fields(data: Mapping[str, Any], allowed: set[str], where: str) -> dict[str,
     for key, value in data.items():
         name = _ALIASES.get(key, key)
         if name not in allowed:
-            raise ConfigError(f"unknown field {key!r} (known: {', '.join(sorted(allowed))})",
-                              f"{where}{key}")
+            raise ConfigError(
+                f"unknown field {key!r} (known: {', '.join(sorted(allowed))})", f"{where}{key}"
+            )
         out[name] = value
     return out
 
@@ -221,8 +223,9 @@ def _parse(data: Mapping[str, Any]) -> StatsConfig:
     if "reporter" in f:
         reporter = f["reporter"]
         if reporter not in REPORTERS:
-            raise ConfigError(f"must be one of {', '.join(REPORTERS)}, got {reporter!r}",
-                              "reporter")
+            raise ConfigError(
+                f"must be one of {', '.join(REPORTERS)}, got {reporter!r}", "reporter"
+            )
         kwargs["reporter"] = reporter
     for key in ("max_series", "peer_cache_size"):
         if key in f:
@@ -269,7 +272,9 @@ def _definition(entry: Any, where: str) -> MetricDefinition:
     value = _expect(f.get("value"), str, "an expression string", where + ".value")
     kind = f.get("type", "COUNTER")
     if kind not in METRIC_TYPES:
-        raise ConfigError(f"must be one of {', '.join(METRIC_TYPES)}, got {kind!r}", where + ".type")
+        raise ConfigError(
+            f"must be one of {', '.join(METRIC_TYPES)}, got {kind!r}", where + ".type"
+        )
     return MetricDefinition(name, value, kind)
 
 
@@ -284,8 +289,9 @@ def _bucket_spec(value: Any, where: str) -> BucketSpec:
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
             raise ConfigError(f"bound must be a finite number, got {b!r}", f"{where}[{i}]")
         if out and b <= out[-1]:
-            raise ConfigError(f"bounds must increase strictly, {b!r} after {out[-1]!r}",
-                              f"{where}[{i}]")
+            raise ConfigError(
+                f"bounds must increase strictly, {b!r} after {out[-1]!r}", f"{where}[{i}]"
+            )
         out.append(float(b))
     if not out:
         raise ConfigError("at least one bound is needed", where)

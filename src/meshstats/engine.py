@@ -55,7 +55,10 @@ _HTTP = {
     "request_bytes": "request_bytes",
     "response_bytes": "response_bytes",
 }
-_GRPC = {"request_messages_total": "request_messages", "response_messages_total": "response_messages"}
+_GRPC = {
+    "request_messages_total": "request_messages",
+    "response_messages_total": "response_messages",
+}
 _TCP = {
     "tcp_connections_opened_total": "opened",
     "tcp_connections_closed_total": "closed",
@@ -66,9 +69,11 @@ _EVENT_METRICS = {"http": _HTTP, "grpc": _GRPC, "tcp": _TCP}
 
 
 def default_dimensions() -> dict[str, str]:
-    """Istio's standard labels as expressions, read from the packaged ``default_dimensions.yaml``."""
-    text = importlib.resources.files("meshstats").joinpath("default_dimensions.yaml").read_text(
-        encoding="utf-8"
+    """Istio's standard labels as expressions (the packaged ``default_dimensions.yaml``)."""
+    text = (
+        importlib.resources.files("meshstats")
+        .joinpath("default_dimensions.yaml")
+        .read_text(encoding="utf-8")
     )
     import yaml
 
@@ -183,8 +188,8 @@ class StatsEngine:
 
         self.local = _as_metadata(local_node)
         self.config = StatsConfig.parse(config)
-        self.store = store if store is not None else Store(
-            default_max_series=self.config.max_series
+        self.store = (
+            store if store is not None else Store(default_max_series=self.config.max_series)
         )
         self.local_principal = local_principal
         self.config_warnings: list[str] = []
@@ -288,17 +293,24 @@ class StatsEngine:
             labels = self._dimensions(definition.name, None)
             kind = definition.type.lower()
             metric_id = self._register(
-                f"istio_{definition.name}", f"Custom metric {definition.name}.", tuple(labels),
-                kind, definition.name,
+                f"istio_{definition.name}",
+                f"Custom metric {definition.name}.",
+                tuple(labels),
+                kind,
+                definition.name,
             )
             for event in ("http", "tcp"):  # Istio emits custom metrics at request end / close
                 plan_for(event, labels).emitters.append(_Emitter(metric_id, kind, value))
 
-    def _register(self, name: str, help_text: str, labels: tuple[str, ...], kind: str,
-                  short: str) -> int:
+    def _register(
+        self, name: str, help_text: str, labels: tuple[str, ...], kind: str, short: str
+    ) -> int:
         if kind == "histogram":
-            return int(self.store.histogram(name, help_text, labels,
-                                            buckets=self.config.buckets_for(short)))
+            return int(
+                self.store.histogram(
+                    name, help_text, labels, buckets=self.config.buckets_for(short)
+                )
+            )
         if kind == "gauge":
             return int(self.store.gauge(name, help_text, labels))
         return int(self.store.counter(name, help_text, labels))
@@ -339,9 +351,15 @@ class StatsEngine:
         peer = None if metadata is None else _as_metadata(metadata)
         upstream = None if upstream_metadata is None else _as_metadata(upstream_metadata)
         attrs = peer_attributes(
-            reporter, self.local, peer, local_principal=self.local_principal,
-            peer_principal=peer_principal, cluster_name=cluster_name,
-            cluster_metadata=cluster_metadata, route_name=route_name, upstream_peer=upstream,
+            reporter,
+            self.local,
+            peer,
+            local_principal=self.local_principal,
+            peer_principal=peer_principal,
+            cluster_name=cluster_name,
+            cluster_metadata=cluster_metadata,
+            route_name=route_name,
+            upstream_peer=upstream,
         )
         ctx = PeerContext(self, reporter, attrs)
         if cache_key is not None:
@@ -383,11 +401,19 @@ class StatsEngine:
         if protocol is None:
             protocol = "grpc" if is_grpc_content_type(content_type) else "http"
         attrs = request_attributes(
-            protocol=protocol, response_code=response_code, grpc_status=grpc_status,
-            response_flags=response_flags, host=host, method=method, path=path,
-            request_protocol=request_protocol, headers=headers,
-            duration_ms=duration_ms, request_bytes=request_bytes,
-            response_bytes=response_bytes, extra=attributes,
+            protocol=protocol,
+            response_code=response_code,
+            grpc_status=grpc_status,
+            response_flags=response_flags,
+            host=host,
+            method=method,
+            path=path,
+            request_protocol=request_protocol,
+            headers=headers,
+            duration_ms=duration_ms,
+            request_bytes=request_bytes,
+            response_bytes=response_bytes,
+            extra=attributes,
         )
         attrs.update(peer.service(host))
         values = {
@@ -398,8 +424,9 @@ class StatsEngine:
         }
         self._emit("http", peer, Layered(attrs, peer.attrs), values)
 
-    def record_grpc_messages(self, peer: PeerContext, request_messages: int,
-                             response_messages: int) -> None:
+    def record_grpc_messages(
+        self, peer: PeerContext, request_messages: int, response_messages: int
+    ) -> None:
         """gRPC message-count deltas (Istio reports them periodically and at stream end)."""
         values = {"request_messages": request_messages, "response_messages": response_messages}
         self._emit("grpc", peer, peer.attrs, values)
@@ -414,8 +441,9 @@ class StatsEngine:
         self._connections.add(conn)
         return conn
 
-    def _emit(self, event: str, peer: PeerContext, attrs: Mapping[str, Any],
-              values: Mapping[str, Any]) -> None:
+    def _emit(
+        self, event: str, peer: PeerContext, attrs: Mapping[str, Any], values: Mapping[str, Any]
+    ) -> None:
         store = self.store
         for index, plan in self._plans.get(event, ()):
             ids = peer.series(index, plan, attrs)
@@ -539,8 +567,17 @@ class TcpConnection:
 def _request_scoped(expr: Expression) -> bool:
     if not expr.attributes:
         return False
-    known_peer = ("source", "destination", "connection", "context.reporter", "xds", "node",
-                  "filter_state", "upstream_peer", "downstream_peer")
+    known_peer = (
+        "source",
+        "destination",
+        "connection",
+        "context.reporter",
+        "xds",
+        "node",
+        "filter_state",
+        "upstream_peer",
+        "downstream_peer",
+    )
     for name in expr.attributes:
         if any(name == p or name.startswith(p + ".") for p in REQUEST_SCOPED):
             return True
@@ -574,4 +611,3 @@ def _as_metadata(node: PeerMetadata | Mapping[str, Any] | str | os.PathLike[str]
     if isinstance(node, (str, os.PathLike)):
         return PeerMetadata.from_file(node)
     raise ConfigError(f"node metadata must be a mapping or a file, got {type(node).__name__}")
-
