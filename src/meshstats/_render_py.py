@@ -128,7 +128,7 @@ def render(snapshot: Sequence[SnapshotEntry], openmetrics: bool = False) -> byte
         family = openmetrics_family(name, kind) if openmetrics else name
         add(f"# HELP {family} {escape_help(help_text, openmetrics)}\n# TYPE {family} {kind}\n")
         if kind == "histogram":
-            _render_histogram(add, name, label_names, buckets, series)
+            _render_histogram(add, name, label_names, buckets, series, openmetrics)
             continue
         sample = f"{family}_total" if openmetrics and kind == "counter" else name
         for values, value in series:
@@ -148,7 +148,11 @@ def _render_histogram(
     label_names: tuple[str, ...],
     buckets: tuple[float, ...],
     series: list[tuple[tuple[str, ...], SeriesValue]],
+    openmetrics: bool,
 ) -> None:
+    # OpenMetrics 1.0 allows a histogram _sum only as a counter (not negative, not NaN) and
+    # never with a negative bound; _sum and _count go together, so both are left out then.
+    sum_allowed = not (openmetrics and buckets and buckets[0] < 0)
     bounds = [format_float(b) for b in buckets]
     bounds.append("+Inf")
     for values, value in series:
@@ -160,7 +164,8 @@ def _render_histogram(
         for le, count in zip(bounds, counts):
             cumulative += count
             lines.append(f'{prefix}le="{le}"}} {cumulative}\n')
-        brace = f"{{{labels}}}" if labels else ""
-        lines.append(f"{name}_sum{brace} {format_float(total)}\n")
-        lines.append(f"{name}_count{brace} {cumulative}\n")
+        if sum_allowed and not (openmetrics and (total < 0 or total != total)):
+            brace = f"{{{labels}}}" if labels else ""
+            lines.append(f"{name}_sum{brace} {format_float(total)}\n")
+            lines.append(f"{name}_count{brace} {cumulative}\n")
         add("".join(lines))
