@@ -611,7 +611,8 @@ void pe_enc_free(pe_encoder *enc) {
 }
 
 static pe_status arena_put(pe_encoder *enc, const char *s, size_t len, size_t *off) {
-    if (enc->arena_cap - enc->arena_len < len) {
+    /* Allocated even for "" so `arena + off` is never arithmetic on NULL. */
+    if (!enc->arena || enc->arena_cap - enc->arena_len < len) {
         size_t cap = enc->arena_cap ? enc->arena_cap : 256;
         while (cap - enc->arena_len < len) {
             if (cap > SIZE_MAX / 2) return PE_NO_MEMORY;

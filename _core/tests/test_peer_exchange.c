@@ -61,6 +61,23 @@ static void test_encode_bytes(void) {
     pe_enc_free(&enc);
 }
 
+static void test_encode_only_empty_key(void) {
+    /* Fuzz regression: a Struct whose only key is "" used to do arithmetic on a NULL
+     * arena (UBSan). Expected: one entry 0a 06 | 0a 00 | 12 02 08 00. */
+    pe_encoder enc;
+    pe_enc_init(&enc);
+    pe_enc_begin_struct(&enc);
+    CHECK(pe_enc_key(&enc, "", 0) == PE_OK);
+    CHECK(pe_enc_string(&enc, "", 0) == PE_OK);
+    CHECK(pe_enc_end(&enc) == PE_OK);
+    static const uint8_t want[] = {0x0a, 0x06, 0x0a, 0x00, 0x12, 0x02, 0x1a, 0x00};
+    uint8_t out[16];
+    CHECK(pe_enc_struct_size(&enc) == sizeof want);
+    pe_enc_write_struct(&enc, out);
+    CHECK(memcmp(out, want, sizeof want) == 0);
+    pe_enc_free(&enc);
+}
+
 static void test_encode_prefix_order_and_dedupe(void) {
     /* NAMESPACE then NAME then NAME again: output NAME (last value) before NAMESPACE. */
     pe_encoder enc;
@@ -340,6 +357,7 @@ static void test_base64(void) {
 
 int main(void) {
     test_encode_bytes();
+    test_encode_only_empty_key();
     test_encode_prefix_order_and_dedupe();
     test_encoder_misuse_and_depth();
     test_round_trip_tokens();
