@@ -1,0 +1,222 @@
+"""The compiled series store (Cython over ``_core/store.c``); same API as ``_store_py``.
+
+>>> from meshstats._store_c import Store
+>>> store = Store()
+>>> sid = store.series(store.counter("istio_requests_total", "Requests.", ("code",)), ("200",))
+>>> store.inc(sid)
+>>> store.render().splitlines()[-1]
+b'istio_requests_total{code="200"} 1'
+
+The contract both backends follow is ``docs/store.md``.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import SupportsFloat, SupportsIndex
+
+from typing_extensions import Buffer
+
+__all__ = ["DEFAULT_BUCKETS", "Store"]
+
+#: Envoy's default histogram bounds (milliseconds): 0.5 ... 3600000.
+DEFAULT_BUCKETS: tuple[float, ...]
+
+HistogramValue = tuple[tuple[int, ...], float]
+SnapshotEntry = tuple[
+    str,
+    str,
+    str,
+    tuple[str, ...],
+    tuple[float, ...],
+    list[tuple[tuple[str, ...], int | float | HistogramValue]],
+]
+
+class Store:
+    """Metrics and their series; recording is lock-free C (atomics), GIL released for batches.
+
+    >>> store = Store(default_max_series=1000)
+    >>> dur = store.histogram("istio_request_duration_milliseconds", "Duration.", ("code",))
+    >>> store.observe(store.series(dur, ("200",)), 12.5)
+
+    Parameters
+    ----------
+    default_max_series
+        The cardinality guard of metrics registered without ``max_series`` (>= 1).
+    """
+
+    def __init__(self, default_max_series: SupportsIndex = 100_000) -> None: ...
+    def counter(
+        self,
+        name: str,
+        help: str = "",
+        labels: Iterable[str] = (),
+        *,
+        max_series: SupportsIndex | None = None,
+    ) -> int:
+        """Register a counter (unsigned 64-bit); returns its metric id.
+
+        >>> Store().counter("istio_requests_total", "Requests.", ("reporter",))
+        0
+
+        Raises ``InvalidMetricError`` for a bad name or label names,
+        ``DuplicateMetricError`` when the name is taken.
+        """
+    def gauge(
+        self,
+        name: str,
+        help: str = "",
+        labels: Iterable[str] = (),
+        *,
+        max_series: SupportsIndex | None = None,
+    ) -> int:
+        """Register a gauge (a float); returns its metric id.
+
+        >>> Store().gauge("istio_build", "Build.", ("component", "tag"))
+        0
+        """
+    def histogram(
+        self,
+        name: str,
+        help: str = "",
+        labels: Iterable[str] = (),
+        *,
+        buckets: Iterable[SupportsFloat] = ...,
+        max_series: SupportsIndex | None = None,
+    ) -> int:
+        """Register a histogram with its own strictly increasing finite bounds.
+
+        >>> Store().histogram("latency_ms", "Latency.", ("code",), buckets=(1, 10, 100))
+        0
+
+        ``+Inf`` is implicit; the default is ``DEFAULT_BUCKETS``; a label named ``le`` is
+        refused.
+        """
+    def series(self, metric: int, values: Sequence[str]) -> int:
+        """The series id for these label values, created on first use.
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("code",))
+        >>> store.series(m, ("200",)), store.series(m, ("500",)), store.series(m, ("200",))
+        (0, 1, 0)
+
+        Once the metric holds ``max_series`` series, new label sets all map to its
+        overflow series (every value ``__overflow__``) and ``overflow_count`` grows.
+        """
+    def labels(self, series: int) -> tuple[str, ...]:
+        """The label values of a series.
+
+        >>> store = Store()
+        >>> store.labels(store.series(store.gauge("g", "", ("a",)), ("x",)))
+        ('x',)
+        """
+    def metric_of(self, series: int) -> int:
+        """The metric id a series belongs to.
+
+        >>> store = Store()
+        >>> store.metric_of(store.series(store.gauge("g"), ()))
+        0
+        """
+    def series_count(self, metric: int) -> int:
+        """Real series of a metric (the overflow series not counted).
+
+        >>> store = Store()
+        >>> m = store.gauge("g", "", ("a",))
+        >>> _ = store.series(m, ("x",)); store.series_count(m)
+        1
+        """
+    def overflow_count(self, metric: int) -> int:
+        """``series()`` calls of a full metric folded into its overflow series.
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",), max_series=1)
+        >>> _ = store.series(m, ("a",)), store.series(m, ("b",))
+        >>> store.overflow_count(m)
+        1
+        """
+    def memory_bytes(self) -> int:
+        """Exact bytes the C store holds (allocated with ``PyMem_RawMalloc``).
+
+        >>> Store().memory_bytes() > 0
+        True
+        """
+    def inc(self, series: int, n: SupportsIndex = 1) -> None:
+        """Add ``n`` (``0 <= n < 2**64``) to a counter series; allocates nothing.
+
+        >>> store = Store()
+        >>> sid = store.series(store.counter("c_total"), ())
+        >>> store.inc(sid); store.inc(sid, 5); store.value(sid)
+        6
+        """
+    def set(self, series: int, v: SupportsFloat) -> None:
+        """Set a gauge series (any float, NaN and infinities included).
+
+        >>> store = Store()
+        >>> sid = store.series(store.gauge("g"), ())
+        >>> store.set(sid, 2.5); store.value(sid)
+        2.5
+        """
+    def observe(self, series: int, v: SupportsFloat) -> None:
+        """Record ``v`` in a histogram series; ``le`` is inclusive, NaN is refused.
+
+        >>> store = Store()
+        >>> sid = store.series(store.histogram("h", buckets=(1, 2)), ())
+        >>> store.observe(sid, 1); store.observe(sid, 5); store.histogram_value(sid)
+        ((1, 0, 1), 6.0)
+        """
+    def inc_many(self, ids: Buffer, amounts: Buffer | None = None) -> None:
+        """Add ``amounts[i]`` (default 1) to counter ``ids[i]``, all in C without the GIL.
+
+        >>> import numpy as np
+        >>> store = Store()
+        >>> sid = store.series(store.counter("c_total"), ())
+        >>> store.inc_many(np.array([sid, sid]), np.array([2, 3])); store.value(sid)
+        5
+
+        ``ids`` and ``amounts`` are 1-D int32/int64/uint32/uint64 buffers of equal length
+        (else ``ArrayTypeError`` / ``BatchShapeError``). The batch is checked first: a bad
+        element raises, naming its index, and nothing is recorded.
+        """
+    def observe_many(self, ids: Buffer, values: Buffer) -> None:
+        """Record ``values[i]`` in histogram ``ids[i]``, all in C without the GIL.
+
+        >>> import numpy as np
+        >>> store = Store()
+        >>> sid = store.series(store.histogram("h", buckets=(1,)), ())
+        >>> store.observe_many(np.array([sid, sid]), np.array([0.5, 3.0]))
+        >>> store.histogram_value(sid)
+        ((1, 1), 3.5)
+
+        ``values`` is float64; float32 and int32/int64/uint32/uint64 are converted.
+        """
+    def value(self, series: int) -> int | float:
+        """A counter's value (int) or a gauge's (float).
+
+        >>> store = Store()
+        >>> store.value(store.series(store.gauge("g"), ()))
+        0.0
+        """
+    def histogram_value(self, series: int) -> HistogramValue:
+        """``(counts, sum)``: non-cumulative counts per bucket, the last for ``+Inf``.
+
+        >>> store = Store()
+        >>> store.histogram_value(store.series(store.histogram("h", buckets=(1,)), ()))
+        ((0, 0), 0.0)
+        """
+    def snapshot(self) -> list[SnapshotEntry]:
+        """Every metric sorted by name: ``(name, kind, help, labels, buckets, series)``.
+
+        >>> store = Store()
+        >>> store.inc(store.series(store.counter("c_total", "C.", ("k",)), ("a",)), 3)
+        >>> store.snapshot()
+        [('c_total', 'counter', 'C.', ('k',), (), [(('a',), 3)])]
+        """
+    def render(self, openmetrics: bool = False) -> bytes:
+        """Prometheus text 0.0.4, or OpenMetrics 1.0, rendered in C without the GIL.
+
+        >>> store = Store()
+        >>> store.inc(store.series(store.counter("up_total", "Up.", ("job",)), ("a",)))
+        >>> print(store.render(openmetrics=True).decode(), end="")
+        # HELP up Up.
+        # TYPE up counter
+        up_total{job="a"} 1
+        # EOF
+        """

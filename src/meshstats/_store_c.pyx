@@ -1,0 +1,891 @@
+"""The compiled series store: Cython glue over ``_core/store.c`` and ``_core/render.c``.
+
+>>> from meshstats._store_c import Store
+>>> store = Store()
+>>> req = store.counter("istio_requests_total", "Requests.", ("reporter",))
+>>> sid = store.series(req, ("source",))
+>>> store.inc(sid, 2)
+>>> store.value(sid)
+2
+
+Arguments are checked and converted here with the GIL held; the C calls that
+record (single events, and whole batches under ``with nogil``) never allocate a
+Python object and never take a lock. The contract is ``docs/store.md``.
+"""
+
+import operator
+import re
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport isnan
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, UINT64_MAX
+
+from .errors import (
+    ArrayTypeError,
+    BatchShapeError,
+    DuplicateMetricError,
+    InvalidLabelsError,
+    InvalidMetricError,
+    InvalidSampleError,
+    UnknownSeriesError,
+)
+
+cdef extern from "Python.h":
+    bint PyLong_Check(object o)
+    bint PyFloat_CheckExact(object o)
+    bint PyUnicode_Check(object o)
+    double PyFloat_AS_DOUBLE(object o)
+    double PyFloat_AsDouble(object o) except? -1.0
+    long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
+    unsigned long long PyLong_AsUnsignedLongLong(object o) except? -1
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+
+cdef extern from "store.h" nogil:
+    ctypedef enum ms_status:
+        MS_OK
+        MS_ERR_NOMEM
+        MS_ERR_INVALID_METRIC
+        MS_ERR_DUPLICATE_METRIC
+        MS_ERR_INVALID_LABELS
+        MS_ERR_UNKNOWN_METRIC
+        MS_ERR_UNKNOWN_SERIES
+        MS_ERR_WRONG_KIND
+        MS_ERR_INVALID_SAMPLE
+        MS_ERR_LIMIT
+    ctypedef enum ms_kind:
+        MS_COUNTER
+        MS_GAUGE
+        MS_HISTOGRAM
+    ctypedef struct ms_allocator:
+        void *(*malloc)(size_t) noexcept nogil
+        void *(*calloc)(size_t, size_t) noexcept nogil
+        void *(*realloc)(void *, size_t) noexcept nogil
+        void (*free)(void *) noexcept nogil
+    ctypedef struct ms_strref:
+        const char *ptr
+        size_t len
+    ctypedef struct ms_store:
+        pass
+    ctypedef struct ms_metric_info:
+        ms_kind kind
+        ms_strref name
+        ms_strref help
+        uint32_t n_labels
+        uint32_t n_bounds
+        const double *bounds
+        uint64_t max_series
+        uint64_t series_count
+        uint64_t overflow_count
+
+    ms_store *ms_store_new(const ms_allocator *allocator, uint64_t default_max_series)
+    void ms_store_free(ms_store *s)
+    size_t ms_store_memory(const ms_store *s)
+    ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name_len,
+                            const char *help, size_t help_len, const ms_strref *label_names,
+                            uint32_t n_labels, const double *bounds, uint32_t n_bounds,
+                            uint64_t max_series, uint32_t *out_metric)
+    ms_status ms_series_get(ms_store *s, uint32_t metric, const ms_strref *values,
+                            uint32_t n_values, uint32_t *out_series)
+    uint32_t ms_metric_count(const ms_store *s)
+    uint32_t ms_series_total(const ms_store *s)
+    ms_status ms_metric_get(const ms_store *s, uint32_t metric, ms_metric_info *out)
+    ms_status ms_metric_label_name(const ms_store *s, uint32_t metric, uint32_t i,
+                                   ms_strref *out)
+    ms_status ms_series_metric(const ms_store *s, uint64_t series, uint32_t *out_metric)
+    ms_status ms_series_label(const ms_store *s, uint64_t series, uint32_t i, ms_strref *out)
+    ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n)
+    ms_status ms_set(ms_store *s, uint64_t series, double v)
+    ms_status ms_observe(ms_store *s, uint64_t series, double v)
+    ms_status ms_check(const ms_store *s, uint64_t series, ms_kind kind)
+    void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n)
+    void ms_observe_unchecked(ms_store *s, uint64_t series, double v)
+    ms_status ms_counter_value(const ms_store *s, uint64_t series, uint64_t *out)
+    ms_status ms_gauge_value(const ms_store *s, uint64_t series, double *out)
+    ms_status ms_histogram_value(const ms_store *s, uint64_t series, uint64_t *counts,
+                                 double *sum)
+
+cdef extern from "render.h" nogil:
+    ctypedef struct ms_buf:
+        char *data
+        size_t len
+        size_t cap
+    ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out)
+    void ms_buf_free(ms_store *s, ms_buf *b)
+
+__all__ = ["DEFAULT_BUCKETS", "Store"]
+
+#: Envoy's default histogram bounds (milliseconds), used by Istio's duration metrics.
+DEFAULT_BUCKETS = (
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+)
+
+# The raw domain is thread-safe without the GIL (render allocates with it released)
+# and is still traced by tracemalloc.
+cdef ms_allocator _ALLOCATOR
+_ALLOCATOR.malloc = PyMem_RawMalloc
+_ALLOCATOR.calloc = PyMem_RawCalloc
+_ALLOCATOR.realloc = PyMem_RawRealloc
+_ALLOCATOR.free = PyMem_RawFree
+
+_KINDS = ("counter", "gauge", "histogram")
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_TWO64 = 2**64
+
+# Batch dtype codes, from a buffer's format and item size.
+cdef enum:
+    K_I32
+    K_I64
+    K_U32
+    K_U64
+    K_F32
+    K_F64
+
+ctypedef fused ids_t:
+    int32_t
+    int64_t
+    uint32_t
+    uint64_t
+
+ctypedef fused amounts_t:
+    int32_t
+    int64_t
+    uint32_t
+    uint64_t
+
+ctypedef fused values_t:
+    float
+    double
+    int32_t
+    int64_t
+    uint32_t
+    uint64_t
+
+
+cdef int _raise(ms_status status, str message, object series_id=None, str name="") except -1:
+    """The one place a C status becomes an exception."""
+    if status == MS_OK:
+        return 0
+    if status == MS_ERR_NOMEM:
+        raise MemoryError(message)
+    if status == MS_ERR_DUPLICATE_METRIC:
+        raise DuplicateMetricError(message, name)
+    if status == MS_ERR_INVALID_METRIC:
+        raise InvalidMetricError(message)
+    if status == MS_ERR_INVALID_LABELS or status == MS_ERR_LIMIT:
+        raise InvalidLabelsError(message)
+    if status == MS_ERR_UNKNOWN_SERIES or status == MS_ERR_UNKNOWN_METRIC:
+        raise UnknownSeriesError(message, series_id)
+    raise InvalidSampleError(message)
+
+
+cdef inline uint64_t _series_id(object series) except? 0xFFFFFFFFFFFFFFFF:
+    """A series id for C; UINT64_MAX (never a valid id) for ints out of range."""
+    cdef int overflow = 0
+    cdef long long v
+    if not PyLong_Check(series):
+        try:
+            series = operator.index(series)
+        except TypeError:
+            raise UnknownSeriesError(
+                f"series must be an int id, got {type(series).__name__}") from None
+    v = PyLong_AsLongLongAndOverflow(series, &overflow)
+    if overflow or v < 0:
+        return UINT64_MAX
+    return <uint64_t>v
+
+
+cdef inline uint64_t _amount(object n) except? 0xFFFFFFFFFFFFFFFF:
+    cdef int overflow = 0
+    cdef long long v
+    if not PyLong_Check(n):
+        try:
+            n = operator.index(n)
+        except TypeError:
+            raise InvalidSampleError(f"n must be an int, got {type(n).__name__}") from None
+    v = PyLong_AsLongLongAndOverflow(n, &overflow)
+    if overflow == 0 and v >= 0:
+        return <uint64_t>v
+    if overflow > 0 and n < _TWO64:
+        return PyLong_AsUnsignedLongLong(n)
+    raise InvalidSampleError(f"n must be >= 0 and < 2**64, got {n}")
+
+
+cdef inline double _sample(object v) except? -1.0:
+    if PyFloat_CheckExact(v):
+        return PyFloat_AS_DOUBLE(v)
+    if isinstance(v, (str, bytes)):
+        raise InvalidSampleError(f"v must be a real number, got {type(v).__name__}")
+    try:
+        return PyFloat_AsDouble(v)
+    except (TypeError, OverflowError) as exc:
+        raise InvalidSampleError(f"v must be a real number: {exc}") from None
+
+
+cdef uint64_t _max_series(object value, str what) except 0:
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise InvalidMetricError(f"{what} must be an int, got {type(value).__name__}") from None
+    if n < 1:
+        raise InvalidMetricError(f"{what} must be >= 1, got {n}")
+    return <uint64_t>min(n, _TWO64 - 1)
+
+
+cdef const char *_utf8(object text, Py_ssize_t *size, object error, str what) except NULL:
+    try:
+        return PyUnicode_AsUTF8AndSize(text, size)
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} cannot be encoded as UTF-8: {exc}") from None
+
+
+cdef int _format(object array, str what, bint floats) except -1:
+    """The dtype code of a 1-D buffer, or ArrayTypeError."""
+    try:
+        view = memoryview(array)
+    except TypeError:
+        raise ArrayTypeError(
+            f"{what} must be a 1-D buffer (numpy array, array.array, memoryview), "
+            f"got {type(array).__name__}") from None
+    if view.ndim != 1:
+        raise ArrayTypeError(f"{what} must be 1-D, got {view.ndim}-D")
+    fmt = view.format
+    if len(fmt) == 2 and fmt[0] in "@=<":
+        # '<' is native here only on little-endian machines; Cython checks again.
+        fmt = fmt[1:]
+    size = view.itemsize
+    if len(fmt) == 1 and size in (4, 8):
+        if fmt in "ilqn":
+            return K_I32 if size == 4 else K_I64
+        if fmt in "ILQN":
+            return K_U32 if size == 4 else K_U64
+        if floats and fmt == "f" and size == 4:
+            return K_F32
+        if floats and fmt == "d" and size == 8:
+            return K_F64
+    accepted = "int32/int64/uint32/uint64" + ("/float32/float64" if floats else "")
+    raise ArrayTypeError(f"{what} must have dtype {accepted}, got format {view.format!r}")
+
+
+cdef int _same_length(Py_ssize_t n, Py_ssize_t m, str other) except -1:
+    if n != m:
+        raise BatchShapeError(f"ids and {other} differ in length: {n} != {m}")
+    return 0
+
+
+# ---- batch kernels: no Python objects, no GIL ----------------------------------------
+
+cdef Py_ssize_t _inc_ones(ms_store *s, const ids_t[:] ids, ms_status *status) noexcept nogil:
+    cdef Py_ssize_t i, n = ids.shape[0]
+    cdef ms_status st
+    for i in range(n):
+        st = ms_check(s, <uint64_t>ids[i], MS_COUNTER)
+        if st != MS_OK:
+            status[0] = st
+            return i
+    for i in range(n):
+        ms_inc_unchecked(s, <uint64_t>ids[i], 1)
+    return -1
+
+
+cdef Py_ssize_t _inc_amounts(ms_store *s, const ids_t[:] ids, const amounts_t[:] amounts,
+                             ms_status *status) noexcept nogil:
+    cdef Py_ssize_t i, n = ids.shape[0]
+    cdef ms_status st
+    for i in range(n):
+        st = ms_check(s, <uint64_t>ids[i], MS_COUNTER)
+        if st == MS_OK and amounts[i] < 0:
+            st = MS_ERR_INVALID_SAMPLE
+        if st != MS_OK:
+            status[0] = st
+            return i
+    for i in range(n):
+        ms_inc_unchecked(s, <uint64_t>ids[i], <uint64_t>amounts[i])
+    return -1
+
+
+cdef Py_ssize_t _observe_values(ms_store *s, const ids_t[:] ids, const values_t[:] values,
+                                ms_status *status) noexcept nogil:
+    cdef Py_ssize_t i, n = ids.shape[0]
+    cdef ms_status st
+    for i in range(n):
+        st = ms_check(s, <uint64_t>ids[i], MS_HISTOGRAM)
+        if values_t is float or values_t is double:
+            if st == MS_OK and isnan(values[i]):
+                st = MS_ERR_INVALID_SAMPLE
+        if st != MS_OK:
+            status[0] = st
+            return i
+    for i in range(n):
+        ms_observe_unchecked(s, <uint64_t>ids[i], <double>values[i])
+    return -1
+
+
+cdef Py_ssize_t _inc_typed(Store store, const ids_t[:] ids, object amounts, int kind,
+                           ms_status *status) except -2:
+    cdef const int32_t[:] a_i32
+    cdef const int64_t[:] a_i64
+    cdef const uint32_t[:] a_u32
+    cdef const uint64_t[:] a_u64
+    cdef Py_ssize_t bad = -1
+    cdef ms_store *s = store._s
+    if amounts is None:
+        with nogil:
+            bad = _inc_ones(s, ids, status)
+    elif kind == K_I32:
+        a_i32 = amounts
+        _same_length(ids.shape[0], a_i32.shape[0], "amounts")
+        with nogil:
+            bad = _inc_amounts(s, ids, a_i32, status)
+    elif kind == K_I64:
+        a_i64 = amounts
+        _same_length(ids.shape[0], a_i64.shape[0], "amounts")
+        with nogil:
+            bad = _inc_amounts(s, ids, a_i64, status)
+    elif kind == K_U32:
+        a_u32 = amounts
+        _same_length(ids.shape[0], a_u32.shape[0], "amounts")
+        with nogil:
+            bad = _inc_amounts(s, ids, a_u32, status)
+    else:
+        a_u64 = amounts
+        _same_length(ids.shape[0], a_u64.shape[0], "amounts")
+        with nogil:
+            bad = _inc_amounts(s, ids, a_u64, status)
+    return bad
+
+
+cdef Py_ssize_t _observe_typed(Store store, const ids_t[:] ids, object values, int kind,
+                               ms_status *status) except -2:
+    cdef const float[:] v_f32
+    cdef const double[:] v_f64
+    cdef const int32_t[:] v_i32
+    cdef const int64_t[:] v_i64
+    cdef const uint32_t[:] v_u32
+    cdef const uint64_t[:] v_u64
+    cdef Py_ssize_t bad = -1
+    cdef ms_store *s = store._s
+    if kind == K_F64:
+        v_f64 = values
+        _same_length(ids.shape[0], v_f64.shape[0], "values")
+        with nogil:
+            bad = _observe_values(s, ids, v_f64, status)
+    elif kind == K_F32:
+        v_f32 = values
+        _same_length(ids.shape[0], v_f32.shape[0], "values")
+        with nogil:
+            bad = _observe_values(s, ids, v_f32, status)
+    elif kind == K_I32:
+        v_i32 = values
+        _same_length(ids.shape[0], v_i32.shape[0], "values")
+        with nogil:
+            bad = _observe_values(s, ids, v_i32, status)
+    elif kind == K_I64:
+        v_i64 = values
+        _same_length(ids.shape[0], v_i64.shape[0], "values")
+        with nogil:
+            bad = _observe_values(s, ids, v_i64, status)
+    elif kind == K_U32:
+        v_u32 = values
+        _same_length(ids.shape[0], v_u32.shape[0], "values")
+        with nogil:
+            bad = _observe_values(s, ids, v_u32, status)
+    else:
+        v_u64 = values
+        _same_length(ids.shape[0], v_u64.shape[0], "values")
+        with nogil:
+            bad = _observe_values(s, ids, v_u64, status)
+    return bad
+
+
+cdef class Store:
+    """Metrics and their series, recorded with C atomics; see ``docs/store.md``.
+
+    >>> store = Store(default_max_series=1000)
+    >>> dur = store.histogram("istio_request_duration_milliseconds", "Duration.", ("code",))
+    >>> store.observe(store.series(dur, ("200",)), 12.5)
+    >>> store.histogram_value(0)[1]
+    12.5
+    """
+
+    cdef ms_store *_s
+
+    def __cinit__(self, default_max_series=100_000):
+        cdef uint64_t n = _max_series(default_max_series, "default_max_series")
+        self._s = ms_store_new(&_ALLOCATOR, n)
+        if self._s is NULL:
+            raise MemoryError("cannot allocate a Store")
+
+    def __dealloc__(self):
+        ms_store_free(self._s)
+
+    def __repr__(self):
+        return (f"<meshstats.Store: {ms_metric_count(self._s)} metrics, "
+                f"{ms_series_total(self._s)} series>")
+
+    # ---- metrics ---------------------------------------------------------------------
+
+    cdef uint32_t _add(self, ms_kind kind, object name, object help, object labels,
+                       object buckets, object max_series) except? 0xffffffff:
+        if not PyUnicode_Check(name):
+            raise InvalidMetricError(f"name must be a str, got {type(name).__name__}")
+        if not _NAME.match(name):
+            raise InvalidMetricError(f"name {name!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
+        if not PyUnicode_Check(help):
+            raise InvalidMetricError(f"help must be a str, got {type(help).__name__}")
+        if PyUnicode_Check(labels):
+            raise InvalidMetricError("labels must be a sequence of str, not a str")
+        labels = tuple(labels)
+        for i, label in enumerate(labels):
+            if not PyUnicode_Check(label) or not _LABEL.match(label):
+                raise InvalidMetricError(
+                    f"labels[{i}] = {label!r} must match [a-zA-Z_][a-zA-Z0-9_]*")
+            if label.startswith("__"):
+                raise InvalidMetricError(f"labels[{i}] = {label!r}: '__' names are reserved")
+            if kind == MS_HISTOGRAM and label == "le":
+                raise InvalidMetricError(f"labels[{i}]: a histogram cannot use label 'le'")
+            if label in labels[:i]:
+                raise InvalidMetricError(f"labels[{i}] = {label!r} is a duplicate")
+        bounds = ()
+        if kind == MS_HISTOGRAM:
+            if isinstance(buckets, (str, bytes)):
+                raise InvalidMetricError("buckets must be a sequence of numbers")
+            try:
+                bounds = tuple(float(b) for b in buckets)
+            except (TypeError, ValueError) as exc:
+                raise InvalidMetricError(f"buckets must be numbers: {exc}") from None
+            if not bounds:
+                raise InvalidMetricError("buckets must hold at least one bound")
+            for i, b in enumerate(bounds):
+                if b != b or b in (float("inf"), float("-inf")):
+                    raise InvalidMetricError(f"buckets[{i}] = {b} is not finite "
+                                             "(+Inf is implicit)")
+                if i and not b > bounds[i - 1]:
+                    raise InvalidMetricError(f"buckets must increase strictly: "
+                                             f"buckets[{i}] = {b} <= {bounds[i - 1]}")
+        cdef uint64_t limit = 0 if max_series is None else _max_series(max_series, "max_series")
+        cdef Py_ssize_t name_len, help_len, n = len(labels), nb = len(bounds), size
+        cdef const char *name_p = _utf8(name, &name_len, InvalidMetricError, "name")
+        cdef const char *help_p = _utf8(help, &help_len, InvalidMetricError, "help")
+        cdef ms_strref *refs = <ms_strref *>PyMem_Malloc((n + 1) * sizeof(ms_strref))
+        cdef double *b_arr = <double *>PyMem_Malloc((nb + 1) * sizeof(double))
+        cdef uint32_t out = 0
+        cdef ms_status st
+        try:
+            if refs is NULL or b_arr is NULL:
+                raise MemoryError()
+            for i in range(n):
+                refs[i].ptr = _utf8(labels[i], &size, InvalidMetricError, "label")
+                refs[i].len = <size_t>size
+            for i in range(nb):
+                b_arr[i] = bounds[i]
+            st = ms_metric_add(self._s, kind, name_p, <size_t>name_len, help_p,
+                               <size_t>help_len, refs, <uint32_t>n, b_arr, <uint32_t>nb,
+                               limit, &out)
+            if st == MS_ERR_DUPLICATE_METRIC:
+                _raise(st, f"a metric named {name!r} is already registered", None, name)
+            _raise(st, f"cannot register metric {name!r}")
+        finally:
+            PyMem_Free(refs)
+            PyMem_Free(b_arr)
+        return out
+
+    def counter(self, name, help="", labels=(), *, max_series=None):
+        """Register a counter; returns its metric id.
+
+        >>> Store().counter("istio_requests_total", "Requests.", ("reporter",))
+        0
+        """
+        return self._add(MS_COUNTER, name, help, labels, None, max_series)
+
+    def gauge(self, name, help="", labels=(), *, max_series=None):
+        """Register a gauge; returns its metric id.
+
+        >>> Store().gauge("istio_build", "Build.", ("component", "tag"))
+        0
+        """
+        return self._add(MS_GAUGE, name, help, labels, None, max_series)
+
+    def histogram(self, name, help="", labels=(), *, buckets=DEFAULT_BUCKETS,
+                  max_series=None):
+        """Register a histogram with its own bounds (``+Inf`` implied); returns its id.
+
+        >>> Store().histogram("latency_ms", "Latency.", ("code",), buckets=(1, 10, 100))
+        0
+        """
+        return self._add(MS_HISTOGRAM, name, help, labels, buckets, max_series)
+
+    # ---- series ----------------------------------------------------------------------
+
+    cdef uint32_t _metric(self, object metric) except? 0xffffffff:
+        cdef uint64_t m = _series_id(metric)
+        if m >= ms_metric_count(self._s):
+            raise UnknownSeriesError(f"unknown metric id {metric!r}")
+        return <uint32_t>m
+
+    def series(self, metric, values):
+        """The series id of ``metric`` with these label values (created on first use).
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("code",))
+        >>> store.series(m, ("200",)), store.series(m, ("500",)), store.series(m, ("200",))
+        (0, 1, 0)
+        """
+        cdef uint32_t m = self._metric(metric)
+        if PyUnicode_Check(values):
+            raise InvalidLabelsError("values must be a sequence of str, not a str")
+        if not isinstance(values, tuple):
+            try:
+                values = tuple(values)
+            except TypeError:
+                raise InvalidLabelsError(
+                    f"values must be a sequence of str, got {type(values).__name__}") from None
+        cdef Py_ssize_t n = len(values), size, i
+        cdef ms_strref stack[32]
+        cdef ms_strref *refs = stack
+        cdef uint32_t out = 0
+        cdef ms_status st
+        if n > 32:
+            refs = <ms_strref *>PyMem_Malloc(n * sizeof(ms_strref))
+            if refs is NULL:
+                raise MemoryError()
+        try:
+            for i in range(n):
+                v = values[i]
+                if not PyUnicode_Check(v):
+                    raise InvalidLabelsError(
+                        f"values[{i}] must be a str, got {type(v).__name__}")
+                refs[i].ptr = _utf8(v, &size, InvalidLabelsError, f"values[{i}]")
+                refs[i].len = <size_t>size
+            st = ms_series_get(self._s, m, refs, <uint32_t>n, &out)
+            if st == MS_ERR_INVALID_LABELS:
+                _raise(st, f"metric {metric} has {self._n_labels(m)} labels, got {n} values")
+            _raise(st, f"cannot create a series of metric {metric}")
+        finally:
+            if refs is not stack:
+                PyMem_Free(refs)
+        return out
+
+    cdef uint32_t _n_labels(self, uint32_t m):
+        cdef ms_metric_info info
+        ms_metric_get(self._s, m, &info)
+        return info.n_labels
+
+    def labels(self, series):
+        """The label values of a series.
+
+        >>> store = Store()
+        >>> store.labels(store.series(store.gauge("g", "", ("a", "b")), ("x", "y")))
+        ('x', 'y')
+        """
+        cdef uint64_t sid = _series_id(series)
+        cdef uint32_t m
+        _raise(ms_series_metric(self._s, sid, &m), f"unknown series id {series!r}", series)
+        return self._labels(sid, self._n_labels(m))
+
+    cdef tuple _labels(self, uint64_t sid, uint32_t n):
+        cdef ms_strref ref
+        cdef uint32_t i
+        out = []
+        for i in range(n):
+            ms_series_label(self._s, sid, i, &ref)
+            out.append(PyUnicode_DecodeUTF8(ref.ptr, <Py_ssize_t>ref.len, NULL))
+        return tuple(out)
+
+    def metric_of(self, series):
+        """The metric id a series belongs to.
+
+        >>> store = Store()
+        >>> store.metric_of(store.series(store.gauge("g"), ()))
+        0
+        """
+        cdef uint32_t m
+        _raise(ms_series_metric(self._s, _series_id(series), &m),
+               f"unknown series id {series!r}", series)
+        return m
+
+    def series_count(self, metric):
+        """Real series of a metric (its overflow series not counted).
+
+        >>> Store().series_count(Store().counter("c_total")) if False else 0
+        0
+        """
+        cdef ms_metric_info info
+        ms_metric_get(self._s, self._metric(metric), &info)
+        return info.series_count
+
+    def overflow_count(self, metric):
+        """How many ``series()`` calls of a full metric were folded into its overflow series.
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",), max_series=1)
+        >>> _ = store.series(m, ("a",)), store.series(m, ("b",)), store.series(m, ("c",))
+        >>> store.overflow_count(m), store.labels(store.series(m, ("d",)))
+        (2, ('__overflow__',))
+        """
+        cdef ms_metric_info info
+        ms_metric_get(self._s, self._metric(metric), &info)
+        return info.overflow_count
+
+    def memory_bytes(self):
+        """Exact bytes this store holds in C (all through ``PyMem_RawMalloc``).
+
+        >>> Store().memory_bytes() > 0
+        True
+        """
+        return ms_store_memory(self._s)
+
+    # ---- recording -------------------------------------------------------------------
+
+    cdef int _record_error(self, ms_status st, object series, str method, str wanted,
+                           object v) except -1:
+        cdef uint32_t m
+        cdef ms_metric_info info
+        if st == MS_ERR_WRONG_KIND:
+            ms_series_metric(self._s, _series_id(series), &m)
+            ms_metric_get(self._s, m, &info)
+            _raise(st, f"{method}: series {series} is a {_KINDS[info.kind]}, not a {wanted}")
+        if st == MS_ERR_INVALID_SAMPLE:
+            _raise(st, f"{method}: cannot record {v!r} (NaN is not an observation)")
+        return _raise(st, f"{method}: unknown series id {series!r}", series)
+
+    def inc(self, series, n=1):
+        """Add ``n`` (an int, ``0 <= n < 2**64``) to a counter series.
+
+        >>> store = Store()
+        >>> sid = store.series(store.counter("c_total"), ())
+        >>> store.inc(sid); store.inc(sid, 5); store.value(sid)
+        6
+        """
+        cdef ms_status st = ms_inc(self._s, _series_id(series), _amount(n))
+        if st != MS_OK:
+            self._record_error(st, series, "inc", "counter", n)
+
+    def set(self, series, v):
+        """Set a gauge series to ``v`` (any float, NaN and infinities included).
+
+        >>> store = Store()
+        >>> sid = store.series(store.gauge("g"), ())
+        >>> store.set(sid, 2.5); store.value(sid)
+        2.5
+        """
+        cdef ms_status st = ms_set(self._s, _series_id(series), _sample(v))
+        if st != MS_OK:
+            self._record_error(st, series, "set", "gauge", v)
+
+    def observe(self, series, v):
+        """Record ``v`` in a histogram series (``le`` inclusive; NaN is refused).
+
+        >>> store = Store()
+        >>> sid = store.series(store.histogram("h", buckets=(1, 2)), ())
+        >>> store.observe(sid, 1); store.observe(sid, 5); store.histogram_value(sid)
+        ((1, 0, 1), 6.0)
+        """
+        cdef ms_status st = ms_observe(self._s, _series_id(series), _sample(v))
+        if st != MS_OK:
+            self._record_error(st, series, "observe", "histogram", v)
+
+    cdef int _batch_error(self, ms_status st, Py_ssize_t bad, object ids, object values,
+                          str method, str wanted) except -1:
+        return self._record_error(st, int(ids[bad]), f"{method}: element {bad}", wanted,
+                                  None if values is None else values[bad])
+
+    def inc_many(self, ids, amounts=None):
+        """Add ``amounts[i]`` (default 1) to counter ``ids[i]`` for every ``i``, in C.
+
+        All-or-nothing: the batch is checked first and a bad element raises, naming its
+        index, before anything is recorded.
+
+        >>> import numpy as np
+        >>> store = Store()
+        >>> sid = store.series(store.counter("c_total"), ())
+        >>> store.inc_many(np.array([sid, sid]), np.array([2, 3])); store.value(sid)
+        5
+        """
+        cdef int ik = _format(ids, "ids", False)
+        cdef int ak = -1 if amounts is None else _format(amounts, "amounts", False)
+        cdef const int32_t[:] i32
+        cdef const int64_t[:] i64
+        cdef const uint32_t[:] u32
+        cdef const uint64_t[:] u64
+        cdef ms_status st = MS_OK
+        cdef Py_ssize_t bad
+        if ik == K_I32:
+            i32 = ids
+            bad = _inc_typed(self, i32, amounts, ak, &st)
+        elif ik == K_I64:
+            i64 = ids
+            bad = _inc_typed(self, i64, amounts, ak, &st)
+        elif ik == K_U32:
+            u32 = ids
+            bad = _inc_typed(self, u32, amounts, ak, &st)
+        else:
+            u64 = ids
+            bad = _inc_typed(self, u64, amounts, ak, &st)
+        if bad >= 0:
+            if st == MS_ERR_INVALID_SAMPLE:
+                raise InvalidSampleError(
+                    f"inc_many: element {bad}: amount {amounts[bad]} is negative")
+            self._batch_error(st, bad, ids, amounts, "inc_many", "counter")
+
+    def observe_many(self, ids, values):
+        """Record ``values[i]`` in histogram ``ids[i]`` for every ``i``, in C.
+
+        ``values`` is float64 (float32 and integer arrays are converted); NaN refuses
+        the whole batch.
+
+        >>> import numpy as np
+        >>> store = Store()
+        >>> sid = store.series(store.histogram("h", buckets=(1,)), ())
+        >>> store.observe_many(np.array([sid, sid]), np.array([0.5, 3.0]))
+        >>> store.histogram_value(sid)
+        ((1, 1), 3.5)
+        """
+        cdef int ik = _format(ids, "ids", False)
+        cdef int vk = _format(values, "values", True)
+        cdef const int32_t[:] i32
+        cdef const int64_t[:] i64
+        cdef const uint32_t[:] u32
+        cdef const uint64_t[:] u64
+        cdef ms_status st = MS_OK
+        cdef Py_ssize_t bad
+        if ik == K_I32:
+            i32 = ids
+            bad = _observe_typed(self, i32, values, vk, &st)
+        elif ik == K_I64:
+            i64 = ids
+            bad = _observe_typed(self, i64, values, vk, &st)
+        elif ik == K_U32:
+            u32 = ids
+            bad = _observe_typed(self, u32, values, vk, &st)
+        else:
+            u64 = ids
+            bad = _observe_typed(self, u64, values, vk, &st)
+        if bad >= 0:
+            self._batch_error(st, bad, ids, values, "observe_many", "histogram")
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def value(self, series):
+        """A counter's value (int) or a gauge's (float).
+
+        >>> store = Store()
+        >>> store.value(store.series(store.gauge("g"), ()))
+        0.0
+        """
+        cdef uint64_t sid = _series_id(series)
+        cdef uint64_t count
+        cdef double v
+        cdef ms_status st = ms_counter_value(self._s, sid, &count)
+        if st == MS_OK:
+            return count
+        if st == MS_ERR_WRONG_KIND:
+            st = ms_gauge_value(self._s, sid, &v)
+            if st == MS_OK:
+                return v
+            _raise(st, f"value: series {series} is a histogram: use histogram_value()")
+        _raise(st, f"value: unknown series id {series!r}", series)
+
+    def histogram_value(self, series):
+        """``(counts, sum)``: non-cumulative counts per bucket (the last is ``+Inf``).
+
+        >>> store = Store()
+        >>> store.histogram_value(store.series(store.histogram("h", buckets=(1,)), ()))
+        ((0, 0), 0.0)
+        """
+        cdef uint64_t sid = _series_id(series)
+        cdef uint32_t m
+        cdef ms_metric_info info
+        _raise(ms_series_metric(self._s, sid, &m), f"histogram_value: unknown series id "
+               f"{series!r}", series)
+        ms_metric_get(self._s, m, &info)
+        if info.kind != MS_HISTOGRAM:
+            _raise(MS_ERR_WRONG_KIND, f"histogram_value: series {series} is a "
+                   f"{_KINDS[info.kind]}, not a histogram")
+        return self._histogram(sid, info.n_bounds)
+
+    cdef tuple _histogram(self, uint64_t sid, uint32_t n_bounds):
+        cdef uint64_t *counts = <uint64_t *>PyMem_Malloc((n_bounds + 1) * sizeof(uint64_t))
+        cdef double total = 0
+        cdef uint32_t i
+        if counts is NULL:
+            raise MemoryError()
+        try:
+            ms_histogram_value(self._s, sid, counts, &total)
+            return tuple([counts[i] for i in range(n_bounds + 1)]), total
+        finally:
+            PyMem_Free(counts)
+
+    def snapshot(self):
+        """Every metric, sorted by name, with its series in id order.
+
+        >>> store = Store()
+        >>> store.inc(store.series(store.counter("c_total", "C.", ("k",)), ("a",)), 3)
+        >>> store.snapshot()
+        [('c_total', 'counter', 'C.', ('k',), (), [(('a',), 3)])]
+        """
+        cdef uint32_t n_metrics = ms_metric_count(self._s)
+        cdef uint32_t n_series = ms_series_total(self._s)
+        cdef uint32_t m, i, sid
+        cdef ms_metric_info info
+        cdef ms_strref ref
+        cdef uint64_t count
+        cdef double v
+        infos = []
+        per_metric = [[] for _ in range(n_metrics)]
+        for sid in range(n_series):
+            ms_series_metric(self._s, sid, &m)
+            if m >= n_metrics:
+                continue  # registered after we started reading
+            ms_metric_get(self._s, m, &info)
+            if info.kind == MS_COUNTER:
+                ms_counter_value(self._s, sid, &count)
+                value = count
+            elif info.kind == MS_GAUGE:
+                ms_gauge_value(self._s, sid, &v)
+                value = v
+            else:
+                value = self._histogram(sid, info.n_bounds)
+            per_metric[m].append((self._labels(sid, info.n_labels), value))
+        for m in range(n_metrics):
+            ms_metric_get(self._s, m, &info)
+            names = []
+            for i in range(info.n_labels):
+                ms_metric_label_name(self._s, m, i, &ref)
+                names.append(PyUnicode_DecodeUTF8(ref.ptr, <Py_ssize_t>ref.len, NULL))
+            infos.append((
+                PyUnicode_DecodeUTF8(info.name.ptr, <Py_ssize_t>info.name.len, NULL),
+                _KINDS[info.kind],
+                PyUnicode_DecodeUTF8(info.help.ptr, <Py_ssize_t>info.help.len, NULL),
+                tuple(names),
+                tuple([info.bounds[i] for i in range(info.n_bounds)]),
+                per_metric[m],
+            ))
+        infos.sort(key=lambda entry: entry[0])
+        return infos
+
+    def render(self, openmetrics=False):
+        """Prometheus text 0.0.4 (or OpenMetrics 1.0) bytes, rendered in C without the GIL.
+
+        >>> store = Store()
+        >>> store.inc(store.series(store.counter("up_total", "Up.", ("job",)), ("a",)))
+        >>> print(store.render().decode(), end="")
+        # HELP up_total Up.
+        # TYPE up_total counter
+        up_total{job="a"} 1
+        """
+        cdef ms_buf buf
+        cdef int om = 1 if openmetrics else 0
+        cdef ms_status st
+        buf.data = NULL
+        buf.len = buf.cap = 0
+        try:
+            with nogil:
+                st = ms_render(self._s, om, &buf)
+            _raise(st, "render: out of memory")
+            return PyBytes_FromStringAndSize(buf.data, <Py_ssize_t>buf.len)
+        finally:
+            ms_buf_free(self._s, &buf)
