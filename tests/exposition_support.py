@@ -11,6 +11,16 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+__all__ = [
+    "SampleKey",
+    "openmetrics_samples",
+    "parse_openmetrics",
+    "parse_text",
+    "promtool",
+    "same_values",
+    "text_samples",
+]
+
 #: A sample as the tests compare it: (sample name, sorted label pairs).
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -32,7 +42,7 @@ def text_samples(body: bytes) -> dict[SampleKey, float]:
 
 def openmetrics_samples(body: bytes) -> dict[SampleKey, float]:
     """Samples of an OpenMetrics body; the parser enforces histogram and counter rules."""
-    return _samples(parse_openmetrics(body.decode("utf-8")))
+    return _samples(parse_openmetrics(body.decode("utf-8")))  # type: ignore[no-untyped-call]
 
 
 def same_values(a: dict[SampleKey, float], b: dict[SampleKey, float]) -> bool:

@@ -274,8 +274,8 @@ def hostile_store(backend: Backend) -> Any:
     specials = store.gauge("special_values", "NaN and infinities.", ("v",))
     for i, value in enumerate(HOSTILE):
         store.inc(store.series(hostile, (value,)), i)
-    for value in (math.nan, math.inf, -math.inf):
-        store.set(store.series(specials, (str(value),)), value)
+    for special in (math.nan, math.inf, -math.inf):
+        store.set(store.series(specials, (str(special),)), special)
     store.series(store.histogram("istio_request_bytes", "Bytes.", ("v",)), ("\x00\t\r",))
     return store
 
@@ -315,7 +315,8 @@ def test_promtool_rejects_a_broken_body() -> None:
 
 def test_openmetrics_parser_accepts_and_reads_back(backend: Backend) -> None:
     store = lint_store(backend)
-    families = {f.name: f for f in parse_openmetrics(store.render(openmetrics=True).decode())}
+    body = store.render(openmetrics=True).decode()
+    families = {f.name: f for f in parse_openmetrics(body)}  # type: ignore[no-untyped-call]
     assert families["istio_requests"].type == "counter"
     assert families["istio_request_duration_milliseconds"].type == "histogram"
     hostile = {s.labels["v"]: s.value for s in families["hostile"].samples}
@@ -340,13 +341,13 @@ def test_openmetrics_parser_rejects_a_broken_histogram() -> None:
 
 # -- random stores ---------------------------------------------------------------------------
 
-label_value = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8).filter(
+label_value = st.text(st.characters(codec="utf-8"), max_size=8).filter(
     lambda v: v != "__overflow__"
 )
 finite_bounds = st.lists(
     st.floats(-1e6, 1e9, allow_nan=False, allow_infinity=False), min_size=1, max_size=5, unique=True
 ).map(lambda b: sorted({0.0 if x == 0 else x for x in b}))
-help_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12).map(lambda h: "h" + h)
+help_text = st.text(st.characters(codec="utf-8"), max_size=12).map(lambda h: "h" + h)
 
 
 @st.composite
@@ -358,6 +359,7 @@ def store_specs(draw: st.DrawFn) -> list[dict[str, Any]]:
         label_sets = draw(
             st.lists(st.tuples(*[label_value] * nlabels), min_size=0, max_size=3, unique=True)
         )
+        value: st.SearchStrategy[Any]
         if kind == "counter":
             value = st.integers(0, 2**40)
         elif kind == "gauge":

@@ -266,7 +266,7 @@ def test_unknown_series_everywhere(backend: Backend) -> None:
             lambda: store.metric_of(bad),
         ):
             with pytest.raises(UnknownSeriesError) as info:
-                call()
+                call()  # type: ignore[no-untyped-call]
             assert isinstance(info.value, IndexError)
     with pytest.raises(UnknownSeriesError) as info:
         store.inc(7)
@@ -310,7 +310,7 @@ def test_recording_on_the_wrong_kind(kinds: tuple[Any, int, int, int]) -> None:
         lambda: store.histogram_value(g),
     ):
         with pytest.raises(InvalidSampleError):
-            call()
+            call()  # type: ignore[no-untyped-call]
     assert store.value(c) == 0
     assert store.value(g) == 0.0
     assert store.histogram_value(h) == ((0, 0), 0.0)
@@ -377,7 +377,7 @@ def _bucket_of(store: Any, s: int) -> int:
     """The single bucket that holds the one observation recorded in series ``s``."""
     counts, _ = store.histogram_value(s)
     assert sum(counts) == 1
-    return counts.index(1)
+    return int(counts.index(1))
 
 
 @pytest.mark.parametrize("i", range(len(ENVOY_BOUNDS)))

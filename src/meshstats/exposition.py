@@ -266,7 +266,9 @@ class MetricsServer:
         )
         self._server = _Server((self._host, self._port), handler)
         self._thread = threading.Thread(
+            # A short poll keeps stop() quick: shutdown() waits for the loop to notice.
             target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
             name=f"meshstats-metrics-{self.port}",
             daemon=True,
         )
