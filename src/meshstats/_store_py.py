@@ -175,6 +175,9 @@ class Store:
         self._counts: list[list[int]] = []
         self._bounds: list[tuple[float, ...]] = []  # the metric's own tuple, shared
 
+    def __repr__(self) -> str:
+        return f"<meshstats.Store: {len(self._metrics)} metrics, {len(self._kind)} series>"
+
     # -- metrics ----------------------------------------------------------------------------
 
     def counter(
