@@ -557,7 +557,7 @@ def _int_to_float(value: int) -> float:
         return float(value)
     except OverflowError:
         raise PeerMetadataTypeError(
-            f"int {value:.3e} is too large for a double (number_value)"
+            f"an int of {value.bit_length()} bits is too large for a double (number_value)"
         ) from None
 
 
