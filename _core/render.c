@@ -239,8 +239,12 @@ static void render_metric(render_ctx *c, const ms_metric *m) {
                 put_u64(w, cumulative);
                 put_char(w, '\n');
             }
+            /* OM 1.0 allows _sum only as a counter: never negative or NaN, never with a
+             * negative bound; its parsers want _sum and _count together. */
+            double sum = ms_atomic_load_double(&r->slots[m->n_bounds + 1]);
+            if (c->om && (m->bounds[0] < 0 || sum < 0 || isnan(sum))) continue;
             put_sample_start(c, name, name_len, "_sum", 4);
-            put_double(w, ms_atomic_load_double(&r->slots[m->n_bounds + 1]));
+            put_double(w, sum);
             put_char(w, '\n');
             put_sample_start(c, name, name_len, "_count", 6);
             put_u64(w, cumulative);
@@ -249,15 +253,14 @@ static void render_metric(render_ctx *c, const ms_metric *m) {
     }
 }
 
-static void render_overflow(render_ctx *c, const family *fams, size_t n_fams) {
+static void render_overflow(render_ctx *c, uint32_t n_metrics) {
     writer *w = &c->w;
     size_t len = sizeof OVERFLOW_FAMILY - 1;
     put_header(c, OVERFLOW_FAMILY, len, c->om, NULL, OVERFLOW_HELP, sizeof OVERFLOW_HELP - 1,
                "counter");
-    /* One line per folding metric, in the families' (name) order. */
-    for (size_t i = 0; i < n_fams; i++) {
-        const ms_metric *m = fams[i].metric;
-        if (!m) continue;
+    /* One line per folding metric, in metric-id order (as _store_py's snapshot). */
+    for (uint32_t i = 0; i < n_metrics; i++) {
+        const ms_metric *m = ms_metric_at(w->s, i);
         uint64_t folded =
             atomic_load_explicit((_Atomic uint64_t *)&m->overflow_count, memory_order_relaxed);
         if (!folded) continue;
@@ -325,7 +328,7 @@ ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
         if (fams[i].metric)
             render_metric(&c, fams[i].metric);
         else
-            render_overflow(&c, fams, n_fams);
+            render_overflow(&c, n_metrics);
     }
     if (c.om) PUT_LIT(&c.w, "# EOF\n");
     st = c.w.failed ? MS_ERR_NOMEM : MS_OK;

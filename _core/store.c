@@ -318,12 +318,41 @@ static const ms_str *str_copy(ms_store *s, const char *p, size_t n) {
     return str;
 }
 
+/* The OpenMetrics family name is the name minus one trailing _total for counters. */
+static size_t family_len(ms_kind kind, const char *name, size_t len) {
+    if (kind == MS_COUNTER && len >= 6 && memcmp(name + len - 6, "_total", 6) == 0)
+        return len - 6;
+    return len;
+}
+
+static int same(const char *a, size_t a_len, const char *b, size_t b_len) {
+    return a_len == b_len && memcmp(a, b, a_len) == 0;
+}
+
+/* Both the name and the OpenMetrics family of every metric are taken, so the two
+ * formats never show two families under one name; so are the overflow family's. */
+static int name_taken(const ms_store *s, uint32_t n_metrics, const char *name, size_t len) {
+    static const char overflow[] = "meshstats_series_overflow_total";
+    if (same(name, len, overflow, sizeof overflow - 1) ||
+        same(name, len, overflow, sizeof overflow - 7))
+        return 1;
+    for (uint32_t i = 0; i < n_metrics; i++) {
+        const ms_metric *m = ms_metric_at(s, i);
+        size_t n = ms_str_len(m->name);
+        if (same(name, len, m->name->data, n) ||
+            same(name, len, m->name->data, family_len(m->kind, m->name->data, n)))
+            return 1;
+    }
+    return 0;
+}
+
 static ms_status validate_metric(ms_kind kind, const char *name, size_t name_len,
                                  size_t help_len, const ms_strref *labels, uint32_t n_labels,
                                  const double *bounds, uint32_t n_bounds) {
     if (kind != MS_COUNTER && kind != MS_GAUGE && kind != MS_HISTOGRAM)
         return MS_ERR_INVALID_METRIC;
     if (!valid_name(name, name_len, 1) || help_len > MS_STR_MAXLEN) return MS_ERR_INVALID_METRIC;
+    if (family_len(kind, name, name_len) == 0) return MS_ERR_INVALID_METRIC; /* "_total" */
     for (uint32_t i = 0; i < n_labels; i++) {
         const ms_strref *l = &labels[i];
         if (!valid_name(l->ptr, l->len, 0)) return MS_ERR_INVALID_METRIC;
@@ -353,12 +382,10 @@ ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name
     if (st != MS_OK) return st;
     pthread_mutex_lock(&s->lock);
     uint32_t n_metrics = atomic_load_explicit(&s->metrics.count, memory_order_relaxed);
-    for (uint32_t i = 0; i < n_metrics; i++) {
-        const ms_str *other = ms_metric_at(s, i)->name;
-        if (ms_str_len(other) == name_len && memcmp(other->data, name, name_len) == 0) {
-            st = MS_ERR_DUPLICATE_METRIC;
-            goto out;
-        }
+    if (name_taken(s, n_metrics, name, name_len) ||
+        name_taken(s, n_metrics, name, family_len(kind, name, name_len))) {
+        st = MS_ERR_DUPLICATE_METRIC;
+        goto out;
     }
     if (n_metrics >= MAX_METRICS) {
         st = MS_ERR_LIMIT;
@@ -489,7 +516,8 @@ static ms_status series_new(ms_store *s, ms_metric *m, uint32_t labelset, uint32
     return MS_OK;
 }
 
-static ms_status overflow_series(ms_store *s, ms_metric *m, uint32_t *out) {
+/* fold: count this call in overflow_count (not when asked for by its own label set). */
+static ms_status overflow_series(ms_store *s, ms_metric *m, int fold, uint32_t *out) {
     uint32_t sid = atomic_load_explicit(&m->overflow_series, memory_order_relaxed);
     if (sid == MS_NO_SERIES) {
         ms_status st;
@@ -507,15 +535,26 @@ static ms_status overflow_series(ms_store *s, ms_metric *m, uint32_t *out) {
         if (st != MS_OK) return st;
         ms_store_release_u32(&m->overflow_series, sid);
     }
-    atomic_fetch_add_explicit(&m->overflow_count, 1, memory_order_relaxed);
+    if (fold) atomic_fetch_add_explicit(&m->overflow_count, 1, memory_order_relaxed);
     *out = sid;
     return MS_OK;
+}
+
+static int is_overflow_key(const ms_strref *values, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        if (!same(values[i].ptr, values[i].len, OVERFLOW_VALUE, sizeof OVERFLOW_VALUE - 1))
+            return 0;
+    return 1;
 }
 
 static ms_status series_get_locked(ms_store *s, ms_metric *m, const ms_strref *values,
                                    uint32_t *ids, uint32_t *out) {
     /* Look up without interning first: a folded label set must cost no memory. */
     uint32_t n = m->n_labels, labelset = MS_NO_SERIES, i;
+    if (n && is_overflow_key(values, n)) {
+        /* The overflow series' own label set names it (and is not a fold). */
+        return overflow_series(s, m, 0, out);
+    }
     for (i = 0; i < n; i++)
         if ((ids[i] = string_lookup(s, &values[i])) == MS_NO_SERIES) break;
     if (i == n) {
@@ -532,7 +571,7 @@ static ms_status series_get_locked(ms_store *s, ms_metric *m, const ms_strref *v
         }
     }
     if (atomic_load_explicit(&m->n_series, memory_order_relaxed) >= m->max_series)
-        return overflow_series(s, m, out);
+        return overflow_series(s, m, 1, out);
     ms_status st;
     if (labelset == MS_NO_SERIES) {
         for (i = 0; i < n; i++)

@@ -139,10 +139,21 @@ static void test_metric_validation(void) {
     CHECK(ADD(MS_COUNTER, "ns:a_total", le, 1, NULL, 0) == MS_OK && id == 0);
     CHECK(ADD(MS_GAUGE, "ns:a_total", NULL, 0, NULL, 0) == MS_ERR_DUPLICATE_METRIC);
     CHECK(ADD(MS_HISTOGRAM, "h", NULL, 0, good, 2) == MS_OK && id == 1);
+    /* A counter's OpenMetrics family name is taken too, and the overflow family's. */
+    CHECK(ADD(MS_GAUGE, "ns:a", NULL, 0, NULL, 0) == MS_ERR_DUPLICATE_METRIC);
+    CHECK(ADD(MS_COUNTER, "h_total", NULL, 0, NULL, 0) == MS_ERR_DUPLICATE_METRIC);
+    CHECK(ADD(MS_COUNTER, "h2", NULL, 0, NULL, 0) == MS_OK);
+    CHECK(ADD(MS_COUNTER, "h2_total", NULL, 0, NULL, 0) == MS_ERR_DUPLICATE_METRIC);
+    CHECK(ADD(MS_GAUGE, "meshstats_series_overflow", NULL, 0, NULL, 0) ==
+          MS_ERR_DUPLICATE_METRIC);
+    CHECK(ADD(MS_GAUGE, "meshstats_series_overflow_total", NULL, 0, NULL, 0) ==
+          MS_ERR_DUPLICATE_METRIC);
+    CHECK(ADD(MS_COUNTER, "_total", NULL, 0, NULL, 0) == MS_ERR_INVALID_METRIC);
+    CHECK(ADD(MS_GAUGE, "_total", NULL, 0, NULL, 0) == MS_OK);
     ms_metric_info info;
     CHECK(ms_metric_get(s, 1, &info) == MS_OK && info.kind == MS_HISTOGRAM &&
           info.n_bounds == 2 && info.bounds[1] == 2 && info.max_series == 100);
-    CHECK(ms_metric_get(s, 2, &info) == MS_ERR_UNKNOWN_METRIC);
+    CHECK(ms_metric_get(s, 9, &info) == MS_ERR_UNKNOWN_METRIC);
 #undef ADD
     ms_store_free(s);
 }
@@ -190,6 +201,14 @@ static void test_overflow(void) {
     CHECK(ms_series_label(s, o1, 0, &got) == MS_OK && got.len == 12 &&
           memcmp(got.ptr, "__overflow__", 12) == 0);
     CHECK(ms_inc(s, o1, 5) == MS_OK);
+    /* Its own label set names the overflow series without counting as a fold; on a
+     * metric with room it still means the overflow series, created early. */
+    CHECK(series1(s, m, "__overflow__") == o1);
+    CHECK(ms_metric_get(s, m, &info) == MS_OK && info.overflow_count == 2);
+    uint32_t m2 = metric(s, MS_GAUGE, "g", "", names, 1, NULL, 0, 5);
+    uint32_t o3 = series1(s, m2, "__overflow__");
+    CHECK(ms_metric_get(s, m2, &info) == MS_OK && info.series_count == 0 &&
+          info.overflow_count == 0 && series1(s, m2, "__overflow__") == o3);
     ms_store_free(s);
 }
 
@@ -313,6 +332,36 @@ static void test_render(void) {
         "meshstats_series_overflow_total{metric=\"istio_requests_total\"} 2\n"
         "# EOF\n";
     CHECK(render_equals(s, 1, om));
+    ms_store_free(s);
+}
+
+/* OpenMetrics drops _sum/_count where _sum could not be a counter (docs/store.md). */
+static void test_render_openmetrics_sums(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    double neg_bounds[] = {-1, 1}, bounds[] = {1};
+    ms_strref names[] = {S("k")};
+    uint32_t neg = metric(s, MS_HISTOGRAM, "neg", "", NULL, 0, neg_bounds, 2, 0);
+    uint32_t pos = metric(s, MS_HISTOGRAM, "pos", "", names, 1, bounds, 1, 0), id;
+    CHECK(ms_series_get(s, neg, NULL, 0, &id) == MS_OK && ms_observe(s, id, 2) == MS_OK);
+    CHECK(ms_observe(s, series1(s, pos, "a"), -2) == MS_OK);
+    CHECK(ms_observe(s, series1(s, pos, "b"), -0.0) == MS_OK); /* 0.0 + -0.0 is 0.0 */
+    CHECK(render_equals(s, 1,
+                        "# HELP neg \n# TYPE neg histogram\n"
+                        "neg_bucket{le=\"-1\"} 0\nneg_bucket{le=\"1\"} 0\n"
+                        "neg_bucket{le=\"+Inf\"} 1\n"
+                        "# HELP pos \n# TYPE pos histogram\n"
+                        "pos_bucket{k=\"a\",le=\"1\"} 1\npos_bucket{k=\"a\",le=\"+Inf\"} 1\n"
+                        "pos_bucket{k=\"b\",le=\"1\"} 1\npos_bucket{k=\"b\",le=\"+Inf\"} 1\n"
+                        "pos_sum{k=\"b\"} 0\npos_count{k=\"b\"} 1\n# EOF\n"));
+    CHECK(render_equals(s, 0,
+                        "# HELP neg \n# TYPE neg histogram\n"
+                        "neg_bucket{le=\"-1\"} 0\nneg_bucket{le=\"1\"} 0\n"
+                        "neg_bucket{le=\"+Inf\"} 1\nneg_sum 2\nneg_count 1\n"
+                        "# HELP pos \n# TYPE pos histogram\n"
+                        "pos_bucket{k=\"a\",le=\"1\"} 1\npos_bucket{k=\"a\",le=\"+Inf\"} 1\n"
+                        "pos_sum{k=\"a\"} -2\npos_count{k=\"a\"} 1\n"
+                        "pos_bucket{k=\"b\",le=\"1\"} 1\npos_bucket{k=\"b\",le=\"+Inf\"} 1\n"
+                        "pos_sum{k=\"b\"} 0\npos_count{k=\"b\"} 1\n"));
     ms_store_free(s);
 }
 
@@ -465,6 +514,7 @@ int main(void) {
     test_overflow();
     test_recording();
     test_render();
+    test_render_openmetrics_sums();
     test_render_counter_without_total();
     test_memory_accounting();
     test_out_of_memory();

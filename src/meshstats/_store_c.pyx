@@ -131,6 +131,8 @@ _ALLOCATOR.realloc = PyMem_RawRealloc
 _ALLOCATOR.free = PyMem_RawFree
 
 _KINDS = ("counter", "gauge", "histogram")
+_OVERFLOW_FAMILY = "meshstats_series_overflow_total"
+_OVERFLOW_HELP = "Label sets folded into the overflow series because the metric reached max_series."
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _TWO64 = 2**64
@@ -163,6 +165,12 @@ ctypedef fused values_t:
     int64_t
     uint32_t
     uint64_t
+
+
+cdef str _family(ms_kind kind, str name):
+    if kind == MS_COUNTER and name.endswith("_total"):
+        return name[:len(name) - 6]
+    return name
 
 
 cdef int _raise(ms_status status, str message, object series_id=None, str name="") except -1:
@@ -436,8 +444,9 @@ cdef class Store:
             raise InvalidMetricError(f"name {name!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
         if not PyUnicode_Check(help):
             raise InvalidMetricError(f"help must be a str, got {type(help).__name__}")
-        if PyUnicode_Check(labels):
-            raise InvalidMetricError("labels must be a sequence of str, not a str")
+        if not isinstance(labels, (tuple, list)):
+            raise InvalidMetricError(
+                f"labels must be a tuple or list of str, got {type(labels).__name__}")
         labels = tuple(labels)
         for i, label in enumerate(labels):
             if not PyUnicode_Check(label) or not _LABEL.match(label):
@@ -451,12 +460,13 @@ cdef class Store:
                 raise InvalidMetricError(f"labels[{i}] = {label!r} is a duplicate")
         bounds = ()
         if kind == MS_HISTOGRAM:
-            if isinstance(buckets, (str, bytes)):
-                raise InvalidMetricError("buckets must be a sequence of numbers")
+            if isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__"):
+                raise InvalidMetricError(
+                    f"buckets must be a sequence of numbers, got {type(buckets).__name__}")
             try:
-                bounds = tuple(float(b) for b in buckets)
-            except (TypeError, ValueError) as exc:
-                raise InvalidMetricError(f"buckets must be numbers: {exc}") from None
+                bounds = tuple([_sample(b) for b in buckets])
+            except InvalidSampleError as exc:
+                raise InvalidMetricError(f"buckets: {exc}") from None
             if not bounds:
                 raise InvalidMetricError("buckets must hold at least one bound")
             for i, b in enumerate(bounds):
@@ -486,12 +496,23 @@ cdef class Store:
                                <size_t>help_len, refs, <uint32_t>n, b_arr, <uint32_t>nb,
                                limit, &out)
             if st == MS_ERR_DUPLICATE_METRIC:
-                _raise(st, f"a metric named {name!r} is already registered", None, name)
+                taken = name if name in self._taken_names() else _family(kind, name)
+                _raise(st, f"a metric family named {taken!r} is already registered",
+                       None, taken)
             _raise(st, f"cannot register metric {name!r}")
         finally:
             PyMem_Free(refs)
             PyMem_Free(b_arr)
         return out
+
+    cdef set _taken_names(self):
+        cdef ms_metric_info info
+        taken = {"meshstats_series_overflow_total", "meshstats_series_overflow"}
+        for m in range(ms_metric_count(self._s)):
+            ms_metric_get(self._s, m, &info)
+            name = PyUnicode_DecodeUTF8(info.name.ptr, <Py_ssize_t>info.name.len, NULL)
+            taken.update((name, _family(info.kind, name)))
+        return taken
 
     def counter(self, name, help="", labels=(), *, max_series=None):
         """Register a counter; returns its metric id.
@@ -523,7 +544,8 @@ cdef class Store:
     cdef uint32_t _metric(self, object metric) except? 0xffffffff:
         cdef uint64_t m = _series_id(metric)
         if m >= ms_metric_count(self._s):
-            raise UnknownSeriesError(f"unknown metric id {metric!r}")
+            number = operator.index(metric)
+            raise UnknownSeriesError(f"unknown metric id {number}", number)
         return <uint32_t>m
 
     def series(self, metric, values):
@@ -535,14 +557,9 @@ cdef class Store:
         (0, 1, 0)
         """
         cdef uint32_t m = self._metric(metric)
-        if PyUnicode_Check(values):
-            raise InvalidLabelsError("values must be a sequence of str, not a str")
-        if not isinstance(values, tuple):
-            try:
-                values = tuple(values)
-            except TypeError:
-                raise InvalidLabelsError(
-                    f"values must be a sequence of str, got {type(values).__name__}") from None
+        if not isinstance(values, (tuple, list)):
+            raise InvalidLabelsError(
+                f"values must be a tuple or list of str, got {type(values).__name__}")
         cdef Py_ssize_t n = len(values), size, i
         cdef ms_strref stack[32]
         cdef ms_strref *refs = stack
@@ -583,7 +600,8 @@ cdef class Store:
         """
         cdef uint64_t sid = _series_id(series)
         cdef uint32_t m
-        _raise(ms_series_metric(self._s, sid, &m), f"unknown series id {series!r}", series)
+        _raise(ms_series_metric(self._s, sid, &m), f"unknown series id {series!r}",
+               operator.index(series))
         return self._labels(sid, self._n_labels(m))
 
     cdef tuple _labels(self, uint64_t sid, uint32_t n):
@@ -604,7 +622,7 @@ cdef class Store:
         """
         cdef uint32_t m
         _raise(ms_series_metric(self._s, _series_id(series), &m),
-               f"unknown series id {series!r}", series)
+               f"unknown series id {series!r}", operator.index(series))
         return m
 
     def series_count(self, metric):
@@ -650,7 +668,8 @@ cdef class Store:
             _raise(st, f"{method}: series {series} is a {_KINDS[info.kind]}, not a {wanted}")
         if st == MS_ERR_INVALID_SAMPLE:
             _raise(st, f"{method}: cannot record {v!r} (NaN is not an observation)")
-        return _raise(st, f"{method}: unknown series id {series!r}", series)
+        number = operator.index(series)
+        return _raise(st, f"{method}: unknown series id {number}", number)
 
     def inc(self, series, n=1):
         """Add ``n`` (an int, ``0 <= n < 2**64``) to a counter series.
@@ -660,7 +679,8 @@ cdef class Store:
         >>> store.inc(sid); store.inc(sid, 5); store.value(sid)
         6
         """
-        cdef ms_status st = ms_inc(self._s, _series_id(series), _amount(n))
+        cdef uint64_t amount = _amount(n)
+        cdef ms_status st = ms_inc(self._s, _series_id(series), amount)
         if st != MS_OK:
             self._record_error(st, series, "inc", "counter", n)
 
@@ -672,7 +692,8 @@ cdef class Store:
         >>> store.set(sid, 2.5); store.value(sid)
         2.5
         """
-        cdef ms_status st = ms_set(self._s, _series_id(series), _sample(v))
+        cdef double value = _sample(v)
+        cdef ms_status st = ms_set(self._s, _series_id(series), value)
         if st != MS_OK:
             self._record_error(st, series, "set", "gauge", v)
 
@@ -684,14 +705,29 @@ cdef class Store:
         >>> store.observe(sid, 1); store.observe(sid, 5); store.histogram_value(sid)
         ((1, 0, 1), 6.0)
         """
-        cdef ms_status st = ms_observe(self._s, _series_id(series), _sample(v))
+        cdef double value = _sample(v)
+        if isnan(value):
+            raise InvalidSampleError("observe: v must not be NaN")
+        cdef ms_status st = ms_observe(self._s, _series_id(series), value)
         if st != MS_OK:
             self._record_error(st, series, "observe", "histogram", v)
 
     cdef int _batch_error(self, ms_status st, Py_ssize_t bad, object ids, object values,
                           str method, str wanted) except -1:
-        return self._record_error(st, int(ids[bad]), f"{method}: element {bad}", wanted,
-                                  None if values is None else values[bad])
+        """Name the first bad element as ``ids[i]``, ``amounts[i]`` or ``values[i]``."""
+        cdef uint32_t m
+        cdef ms_metric_info info
+        sid = int(ids[bad])
+        if st == MS_ERR_UNKNOWN_SERIES:
+            _raise(st, f"{method}: ids[{bad}] = {sid} is not a known series", sid)
+        if st == MS_ERR_WRONG_KIND:
+            ms_series_metric(self._s, <uint64_t>sid, &m)
+            ms_metric_get(self._s, m, &info)
+            _raise(st, f"{method}: ids[{bad}] = {sid} is a {_KINDS[info.kind]}, "
+                   f"not a {wanted}")
+        if wanted == "counter":
+            _raise(st, f"{method}: amounts[{bad}] = {values[bad]} must be >= 0")
+        return _raise(st, f"{method}: values[{bad}] is NaN")
 
     def inc_many(self, ids, amounts=None):
         """Add ``amounts[i]`` (default 1) to counter ``ids[i]`` for every ``i``, in C.
@@ -726,9 +762,6 @@ cdef class Store:
             u64 = ids
             bad = _inc_typed(self, u64, amounts, ak, &st)
         if bad >= 0:
-            if st == MS_ERR_INVALID_SAMPLE:
-                raise InvalidSampleError(
-                    f"inc_many: element {bad}: amount {amounts[bad]} is negative")
             self._batch_error(st, bad, ids, amounts, "inc_many", "counter")
 
     def observe_many(self, ids, values):
@@ -787,7 +820,7 @@ cdef class Store:
             if st == MS_OK:
                 return v
             _raise(st, f"value: series {series} is a histogram: use histogram_value()")
-        _raise(st, f"value: unknown series id {series!r}", series)
+        _raise(st, f"value: unknown series id {series!r}", operator.index(series))
 
     def histogram_value(self, series):
         """``(counts, sum)``: non-cumulative counts per bucket (the last is ``+Inf``).
@@ -800,7 +833,7 @@ cdef class Store:
         cdef uint32_t m
         cdef ms_metric_info info
         _raise(ms_series_metric(self._s, sid, &m), f"histogram_value: unknown series id "
-               f"{series!r}", series)
+               f"{series!r}", operator.index(series))
         ms_metric_get(self._s, m, &info)
         if info.kind != MS_HISTOGRAM:
             _raise(MS_ERR_WRONG_KIND, f"histogram_value: series {series} is a "
@@ -822,6 +855,9 @@ cdef class Store:
     def snapshot(self):
         """Every metric, sorted by name, with its series in id order.
 
+        When a metric has folded label sets, the ``meshstats_series_overflow_total``
+        family that ``render()`` prints is included too (sorted like the others).
+
         >>> store = Store()
         >>> store.inc(store.series(store.counter("c_total", "C.", ("k",)), ("a",)), 3)
         >>> store.snapshot()
@@ -835,6 +871,7 @@ cdef class Store:
         cdef uint64_t count
         cdef double v
         infos = []
+        folded = []
         per_metric = [[] for _ in range(n_metrics)]
         for sid in range(n_series):
             ms_series_metric(self._s, sid, &m)
@@ -864,7 +901,14 @@ cdef class Store:
                 tuple([info.bounds[i] for i in range(info.n_bounds)]),
                 per_metric[m],
             ))
+            folded.append(info.overflow_count)
+        overflow = [((entry[0],), count) for entry, count in zip(infos, folded) if count]
         infos.sort(key=lambda entry: entry[0])
+        if overflow:
+            # The extra family render() prints, so collectors built on snapshot() see it.
+            infos.append((_OVERFLOW_FAMILY, "counter", _OVERFLOW_HELP, ("metric",), (),
+                          overflow))
+            infos.sort(key=lambda entry: entry[0])
         return infos
 
     def render(self, openmetrics=False):
