@@ -2,7 +2,7 @@
 
 Examples::
 
-    meshstats decode ChEKBE5BTUUSCRoHcG9kLTE=              # a header value (base64)
+    meshstats decode Cg8KBE5BTUUSBxoFcG9kLTE=              # a header value (base64)
     meshstats decode 3d2304670000028c0a2a74797065...       # a TCP prefix as hex
     meshstats decode --file frame.bin --peer               # raw bytes; also Istio accessors
     tcpdump ... | xxd -p | meshstats decode -              # stdin
