@@ -140,3 +140,102 @@ def test_same_bytes_for_an_istio_like_workload(c_backend: Backend, py_backend: B
         store.observe_many(rng.choice(dur_ids, 5000), rng.lognormal(3, 2, 5000))
     assert stores[0].render() == stores[1].render()
     assert stores[0].render(openmetrics=True) == stores[1].render(openmetrics=True)
+
+
+# ---- random definitions, random Unicode label values, typed and strided batches --------
+
+label_value = st.text(
+    st.characters(blacklist_categories=("Cs",)) | st.sampled_from(['"', "\\", "\n"]),
+    max_size=6,
+) | st.just("__overflow__")
+metric_def = st.tuples(
+    st.sampled_from(["counter", "gauge", "histogram"]),
+    st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,6}", fullmatch=True),
+    st.text(max_size=12),
+    st.lists(st.from_regex(r"[a-z][a-z0-9_]{0,4}", fullmatch=True), max_size=3, unique=True),
+    st.lists(st.floats(-1e6, 1e9), min_size=1, max_size=5, unique=True).map(sorted),
+    st.integers(1, 4),
+)
+INT_DTYPES = ["int32", "int64", "uint32", "uint64"]
+VALUE_DTYPES = ["float64", "float32", *INT_DTYPES]
+event = st.one_of(
+    st.tuples(st.just("series"), st.integers(0, 3), st.lists(label_value, max_size=3)),
+    st.tuples(st.just("inc"), st.integers(0, 20), st.integers(0, 2**40)),
+    st.tuples(st.just("set"), st.integers(0, 20), st.floats(allow_nan=True)),
+    st.tuples(st.just("observe"), st.integers(0, 20), st.floats(allow_nan=False)),
+    st.tuples(
+        st.just("inc_many"),
+        st.lists(st.integers(0, 20), max_size=8),
+        st.sampled_from(INT_DTYPES),
+        st.sampled_from(INT_DTYPES + ["none"]),
+        st.booleans(),
+    ),
+    st.tuples(
+        st.just("observe_many"),
+        st.lists(st.integers(0, 20), max_size=8),
+        st.sampled_from(INT_DTYPES),
+        st.sampled_from(VALUE_DTYPES),
+        st.booleans(),
+        st.lists(st.floats(-1e6, 1e6), min_size=8, max_size=8),
+    ),
+)
+
+
+def _array(items: list[Any], dtype: str, strided: bool) -> Any:
+    """A read-only array, every other element of a larger one when ``strided``."""
+    arr = np.array(items, dtype=dtype)
+    if strided:
+        wide = np.zeros(2 * len(items), dtype=dtype)
+        wide[::2] = arr
+        arr = wide[::2]
+    arr.flags.writeable = False
+    return arr
+
+
+def play(store: Any, defs: list[tuple[Any, ...]], events: list[tuple[Any, ...]]) -> list[Any]:
+    outcomes: list[Any] = []
+
+    def attempt(call: Any) -> None:
+        try:
+            outcomes.append(call())
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, getattr(exc, "name", None)))
+
+    for kind, name, help_text, labels, bounds, max_series in defs:
+        extra = {"buckets": bounds} if kind == "histogram" else {}
+        attempt(lambda: getattr(store, kind)(
+            name, help_text, tuple(labels), max_series=max_series, **extra))  # fmt: skip
+    for ev in events:
+        op_name = ev[0]
+        if op_name == "series":
+            attempt(lambda: store.series(ev[1], tuple(ev[2])))
+        elif op_name in ("inc", "set", "observe"):
+            attempt(lambda: getattr(store, op_name)(ev[1], ev[2]))
+        elif op_name == "inc_many":
+            ids, id_dtype, amount_dtype, strided = ev[1:]
+            amounts = (
+                None
+                if amount_dtype == "none"
+                else _array(list(range(len(ids))), amount_dtype, strided)
+            )
+            attempt(lambda: store.inc_many(_array(ids, id_dtype, strided), amounts))
+        else:
+            ids, id_dtype, value_dtype, strided, floats = ev[1:]
+            raw = floats[: len(ids)]
+            items = raw if value_dtype.startswith("float") else [abs(int(v)) for v in raw]
+            attempt(lambda: store.observe_many(
+                _array(ids, id_dtype, strided), _array(items, value_dtype, strided)))  # fmt: skip
+    return outcomes
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(defs=st.lists(metric_def, min_size=1, max_size=4), events=st.lists(event, max_size=60))
+def test_random_definitions_and_text_agree(
+    c_backend: Backend,
+    py_backend: Backend,
+    defs: list[tuple[Any, ...]],
+    events: list[tuple[Any, ...]],
+) -> None:
+    c_store, py_store = c_backend.store.Store(), py_backend.store.Store()
+    assert play(c_store, defs, events) == play(py_store, defs, events)
+    assert state(c_store) == state(py_store)
