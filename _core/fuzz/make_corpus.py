@@ -103,7 +103,9 @@ def seeds() -> dict[str, bytes]:
     # Unknown fields of every wire type, prepended inside the Any.
     body = real[8:]
     unknown = b"\x18\x96\x01" + b"\x21" + b"\x00" * 8 + b"\x2a\x03abc" + b"\x35" + b"\x00" * 4
-    out["frame_unknown_fields"] = MAGIC + struct.pack(">I", len(unknown) + len(body)) + unknown + body
+    out["frame_unknown_fields"] = (
+        MAGIC + struct.pack(">I", len(unknown) + len(body)) + unknown + body
+    )
     return out
 
 
