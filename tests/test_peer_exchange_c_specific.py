@@ -61,7 +61,7 @@ class Reentrant(Mapping[str, object]):
     def __len__(self) -> int:
         return 1
 
-    def items(self):  # type: ignore[no-untyped-def, override]
+    def items(self):  # type: ignore[no-untyped-def]
         self.inner = self._pe.encode_peer_prefix({"inner": True})  # type: ignore[attr-defined]
         return super().items()
 
