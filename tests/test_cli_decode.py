@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _istio_samples import NODE_ID, REVIEWS_V2
+from conftest import Backend
 
 import meshstats
 
@@ -21,7 +23,7 @@ SRC = str(Path(meshstats.__file__).resolve().parent.parent)
 
 
 @pytest.fixture
-def run(backend):
+def run(backend: Backend) -> Any:
     env = {**os.environ, "PYTHONPATH": SRC}
     if backend.name == "py":
         env["MESHSTATS_NO_EXTENSIONS"] = "1"
@@ -41,13 +43,15 @@ def run(backend):
 
 
 @pytest.fixture
-def frame(backend) -> bytes:
-    return backend.peer_exchange.encode_peer_prefix(REVIEWS_V2, NODE_ID)
+def frame(backend: Backend) -> bytes:
+    frame: bytes = backend.peer_exchange.encode_peer_prefix(REVIEWS_V2, NODE_ID)
+    return frame
 
 
 @pytest.fixture
-def header(backend) -> str:
-    return backend.peer_exchange.encode_peer_header(REVIEWS_V2)
+def header(backend: Backend) -> str:
+    header: str = backend.peer_exchange.encode_peer_header(REVIEWS_V2)
+    return header
 
 
 def ok_json(result: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
@@ -56,20 +60,20 @@ def ok_json(result: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
     return out
 
 
-def test_hex_prefix_argument(run, frame: bytes) -> None:
+def test_hex_prefix_argument(run: Any, frame: bytes) -> None:
     out = ok_json(run(frame.hex()))
     assert out["kind"] == "prefix"
     assert out["metadata"] == REVIEWS_V2 and out["metadata_id"] == NODE_ID
     assert out["consumed"] == len(frame) and out["trailing"] == 0
 
 
-def test_hex_with_blanks_and_payload(run, frame: bytes) -> None:
+def test_hex_with_blanks_and_payload(run: Any, frame: bytes) -> None:
     spaced = " ".join(f"{b:02x}" for b in frame + b"GET /")
     out = ok_json(run("--format", "hex", spaced))
     assert out["metadata"] == REVIEWS_V2 and out["trailing"] == 5
 
 
-def test_base64_header_argument(run, header: str) -> None:
+def test_base64_header_argument(run: Any, header: str) -> None:
     out = ok_json(run(header))
     assert out == {
         "kind": "header",
@@ -83,7 +87,7 @@ def test_base64_header_argument(run, header: str) -> None:
     assert named["metadata"] == REVIEWS_V2
 
 
-def test_raw_file_and_hex_file(run, frame: bytes, tmp_path: Path) -> None:
+def test_raw_file_and_hex_file(run: Any, frame: bytes, tmp_path: Path) -> None:
     raw = tmp_path / "frame.bin"
     raw.write_bytes(frame + b"\x16\x03\x01")
     out = ok_json(run("--file", str(raw)))
@@ -93,12 +97,12 @@ def test_raw_file_and_hex_file(run, frame: bytes, tmp_path: Path) -> None:
     assert ok_json(run("-f", str(text)))["metadata_id"] == NODE_ID
 
 
-def test_stdin(run, header: str, frame: bytes) -> None:
+def test_stdin(run: Any, header: str, frame: bytes) -> None:
     assert ok_json(run("-", stdin=header.encode() + b"\n"))["metadata"] == REVIEWS_V2
     assert ok_json(run(stdin=frame))["metadata_id"] == NODE_ID  # raw bytes, no argument
 
 
-def test_peer_accessors(run, header: str) -> None:
+def test_peer_accessors(run: Any, header: str) -> None:
     peer = ok_json(run("--peer", header))["peer"]
     assert isinstance(peer, dict)
     assert peer["workload_type"] == "deployment"
@@ -107,7 +111,7 @@ def test_peer_accessors(run, header: str) -> None:
     assert peer["filter_state"]["workload"] == "reviews-v2"
 
 
-def test_bad_base64_reports_character_offset(run, header: str) -> None:
+def test_bad_base64_reports_character_offset(run: Any, header: str) -> None:
     broken = header[:100] + "*" + header[101:]
     result = run(broken)
     assert result.returncode == 1 and result.stdout == b""
@@ -116,13 +120,13 @@ def test_bad_base64_reports_character_offset(run, header: str) -> None:
     assert b"bad_base64 at character 123" in named.stderr  # counted in the input as given
 
 
-def test_not_a_prefix(run) -> None:
+def test_not_a_prefix(run: Any) -> None:
     result = run(b"GET / HTTP/1.1".hex())
     assert result.returncode == 1
     assert b"bad_magic at byte 0" in result.stderr
 
 
-def test_truncated_prefix(run, frame: bytes, tmp_path: Path) -> None:
+def test_truncated_prefix(run: Any, frame: bytes, tmp_path: Path) -> None:
     path = tmp_path / "cut.bin"
     path.write_bytes(frame[:100])
     result = run("--file", str(path))
@@ -130,23 +134,23 @@ def test_truncated_prefix(run, frame: bytes, tmp_path: Path) -> None:
     assert b"truncated at byte 100" in result.stderr
 
 
-def test_oversize_prefix(run, frame: bytes) -> None:
+def test_oversize_prefix(run: Any, frame: bytes) -> None:
     result = run("--max-size", "100", frame.hex())
     assert result.returncode == 1 and b"oversize at byte 4" in result.stderr
 
 
-def test_bad_hex(run) -> None:
+def test_bad_hex(run: Any) -> None:
     result = run("--format", "hex", "3d23046")
     assert result.returncode == 1 and b"odd number of hex digits" in result.stderr
 
 
-def test_missing_file_and_empty_input(run, tmp_path: Path) -> None:
+def test_missing_file_and_empty_input(run: Any, tmp_path: Path) -> None:
     assert run("--file", str(tmp_path / "nope")).returncode == 1
     empty = run("-", stdin=b"  \n")
     assert empty.returncode == 1 and b"empty input" in empty.stderr
 
 
-def test_usage_errors(run, header: str, tmp_path: Path) -> None:
+def test_usage_errors(run: Any, header: str, tmp_path: Path) -> None:
     both = run(header, "--file", str(tmp_path / "x"))
     assert both.returncode == 2 and b"not both" in both.stderr
     assert run("--format", "yaml", header).returncode == 2

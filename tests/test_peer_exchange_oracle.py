@@ -23,9 +23,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _istio_samples import NODE_ID, REVIEWS_V2, as_decoded, same
+from conftest import Backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,7 +49,7 @@ class Oracle:
             stderr=subprocess.PIPE,
         )
 
-    def __call__(self, op: str, *args: object) -> object:
+    def __call__(self, op: str, *args: object) -> Any:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         blob = pickle.dumps((op, *args))
         self._proc.stdin.write(struct.pack(">I", len(blob)) + blob)
@@ -252,7 +254,7 @@ def test_oracle_runs_pure_python_protobuf(oracle: Oracle) -> None:
     assert oracle("backend") == "python"
 
 
-def test_prefix_keys_sort_shorter_first(backend, oracle: Oracle) -> None:
+def test_prefix_keys_sort_shorter_first(backend: Backend, oracle: Oracle) -> None:
     tree = {"NAMESPACE": "ns", "NAME": "pod", "NAME_": 1}
     expected = oracle("encode_struct", tree)
     raw = base64.b64decode(backend.peer_exchange.encode_peer_header(tree))
@@ -262,7 +264,9 @@ def test_prefix_keys_sort_shorter_first(backend, oracle: Oracle) -> None:
 
 @ORACLE_SETTINGS
 @given(tree=trees)
-def test_header_encoding_matches_protobuf(backend, oracle: Oracle, tree) -> None:
+def test_header_encoding_matches_protobuf(
+    backend: Backend, oracle: Oracle, tree: dict[str, Any]
+) -> None:
     expected = oracle("encode_struct", tree)
     value = backend.peer_exchange.encode_peer_header(tree)
     assert value == base64.b64encode(expected).decode()  # padded standard base64
@@ -270,7 +274,9 @@ def test_header_encoding_matches_protobuf(backend, oracle: Oracle, tree) -> None
 
 @ORACLE_SETTINGS
 @given(tree=trees, node_id=node_ids)
-def test_prefix_encoding_matches_protobuf(backend, oracle: Oracle, tree, node_id) -> None:
+def test_prefix_encoding_matches_protobuf(
+    backend: Backend, oracle: Oracle, tree: dict[str, Any], node_id: str | None
+) -> None:
     assert backend.peer_exchange.encode_peer_prefix(tree, node_id) == oracle(
         "encode_frame", tree, node_id
     )
@@ -278,7 +284,9 @@ def test_prefix_encoding_matches_protobuf(backend, oracle: Oracle, tree, node_id
 
 @ORACLE_SETTINGS
 @given(tree=trees, seed=st.integers(0, 2**32))
-def test_decoding_protobuf_output_matches_protobuf(backend, oracle: Oracle, tree, seed) -> None:
+def test_decoding_protobuf_output_matches_protobuf(
+    backend: Backend, oracle: Oracle, tree: dict[str, Any], seed: int
+) -> None:
     shuffled = dict(sorted(tree.items(), key=lambda kv: random.Random(seed).random()))
     for op, source in (("encode_struct", tree), ("encode_struct_insertion_order", shuffled)):
         raw = oracle(op, source)
@@ -291,7 +299,9 @@ def test_decoding_protobuf_output_matches_protobuf(backend, oracle: Oracle, tree
 
 @ORACLE_SETTINGS
 @given(tree=trees, seed=st.integers(0, 2**32))
-def test_decoding_unusual_wire_matches_protobuf(backend, oracle: Oracle, tree, seed) -> None:
+def test_decoding_unusual_wire_matches_protobuf(
+    backend: Backend, oracle: Oracle, tree: dict[str, Any], seed: int
+) -> None:
     raw = w_struct(tree, random.Random(seed))
     status, parsed = oracle("parse_struct", raw)
     assert status == "ok", parsed
@@ -303,7 +313,7 @@ def test_decoding_unusual_wire_matches_protobuf(backend, oracle: Oracle, tree, s
 @ORACLE_SETTINGS
 @given(tree=trees, node_id=node_ids, seed=st.integers(0, 2**32))
 def test_decoding_unusual_frame_matches_protobuf(
-    backend, oracle: Oracle, tree, node_id, seed
+    backend: Backend, oracle: Oracle, tree: dict[str, Any], node_id: str | None, seed: int
 ) -> None:
     rng = random.Random(seed)
     outer_tree: dict[str, object] = {"x-envoy-peer-metadata": tree}
@@ -323,7 +333,9 @@ def test_decoding_unusual_frame_matches_protobuf(
 
 @ORACLE_SETTINGS
 @given(tree=trees.filter(bool), data=st.data())
-def test_truncation_rejected_exactly_when_protobuf_rejects(backend, oracle: Oracle, tree, data):
+def test_truncation_rejected_exactly_when_protobuf_rejects(
+    backend: Backend, oracle: Oracle, tree: dict[str, Any], data: st.DataObject
+) -> None:
     raw = oracle("encode_struct", tree)
     cut = data.draw(st.integers(0, len(raw) - 1), label="cut")
     status, parsed = oracle("parse_struct", raw[:cut])
@@ -352,7 +364,9 @@ def test_truncation_rejected_exactly_when_protobuf_rejects(backend, oracle: Orac
     ids=["overlong", "overlong3", "surrogate", "too-big", "stray", "cut-short", "ff"],
 )
 @pytest.mark.parametrize("where", ["key", "value"])
-def test_bad_utf8_rejected_like_protobuf(backend, oracle: Oracle, bad: bytes, where: str):
+def test_bad_utf8_rejected_like_protobuf(
+    backend: Backend, oracle: Oracle, bad: bytes, where: str
+) -> None:
     good_key, good_value = b"LABELS", b"reviews"
     text = b"ok" + bad + b"tail"
     key, value = (text, good_value) if where == "key" else (good_key, text)
@@ -370,7 +384,7 @@ def test_bad_utf8_rejected_like_protobuf(backend, oracle: Oracle, bad: bytes, wh
     assert info.value.offset == text_at + 2
 
 
-def test_realistic_istio_frame(backend, oracle: Oracle) -> None:
+def test_realistic_istio_frame(backend: Backend, oracle: Oracle) -> None:
     pe = backend.peer_exchange
     frame = pe.encode_peer_prefix(REVIEWS_V2, NODE_ID)
     assert frame == oracle("encode_frame", REVIEWS_V2, NODE_ID)

@@ -7,8 +7,11 @@ back untouched so it can be forwarded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from _istio_samples import NODE_ID, REVIEWS_V2
+from conftest import Backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,16 +21,17 @@ MAGIC = bytes.fromhex("3d230467")
 
 
 @pytest.fixture
-def pe(backend):
+def pe(backend: Backend) -> Any:
     return backend.peer_exchange
 
 
 @pytest.fixture
-def frame(pe) -> bytes:
-    return pe.encode_peer_prefix(REVIEWS_V2, NODE_ID)
+def frame(pe: Any) -> bytes:
+    frame: bytes = pe.encode_peer_prefix(REVIEWS_V2, NODE_ID)
+    return frame
 
 
-def feed_all(decoder, chunks) -> list[str]:
+def feed_all(decoder: Any, chunks: list[bytes]) -> list[str]:
     states = []
     for chunk in chunks:
         states.append(decoder.feed(chunk))
@@ -36,7 +40,7 @@ def feed_all(decoder, chunks) -> list[str]:
     return states
 
 
-def test_initial_state(pe) -> None:
+def test_initial_state(pe: Any) -> None:
     decoder = pe.PeerPrefixDecoder()
     assert decoder.state == pe.NEED_MORE == "need_more"
     assert decoder.exchange is None and decoder.error is None
@@ -46,7 +50,7 @@ def test_initial_state(pe) -> None:
     assert decoder.feed(b"") == "need_more"
 
 
-def test_every_split_point(pe, frame: bytes) -> None:
+def test_every_split_point(pe: Any, frame: bytes) -> None:
     expected = pe.decode_peer_prefix(frame)
     for cut in range(len(frame) + 1):
         decoder = pe.PeerPrefixDecoder()
@@ -60,7 +64,7 @@ def test_every_split_point(pe, frame: bytes) -> None:
         assert decoder.buffered == 0
 
 
-def test_one_byte_at_a_time(pe, frame: bytes) -> None:
+def test_one_byte_at_a_time(pe: Any, frame: bytes) -> None:
     decoder = pe.PeerPrefixDecoder()
     states = [decoder.feed(frame[i : i + 1]) for i in range(len(frame))]
     assert states == ["need_more"] * (len(frame) - 1) + ["done"]
@@ -74,7 +78,9 @@ def test_one_byte_at_a_time(pe, frame: bytes) -> None:
     payload=st.binary(max_size=300),
     cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
 )
-def test_frame_then_payload_leftover_exact(backend, payload: bytes, cuts: list[int]) -> None:
+def test_frame_then_payload_leftover_exact(
+    backend: Backend, payload: bytes, cuts: list[int]
+) -> None:
     pe = backend.peer_exchange
     frame = pe.encode_peer_prefix(REVIEWS_V2, NODE_ID)
     stream = frame + payload
@@ -94,7 +100,7 @@ def test_frame_then_payload_leftover_exact(backend, payload: bytes, cuts: list[i
     assert decoder.exchange.consumed == len(frame)
 
 
-def test_frame_and_payload_in_one_chunk_as_bytearray_and_memoryview(pe, frame: bytes) -> None:
+def test_frame_and_payload_in_one_chunk_as_bytearray_and_memoryview(pe: Any, frame: bytes) -> None:
     for wrap in (bytes, bytearray, memoryview):
         decoder = pe.PeerPrefixDecoder()
         assert decoder.feed(wrap(frame + b"GET / HTTP/1.1\r\n\r\n")) == "done"
@@ -114,7 +120,7 @@ NON_MESH = {
 
 @pytest.mark.parametrize("name", sorted(NON_MESH))
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 1000])
-def test_non_mesh_peer_passes_every_byte_through(pe, name: str, chunk_size: int) -> None:
+def test_non_mesh_peer_passes_every_byte_through(pe: Any, name: str, chunk_size: int) -> None:
     data = NON_MESH[name]
     decoder = pe.PeerPrefixDecoder()
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
@@ -131,13 +137,13 @@ def test_non_mesh_peer_passes_every_byte_through(pe, name: str, chunk_size: int)
     assert decoder.exchange is None and decoder.buffered == 0
 
 
-def test_single_byte_matching_the_magic_needs_more(pe) -> None:
+def test_single_byte_matching_the_magic_needs_more(pe: Any) -> None:
     decoder = pe.PeerPrefixDecoder()
     assert decoder.feed(MAGIC[:1]) == "need_more"
     assert decoder.buffered == 1
 
 
-def test_oversize_length_is_not_mesh_without_buffering(pe) -> None:
+def test_oversize_length_is_not_mesh_without_buffering(pe: Any) -> None:
     decoder = pe.PeerPrefixDecoder(max_size=1000)
     header = MAGIC + (1001).to_bytes(4, "big")
     assert decoder.feed(header[:6]) == "need_more"
@@ -147,13 +153,13 @@ def test_oversize_length_is_not_mesh_without_buffering(pe) -> None:
     assert decoder.buffered == 0
 
 
-def test_announced_4gib_frame_is_refused_at_once(pe) -> None:
+def test_announced_4gib_frame_is_refused_at_once(pe: Any) -> None:
     decoder = pe.PeerPrefixDecoder()
     assert decoder.feed(MAGIC + b"\xff\xff\xff\xff") == "not_mesh"
     assert decoder.error.reason == "oversize"
 
 
-def test_buffer_never_exceeds_frame(pe) -> None:
+def test_buffer_never_exceeds_frame(pe: Any) -> None:
     decoder = pe.PeerPrefixDecoder(max_size=100)
     header = MAGIC + (100).to_bytes(4, "big")
     assert decoder.feed(header) == "need_more"
@@ -162,10 +168,10 @@ def test_buffer_never_exceeds_frame(pe) -> None:
         assert decoder.buffered == 8 + i + 1 <= 8 + 100
 
 
-def test_malformed_body_is_not_mesh_with_decode_error(pe, frame: bytes) -> None:
-    broken = bytearray(frame)
-    broken[10] = ord("X")  # inside the type_url: wrong_type_url
-    broken = bytes(broken)
+def test_malformed_body_is_not_mesh_with_decode_error(pe: Any, frame: bytes) -> None:
+    mutable = bytearray(frame)
+    mutable[10] = ord("X")  # inside the type_url: wrong_type_url
+    broken = bytes(mutable)
     with pytest.raises(PeerExchangeError) as info:
         pe.decode_peer_prefix(broken)
     decoder = pe.PeerPrefixDecoder()
@@ -176,7 +182,7 @@ def test_malformed_body_is_not_mesh_with_decode_error(pe, frame: bytes) -> None:
 
 
 @pytest.mark.parametrize("final", ["done", "not_mesh"])
-def test_feed_after_final_state_raises(pe, frame: bytes, final: str) -> None:
+def test_feed_after_final_state_raises(pe: Any, frame: bytes, final: str) -> None:
     decoder = pe.PeerPrefixDecoder()
     assert decoder.feed(frame if final == "done" else b"HTTP") == final
     with pytest.raises(RuntimeError):
@@ -186,7 +192,7 @@ def test_feed_after_final_state_raises(pe, frame: bytes, final: str) -> None:
     assert decoder.state == final
 
 
-def test_frame_without_node_id_or_metadata(pe) -> None:
+def test_frame_without_node_id_or_metadata(pe: Any) -> None:
     frame = pe.encode_peer_prefix({})
     decoder = pe.PeerPrefixDecoder()
     assert decoder.feed(frame) == "done"
@@ -194,12 +200,12 @@ def test_frame_without_node_id_or_metadata(pe) -> None:
 
 
 @pytest.mark.parametrize("bad", [-1, 2**31, 2**40])
-def test_max_size_out_of_range(pe, bad: int) -> None:
+def test_max_size_out_of_range(pe: Any, bad: int) -> None:
     with pytest.raises(ValueError):
         pe.PeerPrefixDecoder(max_size=bad)
 
 
-def test_max_size_not_an_int(pe) -> None:
+def test_max_size_not_an_int(pe: Any) -> None:
     with pytest.raises(TypeError):
         pe.PeerPrefixDecoder(max_size=1.5)
     with pytest.raises(TypeError):

@@ -11,9 +11,11 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from _istio_samples import REVIEWS_V2, as_decoded, same
+from conftest import Backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,20 +26,22 @@ leaves = st.one_of(
 )
 values = st.recursive(
     leaves,
-    lambda kids: st.lists(kids, max_size=3)
-    | st.tuples(kids, kids)
-    | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=3)
+        | st.tuples(kids, kids)
+        | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
     max_leaves=15,
 )
 trees = st.dictionaries(st.text(max_size=10), values, max_size=6)
 
 
 @pytest.fixture
-def pe(backend):
+def pe(backend: Backend) -> Any:
     return backend.peer_exchange
 
 
-def bad_base64_at(pe, value, **kwargs) -> int:
+def bad_base64_at(pe: Any, value: Any, **kwargs: Any) -> int:
     with pytest.raises(PeerExchangeError) as info:
         pe.decode_peer_header(value, **kwargs)
     assert info.value.reason == "bad_base64", info.value
@@ -46,7 +50,7 @@ def bad_base64_at(pe, value, **kwargs) -> int:
 
 @settings(max_examples=100, deadline=None)
 @given(tree=trees)
-def test_round_trip(backend, tree) -> None:
+def test_round_trip(backend: Backend, tree: dict[str, Any]) -> None:
     pe = backend.peer_exchange
     value = pe.encode_peer_header(tree)
     assert same(pe.decode_peer_header(value), as_decoded(tree))
@@ -54,7 +58,9 @@ def test_round_trip(backend, tree) -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(tree=trees, lead=st.sampled_from(["", " ", "\t", "\r\n ", "\x0b\x0c"]))
-def test_padded_unpadded_whitespace_bytes_all_decode_alike(backend, tree, lead: str) -> None:
+def test_padded_unpadded_whitespace_bytes_all_decode_alike(
+    backend: Backend, tree: dict[str, Any], lead: str
+) -> None:
     pe = backend.peer_exchange
     value = pe.encode_peer_header(tree)
     expected = pe.decode_peer_header(value)
@@ -65,7 +71,7 @@ def test_padded_unpadded_whitespace_bytes_all_decode_alike(backend, tree, lead: 
         assert same(pe.decode_peer_header(bytearray(variant.encode())), expected)
 
 
-def test_encoding_is_standard_padded_base64(pe) -> None:
+def test_encoding_is_standard_padded_base64(pe: Any) -> None:
     value = pe.encode_peer_header(REVIEWS_V2)
     assert len(value) % 4 == 0
     assert re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", value)
@@ -74,13 +80,13 @@ def test_encoding_is_standard_padded_base64(pe) -> None:
     assert pe.decode_peer_header(value) == REVIEWS_V2
 
 
-def test_empty_value_is_empty_struct(pe) -> None:
+def test_empty_value_is_empty_struct(pe: Any) -> None:
     assert pe.decode_peer_header("") == {}
     assert pe.decode_peer_header(" \t\r\n") == {}
     assert pe.encode_peer_header({}) == ""
 
 
-def test_invalid_character_offset(pe) -> None:
+def test_invalid_character_offset(pe: Any) -> None:
     value = pe.encode_peer_header(REVIEWS_V2)
     for at in (0, 1, 17, len(value) // 2, len(value) - 3):
         broken = value[:at] + "*" + value[at + 1 :]
@@ -89,7 +95,7 @@ def test_invalid_character_offset(pe) -> None:
         assert bad_base64_at(pe, broken.encode()) == at
 
 
-def test_inner_whitespace_and_non_ascii_are_invalid(pe) -> None:
+def test_inner_whitespace_and_non_ascii_are_invalid(pe: Any) -> None:
     value = pe.encode_peer_header(REVIEWS_V2)
     assert bad_base64_at(pe, value[:8] + " " + value[8:]) == 8
     assert bad_base64_at(pe, value[:8] + "\u00e9" + value[8:]) == 8
@@ -97,7 +103,7 @@ def test_inner_whitespace_and_non_ascii_are_invalid(pe) -> None:
     assert bad_base64_at(pe, "\u00a0" + value) == 0  # NBSP is not ASCII whitespace
 
 
-def _value_with(pe, chars: str) -> tuple[str, str]:
+def _value_with(pe: Any, chars: str) -> tuple[str, str]:
     """A header value containing every character in ``chars`` (searched, not assumed)."""
     for text in ("?" * n + "~" * m for n in range(1, 8) for m in range(1, 8)):
         value = pe.encode_peer_header({"k": text})
@@ -106,7 +112,7 @@ def _value_with(pe, chars: str) -> tuple[str, str]:
     raise AssertionError(f"no sample value contains {chars!r}")
 
 
-def test_urlsafe_alphabet_rejected(pe) -> None:
+def test_urlsafe_alphabet_rejected(pe: Any) -> None:
     value, text = _value_with(pe, "+/")
     assert pe.decode_peer_header(value) == {"k": text}
     urlsafe = value.translate(str.maketrans("+/", "-_"))
@@ -130,16 +136,16 @@ def test_urlsafe_alphabet_rejected(pe) -> None:
         ("  QUJDQ", 6),
     ],
 )
-def test_padding_rules(pe, value: str, offset: int) -> None:
+def test_padding_rules(pe: Any, value: str, offset: int) -> None:
     assert bad_base64_at(pe, value) == offset
 
 
-def test_unused_bits_in_last_character_are_ignored(pe) -> None:
+def test_unused_bits_in_last_character_are_ignored(pe: Any) -> None:
     # "CgA" and "CgB" differ only in bits that encode no byte; both are b"\x0a\x00".
     assert pe.decode_peer_header("CgA=") == pe.decode_peer_header("CgB=")
 
 
-def test_oversize_checked_on_length_before_characters(pe) -> None:
+def test_oversize_checked_on_length_before_characters(pe: Any) -> None:
     value = pe.encode_peer_header(REVIEWS_V2)
     size = len(base64.b64decode(value))
     assert pe.decode_peer_header(value, max_size=size) == REVIEWS_V2
@@ -149,7 +155,7 @@ def test_oversize_checked_on_length_before_characters(pe) -> None:
         assert (info.value.reason, info.value.offset) == ("oversize", 0)
 
 
-def test_struct_errors_count_decoded_bytes(pe) -> None:
+def test_struct_errors_count_decoded_bytes(pe: Any) -> None:
     # entry tag, then a length (5) larger than the 1 byte left: the length varint is at 1.
     value = base64.b64encode(b"\x0a\x05\x0a").decode()
     with pytest.raises(PeerExchangeError) as info:
@@ -158,7 +164,7 @@ def test_struct_errors_count_decoded_bytes(pe) -> None:
 
 
 @pytest.mark.parametrize("value", [123, None, memoryview(b"Cg8K"), ["Cg8K"]])
-def test_header_value_type(pe, value) -> None:
+def test_header_value_type(pe: Any, value: Any) -> None:
     with pytest.raises(TypeError):
         pe.decode_peer_header(value)
 
@@ -178,7 +184,7 @@ def nested(depth: int, use_list: bool = False) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("use_list", [False, True])
-def test_depth_limit(pe, use_list: bool) -> None:
+def test_depth_limit(pe: Any, use_list: bool) -> None:
     limit = pe.MAX_DEPTH
     assert limit == 64
     ok = pe.encode_peer_header(nested(limit, use_list))
@@ -192,7 +198,7 @@ def test_depth_limit(pe, use_list: bool) -> None:
         pe.encode_peer_prefix(nested(limit, use_list))
 
 
-def test_self_reference_is_an_error_not_a_crash(pe) -> None:
+def test_self_reference_is_an_error_not_a_crash(pe: Any) -> None:
     loop: dict[str, object] = {}
     loop["me"] = loop
     with pytest.raises(PeerMetadataTypeError):
@@ -220,14 +226,14 @@ def test_self_reference_is_an_error_not_a_crash(pe) -> None:
     ],
     ids=repr,
 )
-def test_unencodable_metadata(pe, metadata) -> None:
+def test_unencodable_metadata(pe: Any, metadata: Any) -> None:
     for encode in (pe.encode_peer_header, pe.encode_peer_prefix):
         with pytest.raises(PeerMetadataTypeError) as info:
             encode(metadata)
         assert isinstance(info.value, TypeError)
 
 
-def test_metadata_id_must_be_str(pe) -> None:
+def test_metadata_id_must_be_str(pe: Any) -> None:
     with pytest.raises(PeerMetadataTypeError):
         pe.encode_peer_prefix({}, 42)
     assert pe.encode_peer_prefix({}, "") == pe.encode_peer_prefix({}, None)
@@ -258,7 +264,7 @@ class MyStr(str):
     pass
 
 
-def test_value_mapping(pe) -> None:
+def test_value_mapping(pe: Any) -> None:
     tree = {
         "none": None,
         "t": True,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _istio_samples import NODE_ID, REVIEWS_V2
+from conftest import Backend
 
 from meshstats.errors import PeerMetadataTypeError
 from meshstats.peer_metadata import PeerMetadata, namespace_from_principal
@@ -83,7 +84,9 @@ def test_non_string_values_read_as_none() -> None:
         ({}, None, None),
     ],
 )
-def test_app_version_precedence(labels, app, version) -> None:
+def test_app_version_precedence(
+    labels: dict[str, str], app: str | None, version: str | None
+) -> None:
     p = peer(LABELS=labels)
     assert (p.app, p.version) == (app, version)
 
@@ -104,7 +107,7 @@ def test_app_version_precedence(labels, app, version) -> None:
         ("kubernetes://apis/apps/v1/namespaces/ns/deployments/reviews-v2", None, None),
     ],
 )
-def test_workload_type(owner, workload, kind) -> None:
+def test_workload_type(owner: str, workload: str | None, kind: str | None) -> None:
     fields: dict[str, object] = {"OWNER": owner}
     if workload is not None:
         fields["WORKLOAD_NAME"] = workload
@@ -124,7 +127,7 @@ def test_workload_type(owner, workload, kind) -> None:
         (None, None),
     ],
 )
-def test_namespace_from_principal(principal, namespace) -> None:
+def test_namespace_from_principal(principal: str | None, namespace: str | None) -> None:
     assert namespace_from_principal(principal) == namespace
     assert PeerMetadata.namespace_from_principal(principal) == namespace
 
@@ -149,7 +152,7 @@ def test_read_only_and_detached_from_the_source() -> None:
     with pytest.raises(AttributeError):
         p.name = "x"  # type: ignore[misc]
     with pytest.raises(AttributeError):
-        p.new_attribute = 1  # type: ignore[attr-defined]
+        p.new_attribute = 1
     copy = p.to_struct()
     copy["LABELS"]["app"] = "mutable copy"  # type: ignore[index]
     assert p.app == "reviews"
@@ -207,7 +210,7 @@ def test_to_filter_state() -> None:
     assert peer(WORKLOAD_NAME="", NAMESPACE="ns").to_filter_state() == {"namespace": "ns"}
 
 
-def test_from_exchange(backend) -> None:
+def test_from_exchange(backend: Backend) -> None:
     pe = backend.peer_exchange
     exchange = pe.decode_peer_prefix(pe.encode_peer_prefix(REVIEWS_V2, NODE_ID))
     p = PeerMetadata.from_exchange(exchange)
@@ -244,6 +247,7 @@ def test_bootstrap_forms(tmp_path: Path) -> None:
 
 def test_from_yaml_and_from_file(tmp_path: Path) -> None:
     import yaml  # a test dependency; the path without it is tested below
+
     path = tmp_path / "bootstrap.yaml"
     path.write_text(yaml.safe_dump(BOOTSTRAP))
     assert PeerMetadata.from_yaml(path).node_id == NODE_ID
@@ -271,7 +275,10 @@ def test_from_yaml_without_pyyaml_says_what_to_install(tmp_path: Path) -> None:
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
-    src = str(Path(__import__("meshstats").__file__).parent.parent)
+    import meshstats
+
+    assert meshstats.__file__ is not None
+    src = str(Path(meshstats.__file__).parent.parent)
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
