@@ -179,13 +179,20 @@ def _side(
     it); a peer's absent field is left out so that ``x | "unknown"`` falls through.
     """
     out: dict[str, Any] = {}
+    if meta is not None and local:
+        # Istio reads the local node's LABELS.app/version verbatim; the app.kubernetes.io
+        # precedence applies to peers only (§3.2, §3.5).
+        app, version = meta.labels.get("app"), meta.labels.get("version")
+    else:
+        app = meta.app if meta else None
+        version = meta.version if meta else None
     fields = {
         "workload.name": meta.workload_name if meta else None,
         "workload.namespace": meta.namespace if meta else None,
         "name": meta.name if meta else None,
         "namespace": meta.namespace if meta else None,
-        "app": meta.app if meta else None,
-        "version": meta.version if meta else None,
+        "app": app,
+        "version": version,
         "canonical_service": meta.canonical_service if meta else None,
         "canonical_revision": meta.canonical_revision if meta else None,
         "cluster.id": meta.cluster_id if meta else None,

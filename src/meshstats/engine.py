@@ -287,8 +287,8 @@ class StatsEngine:
                     f"definitions[{i}]: {definition.name!r} is a standard metric; ignored"
                 )
                 continue
-            value = self._compile("value", definition.value, f"definitions[{i}]")
-            if value is None:
+            value_expr = self._compile("value", definition.value, f"definitions[{i}]")
+            if value_expr is None:
                 continue
             labels = self._dimensions(definition.name, None)
             kind = definition.type.lower()
@@ -300,7 +300,7 @@ class StatsEngine:
                 definition.name,
             )
             for event in ("http", "tcp"):  # Istio emits custom metrics at request end / close
-                plan_for(event, labels).emitters.append(_Emitter(metric_id, kind, value))
+                plan_for(event, labels).emitters.append(_Emitter(metric_id, kind, value_expr))
 
     def _register(
         self, name: str, help_text: str, labels: tuple[str, ...], kind: str, short: str
@@ -425,11 +425,16 @@ class StatsEngine:
         self._emit("http", peer, Layered(attrs, peer.attrs), values)
 
     def record_grpc_messages(
-        self, peer: PeerContext, request_messages: int, response_messages: int
+        self,
+        peer: PeerContext,
+        request_messages: int,
+        response_messages: int,
+        *,
+        host: str | None = None,
     ) -> None:
         """gRPC message-count deltas (Istio reports them periodically and at stream end)."""
         values = {"request_messages": request_messages, "response_messages": response_messages}
-        self._emit("grpc", peer, peer.attrs, values)
+        self._emit("grpc", peer, Layered(peer.service(host), peer.attrs), values)
 
     def tcp_connection(self, peer: PeerContext | None = None) -> TcpConnection:
         """A TCP connection whose telemetry is reported every ``tcp_reporting_duration``.

@@ -1,0 +1,429 @@
+"""Golden label sets: every label value written out, for the cases Istio's own goldens pin down
+(istio/proxy ``testdata/metric/*.yaml.tmpl``: client/server requests, host header fallback,
+customized config, TCP with and without exchange, gRPC messages, istio_build)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshstats.engine import StatsEngine
+from meshstats.standard_metrics import HTTP_LABELS, PEER_LABELS, TCP_LABELS
+
+PRODUCTPAGE = {
+    "NAME": "productpage-v1-84975bc778-pxz2w",
+    "NAMESPACE": "default",
+    "WORKLOAD_NAME": "productpage-v1",
+    "CLUSTER_ID": "Kubernetes",
+    "ISTIO_VERSION": "1.24.0",
+    "LABELS": {
+        "app": "productpage",
+        "version": "v1",
+        "service.istio.io/canonical-name": "productpage",
+        "service.istio.io/canonical-revision": "v1",
+    },
+}
+REVIEWS = {
+    "NAME": "reviews-v2-5b667bcbf8-8hxlj",
+    "NAMESPACE": "default",
+    "WORKLOAD_NAME": "reviews-v2",
+    "CLUSTER_ID": "Kubernetes",
+    "ISTIO_VERSION": "1.24.0",
+    "LABELS": {
+        "app.kubernetes.io/name": "reviews",
+        "app": "reviews-legacy",  # app.kubernetes.io/name wins for a peer (§3.2)
+        "version": "v2",
+        "service.istio.io/canonical-name": "reviews",
+        "service.istio.io/canonical-revision": "v2",
+    },
+}
+PP_SAN = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+REVIEWS_SAN = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+REVIEWS_CLUSTER = "outbound|9080||reviews.default.svc.cluster.local"
+REVIEWS_CLUSTER_MD = {
+    "filter_metadata": {
+        "istio": {
+            "services": [
+                {
+                    "host": "reviews.default.svc.cluster.local",
+                    "name": "reviews",
+                    "namespace": "default",
+                }
+            ]
+        }
+    }
+}
+
+
+def samples(engine: StatsEngine, name: str) -> list[dict[str, str]]:
+    """Label sets (with the value under ``__value__``) of one metric's samples."""
+    out = []
+    for family in text_string_to_metric_families(engine.render().decode()):
+        for s in family.samples:
+            if s.name == name:
+                out.append({**s.labels, "__value__": repr(float(s.value))})
+    return out
+
+
+def one(engine: StatsEngine, name: str) -> dict[str, str]:
+    found = samples(engine, name)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def label_order(engine: StatsEngine, name: str) -> list[str]:
+    line = next(ln for ln in engine.render().decode().splitlines() if ln.startswith(name + "{"))
+    return [part.split("=", 1)[0] for part in line[len(name) + 1 : line.index("}")].split('",')]
+
+
+@pytest.fixture
+def make(backend: Any) -> Any:
+    def make_engine(local: dict[str, Any], config: Any = None, **kw: Any) -> StatsEngine:
+        return StatsEngine(local, config, store=backend.store.Store(), **kw)
+
+    return make_engine
+
+
+def client_expected(**overrides: str) -> dict[str, str]:
+    expected = {
+        "reporter": "source",
+        "source_workload": "productpage-v1",
+        "source_canonical_service": "productpage",
+        "source_canonical_revision": "v1",
+        "source_workload_namespace": "default",
+        "source_principal": PP_SAN,
+        "source_app": "productpage",
+        "source_version": "v1",
+        "source_cluster": "Kubernetes",
+        "destination_workload": "reviews-v2",
+        "destination_workload_namespace": "default",
+        "destination_principal": REVIEWS_SAN,
+        "destination_app": "reviews",
+        "destination_version": "v2",
+        "destination_service": "reviews.default.svc.cluster.local",
+        "destination_canonical_service": "reviews",
+        "destination_canonical_revision": "v2",
+        "destination_service_name": "reviews",
+        "destination_service_namespace": "default",
+        "destination_cluster": "Kubernetes",
+        "request_protocol": "http",
+        "response_code": "200",
+        "grpc_response_status": "",
+        "response_flags": "-",
+        "connection_security_policy": "unknown",
+    }
+    expected.update(overrides)
+    return expected
+
+
+def test_default_http_client(make: Any) -> None:
+    engine = make(PRODUCTPAGE, local_principal=PP_SAN)
+    peer = engine.peer(
+        "outbound",
+        REVIEWS,
+        peer_principal=REVIEWS_SAN,
+        cluster_name=REVIEWS_CLUSTER,
+        cluster_metadata=REVIEWS_CLUSTER_MD,
+    )
+    for _ in range(3):
+        engine.record_request(
+            peer,
+            response_code=200,
+            duration_ms=12.7,
+            request_bytes=310,
+            response_bytes=4200,
+            host="reviews:9080",
+        )
+    got = one(engine, "istio_requests_total")
+    assert got == {**client_expected(), "__value__": "3.0"}
+    assert label_order(engine, "istio_requests_total") == list(HTTP_LABELS)
+    # 12.7 ms is truncated to 12 (Envoy records whole milliseconds): three in le="25"
+    buckets = {
+        s["le"]: s["__value__"]
+        for s in samples(engine, "istio_request_duration_milliseconds_bucket")
+    }
+    assert buckets["10"] == "0.0" and buckets["25"] == "3.0" and buckets["+Inf"] == "3.0"
+    assert one(engine, "istio_request_duration_milliseconds_sum")["__value__"] == "36.0"
+    assert one(engine, "istio_request_bytes_sum")["__value__"] == "930.0"
+    assert one(engine, "istio_response_bytes_count")["__value__"] == "3.0"
+
+
+def test_default_http_server(make: Any) -> None:
+    engine = make(REVIEWS, local_principal=REVIEWS_SAN)
+    peer = engine.peer("inbound", PRODUCTPAGE, peer_principal=PP_SAN)
+    engine.record_request(
+        peer, response_code=503, duration_ms=3, response_flags=["UF", "UH"], host="reviews:9080"
+    )
+    got = one(engine, "istio_requests_total")
+    assert got == {
+        "reporter": "destination",
+        "source_workload": "productpage-v1",
+        "source_canonical_service": "productpage",
+        "source_canonical_revision": "v1",
+        "source_workload_namespace": "default",
+        "source_principal": PP_SAN,
+        "source_app": "productpage",
+        "source_version": "v1",
+        "source_cluster": "Kubernetes",
+        "destination_workload": "reviews-v2",
+        "destination_workload_namespace": "default",
+        "destination_principal": REVIEWS_SAN,
+        # the local node's own LABELS.app, verbatim: the app.kubernetes.io rule is for peers
+        "destination_app": "reviews-legacy",
+        "destination_version": "v2",
+        # inbound: no host-header fallback, no cluster metadata -> the local canonical service
+        "destination_service": "reviews",
+        "destination_canonical_service": "reviews",
+        "destination_canonical_revision": "v2",
+        "destination_service_name": "reviews",
+        "destination_service_namespace": "default",
+        "destination_cluster": "Kubernetes",
+        "request_protocol": "http",
+        "response_code": "503",
+        "grpc_response_status": "",
+        "response_flags": "UH,UF",
+        "connection_security_policy": "mutual_tls",
+        "__value__": "1.0",
+    }
+
+
+def test_unknown_peer_on_server(make: Any) -> None:
+    engine = make(REVIEWS)  # no certificates at all: plaintext
+    peer = engine.peer("inbound", None)
+    engine.record_request(peer, response_code=200, duration_ms=1)
+    got = one(engine, "istio_requests_total")
+    for name in (
+        "source_workload",
+        "source_canonical_service",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_principal",
+    ):
+        assert got[name] == "unknown", name
+    assert got["source_canonical_revision"] == "latest"
+    assert got["connection_security_policy"] == "none"
+    assert got["destination_workload"] == "reviews-v2"
+
+
+def test_host_header_fallback_on_and_off(make: Any) -> None:
+    on = make(PRODUCTPAGE)
+    peer = on.peer("outbound", None, cluster_name="outbound|9080||127.0.0.1")
+    on.record_request(peer, response_code=200, duration_ms=1, host="127.0.0.1:9080")
+    got = one(on, "istio_requests_total")
+    assert got["destination_service"] == got["destination_service_name"] == "127.0.0.1:9080"
+    assert got["destination_service_namespace"] == "unknown"
+    assert got["destination_workload"] == "unknown"
+    assert got["destination_canonical_revision"] == "latest"
+
+    off = make(PRODUCTPAGE, {"disable_host_header_fallback": True})
+    peer = off.peer("outbound", None)
+    off.record_request(peer, response_code=200, duration_ms=1, host="127.0.0.1:9080")
+    got = one(off, "istio_requests_total")
+    assert got["destination_service"] == got["destination_service_name"] == "unknown"
+
+
+def test_cluster_metadata_beats_host_header(make: Any) -> None:
+    engine = make(PRODUCTPAGE)
+    peer = engine.peer(
+        "outbound",
+        REVIEWS,
+        cluster_name=REVIEWS_CLUSTER,
+        cluster_metadata={
+            "filter_metadata": {"istio": {"services": [{"host": "reviews.prod.svc.cluster.local"}]}}
+        },
+    )
+    engine.record_request(peer, response_code=200, duration_ms=1, host="my-alias:80")
+    got = one(engine, "istio_requests_total")
+    assert got["destination_service"] == "reviews.prod.svc.cluster.local"
+    assert got["destination_service_name"] == "reviews"  # host up to the first dot
+    # no namespace in the cluster metadata: the peer's namespace
+    assert got["destination_service_namespace"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("route", "cluster", "name"),
+    [
+        ("block_all", "BlackHoleCluster", "BlackHoleCluster"),
+        ("allow_any", "PassthroughCluster", "PassthroughCluster"),
+        (None, "BlackHoleCluster", "BlackHoleCluster"),
+        (None, "PassthroughCluster", "PassthroughCluster"),
+        (None, "InboundPassthroughClusterIpv4", "InboundPassthroughClusterIpv4"),
+    ],
+)
+def test_black_hole_and_passthrough(make: Any, route: str | None, cluster: str, name: str) -> None:
+    engine = make(PRODUCTPAGE)
+    peer = engine.peer("outbound", None, route_name=route, cluster_name=cluster)
+    engine.record_request(
+        peer, response_code=502 if "Black" in name else 200, duration_ms=1, host="api.example.com"
+    )
+    got = one(engine, "istio_requests_total")
+    assert got["destination_service_name"] == name
+    assert got["destination_service"] == "api.example.com"
+
+
+def test_customized_config(make: Any) -> None:
+    config = {
+        "metrics": [
+            {
+                "name": "requests_total",
+                "dimensions": {
+                    "request_host": "request.host",  # appended
+                    "a_path": "request.url_path",  # appended, sorted before request_host
+                    "source_app": "'x' +",  # parse error: removes the standard tag
+                    "destination_version": "request.headers['x-version']",  # runtime failure
+                    "source_workload": "source.workload.name + '-custom'",  # override in place
+                },
+                "tags_to_remove": ["grpc_response_status", "not_a_standard_tag"],
+            },
+            {"name": "request_bytes", "drop": True},
+            {"dimensions": {"zone": "'eu-1'"}},  # global: every metric, custom ones too
+        ],
+        "definitions": [
+            {"name": "requests_bytes_total", "type": "COUNTER", "value": "request.total_size"},
+            {"name": "requests_total", "type": "COUNTER", "value": "1"},  # standard: ignored
+            {"name": "broken", "type": "COUNTER", "value": "1 +"},  # does not parse: ignored
+        ],
+    }
+    engine = make(PRODUCTPAGE, config)
+    peer = engine.peer("outbound", REVIEWS, cluster_metadata=REVIEWS_CLUSTER_MD)
+    engine.record_request(
+        peer,
+        response_code=200,
+        duration_ms=5,
+        request_bytes=77,
+        host="reviews:9080",
+        path="/reviews/1?x=1",
+    )
+    got = one(engine, "istio_requests_total")
+    expected = client_expected(
+        source_workload="productpage-v1-custom",
+        destination_version="unknown",
+        source_principal="unknown",
+        destination_principal="unknown",
+        request_protocol="http",
+    )
+    del expected["source_app"], expected["grpc_response_status"]
+    expected |= {"a_path": "/reviews/1", "request_host": "reviews:9080", "zone": "eu-1"}
+    assert got == {**expected, "__value__": "1.0"}
+    order = label_order(engine, "istio_requests_total")
+    assert order[-3:] == ["a_path", "request_host", "zone"]
+    assert "source_app" not in order and order[1] == "source_workload"
+    assert samples(engine, "istio_request_bytes_count") == []
+    assert one(engine, "istio_requests_bytes_total") == {"zone": "eu-1", "__value__": "77.0"}
+    assert samples(engine, "istio_broken_total") == []
+    assert any("source_app" in w for w in engine.config_warnings)
+    assert any("definitions[2]" in w for w in engine.config_warnings)
+    # the response_bytes metric took only the global dimension on top of the defaults
+    assert one(engine, "istio_response_bytes_count")["zone"] == "eu-1"
+    assert "grpc_response_status" in one(engine, "istio_response_bytes_count")
+
+
+def test_tcp_with_exchange(make: Any) -> None:
+    engine = make(REVIEWS, local_principal=REVIEWS_SAN)
+    conn = engine.tcp_connection()
+    conn.add_bytes(sent=100, received=40)
+    assert engine.report_tcp() == 0  # peer not known yet: nothing reported, as Istio waits
+    conn.set_peer(engine.peer("inbound", PRODUCTPAGE, peer_principal=PP_SAN))
+    assert engine.report_tcp() == 1
+    conn.add_bytes(sent=5, received=7)
+    conn.close()
+    opened = one(engine, "istio_tcp_connections_opened_total")
+    assert opened["__value__"] == "1.0"
+    assert label_order(engine, "istio_tcp_connections_opened_total") == list(TCP_LABELS)
+    assert opened["request_protocol"] == "tcp"
+    assert opened["connection_security_policy"] == "mutual_tls"
+    assert opened["source_workload"] == "productpage-v1"
+    assert opened["response_flags"] == "-"
+    assert one(engine, "istio_tcp_connections_closed_total")["__value__"] == "1.0"
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "105.0"
+    assert one(engine, "istio_tcp_received_bytes_total")["__value__"] == "47.0"
+
+
+def test_tcp_without_exchange(make: Any) -> None:
+    """No ALPN match: the peer is never learnt; labels say unknown, reported at close."""
+    engine = make(PRODUCTPAGE)
+    conn = engine.tcp_connection()
+    conn.add_bytes(sent=9, received=3)
+    conn.close()
+    got = one(engine, "istio_tcp_connections_opened_total")
+    assert got["source_workload"] == "unknown"
+    assert got["destination_workload"] == "productpage-v1"
+    assert got["connection_security_policy"] == "none"
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "9.0"
+
+
+def test_grpc_message_counters(make: Any) -> None:
+    engine = make(PRODUCTPAGE, local_principal=PP_SAN)
+    peer = engine.peer(
+        "outbound", REVIEWS, peer_principal=REVIEWS_SAN, cluster_metadata=REVIEWS_CLUSTER_MD
+    )
+    engine.record_grpc_messages(peer, 3, 5)
+    engine.record_grpc_messages(peer, 1, 0)
+    req = one(engine, "istio_request_messages_total")
+    assert req["__value__"] == "4.0"
+    assert label_order(engine, "istio_request_messages_total") == list(PEER_LABELS)
+    expected = client_expected()
+    assert {k: v for k, v in req.items() if k != "__value__"} == {
+        k: expected[k] for k in PEER_LABELS
+    }
+    assert one(engine, "istio_response_messages_total")["__value__"] == "5.0"
+
+
+def test_grpc_request(make: Any) -> None:
+    engine = make(PRODUCTPAGE)
+    peer = engine.peer("outbound", REVIEWS, cluster_metadata=REVIEWS_CLUSTER_MD)
+    engine.record_request(
+        peer,
+        response_code=200,
+        grpc_status=14,
+        duration_ms=2,
+        content_type="application/grpc+proto",
+    )
+    got = one(engine, "istio_requests_total")
+    assert got["request_protocol"] == "grpc"
+    assert got["grpc_response_status"] == "14"
+
+
+def test_istio_build(make: Any) -> None:
+    assert one(make(PRODUCTPAGE), "istio_build") == {
+        "component": "proxy",
+        "tag": "1.24.0",
+        "__value__": "1.0",
+    }
+    assert one(make({"WORKLOAD_NAME": "x"}), "istio_build")["tag"] == "unknown"
+
+
+def test_series_cache_counts_hits(make: Any) -> None:
+    engine = make(PRODUCTPAGE)
+    peer = engine.peer("outbound", REVIEWS, cache_key="reviews-v2~id")
+    assert engine.peer("outbound", REVIEWS, cache_key="reviews-v2~id") is peer
+    for code in (200, 200, 200, 503):
+        engine.record_request(peer, response_code=code, duration_ms=1)
+    stats = engine.cache_stats()
+    assert stats["series_misses"] == 2 and stats["series_hits"] == 2
+    assert stats["peer_hits"] == 1 and stats["peer_misses"] == 1
+
+
+def test_peer_cache_is_bounded(make: Any) -> None:
+    engine = make(PRODUCTPAGE, {"peer_cache_size": 8})
+    for i in range(100):
+        engine.peer("outbound", {"WORKLOAD_NAME": f"w{i}"}, cache_key=i)
+    assert engine.cache_stats()["peers_cached"] <= 8
+
+
+def test_gateway_reporter(make: Any) -> None:
+    engine = make(
+        {"WORKLOAD_NAME": "istio-ingressgateway", "NAMESPACE": "istio-system"},
+        {"reporter": "SERVER_GATEWAY"},
+    )
+    peer = engine.peer("inbound", PRODUCTPAGE, upstream_metadata=REVIEWS)
+    engine.record_request(peer, response_code=200, duration_ms=1)
+    got = one(engine, "istio_requests_total")
+    assert got["reporter"] == "waypoint"
+    assert got["source_workload"] == "productpage-v1"
+    assert got["destination_workload"] == "reviews-v2"
