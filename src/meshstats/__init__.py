@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from . import _peer_exchange, _store
 from ._peer_exchange import (
+    DEFAULT_MAX_FRAME,
+    DONE,
+    NEED_MORE,
+    NOT_MESH,
     PeerExchange,
     PeerPrefixDecoder,
     decode_peer_header,
@@ -23,6 +27,8 @@ from ._peer_exchange import (
     encode_peer_prefix,
 )
 from ._store import DEFAULT_BUCKETS, Store
+from .config import StatsConfig
+from .engine import PeerContext, StatsEngine, TcpConnection
 from .errors import (
     ArrayTypeError,
     BatchShapeError,
@@ -34,8 +40,18 @@ from .errors import (
     InvalidSampleError,
     MeshstatsError,
     PeerExchangeError,
+    PeerMetadataTypeError,
     UnknownSeriesError,
 )
+from .exposition import (
+    CONTENT_TYPE_OPENMETRICS,
+    CONTENT_TYPE_TEXT,
+    MeshstatsCollector,
+    MetricsServer,
+    negotiate,
+    serve_in_background,
+)
+from .peer_metadata import PeerMetadata, namespace_from_principal
 
 #: True when every compiled module loaded (neither disabled nor missing).
 HAS_EXTENSION: bool = bool(_store.COMPILED and _peer_exchange.COMPILED)
@@ -43,8 +59,14 @@ HAS_EXTENSION: bool = bool(_store.COMPILED and _peer_exchange.COMPILED)
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONTENT_TYPE_OPENMETRICS",
+    "CONTENT_TYPE_TEXT",
     "DEFAULT_BUCKETS",
+    "DEFAULT_MAX_FRAME",
+    "DONE",
     "HAS_EXTENSION",
+    "NEED_MORE",
+    "NOT_MESH",
     "ArrayTypeError",
     "BatchShapeError",
     "ConfigError",
@@ -53,14 +75,25 @@ __all__ = [
     "InvalidLabelsError",
     "InvalidMetricError",
     "InvalidSampleError",
+    "MeshstatsCollector",
     "MeshstatsError",
+    "MetricsServer",
+    "PeerContext",
     "PeerExchange",
     "PeerExchangeError",
+    "PeerMetadata",
+    "PeerMetadataTypeError",
     "PeerPrefixDecoder",
+    "StatsConfig",
+    "StatsEngine",
     "Store",
+    "TcpConnection",
     "UnknownSeriesError",
     "decode_peer_header",
     "decode_peer_prefix",
     "encode_peer_header",
     "encode_peer_prefix",
+    "namespace_from_principal",
+    "negotiate",
+    "serve_in_background",
 ]
