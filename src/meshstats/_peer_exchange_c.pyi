@@ -49,7 +49,9 @@ class PeerExchange:
     @property
     def consumed(self) -> int:
         """Bytes of input the frame took (8 + N); anything after it is the peer's data."""
-    def __init__(self, metadata: dict[str, object], metadata_id: str | None, consumed: int) -> None: ...
+    def __init__(
+        self, metadata: dict[str, object], metadata_id: str | None, consumed: int
+    ) -> None: ...
     def __eq__(self, other: object) -> bool: ...
     __hash__: None  # type: ignore[assignment]
 
@@ -101,7 +103,9 @@ def encode_peer_header(metadata: Mapping[str, object]) -> str:
     Raises ``PeerMetadataTypeError`` for what a Struct cannot carry (see ``encode_peer_prefix``).
     """
 
-def decode_peer_header(value: str | bytes | bytearray, *, max_size: int = 65536) -> dict[str, object]:
+def decode_peer_header(
+    value: str | bytes | bytearray, *, max_size: int = 65536
+) -> dict[str, object]:
     """Decode an ``x-envoy-peer-metadata`` header value to the node metadata dict.
 
     >>> decode_peer_header("CgsKBE5BTUUSAxoBYQ")
