@@ -130,7 +130,7 @@ class StatsConfig:
         if isinstance(source, StatsConfig):
             return source
         if isinstance(source, os.PathLike) or (
-            isinstance(source, str) and not source.lstrip().startswith("{")
+            isinstance(source, str) and not source.lstrip().startswith(("{", "["))
         ):
             return cls.parse(_load_file(os.fspath(source)))
         if isinstance(source, str):
