@@ -44,8 +44,12 @@ step "lint: ruff and mypy --strict"
 step "C core: unit tests under ASan/UBSan, -Werror"
 make -s -C _core test
 
-step "fuzz smoke (libFuzzer, about a minute)"
-make -s -C _core/fuzz smoke
+step "fuzz smoke (libFuzzer, about a minute; log in _core/fuzz/smoke.log)"
+if ! make -s -C _core/fuzz smoke > _core/fuzz/smoke.log 2>&1; then
+  tail -n 60 _core/fuzz/smoke.log
+  exit 1
+fi
+grep -E '^Done [0-9]+ runs' _core/fuzz/smoke.log || tail -n 3 _core/fuzz/smoke.log
 
 # Run from a directory without src/ on the path, so the installed (sdist) build is what runs.
 export PYTHONDONTWRITEBYTECODE=1
