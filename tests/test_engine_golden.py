@@ -427,3 +427,13 @@ def test_gateway_reporter(make: Any) -> None:
     assert got["reporter"] == "waypoint"
     assert got["source_workload"] == "productpage-v1"
     assert got["destination_workload"] == "reviews-v2"
+
+
+def test_connection_attributes_feed_custom_dimensions(make: Any) -> None:
+    engine = make(
+        REVIEWS,
+        {"metrics": [{"name": "requests_total", "dimensions": {"peer_ip": "source.address"}}]},
+    )
+    peer = engine.peer("inbound", PRODUCTPAGE, attributes={"source.address": "10.1.2.3"})
+    engine.record_request(peer, response_code=200, duration_ms=1)
+    assert one(engine, "istio_requests_total")["peer_ip"] == "10.1.2.3"

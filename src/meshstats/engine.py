@@ -327,6 +327,7 @@ class StatsEngine:
         cluster_metadata: Mapping[str, Any] | None = None,
         route_name: str | None = None,
         upstream_metadata: PeerMetadata | Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
         cache_key: Any = None,
     ) -> PeerContext:
         """Resolve everything that depends only on the peer and this connection.
@@ -334,7 +335,9 @@ class StatsEngine:
         ``reporter`` is ``"outbound"`` for a client sidecar, ``"inbound"`` for a server
         sidecar (``"gateway"`` for Istio's SERVER_GATEWAY). ``metadata`` is what the exchange
         taught us (``None``: nothing, the labels say ``unknown``). ``peer_principal`` must come
-        from the peer's verified certificate. With ``cache_key`` (e.g. the peer's
+        from the peer's verified certificate. ``attributes`` adds connection-level ones in
+        Envoy's vocabulary (``source.address``, ``destination.port``, ``upstream.address``,
+        ...) for custom dimensions to read. With ``cache_key`` (e.g. the peer's
         ``x-envoy-peer-metadata-id`` plus its principal), contexts are kept in a bounded cache
         of ``peer_cache_size`` entries; when it overflows the oldest quarter is dropped, as
         Istio does.
@@ -361,6 +364,8 @@ class StatsEngine:
             route_name=route_name,
             upstream_peer=upstream,
         )
+        if attributes:
+            attrs.update(attributes)
         ctx = PeerContext(self, reporter, attrs)
         if cache_key is not None:
             self._peers[full_key] = ctx
