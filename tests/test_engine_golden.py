@@ -437,3 +437,31 @@ def test_connection_attributes_feed_custom_dimensions(make: Any) -> None:
     peer = engine.peer("inbound", PRODUCTPAGE, attributes={"source.address": "10.1.2.3"})
     engine.record_request(peer, response_code=200, duration_ms=1)
     assert one(engine, "istio_requests_total")["peer_ip"] == "10.1.2.3"
+
+
+def test_periodic_tcp_reports_before_close(make: Any) -> None:
+    """A long connection shows up every tcp_reporting_duration, before it closes."""
+    import time
+
+    engine = make(REVIEWS, {"tcp_reporting_duration": "20ms"})
+    conn = engine.tcp_connection(engine.peer("inbound", PRODUCTPAGE))
+    conn.add_bytes(sent=1000, received=10)
+    engine.start_reporting()
+    try:
+        deadline = time.monotonic() + 10
+        while not samples(engine, "istio_tcp_sent_bytes_total"):
+            assert time.monotonic() < deadline, "no periodic report within 10 s"
+            time.sleep(0.01)
+        assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "1000.0"
+        assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
+        assert samples(engine, "istio_tcp_connections_closed_total") == []
+        conn.add_bytes(sent=24)
+        while one(engine, "istio_tcp_sent_bytes_total")["__value__"] != "1024.0":
+            assert time.monotonic() < deadline, "second delta never reported"
+            time.sleep(0.01)
+    finally:
+        engine.stop_reporting()
+    conn.close()
+    assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
+    assert one(engine, "istio_tcp_connections_closed_total")["__value__"] == "1.0"
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "1024.0"

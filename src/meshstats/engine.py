@@ -112,8 +112,8 @@ class PeerContext:
         self.reporter = reporter
         self.attrs = attrs
         self._engine = engine
-        # plan index -> (peer-scoped values by position, request values -> series ids)
-        self._plans: dict[int, tuple[list[str], dict[tuple[str, ...], tuple[int, ...]]]] = {}
+        # plan index -> (peer-scoped values by position, request values -> [labels, ids...])
+        self._plans: dict[int, tuple[list[str], dict[tuple[str, ...], list[Any]]]] = {}
         self._services: dict[str | None, dict[str, str]] = {}
 
     def service(self, host: str | None) -> dict[str, str]:
@@ -133,8 +133,13 @@ class PeerContext:
                 self._services[host] = found
         return found
 
-    def series(self, index: int, plan: _Plan, attrs: Mapping[str, Any]) -> tuple[int, ...]:
-        """Series ids of the plan's metrics for this event (request-scoped values from attrs)."""
+    def series(self, index: int, plan: _Plan, attrs: Mapping[str, Any]) -> list[Any]:
+        """``[labels, id_0, id_1, ...]`` for the plan's metrics for this event.
+
+        Request-scoped label values come from ``attrs``. An id is ``-1`` until that metric
+        first records something, so a counter that only ever adds zero never appears (as in
+        Envoy, where a stat exists once it is used).
+        """
         cached = self._plans.get(index)
         if cached is None:
             values = [""] * len(plan.labels)
@@ -144,20 +149,19 @@ class PeerContext:
         base, by_request = cached
         exprs = plan.exprs
         key = tuple([exprs[pos].label(attrs) for pos in plan.request_pos])
-        ids = by_request.get(key)
+        entry = by_request.get(key)
         engine = self._engine
-        if ids is None:
+        if entry is None:
             engine.cache_misses += 1
             full = list(base)
             for pos, value in zip(plan.request_pos, key):
                 full[pos] = value
-            labels = tuple(full)
-            ids = tuple(engine.store.series(e.metric, labels) for e in plan.emitters)
+            entry = [tuple(full)] + [-1] * len(plan.emitters)
             if len(by_request) < engine.config.max_series:
-                by_request[key] = ids
+                by_request[key] = entry
         else:
             engine.cache_hits += 1
-        return ids
+        return entry
 
 
 class StatsEngine:
@@ -456,18 +460,17 @@ class StatsEngine:
     ) -> None:
         store = self.store
         for index, plan in self._plans.get(event, ()):
-            ids = peer.series(index, plan, attrs)
-            for sid, emitter in zip(ids, plan.emitters):
+            entry = peer.series(index, plan, attrs)
+            for j, emitter in enumerate(plan.emitters, 1):
                 value = emitter.value
-                if isinstance(value, str):
-                    amount = values[value]
-                else:
-                    amount = _custom_value(value, attrs)
-                if amount is None:
+                amount = values[value] if isinstance(value, str) else _custom_value(value, attrs)
+                if amount is None or (not amount and emitter.kind == "counter"):
                     continue
+                sid = entry[j]
+                if sid < 0:
+                    sid = entry[j] = store.series(emitter.metric, entry[0])
                 if emitter.kind == "counter":
-                    if amount:
-                        store.inc(sid, amount)
+                    store.inc(sid, amount)
                 elif emitter.kind == "histogram":
                     store.observe(sid, amount)
                 else:
@@ -479,18 +482,40 @@ class StatsEngine:
         """Report every open connection's byte deltas now; returns how many reported."""
         return sum(1 for conn in list(self._connections) if conn.flush())
 
+    def expire_idle_series(self) -> int:
+        """Hide series not recorded since the previous call (Istio's metric expiry).
+
+        Called every ``idle_series_expiry`` seconds by :meth:`start_reporting`, so a series
+        idle for between one and two intervals leaves the exposition; recording on it again
+        brings it back with its value. Returns how many series were hidden.
+        """
+        return int(self.store.expire_idle())
+
     def start_reporting(self) -> None:
-        """Report TCP deltas every ``tcp_reporting_duration`` from a daemon thread."""
-        period = self.config.tcp_reporting_duration
-        if self._reporting is not None or period <= 0:
+        """Report TCP deltas every ``tcp_reporting_duration`` and expire idle series every
+        ``idle_series_expiry`` seconds, from one daemon thread (either period 0: off)."""
+        tasks = [
+            (period, fn)
+            for period, fn in (
+                (self.config.tcp_reporting_duration, self.report_tcp),
+                (self.config.idle_series_expiry, self.expire_idle_series),
+            )
+            if period > 0
+        ]
+        if self._reporting is not None or not tasks:
             return
         self._stop.clear()
 
         def loop() -> None:
-            while not self._stop.wait(period):
-                self.report_tcp()
+            due = [time.monotonic() + period for period, _ in tasks]
+            while not self._stop.wait(max(0.0, min(due) - time.monotonic())):
+                now = time.monotonic()
+                for k, (period, fn) in enumerate(tasks):
+                    if now >= due[k]:
+                        fn()
+                        due[k] = now + period
 
-        self._reporting = threading.Thread(target=loop, name="meshstats-tcp-report", daemon=True)
+        self._reporting = threading.Thread(target=loop, name="meshstats-reporting", daemon=True)
         self._reporting.start()
 
     def stop_reporting(self) -> None:
