@@ -208,22 +208,25 @@ static void render_metric(render_ctx *c, const ms_metric *m) {
     size_t suffix_len = strlen(suffix);
     for (uint32_t k = c->start[m->id]; k < c->start[m->id + 1] && !w->failed; k++) {
         const ms_series *r = ms_series_at(w->s, c->order[k]);
+        uintptr_t word = ms_series_word(r);
+        if (word & MS_SERIES_HIDDEN) continue; /* expired: out until recorded again */
+        const ms_atomic_u64 *slots = ms_word_slots(word);
         if (!build_labels(c, m, r)) {
             w->failed = 1;
             return;
         }
         if (m->kind == MS_COUNTER) {
             put_sample_start(c, name, name_len, suffix, suffix_len);
-            put_u64(w, ms_atomic_load_u64(r->slots));
+            put_u64(w, ms_atomic_load_u64(slots));
             put_char(w, '\n');
         } else if (m->kind == MS_GAUGE) {
             put_sample_start(c, name, name_len, "", 0);
-            put_double(w, ms_atomic_load_double(r->slots));
+            put_double(w, ms_atomic_load_double(slots));
             put_char(w, '\n');
         } else {
             uint64_t cumulative = 0;
             for (uint32_t b = 0; b <= m->n_bounds; b++) {
-                cumulative += ms_atomic_load_u64(&r->slots[b]);
+                cumulative += ms_atomic_load_u64(&slots[b]);
                 put(w, name, name_len);
                 PUT_LIT(w, "_bucket{");
                 if (c->labels.len) {
@@ -241,7 +244,7 @@ static void render_metric(render_ctx *c, const ms_metric *m) {
             }
             /* OM 1.0 allows _sum only as a counter: never negative or NaN, never with a
              * negative bound; its parsers want _sum and _count together. */
-            double sum = ms_atomic_load_double(&r->slots[m->n_bounds + 1]);
+            double sum = ms_atomic_load_double(&slots[m->n_bounds + 1]);
             if (c->om && (m->bounds[0] < 0 || sum < 0 || isnan(sum))) continue;
             put_sample_start(c, name, name_len, "_sum", 4);
             put_double(w, sum);

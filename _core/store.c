@@ -509,7 +509,8 @@ static ms_status series_new(ms_store *s, ms_metric *m, uint32_t labelset, uint32
     ms_atomic_u64 *slots = slots_alloc(s, m);
     ms_series *r = slots ? pvec_reserve(s, &s->series) : NULL;
     if (!r) return MS_ERR_NOMEM;
-    r->slots = slots;
+    /* A new series counts as recorded: visible through at least one expiry sweep. */
+    atomic_init(&r->slots_flags, (uintptr_t)slots | MS_SERIES_ACTIVE);
     r->metric_kind = m->id << 2 | (uint32_t)m->kind;
     r->labelset = labelset;
     *out = pvec_publish(&s->series);
@@ -671,8 +672,20 @@ ms_status ms_check(const ms_store *s, uint64_t series, ms_kind kind) {
     return (r->metric_kind & 3u) == (uint32_t)kind ? MS_OK : MS_ERR_WRONG_KIND;
 }
 
+/* The slots of a series being recorded, marked ACTIVE (and no longer HIDDEN). The load
+ * is needed for the slot pointer anyway; the store happens once per expiry interval,
+ * so the series' shared cache line is not written on every event. */
+static inline ms_atomic_u64 *recorded(ms_store *s, uint64_t series) {
+    ms_series *r = (ms_series *)ms_series_at(s, (uint32_t)series);
+    uintptr_t word = ms_series_word(r);
+    if (!(word & MS_SERIES_ACTIVE))
+        atomic_store_explicit(&r->slots_flags, (word & ~MS_SERIES_HIDDEN) | MS_SERIES_ACTIVE,
+                              memory_order_relaxed);
+    return ms_word_slots(word);
+}
+
 void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n) {
-    ms_atomic_add_u64(ms_series_at(s, (uint32_t)series)->slots, n);
+    ms_atomic_add_u64(recorded(s, series), n);
 }
 
 /* Index of the first bound >= v (`le` is inclusive); n_bounds means +Inf. */
@@ -691,8 +704,9 @@ static inline uint32_t bucket_of(const double *bounds, uint32_t n, double v) {
 void ms_observe_unchecked(ms_store *s, uint64_t series, double v) {
     const ms_series *r = ms_series_at(s, (uint32_t)series);
     const ms_metric *m = ms_metric_at(s, r->metric_kind >> 2);
-    ms_atomic_add_u64(&r->slots[bucket_of(m->bounds, m->n_bounds, v)], 1);
-    ms_atomic_add_double(&r->slots[m->n_bounds + 1], v);
+    ms_atomic_u64 *slots = recorded(s, series);
+    ms_atomic_add_u64(&slots[bucket_of(m->bounds, m->n_bounds, v)], 1);
+    ms_atomic_add_double(&slots[m->n_bounds + 1], v);
 }
 
 ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n) {
@@ -703,7 +717,7 @@ ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n) {
 
 ms_status ms_set(ms_store *s, uint64_t series, double v) {
     ms_status st = ms_check(s, series, MS_GAUGE);
-    if (st == MS_OK) ms_atomic_store_double(ms_series_at(s, (uint32_t)series)->slots, v);
+    if (st == MS_OK) ms_atomic_store_double(recorded(s, series), v);
     return st;
 }
 
@@ -746,13 +760,13 @@ ms_status ms_observe_many(ms_store *s, const uint64_t *ids, const double *values
 
 ms_status ms_counter_value(const ms_store *s, uint64_t series, uint64_t *out) {
     ms_status st = ms_check(s, series, MS_COUNTER);
-    if (st == MS_OK) *out = ms_atomic_load_u64(ms_series_at(s, (uint32_t)series)->slots);
+    if (st == MS_OK) *out = ms_atomic_load_u64(ms_series_slots(lookup(s, series)));
     return st;
 }
 
 ms_status ms_gauge_value(const ms_store *s, uint64_t series, double *out) {
     ms_status st = ms_check(s, series, MS_GAUGE);
-    if (st == MS_OK) *out = ms_atomic_load_double(ms_series_at(s, (uint32_t)series)->slots);
+    if (st == MS_OK) *out = ms_atomic_load_double(ms_series_slots(lookup(s, series)));
     return st;
 }
 
@@ -761,9 +775,66 @@ ms_status ms_histogram_value(const ms_store *s, uint64_t series, uint64_t *count
     ms_status st = ms_check(s, series, MS_HISTOGRAM);
     if (st != MS_OK) return st;
     const ms_series *r = ms_series_at(s, (uint32_t)series);
+    const ms_atomic_u64 *slots = ms_series_slots(r);
     uint32_t nb = ms_metric_at(s, r->metric_kind >> 2)->n_bounds;
-    for (uint32_t i = 0; i <= nb; i++) counts[i] = ms_atomic_load_u64(&r->slots[i]);
-    *sum = ms_atomic_load_double(&r->slots[nb + 1]);
+    for (uint32_t i = 0; i <= nb; i++) counts[i] = ms_atomic_load_u64(&slots[i]);
+    *sum = ms_atomic_load_double(&slots[nb + 1]);
+    return MS_OK;
+}
+
+/* ---- idle-series expiry ------------------------------------------------------------ */
+
+/* One tick of expiry: ACTIVE -> idle (still visible), idle -> HIDDEN. Each change is a
+ * compare-and-swap, so a record landing between our load and our write wins: the
+ * series then stays visible (and ACTIVE) for another interval. The mutex only keeps
+ * two sweeps from counting as two ticks at once; recorders never take it. */
+uint64_t ms_expire_idle(ms_store *s) {
+    uint64_t hidden = 0;
+    pthread_mutex_lock(&s->lock);
+    uint32_t n = ms_series_total(s);
+    for (uint32_t i = 0; i < n; i++) {
+        ms_series *r = (ms_series *)ms_series_at(s, i);
+        uintptr_t word = ms_series_word(r);
+        while (!(word & MS_SERIES_HIDDEN)) { /* a failed CAS reloads word */
+            uintptr_t next =
+                word & MS_SERIES_ACTIVE ? word & ~MS_SERIES_ACTIVE : word | MS_SERIES_HIDDEN;
+            if (atomic_compare_exchange_weak_explicit(&r->slots_flags, &word, next,
+                                                      memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                hidden += (next & MS_SERIES_HIDDEN) != 0;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return hidden;
+}
+
+ms_status ms_series_visible(const ms_store *s, uint64_t series, int *out_visible) {
+    const ms_series *r = lookup(s, series);
+    if (!r) return MS_ERR_UNKNOWN_SERIES;
+    *out_visible = !(ms_series_word(r) & MS_SERIES_HIDDEN);
+    return MS_OK;
+}
+
+/* A walk over every series of the store (there is no per-metric list): meant for
+ * occasional calls. The mutex keeps a series being created from showing up before
+ * we know whether it is the overflow series. */
+ms_status ms_metric_visible_count(ms_store *s, uint32_t metric, uint64_t *out) {
+    if (metric >= ms_metric_count(s)) return MS_ERR_UNKNOWN_METRIC;
+    const ms_metric *m = ms_metric_at(s, metric);
+    uint64_t visible = 0;
+    pthread_mutex_lock(&s->lock);
+    uint32_t overflow = atomic_load_explicit(&m->overflow_series, memory_order_relaxed);
+    uint32_t n = ms_series_total(s);
+    for (uint32_t i = 0; i < n; i++) {
+        const ms_series *r = ms_series_at(s, i);
+        if ((r->metric_kind >> 2) == metric && i != overflow &&
+            !(ms_series_word(r) & MS_SERIES_HIDDEN))
+            visible++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    *out = visible;
     return MS_OK;
 }
 

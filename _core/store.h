@@ -2,10 +2,11 @@
  *
  * Plain C11, no Python. The contract (ids, errors, overflow rules) is
  * docs/store.md; this header is its C face. Structural calls (ms_metric_add,
- * ms_series_get) take the store's mutex; recording calls never lock and may run
- * on any number of threads at once, also while series are being added. Readers
- * (ms_render, the ms_*_info calls) take no lock either: everything they read is
- * append-only, never moves, and is published with release stores.
+ * ms_series_get, ms_expire_idle) take the store's mutex; recording calls never lock
+ * and may run on any number of threads at once, also while series are being added
+ * or expired. Readers (ms_render, the ms_*_info calls) take no lock either:
+ * everything they read is append-only, never moves, and is published with release
+ * stores.
  *
  *     ms_store *s = ms_store_new(NULL, 100000);
  *     uint32_t m, sid;
@@ -108,6 +109,22 @@ ms_status ms_inc_many(ms_store *s, const uint64_t *ids, const uint64_t *amounts,
                       size_t *bad_index);
 ms_status ms_observe_many(ms_store *s, const uint64_t *ids, const double *values, size_t n,
                           size_t *bad_index);
+
+/* Idle-series expiry (docs/store.md, "Idle-series expiry"). Every series carries an
+ * ACTIVE flag, set at creation and by every record. ms_expire_idle clears it on active
+ * series and hides the rest; it returns how many it hid. Called every T seconds it
+ * hides series idle for between T and 2T. A hidden series is left out of ms_render
+ * until a record shows it again, its values intact. Ids stay valid and no memory is
+ * reclaimed (callers cache ids). Takes the mutex; safe while other threads record: a
+ * record racing the sweep leaves its series visible one interval longer, or is seen
+ * as the record of the interval before (then hidden one interval sooner); no count is
+ * ever lost. */
+uint64_t ms_expire_idle(ms_store *s);
+/* *out_visible: 0 if the series is hidden, else 1. */
+ms_status ms_series_visible(const ms_store *s, uint64_t series, int *out_visible);
+/* Visible real series of a metric (the overflow series not counted); walks every
+ * series of the store under the mutex. */
+ms_status ms_metric_visible_count(ms_store *s, uint32_t metric, uint64_t *out);
 
 /* Reading. counts has room for n_bounds + 1 (the last is +Inf), non-cumulative. */
 ms_status ms_counter_value(const ms_store *s, uint64_t series, uint64_t *out);

@@ -5,7 +5,8 @@
  *   - every distinct label value is stored once (string table, u32 ids);
  *   - a label set (tuple of value ids) is stored once and shared by every metric
  *     that uses the same values (Istio's HTTP metrics all do);
- *   - a series is 16 bytes (slot pointer, metric|kind, label set) plus its slots.
+ *   - a series is 16 bytes (slot pointer + expiry flags, metric|kind, label set) plus
+ *     its slots.
  * Nothing a lock-free reader can reach ever moves: elements live in fixed pages
  * reached through a directory; a grown directory is published with a release
  * store and the old one is kept until the store dies.
@@ -45,11 +46,29 @@ typedef struct ms_str {
 
 static inline uint32_t ms_str_len(const ms_str *s) { return s->len_flags & MS_STR_MAXLEN; }
 
+/* Idle-series expiry (docs/store.md) keeps two flags in the low bits of the slot
+ * pointer, which are free because slots are 8-byte aligned. So a record reads its
+ * flags with the very load that yields its slots, and the series stays 16 bytes.
+ *   ACTIVE: recorded (or created) since the last ms_expire_idle;
+ *   HIDDEN: left out of the exposition until the next record.
+ * The pointer bits never change after creation, so a recorder may store a word built
+ * from a stale load: only the flags can differ, and a record makes them ACTIVE. */
+#if ATOMIC_POINTER_LOCK_FREE != 2 /* uintptr_t has a pointer's width */
+#error "meshstats needs lock-free pointer-sized atomics"
+#endif
+#define MS_SERIES_ACTIVE ((uintptr_t)1)
+#define MS_SERIES_HIDDEN ((uintptr_t)2)
+#define MS_SERIES_FLAGS (MS_SERIES_ACTIVE | MS_SERIES_HIDDEN)
+
 typedef struct ms_series {
-    ms_atomic_u64 *slots;  /* counter/gauge: 1 word; histogram: buckets + 1, then sum */
-    uint32_t metric_kind;  /* metric id << 2 | kind */
+    _Atomic uintptr_t slots_flags; /* slots | flags; counter/gauge: 1 word; histogram:
+                                      buckets + 1, then sum */
+    uint32_t metric_kind;          /* metric id << 2 | kind */
     uint32_t labelset;
 } ms_series;
+
+_Static_assert(sizeof(ms_series) == 16, "a series is 16 bytes (docs: memory budget)");
+_Static_assert(_Alignof(ms_atomic_u64) > MS_SERIES_FLAGS, "flags need free pointer bits");
 
 typedef struct ms_metric {
     ms_kind kind;
@@ -109,6 +128,19 @@ static inline const uint32_t *ms_labelset_at(const ms_store *s, uint32_t id) {
 
 static inline const ms_series *ms_series_at(const ms_store *s, uint32_t id) {
     return (const ms_series *)ms_pvec_at(&s->series, id);
+}
+
+static inline uintptr_t ms_series_word(const ms_series *r) {
+    return atomic_load_explicit((_Atomic uintptr_t *)&r->slots_flags, memory_order_relaxed);
+}
+
+static inline ms_atomic_u64 *ms_word_slots(uintptr_t word) {
+    return (ms_atomic_u64 *)(word & ~MS_SERIES_FLAGS);
+}
+
+/* For readers: the slots of a series (its flags masked off). */
+static inline ms_atomic_u64 *ms_series_slots(const ms_series *r) {
+    return ms_word_slots(ms_series_word(r));
 }
 
 /* Counted allocation through the store's allocator (render uses these too). */

@@ -507,6 +507,164 @@ static void test_threads(void) {
     ms_store_free(s);
 }
 
+/* ---- idle-series expiry ------------------------------------------------------------ */
+
+static int visible(ms_store *s, uint32_t sid) {
+    int v = -1;
+    CHECK(ms_series_visible(s, sid, &v) == MS_OK);
+    return v;
+}
+
+static uint64_t visible_count(ms_store *s, uint32_t m) {
+    uint64_t n = 999;
+    CHECK(ms_metric_visible_count(s, m, &n) == MS_OK);
+    return n;
+}
+
+static void test_expire_idle(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    ms_strref names[] = {S("k")};
+    double bounds[] = {1};
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 2);
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", NULL, 0, bounds, 1, 0);
+    uint32_t g = metric(s, MS_GAUGE, "g", "", NULL, 0, NULL, 0, 0);
+    uint32_t a = series1(s, c, "a"), b = series1(s, c, "b"), o = series1(s, c, "z");
+    uint32_t hs = 999, gs = 999;
+    CHECK(ms_series_get(s, h, NULL, 0, &hs) == MS_OK);
+    CHECK(ms_series_get(s, g, NULL, 0, &gs) == MS_OK);
+    CHECK(ms_inc(s, a, 5) == MS_OK && ms_observe(s, hs, 2) == MS_OK);
+    CHECK(ms_set(s, gs, 1.5) == MS_OK);
+    /* Created or recorded since the last sweep: every series survives the first one. */
+    CHECK(ms_expire_idle(s) == 0);
+    CHECK(visible_count(s, c) == 2 && visible_count(s, h) == 1);
+    CHECK(ms_inc(s, a, 1) == MS_OK);
+    CHECK(ms_expire_idle(s) == 4); /* b, the overflow series, hs, gs */
+    CHECK(visible(s, a) && !visible(s, b) && !visible(s, o));
+    CHECK(!visible(s, hs) && !visible(s, gs));
+    CHECK(visible_count(s, c) == 1 && visible_count(s, h) == 0 && visible_count(s, g) == 0);
+    CHECK(render_equals(s, 0,
+                        "# HELP c_total \n# TYPE c_total counter\nc_total{k=\"a\"} 6\n"
+                        "# HELP g \n# TYPE g gauge\n# HELP h \n# TYPE h histogram\n"
+                        "# HELP meshstats_series_overflow_total Label sets folded into the "
+                        "overflow series because the metric reached max_series.\n"
+                        "# TYPE meshstats_series_overflow_total counter\n"
+                        "meshstats_series_overflow_total{metric=\"c_total\"} 1\n"));
+    CHECK(ms_expire_idle(s) == 1 && !visible(s, a) && visible_count(s, c) == 0);
+    CHECK(ms_expire_idle(s) == 0);
+    /* Hidden series keep their values; reads work; series() finds them but shows nothing. */
+    uint64_t v;
+    CHECK(ms_counter_value(s, a, &v) == MS_OK && v == 6);
+    CHECK(series1(s, c, "a") == a && !visible(s, a));
+    /* A failed batch records nothing, so shows nothing. */
+    uint64_t ids[] = {a, hs};
+    size_t bad;
+    CHECK(ms_inc_many(s, ids, NULL, 2, &bad) == MS_ERR_WRONG_KIND && bad == 1);
+    CHECK(!visible(s, a));
+    /* Any record shows a series again, its value continued. */
+    CHECK(ms_inc_many(s, ids, NULL, 1, &bad) == MS_OK && visible(s, a));
+    CHECK(ms_inc(s, o, 0) == MS_OK && visible(s, o) && visible_count(s, c) == 1);
+    double hv[] = {0.5};
+    uint64_t hid[] = {hs};
+    CHECK(ms_observe_many(s, hid, hv, 1, &bad) == MS_OK && visible(s, hs));
+    CHECK(ms_set(s, gs, 2) == MS_OK && visible(s, gs) && !visible(s, b));
+    CHECK(render_equals(s, 1,
+                        "# HELP c \n# TYPE c counter\nc_total{k=\"a\"} 7\n"
+                        "c_total{k=\"__overflow__\"} 0\n"
+                        "# HELP g \n# TYPE g gauge\ng 2\n"
+                        "# HELP h \n# TYPE h histogram\nh_bucket{le=\"1\"} 1\n"
+                        "h_bucket{le=\"+Inf\"} 2\nh_sum 2.5\nh_count 2\n"
+                        "# HELP meshstats_series_overflow Label sets folded into the "
+                        "overflow series because the metric reached max_series.\n"
+                        "# TYPE meshstats_series_overflow counter\n"
+                        "meshstats_series_overflow_total{metric=\"c_total\"} 1\n# EOF\n"));
+    int vis;
+    CHECK(ms_series_visible(s, 99, &vis) == MS_ERR_UNKNOWN_SERIES);
+    CHECK(ms_metric_visible_count(s, 9, &v) == MS_ERR_UNKNOWN_METRIC);
+    ms_store_free(s);
+}
+
+/* Recorders race a thread sweeping in a loop: flags share a word with the slot pointer,
+ * so a lost or torn update would show as a wrong total (or a crash under ASan). */
+#define SWEEP_SERIES 64
+
+typedef struct sweep_ctx {
+    ms_store *s;
+    uint32_t counters[SWEEP_SERIES], hists[SWEEP_SERIES];
+    _Atomic int done;
+    _Atomic uint64_t sweeps;
+} sweep_ctx;
+
+static void *sweep_record(void *arg) {
+    sweep_ctx *x = arg;
+    uint64_t ids[SWEEP_SERIES];
+    double values[SWEEP_SERIES];
+    size_t bad;
+    for (int i = 0; i < SWEEP_SERIES; i++) values[i] = 2;
+    for (int k = 0; k < EVENTS / SWEEP_SERIES / 4; k++) {
+        for (int i = 0; i < SWEEP_SERIES; i++) {
+            ms_inc(x->s, x->counters[i], 1);
+            ms_observe(x->s, x->hists[i], 2);
+            ids[i] = x->counters[i];
+        }
+        CHECK(ms_inc_many(x->s, ids, NULL, SWEEP_SERIES, &bad) == MS_OK);
+        for (int i = 0; i < SWEEP_SERIES; i++) ids[i] = x->hists[i];
+        CHECK(ms_observe_many(x->s, ids, values, SWEEP_SERIES, &bad) == MS_OK);
+    }
+    return NULL;
+}
+
+static void *sweep_loop(void *arg) {
+    sweep_ctx *x = arg;
+    while (!atomic_load(&x->done)) {
+        ms_expire_idle(x->s);
+        x->sweeps++;
+    }
+    return NULL;
+}
+
+static void test_expire_threads(void) {
+    static sweep_ctx x;
+    x.s = ms_store_new(NULL, 1000);
+    ms_strref names[] = {S("k")};
+    double bounds[] = {1, 3};
+    uint32_t c = metric(x.s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
+    uint32_t h = metric(x.s, MS_HISTOGRAM, "h", "", names, 1, bounds, 2, 0);
+    for (int i = 0; i < SWEEP_SERIES; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "s%d", i);
+        x.counters[i] = series1(x.s, c, v);
+        x.hists[i] = series1(x.s, h, v);
+    }
+    atomic_init(&x.done, 0);
+    atomic_init(&x.sweeps, 0);
+    pthread_t rec[THREADS], sweeper;
+    CHECK(pthread_create(&sweeper, NULL, sweep_loop, &x) == 0);
+    for (int i = 0; i < THREADS; i++)
+        CHECK(pthread_create(&rec[i], NULL, sweep_record, &x) == 0);
+    for (int i = 0; i < THREADS; i++) pthread_join(rec[i], NULL);
+    atomic_store(&x.done, 1);
+    pthread_join(sweeper, NULL);
+    CHECK(x.sweeps > 0);
+    uint64_t per = (uint64_t)THREADS * (EVENTS / SWEEP_SERIES / 4), v, counts[3];
+    double sum;
+    for (int i = 0; i < SWEEP_SERIES; i++) {
+        CHECK(ms_counter_value(x.s, x.counters[i], &v) == MS_OK && v == 2 * per);
+        CHECK(ms_histogram_value(x.s, x.hists[i], counts, &sum) == MS_OK);
+        CHECK(counts[0] == 0 && counts[1] == 2 * per && counts[2] == 0 && sum == 4.0 * per);
+    }
+    /* Quiet now: two sweeps hide everything, one record each shows it all again. */
+    ms_expire_idle(x.s);
+    ms_expire_idle(x.s);
+    CHECK(visible_count(x.s, c) == 0 && visible_count(x.s, h) == 0);
+    for (int i = 0; i < SWEEP_SERIES; i++) {
+        CHECK(ms_inc(x.s, x.counters[i], 1) == MS_OK);
+        CHECK(ms_observe(x.s, x.hists[i], 0) == MS_OK);
+        CHECK(ms_counter_value(x.s, x.counters[i], &v) == MS_OK && v == 2 * per + 1);
+    }
+    CHECK(visible_count(x.s, c) == SWEEP_SERIES && visible_count(x.s, h) == SWEEP_SERIES);
+    ms_store_free(x.s);
+}
+
 int main(void) {
     test_format_double();
     test_metric_validation();
@@ -519,6 +677,8 @@ int main(void) {
     test_memory_accounting();
     test_out_of_memory();
     test_threads();
+    test_expire_idle();
+    test_expire_threads();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
