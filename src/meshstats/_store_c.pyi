@@ -123,6 +123,36 @@ class Store:
         >>> _ = store.series(m, ("x",)); store.series_count(m)
         1
         """
+    def visible_series_count(self, metric: int) -> int:
+        """Real series of a metric not hidden by ``expire_idle()`` (overflow not counted).
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> sid = store.series(m, ("a",))
+        >>> store.expire_idle(), store.expire_idle(), store.visible_series_count(m)
+        (0, 1, 0)
+        >>> store.inc(sid); store.visible_series_count(m)
+        1
+
+        Walks every series of the store in C (GIL released): meant for occasional calls.
+        ``series_count`` keeps counting hidden series too.
+        """
+    def expire_idle(self) -> int:
+        """Hide series not recorded since the previous call; returns how many it hid.
+
+        >>> store = Store()
+        >>> sid = store.series(store.counter("c_total"), ())
+        >>> store.expire_idle(), store.expire_idle(), store.render()
+        (0, 1, b'# HELP c_total \\n# TYPE c_total counter\\n')
+        >>> store.inc(sid); store.render().splitlines()[-1]
+        b'c_total 1'
+
+        Called every T seconds, it drops series idle for between T and 2T from
+        ``render()`` and ``snapshot()``, as Istio's metric expiry does. Any record
+        (``inc``/``set``/``observe`` and the batches) shows a series again, its value
+        continued; ``series()`` does not. Ids stay valid and no memory is reclaimed.
+        Runs in C without the GIL while other threads keep recording.
+        """
     def overflow_count(self, metric: int) -> int:
         """``series()`` calls of a full metric folded into its overflow series.
 

@@ -105,6 +105,9 @@ cdef extern from "store.h" nogil:
     ms_status ms_gauge_value(const ms_store *s, uint64_t series, double *out)
     ms_status ms_histogram_value(const ms_store *s, uint64_t series, uint64_t *counts,
                                  double *sum)
+    uint64_t ms_expire_idle(ms_store *s)
+    ms_status ms_series_visible(const ms_store *s, uint64_t series, int *out_visible)
+    ms_status ms_metric_visible_count(ms_store *s, uint32_t metric, uint64_t *out)
 
 cdef extern from "render.h" nogil:
     ctypedef struct ms_buf:
@@ -635,6 +638,43 @@ cdef class Store:
         ms_metric_get(self._s, self._metric(metric), &info)
         return info.series_count
 
+    def visible_series_count(self, metric):
+        """Real series of a metric not hidden by ``expire_idle()`` (overflow not counted).
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> sid = store.series(m, ("a",))
+        >>> store.expire_idle(), store.expire_idle(), store.visible_series_count(m)
+        (0, 1, 0)
+        >>> store.inc(sid); store.visible_series_count(m)
+        1
+        """
+        cdef uint32_t m = self._metric(metric)
+        cdef uint64_t n = 0
+        with nogil:  # walks every series under the store mutex
+            ms_metric_visible_count(self._s, m, &n)
+        return n
+
+    def expire_idle(self):
+        """Hide series not recorded since the previous call; returns how many it hid.
+
+        Called every T seconds, it drops series idle for between T and 2T from
+        ``render()`` and ``snapshot()``, as Istio's metric expiry does. A record shows a
+        series again with its value continued. Runs in C without the GIL; other threads
+        may keep recording.
+
+        >>> store = Store()
+        >>> sid = store.series(store.counter("c_total"), ())
+        >>> store.expire_idle(), store.expire_idle(), store.render()
+        (0, 1, b'# HELP c_total \\n# TYPE c_total counter\\n')
+        >>> store.inc(sid); store.render().splitlines()[-1]
+        b'c_total 1'
+        """
+        cdef uint64_t n
+        with nogil:
+            n = ms_expire_idle(self._s)
+        return n
+
     def overflow_count(self, metric):
         """How many ``series()`` calls of a full metric were folded into its overflow series.
 
@@ -870,6 +910,7 @@ cdef class Store:
         cdef ms_strref ref
         cdef uint64_t count
         cdef double v
+        cdef int visible
         infos = []
         folded = []
         per_metric = [[] for _ in range(n_metrics)]
@@ -877,6 +918,9 @@ cdef class Store:
             ms_series_metric(self._s, sid, &m)
             if m >= n_metrics:
                 continue  # registered after we started reading
+            ms_series_visible(self._s, sid, &visible)
+            if not visible:
+                continue  # hidden by expire_idle()
             ms_metric_get(self._s, m, &info)
             if info.kind == MS_COUNTER:
                 ms_counter_value(self._s, sid, &count)

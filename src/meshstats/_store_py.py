@@ -17,6 +17,10 @@ Every rule (ids, validation, overflow series, exposition bytes) is the one the c
 store follows, so the two are interchangeable. Where the compiled store uses C11 atomics,
 this twin takes one ``threading.Lock`` per update: no update is lost, but threads do not
 record in parallel here.
+
+Idle-series expiry (``expire_idle()``) keeps one state byte per series: active (recorded
+or created since the last sweep), idle (visible) or hidden. Every write of that byte
+holds the lock, so a record racing a sweep is never undone by it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ _FLOAT_DTYPES = frozenset(np.dtype(t) for t in ("float64", "float32")) | _INT_DT
 # Non-histogram series share these empty placeholders: their kind byte keeps them unused.
 _NO_COUNTS: list[int] = []
 _NO_BOUNDS: tuple[float, ...] = ()
+# Expiry states (one byte per series). Active is 0 so the recorders' check is a truth test.
+_ACTIVE, _IDLE, _HIDDEN = 0, 1, 2
+# One expiry sweep over all states at once: active -> idle, idle -> hidden, hidden stays.
+_SWEEP = bytes([_IDLE, _HIDDEN, _HIDDEN]) + bytes(range(3, 256))
 
 
 class _Metric:
@@ -174,6 +182,7 @@ class Store:
         self._vals: list[Any] = []  # counter int, gauge float, histogram sum
         self._counts: list[list[int]] = []
         self._bounds: list[tuple[float, ...]] = []  # the metric's own tuple, shared
+        self._state = bytearray()  # _ACTIVE / _IDLE / _HIDDEN; written under the lock
 
     def __repr__(self) -> str:
         return f"<meshstats.Store: {len(self._metrics)} metrics, {len(self._kind)} series>"
@@ -403,6 +412,7 @@ class Store:
             self._counts.append(_NO_COUNTS)
             self._bounds.append(_NO_BOUNDS)
         self._labels.append(key)
+        self._state.append(_ACTIVE)  # a new series counts as recorded
         self._metric_of.append(m.id)
         m.series_ids.append(sid)
         m.index[key] = sid
@@ -424,6 +434,42 @@ class Store:
     def series_count(self, metric: int) -> int:
         """How many real series ``metric`` holds (the overflow series not counted)."""
         return self._metric(metric).real_count
+
+    def visible_series_count(self, metric: int) -> int:
+        """Real series of ``metric`` not hidden by ``expire_idle()`` (overflow not counted).
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> sid = store.series(m, ("a",))
+        >>> store.expire_idle(), store.expire_idle(), store.visible_series_count(m)
+        (0, 1, 0)
+        >>> store.inc(sid); store.visible_series_count(m)
+        1
+        """
+        m = self._metric(metric)
+        with self._lock:
+            state = self._state
+            return sum(1 for sid in m.series_ids if sid != m.overflow_id and state[sid] != _HIDDEN)
+
+    def expire_idle(self) -> int:
+        """Hide series not recorded since the previous call; returns how many it hid.
+
+        Called every T seconds, it drops series idle for between T and 2T from
+        ``render()`` and ``snapshot()``, as Istio's metric expiry does. A record shows a
+        series again with its value continued.
+
+        >>> store = Store()
+        >>> sid = store.series(store.counter("c_total"), ())
+        >>> store.expire_idle(), store.expire_idle(), store.render()
+        (0, 1, b'# HELP c_total \\n# TYPE c_total counter\\n')
+        >>> store.inc(sid); store.render().splitlines()[-1]
+        b'c_total 1'
+        """
+        with self._lock:
+            state = self._state
+            hidden = state.count(_IDLE)
+            state[:] = state.translate(_SWEEP)
+        return hidden
 
     def overflow_count(self, metric: int) -> int:
         """How many ``series()`` calls were folded into ``metric``'s overflow series."""
@@ -457,10 +503,11 @@ class Store:
         kind = self._kind
         if type(series) is not int or not 0 <= series < len(kind) or kind[series] != _COUNTER:
             series = self._series_arg(series, _COUNTER, "inc")
-        vals = self._vals
+        vals, state = self._vals, self._state
         with self._lock:
             total = vals[series] + n
             vals[series] = total if total <= _U64_MAX else total & _U64_MAX
+            state[series] = _ACTIVE
 
     @staticmethod
     def _check_amount(n: object) -> int:
@@ -476,8 +523,12 @@ class Store:
         kind = self._kind
         if type(series) is not int or not 0 <= series < len(kind) or kind[series] != _GAUGE:
             series = self._series_arg(series, _GAUGE, "set")
-        # One list store is atomic: no lock needed for a plain overwrite.
+        # One list store is atomic: no lock needed for a plain overwrite. The state byte
+        # is written under the lock, and only once per expiry interval.
         self._vals[series] = v
+        if self._state[series]:
+            with self._lock:
+                self._state[series] = _ACTIVE
 
     def observe(self, series: int, v: float) -> None:
         """Record ``v`` in a histogram series (``le`` inclusive; NaN is rejected).
@@ -500,6 +551,7 @@ class Store:
         with self._lock:
             self._counts[series][bucket] += 1
             self._vals[series] += v
+            self._state[series] = _ACTIVE
 
     # -- batches -------------------------------------------------------------------------
 
@@ -556,7 +608,7 @@ class Store:
                 f"amounts[{bad_amount}] = {int(amounts_arr[bad_amount])} must be >= 0"  # type: ignore[index]
             )
         id_list: list[int] = ids_arr.tolist()
-        vals = self._vals
+        vals, state = self._vals, self._state
         with self._lock:
             if amounts_arr is None:
                 for sid in id_list:
@@ -566,6 +618,7 @@ class Store:
                     vals[sid] += amount
             # Wrap like the compiled store's uint64 slots (checked once per touched series).
             for sid in set(id_list):
+                state[sid] = _ACTIVE
                 if vals[sid] > _U64_MAX:
                     vals[sid] &= _U64_MAX
 
@@ -594,12 +647,13 @@ class Store:
             self._raise_bad_id(ids_arr, bad_id, _HISTOGRAM, "observe_many")
         if bad_value >= 0:
             raise InvalidSampleError(f"values[{bad_value}] is NaN")
-        vals, counts, bounds = self._vals, self._counts, self._bounds
+        vals, counts, bounds, state = self._vals, self._counts, self._bounds, self._state
         with self._lock:
             # One value at a time, in order: sums equal a loop of observe() bit for bit.
             for sid, value in zip(ids_arr.tolist(), floats.tolist()):
                 counts[sid][bisect_left(bounds[sid], value)] += 1
                 vals[sid] += value
+                state[sid] = _ACTIVE
 
     # -- reading -------------------------------------------------------------------------
 
@@ -629,18 +683,19 @@ class Store:
         overflow: list[tuple[tuple[str, ...], Any]] = []
         with self._lock:
             order = list(self._order)
-            vals, counts, labels = self._vals, self._counts, self._labels
+            vals, counts, labels, state = self._vals, self._counts, self._labels, self._state
             for metric in self._metrics:
                 if metric.overflow_count:
                     overflow.append(((metric.name,), metric.overflow_count))
             for name, metric_id in order:
                 m = self._metrics[metric_id]
+                shown = [s for s in m.series_ids if state[s] != _HIDDEN]  # expire_idle()
                 if m.kind == _HISTOGRAM:
                     rows: list[tuple[tuple[str, ...], Any]] = [
-                        (labels[s], (tuple(counts[s]), vals[s])) for s in m.series_ids
+                        (labels[s], (tuple(counts[s]), vals[s])) for s in shown
                     ]
                 else:
-                    rows = [(labels[s], vals[s]) for s in m.series_ids]
+                    rows = [(labels[s], vals[s]) for s in shown]
                 entry: SnapshotEntry = (
                     name, _KIND_NAMES[m.kind], m.help, m.label_names, m.buckets, rows
                 )  # fmt: skip
@@ -674,6 +729,7 @@ class Store:
 
         with self._lock:
             total = size(self) + size(self._kind) + size(self._order) + size(self._taken)
+            total += size(self._state)
             containers = (self._metric_of, self._labels, self._vals, self._counts, self._bounds)
             total += sum(size(c) for c in containers)
             for value in self._vals:
