@@ -239,3 +239,95 @@ def test_random_definitions_and_text_agree(
     c_store, py_store = c_backend.store.Store(), py_backend.store.Store()
     assert play(c_store, defs, events) == play(py_store, defs, events)
     assert state(c_store) == state(py_store)
+
+
+# ---- idle-series expiry: random expire_idle() calls in the event stream ----------------
+
+EXPIRE = ("expire_idle",)
+
+
+def apply_or_expire(store: Any, step: tuple[Any, ...]) -> Any:
+    """``apply()``, plus the expiry tick; its outcome is how many series it hid."""
+    if step == EXPIRE:
+        return store.expire_idle()
+    return apply(store, step)
+
+
+def visible_counts(store: Any) -> list[Any]:
+    outcomes: list[Any] = []
+    for metric in range(8):
+        try:
+            outcomes.append(store.visible_series_count(metric))
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+# One metric of each kind with two series each (ids 0-5, some folded when max_series is
+# 1), so that random records often hit a valid series that an earlier tick hid.
+PREAMBLE = [
+    ("register", "counter", "a_total", ("k",), [], 0),
+    ("register", "gauge", "b", ("k",), [], 0),
+    ("register", "histogram", "lat_ms", ("k",), [1.0, 5.0], 0),
+] + [("series", m, [v]) for m in range(3) for v in ("x", "y")]
+
+
+# Records that are valid after PREAMBLE (ids 0-1 counters, 2-3 gauges, 4-5 histograms).
+valid_record = st.one_of(
+    st.tuples(st.just("inc"), st.sampled_from([0, 1]), st.integers(0, 3)),
+    st.tuples(st.just("set"), st.sampled_from([2, 3]), floats_any),
+    st.tuples(st.just("observe"), st.sampled_from([4, 5]), st.floats(allow_nan=False)),
+    st.tuples(
+        st.just("inc_many"),
+        st.lists(st.sampled_from([0, 1]), min_size=1, max_size=3),
+        st.sampled_from(["int64", "uint32", "none"]),
+    ),
+    st.tuples(
+        st.just("observe_many"),
+        st.lists(st.sampled_from([4, 5]), min_size=1, max_size=3),
+        st.lists(st.floats(-10, 10), min_size=6, max_size=6),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(st.one_of(op, valid_record, st.just(EXPIRE)), max_size=50),
+    default=st.integers(1, 3),
+)
+def test_backends_agree_with_expiry(
+    c_backend: Backend, py_backend: Backend, steps: list[tuple[Any, ...]], default: int
+) -> None:
+    c_store = c_backend.store.Store(default_max_series=default)
+    py_store = py_backend.store.Store(default_max_series=default)
+    for step in PREAMBLE + steps:
+        assert apply_or_expire(c_store, step) == apply_or_expire(py_store, step), step
+        if step == EXPIRE:  # what each tick leaves visible, not only the end state
+            assert state(c_store) == state(py_store)
+            assert visible_counts(c_store) == visible_counts(py_store)
+    assert state(c_store) == state(py_store)
+    assert visible_counts(c_store) == visible_counts(py_store)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    defs=st.lists(metric_def, min_size=1, max_size=4),
+    chunks=st.lists(st.lists(event, max_size=20), min_size=1, max_size=5),
+)
+def test_random_definitions_agree_across_expiry_ticks(
+    c_backend: Backend,
+    py_backend: Backend,
+    defs: list[tuple[Any, ...]],
+    chunks: list[list[tuple[Any, ...]]],
+) -> None:
+    """``play()`` each chunk of events, with an ``expire_idle()`` tick between chunks."""
+    stores = [c_backend.store.Store(), py_backend.store.Store()]
+    outcomes: list[list[Any]] = [[], []]
+    for i, chunk in enumerate(chunks):
+        for store, out in zip(stores, outcomes):
+            if i:
+                out.append(store.expire_idle())
+            out.extend(play(store, [] if i else defs, chunk))
+        assert outcomes[0] == outcomes[1]
+        assert state(stores[0]) == state(stores[1])
+    assert visible_counts(stores[0]) == visible_counts(stores[1])
