@@ -465,3 +465,31 @@ def test_periodic_tcp_reports_before_close(make: Any) -> None:
     assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
     assert one(engine, "istio_tcp_connections_closed_total")["__value__"] == "1.0"
     assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "1024.0"
+
+
+def test_idle_series_expiry(make: Any) -> None:
+    """Series idle for a whole interval leave the exposition; a new request brings them back
+    with their counts continued (Istio's metric expiry, TestStatsExpiry)."""
+    import time
+
+    engine = make(REVIEWS, {"idle_series_expiry": "30ms"})
+    busy = engine.peer("inbound", PRODUCTPAGE)
+    idle = engine.peer("inbound", {"WORKLOAD_NAME": "ratings-v1"})
+    engine.record_request(busy, response_code=200, duration_ms=1)
+    engine.record_request(idle, response_code=200, duration_ms=1)
+    engine.start_reporting()
+    try:
+        deadline = time.monotonic() + 10
+        while len(samples(engine, "istio_requests_total")) != 1:
+            assert time.monotonic() < deadline, "the idle series never expired"
+            engine.record_request(busy, response_code=200, duration_ms=1)
+            time.sleep(0.005)
+    finally:
+        engine.stop_reporting()
+    assert one(engine, "istio_requests_total")["source_workload"] == "productpage-v1"
+    assert one(engine, "istio_build")["__value__"] == "1.0"  # describes the proxy: never expires
+    engine.record_request(idle, response_code=200, duration_ms=1)
+    back = [
+        s for s in samples(engine, "istio_requests_total") if s["source_workload"] == "ratings-v1"
+    ]
+    assert back and back[0]["__value__"] == "2.0"  # continued, not restarted

@@ -208,9 +208,10 @@ class StatsEngine:
         self._stop = threading.Event()
         self._build_plans()
         build = self.store.gauge(BUILD_METRIC.name, BUILD_METRIC.help, BUILD_METRIC.labels)
-        self.store.set(
-            self.store.series(build, ("proxy", self.local.istio_version or "unknown")), 1.0
+        self._build_series = self.store.series(
+            build, ("proxy", self.local.istio_version or "unknown")
         )
+        self.store.set(self._build_series, 1.0)
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -489,6 +490,8 @@ class StatsEngine:
         idle for between one and two intervals leaves the exposition; recording on it again
         brings it back with its value. Returns how many series were hidden.
         """
+        # istio_build describes the proxy, not traffic: it never expires.
+        self.store.set(self._build_series, 1.0)
         return int(self.store.expire_idle())
 
     def start_reporting(self) -> None:
