@@ -493,3 +493,34 @@ def test_idle_series_expiry(make: Any) -> None:
         s for s in samples(engine, "istio_requests_total") if s["source_workload"] == "ratings-v1"
     ]
     assert back and back[0]["__value__"] == "2.0"  # continued, not restarted
+
+
+def test_peer_scoped_labels_are_evaluated_once_per_peer(make: Any) -> None:
+    """The resolver evaluates expressions that read only the peer/node once per peer."""
+    from collections.abc import Iterator, Mapping
+
+    class Counting(Mapping[str, Any]):
+        def __init__(self, data: dict[str, Any]) -> None:
+            self.data, self.reads = data, 0
+
+        def __getitem__(self, key: str) -> Any:
+            if key == "tag":
+                self.reads += 1
+            return self.data[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.data)
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+    metadata = Counting({"tag": "blue", "filter_metadata": {}})
+    engine = make(
+        PRODUCTPAGE, {"metrics": [{"dimensions": {"tag": "xds.cluster_metadata['tag']"}}]}
+    )
+    peer = engine.peer("outbound", REVIEWS, cluster_metadata=metadata)
+    for i in range(50):
+        engine.record_request(peer, response_code=200 if i % 2 else 503, duration_ms=1)
+    assert metadata.reads == 1
+    assert {s["tag"] for s in samples(engine, "istio_requests_total")} == {"blue"}
+    assert engine.cache_stats()["series_misses"] == 2
