@@ -524,3 +524,21 @@ def test_peer_scoped_labels_are_evaluated_once_per_peer(make: Any) -> None:
     assert metadata.reads == 1
     assert {s["tag"] for s in samples(engine, "istio_requests_total")} == {"blue"}
     assert engine.cache_stats()["series_misses"] == 2
+
+
+def test_out_of_mesh_peer_from_registry(backend: Any) -> None:
+    from meshstats.registry import WorkloadRegistry
+
+    registry = WorkloadRegistry.from_entries(
+        [{"cidr": "203.0.113.0/24", "metadata": {"WORKLOAD_NAME": "partner-api",
+                                                 "NAMESPACE": "external"}}]
+    )  # fmt: skip
+    engine = StatsEngine(REVIEWS, store=backend.store.Store(), registry=registry)
+    known = engine.peer("inbound", None, peer_address="203.0.113.9:41000")
+    stranger = engine.peer("inbound", None, peer_address="198.51.100.1:41000")
+    engine.record_request(known, response_code=200, duration_ms=1)
+    engine.record_request(stranger, response_code=200, duration_ms=1)
+    got = {s["source_workload"]: s for s in samples(engine, "istio_requests_total")}
+    assert set(got) == {"partner-api", "unknown"}
+    assert got["partner-api"]["source_workload_namespace"] == "external"
+    assert got["partner-api"]["source_principal"] == "unknown"  # a registry proves no identity

@@ -44,6 +44,7 @@ from .config import StatsConfig
 from .errors import ConfigError, ExpressionError
 from .expr import EvaluationFailed, Expression, compile_expression
 from .peer_metadata import PeerMetadata
+from .registry import WorkloadRegistry
 from .standard_metrics import BUILD_METRIC, STANDARD_METRICS, StandardMetric
 
 __all__ = ["StatsEngine", "PeerContext", "TcpConnection", "default_dimensions"]
@@ -178,6 +179,9 @@ class StatsEngine:
         Where to record; a new :class:`~meshstats.Store` by default.
     local_principal:
         The URI SAN of this proxy's certificate (``spiffe://td/ns/<ns>/sa/<sa>``), if any.
+    registry:
+        Who is at which address, for peers that cannot exchange metadata (out of the mesh):
+        :meth:`peer` consults it when given ``peer_address`` and no ``metadata``.
     """
 
     def __init__(
@@ -187,6 +191,7 @@ class StatsEngine:
         *,
         store: Any = None,
         local_principal: str | None = None,
+        registry: WorkloadRegistry | None = None,
     ) -> None:
         from . import Store
 
@@ -196,6 +201,7 @@ class StatsEngine:
             store if store is not None else Store(default_max_series=self.config.max_series)
         )
         self.local_principal = local_principal
+        self.registry = registry
         self.config_warnings: list[str] = []
         self.cache_hits = 0
         self.cache_misses = 0
@@ -333,6 +339,7 @@ class StatsEngine:
         route_name: str | None = None,
         upstream_metadata: PeerMetadata | Mapping[str, Any] | None = None,
         attributes: Mapping[str, Any] | None = None,
+        peer_address: str | None = None,
         cache_key: Any = None,
     ) -> PeerContext:
         """Resolve everything that depends only on the peer and this connection.
@@ -342,7 +349,9 @@ class StatsEngine:
         taught us (``None``: nothing, the labels say ``unknown``). ``peer_principal`` must come
         from the peer's verified certificate. ``attributes`` adds connection-level ones in
         Envoy's vocabulary (``source.address``, ``destination.port``, ``upstream.address``,
-        ...) for custom dimensions to read. With ``cache_key`` (e.g. the peer's
+        ...) for custom dimensions to read. ``peer_address`` (``ip`` or ``ip:port``) finds an
+        out-of-mesh peer in the engine's workload registry when ``metadata`` is ``None``. With
+        ``cache_key`` (e.g. the peer's
         ``x-envoy-peer-metadata-id`` plus its principal), contexts are kept in a bounded cache
         of ``peer_cache_size`` entries; when it overflows the oldest quarter is dropped, as
         Istio does.
@@ -357,6 +366,8 @@ class StatsEngine:
                 return found
             self.peer_cache_misses += 1
         peer = None if metadata is None else _as_metadata(metadata)
+        if peer is None and self.registry is not None:
+            peer = self.registry.lookup(peer_address)
         upstream = None if upstream_metadata is None else _as_metadata(upstream_metadata)
         attrs = peer_attributes(
             reporter,
@@ -369,6 +380,10 @@ class StatsEngine:
             route_name=route_name,
             upstream_peer=upstream,
         )
+        if peer_address:
+            attrs.setdefault(
+                "source.address" if reporter != "outbound" else "destination.address", peer_address
+            )
         if attributes:
             attrs.update(attributes)
         ctx = PeerContext(self, reporter, attrs)
