@@ -1,0 +1,423 @@
+"""HTTP/1.1 through two sidecars, parsed by h11: Istio's header exchange and request metrics.
+
+The client sidecar (outbound) sets ``x-envoy-peer-metadata`` (base64 of its node Struct,
+computed once) and ``x-envoy-peer-metadata-id`` on every request, replacing whatever the
+app sent, and strips both from responses, reading the server's as its peer. The server
+sidecar (inbound) strips them from requests before the app sees them, reading the client's
+as its peer, and answers with its own only when the request carried them: the metadata when
+the request had metadata, the id when it had an id (reference/telemetry-v2.md §2.2).
+meshstats also strips them from the app's responses on the server side (Istio leaves an
+app's own headers alone): only a sidecar speaks for a workload.
+
+Peer metadata from a header never sets a principal: principals come only from the verified
+certificate of the TLS connection, so a plaintext client claiming to be someone (a spoofed
+header) gets its metadata labels, at most, and ``unknown`` principals.
+
+Each request is recorded once, when its response ended, with Envoy's downstream view:
+``request_bytes`` = wire bytes of the request as received from downstream (request line,
+headers, body framing), ``response_bytes`` = wire bytes of the response sent downstream,
+duration from the request's headers to the response's end. A missing upstream gives a local
+503 with ``UH``, a refused or timed-out connection ``UF``, an upstream closing before its
+response headers ``UC``.
+
+Requests on one downstream connection are relayed one at a time over one upstream
+connection, reused while both ends keep it alive. Hop-by-hop headers (``connection``,
+``keep-alive``, ``proxy-connection``, ``upgrade``, ``te``) are not forwarded, so protocol
+upgrades (WebSocket) are not supported; h11 frames each hop itself (``content-length`` or
+chunked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from .._peer_exchange import decode_peer_header
+from ..certs import peer_principal
+from ..errors import MeshstatsError
+from ..peer_metadata import PeerMetadata
+
+if TYPE_CHECKING:
+    from ..engine import PeerContext
+    from .config import OutboundConfig
+    from .sidecar import Sidecar
+
+__all__ = ["MX_HEADER", "MX_ID_HEADER", "HttpStream", "outbound_http", "inbound_http"]
+
+MX_HEADER = b"x-envoy-peer-metadata"
+MX_ID_HEADER = b"x-envoy-peer-metadata-id"
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"})
+_STRIP = _HOP_BY_HOP | {MX_HEADER, MX_ID_HEADER}
+CHUNK = 1 << 16
+
+# Envoy's local reply bodies.
+_BODIES = {
+    "UH": b"no healthy upstream",
+    "UF": b"upstream connect error or disconnect/reset before headers. "
+    b"reset reason: connection failure",
+    "UC": b"upstream connect error or disconnect/reset before headers. "
+    b"reset reason: connection termination",
+}
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class UpstreamError(Exception):
+    """No response from upstream; ``flag`` is Envoy's response flag for why."""
+
+    def __init__(self, flag: str) -> None:
+        super().__init__(flag)
+        self.flag = flag
+
+
+class HttpStream:
+    """One HTTP/1.1 connection: an h11 state machine over asyncio streams, counting bytes.
+
+    ``consumed`` is the number of bytes h11 has parsed into events so far (bytes received
+    but not yet parsed, e.g. a pipelined request, are not counted); ``sent`` the number
+    written. Their differences across one request give its exact wire size.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        role: type[h11.CLIENT] | type[h11.SERVER],
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(role)
+        self.fed = 0
+        self.sent = 0
+
+    @property
+    def consumed(self) -> int:
+        return self.fed - len(self.conn.trailing_data[0])
+
+    async def next_event(self) -> Any:
+        """The next h11 event, reading from the socket as needed (EOF included)."""
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.reader.read(CHUNK)
+            self.fed += len(data)
+            self.conn.receive_data(data)
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            self.writer.write(data)
+            self.sent += len(data)
+            await self.writer.drain()
+
+    def reusable(self) -> bool:
+        """Both sides finished a cycle and neither asked to close: start the next one."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return True
+        return False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class _Exchange:
+    """Per-request state: the peer headers seen, the peer they name, the outcome."""
+
+    metadata: bytes | None = None
+    metadata_id: bytes | None = None
+    code: int = 0
+    flags: str | None = None
+
+
+def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
+    """Headers without hop-by-hop and peer-exchange ones, plus the two peer values."""
+    kept: Headers = []
+    metadata = metadata_id = None
+    for raw_name, value in headers.raw_items():
+        name = raw_name.lower()
+        if name == MX_HEADER:
+            metadata = value
+        elif name == MX_ID_HEADER:
+            metadata_id = value
+        elif name not in _STRIP:
+            kept.append((raw_name, value))
+    return kept, metadata, metadata_id
+
+
+def _peer_from_headers(metadata: bytes | None, metadata_id: bytes | None) -> PeerMetadata | None:
+    """The peer a metadata header names; ``None`` when absent or undecodable."""
+    if metadata is None:
+        return None
+    try:
+        struct = decode_peer_header(metadata)
+        node_id = metadata_id.decode("latin-1") if metadata_id is not None else None
+        return PeerMetadata.from_struct(struct, node_id)
+    except MeshstatsError:
+        return None
+
+
+def _header(headers: Any, name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class _Proxy:
+    """The request loop shared by both directions; subclasses say how headers change."""
+
+    def __init__(self, sidecar: Sidecar, down: HttpStream) -> None:
+        self.sidecar = sidecar
+        self.down = down
+        self.up: HttpStream | None = None
+        self.principal: str | None = None  # the upstream's (outbound) / downstream's (inbound)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    async def connect(self) -> HttpStream:
+        raise NotImplementedError
+
+    def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
+        raise NotImplementedError
+
+    def response_headers(self, kept: Headers, ex: _Exchange, upstream: Any) -> Headers:
+        raise NotImplementedError
+
+    def peer(self, ex: _Exchange) -> PeerContext:
+        raise NotImplementedError
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            while await self.one_request():
+                pass
+        finally:
+            if self.up is not None:
+                self.up.close()
+
+    async def one_request(self) -> bool:
+        """Relay one request and its response; False when the connection is done."""
+        down = self.down
+        loop = asyncio.get_running_loop()
+        request_start, response_start = down.consumed, down.sent
+        try:
+            event = await down.next_event()
+        except h11.RemoteProtocolError:
+            await self._bad_request()
+            return False
+        if not isinstance(event, h11.Request):
+            return False  # ConnectionClosed, or a half-sent request at EOF
+        started = loop.time()
+        ex = _Exchange()
+        kept, ex.metadata, ex.metadata_id = _split(event.headers)
+        headers = self.request_headers(kept, ex)
+        try:
+            await self._exchange(event, headers, ex)
+        except (h11.ProtocolError, OSError):
+            # The response had begun: nothing sane can follow on this connection.
+            self._record(event, ex, started, request_start, response_start)
+            return False
+        self._record(event, ex, started, request_start, response_start)
+        if self.up is not None and not self.up.reusable():
+            self.up.close()
+            self.up = None
+        return down.reusable()
+
+    async def _exchange(self, request: h11.Request, headers: Headers, ex: _Exchange) -> None:
+        down = self.down
+        try:
+            if self.up is None:
+                self.up = await self.connect()
+            up = self.up
+            try:
+                await up.send(
+                    h11.Request(method=request.method, target=request.target, headers=headers)
+                )
+                if down.conn.they_are_waiting_for_100_continue:
+                    # The client holds its body back until told to go on.
+                    await down.send(h11.InformationalResponse(status_code=100, headers=[]))
+                await self._body(down, up)
+                response = await up.next_event()
+                while isinstance(response, h11.InformationalResponse):
+                    response = await up.next_event()  # 1xx are not forwarded
+            except (OSError, h11.ProtocolError) as exc:
+                raise UpstreamError("UC") from exc
+            if not isinstance(response, h11.Response):
+                raise UpstreamError("UC")
+        except UpstreamError as failed:
+            if self.up is not None:
+                self.up.close()
+                self.up = None
+            await self._drain_request(down)
+            await self._local_reply(503, failed.flag, ex)
+            return
+        kept, _, _ = _split(response.headers)
+        ex.code = response.status_code
+        out = self.response_headers(kept, ex, response)
+        await down.send(h11.Response(status_code=response.status_code, headers=out,
+                                     reason=response.reason))  # fmt: skip
+        await self._body(up, down)
+
+    async def _body(self, src: HttpStream, dst: HttpStream) -> None:
+        """Relay Data events up to and including EndOfMessage (trailers kept)."""
+        while True:
+            event = await src.next_event()
+            if isinstance(event, h11.Data):
+                await dst.send(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await dst.send(h11.EndOfMessage(headers=list(event.headers.raw_items())))
+                return
+            else:
+                raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
+
+    async def _drain_request(self, down: HttpStream) -> None:
+        """Read what is left of the request body, so that the connection can go on."""
+        while down.conn.their_state is h11.SEND_BODY:
+            await down.next_event()
+
+    async def _local_reply(self, code: int, flag: str, ex: _Exchange) -> None:
+        ex.code, ex.flags = code, flag
+        body = _BODIES[flag]
+        headers: Headers = [
+            (b"content-type", b"text/plain"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        headers = self.response_headers(headers, ex, None)
+        await self.down.send(h11.Response(status_code=code, headers=headers))
+        await self.down.send(h11.Data(data=body))
+        await self.down.send(h11.EndOfMessage())
+
+    async def _bad_request(self) -> None:
+        if self.down.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = b"bad request"
+            try:
+                await self.down.send(
+                    h11.Response(
+                        status_code=400,
+                        headers=[(b"content-length", b"11"), (b"connection", b"close")],
+                    )
+                )
+                await self.down.send(h11.Data(data=body))
+                await self.down.send(h11.EndOfMessage())
+            except (h11.ProtocolError, OSError):
+                pass
+
+    def _record(
+        self,
+        request: h11.Request,
+        ex: _Exchange,
+        started: float,
+        request_start: int,
+        response_start: int,
+    ) -> None:
+        down = self.down
+        elapsed = (asyncio.get_running_loop().time() - started) * 1000.0
+        self.sidecar.engine.record_request(
+            self.peer(ex),
+            response_code=ex.code,
+            duration_ms=elapsed,
+            request_bytes=down.consumed - request_start,
+            response_bytes=down.sent - response_start,
+            host=_header(request.headers, b"host"),
+            response_flags=ex.flags,
+            method=request.method.decode("latin-1"),
+            path=request.target.decode("latin-1"),
+            content_type=_header(request.headers, b"content-type"),
+        )
+
+
+class _Outbound(_Proxy):
+    def __init__(self, sidecar: Sidecar, down: HttpStream, cfg: OutboundConfig) -> None:
+        super().__init__(sidecar, down)
+        self.cfg = cfg
+
+    async def connect(self) -> HttpStream:
+        if self.cfg.upstream is None:
+            raise UpstreamError("UH")
+        try:
+            reader, writer, self.principal, _ = await self.sidecar.connect(
+                self.cfg.upstream, "http"
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError("UF") from exc
+        return HttpStream(reader, writer, h11.CLIENT)
+
+    def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
+        # Whatever the app claimed is dropped; the sidecar speaks for it. The peer is the
+        # server sidecar, known from its response headers only.
+        ex.metadata = ex.metadata_id = None
+        return kept + self.sidecar.mx_headers
+
+    def response_headers(self, kept: Headers, ex: _Exchange, upstream: Any) -> Headers:
+        if upstream is not None:  # what the server sidecar said about itself
+            _, ex.metadata, ex.metadata_id = _split(upstream.headers)
+        else:
+            ex.metadata = ex.metadata_id = None
+        return kept
+
+    def peer(self, ex: _Exchange) -> PeerContext:
+        return self.sidecar.outbound_peer(
+            self.cfg,
+            _peer_from_headers(ex.metadata, ex.metadata_id),
+            self.principal,
+            cache_key=(ex.metadata, ex.metadata_id),
+        )
+
+
+class _Inbound(_Proxy):
+    def __init__(self, sidecar: Sidecar, down: HttpStream) -> None:
+        super().__init__(sidecar, down)
+        self.principal = peer_principal(down.writer.get_extra_info("ssl_object"))
+
+    async def connect(self) -> HttpStream:
+        inbound = self.sidecar.config.inbound
+        assert inbound is not None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(*inbound.app), self.sidecar.config.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError("UF") from exc
+        return HttpStream(reader, writer, h11.CLIENT)
+
+    def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
+        return kept  # the peer's headers were read into ex and never reach the app
+
+    def response_headers(self, kept: Headers, ex: _Exchange, upstream: Any) -> Headers:
+        own = self.sidecar.mx_headers
+        if ex.metadata is not None:
+            kept.append(own[0])
+        if ex.metadata_id is not None:
+            kept.append(own[1])
+        return kept
+
+    def peer(self, ex: _Exchange) -> PeerContext:
+        return self.sidecar.inbound_peer(
+            _peer_from_headers(ex.metadata, ex.metadata_id),
+            self.principal,
+            cache_key=(ex.metadata, ex.metadata_id),
+        )
+
+
+async def outbound_http(
+    sidecar: Sidecar,
+    cfg: OutboundConfig,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """Serve one app connection on an outbound HTTP listener."""
+    await _Outbound(sidecar, HttpStream(reader, writer, h11.SERVER), cfg).serve()
+
+
+async def inbound_http(
+    sidecar: Sidecar, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Serve one downstream connection on the inbound HTTP listener."""
+    await _Inbound(sidecar, HttpStream(reader, writer, h11.SERVER)).serve()

@@ -1,0 +1,179 @@
+"""Accepting connections: plaintext, mTLS, or either (Istio's permissive mode).
+
+>>> import asyncio
+>>> from meshstats.proxy.listener import Listener
+>>> async def main() -> bytes:
+...     async def echo(reader, writer):
+...         writer.write(await reader.read(5))
+...     listener = await Listener(echo).start("127.0.0.1", 0)
+...     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+...     writer.write(b"hello")
+...     data = await reader.read(5)
+...     writer.close()
+...     await listener.close()
+...     return data
+>>> asyncio.run(main())
+b'hello'
+
+asyncio's ``start_server`` decides plaintext or TLS for the whole port. Istio's permissive
+inbound port takes both, told apart by the first byte (Envoy's TLS inspector): a TLS
+connection starts with a handshake record, ``0x16``. So this listener accepts sockets itself,
+peeks at the first byte without consuming it (``MSG_PEEK``), and only then wraps the socket,
+with or without TLS. A client that sends nothing within ``detect_timeout`` (a server-first
+protocol) is taken as plaintext, after that delay, as in Istio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Handler", "Listener"]
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+log = logging.getLogger("meshstats.proxy")
+
+_TLS_HANDSHAKE = b"\x16"
+# Bytes a StreamReader may hold before it stops reading from the socket (flow control).
+STREAM_LIMIT = 1 << 16
+
+
+class Listener:
+    """Calls ``handler(reader, writer)`` for each accepted connection, each in its own task.
+
+    Parameters
+    ----------
+    handler
+        The connection's coroutine; the writer is closed when it returns or fails.
+    ssl_context
+        Wrap connections in TLS (a server context); ``None`` for plaintext only.
+    detect_tls
+        Accept plaintext too on a TLS port, by peeking at the first byte (permissive).
+    detect_timeout, handshake_timeout
+        Seconds to wait for the first byte, and for the TLS handshake.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        detect_tls: bool = False,
+        detect_timeout: float = 5.0,
+        handshake_timeout: float = 5.0,
+    ) -> None:
+        self._handler = handler
+        self._ssl = ssl_context
+        self._detect = detect_tls and ssl_context is not None
+        self._detect_timeout = detect_timeout
+        self._handshake_timeout = handshake_timeout
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> Listener:
+        """Bind and listen (``port=0``: any free port, see :attr:`port`)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(512)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
+        return self
+
+    @property
+    def port(self) -> int:
+        if self._sock is None:
+            raise RuntimeError("listener not started")
+        return int(self._sock.getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop accepting, cancel every open connection's task and wait for them."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+            self._accepting = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _accept_loop(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:  # e.g. EMFILE: keep serving the connections we have
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            use_tls = self._ssl is not None
+            if self._detect:
+                use_tls = await self._peek(conn) == _TLS_HANDSHAKE
+            reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                conn,
+                ssl=self._ssl if use_tls else None,
+                ssl_handshake_timeout=self._handshake_timeout if use_tls else None,
+            )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.debug("connection dropped before it started: %r", exc)
+            conn.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        try:
+            await self._handler(reader, writer)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.debug("connection ended: %r", exc)
+        except Exception:
+            log.exception("connection handler failed")
+        finally:
+            writer.close()
+
+    async def _peek(self, conn: socket.socket) -> bytes:
+        """The first byte the client sent, left in the socket; ``b""`` if none in time."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def on_readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(conn.fileno(), on_readable)
+        try:
+            await asyncio.wait_for(ready, self._detect_timeout)
+        except TimeoutError:
+            return b""
+        finally:
+            loop.remove_reader(conn.fileno())
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return b""

@@ -1,0 +1,243 @@
+"""One workload's sidecar: its listeners, its certificate, its stats engine, its admin port.
+
+>>> import asyncio
+>>> from meshstats.proxy import Sidecar, SidecarConfig
+>>> async def main() -> bool:
+...     config = SidecarConfig(node={"WORKLOAD_NAME": "sleep", "NAMESPACE": "default"})
+...     async with Sidecar(config) as sidecar:  # admin on a free port, no listeners
+...         return sidecar.admin_url.startswith("http://127.0.0.1:")
+>>> asyncio.run(main())
+True
+
+The sidecar records with one :class:`~meshstats.StatsEngine`: its outbound listeners report
+as ``reporter="source"``, its inbound listener as ``reporter="destination"``. Its own
+principal is the URI SAN of ``cert_dir/cert.pem``; a peer's principal comes only from the
+peer's verified certificate. ``/stats/prometheus``, ``/metrics`` and ``/healthz`` are served
+on ``admin_port`` by a :class:`~meshstats.MetricsServer` (a thread: a scrape never waits for
+the event loop). TCP byte deltas are reported every ``tcp_reporting_duration`` from the
+engine's reporting thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Awaitable, Callable, Hashable
+from types import TracebackType
+from typing import Literal
+
+from .._peer_exchange import encode_peer_header, encode_peer_prefix
+from ..certs import (
+    ALPN_DOWNSTREAM_WITH_MXC,
+    ALPN_HTTP11,
+    ALPN_IN_MESH_WITH_MXC,
+    MX_ALPN,
+    client_context,
+    peer_principal,
+    principal_of,
+    server_context,
+)
+from ..engine import PeerContext, StatsEngine
+from ..exposition import MetricsServer
+from ..peer_metadata import PeerMetadata
+from .config import OutboundConfig, SidecarConfig
+from .http import MX_HEADER, MX_ID_HEADER, inbound_http, outbound_http
+from .listener import STREAM_LIMIT, Listener
+from .tcp import inbound_tcp, outbound_tcp
+
+__all__ = ["Sidecar", "default_node_id"]
+
+
+def default_node_id(node: PeerMetadata) -> str:
+    """Envoy's sidecar node id: ``sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local``."""
+    ips = node.instance_ips
+    ns = node.namespace or "default"
+    name = node.name or node.workload_name or "unknown"
+    return f"sidecar~{ips[0] if ips else '127.0.0.1'}~{name}.{ns}~{ns}.svc.cluster.local"
+
+
+class Sidecar:
+    """Runs the listeners of one :class:`SidecarConfig` on the current event loop.
+
+    Use ``async with Sidecar(config) as sidecar:`` or ``await sidecar.start()`` /
+    ``await sidecar.stop()``. After start, :attr:`inbound_port`, :attr:`outbound_ports`
+    and :attr:`admin_url` give the bound ports (useful with port 0).
+    """
+
+    def __init__(self, config: SidecarConfig, *, engine: StatsEngine | None = None) -> None:
+        self.config = config
+        self.local_principal = principal_of(config.cert_dir) if config.cert_dir else None
+        self.engine = engine or StatsEngine(
+            config.node, config.stats, local_principal=self.local_principal
+        )
+        node = self.engine.local
+        self.node_id = config.node_id or node.node_id or default_node_id(node)
+        struct = node.to_struct()
+        # Both encodings are constant for the sidecar's life: computed once (as Istio does).
+        self.prefix = encode_peer_prefix(struct, self.node_id)
+        self.mx_headers: list[tuple[bytes, bytes]] = [
+            (MX_HEADER, encode_peer_header(struct).encode("ascii")),
+            (MX_ID_HEADER, self.node_id.encode("latin-1")),
+        ]
+        self._client_ssl: dict[str, ssl.SSLContext] = {}
+        self._server_ssl: ssl.SSLContext | None = None
+        if config.cert_dir is not None:
+            self._server_ssl = server_context(config.cert_dir, ALPN_DOWNSTREAM_WITH_MXC)
+            self._client_ssl = {
+                "tcp": client_context(config.cert_dir, ALPN_IN_MESH_WITH_MXC),
+                "http": client_context(config.cert_dir, ALPN_HTTP11),
+            }
+        self._listeners: list[Listener] = []
+        self._inbound: Listener | None = None
+        self._outbound: list[Listener] = []
+        self._admin: MetricsServer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> Sidecar:
+        config = self.config
+        try:
+            if config.inbound is not None:
+                handler = inbound_http if config.inbound.protocol == "http" else inbound_tcp
+                sidecar = self
+
+                async def inbound(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                    await handler(sidecar, r, w)
+
+                self._inbound = await Listener(
+                    inbound,
+                    ssl_context=self._server_ssl,
+                    detect_tls=config.inbound.mtls == "permissive",
+                    detect_timeout=config.detect_timeout,
+                    handshake_timeout=config.connect_timeout,
+                ).start(config.host, config.inbound.port)
+                self._listeners.append(self._inbound)
+            for out in config.outbound:
+                listener = await Listener(self._outbound_handler(out)).start(config.host, out.port)
+                self._outbound.append(listener)
+                self._listeners.append(listener)
+            if config.admin_port is not None:
+                self._admin = MetricsServer(
+                    self.engine.store, config.host, config.admin_port
+                ).start()
+            self.engine.start_reporting()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    def _outbound_handler(
+        self, out: OutboundConfig
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        handler = outbound_http if out.protocol == "http" else outbound_tcp
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await handler(self, out, reader, writer)
+
+        return serve
+
+    async def stop(self) -> None:
+        """Close every listener and connection, then report the last TCP bytes."""
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            await listener.close()
+        self._inbound, self._outbound = None, []
+        if self._admin is not None:
+            self._admin.stop()
+            self._admin = None
+        self.engine.stop_reporting()
+
+    async def __aenter__(self) -> Sidecar:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def inbound_port(self) -> int:
+        if self._inbound is None:
+            raise RuntimeError("no inbound listener is running")
+        return self._inbound.port
+
+    @property
+    def outbound_ports(self) -> list[int]:
+        """The outbound listeners' ports, in the config's order."""
+        return [listener.port for listener in self._outbound]
+
+    @property
+    def admin_url(self) -> str:
+        if self._admin is None:
+            raise RuntimeError("no admin server is running")
+        return self._admin.url
+
+    # -- used by the protocol handlers -----------------------------------------------------
+
+    async def connect(
+        self, address: tuple[str, int], protocol: Literal["tcp", "http"]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None, bool]:
+        """Open a connection to a remote sidecar (mTLS when this sidecar has a certificate).
+
+        Returns the streams, the server's verified principal and whether both sides chose
+        ``istio-peer-exchange``. Raises ``OSError`` or ``TimeoutError``.
+        """
+        context = self._client_ssl.get(protocol)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                *address,
+                ssl=context,
+                server_hostname="" if context is not None else None,
+                limit=STREAM_LIMIT,
+            ),
+            self.config.connect_timeout,
+        )
+        ssl_object = writer.get_extra_info("ssl_object")
+        mx = ssl_object is not None and ssl_object.selected_alpn_protocol() == MX_ALPN
+        return reader, writer, peer_principal(ssl_object), mx
+
+    def outbound_peer(
+        self,
+        cfg: OutboundConfig,
+        peer: PeerMetadata | None,
+        principal: str | None,
+        *,
+        cache_key: Hashable = None,
+    ) -> PeerContext:
+        """The client-side context for a peer behind ``cfg`` (``reporter="source"``)."""
+        return self.engine.peer(
+            "outbound",
+            peer,
+            peer_principal=principal,
+            cluster_name=cfg.cluster_name,
+            cluster_metadata=cfg.cluster_metadata(),
+            cache_key=(cfg.cluster_name, _key(peer, cache_key)),
+        )
+
+    def inbound_peer(
+        self, peer: PeerMetadata | None, principal: str | None, *, cache_key: Hashable = None
+    ) -> PeerContext:
+        """The server-side context for a peer (``reporter="destination"``)."""
+        inbound = self.config.inbound
+        return self.engine.peer(
+            "inbound",
+            peer,
+            peer_principal=principal,
+            cluster_metadata=inbound.cluster_metadata() if inbound is not None else None,
+            cache_key=("inbound", _key(peer, cache_key)),
+        )
+
+
+def _key(peer: PeerMetadata | None, given: Hashable) -> Hashable:
+    """A cache key that changes whenever the peer's metadata does (not just its id)."""
+    if given is not None:
+        return given
+    if peer is None:
+        return None
+    return json.dumps(peer.to_struct(), sort_keys=True, default=str)

@@ -1,0 +1,123 @@
+"""Shared pieces of the sidecar tests: certificates, apps, reading a sidecar's metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshstats.certs import LocalCA
+
+T = TypeVar("T")
+
+CLIENT_NODE: dict[str, Any] = {
+    "NAME": "productpage-v1-abc",
+    "WORKLOAD_NAME": "productpage-v1",
+    "NAMESPACE": "default",
+    "LABELS": {"app": "productpage", "version": "v1"},
+}
+SERVER_NODE: dict[str, Any] = {
+    "NAME": "reviews-v2-xyz",
+    "WORKLOAD_NAME": "reviews-v2",
+    "NAMESPACE": "default",
+    "LABELS": {"app": "reviews", "version": "v2"},
+}
+CLIENT_ID = "sidecar~10.0.0.1~productpage-v1-abc.default~default.svc.cluster.local"
+SERVER_ID = "sidecar~10.0.0.2~reviews-v2-xyz.default~default.svc.cluster.local"
+CLIENT_SA = "spiffe://cluster.local/ns/default/sa/productpage"
+SERVER_SA = "spiffe://cluster.local/ns/default/sa/reviews"
+SERVICE_HOST = "reviews.default.svc.cluster.local"
+
+# Every test body runs under this bound, so a proxy bug fails a test instead of hanging it.
+TEST_TIMEOUT = 60.0
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = TEST_TIMEOUT) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: LocalCA
+    client: Path
+    server: Path
+    rogue: Path  # same CA, another identity (a "client sidecar" the tests drive by hand)
+
+
+def make_certs(root: Path) -> Certs:
+    ca = LocalCA.create("cluster.local")
+    return Certs(
+        ca,
+        ca.issue("default", "productpage").write(root / "client"),
+        ca.issue("default", "reviews").write(root / "server"),
+        ca.issue("default", "tester").write(root / "tester"),
+    )
+
+
+async def start_app(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+Sample = tuple[str, dict[str, str], float]
+
+
+async def scrape(admin_url: str) -> list[Sample]:
+    """Every sample a sidecar's admin port serves on /stats/prometheus."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(admin_url + "/stats/prometheus", timeout=10) as resp:
+            return str(resp.read().decode("utf-8"))
+
+    text = await asyncio.to_thread(fetch)
+    return [
+        (s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def select(samples: list[Sample], name: str, **labels: str) -> list[Sample]:
+    return [s for s in samples if s[0] == name and all(s[1].get(k) == v for k, v in labels.items())]
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    return sum(s[2] for s in select(samples, name, **labels))
+
+
+def only_labels(samples: list[Sample], name: str, **labels: str) -> dict[str, str]:
+    """The label set of the one series of ``name`` matching ``labels`` (asserts one)."""
+    found = select(samples, name, **labels)
+    assert len(found) == 1, f"{name}{labels}: {len(found)} series: {found}"
+    return found[0][1]
+
+
+def assert_labels(got: Mapping[str, str], **expected: str) -> None:
+    wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+    assert not wrong, f"labels (got, expected): {wrong}"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll ``check`` until true: a closed connection is recorded just after the close."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
