@@ -688,17 +688,17 @@ void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n) {
     ms_atomic_add_u64(recorded(s, series), n);
 }
 
-/* Index of the first bound >= v (`le` is inclusive); n_bounds means +Inf. */
+/* Index of the first bound >= v (`le` is inclusive); n_bounds means +Inf. Branch-free
+ * (the loop count depends on n only), so random values cost no mispredictions: the
+ * compare picks the next base with a conditional move. n >= 1; v is not NaN. */
 static inline uint32_t bucket_of(const double *bounds, uint32_t n, double v) {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (v <= bounds[mid])
-            hi = mid;
-        else
-            lo = mid + 1;
+    const double *base = bounds;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half] < v ? base + half : base;
+        n -= half;
     }
-    return lo;
+    return (uint32_t)(base - bounds) + (*base < v);
 }
 
 void ms_observe_unchecked(ms_store *s, uint64_t series, double v) {
@@ -729,31 +729,383 @@ ms_status ms_observe(ms_store *s, uint64_t series, double v) {
     return MS_OK;
 }
 
-ms_status ms_inc_many(ms_store *s, const uint64_t *ids, const uint64_t *amounts, size_t n,
-                      size_t *bad_index) {
-    for (size_t i = 0; i < n; i++) {
-        ms_status st = ms_check(s, ids[i], MS_COUNTER);
-        if (st != MS_OK) {
-            *bad_index = i;
-            return st;
+/* ---- batches ------------------------------------------------------------------------ */
+
+/* A batch is aggregated privately, then applied with one atomic add per touched slot:
+ * per-event atomics (a lock-prefixed add, a CAS loop for each sum) were the whole cost.
+ * Validation happens during aggregation, which touches nothing shared, so a bad
+ * element still means nothing is recorded. Everything below is O(n) scratch. */
+
+#define CHUNK 1024u           /* elements converted at a time when not usable in place */
+#define SCRATCH_SLACK 65536u  /* private bucket counts allowed beyond 2 per element */
+#define DENSE_SLACK 4096u     /* a dense id map may have this many more entries than 2n */
+
+typedef struct touched {
+    ms_series *r;
+    ms_atomic_u64 *slots;
+    const double *bounds; /* histograms */
+    size_t row;           /* histograms: offset of its row in batch.rows */
+    uint64_t total;       /* counters: the batch's amount, mod 2**64 */
+    uint32_t n_bounds;
+    int deferred; /* histograms past the scratch budget: buckets listed in batch.deferred */
+} touched;
+
+/* A histogram series' private row: its partial sum, then one count per bucket (none
+ * for a deferred series). Rows are contiguous, so a batch over one metric finds row k
+ * at k * stride with no lookup of its touched entry. */
+typedef union cell {
+    uint64_t n;
+    double d;
+} cell;
+
+typedef struct batch {
+    ms_store *s;
+    ms_kind kind;
+    uint32_t n_total; /* series published when the batch began: valid ids are below */
+    /* series id -> touched index + 1 (0: not seen yet): a dense array over all ids when
+     * the store is small next to the batch, else open addressing at <= 50% load. */
+    uint32_t *dense;
+    uint64_t *table; /* (index + 1) << 32 | id; 0 is empty */
+    size_t map_bytes;
+    uint32_t mask, shift;
+    touched *t;
+    size_t n_touched, cap_touched;
+    /* Histograms. While `uniform`, every touched series has bounds equal to `bounds`
+     * and a full row of `stride` cells. */
+    cell *rows;
+    size_t n_rows, cap_rows, budget; /* in cells; budget: count cells still allowed */
+    int uniform;
+    const double *bounds;
+    uint32_t n_bounds;
+    size_t stride;
+    uint64_t *deferred; /* touched index << 32 | bucket */
+    size_t n_deferred, cap_deferred;
+} batch;
+
+/* A zeroed, counted allocation (scratch must be counted like everything else). */
+static void *scratch_calloc(ms_store *s, size_t n, size_t size) {
+    void *p = s->al.calloc(n ? n : 1, size);
+    if (p) atomic_fetch_add_explicit(&s->mem, n * size, memory_order_relaxed);
+    return p;
+}
+
+static ms_status batch_init(batch *b, ms_store *s, ms_kind kind, size_t n) {
+    memset(b, 0, sizeof *b);
+    b->s = s;
+    b->kind = kind;
+    b->n_total = ms_series_total(s);
+    b->budget = (n < SIZE_MAX / 4 ? 2 * n : SIZE_MAX / 2) + SCRATCH_SLACK;
+    b->uniform = 1;
+    size_t most = n < b->n_total ? n : b->n_total; /* series the batch can touch */
+    if (b->n_total == 0) return MS_OK;                /* every id is unknown */
+    if ((size_t)b->n_total <= most * 2 + DENSE_SLACK) {
+        b->map_bytes = (size_t)b->n_total * sizeof *b->dense;
+        b->dense = scratch_calloc(s, b->n_total, sizeof *b->dense);
+        return b->dense ? MS_OK : MS_ERR_NOMEM;
+    }
+    uint32_t bits = 4;
+    while (((size_t)1 << bits) < most * 2) bits++;
+    b->mask = (uint32_t)(((uint64_t)1 << bits) - 1);
+    b->shift = 64 - bits;
+    b->map_bytes = ((size_t)1 << bits) * sizeof *b->table;
+    b->table = scratch_calloc(s, (size_t)1 << bits, sizeof *b->table);
+    return b->table ? MS_OK : MS_ERR_NOMEM;
+}
+
+static void batch_free(batch *b) {
+    ms_store *s = b->s;
+    ms_dealloc(s, b->dense, b->dense ? b->map_bytes : 0);
+    ms_dealloc(s, b->table, b->table ? b->map_bytes : 0);
+    ms_dealloc(s, b->t, b->cap_touched * sizeof *b->t);
+    ms_dealloc(s, b->rows, b->cap_rows * sizeof *b->rows);
+    ms_dealloc(s, b->deferred, b->cap_deferred * sizeof *b->deferred);
+}
+
+/* Touched index + 1 of a series id below n_total, 0 if not seen yet. */
+static inline uint32_t map_get(const batch *b, uint32_t id) {
+    if (b->dense) return b->dense[id];
+    uint32_t i = (uint32_t)((id * 0x9e3779b97f4a7c15ULL) >> b->shift);
+    for (;;) {
+        uint64_t e = b->table[i];
+        if (!e) return 0;
+        if ((uint32_t)e == id) return (uint32_t)(e >> 32);
+        i = (i + 1) & b->mask;
+    }
+}
+
+static void map_put(batch *b, uint32_t id, uint32_t k1) {
+    if (b->dense) {
+        b->dense[id] = k1;
+        return;
+    }
+    uint32_t i = (uint32_t)((id * 0x9e3779b97f4a7c15ULL) >> b->shift);
+    while (b->table[i]) i = (i + 1) & b->mask;
+    b->table[i] = (uint64_t)k1 << 32 | id;
+}
+
+/* A zeroed row of `cells` for a histogram series: counts only while the budget lasts,
+ * so huge bucket counts or many lightly touched series never cost more than O(n). */
+static ms_status row_take(batch *b, touched *t) {
+    size_t counts = (size_t)t->n_bounds + 1;
+    t->deferred = counts > b->budget;
+    size_t cells = t->deferred ? 1 : counts + 1;
+    if (!t->deferred) b->budget -= counts;
+    if (b->cap_rows - b->n_rows < cells) {
+        size_t cap = b->cap_rows ? b->cap_rows : 1024;
+        while (cap - b->n_rows < cells) cap *= 2;
+        cell *rows = ms_realloc(b->s, b->rows, b->cap_rows * sizeof *rows, cap * sizeof *rows);
+        if (!rows) return MS_ERR_NOMEM;
+        b->rows = rows;
+        b->cap_rows = cap;
+    }
+    t->row = b->n_rows;
+    memset(&b->rows[t->row], 0, cells * sizeof *b->rows);
+    b->n_rows += cells;
+    return MS_OK;
+}
+
+/* First sight of a series id in this batch: validate it, give it a touched entry. */
+static ms_status admit(batch *b, uint64_t id, uint32_t *k1) {
+    if (id >= b->n_total) return MS_ERR_UNKNOWN_SERIES;
+    ms_series *r = (ms_series *)ms_series_at(b->s, (uint32_t)id);
+    if ((r->metric_kind & 3u) != (uint32_t)b->kind) return MS_ERR_WRONG_KIND;
+    if (b->n_touched == b->cap_touched) {
+        size_t cap = b->cap_touched ? b->cap_touched * 2 : 64;
+        touched *t = ms_realloc(b->s, b->t, b->cap_touched * sizeof *t, cap * sizeof *t);
+        if (!t) return MS_ERR_NOMEM;
+        b->t = t;
+        b->cap_touched = cap;
+    }
+    touched *t = &b->t[b->n_touched];
+    memset(t, 0, sizeof *t);
+    t->r = r;
+    t->slots = ms_series_slots(r);
+    if (b->kind == MS_HISTOGRAM) {
+        const ms_metric *m = ms_metric_at(b->s, r->metric_kind >> 2);
+        t->bounds = m->bounds;
+        t->n_bounds = m->n_bounds;
+        ms_status st = row_take(b, t);
+        if (st != MS_OK) return st;
+        if (b->n_touched == 0) {
+            b->bounds = m->bounds;
+            b->n_bounds = m->n_bounds;
+            b->stride = (size_t)m->n_bounds + 2;
+        }
+        /* Equal bounds (another metric with the same buckets) search alike. */
+        if (t->deferred || m->n_bounds != b->n_bounds ||
+            (m->bounds != b->bounds &&
+             memcmp(m->bounds, b->bounds, m->n_bounds * sizeof *m->bounds) != 0))
+            b->uniform = 0;
+    }
+    *k1 = (uint32_t)++b->n_touched;
+    map_put(b, (uint32_t)id, *k1);
+    return MS_OK;
+}
+
+static ms_status defer(batch *b, uint32_t k, uint32_t bucket) {
+    if (b->n_deferred == b->cap_deferred) {
+        size_t cap = b->cap_deferred ? b->cap_deferred * 2 : 256;
+        uint64_t *d = ms_realloc(b->s, b->deferred, b->cap_deferred * sizeof *d, cap * sizeof *d);
+        if (!d) return MS_ERR_NOMEM;
+        b->deferred = d;
+        b->cap_deferred = cap;
+    }
+    b->deferred[b->n_deferred++] = (uint64_t)k << 32 | bucket;
+    return MS_OK;
+}
+
+/* ids[j]'s touched index + 1, admitting the series on first sight; 0 on error. */
+static inline uint32_t touch(batch *b, uint64_t id, ms_status *st) {
+    uint32_t k1 = id < b->n_total ? map_get(b, (uint32_t)id) : 0;
+    if (k1 == 0) *st = admit(b, id, &k1);
+    return k1;
+}
+
+/* Marks a series recorded (ACTIVE, not HIDDEN), as a single record does. */
+static inline void mark_recorded(ms_series *r) {
+    uintptr_t word = ms_series_word(r);
+    if (!(word & MS_SERIES_ACTIVE))
+        atomic_store_explicit(&r->slots_flags, (word & ~MS_SERIES_HIDDEN) | MS_SERIES_ACTIVE,
+                              memory_order_relaxed);
+}
+
+/* ---- reading typed, strided arrays a chunk at a time ---- */
+
+#define LOAD_EACH(T, OUT_EXPR)                       \
+    for (size_t j = 0; j < m; j++, p += a->stride) { \
+        T x;                                         \
+        memcpy(&x, p, sizeof x);                     \
+        buf[j] = (OUT_EXPR);                         \
+    }
+
+/* Integers as uint64: signed ones sign-extended (a negative id is then >= 2**63, an
+ * unknown series; a negative amount is caught by the caller). */
+static const uint64_t *ints_chunk(const ms_array *a, size_t at, size_t m, uint64_t *buf) {
+    const char *p = (const char *)a->data + (ptrdiff_t)at * a->stride;
+    int wide = a->dtype == MS_I64 || a->dtype == MS_U64;
+    if (wide && a->stride == 8 && ((uintptr_t)p & 7) == 0) return (const uint64_t *)p;
+    switch (a->dtype) {
+    case MS_I32: LOAD_EACH(int32_t, (uint64_t)(int64_t)x) break;
+    case MS_U32: LOAD_EACH(uint32_t, x) break;
+    default: LOAD_EACH(uint64_t, x) break;
+    }
+    return buf;
+}
+
+static const double *doubles_chunk(const ms_array *a, size_t at, size_t m, double *buf) {
+    const char *p = (const char *)a->data + (ptrdiff_t)at * a->stride;
+    if (a->dtype == MS_F64 && a->stride == 8 && ((uintptr_t)p & 7) == 0)
+        return (const double *)p;
+    switch (a->dtype) {
+    case MS_F32: LOAD_EACH(float, (double)x) break;
+    case MS_I32: LOAD_EACH(int32_t, (double)x) break;
+    case MS_I64: LOAD_EACH(int64_t, (double)x) break;
+    case MS_U32: LOAD_EACH(uint32_t, (double)x) break;
+    case MS_U64: LOAD_EACH(uint64_t, (double)x) break;
+    default: LOAD_EACH(double, x) break;
+    }
+    return buf;
+}
+
+#undef LOAD_EACH
+
+/* ---- counters ---- */
+
+static ms_status inc_chunk(batch *b, const uint64_t *ids, const uint64_t *amounts, int is_signed,
+                           size_t m, size_t at, size_t *bad) {
+    ms_status st = MS_OK;
+    size_t j;
+    for (j = 0; j < m; j++) {
+        uint32_t k1 = touch(b, ids[j], &st);
+        if (st != MS_OK) break;
+        uint64_t amount = amounts ? amounts[j] : 1;
+        if (is_signed && (int64_t)amount < 0) {
+            st = MS_ERR_INVALID_SAMPLE;
+            break;
+        }
+        b->t[k1 - 1].total += amount; /* mod 2**64, as the atomic add would be */
+    }
+    if (st != MS_OK) *bad = at + j;
+    return st;
+}
+
+ms_status ms_inc_array(ms_store *s, const ms_array *ids, const ms_array *amounts, size_t n,
+                       size_t *bad_index) {
+    if (n == 0) return MS_OK;
+    batch b;
+    ms_status st = batch_init(&b, s, MS_COUNTER, n);
+    uint64_t id_buf[CHUNK], amount_buf[CHUNK];
+    int is_signed = amounts && (amounts->dtype == MS_I32 || amounts->dtype == MS_I64);
+    for (size_t at = 0; at < n && st == MS_OK; at += CHUNK) {
+        size_t m = n - at < CHUNK ? n - at : CHUNK;
+        const uint64_t *ip = ints_chunk(ids, at, m, id_buf);
+        const uint64_t *ap = amounts ? ints_chunk(amounts, at, m, amount_buf) : NULL;
+        st = inc_chunk(&b, ip, ap, is_signed, m, at, bad_index);
+    }
+    if (st == MS_OK) {
+        for (size_t k = 0; k < b.n_touched; k++) {
+            mark_recorded(b.t[k].r);
+            ms_atomic_add_u64(b.t[k].slots, b.t[k].total);
         }
     }
-    for (size_t i = 0; i < n; i++) ms_inc_unchecked(s, ids[i], amounts ? amounts[i] : 1);
-    return MS_OK;
+    batch_free(&b);
+    return st;
+}
+
+ms_status ms_inc_many(ms_store *s, const uint64_t *ids, const uint64_t *amounts, size_t n,
+                      size_t *bad_index) {
+    ms_array i = {ids, sizeof *ids, MS_U64}, a = {amounts, sizeof *amounts, MS_U64};
+    return ms_inc_array(s, &i, amounts ? &a : NULL, n, bad_index);
+}
+
+/* ---- histograms ---- */
+
+static ms_status observe_chunk(batch *b, const uint64_t *ids, const double *values, size_t m,
+                               size_t at, size_t *bad) {
+    ms_status st = MS_OK;
+    size_t j = 0;
+    /* One set of bounds for the whole batch (the usual case): row k is at k * stride,
+     * and the bounds stay in registers. */
+    const double *bounds = b->bounds;
+    uint32_t n_bounds = b->n_bounds;
+    size_t stride = b->stride;
+    for (; j < m && b->uniform; j++) {
+        uint64_t id = ids[j];
+        double v = values[j];
+        uint32_t k1 = id < b->n_total ? map_get(b, (uint32_t)id) : 0;
+        if (k1 == 0) {
+            if ((st = admit(b, id, &k1)) != MS_OK) break;
+            if (!b->uniform) break; /* this series and the rest: the general loop */
+            bounds = b->bounds;
+            n_bounds = b->n_bounds;
+            stride = b->stride;
+        }
+        if (isnan(v)) {
+            st = MS_ERR_INVALID_SAMPLE;
+            break;
+        }
+        cell *row = &b->rows[(size_t)(k1 - 1) * stride];
+        row[0].d += v;
+        row[1 + bucket_of(bounds, n_bounds, v)].n++;
+    }
+    for (; j < m && st == MS_OK; j++) {
+        double v = values[j];
+        uint32_t k1 = touch(b, ids[j], &st);
+        if (st != MS_OK) break;
+        if (isnan(v)) {
+            st = MS_ERR_INVALID_SAMPLE;
+            break;
+        }
+        touched *t = &b->t[k1 - 1];
+        cell *row = &b->rows[t->row];
+        uint32_t bucket = bucket_of(t->bounds, t->n_bounds, v);
+        row[0].d += v;
+        if (!t->deferred) {
+            row[1 + bucket].n++;
+        } else if (defer(b, k1 - 1, bucket) != MS_OK) {
+            return MS_ERR_NOMEM; /* not an element's fault: no index */
+        }
+    }
+    if (st != MS_OK) *bad = at + j;
+    return st;
+}
+
+ms_status ms_observe_array(ms_store *s, const ms_array *ids, const ms_array *values, size_t n,
+                           size_t *bad_index) {
+    if (n == 0) return MS_OK;
+    batch b;
+    ms_status st = batch_init(&b, s, MS_HISTOGRAM, n);
+    uint64_t id_buf[CHUNK];
+    double value_buf[CHUNK];
+    for (size_t at = 0; at < n && st == MS_OK; at += CHUNK) {
+        size_t m = n - at < CHUNK ? n - at : CHUNK;
+        const uint64_t *ip = ints_chunk(ids, at, m, id_buf);
+        const double *vp = doubles_chunk(values, at, m, value_buf);
+        st = observe_chunk(&b, ip, vp, m, at, bad_index);
+    }
+    if (st == MS_OK) {
+        for (size_t k = 0; k < b.n_touched; k++) {
+            touched *t = &b.t[k];
+            const cell *row = &b.rows[t->row];
+            mark_recorded(t->r);
+            if (!t->deferred)
+                for (uint32_t i = 0; i <= t->n_bounds; i++)
+                    if (row[1 + i].n) ms_atomic_add_u64(&t->slots[i], row[1 + i].n);
+            ms_atomic_add_double(&t->slots[t->n_bounds + 1], row[0].d);
+        }
+        for (size_t i = 0; i < b.n_deferred; i++) {
+            uint64_t e = b.deferred[i];
+            ms_atomic_add_u64(&b.t[e >> 32].slots[(uint32_t)e], 1);
+        }
+    }
+    batch_free(&b);
+    return st;
 }
 
 ms_status ms_observe_many(ms_store *s, const uint64_t *ids, const double *values, size_t n,
                           size_t *bad_index) {
-    for (size_t i = 0; i < n; i++) {
-        ms_status st = ms_check(s, ids[i], MS_HISTOGRAM);
-        if (st == MS_OK && isnan(values[i])) st = MS_ERR_INVALID_SAMPLE;
-        if (st != MS_OK) {
-            *bad_index = i;
-            return st;
-        }
-    }
-    for (size_t i = 0; i < n; i++) ms_observe_unchecked(s, ids[i], values[i]);
-    return MS_OK;
+    ms_array i = {ids, sizeof *ids, MS_U64}, v = {values, sizeof *values, MS_F64};
+    return ms_observe_array(s, &i, &v, n, bad_index);
 }
 
 /* ---- reading values ---------------------------------------------------------------- */

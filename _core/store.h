@@ -104,11 +104,33 @@ void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n);
 void ms_observe_unchecked(ms_store *s, uint64_t series, double v);
 
 /* Whole batches: nothing is recorded unless every element is valid; on error
- * *bad_index is the first bad element. amounts NULL means 1 each. */
+ * *bad_index is the first bad element (MS_ERR_NOMEM: scratch memory ran out, nothing
+ * recorded, *bad_index not set). amounts NULL means 1 each.
+ *
+ * A batch is aggregated privately first and then applied with one atomic add per
+ * touched slot: per series one count per bucket and one partial sum. The partial sum
+ * of a series is its batch values added one at a time in index order, starting from
+ * 0.0; it is then added to the series' sum once (docs/store.md, "Sums in batches").
+ * Memory: O(n) scratch from the store's allocator, freed before returning. */
 ms_status ms_inc_many(ms_store *s, const uint64_t *ids, const uint64_t *amounts, size_t n,
                       size_t *bad_index);
 ms_status ms_observe_many(ms_store *s, const uint64_t *ids, const double *values, size_t n,
                           size_t *bad_index);
+
+/* The same over typed, strided 1-D arrays (numpy buffers as they are, no copy):
+ * signed ids below 0 are unknown series, signed amounts below 0 invalid samples,
+ * integer values converted to double as a C cast does. Any alignment is accepted. */
+typedef enum ms_dtype { MS_I32, MS_I64, MS_U32, MS_U64, MS_F32, MS_F64 } ms_dtype;
+typedef struct ms_array {
+    const void *data;
+    ptrdiff_t stride; /* in bytes */
+    ms_dtype dtype;
+} ms_array;
+
+ms_status ms_inc_array(ms_store *s, const ms_array *ids, const ms_array *amounts, size_t n,
+                       size_t *bad_index);
+ms_status ms_observe_array(ms_store *s, const ms_array *ids, const ms_array *values, size_t n,
+                           size_t *bad_index);
 
 /* Idle-series expiry (docs/store.md, "Idle-series expiry"). Every series carries an
  * ACTIVE flag, set at creation and by every record. ms_expire_idle clears it on active

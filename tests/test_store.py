@@ -697,6 +697,31 @@ def test_observe_many_equals_a_loop_of_observe(backend: Backend) -> None:
     assert store.render() == loop_store.render()
 
 
+def test_observe_many_adds_one_partial_sum_per_series(backend: Backend) -> None:
+    """docs/store.md, "Sums in batches": per series, the batch's values are summed in index
+    order from 0.0 and that partial sum is added to ``_sum`` once (not value by value)."""
+    store = make(backend)
+    m = store.histogram("h", "", ("k",))
+    a, b = store.series(m, ("a",)), store.series(m, ("b",))
+    store.observe(a, 1e16)  # doubles are 2 apart here: a lone +1.0 rounds away
+    store.observe(b, -1e16)
+    ids = np.array([a, b, a, b, a], dtype=np.int64)
+    values = [1.0, 3.0, 1.0, -1.0, 2.0]
+    store.observe_many(ids, np.array(values))
+    for sid, start in ((a, 1e16), (b, -1e16)):
+        partial = 0.0
+        for i, v in zip(ids.tolist(), values):
+            if i == sid:
+                partial += v
+        one_at_a_time = start
+        for i, v in zip(ids.tolist(), values):
+            if i == sid:
+                one_at_a_time += v
+        assert store.histogram_value(sid)[1] == start + partial
+        if sid == a:
+            assert start + partial != one_at_a_time  # the two rules differ here
+
+
 def test_observe_many_float32_is_converted_exactly(batch: tuple[Any, list[int], int, int]) -> None:
     store, _, _, h = batch
     v = np.array([0.1], dtype=np.float32)

@@ -507,6 +507,168 @@ static void test_threads(void) {
     ms_store_free(s);
 }
 
+/* ---- batches: private aggregation, typed arrays, every scratch path ------------------ */
+
+static double hist_sum(ms_store *s, uint32_t sid, uint64_t *counts) {
+    double sum = -1;
+    CHECK(ms_histogram_value(s, sid, counts, &sum) == MS_OK);
+    return sum;
+}
+
+/* docs/store.md "Sums in batches": per series, the batch's values are summed in index
+ * order from 0.0, and that partial sum is added once. */
+static void test_batch_partial_sums(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    ms_strref names[] = {S("k")};
+    double bounds[] = {1, 2};
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", names, 1, bounds, 2, 0);
+    uint32_t a = series1(s, h, "a"), b = series1(s, h, "b");
+    CHECK(ms_observe(s, a, 1e16) == MS_OK && ms_observe(s, b, -1e16) == MS_OK);
+    uint64_t ids[] = {a, b, a, b, a};
+    double values[] = {1, 3, 1, -1, 2};
+    size_t bad = 99;
+    CHECK(ms_observe_many(s, ids, values, 5, &bad) == MS_OK);
+    uint64_t counts[3];
+    volatile double big = 1e16; /* the one-at-a-time sum would be 1e16 + 2 */
+    CHECK(hist_sum(s, a, counts) == big + 4.0);
+    CHECK(counts[0] == 2 && counts[1] == 1 && counts[2] == 1); /* 1e16 is +Inf */
+    CHECK(hist_sum(s, b, counts) == -big + 2.0);
+    CHECK(counts[0] == 2 && counts[1] == 0 && counts[2] == 1);
+    ms_store_free(s);
+}
+
+/* Typed, strided, misaligned arrays; negative signed ids and amounts. */
+static void test_batch_arrays(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    ms_strref names[] = {S("k")};
+    double bounds[] = {1, 2};
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", names, 1, bounds, 2, 0);
+    uint32_t ca = series1(s, c, "a"), cb = series1(s, c, "b"), ha = series1(s, h, "a");
+    /* int32 ids at every other element (stride 8), uint32 amounts. */
+    int32_t ids32[] = {(int32_t)ca, 77, (int32_t)cb, 77, (int32_t)ca, 77};
+    uint32_t am32[] = {5, 7, 9};
+    ms_array ids = {ids32, 8, MS_I32}, amounts = {am32, 4, MS_U32};
+    size_t bad = 99;
+    uint64_t v;
+    CHECK(ms_inc_array(s, &ids, &amounts, 3, &bad) == MS_OK);
+    CHECK(ms_counter_value(s, ca, &v) == MS_OK && v == 14);
+    CHECK(ms_counter_value(s, cb, &v) == MS_OK && v == 7);
+    /* Negative id: unknown; negative amount: invalid; nothing recorded either way. */
+    int64_t neg_ids[] = {ca, -1}, amounts64[] = {1, 1, -3};
+    ms_array nid = {neg_ids, 8, MS_I64}, a64 = {amounts64, 8, MS_I64};
+    CHECK(ms_inc_array(s, &nid, NULL, 2, &bad) == MS_ERR_UNKNOWN_SERIES && bad == 1);
+    int64_t ok_ids[] = {ca, cb, ca};
+    ms_array oid = {ok_ids, 8, MS_I64};
+    CHECK(ms_inc_array(s, &oid, &a64, 3, &bad) == MS_ERR_INVALID_SAMPLE && bad == 2);
+    CHECK(ms_counter_value(s, ca, &v) == MS_OK && v == 14);
+    /* Reversed (negative stride) misaligned int64 ids, float32 values. */
+    char raw[1 + 3 * 8];
+    uint64_t hid = ha;
+    for (int i = 0; i < 3; i++) memcpy(raw + 1 + 8 * i, &hid, 8);
+    float f32[] = {0.5f, 1.5f, 9.0f};
+    ms_array rid = {raw + 1 + 16, -8, MS_U64}, fv = {f32, 4, MS_F32};
+    CHECK(ms_observe_array(s, &rid, &fv, 3, &bad) == MS_OK);
+    uint64_t counts[3];
+    CHECK(hist_sum(s, ha, counts) == 11.0 && counts[0] == 1 && counts[1] == 1 && counts[2] == 1);
+    /* Integer values are converted; the id is checked before the value at one index. */
+    int64_t iv[] = {2, 3};
+    uint64_t hids[] = {ha, ca};
+    ms_array iva = {iv, 8, MS_I64}, hida = {hids, 8, MS_U64};
+    CHECK(ms_observe_array(s, &hida, &iva, 2, &bad) == MS_ERR_WRONG_KIND && bad == 1);
+    CHECK(ms_observe_array(s, &hida, &iva, 1, &bad) == MS_OK);
+    CHECK(hist_sum(s, ha, counts) == 13.0 && counts[1] == 2);
+    double nan_first[] = {NAN};
+    uint64_t unknown[] = {1000};
+    CHECK(ms_observe_many(s, unknown, nan_first, 1, &bad) == MS_ERR_UNKNOWN_SERIES && bad == 0);
+    ms_store_free(s);
+}
+
+/* A big store next to a small batch (hashed id map), several bucket layouts in one
+ * batch (the general loop), and a histogram whose buckets exceed the scratch budget
+ * (deferred buckets): all must record exactly what single calls would. */
+static void test_batch_paths(void) {
+    ms_store *s = ms_store_new(NULL, 100000);
+    ms_strref names[] = {S("k")};
+    double b2[] = {1, 2}, b3[] = {1, 2, 3}, b2same[] = {1, 2};
+    uint32_t h2 = metric(s, MS_HISTOGRAM, "h2", "", names, 1, b2, 2, 0);
+    uint32_t h3 = metric(s, MS_HISTOGRAM, "h3", "", names, 1, b3, 3, 0);
+    uint32_t hs = metric(s, MS_HISTOGRAM, "hs", "", names, 1, b2same, 2, 0);
+    uint32_t nb = 70000; /* counts (nb + 1) > 2n + 65536 for small n: deferred */
+    double *many = malloc(nb * sizeof *many);
+    for (uint32_t i = 0; i < nb; i++) many[i] = i;
+    uint32_t hb = metric(s, MS_HISTOGRAM, "hb", "", names, 1, many, nb, 0);
+    char v[16];
+    uint32_t first = 0, last = 0;
+    for (int i = 0; i < 10000; i++) {
+        snprintf(v, sizeof v, "v%d", i);
+        last = series1(s, h2, v);
+        if (i == 0) first = last;
+    }
+    uint32_t x3 = series1(s, h3, "x"), xs = series1(s, hs, "x"), xb = series1(s, hb, "x");
+    uint64_t ids[] = {last, first, x3, last, xs, xb, xb, x3};
+    double values[] = {0.5, 1.5, 2.5, 9, 1, 69998.5, 70000, 3};
+    size_t bad = 99;
+    CHECK(ms_observe_many(s, ids, values, 8, &bad) == MS_OK);
+    uint64_t *counts = malloc((nb + 1) * sizeof *counts);
+    CHECK(hist_sum(s, last, counts) == 9.5 && counts[0] == 1 && counts[2] == 1);
+    CHECK(hist_sum(s, first, counts) == 1.5 && counts[1] == 1);
+    CHECK(hist_sum(s, x3, counts) == 5.5 && counts[2] == 2 && counts[3] == 0);
+    CHECK(hist_sum(s, xs, counts) == 1 && counts[0] == 1);
+    CHECK(hist_sum(s, xb, counts) == 139998.5);
+    CHECK(counts[69999] == 1 && counts[70000] == 1 && counts[69998] == 0);
+    /* Equal bounds of two metrics, one batch: still exact. */
+    uint64_t same[] = {first, xs, first};
+    double sv[] = {2, 2, 3};
+    CHECK(ms_observe_many(s, same, sv, 3, &bad) == MS_OK);
+    CHECK(hist_sum(s, first, counts) == 6.5 && counts[1] == 2 && counts[2] == 1);
+    CHECK(hist_sum(s, xs, counts) == 3 && counts[1] == 1);
+    free(counts);
+    free(many);
+    ms_store_free(s);
+}
+
+/* Scratch allocations failing: MS_ERR_NOMEM, nothing recorded, nothing leaked. */
+static void test_batch_out_of_memory(void) {
+    live_bytes = 0;
+    ms_store *s = ms_store_new(&counting, 1000);
+    ms_strref names[] = {S("k")};
+    double bounds[] = {1};
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", names, 1, bounds, 1, 0);
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
+    enum { N = 200 };
+    uint64_t hids[N], cids[N];
+    double values[N];
+    char v[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(v, sizeof v, "v%d", i);
+        hids[i] = series1(s, h, v);
+        cids[i] = series1(s, c, v);
+        values[i] = i % 3;
+    }
+    size_t before = live_bytes, bad;
+    int failed = 0, observed = 0, incremented = 0;
+    for (long k = 0; k < 10; k++) {
+        fail_after = k;
+        ms_status a = ms_observe_many(s, hids, values, N, &bad);
+        ms_status b = ms_inc_many(s, cids, NULL, N, &bad);
+        fail_after = -1;
+        CHECK(a == MS_OK || a == MS_ERR_NOMEM);
+        CHECK(b == MS_OK || b == MS_ERR_NOMEM);
+        failed += (a == MS_ERR_NOMEM) + (b == MS_ERR_NOMEM);
+        observed += a == MS_OK;
+        incremented += b == MS_OK;
+        uint64_t counts[2], n = 0;
+        CHECK(hist_sum(s, (uint32_t)hids[2], counts) == 2.0 * observed);
+        CHECK(counts[1] == (uint64_t)observed);
+        CHECK(ms_counter_value(s, cids[0], &n) == MS_OK && n == (uint64_t)incremented);
+        CHECK(live_bytes == before && ms_store_memory(s) == live_bytes);
+    }
+    CHECK(failed > 0);
+    ms_store_free(s);
+    CHECK(live_bytes == 0);
+}
+
 /* ---- idle-series expiry ------------------------------------------------------------ */
 
 static int visible(ms_store *s, uint32_t sid) {
@@ -677,6 +839,10 @@ int main(void) {
     test_memory_accounting();
     test_out_of_memory();
     test_threads();
+    test_batch_partial_sums();
+    test_batch_arrays();
+    test_batch_paths();
+    test_batch_out_of_memory();
     test_expire_idle();
     test_expire_threads();
     if (failures) {

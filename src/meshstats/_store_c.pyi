@@ -216,6 +216,8 @@ class Store:
         ((1, 1), 3.5)
 
         ``values`` is float64; float32 and int32/int64/uint32/uint64 are converted.
+        All or nothing, like ``inc_many``. Each series' ``_sum`` grows by one partial sum:
+        its batch values added in index order from 0.0 (docs/store.md, "Sums in batches").
         """
     def value(self, series: int) -> int | float:
         """A counter's value (int) or a gauge's (float).

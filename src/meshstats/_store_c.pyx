@@ -15,7 +15,9 @@ Python object and never take a lock. The contract is ``docs/store.md``.
 
 import operator
 import re
+import sys
 
+from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -98,9 +100,21 @@ cdef extern from "store.h" nogil:
     ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n)
     ms_status ms_set(ms_store *s, uint64_t series, double v)
     ms_status ms_observe(ms_store *s, uint64_t series, double v)
-    ms_status ms_check(const ms_store *s, uint64_t series, ms_kind kind)
-    void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n)
-    void ms_observe_unchecked(ms_store *s, uint64_t series, double v)
+    ctypedef enum ms_dtype:
+        MS_I32
+        MS_I64
+        MS_U32
+        MS_U64
+        MS_F32
+        MS_F64
+    ctypedef struct ms_array:
+        const void *data
+        ptrdiff_t stride
+        ms_dtype dtype
+    ms_status ms_inc_array(ms_store *s, const ms_array *ids, const ms_array *amounts, size_t n,
+                           size_t *bad_index)
+    ms_status ms_observe_array(ms_store *s, const ms_array *ids, const ms_array *values,
+                               size_t n, size_t *bad_index)
     ms_status ms_counter_value(const ms_store *s, uint64_t series, uint64_t *out)
     ms_status ms_gauge_value(const ms_store *s, uint64_t series, double *out)
     ms_status ms_histogram_value(const ms_store *s, uint64_t series, uint64_t *counts,
@@ -140,34 +154,9 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _TWO64 = 2**64
 
-# Batch dtype codes, from a buffer's format and item size.
-cdef enum:
-    K_I32
-    K_I64
-    K_U32
-    K_U64
-    K_F32
-    K_F64
-
-ctypedef fused ids_t:
-    int32_t
-    int64_t
-    uint32_t
-    uint64_t
-
-ctypedef fused amounts_t:
-    int32_t
-    int64_t
-    uint32_t
-    uint64_t
-
-ctypedef fused values_t:
-    float
-    double
-    int32_t
-    int64_t
-    uint32_t
-    uint64_t
+# A buffer's format is native-endian if it has no prefix, '@' or '=', or the prefix
+# that names this machine's byte order.
+_NATIVE_PREFIXES = "@=" + ("<" if sys.byteorder == "little" else ">!")
 
 
 cdef str _family(ms_kind kind, str name):
@@ -253,163 +242,49 @@ cdef const char *_utf8(object text, Py_ssize_t *size, object error, str what) ex
         raise error(f"{what} cannot be encoded as UTF-8: {exc}") from None
 
 
-cdef int _format(object array, str what, bint floats) except -1:
-    """The dtype code of a 1-D buffer, or ArrayTypeError."""
+cdef int _array(object array, Py_buffer *view, str what, bint floats, ms_array *out) except -1:
+    """Fill ``view`` (the caller releases it) and ``out`` from a 1-D buffer, or raise
+    ArrayTypeError. Strided and read-only buffers are used in place, without a copy."""
     try:
-        view = memoryview(array)
-    except TypeError:
+        PyObject_GetBuffer(array, view, PyBUF_RECORDS_RO)
+    except (TypeError, BufferError):
         raise ArrayTypeError(
             f"{what} must be a 1-D buffer (numpy array, array.array, memoryview), "
             f"got {type(array).__name__}") from None
-    if view.ndim != 1:
-        raise ArrayTypeError(f"{what} must be 1-D, got {view.ndim}-D")
-    fmt = view.format
-    if len(fmt) == 2 and fmt[0] in "@=<":
-        # '<' is native here only on little-endian machines; Cython checks again.
-        fmt = fmt[1:]
-    size = view.itemsize
-    if len(fmt) == 1 and size in (4, 8):
-        if fmt in "ilqn":
-            return K_I32 if size == 4 else K_I64
-        if fmt in "ILQN":
-            return K_U32 if size == 4 else K_U64
-        if floats and fmt == "f" and size == 4:
-            return K_F32
-        if floats and fmt == "d" and size == 8:
-            return K_F64
-    accepted = "int32/int64/uint32/uint64" + ("/float32/float64" if floats else "")
-    raise ArrayTypeError(f"{what} must have dtype {accepted}, got format {view.format!r}")
+    try:
+        if view.ndim != 1:
+            raise ArrayTypeError(f"{what} must be 1-D, got {view.ndim}-D")
+        fmt = (<bytes>view.format).decode("ascii") if view.format is not NULL else "B"
+        shown = fmt
+        if len(fmt) == 2 and fmt[0] in _NATIVE_PREFIXES:
+            fmt = fmt[1:]
+        size = view.itemsize
+        out.data = view.buf
+        out.stride = view.strides[0]
+        if len(fmt) == 1 and size in (4, 8):
+            if fmt in "ilqn":
+                out.dtype = MS_I32 if size == 4 else MS_I64
+                return 0
+            if fmt in "ILQN":
+                out.dtype = MS_U32 if size == 4 else MS_U64
+                return 0
+            if floats and fmt == "f" and size == 4:
+                out.dtype = MS_F32
+                return 0
+            if floats and fmt == "d" and size == 8:
+                out.dtype = MS_F64
+                return 0
+        accepted = "int32/int64/uint32/uint64" + ("/float32/float64" if floats else "")
+        raise ArrayTypeError(f"{what} must have dtype {accepted}, got format {shown!r}")
+    except BaseException:
+        PyBuffer_Release(view)
+        raise
 
 
 cdef int _same_length(Py_ssize_t n, Py_ssize_t m, str other) except -1:
     if n != m:
         raise BatchShapeError(f"ids and {other} differ in length: {n} != {m}")
     return 0
-
-
-# ---- batch kernels: no Python objects, no GIL ----------------------------------------
-
-cdef Py_ssize_t _inc_ones(ms_store *s, const ids_t[:] ids, ms_status *status) noexcept nogil:
-    cdef Py_ssize_t i, n = ids.shape[0]
-    cdef ms_status st
-    for i in range(n):
-        st = ms_check(s, <uint64_t>ids[i], MS_COUNTER)
-        if st != MS_OK:
-            status[0] = st
-            return i
-    for i in range(n):
-        ms_inc_unchecked(s, <uint64_t>ids[i], 1)
-    return -1
-
-
-cdef Py_ssize_t _inc_amounts(ms_store *s, const ids_t[:] ids, const amounts_t[:] amounts,
-                             ms_status *status) noexcept nogil:
-    cdef Py_ssize_t i, n = ids.shape[0]
-    cdef ms_status st
-    for i in range(n):
-        st = ms_check(s, <uint64_t>ids[i], MS_COUNTER)
-        if st == MS_OK and amounts[i] < 0:
-            st = MS_ERR_INVALID_SAMPLE
-        if st != MS_OK:
-            status[0] = st
-            return i
-    for i in range(n):
-        ms_inc_unchecked(s, <uint64_t>ids[i], <uint64_t>amounts[i])
-    return -1
-
-
-cdef Py_ssize_t _observe_values(ms_store *s, const ids_t[:] ids, const values_t[:] values,
-                                ms_status *status) noexcept nogil:
-    cdef Py_ssize_t i, n = ids.shape[0]
-    cdef ms_status st
-    for i in range(n):
-        st = ms_check(s, <uint64_t>ids[i], MS_HISTOGRAM)
-        if values_t is float or values_t is double:
-            if st == MS_OK and isnan(values[i]):
-                st = MS_ERR_INVALID_SAMPLE
-        if st != MS_OK:
-            status[0] = st
-            return i
-    for i in range(n):
-        ms_observe_unchecked(s, <uint64_t>ids[i], <double>values[i])
-    return -1
-
-
-cdef Py_ssize_t _inc_typed(Store store, const ids_t[:] ids, object amounts, int kind,
-                           ms_status *status) except -2:
-    cdef const int32_t[:] a_i32
-    cdef const int64_t[:] a_i64
-    cdef const uint32_t[:] a_u32
-    cdef const uint64_t[:] a_u64
-    cdef Py_ssize_t bad = -1
-    cdef ms_store *s = store._s
-    if amounts is None:
-        with nogil:
-            bad = _inc_ones(s, ids, status)
-    elif kind == K_I32:
-        a_i32 = amounts
-        _same_length(ids.shape[0], a_i32.shape[0], "amounts")
-        with nogil:
-            bad = _inc_amounts(s, ids, a_i32, status)
-    elif kind == K_I64:
-        a_i64 = amounts
-        _same_length(ids.shape[0], a_i64.shape[0], "amounts")
-        with nogil:
-            bad = _inc_amounts(s, ids, a_i64, status)
-    elif kind == K_U32:
-        a_u32 = amounts
-        _same_length(ids.shape[0], a_u32.shape[0], "amounts")
-        with nogil:
-            bad = _inc_amounts(s, ids, a_u32, status)
-    else:
-        a_u64 = amounts
-        _same_length(ids.shape[0], a_u64.shape[0], "amounts")
-        with nogil:
-            bad = _inc_amounts(s, ids, a_u64, status)
-    return bad
-
-
-cdef Py_ssize_t _observe_typed(Store store, const ids_t[:] ids, object values, int kind,
-                               ms_status *status) except -2:
-    cdef const float[:] v_f32
-    cdef const double[:] v_f64
-    cdef const int32_t[:] v_i32
-    cdef const int64_t[:] v_i64
-    cdef const uint32_t[:] v_u32
-    cdef const uint64_t[:] v_u64
-    cdef Py_ssize_t bad = -1
-    cdef ms_store *s = store._s
-    if kind == K_F64:
-        v_f64 = values
-        _same_length(ids.shape[0], v_f64.shape[0], "values")
-        with nogil:
-            bad = _observe_values(s, ids, v_f64, status)
-    elif kind == K_F32:
-        v_f32 = values
-        _same_length(ids.shape[0], v_f32.shape[0], "values")
-        with nogil:
-            bad = _observe_values(s, ids, v_f32, status)
-    elif kind == K_I32:
-        v_i32 = values
-        _same_length(ids.shape[0], v_i32.shape[0], "values")
-        with nogil:
-            bad = _observe_values(s, ids, v_i32, status)
-    elif kind == K_I64:
-        v_i64 = values
-        _same_length(ids.shape[0], v_i64.shape[0], "values")
-        with nogil:
-            bad = _observe_values(s, ids, v_i64, status)
-    elif kind == K_U32:
-        v_u32 = values
-        _same_length(ids.shape[0], v_u32.shape[0], "values")
-        with nogil:
-            bad = _observe_values(s, ids, v_u32, status)
-    else:
-        v_u64 = values
-        _same_length(ids.shape[0], v_u64.shape[0], "values")
-        with nogil:
-            bad = _observe_values(s, ids, v_u64, status)
-    return bad
 
 
 cdef class Store:
@@ -752,11 +627,13 @@ cdef class Store:
         if st != MS_OK:
             self._record_error(st, series, "observe", "histogram", v)
 
-    cdef int _batch_error(self, ms_status st, Py_ssize_t bad, object ids, object values,
+    cdef int _batch_error(self, ms_status st, size_t bad, object ids, object values,
                           str method, str wanted) except -1:
         """Name the first bad element as ``ids[i]``, ``amounts[i]`` or ``values[i]``."""
         cdef uint32_t m
         cdef ms_metric_info info
+        if st == MS_ERR_NOMEM:
+            _raise(st, f"{method}: out of memory for the batch's scratch")
         sid = int(ids[bad])
         if st == MS_ERR_UNKNOWN_SERIES:
             _raise(st, f"{method}: ids[{bad}] = {sid} is not a known series", sid)
@@ -772,8 +649,9 @@ cdef class Store:
     def inc_many(self, ids, amounts=None):
         """Add ``amounts[i]`` (default 1) to counter ``ids[i]`` for every ``i``, in C.
 
-        All-or-nothing: the batch is checked first and a bad element raises, naming its
-        index, before anything is recorded.
+        All-or-nothing: a bad element raises, naming its index, and nothing is recorded.
+        The batch is summed per series privately (GIL released), then added with one
+        atomic add per series.
 
         >>> import numpy as np
         >>> store = Store()
@@ -781,34 +659,36 @@ cdef class Store:
         >>> store.inc_many(np.array([sid, sid]), np.array([2, 3])); store.value(sid)
         5
         """
-        cdef int ik = _format(ids, "ids", False)
-        cdef int ak = -1 if amounts is None else _format(amounts, "amounts", False)
-        cdef const int32_t[:] i32
-        cdef const int64_t[:] i64
-        cdef const uint32_t[:] u32
-        cdef const uint64_t[:] u64
+        cdef Py_buffer iview, aview
+        cdef ms_array ia, aa
+        cdef const ms_array *ap = NULL
         cdef ms_status st = MS_OK
-        cdef Py_ssize_t bad
-        if ik == K_I32:
-            i32 = ids
-            bad = _inc_typed(self, i32, amounts, ak, &st)
-        elif ik == K_I64:
-            i64 = ids
-            bad = _inc_typed(self, i64, amounts, ak, &st)
-        elif ik == K_U32:
-            u32 = ids
-            bad = _inc_typed(self, u32, amounts, ak, &st)
-        else:
-            u64 = ids
-            bad = _inc_typed(self, u64, amounts, ak, &st)
-        if bad >= 0:
+        cdef size_t bad = 0, n
+        _array(ids, &iview, "ids", False, &ia)
+        try:
+            n = <size_t>iview.shape[0]
+            if amounts is not None:
+                _array(amounts, &aview, "amounts", False, &aa)
+                ap = &aa
+            try:
+                if ap is not NULL:
+                    _same_length(iview.shape[0], aview.shape[0], "amounts")
+                with nogil:
+                    st = ms_inc_array(self._s, &ia, ap, n, &bad)
+            finally:
+                if ap is not NULL:
+                    PyBuffer_Release(&aview)
+        finally:
+            PyBuffer_Release(&iview)
+        if st != MS_OK:
             self._batch_error(st, bad, ids, amounts, "inc_many", "counter")
 
     def observe_many(self, ids, values):
         """Record ``values[i]`` in histogram ``ids[i]`` for every ``i``, in C.
 
         ``values`` is float64 (float32 and integer arrays are converted); NaN refuses
-        the whole batch.
+        the whole batch. Each series' ``_sum`` grows by the batch's values for it, added
+        in index order into a partial sum first (``docs/store.md``, "Sums in batches").
 
         >>> import numpy as np
         >>> store = Store()
@@ -817,27 +697,23 @@ cdef class Store:
         >>> store.histogram_value(sid)
         ((1, 1), 3.5)
         """
-        cdef int ik = _format(ids, "ids", False)
-        cdef int vk = _format(values, "values", True)
-        cdef const int32_t[:] i32
-        cdef const int64_t[:] i64
-        cdef const uint32_t[:] u32
-        cdef const uint64_t[:] u64
+        cdef Py_buffer iview, vview
+        cdef ms_array ia, va
         cdef ms_status st = MS_OK
-        cdef Py_ssize_t bad
-        if ik == K_I32:
-            i32 = ids
-            bad = _observe_typed(self, i32, values, vk, &st)
-        elif ik == K_I64:
-            i64 = ids
-            bad = _observe_typed(self, i64, values, vk, &st)
-        elif ik == K_U32:
-            u32 = ids
-            bad = _observe_typed(self, u32, values, vk, &st)
-        else:
-            u64 = ids
-            bad = _observe_typed(self, u64, values, vk, &st)
-        if bad >= 0:
+        cdef size_t bad = 0, n
+        _array(ids, &iview, "ids", False, &ia)
+        try:
+            n = <size_t>iview.shape[0]
+            _array(values, &vview, "values", True, &va)
+            try:
+                _same_length(iview.shape[0], vview.shape[0], "values")
+                with nogil:
+                    st = ms_observe_array(self._s, &ia, &va, n, &bad)
+            finally:
+                PyBuffer_Release(&vview)
+        finally:
+            PyBuffer_Release(&iview)
+        if st != MS_OK:
             self._batch_error(st, bad, ids, values, "observe_many", "histogram")
 
     # ---- reading ---------------------------------------------------------------------

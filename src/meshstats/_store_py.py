@@ -648,11 +648,17 @@ class Store:
         if bad_value >= 0:
             raise InvalidSampleError(f"values[{bad_value}] is NaN")
         vals, counts, bounds, state = self._vals, self._counts, self._bounds, self._state
+        # The compiled store's rule (docs/store.md, "Sums in batches"): each series' values
+        # summed in index order from 0.0, then added to its _sum once. Same float
+        # operations in the same order, so the twin's sums equal C's bit for bit.
+        partial: dict[int, float] = {}
+        for sid, value in zip(ids_arr.tolist(), floats.tolist()):
+            partial[sid] = partial.get(sid, 0.0) + value
         with self._lock:
-            # One value at a time, in order: sums equal a loop of observe() bit for bit.
             for sid, value in zip(ids_arr.tolist(), floats.tolist()):
                 counts[sid][bisect_left(bounds[sid], value)] += 1
-                vals[sid] += value
+            for sid, total in partial.items():
+                vals[sid] += total
                 state[sid] = _ACTIVE
 
     # -- reading -------------------------------------------------------------------------
