@@ -52,6 +52,7 @@ from .exposition import (
     serve_in_background,
 )
 from .peer_metadata import PeerMetadata, namespace_from_principal
+from .registry import WorkloadRegistry
 
 #: True when every compiled module loaded (neither disabled nor missing).
 HAS_EXTENSION: bool = bool(_store.COMPILED and _peer_exchange.COMPILED)
@@ -89,6 +90,7 @@ __all__ = [
     "Store",
     "TcpConnection",
     "UnknownSeriesError",
+    "WorkloadRegistry",
     "decode_peer_header",
     "decode_peer_prefix",
     "encode_peer_header",
