@@ -112,6 +112,7 @@ struct ms_store {
     ms_pvec labelsets;            /* const uint32_t *: [n, id0, id1, ...] */
     ms_table string_table, labelset_table, series_table;
     uint32_t overflow_string;     /* id of "__overflow__", MS_NO_SERIES until used */
+    _Atomic size_t render_hint;   /* bytes of the last render: the next one's first size */
 };
 
 static inline const ms_metric *ms_metric_at(const ms_store *s, uint32_t id) {

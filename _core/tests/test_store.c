@@ -378,6 +378,53 @@ static void test_render_counter_without_total(void) {
     ms_store_free(s);
 }
 
+/* A caller-owned output buffer (how the Python glue renders into a bytes object): the
+ * same bytes as the store's own buffer, grown only through the callback, none of it
+ * counted by the store; a failing grow is MS_ERR_NOMEM. */
+typedef struct grow_ctx {
+    char *data;
+    int calls, fail_at;
+} grow_ctx;
+
+static char *test_grow(void *ctx, size_t cap) {
+    grow_ctx *g = ctx;
+    if (g->calls++ == g->fail_at) return NULL;
+    char *p = realloc(g->data, cap);
+    if (p) g->data = p;
+    return p;
+}
+
+static void test_render_caller_buffer(void) {
+    ms_store *s = ms_store_new(NULL, 1000);
+    ms_strref names[] = {S("k")};
+    double bounds[] = {0.5, 1};
+    uint32_t h = metric(s, MS_HISTOGRAM, "h", "", names, 1, bounds, 2, 0);
+    char v[16];
+    for (int i = 0; i < 300; i++) {
+        snprintf(v, sizeof v, "value-%d", i);
+        CHECK(ms_observe(s, series1(s, h, v), i * 0.25) == MS_OK);
+    }
+    ms_buf own = {0};
+    CHECK(ms_render(s, 0, &own) == MS_OK);
+    size_t mem = ms_store_memory(s);
+    for (int fail_at = -1; fail_at < 3; fail_at++) {
+        grow_ctx g = {NULL, 0, fail_at};
+        ms_buf out = {NULL, 0, 0, test_grow, &g};
+        ms_status st = ms_render(s, 0, &out);
+        if (fail_at < 0) {
+            CHECK(st == MS_OK && out.len == own.len && memcmp(out.data, own.data, own.len) == 0);
+            CHECK(g.calls == 1); /* sized from the previous render: no growth */
+        } else {
+            CHECK(st == (fail_at < g.calls ? MS_ERR_NOMEM : MS_OK));
+        }
+        ms_buf_free(s, &out); /* forgets the caller's buffer, frees nothing */
+        CHECK(ms_store_memory(s) == mem);
+        free(g.data);
+    }
+    ms_buf_free(s, &own);
+    ms_store_free(s);
+}
+
 /* The store's own count must equal what the allocator really holds, at every step. */
 static void test_memory_accounting(void) {
     live_bytes = 0;
@@ -836,6 +883,7 @@ int main(void) {
     test_render();
     test_render_openmetrics_sums();
     test_render_counter_without_total();
+    test_render_caller_buffer();
     test_memory_accounting();
     test_out_of_memory();
     test_threads();

@@ -18,7 +18,7 @@ import re
 import sys
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport isnan
@@ -35,6 +35,13 @@ from .errors import (
 )
 
 cdef extern from "Python.h":
+    # Raw references: render() grows a bytes object in place, without the GIL held
+    # between growths (see _grow_bytes).
+    PyObject *_bytes_new "PyBytes_FromStringAndSize"(const char *v, Py_ssize_t n)
+    int _PyBytes_Resize(PyObject **pv, Py_ssize_t n) except -1
+    char *_bytes_data "PyBytes_AS_STRING"(PyObject *o)
+    void PyErr_Clear()
+    Py_ssize_t PY_SSIZE_T_MAX
     bint PyLong_Check(object o)
     bint PyFloat_CheckExact(object o)
     bint PyUnicode_Check(object o)
@@ -128,6 +135,8 @@ cdef extern from "render.h" nogil:
         char *data
         size_t len
         size_t cap
+        char *(*grow)(void *ctx, size_t cap) noexcept nogil
+        void *ctx
     ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out)
     void ms_buf_free(ms_store *s, ms_buf *b)
 
@@ -844,12 +853,39 @@ cdef class Store:
         cdef ms_buf buf
         cdef int om = 1 if openmetrics else 0
         cdef ms_status st
+        cdef PyObject *out = NULL
         buf.data = NULL
         buf.len = buf.cap = 0
+        buf.grow = _grow_bytes
+        buf.ctx = &out
         try:
             with nogil:
                 st = ms_render(self._s, om, &buf)
             _raise(st, "render: out of memory")
-            return PyBytes_FromStringAndSize(buf.data, <Py_ssize_t>buf.len)
+            _PyBytes_Resize(&out, <Py_ssize_t>buf.len)
+            return <object>out
         finally:
-            ms_buf_free(self._s, &buf)
+            Py_XDECREF(out)
+
+
+cdef char *_grow_bytes(void *ctx, size_t cap) noexcept nogil:
+    """ms_buf.grow for render(): the output is a bytes object from the start, resized
+    (realloc: big ones move by remapping, not copying), so no final copy is made."""
+    with gil:
+        return _grow_bytes_gil(<PyObject **>ctx, cap)
+
+
+cdef char *_grow_bytes_gil(PyObject **slot, size_t cap) noexcept:
+    if cap > <size_t>PY_SSIZE_T_MAX:
+        return NULL
+    if slot[0] is NULL:
+        slot[0] = _bytes_new(NULL, <Py_ssize_t>cap)
+    else:
+        try:
+            _PyBytes_Resize(slot, <Py_ssize_t>cap)  # on failure frees it, sets NULL
+        except MemoryError:
+            pass
+    if slot[0] is NULL:
+        PyErr_Clear()  # render() raises MemoryError itself from the C status
+        return NULL
+    return _bytes_data(slot[0])
