@@ -177,6 +177,9 @@ class _Proxy:
         self.down = down
         self.up: HttpStream | None = None
         self.principal: str | None = None  # the upstream's (outbound) / downstream's (inbound)
+        # A keep-alive connection sees the same peer headers on every request: resolve once.
+        self._peer_key: tuple[object, ...] | None = None
+        self._peer_ctx: PeerContext | None = None
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -319,8 +322,11 @@ class _Proxy:
     ) -> None:
         down = self.down
         elapsed = (asyncio.get_running_loop().time() - started) * 1000.0
+        key = (ex.metadata, ex.metadata_id, self.principal)
+        if key != self._peer_key or self._peer_ctx is None:
+            self._peer_key, self._peer_ctx = key, self.peer(ex)
         self.sidecar.engine.record_request(
-            self.peer(ex),
+            self._peer_ctx,
             response_code=ex.code,
             duration_ms=elapsed,
             request_bytes=down.consumed - request_start,
