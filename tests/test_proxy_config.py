@@ -1,0 +1,139 @@
+"""Sidecar configuration: parsing, errors naming the field, and ``meshstats sidecar``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proxy_support import make_certs
+
+from meshstats.errors import ConfigError
+from meshstats.proxy import SidecarConfig
+
+NODE = {"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default"}
+
+
+def _config(**over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "node": NODE,
+        "inbound": {"port": 0, "app": "127.0.0.1:9080", "protocol": "http"},
+        "outbound": [{"port": 0, "upstream": ["127.0.0.1", 16006], "service_host": "a.b.svc"}],
+    }
+    data.update(over)
+    return data
+
+
+def test_parses_addresses_and_defaults() -> None:
+    cfg = SidecarConfig.from_mapping(_config())
+    assert cfg.inbound is not None
+    assert cfg.inbound.app == ("127.0.0.1", 9080)
+    assert cfg.inbound.mtls == "permissive"
+    assert cfg.outbound[0].upstream == ("127.0.0.1", 16006)
+    assert cfg.outbound[0].protocol == "tcp"
+    assert cfg.exchange_timeout == 5.0
+    md = cfg.outbound[0].cluster_metadata()["filter_metadata"]["istio"]["services"][0]
+    assert md == {"host": "a.b.svc", "name": "a", "namespace": "b"}
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"outbound": [{"port": 70000, "upstream": 1, "service_host": "x"}]}, "outbound[0].port"),
+        (
+            {"outbound": [{"port": 1, "upstream": "nope", "service_host": "x"}]},
+            "outbound[0].upstream",
+        ),
+        (
+            {"outbound": [{"port": 1, "service_host": "x", "protocol": "udp"}]},
+            "outbound[0].protocol",
+        ),
+        ({"outbound": [{"port": 1}]}, "outbound[0].service_host"),
+        ({"inbound": {"app": 1, "mtls": "maybe"}}, "inbound.mtls"),
+        ({"inbound": {"port": 1}}, "inbound.app"),
+        ({"inbound": {"app": 1, "colour": "red"}}, "inbound.colour"),
+        ({"exchange_timeout": 0}, "exchange_timeout"),
+        ({"admin_port": "15090"}, "admin_port"),
+        ({"node": None}, "node"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_errors_name_the_field(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SidecarConfig.from_mapping(_config(**override))
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+
+
+def test_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "sidecar.yaml"
+    path.write_text("node: node.json\ncert_dir: certs\nadmin_port: null\n")
+    cfg = SidecarConfig.from_file(path)
+    assert cfg.node == str(tmp_path / "sub" / "node.json")
+    assert cfg.cert_dir == str(tmp_path / "sub" / "certs")
+    assert cfg.admin_port is None
+
+
+def test_unparsable_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        SidecarConfig.from_file(path)
+
+
+def _cli(config: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "meshstats.cli.sidecar", "--config", str(config), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
+def test_cli_runs_a_sidecar_until_terminated(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    config = tmp_path / "sidecar.json"
+    config.write_text(
+        json.dumps(_config(cert_dir=str(certs.server.relative_to(tmp_path)), admin_port=0))
+    )
+    with _cli(config, "--duration", "60") as proc:  # closes the pipes at the end
+        _drive(proc)
+
+
+def _drive(proc: subprocess.Popen[str]) -> None:
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("principal"):
+            line = proc.stdout.readline()
+            assert line, f"sidecar exited early: {proc.stderr.read() if proc.stderr else ''}"
+            lines.append(line.strip())
+        assert lines[0].startswith("inbound 127.0.0.1:") and lines[0].endswith("(mtls permissive)")
+        assert lines[1].startswith("outbound 127.0.0.1:")
+        admin = next(line.split()[1] for line in lines if line.startswith("admin"))
+        with urllib.request.urlopen(admin, timeout=10) as resp:
+            assert b"istio_build" in resp.read()
+        assert lines[-1] == "principal spiffe://cluster.local/ns/default/sa/reviews"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_bad_config_exits_1_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.json"
+    config.write_text(json.dumps(_config(inbound={"app": 1, "mtls": "maybe"})))
+    with _cli(config) as proc:
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "inbound.mtls" in err
