@@ -672,26 +672,16 @@ ms_status ms_check(const ms_store *s, uint64_t series, ms_kind kind) {
     return (r->metric_kind & 3u) == (uint32_t)kind ? MS_OK : MS_ERR_WRONG_KIND;
 }
 
-/* The slots of a series being recorded, marked ACTIVE (and no longer HIDDEN). The load
- * is needed for the slot pointer anyway; the store happens once per expiry interval,
- * so the series' shared cache line is not written on every event. */
-static inline ms_atomic_u64 *recorded(ms_store *s, uint64_t series) {
-    ms_series *r = (ms_series *)ms_series_at(s, (uint32_t)series);
-    uintptr_t word = ms_series_word(r);
-    if (!(word & MS_SERIES_ACTIVE))
-        atomic_store_explicit(&r->slots_flags, (word & ~MS_SERIES_HIDDEN) | MS_SERIES_ACTIVE,
-                              memory_order_relaxed);
-    return ms_word_slots(word);
-}
-
 void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n) {
-    ms_atomic_add_u64(recorded(s, series), n);
+    ms_atomic_add_u64(ms_record_slots((ms_series *)ms_series_at(s, (uint32_t)series)), n);
 }
 
-/* Index of the first bound >= v (`le` is inclusive); n_bounds means +Inf. Branch-free
- * (the loop count depends on n only), so random values cost no mispredictions: the
- * compare picks the next base with a conditional move. n >= 1; v is not NaN. */
-static inline uint32_t bucket_of(const double *bounds, uint32_t n, double v) {
+/* Index of the first bound >= v, as ms_bucket_of (store_internal.h), but branch-free
+ * for batches: the loop count depends on n only and the compare picks the next base
+ * with a conditional move. Without atomics per element, out-of-order execution
+ * overlaps the searches of consecutive elements, and random values cost no
+ * mispredictions (6.6 ms per 1M observations against 14 ms branching). */
+static inline uint32_t bucket_of_branchless(const double *bounds, uint32_t n, double v) {
     const double *base = bounds;
     while (n > 1) {
         uint32_t half = n / 2;
@@ -702,31 +692,16 @@ static inline uint32_t bucket_of(const double *bounds, uint32_t n, double v) {
 }
 
 void ms_observe_unchecked(ms_store *s, uint64_t series, double v) {
-    const ms_series *r = ms_series_at(s, (uint32_t)series);
-    const ms_metric *m = ms_metric_at(s, r->metric_kind >> 2);
-    ms_atomic_u64 *slots = recorded(s, series);
-    ms_atomic_add_u64(&slots[bucket_of(m->bounds, m->n_bounds, v)], 1);
-    ms_atomic_add_double(&slots[m->n_bounds + 1], v);
+    ms_series *r = (ms_series *)ms_series_at(s, (uint32_t)series);
+    ms_observe_slots(ms_metric_at(s, r->metric_kind >> 2), ms_record_slots(r), v);
 }
 
-ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n) {
-    ms_status st = ms_check(s, series, MS_COUNTER);
-    if (st == MS_OK) ms_inc_unchecked(s, series, n);
-    return st;
-}
+ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n) { return ms_inc_inline(s, series, n); }
 
-ms_status ms_set(ms_store *s, uint64_t series, double v) {
-    ms_status st = ms_check(s, series, MS_GAUGE);
-    if (st == MS_OK) ms_atomic_store_double(recorded(s, series), v);
-    return st;
-}
+ms_status ms_set(ms_store *s, uint64_t series, double v) { return ms_set_inline(s, series, v); }
 
 ms_status ms_observe(ms_store *s, uint64_t series, double v) {
-    ms_status st = ms_check(s, series, MS_HISTOGRAM);
-    if (st != MS_OK) return st;
-    if (isnan(v)) return MS_ERR_INVALID_SAMPLE;
-    ms_observe_unchecked(s, series, v);
-    return MS_OK;
+    return ms_observe_inline(s, series, v);
 }
 
 /* ---- batches ------------------------------------------------------------------------ */
@@ -921,14 +896,6 @@ static inline uint32_t touch(batch *b, uint64_t id, ms_status *st) {
     return k1;
 }
 
-/* Marks a series recorded (ACTIVE, not HIDDEN), as a single record does. */
-static inline void mark_recorded(ms_series *r) {
-    uintptr_t word = ms_series_word(r);
-    if (!(word & MS_SERIES_ACTIVE))
-        atomic_store_explicit(&r->slots_flags, (word & ~MS_SERIES_HIDDEN) | MS_SERIES_ACTIVE,
-                              memory_order_relaxed);
-}
-
 /* ---- reading typed, strided arrays a chunk at a time ---- */
 
 #define LOAD_EACH(T, OUT_EXPR)                       \
@@ -1004,7 +971,7 @@ ms_status ms_inc_array(ms_store *s, const ms_array *ids, const ms_array *amounts
     }
     if (st == MS_OK) {
         for (size_t k = 0; k < b.n_touched; k++) {
-            mark_recorded(b.t[k].r);
+            (void)ms_record_slots(b.t[k].r); /* ACTIVE, as a single record */
             ms_atomic_add_u64(b.t[k].slots, b.t[k].total);
         }
     }
@@ -1046,7 +1013,7 @@ static ms_status observe_chunk(batch *b, const uint64_t *ids, const double *valu
         }
         cell *row = &b->rows[(size_t)(k1 - 1) * stride];
         row[0].d += v;
-        row[1 + bucket_of(bounds, n_bounds, v)].n++;
+        row[1 + bucket_of_branchless(bounds, n_bounds, v)].n++;
     }
     for (; j < m && st == MS_OK; j++) {
         double v = values[j];
@@ -1058,7 +1025,7 @@ static ms_status observe_chunk(batch *b, const uint64_t *ids, const double *valu
         }
         touched *t = &b->t[k1 - 1];
         cell *row = &b->rows[t->row];
-        uint32_t bucket = bucket_of(t->bounds, t->n_bounds, v);
+        uint32_t bucket = bucket_of_branchless(t->bounds, t->n_bounds, v);
         row[0].d += v;
         if (!t->deferred) {
             row[1 + bucket].n++;
@@ -1087,7 +1054,7 @@ ms_status ms_observe_array(ms_store *s, const ms_array *ids, const ms_array *val
         for (size_t k = 0; k < b.n_touched; k++) {
             touched *t = &b.t[k];
             const cell *row = &b.rows[t->row];
-            mark_recorded(t->r);
+            (void)ms_record_slots(t->r); /* ACTIVE, as a single record */
             if (!t->deferred)
                 for (uint32_t i = 0; i <= t->n_bounds; i++)
                     if (row[1 + i].n) ms_atomic_add_u64(&t->slots[i], row[1 + i].n);

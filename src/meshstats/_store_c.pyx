@@ -17,6 +17,8 @@ import operator
 import re
 import sys
 
+cimport cython
+
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
 from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
@@ -43,6 +45,7 @@ cdef extern from "Python.h":
     void PyErr_Clear()
     Py_ssize_t PY_SSIZE_T_MAX
     bint PyLong_Check(object o)
+    bint PyLong_CheckExact(object o)
     bint PyFloat_CheckExact(object o)
     bint PyUnicode_Check(object o)
     double PyFloat_AS_DOUBLE(object o)
@@ -130,6 +133,12 @@ cdef extern from "store.h" nogil:
     ms_status ms_series_visible(const ms_store *s, uint64_t series, int *out_visible)
     ms_status ms_metric_visible_count(ms_store *s, uint32_t metric, uint64_t *out)
 
+cdef extern from "store_internal.h" nogil:
+    # store.c's ms_inc/ms_set/ms_observe, inline: no C call per event from here.
+    ms_status ms_inc_inline(ms_store *s, uint64_t series, uint64_t n)
+    ms_status ms_set_inline(ms_store *s, uint64_t series, double v)
+    ms_status ms_observe_inline(ms_store *s, uint64_t series, double v)
+
 cdef extern from "render.h" nogil:
     ctypedef struct ms_buf:
         char *data
@@ -195,6 +204,9 @@ cdef inline uint64_t _series_id(object series) except? 0xFFFFFFFFFFFFFFFF:
     """A series id for C; UINT64_MAX (never a valid id) for ints out of range."""
     cdef int overflow = 0
     cdef long long v
+    if PyLong_CheckExact(series) and _small_int(series):
+        v = _small_int_value(series)
+        return UINT64_MAX if v < 0 else <uint64_t>v
     if not PyLong_Check(series):
         try:
             series = operator.index(series)
@@ -210,6 +222,10 @@ cdef inline uint64_t _series_id(object series) except? 0xFFFFFFFFFFFFFFFF:
 cdef inline uint64_t _amount(object n) except? 0xFFFFFFFFFFFFFFFF:
     cdef int overflow = 0
     cdef long long v
+    if PyLong_CheckExact(n) and _small_int(n):
+        v = _small_int_value(n)
+        if v >= 0:
+            return <uint64_t>v
     if not PyLong_Check(n):
         try:
             n = operator.index(n)
@@ -221,6 +237,23 @@ cdef inline uint64_t _amount(object n) except? 0xFFFFFFFFFFFFFFFF:
     if overflow > 0 and n < _TWO64:
         return PyLong_AsUnsignedLongLong(n)
     raise InvalidSampleError(f"n must be >= 0 and < 2**64, got {n}")
+
+
+cdef extern from *:
+    """
+    /* The hot path's ints: an exact int of at most one digit (every series id and
+     * the usual amounts) is read straight from its digit, as CPython's own fast paths
+     * do; anything else takes the general PyLong calls. */
+    #if PY_VERSION_HEX >= 0x030C0000
+    #define ms_small_int(o) _PyLong_IsCompact((PyLongObject *)(o))
+    #define ms_small_int_value(o) ((long)_PyLong_CompactValue((PyLongObject *)(o)))
+    #else
+    #define ms_small_int(o) (Py_SIZE(o) >= -1 && Py_SIZE(o) <= 1)
+    #define ms_small_int_value(o) ((long)Py_SIZE(o) * (long)((PyLongObject *)(o))->ob_digit[0])
+    #endif
+    """
+    bint _small_int "ms_small_int"(object o)
+    long _small_int_value "ms_small_int_value"(object o)
 
 
 cdef inline double _sample(object v) except? -1.0:
@@ -595,6 +628,10 @@ cdef class Store:
         number = operator.index(series)
         return _raise(st, f"{method}: unknown series id {number}", number)
 
+    # Plain method descriptors, not Cython 3's default binding functions: a call then
+    # skips the cyfunction dispatch, ~5 ns of a ~25 ns call (measured with no-op
+    # methods). The three single-event recorders are the hot path.
+    @cython.binding(False)
     def inc(self, series, n=1):
         """Add ``n`` (an int, ``0 <= n < 2**64``) to a counter series.
 
@@ -604,10 +641,11 @@ cdef class Store:
         6
         """
         cdef uint64_t amount = _amount(n)
-        cdef ms_status st = ms_inc(self._s, _series_id(series), amount)
+        cdef ms_status st = ms_inc_inline(self._s, _series_id(series), amount)
         if st != MS_OK:
             self._record_error(st, series, "inc", "counter", n)
 
+    @cython.binding(False)
     def set(self, series, v):
         """Set a gauge series to ``v`` (any float, NaN and infinities included).
 
@@ -617,10 +655,11 @@ cdef class Store:
         2.5
         """
         cdef double value = _sample(v)
-        cdef ms_status st = ms_set(self._s, _series_id(series), value)
+        cdef ms_status st = ms_set_inline(self._s, _series_id(series), value)
         if st != MS_OK:
             self._record_error(st, series, "set", "gauge", v)
 
+    @cython.binding(False)
     def observe(self, series, v):
         """Record ``v`` in a histogram series (``le`` inclusive; NaN is refused).
 
@@ -632,7 +671,7 @@ cdef class Store:
         cdef double value = _sample(v)
         if isnan(value):
             raise InvalidSampleError("observe: v must not be NaN")
-        cdef ms_status st = ms_observe(self._s, _series_id(series), value)
+        cdef ms_status st = ms_observe_inline(self._s, _series_id(series), value)
         if st != MS_OK:
             self._record_error(st, series, "observe", "histogram", v)
 
