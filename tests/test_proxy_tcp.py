@@ -438,3 +438,42 @@ def test_strict_inbound_refuses_plaintext(certs: Certs, tmp_path: Path) -> None:
             return data
 
     assert run(main()) == b""
+
+
+def test_long_connection_is_reported_before_it_closes(certs: Certs) -> None:
+    async def main() -> None:
+        app = SinkApp(reply=b"ready")
+        server, app_port = await start_app(app)
+        inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="tcp")
+        config = SidecarConfig(
+            node=SERVER_NODE,
+            cert_dir=certs.server,
+            inbound=inbound,
+            stats={"tcp_reporting_duration": "0.2s"},
+        )
+        async with server, Sidecar(config) as sidecar:
+            reader, writer = await mtls_peer(certs, sidecar.inbound_port)
+            writer.write(encode_peer_prefix(CLIENT_NODE, CLIENT_ID) + b"12345")
+            await writer.drain()
+
+            async def reported() -> bool:
+                samples = await scrape(sidecar.admin_url)
+                return total(samples, "istio_tcp_received_bytes_total") == 5
+
+            await eventually(reported)  # by the periodic report: the connection is open
+            samples = await scrape(sidecar.admin_url)
+            assert total(samples, "istio_tcp_connections_opened_total") == 1
+            assert total(samples, "istio_tcp_connections_closed_total") == 0
+            assert_labels(
+                only_labels(samples, "istio_tcp_received_bytes_total"),
+                source_workload="productpage-v1",
+            )
+            writer.write(b"678")
+            await writer.drain()
+            writer.close()
+            await eventually(lambda: closed_count(sidecar, 1))
+            samples = await scrape(sidecar.admin_url)
+            assert total(samples, "istio_tcp_received_bytes_total") == 8
+            assert total(samples, "istio_tcp_connections_opened_total") == 1
+
+    run(main())
