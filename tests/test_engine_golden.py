@@ -542,3 +542,14 @@ def test_out_of_mesh_peer_from_registry(backend: Any) -> None:
     assert set(got) == {"partner-api", "unknown"}
     assert got["partner-api"]["source_workload_namespace"] == "external"
     assert got["partner-api"]["source_principal"] == "unknown"  # a registry proves no identity
+
+
+def test_tcp_without_exchange_on_the_client_side(make: Any) -> None:
+    engine = make(PRODUCTPAGE)
+    conn = engine.tcp_connection(reporter="outbound")
+    conn.add_bytes(sent=5)
+    conn.close()
+    got = one(engine, "istio_tcp_connections_opened_total")
+    assert got["reporter"] == "source"
+    assert got["source_workload"] == "productpage-v1"
+    assert got["destination_workload"] == "unknown"

@@ -176,3 +176,14 @@ def test_integer_operators_agree_with_python(x: int, y: int, op: str) -> None:
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_float_labels_read_back(value: float) -> None:
     assert float(to_label(value)) == value
+
+
+def test_failures_do_not_accumulate_tracebacks() -> None:
+    """The shared failure instance must not keep a growing chain of frames alive."""
+    expr = compile_expression('a.b.c | "x"')
+    for _ in range(1000):
+        assert expr.evaluate({}) == "x"
+    tb, depth = meshstats.expr._FAIL.__traceback__, 0
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    assert depth < 10

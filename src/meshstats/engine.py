@@ -461,13 +461,16 @@ class StatsEngine:
         values = {"request_messages": request_messages, "response_messages": response_messages}
         self._emit("grpc", peer, Layered(peer.service(host), peer.attrs), values)
 
-    def tcp_connection(self, peer: PeerContext | None = None) -> TcpConnection:
+    def tcp_connection(
+        self, peer: PeerContext | None = None, *, reporter: ReporterKind = "inbound"
+    ) -> TcpConnection:
         """A TCP connection whose telemetry is reported every ``tcp_reporting_duration``.
 
         Pass the peer now or later with :meth:`TcpConnection.set_peer`; labels are fixed at the
-        first report, which waits for the peer (or the close), as Istio's does.
+        first report, which waits for the peer (or the close), as Istio's does. ``reporter``
+        is the side used when the peer never becomes known.
         """
-        conn = TcpConnection(self, peer)
+        conn = TcpConnection(self, peer, reporter)
         self._connections.add(conn)
         return conn
 
@@ -564,8 +567,11 @@ class TcpConnection:
     what it has reported and emits the difference, so :meth:`add_bytes` needs no lock.
     """
 
-    def __init__(self, engine: StatsEngine, peer: PeerContext | None) -> None:
+    def __init__(
+        self, engine: StatsEngine, peer: PeerContext | None, reporter: ReporterKind = "inbound"
+    ) -> None:
         self._engine = engine
+        self._reporter: ReporterKind = reporter  # used when the peer never became known
         self._peer = peer
         self._peer_known = peer is not None
         self.sent = 0
@@ -594,7 +600,7 @@ class TcpConnection:
                 return False
             engine = self._engine
             if self._peer is None:
-                self._peer = engine.peer("inbound", None)
+                self._peer = engine.peer(self._reporter, None)
             sent, received = self.sent, self.received
             values = {
                 "opened": 0 if self._opened_reported else 1,

@@ -44,7 +44,8 @@ class EvaluationFailed(Exception):
     """Raised inside evaluation when a value cannot be produced (missing attribute, bad type).
 
     Callers normally never see it: ``|`` catches it and :meth:`Expression.label` turns it into
-    ``unknown``. One shared instance is raised, so failing costs no allocation.
+    ``unknown``. One shared instance is raised, so failing costs no allocation; every raise
+    clears its traceback first, or the instance would keep every failing frame alive.
     """
 
 
@@ -52,7 +53,7 @@ _FAIL = EvaluationFailed()
 
 
 def _fail() -> Any:
-    raise _FAIL
+    raise _FAIL.with_traceback(None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,10 +177,10 @@ def _index(value: Any, key: Any) -> Any:
         try:
             return value[key]
         except (KeyError, TypeError):
-            raise _FAIL from None
+            raise _FAIL.with_traceback(None) from None
     if isinstance(value, (list, tuple)) and type(key) is int and -len(value) <= key < len(value):
         return value[key]
-    raise _FAIL
+    raise _FAIL.with_traceback(None)
 
 
 def _path_evaluator(parts: tuple[str, ...]) -> Evaluator:
@@ -192,7 +193,7 @@ def _path_evaluator(parts: tuple[str, ...]) -> Evaluator:
                 try:
                     return attrs[root]
                 except KeyError:
-                    raise _FAIL from None
+                    raise _FAIL.with_traceback(None) from None
 
             return flat
 
@@ -200,7 +201,7 @@ def _path_evaluator(parts: tuple[str, ...]) -> Evaluator:
             try:
                 value = attrs[root]
             except KeyError:
-                raise _FAIL from None
+                raise _FAIL.with_traceback(None) from None
             for key in rest:
                 value = _index(value, key)
             return value
@@ -214,7 +215,7 @@ def _path_evaluator(parts: tuple[str, ...]) -> Evaluator:
                 for key in rest:
                     value = _index(value, key)
                 return value
-        raise _FAIL
+        raise _FAIL.with_traceback(None)
 
     return search
 
@@ -239,7 +240,7 @@ def to_label(value: Any) -> str:
         return value.decode("utf-8", "replace")
     if value is None:
         return "null"
-    raise _FAIL
+    raise _FAIL.with_traceback(None)
 
 
 def _to_int(value: Any) -> int:
@@ -253,14 +254,14 @@ def _to_int(value: Any) -> int:
         try:
             return int(value.strip(), 10)
         except ValueError:
-            raise _FAIL from None
-    raise _FAIL
+            raise _FAIL.with_traceback(None) from None
+    raise _FAIL.with_traceback(None)
 
 
 def _truth(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    raise _FAIL  # CEL has no truthiness: a non-bool condition is an error
+    raise _FAIL.with_traceback(None)  # CEL has no truthiness: a non-bool condition is an error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ class _Parser:
                 v = f(a)
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     return -v
-                raise _FAIL
+                raise _FAIL.with_traceback(None)
 
             return _Node(negate, inner.attrs)
         return self.postfix()
@@ -526,7 +527,7 @@ def _compare(op: str, lf: Evaluator, rf: Evaluator) -> Evaluator:
             and not isinstance(y, bool)
         )
         if not same:
-            raise _FAIL
+            raise _FAIL.with_traceback(None)
         if op == "<":
             return bool(x < y)
         if op == "<=":
@@ -551,7 +552,7 @@ def _arith(op: str, lf: Evaluator, rf: Evaluator) -> Evaluator:
             or isinstance(x, bool)
             or isinstance(y, bool)
         ):
-            raise _FAIL
+            raise _FAIL.with_traceback(None)
         if op == "+":
             return x + y
         if op == "-":
@@ -559,7 +560,7 @@ def _arith(op: str, lf: Evaluator, rf: Evaluator) -> Evaluator:
         if op == "*":
             return x * y
         if y == 0:
-            raise _FAIL
+            raise _FAIL.with_traceback(None)
         if op == "/":
             return x // y if isinstance(x, int) and isinstance(y, int) else x / y
         return x % y
@@ -587,7 +588,7 @@ def _size(f: Evaluator) -> Evaluator:
         v = f(a)
         if isinstance(v, (str, bytes, list, tuple, Mapping)):
             return len(v)
-        raise _FAIL
+        raise _FAIL.with_traceback(None)
 
     return size
 
@@ -606,7 +607,7 @@ def _string_method(test: Callable[[str, str], bool]) -> Callable[[Evaluator, Eva
         def method(a: Attributes) -> bool:
             s, arg = tf(a), af(a)
             if not isinstance(s, str) or not isinstance(arg, str):
-                raise _FAIL
+                raise _FAIL.with_traceback(None)
             return test(s, arg)
 
         return method
