@@ -132,4 +132,7 @@ def test_request_attributes_and_layering() -> None:
     assert layered["response.code"] == 200  # the request layer wins
     assert layered["source.workload.name"] == "w"
     assert "custom.thing" in layered and "nope" not in layered
-    assert len(layered) == len(set(layered)) == len(attrs) + 1
+    assert "source.workload.name" in layered and layered.get("source.workload.name") == "w"
+    assert layered.get("nope", 7) == 7
+    with pytest.raises(KeyError):
+        layered["nope"]

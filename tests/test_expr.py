@@ -41,8 +41,9 @@ def test_doctests() -> None:
     [
         ('source.workload.name | "unknown"', "productpage-v1"),
         ('destination.workload.name | "unknown"', "unknown"),
-        # Mixer's `|` treats an empty string as absent
-        ('destination.service.host | request.headers["host"]', "reviews:9080"),
+        # Mixer's `|` falls through on a missing value only: an empty string is a value
+        ('destination.service.host | request.headers["host"]', ""),
+        ('destination.service.name | request.headers["host"]', "reviews:9080"),
         ('source.labels["app"] | "x"', "productpage"),
         ("source.labels['version']", "v1"),
         ('conditional(connection.mtls, "mutual_tls", "none")', "mutual_tls"),
@@ -157,9 +158,9 @@ def test_string_literals_round_trip(value: str) -> None:
 
 
 @given(st.one_of(st.none(), _text), _text)
-def test_pipe_is_first_present_nonempty(first: str | None, second: str) -> None:
+def test_pipe_is_first_present(first: str | None, second: str) -> None:
     attrs = {} if first is None else {"a.b": first}
-    expected = first if first else second
+    expected = second if first is None else first
     assert compile_expression("a.b | c.d").evaluate({**attrs, "c.d": second}) == expected
 
 
@@ -187,3 +188,18 @@ def test_failures_do_not_accumulate_tracebacks() -> None:
     while tb is not None:
         depth, tb = depth + 1, tb.tb_next
     assert depth < 10
+
+
+def _literal(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+@given(st.one_of(st.none(), _text), st.one_of(st.none(), _text), _text)
+def test_pipe_chains_agree_with_the_general_path(a: str | None, b: str | None, c: str) -> None:
+    """`x | "lit"` has a fast path; it must agree with the general `x | y` path."""
+    attrs = {k: v for k, v in (("a.a", a), ("b.b", b), ("c.c", c)) if v is not None}
+    expected = a if a is not None else c
+    assert compile_expression(f"a.a | {_literal(c)}").label(attrs) == expected
+    assert compile_expression("a.a | c.c").label(attrs) == expected
+    chained = compile_expression("a.a | b.b | c.c").label(attrs)
+    assert chained == next(v for v in (a, b, c) if v is not None)

@@ -24,7 +24,7 @@ reads both as one mapping.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -373,26 +373,24 @@ def request_attributes(
     return attrs
 
 
-class Layered(Mapping[str, Any]):
-    """Two attribute layers read as one: the request's first, then the peer's."""
+class Layered(dict[str, Any]):
+    """A request's attributes, falling back to the peer's for keys it lacks.
 
-    __slots__ = ("_top", "_base")
+    A dict subclass so that a present key costs one C-level lookup; only a miss runs
+    ``__missing__``. Iteration and ``len`` cover the request layer only.
+    """
+
+    __slots__ = ("_base",)
 
     def __init__(self, top: Mapping[str, Any], base: Mapping[str, Any]) -> None:
-        self._top, self._base = top, base
+        super().__init__(top)
+        self._base = base
 
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return self._top[key]
-        except KeyError:
-            return self._base[key]
+    def __missing__(self, key: str) -> Any:
+        return self._base[key]
 
     def __contains__(self, key: object) -> bool:
-        return key in self._top or key in self._base
+        return dict.__contains__(self, key) or key in self._base
 
-    def __iter__(self) -> Iterator[str]:
-        yield from self._top
-        yield from (k for k in self._base if k not in self._top)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default

@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +98,11 @@ class _Plan:
     peer_pos: tuple[int, ...]
     request_pos: tuple[int, ...]
     emitters: list[_Emitter] = field(default_factory=list)
+    # Bound ``label`` methods of the request-scoped expressions: the per-event work.
+    request_labels: tuple[Callable[[Mapping[str, Any]], str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_labels = tuple(self.exprs[pos].label for pos in self.request_pos)
 
 
 class PeerContext:
@@ -148,8 +153,7 @@ class PeerContext:
                 values[pos] = plan.exprs[pos].label(self.attrs)
             cached = self._plans[index] = (values, {})
         base, by_request = cached
-        exprs = plan.exprs
-        key = tuple([exprs[pos].label(attrs) for pos in plan.request_pos])
+        key = tuple([label(attrs) for label in plan.request_labels])
         entry = by_request.get(key)
         engine = self._engine
         if entry is None:

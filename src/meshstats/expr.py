@@ -274,6 +274,7 @@ class _Node:
     attrs: frozenset[str]
     path: tuple[str, ...] | None = None  # set while the node is a bare dotted identifier path
     const: bool = False
+    root: str | None = None  # set when the node is exactly one flat attribute lookup
 
 
 def _const(value: Any) -> _Node:
@@ -331,19 +332,7 @@ class _Parser:
         node = self.logic_or()
         while self.accept("|"):
             right = self.logic_or()
-            first, second = node.fn, right.fn
-
-            def fallback(
-                a: Attributes, first: Evaluator = first, second: Evaluator = second
-            ) -> Any:
-                try:
-                    value = first(a)
-                except EvaluationFailed:
-                    return second(a)
-                # Mixer treated an empty string like a missing one for `|`.
-                return second(a) if value == "" else value
-
-            node = _Node(fallback, node.attrs | right.attrs)
+            node = _Node(_fallback(node, right), node.attrs | right.attrs)
         return node
 
     def logic_or(self) -> _Node:
@@ -489,7 +478,33 @@ def _finish(node: _Node) -> _Node:
     """Turn a bare identifier path into an attribute lookup."""
     if node.path is None:
         return node
-    return _Node(_path_evaluator(node.path), frozenset(c[0] for c in _split_path(node.path)))
+    candidates = _split_path(node.path)
+    root = candidates[0][0] if len(candidates) == 1 and len(candidates[0]) == 1 else None
+    return _Node(_path_evaluator(node.path), frozenset(c[0] for c in candidates), root=root)
+
+
+def _fallback(first: _Node, second: _Node) -> Evaluator:
+    """``a | b``: ``a`` unless it is missing or fails (Mixer's rule), else ``b``."""
+    if first.root is not None and second.const:
+        # The shape of nearly every default label: `attribute | "literal"`, one dict lookup.
+        root, literal = first.root, second.fn({})
+
+        def attribute_or_literal(a: Attributes) -> Any:
+            try:
+                return a[root]
+            except KeyError:
+                return literal
+
+        return attribute_or_literal
+    ff, sf = first.fn, second.fn
+
+    def fallback(a: Attributes) -> Any:
+        try:
+            return ff(a)
+        except EvaluationFailed:
+            return sf(a)
+
+    return fallback
 
 
 def _either(lf: Evaluator, rf: Evaluator) -> Evaluator:
@@ -646,7 +661,13 @@ class Expression:
     def label(self, attrs: Attributes, default: str = "unknown") -> str:
         """The value printed as a label; ``default`` when evaluation fails."""
         try:
-            return to_label(self._fn(attrs))
+            value = self._fn(attrs)
+        except EvaluationFailed:
+            return default
+        if type(value) is str:
+            return value
+        try:
+            return to_label(value)
         except EvaluationFailed:
             return default
 
