@@ -21,17 +21,27 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from ..attributes import BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER
 from ..errors import ConfigError
+from ..registry import WorkloadRegistry
 
-__all__ = ["InboundConfig", "OutboundConfig", "SidecarConfig", "Protocol", "parse_address"]
+__all__ = [
+    "InboundConfig", "OutboundConfig", "SidecarConfig", "Protocol", "OutboundMode",
+    "parse_address", "load_registry",
+]  # fmt: skip
 
 Protocol = Literal["tcp", "http"]
 MtlsMode = Literal["strict", "permissive"]
+# "service": a destination in the sidecar's service table. The other two are Istio's
+# catch-all for destinations not in it: ALLOW_ANY forwards them (PassthroughCluster),
+# REGISTRY_ONLY refuses them (BlackHoleCluster).
+OutboundMode = Literal["service", "passthrough", "blackhole"]
+RegistrySource = Union[str, "os.PathLike[str]", Sequence[Mapping[str, Any]], WorkloadRegistry]
 Address = tuple[str, int]
 StrPath = Union[str, "os.PathLike[str]"]
 
@@ -73,6 +83,29 @@ def _timeout(value: object, where: str) -> float:
     return float(value)
 
 
+def _flag(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be true or false, got {value!r}", where)
+    return value
+
+
+def load_registry(
+    source: RegistrySource | None, where: str = "registry"
+) -> WorkloadRegistry | None:
+    """A :class:`~meshstats.WorkloadRegistry` from a file path or an inline list of entries."""
+    if source is None or isinstance(source, WorkloadRegistry):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return WorkloadRegistry.from_file(source)
+    if isinstance(source, Sequence) and not isinstance(source, str):
+        try:
+            return WorkloadRegistry.from_entries(source)
+        except ConfigError as exc:  # "workloads[1].ip" -> "registry[1].ip"
+            field = exc.field.replace("workloads", where, 1) if exc.field else where
+            raise ConfigError(str(exc).split(": ", 1)[-1], field) from None
+    raise ConfigError("must be a file path or a list of workloads", where)
+
+
 def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -89,20 +122,45 @@ class OutboundConfig:
     ``upstream=None`` models a cluster without a healthy endpoint: every request gets a 503
     with response flag ``UH``. ``service_host`` is the destination service as Istio's
     cluster metadata names it (``reviews.default.svc.cluster.local``).
+
+    ``mode`` other than ``"service"`` makes this a catch-all listener for destinations not in
+    the sidecar's service table (Istio's ``outboundTrafficPolicy``; no ``service_host``):
+
+    - ``"passthrough"`` (ALLOW_ANY) forwards plainly (no TLS, no peer exchange, no peer
+      headers: the destination is outside the mesh) to ``upstream``, the original
+      destination, or for HTTP without ``upstream`` to the request's ``Host``; reported as
+      ``cluster_name="PassthroughCluster"`` (HTTP route ``allow_any``).
+    - ``"blackhole"`` (REGISTRY_ONLY) refuses: HTTP gets Envoy's direct response, a 502 with
+      an empty body and no response flag (route ``block_all``); TCP is closed with ``UH``
+      (an upstream cluster without endpoints); reported as ``BlackHoleCluster``.
     """
 
     port: int
     upstream: Address | None
-    service_host: str
+    service_host: str = ""
     protocol: Protocol = "tcp"
     service_port: int | None = None
+    mode: OutboundMode = "service"
 
     @property
     def cluster_name(self) -> str:
+        if self.mode == "passthrough":
+            return PASSTHROUGH_CLUSTER
+        if self.mode == "blackhole":
+            return BLACK_HOLE_CLUSTER
         return f"outbound|{self.service_port or self.port}||{self.service_host}"
 
-    def cluster_metadata(self) -> dict[str, Any]:
+    @property
+    def route_name(self) -> str | None:
+        """Istio's route names for the catch-all HTTP routes (reference §4.3 step 2)."""
+        if self.protocol != "http":
+            return None
+        return {"passthrough": "allow_any", "blackhole": "block_all"}.get(self.mode)
+
+    def cluster_metadata(self) -> dict[str, Any] | None:
         """Istio's ``filter_metadata.istio.services`` for this cluster (reference §4.3)."""
+        if self.mode != "service":
+            return None  # Istio's catch-all clusters carry no service metadata
         service: dict[str, str] = {"host": self.service_host}
         parts = self.service_host.split(".")
         if len(parts) >= 3 and parts[2] == "svc":  # name.namespace.svc.<domain>
@@ -111,19 +169,38 @@ class OutboundConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "outbound") -> OutboundConfig:
-        _check_keys(data, {"port", "upstream", "service_host", "protocol", "service_port"}, where)
+        keys = {"port", "upstream", "service_host", "protocol", "service_port", "mode"}
+        _check_keys(data, keys, where)
+        mode = data.get("mode", "service")
+        if mode not in ("service", "passthrough", "blackhole"):
+            raise ConfigError(
+                f"must be 'service', 'passthrough' or 'blackhole', got {mode!r}", f"{where}.mode"
+            )
+        protocol = _protocol(data.get("protocol", "tcp"), f"{where}.protocol")
         host = data.get("service_host")
-        if not isinstance(host, str) or not host:
-            raise ConfigError(f"must be a non-empty string, got {host!r}", f"{where}.service_host")
+        if mode == "service":
+            if not isinstance(host, str) or not host:
+                raise ConfigError(
+                    f"must be a non-empty string, got {host!r}", f"{where}.service_host"
+                )
+        elif host is not None:
+            raise ConfigError(f"a {mode} listener has no service", f"{where}.service_host")
         upstream = data.get("upstream")
+        if mode == "blackhole" and upstream is not None:
+            raise ConfigError("a blackhole listener has no upstream", f"{where}.upstream")
+        if mode == "passthrough" and protocol == "tcp" and upstream is None:
+            raise ConfigError(
+                "a TCP passthrough needs the original destination", f"{where}.upstream"
+            )
         return cls(
             port=_port(data.get("port", 0), f"{where}.port", zero=True),
             upstream=None if upstream is None else parse_address(upstream, f"{where}.upstream"),
-            service_host=host,
-            protocol=_protocol(data.get("protocol", "tcp"), f"{where}.protocol"),
+            service_host=host or "",
+            protocol=protocol,
             service_port=None
             if data.get("service_port") is None
             else _port(data["service_port"], f"{where}.service_port"),
+            mode=mode,
         )
 
 
@@ -179,6 +256,13 @@ class SidecarConfig:
     ``exchange_timeout`` bounds the wait for a TCP peer's prefix; ``connect_timeout`` a
     connection (and TLS handshake) to an upstream; ``detect_timeout`` the wait for a
     permissive inbound connection's first byte (after it, plaintext is assumed).
+
+    ``registry`` (a :class:`~meshstats.WorkloadRegistry` file, or its entries inline) names
+    peers that cannot exchange metadata, by address. ``plaintext_exchange`` (default on)
+    recognises a TCP peer's prefix on a plaintext inbound connection by its magic; off, a
+    plaintext peer is never a mesh peer and its bytes, prefix included, go to the app
+    untouched. ``gateway`` turns on the host-header fallback for every listener, so that
+    ``destination_service`` is the requested host (an egress or ingress gateway).
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -192,6 +276,9 @@ class SidecarConfig:
     exchange_timeout: float = 5.0
     connect_timeout: float = 5.0
     detect_timeout: float = 5.0
+    registry: RegistrySource | None = None
+    plaintext_exchange: bool = True
+    gateway: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -200,7 +287,8 @@ class SidecarConfig:
             raise ConfigError(f"must be a mapping, got {type(data).__name__}", "sidecar")
         known = {
             "node", "cert_dir", "inbound", "outbound", "admin_port", "host", "node_id",
-            "stats", "exchange_timeout", "connect_timeout", "detect_timeout",
+            "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
+            "plaintext_exchange", "gateway",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -231,6 +319,9 @@ class SidecarConfig:
         stats = path(data.get("stats"), "stats")
         if stats is not None and not isinstance(stats, (str, Mapping)):
             raise ConfigError("must be a mapping or a file", "stats")
+        registry = path(data.get("registry"), "registry")
+        if registry is not None and not isinstance(registry, (str, list)):
+            raise ConfigError("must be a file path or a list of workloads", "registry")
         host = data.get("host", "127.0.0.1")
         if not isinstance(host, str):
             raise ConfigError(f"must be a string, got {host!r}", "host")
@@ -248,6 +339,10 @@ class SidecarConfig:
             exchange_timeout=_timeout(data.get("exchange_timeout", 5.0), "exchange_timeout"),
             connect_timeout=_timeout(data.get("connect_timeout", 5.0), "connect_timeout"),
             detect_timeout=_timeout(data.get("detect_timeout", 5.0), "detect_timeout"),
+            # Loaded now, so a bad entry or an unreadable file is reported with the config.
+            registry=load_registry(registry),
+            plaintext_exchange=_flag(data.get("plaintext_exchange", True), "plaintext_exchange"),
+            gateway=_flag(data.get("gateway", False), "gateway"),
         )
 
     @classmethod

@@ -18,7 +18,17 @@ Each request is recorded once, when its response ended, with Envoy's downstream 
 headers, body framing), ``response_bytes`` = wire bytes of the response sent downstream,
 duration from the request's headers to the response's end. A missing upstream gives a local
 503 with ``UH``, a refused or timed-out connection ``UF``, an upstream closing before its
-response headers ``UC``.
+response headers ``UC``; an upstream breaking off its response body is recorded with ``UC``
+and the downstream connection is closed (the response cannot be completed).
+
+Catch-all outbound listeners (``mode``): a passthrough forwards to the configured original
+destination or, without one, to the request's ``Host`` (port 80 by default), in plaintext
+and without peer headers (Istio's ``skip_external_clusters``: node metadata is not handed to
+destinations outside the mesh); the upstream connection follows the ``Host`` when it changes
+on a keep-alive connection. A request without a usable ``Host`` gets 503 ``UH``. A blackhole
+answers every request with Envoy's direct response for Istio's ``block_all`` route: 502, an
+empty body, no response flag. A peer that sent no metadata is passed to the engine with its
+address (``ip:port``), for the sidecar's workload registry.
 
 Requests on one downstream connection are relayed one at a time over one upstream
 connection, reused while both ends keep it alive. Hop-by-hop headers (``connection``,
@@ -39,10 +49,11 @@ from .._peer_exchange import decode_peer_header
 from ..certs import peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
+from .listener import format_address
 
 if TYPE_CHECKING:
     from ..engine import PeerContext
-    from .config import OutboundConfig
+    from .config import Address, OutboundConfig
     from .sidecar import Sidecar
 
 __all__ = ["MX_HEADER", "MX_ID_HEADER", "HttpStream", "outbound_http", "inbound_http"]
@@ -66,11 +77,12 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class UpstreamError(Exception):
-    """No response from upstream; ``flag`` is Envoy's response flag for why."""
+    """No response from upstream: a local reply with ``code`` and Envoy's ``flag`` for why."""
 
-    def __init__(self, flag: str) -> None:
+    def __init__(self, flag: str | None, code: int = 503) -> None:
         super().__init__(flag)
         self.flag = flag
+        self.code = code
 
 
 class HttpStream:
@@ -177,14 +189,20 @@ class _Proxy:
         self.down = down
         self.up: HttpStream | None = None
         self.principal: str | None = None  # the upstream's (outbound) / downstream's (inbound)
+        self.address: str | None = None  # the same peer's ip:port, for the workload registry
+        self.up_target: object = None  # what self.up is connected to (see upstream_for)
         # A keep-alive connection sees the same peer headers on every request: resolve once.
         self._peer_key: tuple[object, ...] | None = None
         self._peer_ctx: PeerContext | None = None
 
     # -- hooks -------------------------------------------------------------------------------
 
-    async def connect(self) -> HttpStream:
+    async def connect(self, request: h11.Request) -> HttpStream:
         raise NotImplementedError
+
+    def upstream_for(self, request: h11.Request) -> object:
+        """Where this request goes; a change closes the upstream connection and reconnects."""
+        return None
 
     def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
         raise NotImplementedError
@@ -236,8 +254,13 @@ class _Proxy:
     async def _exchange(self, request: h11.Request, headers: Headers, ex: _Exchange) -> None:
         down = self.down
         try:
+            target = self.upstream_for(request)
+            if self.up is not None and target != self.up_target:
+                self.up.close()
+                self.up = None
             if self.up is None:
-                self.up = await self.connect()
+                self.up = await self.connect(request)
+                self.up_target = target
             up = self.up
             try:
                 await up.send(
@@ -259,19 +282,27 @@ class _Proxy:
                 self.up.close()
                 self.up = None
             await self._drain_request(down)
-            await self._local_reply(503, failed.flag, ex)
+            await self._local_reply(failed.code, failed.flag, ex)
             return
         kept, _, _ = _split(response.headers)
         ex.code = response.status_code
         out = self.response_headers(kept, ex, response)
         await down.send(h11.Response(status_code=response.status_code, headers=out,
                                      reason=response.reason))  # fmt: skip
-        await self._body(up, down)
+        await self._body(up, down, ex)
 
-    async def _body(self, src: HttpStream, dst: HttpStream) -> None:
-        """Relay Data events up to and including EndOfMessage (trailers kept)."""
+    async def _body(self, src: HttpStream, dst: HttpStream, ex: _Exchange | None = None) -> None:
+        """Relay Data events up to and including EndOfMessage (trailers kept).
+
+        With ``ex`` (a response body), a failure to read ``src`` is the upstream's: ``UC``.
+        """
         while True:
-            event = await src.next_event()
+            try:
+                event = await src.next_event()
+            except (OSError, h11.ProtocolError):
+                if ex is not None:
+                    ex.flags = "UC"  # Envoy: upstream connection termination, after headers
+                raise
             if isinstance(event, h11.Data):
                 await dst.send(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -285,9 +316,9 @@ class _Proxy:
         while down.conn.their_state is h11.SEND_BODY:
             await down.next_event()
 
-    async def _local_reply(self, code: int, flag: str, ex: _Exchange) -> None:
+    async def _local_reply(self, code: int, flag: str | None, ex: _Exchange) -> None:
         ex.code, ex.flags = code, flag
-        body = _BODIES[flag]
+        body = _BODIES.get(flag or "", b"")
         headers: Headers = [
             (b"content-type", b"text/plain"),
             (b"content-length", str(len(body)).encode()),
@@ -322,7 +353,7 @@ class _Proxy:
     ) -> None:
         down = self.down
         elapsed = (asyncio.get_running_loop().time() - started) * 1000.0
-        key = (ex.metadata, ex.metadata_id, self.principal)
+        key = (ex.metadata, ex.metadata_id, self.principal, self.address)
         if key != self._peer_key or self._peer_ctx is None:
             self._peer_key, self._peer_ctx = key, self.peer(ex)
         self.sidecar.engine.record_request(
@@ -344,21 +375,35 @@ class _Outbound(_Proxy):
         super().__init__(sidecar, down)
         self.cfg = cfg
 
-    async def connect(self) -> HttpStream:
-        if self.cfg.upstream is None:
+    def upstream_for(self, request: h11.Request) -> Address | None:
+        cfg = self.cfg
+        if cfg.mode == "passthrough" and cfg.upstream is None:
+            return host_address(_header(request.headers, b"host"))
+        return cfg.upstream
+
+    async def connect(self, request: h11.Request) -> HttpStream:
+        cfg = self.cfg
+        self.principal = self.address = None
+        if cfg.mode == "blackhole":
+            raise UpstreamError(None, 502)
+        target = self.upstream_for(request)
+        if target is None:
             raise UpstreamError("UH")
         try:
             reader, writer, self.principal, _ = await self.sidecar.connect(
-                self.cfg.upstream, "http"
+                target, "http", mesh=cfg.mode == "service"
             )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError("UF") from exc
+        self.address = format_address(writer.get_extra_info("peername"))
         return HttpStream(reader, writer, h11.CLIENT)
 
     def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
         # Whatever the app claimed is dropped; the sidecar speaks for it. The peer is the
         # server sidecar, known from its response headers only.
         ex.metadata = ex.metadata_id = None
+        if self.cfg.mode != "service":
+            return kept  # outside the mesh: our metadata is nobody else's business
         return kept + self.sidecar.mx_headers
 
     def response_headers(self, kept: Headers, ex: _Exchange, upstream: Any) -> Headers:
@@ -374,6 +419,7 @@ class _Outbound(_Proxy):
             _peer_from_headers(ex.metadata, ex.metadata_id),
             self.principal,
             cache_key=(ex.metadata, ex.metadata_id),
+            address=self.address,
         )
 
 
@@ -381,8 +427,9 @@ class _Inbound(_Proxy):
     def __init__(self, sidecar: Sidecar, down: HttpStream) -> None:
         super().__init__(sidecar, down)
         self.principal = peer_principal(down.writer.get_extra_info("ssl_object"))
+        self.address = format_address(down.writer.get_extra_info("peername"))
 
-    async def connect(self) -> HttpStream:
+    async def connect(self, request: h11.Request) -> HttpStream:
         inbound = self.sidecar.config.inbound
         assert inbound is not None
         try:
@@ -409,7 +456,33 @@ class _Inbound(_Proxy):
             _peer_from_headers(ex.metadata, ex.metadata_id),
             self.principal,
             cache_key=(ex.metadata, ex.metadata_id),
+            address=self.address,
         )
+
+
+def host_address(host: str | None) -> Address | None:
+    """A ``Host`` header as an address to connect to (port 80 when absent); None if unusable.
+
+    >>> host_address("127.0.0.1:8080"), host_address("example.com"), host_address("[::1]:81")
+    (('127.0.0.1', 8080), ('example.com', 80), ('::1', 81))
+    """
+    if not host:
+        return None
+    name, port = host, 80
+    if host.startswith("["):  # [v6] or [v6]:port
+        end = host.find("]")
+        rest = host[end + 1 :]
+        if end < 0 or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        name, port = host[1:end], int(rest[1:]) if rest else 80
+    elif ":" in host:
+        name, _, digits = host.rpartition(":")
+        if ":" in name or not digits.isdigit():
+            return None
+        port = int(digits)
+    if not name or not 1 <= port <= 65535:
+        return None
+    return name, port
 
 
 async def outbound_http(

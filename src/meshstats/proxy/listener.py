@@ -32,7 +32,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Handler", "Listener"]
+__all__ = ["Handler", "Listener", "format_address"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -41,6 +41,14 @@ log = logging.getLogger("meshstats.proxy")
 _TLS_HANDSHAKE = b"\x16"
 # Bytes a StreamReader may hold before it stops reading from the socket (flow control).
 STREAM_LIMIT = 1 << 16
+
+
+def format_address(peername: object) -> str | None:
+    """``ip:port`` (``[ip]:port`` for IPv6) of a socket's peer name; None when unknown."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        ip, port = peername[0], peername[1]
+        return f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}"
+    return None
 
 
 class Listener:

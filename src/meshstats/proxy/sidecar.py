@@ -16,11 +16,18 @@ peer's verified certificate. ``/stats/prometheus``, ``/metrics`` and ``/healthz`
 on ``admin_port`` by a :class:`~meshstats.MetricsServer` (a thread: a scrape never waits for
 the event loop). TCP byte deltas are reported every ``tcp_reporting_duration`` from the
 engine's reporting thread.
+
+Peers that exchange nothing (a plaintext client that is no mesh peer, an upstream outside
+the mesh) are looked up by address in ``config.registry``, if any; principals stay unknown,
+as they only come from a verified certificate. ``config.gateway`` turns the host-header
+fallback on (``StatsConfig(disable_host_header_fallback=False)``) unless the stats config
+sets it: every listener then reports the requested host as ``destination_service``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 from collections.abc import Awaitable, Callable, Hashable
@@ -38,10 +45,11 @@ from ..certs import (
     principal_of,
     server_context,
 )
+from ..config import StatsConfig
 from ..engine import PeerContext, StatsEngine
 from ..exposition import MetricsServer
 from ..peer_metadata import PeerMetadata
-from .config import OutboundConfig, SidecarConfig
+from .config import OutboundConfig, SidecarConfig, load_registry
 from .http import MX_HEADER, MX_ID_HEADER, inbound_http, outbound_http
 from .listener import STREAM_LIMIT, Listener
 from .tcp import inbound_tcp, outbound_tcp
@@ -68,8 +76,12 @@ class Sidecar:
     def __init__(self, config: SidecarConfig, *, engine: StatsEngine | None = None) -> None:
         self.config = config
         self.local_principal = principal_of(config.cert_dir) if config.cert_dir else None
+        self.registry = load_registry(config.registry)
         self.engine = engine or StatsEngine(
-            config.node, config.stats, local_principal=self.local_principal
+            config.node,
+            _stats_config(config),
+            local_principal=self.local_principal,
+            registry=self.registry,
         )
         node = self.engine.local
         self.node_id = config.node_id or node.node_id or default_node_id(node)
@@ -181,14 +193,15 @@ class Sidecar:
     # -- used by the protocol handlers -----------------------------------------------------
 
     async def connect(
-        self, address: tuple[str, int], protocol: Literal["tcp", "http"]
+        self, address: tuple[str, int], protocol: Literal["tcp", "http"], *, mesh: bool = True
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None, bool]:
         """Open a connection to a remote sidecar (mTLS when this sidecar has a certificate).
 
         Returns the streams, the server's verified principal and whether both sides chose
-        ``istio-peer-exchange``. Raises ``OSError`` or ``TimeoutError``.
+        ``istio-peer-exchange``. ``mesh=False`` (a passthrough destination) connects in
+        plaintext. Raises ``OSError`` or ``TimeoutError``.
         """
-        context = self._client_ssl.get(protocol)
+        context = self._client_ssl.get(protocol) if mesh else None
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 *address,
@@ -209,35 +222,66 @@ class Sidecar:
         principal: str | None,
         *,
         cache_key: Hashable = None,
+        address: str | None = None,
     ) -> PeerContext:
-        """The client-side context for a peer behind ``cfg`` (``reporter="source"``)."""
+        """The client-side context for a peer behind ``cfg`` (``reporter="source"``).
+
+        ``address`` (the upstream's ``ip:port``) names a peer that exchanged nothing.
+        """
+        key = _key(peer, cache_key, address)
         return self.engine.peer(
             "outbound",
             peer,
             peer_principal=principal,
             cluster_name=cfg.cluster_name,
             cluster_metadata=cfg.cluster_metadata(),
-            cache_key=(cfg.cluster_name, _key(peer, cache_key)),
+            route_name=cfg.route_name,
+            peer_address=address if peer is None else None,
+            cache_key=None if key is None else (cfg.cluster_name, key),
         )
 
     def inbound_peer(
-        self, peer: PeerMetadata | None, principal: str | None, *, cache_key: Hashable = None
+        self,
+        peer: PeerMetadata | None,
+        principal: str | None,
+        *,
+        cache_key: Hashable = None,
+        address: str | None = None,
     ) -> PeerContext:
-        """The server-side context for a peer (``reporter="destination"``)."""
+        """The server-side context for a peer (``reporter="destination"``).
+
+        ``address`` (the downstream's ``ip:port``) names a peer that exchanged nothing.
+        """
         inbound = self.config.inbound
+        key = _key(peer, cache_key, address)
         return self.engine.peer(
             "inbound",
             peer,
             peer_principal=principal,
             cluster_metadata=inbound.cluster_metadata() if inbound is not None else None,
-            cache_key=("inbound", _key(peer, cache_key)),
+            peer_address=address if peer is None else None,
+            cache_key=None if key is None else ("inbound", key),
         )
 
 
-def _key(peer: PeerMetadata | None, given: Hashable) -> Hashable:
-    """A cache key that changes whenever the peer's metadata does (not just its id)."""
+def _key(peer: PeerMetadata | None, given: Hashable, address: str | None) -> Hashable:
+    """A cache key that changes whenever the peer's metadata does (not just its id).
+
+    A peer known only by its address is not cached (``None``): its context carries the
+    address (``source.address``), and client ports change with every connection.
+    """
+    if peer is None and address is not None:
+        return None
     if given is not None:
         return given
     if peer is None:
-        return None
+        return "unknown"
     return json.dumps(peer.to_struct(), sort_keys=True, default=str)
+
+
+def _stats_config(config: SidecarConfig) -> StatsConfig:
+    """The stats config, with the host-header fallback on for a gateway unless it says."""
+    stats = StatsConfig.parse(config.stats)
+    if config.gateway and stats.disable_host_header_fallback is None:
+        stats = dataclasses.replace(stats, disable_host_header_fallback=False)
+    return stats

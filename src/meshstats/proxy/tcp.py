@@ -18,7 +18,16 @@ What counts as the peer's answer, and what happens to the bytes:
 
 A plaintext connection on a permissive inbound port is read the same way: a peer that sends
 the prefix without TLS is recognised by its magic (one of the gaps Istio admits); principals
-stay unknown because they only ever come from a verified certificate.
+stay unknown because they only ever come from a verified certificate. With
+``plaintext_exchange: false`` a plaintext peer is not read at all: its bytes, a prefix
+included, go to the app untouched and it is a non-mesh peer.
+
+A peer that exchanged nothing is passed to the engine with its address (``ip:port``), so
+the sidecar's workload registry can name it.
+
+Catch-all outbound listeners (``mode``): a passthrough connects in plaintext to the original
+destination and relays without any prefix; a blackhole closes the app's connection at once
+with response flag ``UH`` (Envoy's tcp_proxy to a cluster without endpoints).
 
 Byte counts are the application bytes of the downstream side, as Istio's
 ``istio_tcp_{sent,received}_bytes_total`` are: prefixes are not counted.
@@ -40,6 +49,7 @@ from .._peer_exchange import DONE, NOT_MESH, PeerPrefixDecoder
 from ..certs import MX_ALPN, peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
+from .listener import format_address
 
 if TYPE_CHECKING:
     from .config import OutboundConfig
@@ -180,26 +190,30 @@ async def outbound_tcp(
     app_writer: asyncio.StreamWriter,
 ) -> None:
     """Local app -> (plaintext) -> this sidecar -> (mTLS + prefix exchange) -> upstream."""
-    conn = sidecar.engine.tcp_connection()
+    conn = sidecar.engine.tcp_connection(reporter="outbound")
     flags: str | None = None
     principal: str | None = None
     up_writer: asyncio.StreamWriter | None = None
+    address: str | None = None
     known = False
 
     def on_peer(peer: PeerMetadata | None) -> None:
         nonlocal known
         known = True
-        conn.set_peer(sidecar.outbound_peer(cfg, peer, principal))
+        conn.set_peer(sidecar.outbound_peer(cfg, peer, principal, address=address))
 
     try:
-        if cfg.upstream is None:
+        if cfg.upstream is None:  # no endpoint, or a blackhole
             flags = "UH"
             return
         try:
-            up_reader, up_writer, principal, mx = await sidecar.connect(cfg.upstream, "tcp")
+            up_reader, up_writer, principal, mx = await sidecar.connect(
+                cfg.upstream, "tcp", mesh=cfg.mode == "service"
+            )
         except (OSError, TimeoutError):
             flags = "UF"
             return
+        address = format_address(up_writer.get_extra_info("peername"))
         await relay(
             sidecar,
             (up_reader, up_writer),
@@ -212,7 +226,7 @@ async def outbound_tcp(
         )
     finally:
         if not known:
-            conn.set_peer(sidecar.outbound_peer(cfg, None, principal))
+            conn.set_peer(sidecar.outbound_peer(cfg, None, principal, address=address))
         conn.close(response_flags=flags)
         _close(up_writer, app_writer)
 
@@ -229,6 +243,8 @@ async def inbound_tcp(
     # the prefix is recognised by its magic alone, and ours is not sent: a plaintext
     # client may be no mesh peer at all, and would receive bytes it never asked for.
     mx_tls = ssl_object is not None and ssl_object.selected_alpn_protocol() == MX_ALPN
+    read_plain = ssl_object is None and sidecar.config.plaintext_exchange
+    address = format_address(down_writer.get_extra_info("peername"))
     flags: str | None = None
     app_writer: asyncio.StreamWriter | None = None
     known = False
@@ -236,7 +252,7 @@ async def inbound_tcp(
     def on_peer(peer: PeerMetadata | None) -> None:
         nonlocal known
         known = True
-        conn.set_peer(sidecar.inbound_peer(peer, principal))
+        conn.set_peer(sidecar.inbound_peer(peer, principal, address=address))
 
     try:
         try:
@@ -253,14 +269,14 @@ async def inbound_tcp(
             (down_reader, down_writer),
             (app_reader, app),
             send_prefix=mx_tls,
-            read_prefix=mx_tls or ssl_object is None,
+            read_prefix=mx_tls or read_plain,
             to_peer=lambda n: conn.add_bytes(sent=n),
             to_local=lambda n: conn.add_bytes(received=n),
             on_peer=on_peer,
         )
     finally:
         if not known:
-            conn.set_peer(sidecar.inbound_peer(None, principal))
+            conn.set_peer(sidecar.inbound_peer(None, principal, address=address))
         conn.close(response_flags=flags)
         _close(app_writer, down_writer)
 
