@@ -8,7 +8,11 @@ Example config (YAML or JSON; relative paths are taken from the file's directory
     outbound:
       - {port: 15001, upstream: "127.0.0.1:16006", protocol: http,
          service_host: ratings.default.svc.cluster.local}
+      - {port: 15002, protocol: http, mode: passthrough}   # or blackhole: not in the mesh
     admin_port: 15090                # /stats/prometheus, /metrics, /healthz
+    registry: registry.yaml          # IP/CIDR -> metadata for peers that cannot exchange
+    plaintext_exchange: true         # recognise a plaintext peer's prefix by its magic
+    gateway: false                   # true: destination_service from the requested host
 
 Run it with ``meshstats sidecar --config sidecar.yaml``. Once listening it prints one line
 per listener (``inbound 127.0.0.1:15006 -> 127.0.0.1:9080 http``, ...), then serves until
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             for out, port in zip(config.outbound, sidecar.outbound_ports):
                 target = "{}:{}".format(*out.upstream) if out.upstream else "(none)"
-                print(f"outbound {host}:{port} -> {target} {out.protocol} {out.service_host}")
+                what = out.service_host if out.mode == "service" else f"({out.mode})"
+                print(f"outbound {host}:{port} -> {target} {out.protocol} {what}")
             if config.admin_port is not None:
                 print(f"admin {sidecar.admin_url}/stats/prometheus")
             print(f"principal {sidecar.local_principal or '(none: plaintext)'}", flush=True)
