@@ -1,25 +1,46 @@
-"""``meshstats demo``: a Bookinfo-shaped mesh on loopback, its traffic, its Istio metrics.
+"""``meshstats demo``: a Bookinfo-shaped mesh of real apps and sidecars on loopback.
 
-Each workload has Istio node metadata. Before traffic flows, every edge exchanges that
-metadata through the real codec (the HTTP header form for HTTP edges, the TCP prefix fed to
-the streaming decoder in small chunks for the TCP edge), and both ends resolve Istio's 25 (or
-23) standard labels from what they learnt, as a client sidecar (``reporter="source"``) and a
-server sidecar (``reporter="destination"``) would. Traffic is then generated for
-``--duration`` seconds and recorded in batches into the compiled store; the store is served
-at ``/stats/prometheus`` and ``/metrics`` on 127.0.0.1 for a Prometheus to scrape.
+>>> import asyncio
+>>> from meshstats.cli.demo import DemoMesh
+>>> async def main() -> int:
+...     async with DemoMesh(admin_port=0) as mesh:   # 7 apps, 7 sidecars, mTLS between them
+...         status, _ = await mesh.client.get(mesh.entry, "/productpage", "productpage:9080")
+...         await mesh.settle()                      # every sidecar has recorded it
+...         return status
+>>> asyncio.run(main())
+200
 
-Traffic is synthetic (latencies and status codes drawn from per-edge distributions); the
-sidecar proxy that carries real bytes between real processes comes with ``meshstats.proxy``.
+Every workload is a small asyncio app on 127.0.0.1 behind its own
+:class:`~meshstats.proxy.Sidecar` (certificates from a throw-away
+:class:`~meshstats.certs.LocalCA`): productpage calls details and, round robin, reviews v1, v2
+and v3 through its client sidecar; reviews v2 and v3 call ratings; ratings keeps one TCP
+connection to a line-oriented "mongodb". Traffic enters at productpage's inbound port in
+plaintext, as from an ingress outside the mesh. The table is what the *client* sidecars
+recorded (``reporter="source"``; the ingress row is productpage's own inbound,
+``reporter="destination"``), beside what each calling app counted itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import asyncio
+import errno
+import json
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .demo_apps import Address, EchoApp, HttpApp, HttpClient, TcpLine
+
+if TYPE_CHECKING:
+    import h11
+
+    from ..proxy import Sidecar
 
 NAMESPACE = "default"
 TRUST_DOMAIN = "cluster.local"
@@ -30,24 +51,43 @@ CLUSTER = "Kubernetes"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of traffic (5)")
     parser.add_argument(
-        "--rps", type=float, default=2000.0, help="requests per second into productpage (2000)"
+        "--concurrency", type=int, default=8, help="requests in flight into productpage (8)"
     )
-    parser.add_argument("--port", type=int, default=15090, help="metrics port (15090; 0 = any)")
     parser.add_argument(
-        "--serve", action="store_true", help="keep serving the metrics after the traffic stops"
+        "--port",
+        type=int,
+        default=15090,
+        help="admin (metrics) port of the first sidecar; the others take the next six "
+        "(15090; 0 = any free ports)",
     )
-    parser.add_argument("--seed", type=int, default=7, help="random seed of the traffic")
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the mesh up after the traffic (Ctrl-C stops)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="seed of the latency jitter")
+
+
+# -- the workloads -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Workload:
+    """One Bookinfo workload: its identity, its service and how its app behaves."""
+
     name: str
     app: str
     version: str
+    latency_ms: float  # median service time of the app
+    error_every: int | None = None  # every n-th request answers 503
+    protocol: str = "http"
+    port: int = 9080  # the service port (names the cluster: outbound|<port>||<host>)
 
     @property
-    def principal(self) -> str:
-        return f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/bookinfo-{self.app}"
+    def service_host(self) -> str:
+        return f"{self.app}.{NAMESPACE}.svc.cluster.local"
+
+    @property
+    def service_account(self) -> str:
+        return f"bookinfo-{self.app}"
 
     def node_metadata(self) -> dict[str, object]:
         return {
@@ -57,7 +97,7 @@ class Workload:
             "CLUSTER_ID": CLUSTER,
             "MESH_ID": TRUST_DOMAIN,
             "ISTIO_VERSION": ISTIO_VERSION,
-            "SERVICE_ACCOUNT": f"bookinfo-{self.app}",
+            "SERVICE_ACCOUNT": self.service_account,
             "OWNER": f"kubernetes://apis/apps/v1/namespaces/{NAMESPACE}/deployments/{self.name}",
             "LABELS": {
                 "app": self.app,
@@ -68,35 +108,347 @@ class Workload:
         }
 
 
+PRODUCTPAGE = Workload("productpage-v1", "productpage", "v1", 1.0)
+DETAILS = Workload("details-v1", "details", "v1", 3.0)
+REVIEWS = (
+    Workload("reviews-v1", "reviews", "v1", 6.0),
+    Workload("reviews-v2", "reviews", "v2", 14.0, error_every=100),
+    Workload("reviews-v3", "reviews", "v3", 30.0, error_every=20),
+)
+RATINGS = Workload("ratings-v1", "ratings", "v1", 2.0)
+MONGODB = Workload("mongodb-v1", "mongodb", "v1", 1.0, protocol="tcp", port=27017)
+#: In start order: a workload's callees come before it (its sidecar needs their ports).
+WORKLOADS = (MONGODB, RATINGS, *REVIEWS, DETAILS, PRODUCTPAGE)
+#: How the table and the metrics ports list them (productpage's admin port is ``--port``).
+SHOWN = (PRODUCTPAGE, DETAILS, *REVIEWS, RATINGS, MONGODB)
+#: Who calls whom through its client sidecar.
+CALLS: dict[str, tuple[Workload, ...]] = {
+    PRODUCTPAGE.name: (DETAILS, *REVIEWS),
+    REVIEWS[1].name: (RATINGS,),
+    REVIEWS[2].name: (RATINGS,),
+    RATINGS.name: (MONGODB,),
+}
+#: The table's rows: (client, server); client None is traffic from outside the mesh.
+EDGES: tuple[tuple[Workload | None, Workload], ...] = (
+    (None, PRODUCTPAGE),
+    *((client, server) for client in SHOWN for server in CALLS.get(client.name, ())),
+)
+
+
+# -- what the apps do ----------------------------------------------------------------------
+
+
+async def _productpage(app: HttpApp, request: h11.Request) -> bytes:
+    """Details, then the next reviews version (round robin, as the sidecar would balance)."""
+    turn = app.calls  # read before awaiting: concurrent requests move it on
+    (details,) = app.upstreams["details"]
+    reviews = app.upstreams["reviews"]
+    d_status, d_body = await app.client.get(details, "/details/0", "details:9080")
+    r_status, r_body = await app.client.get(
+        reviews[(turn - 1) % len(reviews)], "/reviews/0", "reviews:9080"
+    )
+    page = {"details": d_status, "reviews": r_status, "size": len(d_body) + len(r_body)}
+    return json.dumps(page).encode()
+
+
+async def _reviews(app: HttpApp, request: h11.Request) -> bytes:
+    (ratings,) = app.upstreams["ratings"]
+    status, body = await app.client.get(ratings, "/ratings/0", "ratings:9080")
+    return json.dumps({"reviewer": app.name, "ratings": status, "size": len(body)}).encode()
+
+
+def _ratings(db: TcpLine) -> Callable[[HttpApp, h11.Request], Any]:
+    async def handler(app: HttpApp, request: h11.Request) -> bytes:
+        reply = await db.query(f"find ratings {request.target.decode()}")
+        return b'{"ratings": ' + reply.strip() + b"}"
+
+    return handler
+
+
+# -- the mesh ------------------------------------------------------------------------------
+
+
+class PortInUseError(OSError):
+    """An admin port the demo was told to use is taken (``--port``)."""
+
+    def __init__(self, port: int, workload: str) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port {port} ({workload}'s metrics port) is already in use: pick another "
+            "--port (the demo takes it and the next six) or --port 0 for any free ports",
+        )
+        self.port = port
+
+
+class DemoMesh:
+    """The demo's apps and sidecars, started and stopped together on the running loop.
+
+    ``admin_port`` is the first of seven consecutive metrics ports (0: any free ones).
+    ``jitter`` spreads the apps' latencies log-normally (0: each app takes exactly its
+    median). ``store_factory`` gives each sidecar's engine its store (a backend's
+    ``Store``); by default the package's. :attr:`entry` is productpage's inbound port,
+    :attr:`client` an HTTP client for it, :attr:`apps` and :attr:`sidecars` are by workload
+    name, :attr:`db` is ratings' connection to mongodb.
+    """
+
+    def __init__(
+        self,
+        *,
+        admin_port: int = 0,
+        jitter: float = 0.5,
+        seed: int = 7,
+        store_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.admin_port = admin_port
+        self.jitter = jitter
+        self.seed = seed
+        self.store_factory = store_factory
+        self.apps: dict[str, HttpApp | EchoApp] = {}
+        self.sidecars: dict[str, Sidecar] = {}
+        self.db = TcpLine()
+        self.client = HttpClient()
+        self._certs: tempfile.TemporaryDirectory[str] | None = None
+        # (client, server) -> the client sidecar's outbound address the client app calls
+        self._upstream: dict[tuple[str, str], Address] = {}
+
+    @property
+    def entry(self) -> Address:
+        return ("127.0.0.1", self.sidecars[PRODUCTPAGE.name].inbound_port)
+
+    def http_app(self, workload: Workload) -> HttpApp:
+        app = self.apps[workload.name]
+        assert isinstance(app, HttpApp)
+        return app
+
+    async def start(self) -> DemoMesh:
+        from ..certs import LocalCA
+
+        self._certs = tempfile.TemporaryDirectory(prefix="meshstats-demo-")
+        ca = LocalCA.create(TRUST_DOMAIN)
+        try:
+            for workload in WORKLOADS:
+                i = SHOWN.index(workload)
+                cert_dir = ca.issue(NAMESPACE, workload.service_account).write(
+                    Path(self._certs.name) / workload.name
+                )
+                app = await self._start_app(workload, i)
+                self.apps[workload.name] = app
+                sidecar = await self._start_sidecar(workload, app.port, cert_dir, i)
+                self.sidecars[workload.name] = sidecar
+                for callee, port in zip(CALLS.get(workload.name, ()), sidecar.outbound_ports):
+                    address = ("127.0.0.1", port)
+                    self._upstream[workload.name, callee.name] = address
+                    if isinstance(app, HttpApp):
+                        app.upstreams.setdefault(callee.app, []).append(address)
+            if self.sidecars[RATINGS.name].outbound_ports:
+                self.db.address = ("127.0.0.1", self.sidecars[RATINGS.name].outbound_ports[0])
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def _start_app(self, workload: Workload, index: int) -> HttpApp | EchoApp:
+        if workload.protocol == "tcp":
+            return await EchoApp(workload.name, latency_ms=workload.latency_ms).start()
+        handler = {
+            PRODUCTPAGE.name: _productpage,
+            REVIEWS[1].name: _reviews,
+            REVIEWS[2].name: _reviews,
+            RATINGS.name: _ratings(self.db),
+        }.get(workload.name)
+        app = HttpApp(
+            workload.name,
+            latency_ms=workload.latency_ms,
+            jitter=self.jitter,
+            error_every=workload.error_every,
+            seed=self.seed * 31 + index,
+            handler=handler,
+        )
+        return await app.start()
+
+    async def _start_sidecar(
+        self, workload: Workload, app_port: int, cert_dir: Path, index: int
+    ) -> Sidecar:
+        from ..engine import StatsEngine
+        from ..proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+
+        outbound = tuple(
+            OutboundConfig(
+                port=0,
+                upstream=("127.0.0.1", self.sidecars[callee.name].inbound_port),
+                service_host=callee.service_host,
+                protocol="tcp" if callee.protocol == "tcp" else "http",
+                service_port=callee.port,
+            )
+            for callee in CALLS.get(workload.name, ())
+        )
+        config = SidecarConfig(
+            node=workload.node_metadata(),
+            cert_dir=cert_dir,
+            inbound=InboundConfig(
+                port=0,
+                app=("127.0.0.1", app_port),
+                protocol="tcp" if workload.protocol == "tcp" else "http",
+                service_host=workload.service_host,
+            ),
+            outbound=outbound,
+            admin_port=self.admin_port + index if self.admin_port else 0,
+        )
+        engine = None
+        if self.store_factory is not None:
+            from ..certs import principal_of
+
+            engine = StatsEngine(
+                config.node, store=self.store_factory(), local_principal=principal_of(cert_dir)
+            )
+        sidecar = Sidecar(config, engine=engine)
+        try:
+            return await sidecar.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and config.admin_port:
+                raise PortInUseError(config.admin_port, workload.name) from exc
+            raise
+
+    async def stop(self) -> None:
+        """Stop everything started: clients, then sidecars, then apps (nothing left open)."""
+        await self.client.close()
+        await self.db.close()
+        for app in self.apps.values():
+            if isinstance(app, HttpApp):
+                await app.client.close()
+        for sidecar in reversed(list(self.sidecars.values())):
+            await sidecar.stop()
+        for app in self.apps.values():
+            await app.close()
+        self.sidecars.clear()
+        self.apps.clear()
+        if self._certs is not None:
+            self._certs.cleanup()
+            self._certs = None
+
+    async def __aenter__(self) -> DemoMesh:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- reading the telemetry ---------------------------------------------------------------
+
+    def edges(self) -> list[EdgeStats]:
+        """Per edge, what its reporting sidecar recorded and what the server app counted."""
+        return [self.edge_stats(client, server) for client, server in EDGES]
+
+    def edge_stats(self, client: Workload | None, server: Workload) -> EdgeStats:
+        """The client sidecar's view of one edge (for ingress: the server's inbound view),
+        and what the calling app counted (for ingress: :attr:`client`)."""
+        reporter = "destination" if client is None else "source"
+        sidecar = self.sidecars[server.name if client is None else client.name]
+        stats = EdgeStats(client.name if client else "(outside)", server.name, server.protocol)
+        if client is None:
+            stats.app_requests = self.client.count(self.entry)
+        elif server.protocol == "tcp":
+            stats.app_requests = self.db.connections
+            stats.app_bytes = (self.db.bytes_out, self.db.bytes_in)
+        else:
+            caller = self.http_app(client).client
+            stats.app_requests = caller.count(self._upstream[client.name, server.name])
+        for name, _kind, _help, names, _buckets, series in sidecar.engine.store.snapshot():
+            for values, sample in series:
+                value: Any = sample  # an int for counters, (buckets, sum) for histograms
+                labels = dict(zip(names, values))
+                if (
+                    labels.get("reporter") != reporter
+                    or labels.get("destination_workload") != server.name
+                ):
+                    continue
+                if name == "istio_requests_total":
+                    stats.requests += value
+                    if labels["response_code"].startswith("5"):
+                        stats.errors += value
+                elif name == "istio_request_duration_milliseconds":
+                    buckets, _sum = value
+                    if stats.buckets:
+                        stats.buckets = [a + b for a, b in zip(stats.buckets, buckets)]
+                    else:
+                        stats.buckets = list(buckets)
+                elif name == "istio_tcp_connections_opened_total":
+                    stats.connections += value
+                elif name == "istio_tcp_received_bytes_total":
+                    stats.bytes_up += value
+                elif name == "istio_tcp_sent_bytes_total":
+                    stats.bytes_down += value
+        return stats
+
+    def recorded_everything(self) -> bool:
+        """Whether every sidecar has recorded every request the apps answered."""
+        for edge in self.edges():
+            if edge.protocol == "http" and edge.requests != edge.app_requests:
+                return False
+        return True
+
+    async def settle(self, timeout: float = 2.0) -> None:
+        """Wait until the sidecars have recorded every request the apps answered, then
+        report the long TCP connection's bytes now instead of at the next 5 s tick."""
+        deadline = time.monotonic() + timeout
+        while not self.recorded_everything() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for sidecar in self.sidecars.values():
+            sidecar.engine.report_tcp()
+
+
 @dataclass
-class Edge:
-    client: Workload
-    server: Workload
-    protocol: str  # "http" or "tcp"
-    share: float  # fraction of the edge's parent traffic
-    latency_ms: float  # median service time
-    error_rate: float
-    host: str = field(init=False)
+class EdgeStats:
+    """One row of the demo's table."""
+
+    client: str
+    server: str
+    protocol: str
+    requests: int = 0
+    errors: int = 0
+    buckets: list[int] | None = None
+    connections: int = 0
+    bytes_up: int = 0  # client -> server (istio_tcp_received_bytes_total, client side)
+    bytes_down: int = 0  # server -> client (istio_tcp_sent_bytes_total)
+    app_requests: int = 0  # answers the calling app counted (TCP: connections it opened)
+    app_bytes: tuple[int, int] = (0, 0)  # TCP: bytes the calling app wrote / read
 
     def __post_init__(self) -> None:
-        self.host = f"{self.server.app}.{NAMESPACE}.svc.cluster.local"
+        if self.buckets is None:
+            self.buckets = []
+
+    def quantile(self, q: float) -> float:
+        from .. import DEFAULT_BUCKETS
+
+        if not self.buckets:
+            return float("nan")
+        return quantile(q, tuple(DEFAULT_BUCKETS), tuple(self.buckets))
 
 
-PRODUCTPAGE = Workload("productpage-v1", "productpage", "v1")
-DETAILS = Workload("details-v1", "details", "v1")
-REVIEWS = [Workload(f"reviews-v{i}", "reviews", f"v{i}") for i in (1, 2, 3)]
-RATINGS = Workload("ratings-v1", "ratings", "v1")
-MONGODB = Workload("mongodb-v1", "mongodb", "v1")
+def quantile(q: float, bounds: tuple[float, ...], counts: tuple[int, ...]) -> float:
+    """``histogram_quantile`` as Prometheus computes it, over one histogram's bucket counts.
 
-EDGES = [
-    Edge(PRODUCTPAGE, DETAILS, "http", 1.0, 3.0, 0.0),
-    Edge(PRODUCTPAGE, REVIEWS[0], "http", 1 / 3, 6.0, 0.0),
-    Edge(PRODUCTPAGE, REVIEWS[1], "http", 1 / 3, 14.0, 0.01),
-    Edge(PRODUCTPAGE, REVIEWS[2], "http", 1 / 3, 30.0, 0.05),
-    Edge(REVIEWS[1], RATINGS, "http", 1 / 3, 2.0, 0.0),
-    Edge(REVIEWS[2], RATINGS, "http", 1 / 3, 2.0, 0.0),
-    Edge(RATINGS, MONGODB, "tcp", 2 / 3, 1.0, 0.0),
-]
+    ``counts`` are per bucket (not cumulative), the last one being ``+Inf``.
+    """
+    total = sum(counts)
+    if total == 0:
+        return float("nan")
+    rank, seen = q * total, 0
+    for i, c in enumerate(counts):
+        if seen + c >= rank and c:
+            if i == len(bounds):  # the +Inf bucket: Prometheus answers the highest bound
+                return bounds[-1]
+            lower = bounds[i - 1] if i else 0.0
+            return lower + (bounds[i] - lower) * (rank - seen) / c
+        seen += c
+    return bounds[-1]
+
+
+# -- the load ------------------------------------------------------------------------------
 
 
 class Progress:
@@ -121,229 +473,135 @@ class Progress:
             print(file=self.stream)
 
 
-def quantile(q: float, bounds: tuple[float, ...], counts: tuple[int, ...]) -> float:
-    """``histogram_quantile`` as Prometheus computes it, over one series' bucket counts."""
-    total = sum(counts)
-    if total == 0:
-        return float("nan")
-    rank, seen = q * total, 0
-    for i, c in enumerate(counts):
-        if seen + c >= rank and c:
-            if i == len(bounds):  # the +Inf bucket: Prometheus answers the highest bound
-                return bounds[-1]
-            lower = bounds[i - 1] if i else 0.0
-            return lower + (bounds[i] - lower) * (rank - seen) / c
-        seen += c
-    return bounds[-1]
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0  # answered, but not 200
+    broken: int = 0  # no answer (connection error)
+    seconds: float = 0.0
 
 
-def _exchange(edge: Edge) -> tuple[Any, Any]:
-    """The real metadata exchange for one edge, through the codec.
+async def load(
+    mesh: DemoMesh,
+    duration: float,
+    concurrency: int,
+    progress: Progress | None = None,
+) -> LoadResult:
+    """Requests into productpage from ``concurrency`` keep-alive clients for ``duration`` s.
 
-    Returns (the server's view of the client, the client's view of the server) as
-    ``PeerMetadata``. HTTP edges use the header form; the TCP edge sends the prefix, which the
-    other side's streaming decoder receives in 7-byte pieces followed by application bytes.
+    Returns once every request sent has been answered (so the apps are quiet).
     """
-    from .. import PeerPrefixDecoder, decode_peer_header, encode_peer_header, encode_peer_prefix
-    from ..peer_metadata import PeerMetadata
+    result = LoadResult()
+    start = time.monotonic()
+    deadline = start + duration
+    client = mesh.client
 
-    if edge.protocol == "http":
-        request_header = encode_peer_header(edge.client.node_metadata())
-        response_header = encode_peer_header(edge.server.node_metadata())
-        return (
-            PeerMetadata.from_struct(decode_peer_header(request_header)),
-            PeerMetadata.from_struct(decode_peer_header(response_header)),
-        )
-    views = []
-    for sender in (edge.client, edge.server):
-        wire = encode_peer_prefix(sender.node_metadata(), f"sidecar~{sender.name}") + b"HELLO"
-        decoder = PeerPrefixDecoder()
-        for i in range(0, len(wire), 7):
-            if decoder.feed(wire[i : i + 7]) != "need_more":
-                break
-        if decoder.state != "done":
-            raise RuntimeError(f"metadata exchange failed: {decoder.error}")
-        assert decoder.exchange is not None
-        views.append(PeerMetadata.from_exchange(decoder.exchange))
-    return views[0], views[1]
+    async def worker() -> None:
+        while time.monotonic() < deadline:
+            result.sent += 1
+            try:
+                status, _ = await client.get(mesh.entry, "/productpage", "productpage:9080")
+            except (OSError, EOFError):
+                result.broken += 1
+                await asyncio.sleep(0.05)
+                continue
+            if status == 200:
+                result.ok += 1
+            else:
+                result.failed += 1
+
+    async def report() -> None:
+        while True:
+            if progress is not None:
+                progress.update(time.monotonic() - start, f"{result.sent} requests")
+            await asyncio.sleep(0.1)
+
+    reporter = asyncio.create_task(report())
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    finally:
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+    result.seconds = time.monotonic() - start
+    if progress is not None:
+        progress.update(duration, f"{result.sent} requests")
+        progress.close()
+    return result
 
 
-class Sidecar:
-    """One workload's sidecar: its stats engine and its metrics endpoint."""
-
-    def __init__(self, workload: Workload, port: int) -> None:
-        from ..engine import StatsEngine
-        from ..exposition import MetricsServer
-
-        self.workload = workload
-        self.engine = StatsEngine(workload.node_metadata(), local_principal=workload.principal)
-        try:
-            self.server = MetricsServer(self.engine.store, port=port).start()
-        except OSError:  # the port is taken: any free one will do
-            self.server = MetricsServer(self.engine.store, port=0).start()
+# -- the command ---------------------------------------------------------------------------
 
 
-class Link:
-    """One edge after the metadata exchange: each side's view of the other."""
-
-    def __init__(self, edge: Edge, client: Sidecar, server: Sidecar) -> None:
-        server_view, client_view = _exchange(edge)
-        md = {
-            "filter_metadata": {
-                "istio": {
-                    "services": [
-                        {"host": edge.host, "name": edge.server.app, "namespace": NAMESPACE}
-                    ]
-                }
-            }
-        }
-        self.edge = edge
-        self.client, self.server = client, server
-        self.outbound = client.engine.peer(
-            "outbound",
-            client_view,
-            peer_principal=edge.server.principal,
-            cluster_name=f"outbound|9080||{edge.host}",
-            cluster_metadata=md,
-        )
-        self.inbound = server.engine.peer(
-            "inbound", server_view, peer_principal=edge.client.principal
-        )
-
-    def send(self, rng: Any, n: int) -> None:
-        """``n`` requests (or, for TCP, ``n`` short connections) through both sidecars."""
-        edge = self.edge
-        if edge.protocol == "tcp":
-            sizes = rng.integers(100, 4000, (n, 2))
-            for up, down in sizes.tolist():
-                for engine, ctx, sent, received in (
-                    (self.client.engine, self.outbound, up, down),
-                    (self.server.engine, self.inbound, down, up),
-                ):
-                    conn = engine.tcp_connection(ctx)
-                    conn.add_bytes(sent=sent, received=received)
-                    conn.close()
-            return
-        failed = (rng.random(n) < edge.error_rate).tolist()
-        server_ms = rng.lognormal(math.log(edge.latency_ms), 0.5, n).tolist()
-        req_bytes = rng.integers(300, 900, n).tolist()
-        resp_bytes = rng.integers(500, 6000, n).tolist()
-        for fail, ms, rq, rs in zip(failed, server_ms, req_bytes, resp_bytes):
-            code = 503 if fail else 200
-            self.server.engine.record_request(
-                self.inbound,
-                response_code=code,
-                duration_ms=ms,
-                request_bytes=rq,
-                response_bytes=rs,
-                host=f"{edge.server.app}:9080",
+def table(edges: list[EdgeStats]) -> str:
+    """The demo's per-edge table."""
+    rows = [
+        f"{'edge (client -> server)':<30}{'requests':>9}{'5xx':>7}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'app saw':>9}   tcp bytes up/down"
+    ]
+    for e in edges:
+        name = f"{e.client} -> {e.server}"
+        if e.protocol == "tcp":
+            rows.append(
+                f"{name:<30}{f'{e.connections} conn':>9}{'':>23}{e.app_requests:>9}"
+                f"   {e.bytes_up}/{e.bytes_down} (app {e.app_bytes[0]}/{e.app_bytes[1]})"
             )
-            self.client.engine.record_request(
-                self.outbound,
-                response_code=code,
-                duration_ms=ms + 0.4,
-                request_bytes=rq,
-                response_bytes=rs,
-                host=f"{edge.server.app}:9080",
-                response_flags="URX" if fail else None,
-            )
+            continue
+        rate = e.errors / e.requests if e.requests else 0.0
+        rows.append(
+            f"{name:<30}{e.requests:>9}{rate:>7.1%}{e.quantile(0.5):>8.1f}"
+            f"{e.quantile(0.99):>8.1f}{e.app_requests:>9}"
+        )
+    return "\n".join(rows)
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
+async def _main(args: argparse.Namespace, out: TextIO) -> int:
     from .. import HAS_EXTENSION
 
-    workloads = [PRODUCTPAGE, DETAILS, *REVIEWS, RATINGS, MONGODB]
-    sidecars = {
-        w.name: Sidecar(w, args.port + i if args.port else 0) for i, w in enumerate(workloads)
-    }
-    links = [Link(e, sidecars[e.client.name], sidecars[e.server.name]) for e in EDGES]
-    rng = np.random.default_rng(args.seed)
-    tick, rates, sent = 0.1, _edge_rates(args.rps), 0
-    progress = Progress(args.duration)
-    start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < args.duration:
-        for link, rps in zip(links, rates):
-            n = int(rng.poisson(rps * tick))
-            if n:
-                link.send(rng, n)
-                sent += n if link.edge.protocol == "http" else 0
-        progress.update(elapsed, f"{sent} requests")
-        time.sleep(max(0.0, tick - (time.monotonic() - start - elapsed)))
-    progress.update(args.duration, f"{sent} requests")
-    progress.close()
-
-    print(_table(links))
-    backend = "compiled" if HAS_EXTENSION else "pure-Python (MESHSTATS_NO_EXTENSIONS)"
-    print(f"\nbackend: {backend}")
-    print("metrics (Envoy's path; /metrics too):")
-    for sidecar in sidecars.values():
-        print(f"  {sidecar.workload.name:<16} {sidecar.server.url}/stats/prometheus")
-    if args.serve:
-        print("serving until Ctrl-C ...", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    for sidecar in sidecars.values():
-        sidecar.server.stop()
+    mesh = DemoMesh(admin_port=args.port, seed=args.seed)
+    try:
+        await mesh.start()
+    except PortInUseError as exc:
+        print(f"meshstats demo: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        print(
+            f"mesh up: 7 workloads, 7 sidecars (mTLS); sending traffic into productpage "
+            f"for {args.duration:g} s, {args.concurrency} in flight",
+            file=sys.stderr,
+        )
+        result = await load(mesh, args.duration, args.concurrency, Progress(args.duration))
+        await mesh.settle()
+        rps = result.sent / result.seconds if result.seconds else 0.0
+        print(
+            f"\n{result.sent} requests into productpage in {result.seconds:.1f} s "
+            f"({rps:.0f}/s): {result.ok} ok, {result.failed} not 200, {result.broken} broken\n",
+            file=out,
+        )
+        print(table(mesh.edges()), file=out)
+        backend = "compiled" if HAS_EXTENSION else "pure-Python (MESHSTATS_NO_EXTENSIONS)"
+        print(
+            "\nrequests/5xx/p50/p99/tcp: the client sidecar's metrics (reporter=source; the "
+            "first row: productpage's inbound).\napp saw: requests (or connections) the "
+            f"calling app counted itself.  backend: {backend}",
+            file=out,
+        )
+        print("metrics (Envoy's path; /metrics too):", file=out)
+        for workload in SHOWN:
+            url = mesh.sidecars[workload.name].admin_url
+            print(f"  {workload.name:<16} {url}/stats/prometheus", file=out)
+        host, port = mesh.entry
+        print(f"productpage: http://{host}:{port}/productpage", file=out)
+        if args.serve:
+            print("serving until Ctrl-C ...", file=out, flush=True)
+            await asyncio.Event().wait()
+    finally:
+        await mesh.stop()
     return 0
 
 
-def _edge_rates(rps: float) -> list[float]:
-    """Requests per second on each edge, following productpage's fan-out."""
-    rates = []
-    for edge in EDGES:
-        if edge.client is PRODUCTPAGE:
-            rates.append(rps * edge.share)
-        elif edge.protocol == "http":  # reviews-v2/v3 -> ratings
-            rates.append(rps / 3)
-        else:  # ratings -> mongodb: one connection per two ratings requests
-            rates.append(rps * (2 / 3) / 2)
-    return rates
-
-
-def _client_series(link: Link, family: str) -> list[tuple[dict[str, str], Any]]:
-    """The client sidecar's series of one family towards this link's server."""
-    out = []
-    for name, _kind, _help, names, _buckets, series in link.client.engine.store.snapshot():
-        if name != family:
-            continue
-        for values, value in series:
-            labels = dict(zip(names, values))
-            if labels["destination_workload"] == link.edge.server.name:
-                out.append((labels, value))
-    return out
-
-
-def _table(links: list[Link]) -> str:
-    """Per edge, as the client sidecar reported it (reporter="source")."""
-    from .. import DEFAULT_BUCKETS
-
-    bounds = tuple(DEFAULT_BUCKETS)
-    rows = [
-        f"\n{'edge (client -> server)':<32}{'requests':>9}{'errors':>8}{'p50 ms':>8}"
-        f"{'p99 ms':>8}{'tcp bytes out/in':>19}"
-    ]
-    for link in links:
-        name = f"{link.edge.client.name} -> {link.edge.server.name}"
-        if link.edge.protocol == "tcp":
-            conns = sum(v for _, v in _client_series(link, "istio_tcp_connections_opened_total"))
-            out = sum(v for _, v in _client_series(link, "istio_tcp_sent_bytes_total"))
-            back = sum(v for _, v in _client_series(link, "istio_tcp_received_bytes_total"))
-            rows.append(f"{name:<32}{f'{conns} conn':>9}{'':>24}{f'{out}/{back}':>19}")
-            continue
-        total = errors = 0
-        for labels, value in _client_series(link, "istio_requests_total"):
-            total += value
-            errors += value if labels["response_code"] != "200" else 0
-        counts = [0] * (len(bounds) + 1)
-        for _, (buckets, _sum) in _client_series(link, "istio_request_duration_milliseconds"):
-            counts = [a + b for a, b in zip(counts, buckets)]
-        p50 = quantile(0.5, bounds, tuple(counts))
-        p99 = quantile(0.99, bounds, tuple(counts))
-        rate = errors / total if total else 0.0
-        rows.append(f"{name:<32}{total:>9}{rate:>8.1%}{p50:>8.1f}{p99:>8.1f}")
-    return "\n".join(rows)
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_main(args, sys.stdout))
+    except KeyboardInterrupt:
+        return 0
