@@ -43,7 +43,7 @@ SENT = 60  # requests into productpage; a multiple of 3, so each reviews version
 
 
 def series(mesh: DemoMesh, sidecar: str, family: str) -> list[tuple[dict[str, str], Any]]:
-    out = []
+    out: list[tuple[dict[str, str], Any]] = []
     for name, _kind, _help, names, _b, values in mesh.sidecars[sidecar].engine.store.snapshot():
         if name == family:
             out.extend((dict(zip(names, labels)), value) for labels, value in values)
