@@ -1,0 +1,99 @@
+"""The server side of ``bench_proxy.py``: one app and two client+server sidecar pairs (mTLS).
+
+Run as a separate process (``python benchmarks/_proxy_pair.py``), so the sidecars have a
+core of their own and the load client's work is not billed to them. It prints one JSON line,
+``{"direct": port, "on": port, "off": port}`` (the app itself, and the outbound port of each
+pair's client sidecar), then serves until its stdin closes.
+
+Both pairs are identical (same certificates, nodes, listeners, h11 relaying, peer-metadata
+headers both ways, peer contexts resolved once per connection) except that the "off" pair's
+engines record nothing: :class:`Silent` replaces ``record_request`` with a no-op. That is
+what "telemetry off" means in the figures: the cost of the stats, not of the exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from meshstats.certs import LocalCA, principal_of
+from meshstats.cli.demo_apps import HttpApp
+from meshstats.engine import StatsEngine
+from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+
+CLIENT_NODE = {
+    "NAME": "productpage-v1-abc",
+    "WORKLOAD_NAME": "productpage-v1",
+    "NAMESPACE": "default",
+    "LABELS": {"app": "productpage", "version": "v1"},
+}
+SERVER_NODE = {
+    "NAME": "reviews-v2-xyz",
+    "WORKLOAD_NAME": "reviews-v2",
+    "NAMESPACE": "default",
+    "LABELS": {"app": "reviews", "version": "v2"},
+}
+SERVICE_HOST = "reviews.default.svc.cluster.local"
+
+
+class Silent(StatsEngine):
+    """A stats engine that resolves peers as usual but records no request."""
+
+    def record_request(self, peer: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _engine(telemetry: bool, node: dict[str, Any], cert_dir: Path) -> StatsEngine | None:
+    if telemetry:
+        return None  # the sidecar's own engine, as in production
+    return Silent(node, local_principal=principal_of(cert_dir))
+
+
+async def start_pair(
+    telemetry: bool, app_port: int, server_dir: Path, client_dir: Path
+) -> list[Sidecar]:
+    inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
+    server = Sidecar(
+        SidecarConfig(node=SERVER_NODE, cert_dir=server_dir, inbound=inbound, admin_port=None),
+        engine=_engine(telemetry, SERVER_NODE, server_dir),
+    )
+    await server.start()
+    out = OutboundConfig(
+        port=0,
+        upstream=("127.0.0.1", server.inbound_port),
+        service_host=SERVICE_HOST,
+        protocol="http",
+        service_port=9080,
+    )
+    client = Sidecar(
+        SidecarConfig(node=CLIENT_NODE, cert_dir=client_dir, outbound=(out,), admin_port=None),
+        engine=_engine(telemetry, CLIENT_NODE, client_dir),
+    )
+    await client.start()
+    return [client, server]
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="meshstats-bench-") as tmp:
+        ca = LocalCA.create("cluster.local")
+        server_dir = ca.issue("default", "reviews").write(Path(tmp) / "server")
+        client_dir = ca.issue("default", "productpage").write(Path(tmp) / "client")
+        app = await HttpApp("reviews", latency_ms=0.0).start()
+        on = await start_pair(True, app.port, server_dir, client_dir)
+        off = await start_pair(False, app.port, server_dir, client_dir)
+        ports = {"direct": app.port, "on": on[0].outbound_ports[0], "off": off[0].outbound_ports[0]}
+        print(json.dumps(ports), flush=True)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        finally:
+            for sidecar in on + off:
+                await sidecar.stop()
+            await app.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
