@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,38 @@ def test_a_taken_port_is_a_clear_error() -> None:
 def test_bad_arguments_are_usage_errors(bad: tuple[str, str]) -> None:
     result = demo(*bad, timeout=30)
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_keeps_the_endpoints_up_until_signalled(sig: signal.Signals) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshstats", "demo", "--duration", "0.5", "--port", "0", "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("serving until"):
+                break
+        out = "".join(lines)
+        url = re.search(r"productpage-v1\s+(http://\S+/stats/prometheus)", out)
+        assert url is not None, out
+        with urllib.request.urlopen(url[1], timeout=10) as response:  # still up after the load
+            assert b'istio_requests_total{reporter="destination"' in response.read()
+        process.send_signal(sig)
+        assert process.wait(timeout=20) == 0
+        assert process.stderr is not None
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -593,11 +595,26 @@ async def _main(args: argparse.Namespace, out: TextIO) -> int:
         host, port = mesh.entry
         print(f"productpage: http://{host}:{port}/productpage", file=out)
         if args.serve:
-            print("serving until Ctrl-C ...", file=out, flush=True)
-            await asyncio.Event().wait()
+            print("serving until Ctrl-C (or SIGTERM) ...", file=out, flush=True)
+            await _until_signalled()
     finally:
         await mesh.stop()
     return 0
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM; the caller then stops the mesh cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # e.g. Windows
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
 
 
 def run(args: argparse.Namespace) -> int:
