@@ -337,9 +337,14 @@ static pe_status parse_entry(dctx *c, size_t pos, size_t end, int depth) {
     return PE_OK;
 }
 
-static pe_status parse_struct(dctx *c, size_t pos, size_t end, int depth) {
-    int64_t s = push(c, PE_TOK_STRUCT);
-    if (s < 0) return PE_NO_MEMORY;
+typedef pe_status (*element_parser)(dctx *c, size_t pos, size_t end, int depth);
+
+/* A Struct (repeated map entries) and a ListValue (repeated values) share one shape: field 1
+ * repeated, length-delimited, everything else skipped; only the element parser differs. */
+static pe_status parse_repeated(dctx *c, size_t pos, size_t end, int depth, int kind,
+                                element_parser parse_element) {
+    int64_t start = push(c, kind);
+    if (start < 0) return PE_NO_MEMORY;
     uint32_t count = 0;
     while (pos < end) {
         size_t tag_off = pos, len;
@@ -350,7 +355,7 @@ static pe_status parse_struct(dctx *c, size_t pos, size_t end, int depth) {
         if (field == 1) {
             if (wt != 2) return fail(c->err, PE_BAD_FIELD, tag_off);
             if ((st = read_len(c, &pos, end, &len))) return st;
-            if ((st = parse_entry(c, pos, pos + len, depth))) return st;
+            if ((st = parse_element(c, pos, pos + len, depth))) return st;
             pos += len;
             count++;
         } else if ((st = skip_field(c, wt, &pos, end))) {
@@ -359,36 +364,17 @@ static pe_status parse_struct(dctx *c, size_t pos, size_t end, int depth) {
     }
     int64_t e = push(c, PE_TOK_END);
     if (e < 0) return PE_NO_MEMORY;
-    c->toks->items[s].len = count;
-    c->toks->items[s].u.ref.end = (uint32_t)e;
+    c->toks->items[start].len = count;
+    c->toks->items[start].u.ref.end = (uint32_t)e;
     return PE_OK;
 }
 
+static pe_status parse_struct(dctx *c, size_t pos, size_t end, int depth) {
+    return parse_repeated(c, pos, end, depth, PE_TOK_STRUCT, parse_entry);
+}
+
 static pe_status parse_list(dctx *c, size_t pos, size_t end, int depth) {
-    int64_t l = push(c, PE_TOK_LIST);
-    if (l < 0) return PE_NO_MEMORY;
-    uint32_t count = 0;
-    while (pos < end) {
-        size_t tag_off = pos, len;
-        uint32_t field;
-        int wt;
-        pe_status st = read_tag(c, &pos, end, &field, &wt);
-        if (st) return st;
-        if (field == 1) {
-            if (wt != 2) return fail(c->err, PE_BAD_FIELD, tag_off);
-            if ((st = read_len(c, &pos, end, &len))) return st;
-            if ((st = parse_value(c, pos, pos + len, depth))) return st;
-            pos += len;
-            count++;
-        } else if ((st = skip_field(c, wt, &pos, end))) {
-            return st;
-        }
-    }
-    int64_t e = push(c, PE_TOK_END);
-    if (e < 0) return PE_NO_MEMORY;
-    c->toks->items[l].len = count;
-    c->toks->items[l].u.ref.end = (uint32_t)e;
-    return PE_OK;
+    return parse_repeated(c, pos, end, depth, PE_TOK_LIST, parse_value);
 }
 
 pe_status pe_decode_struct(const uint8_t *data, size_t len, pe_tokens *toks, pe_error *err) {
