@@ -66,13 +66,22 @@ async def start_app(
     return server, int(server.sockets[0].getsockname()[1])
 
 
+_RESERVED: list[Any] = []
+
+
 def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
+    """A port nothing listens on, and nothing else can take for the rest of the run.
+
+    The socket stays bound but never listens, so a connection is refused; released at
+    once, the port could be handed to the next server bound to port 0 (a sidecar's admin
+    port), which then answers where a test expects nobody.
+    """
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _RESERVED.append(s)
+    return int(s.getsockname()[1])
 
 
 Sample = tuple[str, dict[str, str], float]
