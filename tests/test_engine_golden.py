@@ -439,60 +439,117 @@ def test_connection_attributes_feed_custom_dimensions(make: Any) -> None:
     assert one(engine, "istio_requests_total")["peer_ip"] == "10.1.2.3"
 
 
-def test_periodic_tcp_reports_before_close(make: Any) -> None:
-    """A long connection shows up every tcp_reporting_duration, before it closes."""
-    import time
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
 
-    engine = make(REVIEWS, {"tcp_reporting_duration": "20ms"})
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.timing
+def test_periodic_tcp_reports_before_close(make: Any) -> None:
+    """A long connection shows up every tcp_reporting_duration, before it closes; the
+    schedule runs on a fake clock, so what is reported when does not depend on the machine."""
+    clock = FakeClock()
+    engine = make(REVIEWS, {"tcp_reporting_duration": "20ms"}, clock=clock)
     conn = engine.tcp_connection(engine.peer("inbound", PRODUCTPAGE))
     conn.add_bytes(sent=1000, received=10)
-    engine.start_reporting()
-    try:
-        deadline = time.monotonic() + 10
-        while not samples(engine, "istio_tcp_sent_bytes_total"):
-            assert time.monotonic() < deadline, "no periodic report within 10 s"
-            time.sleep(0.01)
-        assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "1000.0"
-        assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
-        assert samples(engine, "istio_tcp_connections_closed_total") == []
-        conn.add_bytes(sent=24)
-        while one(engine, "istio_tcp_sent_bytes_total")["__value__"] != "1024.0":
-            assert time.monotonic() < deadline, "second delta never reported"
-            time.sleep(0.01)
-    finally:
-        engine.stop_reporting()
+    clock.advance(0.019)
+    assert engine.reporting.run_due() == pytest.approx(0.001)  # not due yet: nothing reported
+    assert samples(engine, "istio_tcp_sent_bytes_total") == []
+    clock.advance(0.001)
+    assert engine.reporting.run_due() == pytest.approx(0.020)
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "1000.0"
+    assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
+    assert samples(engine, "istio_tcp_connections_closed_total") == []
+    conn.add_bytes(sent=24)
+    clock.advance(0.020)
+    engine.reporting.run_due()
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "1024.0"
+    assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"  # once
     conn.close()
     assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
     assert one(engine, "istio_tcp_connections_closed_total")["__value__"] == "1.0"
     assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "1024.0"
+    assert engine.report_tcp() == 0  # a closed connection is no longer reported
 
 
+@pytest.mark.timing
 def test_idle_series_expiry(make: Any) -> None:
     """Series idle for a whole interval leave the exposition; a new request brings them back
-    with their counts continued (Istio's metric expiry, TestStatsExpiry)."""
-    import time
-
-    engine = make(REVIEWS, {"idle_series_expiry": "30ms"})
+    with their counts continued (Istio's metric expiry, TestStatsExpiry). Each expiry tick is
+    an explicit step of a fake clock."""
+    clock = FakeClock()
+    engine = make(REVIEWS, {"idle_series_expiry": "30ms"}, clock=clock)
     busy = engine.peer("inbound", PRODUCTPAGE)
     idle = engine.peer("inbound", {"WORKLOAD_NAME": "ratings-v1"})
     engine.record_request(busy, response_code=200, duration_ms=1)
     engine.record_request(idle, response_code=200, duration_ms=1)
-    engine.start_reporting()
-    try:
-        deadline = time.monotonic() + 10
-        while len(samples(engine, "istio_requests_total")) != 1:
-            assert time.monotonic() < deadline, "the idle series never expired"
-            engine.record_request(busy, response_code=200, duration_ms=1)
-            time.sleep(0.005)
-    finally:
-        engine.stop_reporting()
+    clock.advance(0.030)  # first tick: both were recorded since the start, both stay
+    engine.reporting.run_due()
+    assert len(samples(engine, "istio_requests_total")) == 2
+    engine.record_request(busy, response_code=200, duration_ms=1)
+    clock.advance(0.029)
+    engine.reporting.run_due()  # not due: an interval has not passed
+    assert len(samples(engine, "istio_requests_total")) == 2
+    clock.advance(0.001)  # second tick: "idle" saw nothing for a whole interval
+    engine.reporting.run_due()
     assert one(engine, "istio_requests_total")["source_workload"] == "productpage-v1"
+    assert one(engine, "istio_requests_total")["__value__"] == "2.0"
     assert one(engine, "istio_build")["__value__"] == "1.0"  # describes the proxy: never expires
     engine.record_request(idle, response_code=200, duration_ms=1)
     back = [
         s for s in samples(engine, "istio_requests_total") if s["source_workload"] == "ratings-v1"
     ]
     assert back and back[0]["__value__"] == "2.0"  # continued, not restarted
+
+
+@pytest.mark.timing
+def test_expire_idle_series_by_hand_counts_what_it_hid(make: Any) -> None:
+    """Without the thread or a clock: each call is one tick (the schedule is the caller's)."""
+    engine = make(REVIEWS)
+    peers = [engine.peer("inbound", {"WORKLOAD_NAME": f"w{i}"}) for i in range(3)]
+    for peer in peers:
+        engine.record_request(peer, response_code=200, duration_ms=1)
+    assert engine.expire_idle_series() == 0  # recorded since the start: a whole interval not over
+    engine.record_request(peers[0], response_code=200, duration_ms=1)
+    # Two peers idle: their 4 HTTP series each go, istio_build stays.
+    assert engine.expire_idle_series() == 2 * 4
+    assert [s["source_workload"] for s in samples(engine, "istio_requests_total")] == ["w0"]
+    assert engine.expire_idle_series() == 4  # now w0 was idle too
+    assert samples(engine, "istio_requests_total") == []
+    assert one(engine, "istio_build")["__value__"] == "1.0"
+
+
+@pytest.mark.timing
+def test_reporting_thread_ticks(make: Any) -> None:
+    """The only engine test on the real clock: the daemon thread runs the schedule at all.
+    A report every 10 ms, up to 60 s to see one, nothing asserted about how often it ran and
+    no expiry to hide the series again: a loaded machine cannot fail it."""
+    import time
+
+    engine = make(REVIEWS, {"tcp_reporting_duration": "10ms"})
+    conn = engine.tcp_connection(engine.peer("inbound", PRODUCTPAGE))
+    conn.add_bytes(sent=7)
+    engine.start_reporting()
+    try:
+        assert engine.reporting.running
+        deadline = time.monotonic() + 60
+        while not samples(engine, "istio_tcp_sent_bytes_total"):
+            assert time.monotonic() < deadline, "the reporting thread never reported"
+            time.sleep(0.01)
+    finally:
+        engine.stop_reporting()
+    assert not engine.reporting.running
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "7.0"
+    assert samples(engine, "istio_tcp_connections_closed_total") == []
+    conn.close()
 
 
 def test_peer_scoped_labels_are_evaluated_once_per_peer(make: Any) -> None:

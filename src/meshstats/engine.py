@@ -44,6 +44,7 @@ from .config import StatsConfig
 from .errors import ConfigError, ExpressionError
 from .expr import EvaluationFailed, Expression, compile_expression
 from .peer_metadata import PeerMetadata
+from .periodic import Periodic
 from .registry import WorkloadRegistry
 from .standard_metrics import BUILD_METRIC, STANDARD_METRICS, StandardMetric
 
@@ -186,6 +187,9 @@ class StatsEngine:
     registry:
         Who is at which address, for peers that cannot exchange metadata (out of the mesh):
         :meth:`peer` consults it when given ``peer_address`` and no ``metadata``.
+    clock:
+        Monotonic seconds for the periodic reports (:attr:`reporting`); tests pass a fake
+        one and call ``engine.reporting.run_due()`` instead of waiting on a thread.
     """
 
     def __init__(
@@ -196,6 +200,7 @@ class StatsEngine:
         store: Any = None,
         local_principal: str | None = None,
         registry: WorkloadRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from . import Store
 
@@ -214,14 +219,21 @@ class StatsEngine:
         self._peers: OrderedDict[Any, PeerContext] = OrderedDict()
         self._plans: dict[str, list[tuple[int, _Plan]]] = {}
         self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
-        self._reporting: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._clock = clock
         self._build_plans()
         build = self.store.gauge(BUILD_METRIC.name, BUILD_METRIC.help, BUILD_METRIC.labels)
         self._build_series = self.store.series(
             build, ("proxy", self.local.istio_version or "unknown")
         )
         self.store.set(self._build_series, 1.0)
+        self.reporting = Periodic(
+            [
+                (self.config.tcp_reporting_duration, self.report_tcp),
+                (self.config.idle_series_expiry, self.expire_idle_series),
+            ],
+            clock=clock,
+            name="meshstats-reporting",
+        )
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -518,36 +530,17 @@ class StatsEngine:
 
     def start_reporting(self) -> None:
         """Report TCP deltas every ``tcp_reporting_duration`` and expire idle series every
-        ``idle_series_expiry`` seconds, from one daemon thread (either period 0: off)."""
-        tasks = [
-            (period, fn)
-            for period, fn in (
-                (self.config.tcp_reporting_duration, self.report_tcp),
-                (self.config.idle_series_expiry, self.expire_idle_series),
-            )
-            if period > 0
-        ]
-        if self._reporting is not None or not tasks:
-            return
-        self._stop.clear()
+        ``idle_series_expiry`` seconds, from one daemon thread (either period 0: off).
 
-        def loop() -> None:
-            due = [time.monotonic() + period for period, _ in tasks]
-            while not self._stop.wait(max(0.0, min(due) - time.monotonic())):
-                now = time.monotonic()
-                for k, (period, fn) in enumerate(tasks):
-                    if now >= due[k]:
-                        fn()
-                        due[k] = now + period
-
-        self._reporting = threading.Thread(target=loop, name="meshstats-reporting", daemon=True)
-        self._reporting.start()
+        The schedule is :attr:`reporting` (a :class:`~meshstats.periodic.Periodic`); without
+        the thread, call :meth:`report_tcp` and :meth:`expire_idle_series` yourself, or
+        ``engine.reporting.run_due()`` with the ``clock`` the engine was given.
+        """
+        self.reporting.start()
 
     def stop_reporting(self) -> None:
-        self._stop.set()
-        if self._reporting is not None:
-            self._reporting.join()
-            self._reporting = None
+        """Stop the reporting thread and wait for a report in progress to finish."""
+        self.reporting.stop()
 
     # -- output --------------------------------------------------------------------------------
 
@@ -585,7 +578,7 @@ class TcpConnection:
         self._opened_reported = False
         self.closed = False
         self._flush_lock = threading.Lock()  # serialises the reporter thread and close()
-        self.opened_at = time.monotonic()
+        self.opened_at = engine._clock()
 
     def set_peer(self, peer: PeerContext) -> None:
         """The peer is known (exchange done, or known to be absent: an ``unknown`` context)."""
