@@ -96,6 +96,9 @@ class PrometheusServer:
         Prometheus duration string; also used as ``evaluation_interval``.
     ready_timeout
         Bound on the whole start: process ready and every target ``up``.
+    targets_timeout
+        When given, the wait for the targets has its own bound, counted from the moment the
+        server is ready (so a slow start on a loaded machine does not eat into it).
     """
 
     def __init__(
@@ -104,7 +107,8 @@ class PrometheusServer:
         workdir: str | os.PathLike[str],
         *,
         scrape_interval: str = "1s",
-        ready_timeout: float = 30.0,
+        ready_timeout: float = 60.0,
+        targets_timeout: float | None = None,
         stop_timeout: float = 10.0,
         binary: str = "prometheus",
     ) -> None:
@@ -117,6 +121,7 @@ class PrometheusServer:
         self.workdir = Path(workdir)
         self.scrape_interval = scrape_interval
         self.ready_timeout = ready_timeout
+        self.targets_timeout = targets_timeout
         self.stop_timeout = stop_timeout
         found = shutil.which(binary)
         if found is None:
@@ -189,6 +194,8 @@ class PrometheusServer:
                 if attempt == 2 or "address already in use" not in self.log_tail():
                     raise PrometheusError(self._failure("did not become ready"))
                 self.stop()
+            if self.targets_timeout is not None:
+                deadline = time.monotonic() + self.targets_timeout
             self._wait_targets_up(deadline)
         except BaseException:
             self.stop()
@@ -226,10 +233,13 @@ class PrometheusServer:
         )
         raise PrometheusError(
             self._failure(
-                f"targets not all up within {self.ready_timeout:g} s: "
+                f"targets not all up within {self._targets_bound():g} s: "
                 f"{detail or 'no active targets'} (want {sorted(want)})"
             )
         )
+
+    def _targets_bound(self) -> float:
+        return self.ready_timeout if self.targets_timeout is None else self.targets_timeout
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after ``stop_timeout``; returns the exit code (safe twice)."""
@@ -324,9 +334,13 @@ class PrometheusServer:
         self,
         promql: str,
         predicate: Callable[[list[Result]], bool],
-        timeout: float = 10.0,
+        timeout: float = 60.0,
     ) -> list[Result]:
         """Poll ``promql`` until ``predicate(result)`` holds; return that result.
+
+        The bound is generous on purpose: this waits for an event (a scrape that has
+        happened), and on a loaded 2-core machine Prometheus' first scrape alone can take
+        many seconds; a healthy run returns as soon as the predicate holds.
 
         Raises :class:`PrometheusError` with the last result and the log tail on timeout.
         """

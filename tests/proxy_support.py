@@ -34,7 +34,7 @@ SERVER_SA = "spiffe://cluster.local/ns/default/sa/reviews"
 SERVICE_HOST = "reviews.default.svc.cluster.local"
 
 # Every test body runs under this bound, so a proxy bug fails a test instead of hanging it.
-TEST_TIMEOUT = 60.0
+TEST_TIMEOUT = 120.0
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = TEST_TIMEOUT) -> T:
@@ -122,7 +122,7 @@ def assert_labels(got: Mapping[str, str], **expected: str) -> None:
     assert not wrong, f"labels (got, expected): {wrong}"
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
     """Poll ``check`` until true: a closed connection is recorded just after the close."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -39,6 +39,8 @@ from meshstats.cli.demo import (
 )
 from meshstats.cli.demo_apps import EchoApp, HttpApp
 
+pytestmark = pytest.mark.timing
+
 # Where the tests import meshstats from (the checkout or the installed package).
 SRC = str(Path(meshstats.__file__).resolve().parent.parent)
 SENT = 60  # requests into productpage; a multiple of 3, so each reviews version gets 20

@@ -170,7 +170,7 @@ def _wait_until_scraped(prom: PrometheusServer, sides: list[Side], phase: int) -
             got = {r["metric"]["job"]: float(r["value"][1]) for r in result}
             return all(got.get(job) == total for job, total in want.items())
 
-        prom.wait_for(query, reached, timeout=20)
+        prom.wait_for(query, reached)
 
     totals(
         'sum by (job) (istio_requests_total{reporter="destination"})',

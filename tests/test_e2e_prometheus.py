@@ -326,7 +326,7 @@ def _wait_for_totals(prom: PrometheusServer, want: dict[str, float]) -> None:
         got = {r["metric"]["job"]: float(r["value"][1]) for r in result}
         return all(got.get(job) == total for job, total in want.items())
 
-    prom.wait_for("sum by (job) (istio_requests_total)", reached, timeout=15)
+    prom.wait_for("sum by (job) (istio_requests_total)", reached)
 
 
 def _phase_times(prom: PrometheusServer, side: Side, phase1: float, total: float) -> None:

@@ -22,6 +22,8 @@ from meshstats.exposition import (
     serve_in_background,
 )
 
+pytestmark = pytest.mark.timing
+
 # What Prometheus 2.x sends by default (scrape/scrape.go, acceptHeader) and with OM off.
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"

@@ -31,16 +31,18 @@ def test_bad_config_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
 
 def test_target_never_up_names_what_was_awaited(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    # 1.5 s is before Prometheus applies its targets (~5 s), so none is listed yet; a longer
-    # wait shows "nobody-home=down Get ...: connection refused" instead, at 8 s per run.
+    # The start may take its time (a loaded machine), then the targets get 1.5 s of their
+    # own: usually before Prometheus applies its targets (~5 s), so none is listed yet, but
+    # a slow test may see the target listed and down. Either way the message says so.
     prom = PrometheusServer(
-        [Target("nobody-home", f"127.0.0.1:{port}")], tmp_path, ready_timeout=1.5
+        [Target("nobody-home", f"127.0.0.1:{port}")], tmp_path, targets_timeout=1.5
     )
     with pytest.raises(PrometheusError) as info:
         prom.start()
     message = str(info.value)
     assert "targets not all up within 1.5 s" in message
-    assert "no active targets" in message and "want ['nobody-home']" in message
+    assert "want ['nobody-home']" in message
+    assert "no active targets" in message or "nobody-home=" in message
     assert "Server is ready to receive web requests" in message  # from Prometheus' log
     assert prom.pid is not None
     assert_gone(prom.pid)

@@ -17,6 +17,8 @@ from proxy_support import make_certs
 from meshstats.errors import ConfigError
 from meshstats.proxy import SidecarConfig
 
+pytestmark = pytest.mark.timing
+
 NODE = {"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default"}
 
 

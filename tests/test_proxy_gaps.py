@@ -43,6 +43,8 @@ from meshstats import encode_peer_prefix
 from meshstats.errors import ConfigError
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
 
+pytestmark = pytest.mark.timing
+
 LEGACY = {"WORKLOAD_NAME": "legacy-billing", "NAMESPACE": "data", "LABELS": {"app": "billing"}}
 REGISTRY = [{"ip": "127.0.0.2", "metadata": LEGACY}]
 MX = "x-envoy-peer-metadata"

@@ -43,6 +43,8 @@ from proxy_support import (
 from meshstats import encode_peer_header
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
 
+pytestmark = pytest.mark.timing
+
 MX = "x-envoy-peer-metadata"
 MX_ID = "x-envoy-peer-metadata-id"
 EVIL_NODE = {"WORKLOAD_NAME": "evil", "NAMESPACE": "default", "LABELS": {"app": "evil"}}

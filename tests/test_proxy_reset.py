@@ -43,6 +43,8 @@ from proxy_support import (
 
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
 
+pytestmark = pytest.mark.timing
+
 AppHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 

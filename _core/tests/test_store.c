@@ -399,7 +399,7 @@ static void test_render_caller_buffer(void) {
     ms_strref names[] = {S("k")};
     double bounds[] = {0.5, 1};
     uint32_t h = metric(s, MS_HISTOGRAM, "h", "", names, 1, bounds, 2, 0);
-    char v[16];
+    char v[32];
     for (int i = 0; i < 300; i++) {
         snprintf(v, sizeof v, "value-%d", i);
         CHECK(ms_observe(s, series1(s, h, v), i * 0.25) == MS_OK);
@@ -434,7 +434,7 @@ static void test_memory_accounting(void) {
     double bounds[] = {1, 2, 3};
     uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 2, NULL, 0, 0);
     uint32_t h = metric(s, MS_HISTOGRAM, "h", "help", names, 2, bounds, 3, 0);
-    char a[16], b[16];
+    char a[32], b[32];
     for (int i = 0; i < 3000; i++) {
         snprintf(a, sizeof a, "a%d", i % 97);
         snprintf(b, sizeof b, "b%d", i);
@@ -464,7 +464,7 @@ static void test_out_of_memory(void) {
             ms_metric_add(s, MS_HISTOGRAM, "h", 1, "x", 1, names, 1, bounds, 2, 0, &m);
         CHECK(st == MS_OK || st == MS_ERR_NOMEM);
         for (int i = 0; i < 6 && st == MS_OK; i++) {
-            char v[16];
+            char v[32];
             snprintf(v, sizeof v, "v%d", i);
             ms_strref values[] = {{v, strlen(v)}};
             ms_status g = ms_series_get(s, m, values, 1, &id);
@@ -518,7 +518,7 @@ static void *record(void *arg) {
 
 static void *grow(void *arg) {
     worker *w = arg;
-    char v[16];
+    char v[32];
     for (int i = 0; i < 20000; i++) {
         snprintf(v, sizeof v, "g%d", i);
         series1(w->s, 1, v);
@@ -645,7 +645,7 @@ static void test_batch_paths(void) {
     double *many = malloc(nb * sizeof *many);
     for (uint32_t i = 0; i < nb; i++) many[i] = i;
     uint32_t hb = metric(s, MS_HISTOGRAM, "hb", "", names, 1, many, nb, 0);
-    char v[16];
+    char v[32];
     uint32_t first = 0, last = 0;
     for (int i = 0; i < 10000; i++) {
         snprintf(v, sizeof v, "v%d", i);
@@ -686,7 +686,7 @@ static void test_batch_out_of_memory(void) {
     enum { N = 200 };
     uint64_t hids[N], cids[N];
     double values[N];
-    char v[16];
+    char v[32];
     for (int i = 0; i < N; i++) {
         snprintf(v, sizeof v, "v%d", i);
         hids[i] = series1(s, h, v);
@@ -839,7 +839,7 @@ static void test_expire_threads(void) {
     uint32_t c = metric(x.s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
     uint32_t h = metric(x.s, MS_HISTOGRAM, "h", "", names, 1, bounds, 2, 0);
     for (int i = 0; i < SWEEP_SERIES; i++) {
-        char v[16];
+        char v[32];
         snprintf(v, sizeof v, "s%d", i);
         x.counters[i] = series1(x.s, c, v);
         x.hists[i] = series1(x.s, h, v);

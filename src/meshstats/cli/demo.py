@@ -393,7 +393,7 @@ class DemoMesh:
                 return False
         return True
 
-    async def settle(self, timeout: float = 2.0) -> None:
+    async def settle(self, timeout: float = 30.0) -> None:
         """Wait until the sidecars have recorded every request the apps answered, then
         report the long TCP connection's bytes now instead of at the next 5 s tick."""
         deadline = time.monotonic() + timeout
