@@ -416,6 +416,31 @@ def test_peer_cache_is_bounded(make: Any) -> None:
     assert engine.cache_stats()["peers_cached"] <= 8
 
 
+def test_peer_cache_is_least_recently_used(make: Any) -> None:
+    engine = make(PRODUCTPAGE, {"peer_cache_size": 4})
+    first = [engine.peer("outbound", {"WORKLOAD_NAME": f"w{i}"}, cache_key=i) for i in range(4)]
+    assert engine.peer("outbound", {"WORKLOAD_NAME": "w0"}, cache_key=0) is first[0]  # in use
+    engine.peer("outbound", {"WORKLOAD_NAME": "w4"}, cache_key=4)  # evicts w1, the oldest use
+    assert engine.peer("outbound", {"WORKLOAD_NAME": "w0"}, cache_key=0) is first[0]
+    assert engine.peer("outbound", {"WORKLOAD_NAME": "w2"}, cache_key=2) is first[2]
+    assert engine.peer("outbound", {"WORKLOAD_NAME": "w1"}, cache_key=1) is not first[1]
+    assert engine.cache_stats()["peers_cached"] == 4
+
+
+def test_series_survive_a_peer_context_eviction(make: Any) -> None:
+    """A peer evicted from the cache and resolved again finds its series already resolved."""
+    engine = make(PRODUCTPAGE, {"peer_cache_size": 1})
+    reviews = engine.peer("outbound", REVIEWS, cache_key="reviews")
+    engine.record_request(reviews, response_code=200, duration_ms=1)
+    misses = engine.cache_stats()["series_misses"]
+    engine.peer("outbound", {"WORKLOAD_NAME": "other"}, cache_key="other")  # evicts reviews
+    again = engine.peer("outbound", REVIEWS, cache_key="reviews")
+    assert again is not reviews
+    engine.record_request(again, response_code=200, duration_ms=1)
+    assert engine.cache_stats()["series_misses"] == misses  # found, not resolved again
+    assert one(engine, "istio_requests_total")["__value__"] == "2.0"
+
+
 def test_gateway_reporter(make: Any) -> None:
     engine = make(
         {"WORKLOAD_NAME": "istio-ingressgateway", "NAMESPACE": "istio-system"},

@@ -284,6 +284,15 @@ cdef const char *_utf8(object text, Py_ssize_t *size, object error, str what) ex
         raise error(f"{what} cannot be encoded as UTF-8: {exc}") from None
 
 
+cdef const char *_value_utf8(object text, Py_ssize_t *size, Py_ssize_t i) except NULL:
+    # _utf8 for label values, which run per label per series() call: the message is
+    # formatted only when encoding fails.
+    try:
+        return PyUnicode_AsUTF8AndSize(text, size)
+    except UnicodeEncodeError as exc:
+        raise InvalidLabelsError(f"values[{i}] cannot be encoded as UTF-8: {exc}") from None
+
+
 cdef int _array(object array, Py_buffer *view, str what, bint floats, ms_array *out) except -1:
     """Fill ``view`` (the caller releases it) and ``out`` from a 1-D buffer, or raise
     ArrayTypeError. Strided and read-only buffers are used in place, without a copy."""
@@ -495,12 +504,13 @@ cdef class Store:
                 if not PyUnicode_Check(v):
                     raise InvalidLabelsError(
                         f"values[{i}] must be a str, got {type(v).__name__}")
-                refs[i].ptr = _utf8(v, &size, InvalidLabelsError, f"values[{i}]")
+                refs[i].ptr = _value_utf8(v, &size, i)
                 refs[i].len = <size_t>size
             st = ms_series_get(self._s, m, refs, <uint32_t>n, &out)
             if st == MS_ERR_INVALID_LABELS:
                 _raise(st, f"metric {metric} has {self._n_labels(m)} labels, got {n} values")
-            _raise(st, f"cannot create a series of metric {metric}")
+            if st != MS_OK:
+                _raise(st, f"cannot create a series of metric {metric}")
         finally:
             if refs is not stack:
                 PyMem_Free(refs)

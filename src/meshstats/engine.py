@@ -20,6 +20,7 @@ taken per event.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 import threading
@@ -28,6 +29,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from .attributes import (
@@ -72,6 +74,13 @@ _EVENT_METRICS = {"http": _HTTP, "grpc": _GRPC, "tcp": _TCP}
 
 def default_dimensions() -> dict[str, str]:
     """Istio's standard labels as expressions (the packaged ``default_dimensions.yaml``)."""
+    return dict(_packaged_dimensions())
+
+
+@functools.cache
+def _packaged_dimensions() -> Mapping[str, str]:
+    # Parsed once per process: YAML parsing was most of StatsEngine()'s cost when every
+    # metric read the file again.
     text = (
         importlib.resources.files("meshstats")
         .joinpath("default_dimensions.yaml")
@@ -80,7 +89,13 @@ def default_dimensions() -> dict[str, str]:
     import yaml
 
     data = yaml.safe_load(text)
-    return {str(k): str(v) for k, v in data.items()}
+    return MappingProxyType({str(k): str(v) for k, v in data.items()})
+
+
+# Expressions are immutable (frozen, pure closures), so engines share compiled ones: the
+# packaged defaults and a config's dimensions are compiled once per process, not per engine
+# and per metric. Failures are not cached; they raise again with their column.
+_compile_cached = functools.lru_cache(maxsize=4096)(compile_expression)
 
 
 @dataclass
@@ -152,7 +167,7 @@ class PeerContext:
             values = [""] * len(plan.labels)
             for pos in plan.peer_pos:
                 values[pos] = plan.exprs[pos].label(self.attrs)
-            cached = self._plans[index] = (values, {})
+            cached = self._plans[index] = (values, self._engine._series_table(index, values))
         base, by_request = cached
         key = tuple([label(attrs) for label in plan.request_labels])
         entry = by_request.get(key)
@@ -218,6 +233,7 @@ class StatsEngine:
         self.peer_cache_misses = 0
         self._peers: OrderedDict[Any, PeerContext] = OrderedDict()
         self._plans: dict[str, list[tuple[int, _Plan]]] = {}
+        self._tables: dict[tuple[int, tuple[str, ...]], dict[tuple[str, ...], list[Any]]] = {}
         self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
         self._clock = clock
         self._build_plans()
@@ -245,14 +261,14 @@ class StatsEngine:
 
     def _compile(self, tag: str, source: str, where: str) -> Expression | None:
         try:
-            return compile_expression(source)
+            return _compile_cached(source)
         except ExpressionError as exc:
             self.config_warnings.append(f"{where}: dimension {tag!r} dropped: {exc}")
             return None
 
     def _dimensions(self, metric: str, standard: tuple[str, ...] | None) -> dict[str, Expression]:
         """Istio's rules (§5) turning defaults plus ``metrics[]`` entries into one label list."""
-        defaults = default_dimensions()
+        defaults = _packaged_dimensions()
         labels: dict[str, Expression] = {}
         if standard is not None:
             for tag in standard:
@@ -342,6 +358,18 @@ class StatsEngine:
             return int(self.store.gauge(name, help_text, labels))
         return int(self.store.counter(name, help_text, labels))
 
+    def _series_table(self, index: int, peer_values: list[str]) -> dict[tuple[str, ...], list[Any]]:
+        """Request values -> series ids, one table per plan and set of peer-scoped label
+        values: shared by every context with those values, so a context evicted from the
+        peer cache and made again (or two connections of one peer) reuses resolved series."""
+        key = (index, tuple(peer_values))
+        table = self._tables.get(key)
+        if table is None:
+            table = {}
+            if len(self._tables) < self.config.max_series:  # bounded like the series
+                self._tables[key] = table
+        return table
+
     # -- peers ---------------------------------------------------------------------------------
 
     def peer(
@@ -368,9 +396,10 @@ class StatsEngine:
         ...) for custom dimensions to read. ``peer_address`` (``ip`` or ``ip:port``) finds an
         out-of-mesh peer in the engine's workload registry when ``metadata`` is ``None``. With
         ``cache_key`` (e.g. the peer's
-        ``x-envoy-peer-metadata-id`` plus its principal), contexts are kept in a bounded cache
-        of ``peer_cache_size`` entries; when it overflows the oldest quarter is dropped, as
-        Istio does.
+        ``x-envoy-peer-metadata-id`` plus its principal), contexts are kept in a least-recently
+        used cache of ``peer_cache_size`` entries. An evicted peer that comes back costs one
+        context (its labels evaluated again) but not its series: the engine keeps the series
+        ids per set of peer labels, so requests find them at once.
         """
         if self.config.reporter == "SERVER_GATEWAY" and reporter == "inbound":
             reporter = "gateway"
@@ -379,6 +408,7 @@ class StatsEngine:
             found = self._peers.get(full_key)
             if found is not None:
                 self.peer_cache_hits += 1
+                self._peers.move_to_end(full_key)  # LRU: a peer in use is never evicted first
                 return found
             self.peer_cache_misses += 1
         peer = None if metadata is None else _as_metadata(metadata)
@@ -405,10 +435,8 @@ class StatsEngine:
         ctx = PeerContext(self, reporter, attrs)
         if cache_key is not None:
             self._peers[full_key] = ctx
-            limit = self.config.peer_cache_size
-            if len(self._peers) > limit:
-                for _ in range(max(1, limit // 4)):
-                    self._peers.popitem(last=False)
+            if len(self._peers) > self.config.peer_cache_size:
+                self._peers.popitem(last=False)  # the least recently used
         return ctx
 
     # -- events --------------------------------------------------------------------------------
