@@ -23,6 +23,8 @@ EXTENSIONS: list[tuple[str, str, list[str]]] = [
         "src/meshstats/_peer_exchange_c.pyx",
         ["_core/peer_exchange.c"],
     ),
+    # Records through store_internal.h's inline calls into the store's memory: no store.c.
+    ("meshstats._requests_c", "src/meshstats/_requests_c.pyx", ["_core/request_table.c"]),
 ]
 
 

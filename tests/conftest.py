@@ -27,6 +27,7 @@ class Backend:
     name: str
     store: ModuleType
     peer_exchange: ModuleType
+    requests: ModuleType
 
     def __str__(self) -> str:
         return self.name
@@ -38,6 +39,7 @@ def _load(name: str) -> Backend:
         name=name,
         store=importlib.import_module(f"meshstats._store{suffix}"),
         peer_exchange=importlib.import_module(f"meshstats._peer_exchange{suffix}"),
+        requests=importlib.import_module(f"meshstats._requests{suffix}"),
     )
 
 

@@ -78,10 +78,16 @@ def label_order(engine: StatsEngine, name: str) -> list[str]:
     return [part.split("=", 1)[0] for part in line[len(name) + 1 : line.index("}")].split('",')]
 
 
-@pytest.fixture
-def make(backend: Any) -> Any:
+@pytest.fixture(params=["fast", "general"])
+def make(backend: Any, request: pytest.FixtureRequest) -> Any:
+    """Engines on each backend, with the per-request fast path on (where the config allows
+    it) and off: the goldens hold on both paths."""
+
     def make_engine(local: dict[str, Any], config: Any = None, **kw: Any) -> StatsEngine:
-        return StatsEngine(local, config, store=backend.store.Store(), **kw)
+        engine = StatsEngine(local, config, store=backend.store.Store(), **kw)
+        if request.param == "general":
+            engine._fast_http = False
+        return engine
 
     return make_engine
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._requests import BLOCK_MAX, Tables
 from .attributes import (
     REQUEST_SCOPED,
     Layered,
@@ -128,7 +129,7 @@ class PeerContext:
     engine's bounded cache keep it for a peer id).
     """
 
-    __slots__ = ("reporter", "attrs", "_engine", "_plans", "_services", "__weakref__")
+    __slots__ = ("reporter", "attrs", "_engine", "_plans", "_services", "_requests", "__weakref__")
 
     def __init__(self, engine: StatsEngine, reporter: ReporterKind, attrs: dict[str, Any]) -> None:
         self.reporter = reporter
@@ -137,6 +138,10 @@ class PeerContext:
         # plan index -> (peer-scoped values by position, request values -> [labels, ids...])
         self._plans: dict[int, tuple[list[str], dict[tuple[str, ...], list[Any]]]] = {}
         self._services: dict[str | None, dict[str, str]] = {}
+        # Raw request arguments -> series block (the compiled fast path), made on the first
+        # request when the engine's HTTP labels allow it. Per context, not shared: how a
+        # host maps to destination_service depends on this peer's cluster and route too.
+        self._requests: Any = None
 
     def service(self, host: str | None) -> dict[str, str]:
         """``destination.service.*`` for a request's host (cached per host)."""
@@ -236,6 +241,7 @@ class StatsEngine:
         self._tables: dict[tuple[int, tuple[str, ...]], dict[tuple[str, ...], list[Any]]] = {}
         self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
         self._clock = clock
+        self._request_tables = Tables(self.store)
         self._build_plans()
         build = self.store.gauge(BUILD_METRIC.name, BUILD_METRIC.help, BUILD_METRIC.labels)
         self._build_series = self.store.series(
@@ -344,6 +350,7 @@ class StatsEngine:
             )
             for event in ("http", "tcp"):  # Istio emits custom metrics at request end / close
                 plan_for(event, labels).emitters.append(_Emitter(metric_id, kind, value_expr))
+        self._fast_http = _fast_path_applies(self._plans.get("http", ()))
 
     def _register(
         self, name: str, help_text: str, labels: tuple[str, ...], kind: str, short: str
@@ -469,6 +476,13 @@ class StatsEngine:
         """
         if protocol is None:
             protocol = "grpc" if is_grpc_content_type(content_type) else "http"
+        table = peer._requests
+        if table is not None and attributes is None:
+            if table.record(
+                response_code, grpc_status, response_flags, protocol, host, duration_ms,
+                request_bytes, response_bytes,
+            ):  # fmt: skip
+                return
         attrs = request_attributes(
             protocol=protocol,
             response_code=response_code,
@@ -491,7 +505,13 @@ class StatsEngine:
             "request_bytes": request_bytes,
             "response_bytes": response_bytes,
         }
-        self._emit("http", peer, Layered(attrs, peer.attrs), values)
+        block = self._emit("http", peer, Layered(attrs, peer.attrs), values)
+        if self._fast_http and attributes is None:
+            # Every HTTP label this request resolved follows from the raw arguments: the
+            # next request with the same ones records straight into this block.
+            if table is None:
+                table = peer._requests = self._request_tables.new()
+            table.put(response_code, grpc_status, response_flags, protocol, host, block)
 
     def record_grpc_messages(
         self,
@@ -520,24 +540,30 @@ class StatsEngine:
 
     def _emit(
         self, event: str, peer: PeerContext, attrs: Mapping[str, Any], values: Mapping[str, Any]
-    ) -> None:
+    ) -> list[tuple[int, str, Any]]:
+        """Record the event; returns its block: ``(series id or -1, kind, value)`` for every
+        metric of the event (-1: no series yet, nothing recorded on it so far)."""
         store = self.store
+        block: list[tuple[int, str, Any]] = []
         for index, plan in self._plans.get(event, ()):
             entry = peer.series(index, plan, attrs)
             for j, emitter in enumerate(plan.emitters, 1):
                 value = emitter.value
                 amount = values[value] if isinstance(value, str) else _custom_value(value, attrs)
                 if amount is None or (not amount and emitter.kind == "counter"):
+                    block.append((entry[j], emitter.kind, value))
                     continue
                 sid = entry[j]
                 if sid < 0:
                     sid = entry[j] = store.series(emitter.metric, entry[0])
+                block.append((sid, emitter.kind, value))
                 if emitter.kind == "counter":
                     store.inc(sid, amount)
                 elif emitter.kind == "histogram":
                     store.observe(sid, amount)
                 else:
                     store.set(sid, float(amount))
+        return block
 
     # -- periodic reporting ----------------------------------------------------------------------
 
@@ -577,7 +603,7 @@ class StatsEngine:
 
     def cache_stats(self) -> dict[str, int]:
         return {
-            "series_hits": self.cache_hits,
+            "series_hits": self.cache_hits + self._request_tables.hits,
             "series_misses": self.cache_misses,
             "peer_hits": self.peer_cache_hits,
             "peer_misses": self.peer_cache_misses,
@@ -648,26 +674,58 @@ class TcpConnection:
         self._engine._connections.discard(self)
 
 
+# Attribute roots fixed for a peer and connection (PeerContext.attrs).
+_PEER_ROOTS = (
+    "source",
+    "destination",
+    "connection",
+    "context.reporter",
+    "xds",
+    "node",
+    "filter_state",
+    "upstream_peer",
+    "downstream_peer",
+)
+# Request attributes that record_request derives from its keyed arguments alone (response
+# code, gRPC status, flags, protocol, host); request.method, paths, headers, sizes and
+# durations are not among them.
+_KEYED_ROOTS = (
+    "response.code",
+    "response.grpc_status",
+    "response.flags",
+    "context.proxy_error_code",
+    "api.protocol",
+    "context.protocol",
+    "request.host",
+    "destination.service",
+)
+
+
 def _request_scoped(expr: Expression) -> bool:
     if not expr.attributes:
         return False
-    known_peer = (
-        "source",
-        "destination",
-        "connection",
-        "context.reporter",
-        "xds",
-        "node",
-        "filter_state",
-        "upstream_peer",
-        "downstream_peer",
-    )
     for name in expr.attributes:
         if any(name == p or name.startswith(p + ".") for p in REQUEST_SCOPED):
             return True
-        if not any(name == p or name.startswith(p + ".") for p in known_peer):
+        if not any(name == p or name.startswith(p + ".") for p in _PEER_ROOTS):
             return True  # a user's own attribute: assume it can change per request
     return False
+
+
+def _fast_path_applies(plans: Iterable[tuple[int, _Plan]]) -> bool:
+    """Whether every HTTP label follows from record_request's keyed arguments and the peer,
+    and every HTTP metric records one of the event's own values (no custom value
+    expression): then equal arguments always land on the same series."""
+    allowed = _KEYED_ROOTS + _PEER_ROOTS
+    emitters = 0
+    for _, plan in plans:
+        for pos in plan.request_pos:
+            if not plan.exprs[pos].depends_only_on(allowed):
+                return False
+        if any(not isinstance(e.value, str) for e in plan.emitters):
+            return False
+        emitters += len(plan.emitters)
+    return emitters <= BLOCK_MAX
 
 
 def _custom_value(expr: Expression, attrs: Mapping[str, Any]) -> int:

@@ -1,0 +1,234 @@
+/* Unit tests of request_table.c: keys, bounds, the block's all-or-nothing recording. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "request_table.h"
+#include "store.h"
+
+static int failures;
+
+#define CHECK(cond)                                                              \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                          \
+        }                                                                        \
+    } while (0)
+
+#define S(lit) {(lit), sizeof(lit) - 1}
+
+static size_t live_bytes;
+static long fail_after = -1;
+
+static void *t_malloc(size_t n) {
+    if (fail_after >= 0 && fail_after-- == 0) return NULL;
+    size_t *p = malloc(n + 16);
+    if (!p) return NULL;
+    *p = n;
+    live_bytes += n;
+    return (char *)p + 16;
+}
+static void *t_calloc(size_t k, size_t n) {
+    void *p = t_malloc(k * n);
+    if (p) memset(p, 0, k * n);
+    return p;
+}
+static void t_free(void *p) {
+    if (!p) return;
+    size_t *h = (size_t *)((char *)p - 16);
+    live_bytes -= *h;
+    free(h);
+}
+static void *t_realloc(void *p, size_t n) {
+    (void)p;
+    (void)n;
+    return NULL; /* the table never reallocates */
+}
+static const ms_allocator counting = {t_malloc, t_calloc, t_realloc, t_free};
+
+static ms_request_key key(int64_t code, const char *host) {
+    ms_request_key k = {.code = code, .grpc = MS_NO_GRPC, .protocol = S("http")};
+    if (host) k.host = (ms_strref){host, strlen(host)};
+    return k;
+}
+
+static ms_series_block one_counter(uint32_t sid) {
+    ms_series_block b = {.n = 1, .e = {{sid, MS_COUNTER, MS_VALUE_ONE}}};
+    return b;
+}
+
+static void test_keys_tell_apart_every_field(void) {
+    ms_rtable *t = ms_rtable_new(&counting, 100);
+    ms_request_key keys[10];
+    keys[0] = key(200, "reviews:9080");
+    keys[1] = key(201, "reviews:9080");
+    keys[2] = key(200, "reviews:908");
+    keys[3] = key(200, NULL);
+    keys[4] = key(200, ""); /* an empty host is not an absent one */
+    keys[5] = key(200, "reviews:9080");
+    keys[5].grpc = 0;
+    keys[6] = key(200, "reviews:9080");
+    keys[6].flags_kind = MS_FLAGS_BITS;
+    keys[6].flags_bits = 0x20;
+    keys[7] = key(200, "reviews:9080");
+    keys[7].flags_kind = MS_FLAGS_TEXT;
+    keys[7].flags_text = (ms_strref)S("UF");
+    keys[8] = key(200, "reviews:9080");
+    keys[8].protocol = (ms_strref)S("grpc");
+    keys[9] = key(200, "reviews:9080");
+    keys[9].flags_kind = MS_FLAGS_BITS; /* bits 0: still not "no flags given" */
+    for (uint32_t i = 0; i < 10; i++) {
+        ms_series_block b = one_counter(i);
+        CHECK(ms_rtable_put(t, &keys[i], &b) == MS_OK);
+    }
+    CHECK(ms_rtable_len(t) == 10);
+    for (uint32_t i = 0; i < 10; i++) {
+        /* A copy of the key in other memory finds the same entry. */
+        char host[32];
+        ms_request_key probe = keys[i];
+        if (probe.host.ptr) {
+            memcpy(host, probe.host.ptr, probe.host.len);
+            probe.host.ptr = host;
+        }
+        const ms_series_block *b = ms_rtable_find(t, &probe);
+        CHECK(b != NULL && b->n == 1 && b->e[0].series == i);
+    }
+    ms_request_key absent = key(404, "reviews:9080");
+    CHECK(ms_rtable_find(t, &absent) == NULL);
+    ms_rtable_free(t);
+    CHECK(live_bytes == 0);
+}
+
+static void test_put_replaces_and_grows(void) {
+    ms_rtable *t = ms_rtable_new(&counting, 1000);
+    char host[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(host, sizeof host, "h%d", i);
+        ms_request_key k = key(i % 7, host);
+        ms_series_block b = one_counter((uint32_t)i);
+        CHECK(ms_rtable_put(t, &k, &b) == MS_OK);
+    }
+    CHECK(ms_rtable_len(t) == 1000);
+    size_t memory = ms_rtable_memory(t);
+    CHECK(memory == live_bytes);
+    snprintf(host, sizeof host, "h%d", 500);
+    ms_request_key k = key(500 % 7, host);
+    ms_series_block b = one_counter(77);
+    CHECK(ms_rtable_put(t, &k, &b) == MS_OK); /* replace: no new entry */
+    CHECK(ms_rtable_len(t) == 1000 && ms_rtable_memory(t) == memory);
+    CHECK(ms_rtable_find(t, &k)->e[0].series == 77);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(host, sizeof host, "h%d", i);
+        ms_request_key q = key(i % 7, host);
+        const ms_series_block *found = ms_rtable_find(t, &q);
+        CHECK(found && found->e[0].series == (i == 500 ? 77u : (uint32_t)i));
+    }
+    ms_rtable_free(t);
+    CHECK(live_bytes == 0);
+}
+
+static void test_bounds(void) {
+    CHECK(ms_rtable_new(NULL, 0) == NULL);
+    ms_rtable *t = ms_rtable_new(&counting, 3);
+    ms_series_block b = one_counter(1);
+    for (int i = 0; i < 3; i++) {
+        ms_request_key k = key(i, "h");
+        CHECK(ms_rtable_put(t, &k, &b) == MS_OK);
+    }
+    ms_request_key k = key(3, "h");
+    CHECK(ms_rtable_put(t, &k, &b) == MS_ERR_LIMIT); /* full: nothing added */
+    CHECK(ms_rtable_len(t) == 3 && ms_rtable_find(t, &k) == NULL);
+    ms_request_key again = key(2, "h");
+    CHECK(ms_rtable_put(t, &again, &b) == MS_OK); /* a known key still updates */
+
+    static char big[MS_RKEY_MAX_STRING + 2];
+    memset(big, 'a', sizeof big - 1);
+    ms_rtable *u = ms_rtable_new(&counting, 10);
+    ms_request_key long_host = key(200, big);
+    CHECK(ms_rtable_put(u, &long_host, &b) == MS_ERR_LIMIT);
+    big[MS_RKEY_MAX_STRING] = '\0';
+    long_host = key(200, big); /* exactly the limit: kept */
+    CHECK(ms_rtable_put(u, &long_host, &b) == MS_OK);
+    ms_series_block too_big = {.n = MS_BLOCK_MAX + 1};
+    CHECK(ms_rtable_put(u, &k, &too_big) == MS_ERR_INVALID_SAMPLE);
+
+    /* Out of memory at every step of a put: an error, nothing leaked, table unchanged. */
+    for (long at = 0; at < 4; at++) {
+        ms_request_key fresh = key(999 + at, "fresh-host"); /* a new key each time */
+        uint32_t before = ms_rtable_len(u);
+        fail_after = at;
+        ms_status st = ms_rtable_put(u, &fresh, &b);
+        fail_after = -1;
+        CHECK(st == MS_OK || st == MS_ERR_NOMEM);
+        CHECK(ms_rtable_len(u) == before + (st == MS_OK));
+        CHECK(ms_rtable_memory(u) + ms_rtable_memory(t) == live_bytes);
+    }
+    /* Out of memory while growing (the 9th key of 16 slots): the key's copy is freed. */
+    for (int i = 0; ms_rtable_len(u) < 8; i++) {
+        ms_request_key fill = key(2000 + i, "fill");
+        CHECK(ms_rtable_put(u, &fill, &b) == MS_OK);
+    }
+    ms_request_key ninth = key(3000, "ninth");
+    fail_after = 1; /* the key's copy succeeds, the bigger slot array does not */
+    CHECK(ms_rtable_put(u, &ninth, &b) == MS_ERR_NOMEM);
+    fail_after = -1;
+    CHECK(ms_rtable_len(u) == 8 && ms_rtable_find(u, &ninth) == NULL);
+    CHECK(ms_rtable_memory(u) + ms_rtable_memory(t) == live_bytes);
+    CHECK(ms_rtable_put(u, &ninth, &b) == MS_OK && ms_rtable_find(u, &ninth) != NULL);
+    ms_rtable_free(t);
+    ms_rtable_free(u);
+    CHECK(live_bytes == 0);
+}
+
+static void test_record_block(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    uint32_t c, h, sc, sh;
+    ms_strref names[] = {S("k")}, values[] = {S("v")};
+    double bounds[] = {10, 100};
+    CHECK(ms_metric_add(s, MS_COUNTER, "r_total", 7, "", 0, names, 1, NULL, 0, 0, &c) == MS_OK);
+    CHECK(ms_metric_add(s, MS_HISTOGRAM, "d", 1, "", 0, names, 1, bounds, 2, 0, &h) == MS_OK);
+    CHECK(ms_series_get(s, c, values, 1, &sc) == MS_OK);
+    CHECK(ms_series_get(s, h, values, 1, &sh) == MS_OK);
+    ms_series_block b = {.n = 3,
+                  .e = {{sc, MS_COUNTER, MS_VALUE_ONE},
+                        {sh, MS_HISTOGRAM, MS_VALUE_DURATION},
+                        {MS_NO_SERIES, MS_HISTOGRAM, MS_VALUE_REQUEST_BYTES}}};
+    double ev[MS_N_VALUES] = {1, 12, 420, 3100};
+    CHECK(ms_record_block(s, &b, ev) == MS_ERR_UNKNOWN_SERIES); /* needs request bytes */
+    uint64_t n = 99, counts[3];
+    double sum;
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 0); /* nothing recorded */
+    ev[MS_VALUE_REQUEST_BYTES] = NAN; /* absent: that entry is skipped */
+    CHECK(ms_record_block(s, &b, ev) == MS_OK);
+    ev[MS_VALUE_DURATION] = NAN;
+    CHECK(ms_record_block(s, &b, ev) == MS_OK); /* no duration: counted, not observed */
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 2);
+    CHECK(ms_histogram_value(s, sh, counts, &sum) == MS_OK);
+    CHECK(counts[0] == 0 && counts[1] == 1 && counts[2] == 0 && sum == 12);
+    double bad[MS_N_VALUES] = {1.5, 1, NAN, 0};
+    CHECK(ms_record_block(s, &b, bad) == MS_ERR_INVALID_SAMPLE);
+    bad[0] = -1;
+    CHECK(ms_record_block(s, &b, bad) == MS_ERR_INVALID_SAMPLE);
+    bad[0] = 0; /* a counter adding 0 is skipped, even without a series */
+    ms_series_block lazy = {.n = 1, .e = {{MS_NO_SERIES, MS_COUNTER, MS_VALUE_ONE}}};
+    CHECK(ms_record_block(s, &lazy, bad) == MS_OK);
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 2);
+    ms_series_block wrong = {.n = 1, .e = {{sh, MS_COUNTER, MS_VALUE_ONE}}};
+    CHECK(ms_record_block(s, &wrong, ev) == MS_ERR_WRONG_KIND);
+    ms_store_free(s);
+}
+
+int main(void) {
+    test_keys_tell_apart_every_field();
+    test_put_replaces_and_grows();
+    test_bounds();
+    test_record_block();
+    if (failures) {
+        fprintf(stderr, "%d request_table checks failed\n", failures);
+        return 1;
+    }
+    puts("all request_table tests passed");
+    return 0;
+}

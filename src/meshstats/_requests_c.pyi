@@ -1,0 +1,64 @@
+"""The per-request fast path, compiled (Cython over ``_core/request_table.c``); the same API
+as ``_requests_py``.
+
+>>> from meshstats._store_c import Store
+>>> from meshstats._requests_c import RequestTable
+>>> table = RequestTable(Store())
+>>> table.record(200, None, None, "http", None, 1.0, 0, 0)  # nothing kept yet
+False
+"""
+
+from collections.abc import Sequence
+
+from ._store_c import Store
+
+__all__ = ["RequestTable", "HitCounter", "BLOCK_MAX"]
+
+#: Most series one request's block can hold (the standard HTTP metrics need 4).
+BLOCK_MAX: int
+
+class HitCounter:
+    """Hits of many tables in one number (an engine's ``series_hits``), counted in C."""
+
+    @property
+    def value(self) -> int: ...
+
+class RequestTable:
+    """A request's raw arguments -> the series ids of all of its metrics.
+
+    ``put`` keeps a block of ``(series id or -1, kind, value)`` for a key, ``record`` records
+    one request into its key's block in one C call and says whether it could.
+    """
+
+    #: Requests recorded through the table.
+    hits: int
+
+    def __init__(
+        self, store: Store, max_entries: int = 4096, counter: HitCounter | None = None
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def record(
+        self,
+        code: object,
+        grpc_status: object,
+        flags: object,
+        protocol: object,
+        host: object,
+        duration_ms: object,
+        request_bytes: object,
+        response_bytes: object,
+    ) -> bool:
+        """Record into the key's block; False when the key is unknown or not keyable, or
+        the block lacks a series this event needs."""
+
+    def put(
+        self,
+        code: object,
+        grpc_status: object,
+        flags: object,
+        protocol: object,
+        host: object,
+        block: Sequence[tuple[int, str, str]],
+    ) -> bool:
+        """Keep ``block`` for the key; False when it cannot be kept (not keyable, a string
+        over 1 KiB, the table full)."""
