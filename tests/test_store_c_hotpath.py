@@ -58,3 +58,30 @@ def test_inc_set_observe_allocate_nothing(c_backend: Backend) -> None:
     floor = _peak(empty)
     assert [_peak(f) for f in (incs, sets, observes)] == [floor] * 3
     assert store.value(c) == 2 * CALLS * (1 + big)  # warm-up run included
+
+
+def test_a_request_on_the_fast_path_allocates_nothing(c_backend: Backend) -> None:
+    """record_request for a known peer and key: the Python call, the table lookup and the
+    four store updates create no Python object, not even a temporary."""
+    from meshstats import StatsEngine
+
+    engine = StatsEngine({"WORKLOAD_NAME": "pp"}, store=c_backend.store.Store())
+    peer = engine.peer("outbound", {"WORKLOAD_NAME": "reviews-v2"})
+    record = engine.record_request
+    host, flags = "reviews:9080", "UF"
+
+    def empty() -> None:
+        for _ in itertools.repeat(None, CALLS):
+            pass
+
+    def requests() -> None:
+        for _ in itertools.repeat(None, CALLS):
+            record(peer, response_code=200, duration_ms=12.5, request_bytes=420,
+                   response_bytes=3100, host=host)  # fmt: skip
+            record(peer, response_code=503, duration_ms=None, request_bytes=420,
+                   response_bytes=0, host=host, response_flags=flags)  # fmt: skip
+
+    requests()  # the first request of each key resolves its series (and allocates)
+    hits = engine.cache_stats()["series_hits"]
+    assert _peak(requests) == _peak(empty)
+    assert engine.cache_stats()["series_hits"] == hits + 4 * CALLS  # all on the table
