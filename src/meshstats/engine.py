@@ -241,6 +241,8 @@ class StatsEngine:
         self._tables: dict[tuple[int, tuple[str, ...]], dict[tuple[str, ...], list[Any]]] = {}
         self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
         self._clock = clock
+        self._gateway = self.config.reporter == "SERVER_GATEWAY"
+        self._move_to_end = self._peers.move_to_end
         self._request_tables = Tables(self.store)
         self._build_plans()
         build = self.store.gauge(BUILD_METRIC.name, BUILD_METRIC.help, BUILD_METRIC.labels)
@@ -408,16 +410,17 @@ class StatsEngine:
         context (its labels evaluated again) but not its series: the engine keeps the series
         ids per set of peer labels, so requests find them at once.
         """
-        if self.config.reporter == "SERVER_GATEWAY" and reporter == "inbound":
+        if reporter == "inbound" and self._gateway:
             reporter = "gateway"
         if cache_key is not None:
             full_key = (reporter, cache_key, peer_principal, cluster_name, route_name)
-            found = self._peers.get(full_key)
-            if found is not None:
+            try:  # LRU: a peer in use is never evicted first
+                self._move_to_end(full_key)
+            except KeyError:
+                self.peer_cache_misses += 1
+            else:
                 self.peer_cache_hits += 1
-                self._peers.move_to_end(full_key)  # LRU: a peer in use is never evicted first
-                return found
-            self.peer_cache_misses += 1
+                return self._peers[full_key]
         peer = None if metadata is None else _as_metadata(metadata)
         if peer is None and self.registry is not None:
             peer = self.registry.lookup(peer_address)
