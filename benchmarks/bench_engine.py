@@ -52,7 +52,9 @@ CLUSTER_MD = {
         "istio": {"services": [{"host": "reviews.default.svc.cluster.local", "name": "reviews"}]}
     }
 }
-CODES = (200, 404, 200, 503)  # one benchmark call = these four requests
+# One benchmark call = these four requests: (response code, ms, request bytes, response bytes).
+REQUESTS = ((200, 12, 420, 3100), (404, 3, 380, 150), (200, 25, 420, 2900), (503, 1, 420, 95))
+CODES = tuple(r[0] for r in REQUESTS)
 GROUP = "one HTTP request, 25 labels, 4 metrics, 4 codes interleaved (per request)"
 
 
@@ -69,21 +71,28 @@ def _engine(store_mod: ModuleType, fast: bool = True) -> tuple[StatsEngine, Any]
     return engine, peer
 
 
+def _four(one: Callable[[int, float, int, int], None]) -> Callable[[], None]:
+    """One benchmark call: the four requests, each through ``one``."""
+    a, b, c, d = REQUESTS
+
+    def four() -> None:
+        one(*a)
+        one(*b)
+        one(*c)
+        one(*d)
+
+    return four
+
+
 def meshstats_requests(store_mod: ModuleType, fast: bool = True) -> Callable[[], None]:
     engine, peer = _engine(store_mod, fast)
     record = engine.record_request
-    c0, c1, c2, c3 = CODES
 
-    def four() -> None:
-        record(peer, response_code=c0, duration_ms=12, request_bytes=420,
-               response_bytes=3100, host="reviews:9080")  # fmt: skip
-        record(peer, response_code=c1, duration_ms=3, request_bytes=380,
-               response_bytes=150, host="reviews:9080")  # fmt: skip
-        record(peer, response_code=c2, duration_ms=25, request_bytes=420,
-               response_bytes=2900, host="reviews:9080")  # fmt: skip
-        record(peer, response_code=c3, duration_ms=1, request_bytes=420,
-               response_bytes=95, host="reviews:9080")  # fmt: skip
+    def one(code: int, ms: float, up: int, down: int) -> None:
+        record(peer, response_code=code, duration_ms=ms, request_bytes=up,
+               response_bytes=down, host="reviews:9080")  # fmt: skip
 
+    four = _four(one)
     four()  # the first request of each code resolves its series
     return four
 
@@ -111,27 +120,21 @@ def _values(code: int) -> tuple[str, ...]:
 
 def prometheus_labels(registry: Any) -> Callable[[], None]:
     requests, duration, req_bytes, resp_bytes = _prom_metrics(registry)
-    v0, v1, v2, v3 = (_values(c) for c in CODES)
+    values = {code: _values(code) for code in CODES}  # resolved labels, as handed over
 
-    def one(values: tuple[str, ...], ms: float, up: int, down: int) -> None:
-        requests.labels(*values).inc()
-        duration.labels(*values).observe(ms)
-        req_bytes.labels(*values).observe(up)
-        resp_bytes.labels(*values).observe(down)
+    def one(code: int, ms: float, up: int, down: int) -> None:
+        v = values[code]
+        requests.labels(*v).inc()
+        duration.labels(*v).observe(ms)
+        req_bytes.labels(*v).observe(up)
+        resp_bytes.labels(*v).observe(down)
 
-    def four() -> None:
-        one(v0, 12, 420, 3100)
-        one(v1, 3, 380, 150)
-        one(v2, 25, 420, 2900)
-        one(v3, 1, 420, 95)
-
-    return four
+    return _four(one)
 
 
 def prometheus_cached(registry: Any) -> Callable[[], None]:
     metrics = _prom_metrics(registry)
-    children = {c: tuple(m.labels(*_values(c)) for m in metrics) for c in set(CODES)}
-    c0, c1, c2, c3 = CODES
+    children = {c: tuple(m.labels(*_values(c)) for m in metrics) for c in CODES}
 
     def one(code: int, ms: float, up: int, down: int) -> None:
         requests, duration, req_bytes, resp_bytes = children[code]
@@ -140,13 +143,7 @@ def prometheus_cached(registry: Any) -> Callable[[], None]:
         req_bytes.observe(up)
         resp_bytes.observe(down)
 
-    def four() -> None:
-        one(c0, 12, 420, 3100)
-        one(c1, 3, 380, 150)
-        one(c2, 25, 420, 2900)
-        one(c3, 1, 420, 95)
-
-    return four
+    return _four(one)
 
 
 def _per_request(benchmark: Any, fn: Callable[[], None]) -> None:

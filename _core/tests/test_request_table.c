@@ -6,47 +6,7 @@
 
 #include "request_table.h"
 #include "store.h"
-
-static int failures;
-
-#define CHECK(cond)                                                              \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                          \
-        }                                                                        \
-    } while (0)
-
-#define S(lit) {(lit), sizeof(lit) - 1}
-
-static size_t live_bytes;
-static long fail_after = -1;
-
-static void *t_malloc(size_t n) {
-    if (fail_after >= 0 && fail_after-- == 0) return NULL;
-    size_t *p = malloc(n + 16);
-    if (!p) return NULL;
-    *p = n;
-    live_bytes += n;
-    return (char *)p + 16;
-}
-static void *t_calloc(size_t k, size_t n) {
-    void *p = t_malloc(k * n);
-    if (p) memset(p, 0, k * n);
-    return p;
-}
-static void t_free(void *p) {
-    if (!p) return;
-    size_t *h = (size_t *)((char *)p - 16);
-    live_bytes -= *h;
-    free(h);
-}
-static void *t_realloc(void *p, size_t n) {
-    (void)p;
-    (void)n;
-    return NULL; /* the table never reallocates */
-}
-static const ms_allocator counting = {t_malloc, t_calloc, t_realloc, t_free};
+#include "testing.h"
 
 static ms_request_key key(int64_t code, const char *host) {
     ms_request_key k = {.code = code, .grpc = MS_NO_GRPC, .protocol = S("http")};
