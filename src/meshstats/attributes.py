@@ -179,26 +179,30 @@ def _side(
     it); a peer's absent field is left out so that ``x | "unknown"`` falls through.
     """
     out: dict[str, Any] = {}
-    if meta is not None and local:
-        # Istio reads the local node's LABELS.app/version verbatim; the app.kubernetes.io
-        # precedence applies to peers only (§3.2, §3.5).
-        app, version = meta.labels.get("app"), meta.labels.get("version")
+    # ``meta is None``, not ``not meta``: a Mapping's truth would call __len__ each time.
+    if meta is None:
+        fields: dict[str, str | None] = {"principal": principal}
     else:
-        app = meta.app if meta else None
-        version = meta.version if meta else None
-    fields = {
-        "workload.name": meta.workload_name if meta else None,
-        "workload.namespace": meta.namespace if meta else None,
-        "name": meta.name if meta else None,
-        "namespace": meta.namespace if meta else None,
-        "app": app,
-        "version": version,
-        "canonical_service": meta.canonical_service if meta else None,
-        "canonical_revision": meta.canonical_revision if meta else None,
-        "cluster.id": meta.cluster_id if meta else None,
-        "owner": meta.owner if meta else None,
-        "principal": principal,
-    }
+        if local:
+            # Istio reads the local node's LABELS.app/version verbatim; the
+            # app.kubernetes.io precedence applies to peers only (§3.2, §3.5).
+            app, version = meta.labels.get("app"), meta.labels.get("version")
+        else:
+            app, version = meta.app, meta.version
+        namespace = meta.namespace
+        fields = {
+            "workload.name": meta.workload_name,
+            "workload.namespace": namespace,
+            "name": meta.name,
+            "namespace": namespace,
+            "app": app,  # type: ignore[dict-item]
+            "version": version,  # type: ignore[dict-item]
+            "canonical_service": meta.canonical_service,
+            "canonical_revision": meta.canonical_revision,
+            "cluster.id": meta.cluster_id,
+            "owner": meta.owner,
+            "principal": principal,
+        }
     if not local:
         # The SPIFFE namespace of an authenticated peer beats what its metadata claims.
         san_ns = namespace_from_principal(principal) if principal else None
@@ -212,6 +216,12 @@ def _side(
     if meta is not None:
         out[f"{prefix}.labels"] = dict(meta.labels)
     return out
+
+
+def _local_side(prefix: str, local: PeerMetadata, principal: str | None) -> dict[str, Any]:
+    return local.memo(
+        ("side", prefix, principal), lambda: _side(prefix, local, principal, local=True)
+    )
 
 
 def peer_attributes(
@@ -236,10 +246,13 @@ def peer_attributes(
     """
     if reporter not in REPORTER_KINDS:
         raise ValueError(f"reporter must be one of {REPORTER_KINDS}, got {reporter!r}")
+    # The local node's parts are the same for every peer: computed once per node (shared,
+    # read-only) instead of once per new peer.
+    node_struct = local.memo("struct", local.to_struct)
     attrs: dict[str, Any] = {
         "context.reporter.kind": reporter,
-        "xds.node.metadata": local.to_struct(),
-        "node.metadata": local.to_struct(),
+        "xds.node.metadata": node_struct,
+        "node.metadata": node_struct,
     }
     if local.node_id:
         attrs["xds.node.id"] = local.node_id
@@ -251,12 +264,12 @@ def peer_attributes(
         attrs["xds.route_name"] = route_name
 
     if reporter == "outbound":
-        attrs |= _side("source", local, local_principal, local=True)
+        attrs |= _local_side("source", local, local_principal)
         attrs |= _side("destination", peer, peer_principal, local=False)
         peer_key = "upstream_peer"
     elif reporter == "inbound":
         attrs |= _side("source", peer, peer_principal, local=False)
-        attrs |= _side("destination", local, local_principal, local=True)
+        attrs |= _local_side("destination", local, local_principal)
         peer_key = "downstream_peer"
     else:  # a gateway reports both remote sides
         attrs |= _side("source", peer, peer_principal, local=False)

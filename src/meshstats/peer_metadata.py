@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from .errors import PeerMetadataTypeError
+
+T = TypeVar("T")
 
 __all__ = ["PeerMetadata", "namespace_from_principal"]
 
@@ -73,8 +75,20 @@ def _freeze(value: object, where: str) -> object:
     Ints become floats because that is what they are on the wire (a Struct number), so
     a PeerMetadata built from JSON equals one decoded from the peer's bytes.
     """
-    if value is None or isinstance(value, (str, bool)):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return value
+    if kind is float:
+        return value
+    if kind is dict:  # the usual case, without the ABC check below
+        frozen = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str and not isinstance(key, str):
+                raise PeerMetadataTypeError(f"{where}: keys must be str, got {key!r}")
+            frozen[key] = _freeze(item, where if type(item) in _CANNOT_FAIL else f"{where}.{key}")
+        return MappingProxyType(frozen)
+    if isinstance(value, str):  # a str subclass: kept as the plain str the wire carries
+        return str.__str__(value)
     if isinstance(value, (int, float)):
         try:
             return float(value)
@@ -93,6 +107,10 @@ def _freeze(value: object, where: str) -> object:
         f"{where}: a Struct value must be None, bool, number, str, mapping or list; "
         f"got {type(value).__name__}"
     )
+
+
+# Values _freeze takes as they are: no error can name their path, so it is not formatted.
+_CANNOT_FAIL = (str, float, bool, type(None))
 
 
 def _thaw(value: object) -> object:
@@ -128,10 +146,13 @@ class PeerMetadata(Mapping[str, object]):
     lists as tuples; :meth:`to_struct` gives back plain, mutable ``dict``/``list`` values.
     """
 
-    __slots__ = ("_data", "_node_id")
+    __slots__ = ("_data", "_node_id", "_memo")
 
     _data: Mapping[str, object]
     _node_id: str | None
+    # Values derived from the (immutable) data, computed once: a local node's are read for
+    # every new peer.
+    _memo: dict[object, object]
 
     def __init__(
         self, struct: Mapping[str, object] | None = None, node_id: str | None = None
@@ -148,6 +169,7 @@ class PeerMetadata(Mapping[str, object]):
         assert isinstance(frozen, Mapping)
         object.__setattr__(self, "_data", frozen)
         object.__setattr__(self, "_node_id", node_id)
+        object.__setattr__(self, "_memo", {})
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"PeerMetadata is read-only (cannot set {name!r})")
@@ -261,11 +283,11 @@ class PeerMetadata(Mapping[str, object]):
 
     def _str(self, key: str) -> str | None:
         value = self._data.get(key)
-        return value if isinstance(value, str) else None
+        return value if type(value) is str else None  # frozen: str subclasses are str
 
     def _label(self, key: str) -> str | None:
         value = self.labels.get(key)
-        return value if isinstance(value, str) else None
+        return value if type(value) is str else None
 
     @property
     def node_id(self) -> str | None:
@@ -327,7 +349,21 @@ class PeerMetadata(Mapping[str, object]):
     def labels(self) -> Mapping[str, object]:
         """``LABELS`` as a read-only mapping (empty when absent)."""
         value = self._data.get("LABELS")
-        return value if isinstance(value, Mapping) else _EMPTY
+        # Frozen mappings are MappingProxyType: the exact check spares the ABC machinery.
+        return value if type(value) is MappingProxyType or isinstance(value, Mapping) else _EMPTY
+
+    def memo(self, key: object, make: Callable[[], T]) -> T:
+        """``make()``, computed once per metadata object and kept (the data never changes).
+
+        For values derived from the metadata that are costly and needed often, such as the
+        local node's attributes, which every new peer's context includes. The value is
+        shared: treat it as read-only.
+        """
+        try:
+            return self._memo[key]  # type: ignore[return-value]
+        except KeyError:
+            value = self._memo[key] = make()
+            return value
 
     @property
     def platform_metadata(self) -> Mapping[str, object]:
