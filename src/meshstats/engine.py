@@ -749,6 +749,8 @@ def _custom_value(expr: Expression, attrs: Mapping[str, Any]) -> int:
 
 
 def _as_metadata(node: PeerMetadata | Mapping[str, Any] | str | os.PathLike[str]) -> PeerMetadata:
+    if type(node) is dict:  # the usual case first: isinstance against ABCs is slow
+        return PeerMetadata.from_struct(node)
     if isinstance(node, PeerMetadata):
         return node
     if isinstance(node, Mapping):

@@ -159,7 +159,7 @@ class PeerMetadata(Mapping[str, object]):
     ) -> None:
         if struct is None:
             struct = {}
-        if not isinstance(struct, Mapping):
+        if type(struct) is not dict and not isinstance(struct, Mapping):  # dict: no ABC check
             raise PeerMetadataTypeError(
                 f"node metadata must be a mapping, got {type(struct).__name__}"
             )
@@ -183,7 +183,7 @@ class PeerMetadata(Mapping[str, object]):
         An Istio bootstrap-like mapping ``{"node": {"id": ..., "metadata": {...}}}`` is
         unwrapped too, keeping the id as :attr:`node_id`.
         """
-        if not isinstance(struct, Mapping):
+        if type(struct) is not dict and not isinstance(struct, Mapping):  # dict: no ABC check
             raise PeerMetadataTypeError(
                 f"node metadata must be a mapping, got {type(struct).__name__}"
             )
@@ -474,10 +474,10 @@ class PeerMetadata(Mapping[str, object]):
 def _bootstrap_node(data: Mapping[str, object]) -> Mapping[str, object] | None:
     """The ``node`` of an Envoy bootstrap (or config dump) mapping, if it is one."""
     node = data.get("node")
-    if isinstance(node, Mapping) and ("metadata" in node or "id" in node):
+    if node is not None and isinstance(node, Mapping) and ("metadata" in node or "id" in node):
         return node
     bootstrap = data.get("bootstrap")
-    if isinstance(bootstrap, Mapping):
+    if bootstrap is not None and isinstance(bootstrap, Mapping):
         return _bootstrap_node(bootstrap)
     configs = data.get("configs")
     if isinstance(configs, list):
