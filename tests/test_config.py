@@ -110,6 +110,14 @@ def test_json_text_yaml_and_json_files(tmp_path: Path) -> None:
         ({"peer_cache_size": True}, "peer_cache_size", "integer"),
         ({"disable_host_header_fallback": "no"}, "disable_host_header_fallback", "true"),
         ({"surprise": 1}, "surprise", "unknown field"),
+        ({"max_series": "12.5"}, "max_series", "integer"),
+        ({"max_series": 2.5}, "max_series", "integer"),
+        ({"metrics": [{"drop": "True"}]}, "metrics[0].drop", "true or false"),  # JSON's words
+        (
+            {"tcpReportingDuration": "1s", "tcp_reporting_duration": "2s"},
+            "tcp_reporting_duration",
+            "twice",
+        ),
     ],
 )
 def test_errors_name_the_field(config: dict[str, object], field: str, message: str) -> None:
@@ -150,3 +158,27 @@ def test_bad_files(tmp_path: Path) -> None:
 )
 def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value, "x") == pytest.approx(seconds)
+
+
+def test_protobuf_json_mapping_as_istio_writes_it() -> None:
+    """The config is a protobuf message: its JSON mapping quotes booleans and 64-bit
+    integers, spells durations "10s" and takes lowerCamel names as well as snake_case
+    (istio/proxy testdata/stats/*, e.g. ``disable_host_header_fallback: "true"``)."""
+    cfg = StatsConfig.parse(
+        {
+            "disable_host_header_fallback": "true",
+            "tcpReportingDuration": "10s",
+            "maxSeries": "5000",
+            "peer_cache_size": 64.0,
+            "metrics": [{"name": "requests_total", "drop": "false", "tagsToRemove": ["a"]}],
+            "statPrefix": "istio",  # accepted and ignored, in either spelling
+        }
+    )
+    assert cfg.disable_host_header_fallback is True
+    assert cfg.tcp_reporting_duration == 10.0
+    assert cfg.max_series == 5000 and cfg.peer_cache_size == 64
+    assert cfg.metrics[0].drop is False and cfg.metrics[0].tags_to_remove == ("a",)
+    assert (
+        StatsConfig.parse({"disableHostHeaderFallback": "false"}).disable_host_header_fallback
+        is False
+    )

@@ -189,16 +189,47 @@ _TOP = {
 }  # fmt: skip
 
 
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
 def _fields(data: Mapping[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
+    """Field names as protobuf's JSON mapping takes them: snake_case or lowerCamelCase."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = _ALIASES.get(key, key)
+        if isinstance(name, str) and name not in allowed:
+            name = _CAMEL.sub(r"_\1", name).lower()
+        if name in out:
+            raise ConfigError(
+                f"{key!r} given twice (as snake_case and lowerCamelCase)", where + key
+            )
         if name not in allowed:
             raise ConfigError(
                 f"unknown field {key!r} (known: {', '.join(sorted(allowed))})", f"{where}{key}"
             )
         out[name] = value
     return out
+
+
+def _bool(value: Any, where: str) -> bool:
+    """A protobuf JSON bool: ``true``/``false``, or the quoted ``"true"``/``"false"``
+    protobuf's parser accepts too (Istio's own test configs quote them)."""
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return bool(value == "true")
+    raise ConfigError(f"expected true or false, got {type(value).__name__} {value!r}", where)
+
+
+def _int(value: Any, where: str) -> int:
+    """A protobuf JSON integer: a number without a fraction, or its decimal string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        return int(value)
+    raise ConfigError(f"expected an integer, got {type(value).__name__} {value!r}", where)
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: str) -> Any:
@@ -211,8 +242,8 @@ def _parse(data: Mapping[str, Any]) -> StatsConfig:
     f = _fields(data, _TOP, "")
     kwargs: dict[str, Any] = {}
     if "disable_host_header_fallback" in f:
-        kwargs["disable_host_header_fallback"] = _expect(
-            f["disable_host_header_fallback"], bool, "true or false", "disable_host_header_fallback"
+        kwargs["disable_host_header_fallback"] = _bool(
+            f["disable_host_header_fallback"], "disable_host_header_fallback"
         )
     if "tcp_reporting_duration" in f:
         kwargs["tcp_reporting_duration"] = parse_duration(
@@ -229,7 +260,7 @@ def _parse(data: Mapping[str, Any]) -> StatsConfig:
         kwargs["reporter"] = reporter
     for key in ("max_series", "peer_cache_size"):
         if key in f:
-            value = _expect(f[key], int, "an integer", key)
+            value = _int(f[key], key)
             if value < 1:
                 raise ConfigError(f"must be >= 1, got {value}", key)
             kwargs[key] = value
@@ -259,7 +290,7 @@ def _metric(entry: Any, where: str) -> MetricConfig:
         _expect(tag, str, "a label name", f"{where}.tags_to_remove[{i}]")
     if "match" in f:
         raise ConfigError("'match' is not implemented by Istio either; remove it", where + ".match")
-    drop = _expect(f.get("drop", False), bool, "true or false", where + ".drop")
+    drop = _bool(f.get("drop", False), where + ".drop")
     return MetricConfig(name, dict(dims), tuple(remove), drop)
 
 
