@@ -272,6 +272,28 @@ def test_black_hole_and_passthrough(make: Any, route: str | None, cluster: str, 
     assert got["destination_service"] == "api.example.com"
 
 
+def test_a_removed_tag_set_again_comes_back_in_its_place(make: Any) -> None:
+    """Istio writes one map entry per tag: removing a standard tag and then setting it in a
+    later entry restores it, in the standard order, with the new expression."""
+    engine = make(
+        PRODUCTPAGE,
+        {
+            "metrics": [
+                {"name": "requests_total", "tags_to_remove": ["response_flags", "source_app"]},
+                {"name": "requests_total", "dimensions": {"response_flags": "'restored'"}},
+            ]
+        },
+    )
+    peer = engine.peer("outbound", REVIEWS, cluster_metadata=REVIEWS_CLUSTER_MD)
+    engine.record_request(peer, response_code=200, duration_ms=1)
+    got = one(engine, "istio_requests_total")
+    assert got["response_flags"] == "restored"
+    assert "source_app" not in got  # removed and never set again
+    order = label_order(engine, "istio_requests_total")
+    standard = [t for t in label_order(engine, "istio_request_bytes_count") if t != "source_app"]
+    assert order == standard
+
+
 def test_customized_config(make: Any) -> None:
     config = {
         "metrics": [

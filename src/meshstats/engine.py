@@ -295,12 +295,14 @@ class StatsEngine:
                 if standard is not None and tag in standard:
                     if expr is None:  # Istio: an unparsable override removes the standard tag
                         labels.pop(tag, None)
-                    elif tag in labels:
+                    else:  # set again after a tags_to_remove: back, in its standard place
                         labels[tag] = expr
                 elif expr is not None:
                     appended[tag] = expr
                 else:
                     appended.pop(tag, None)
+        if standard is not None:  # standard tags keep Istio's order, wherever set again
+            labels = {tag: labels[tag] for tag in standard if tag in labels}
         for tag in sorted(appended):
             labels.pop(tag, None)
             labels[tag] = appended[tag]
