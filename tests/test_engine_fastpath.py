@@ -90,7 +90,7 @@ def test_request_attributes_always_take_the_general_path(backend: Backend) -> No
     engine = engine_for(backend, {})
     peer = engine.peer("outbound", REVIEWS)
     request(engine, peer)
-    request(engine, peer, attributes={"source.workload.name": "overridden"})
+    request(engine, peer, attributes={"request.id": "5f3a"})  # read by no label
     request(engine, peer)
     stats = engine.cache_stats()
     assert stats["series_hits"] == 2 and engine._request_tables.hits == 1

@@ -294,6 +294,49 @@ def test_a_removed_tag_set_again_comes_back_in_its_place(make: Any) -> None:
     assert order == standard
 
 
+def test_attributes_set_per_request_are_read_per_request(make: Any) -> None:
+    """Istio's request classification recipe reads filter state the attribute-generation
+    filter writes per request; any attribute passed with the request is read per request,
+    also by a label that otherwise reads only the peer (the override wins for that event)."""
+    engine = make(
+        PRODUCTPAGE,
+        {
+            "metrics": [
+                {
+                    "name": "requests_total",
+                    "dimensions": {
+                        "response_class": "filter_state['wasm.istio_responseClass']",
+                        "source_workload": "source.workload.name",
+                    },
+                }
+            ]
+        },
+    )
+    peer = engine.peer("outbound", REVIEWS, cluster_metadata=REVIEWS_CLUSTER_MD)
+    for code, klass in ((200, "2xx"), (503, "5xx"), (201, "2xx")):
+        engine.record_request(
+            peer,
+            response_code=code,
+            duration_ms=1,
+            attributes={"filter_state": {"wasm.istio_responseClass": klass}},
+        )
+    engine.record_request(peer, response_code=200, duration_ms=1)  # no class: unknown
+    engine.record_request(
+        peer, response_code=200, duration_ms=1, attributes={"source.workload.name": "batch"}
+    )
+    got = {
+        (s["response_class"], s["response_code"], s["source_workload"]): s["__value__"]
+        for s in samples(engine, "istio_requests_total")
+    }
+    assert got == {
+        ("2xx", "200", "productpage-v1"): "1.0",
+        ("2xx", "201", "productpage-v1"): "1.0",
+        ("5xx", "503", "productpage-v1"): "1.0",
+        ("unknown", "200", "productpage-v1"): "1.0",
+        ("unknown", "200", "batch"): "1.0",
+    }
+
+
 def test_customized_config(make: Any) -> None:
     config = {
         "metrics": [

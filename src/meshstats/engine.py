@@ -160,12 +160,20 @@ class PeerContext:
                 self._services[host] = found
         return found
 
-    def series(self, index: int, plan: _Plan, attrs: Mapping[str, Any]) -> list[Any]:
+    def series(
+        self,
+        index: int,
+        plan: _Plan,
+        attrs: Mapping[str, Any],
+        overridden: Iterable[str] = (),
+    ) -> list[Any]:
         """``[labels, id_0, id_1, ...]`` for the plan's metrics for this event.
 
-        Request-scoped label values come from ``attrs``. An id is ``-1`` until that metric
-        first records something, so a counter that only ever adds zero never appears (as in
-        Envoy, where a stat exists once it is used).
+        Request-scoped label values come from ``attrs``. ``overridden`` names attributes
+        this event sets itself (``record_request(attributes=...)``): labels that read them
+        are evaluated for this event, even those otherwise fixed per peer. An id is ``-1``
+        until that metric first records something, so a counter that only ever adds zero
+        never appears (as in Envoy, where a stat exists once it is used).
         """
         cached = self._plans.get(index)
         if cached is None:
@@ -174,6 +182,13 @@ class PeerContext:
                 values[pos] = plan.exprs[pos].label(self.attrs)
             cached = self._plans[index] = (values, self._engine._series_table(index, values))
         base, by_request = cached
+        if overridden:
+            redo = [pos for pos in plan.peer_pos if _reads_any(plan.exprs[pos], overridden)]
+            if redo:
+                base = list(base)
+                for pos in redo:
+                    base[pos] = plan.exprs[pos].label(attrs)
+                by_request = self._engine._series_table(index, base)
         key = tuple([label(attrs) for label in plan.request_labels])
         entry = by_request.get(key)
         engine = self._engine
@@ -510,7 +525,13 @@ class StatsEngine:
             "request_bytes": request_bytes,
             "response_bytes": response_bytes,
         }
-        block = self._emit("http", peer, Layered(attrs, peer.attrs), values)
+        block = self._emit(
+            "http",
+            peer,
+            Layered(attrs, peer.attrs),
+            values,
+            attributes.keys() if attributes else (),
+        )
         if self._fast_http and attributes is None:
             # Every HTTP label this request resolved follows from the raw arguments: the
             # next request with the same ones records straight into this block.
@@ -544,14 +565,19 @@ class StatsEngine:
         return conn
 
     def _emit(
-        self, event: str, peer: PeerContext, attrs: Mapping[str, Any], values: Mapping[str, Any]
+        self,
+        event: str,
+        peer: PeerContext,
+        attrs: Mapping[str, Any],
+        values: Mapping[str, Any],
+        overridden: Iterable[str] = (),
     ) -> list[tuple[int, str, Any]]:
         """Record the event; returns its block: ``(series id or -1, kind, value)`` for every
         metric of the event (-1: no series yet, nothing recorded on it so far)."""
         store = self.store
         block: list[tuple[int, str, Any]] = []
         for index, plan in self._plans.get(event, ()):
-            entry = peer.series(index, plan, attrs)
+            entry = peer.series(index, plan, attrs, overridden)
             for j, emitter in enumerate(plan.emitters, 1):
                 value = emitter.value
                 amount = values[value] if isinstance(value, str) else _custom_value(value, attrs)
@@ -714,6 +740,15 @@ def _request_scoped(expr: Expression) -> bool:
             return True
         if not any(name == p or name.startswith(p + ".") for p in _PEER_ROOTS):
             return True  # a user's own attribute: assume it can change per request
+    return False
+
+
+def _reads_any(expr: Expression, names: Iterable[str]) -> bool:
+    """Whether ``expr`` reads one of ``names`` (an attribute, or one inside or around it)."""
+    for read in expr.attributes:
+        for name in names:
+            if read == name or read.startswith(name + ".") or name.startswith(read + "."):
+                return True
     return False
 
 
