@@ -523,6 +523,30 @@ def test_gateway_reporter(make: Any) -> None:
     assert got["reporter"] == "waypoint"
     assert got["source_workload"] == "productpage-v1"
     assert got["destination_workload"] == "reviews-v2"
+    assert got["destination_principal"] == "unknown"  # nothing trusted said who it is
+
+
+def test_gateway_destination_principal_from_the_control_plane(make: Any) -> None:
+    """A waypoint or gateway learns the destination's identity from workload discovery
+    (trusted configuration), and reports it; exchanged headers never set it."""
+    engine = make(
+        {"WORKLOAD_NAME": "istio-ingressgateway", "NAMESPACE": "istio-system"},
+        {"reporter": "SERVER_GATEWAY"},
+    )
+    peer = engine.peer(
+        "inbound",
+        PRODUCTPAGE,
+        peer_principal=PP_SAN,
+        upstream_metadata=REVIEWS,
+        upstream_principal=REVIEWS_SAN,
+        cache_key="pp",
+    )
+    engine.record_request(peer, response_code=200, duration_ms=1)
+    got = one(engine, "istio_requests_total")
+    assert got["destination_principal"] == REVIEWS_SAN
+    assert got["source_principal"] == PP_SAN
+    other = engine.peer("inbound", PRODUCTPAGE, peer_principal=PP_SAN, cache_key="pp")
+    assert other is not peer  # the principal is part of the cache key
 
 
 def test_connection_attributes_feed_custom_dimensions(make: Any) -> None:

@@ -235,6 +235,7 @@ def peer_attributes(
     cluster_metadata: Mapping[str, Any] | None = None,
     route_name: str | None = None,
     upstream_peer: PeerMetadata | None = None,
+    upstream_principal: str | None = None,
 ) -> dict[str, Any]:
     """Attributes fixed for a peer and connection: computed once, shared by its requests.
 
@@ -242,7 +243,8 @@ def peer_attributes(
     side; ``None`` when nothing was learnt. Principals come only from the TLS certificates
     (``local_principal`` from ours, ``peer_principal`` from the peer's verified chain),
     never from exchanged metadata: a plaintext client cannot claim an identity.
-    ``upstream_peer`` is the upstream side for a gateway (SERVER_GATEWAY) reporter.
+    ``upstream_peer`` and ``upstream_principal`` are the upstream side for a gateway
+    (SERVER_GATEWAY) reporter, from the control plane (trusted), never from headers.
     """
     if reporter not in REPORTER_KINDS:
         raise ValueError(f"reporter must be one of {REPORTER_KINDS}, got {reporter!r}")
@@ -273,7 +275,7 @@ def peer_attributes(
         peer_key = "downstream_peer"
     else:  # a gateway reports both remote sides
         attrs |= _side("source", peer, peer_principal, local=False)
-        attrs |= _side("destination", upstream_peer, None, local=False)
+        attrs |= _side("destination", upstream_peer, upstream_principal, local=False)
         peer_key = "downstream_peer"
         if upstream_peer is not None:
             state = upstream_peer.to_filter_state()

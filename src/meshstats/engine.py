@@ -408,6 +408,7 @@ class StatsEngine:
         cluster_metadata: Mapping[str, Any] | None = None,
         route_name: str | None = None,
         upstream_metadata: PeerMetadata | Mapping[str, Any] | None = None,
+        upstream_principal: str | None = None,
         attributes: Mapping[str, Any] | None = None,
         peer_address: str | None = None,
         cache_key: Any = None,
@@ -421,6 +422,10 @@ class StatsEngine:
         Envoy's vocabulary (``source.address``, ``destination.port``, ``upstream.address``,
         ...) for custom dimensions to read. ``peer_address`` (``ip`` or ``ip:port``) finds an
         out-of-mesh peer in the engine's workload registry when ``metadata`` is ``None``. With
+        ``upstream_metadata`` and ``upstream_principal`` describe the destination for a
+        gateway (reporter ``waypoint``) as the control plane's workload discovery knows it:
+        trusted configuration, never exchanged headers; the principal becomes
+        ``destination_principal``. With
         ``cache_key`` (e.g. the peer's
         ``x-envoy-peer-metadata-id`` plus its principal), contexts are kept in a least-recently
         used cache of ``peer_cache_size`` entries. An evicted peer that comes back costs one
@@ -430,7 +435,9 @@ class StatsEngine:
         if reporter == "inbound" and self._gateway:
             reporter = "gateway"
         if cache_key is not None:
-            full_key = (reporter, cache_key, peer_principal, cluster_name, route_name)
+            full_key = (
+                reporter, cache_key, peer_principal, cluster_name, route_name, upstream_principal
+            )  # fmt: skip
             try:  # LRU: a peer in use is never evicted first
                 self._move_to_end(full_key)
             except KeyError:
@@ -452,6 +459,7 @@ class StatsEngine:
             cluster_metadata=cluster_metadata,
             route_name=route_name,
             upstream_peer=upstream,
+            upstream_principal=upstream_principal,
         )
         if peer_address:
             attrs.setdefault(
