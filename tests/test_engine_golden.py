@@ -415,6 +415,20 @@ def test_tcp_with_exchange(make: Any) -> None:
     assert one(engine, "istio_tcp_received_bytes_total")["__value__"] == "47.0"
 
 
+def test_tcp_client_reads_the_upstream_peer_in_custom_dimensions(make: Any) -> None:
+    """Kept on purpose (README): Istio's TCP client evaluates custom dimensions against the
+    downstream connection and prints unknown for filter_state.upstream_peer.*; meshstats
+    gives the peer's value there, as Istio's HTTP client does."""
+    engine = make(
+        PRODUCTPAGE,
+        {"metrics": [{"dimensions": {"up": "filter_state.upstream_peer.workload | 'none'"}}]},
+    )
+    conn = engine.tcp_connection(engine.peer("outbound", REVIEWS), reporter="outbound")
+    conn.add_bytes(sent=1)
+    conn.close()
+    assert one(engine, "istio_tcp_sent_bytes_total")["up"] == "reviews-v2"
+
+
 def test_tcp_without_exchange(make: Any) -> None:
     """No ALPN match: the peer is never learnt; labels say unknown, reported at close."""
     engine = make(PRODUCTPAGE)
