@@ -9,43 +9,46 @@
 >>> b'source_workload="productpage-v1"' in engine.render()
 True
 
-How a label is resolved (``shared/DESIGN.md``, "Label resolver"): each label is an
-expression (the packaged ``default_dimensions.yaml``, then the user's overrides). Expressions
-that read only the peer and the local node are evaluated once per peer, in :meth:`peer`, and
-kept in the returned :class:`PeerContext`; per event only the request-scoped ones run
-(``response_code``, ``response_flags``, ``request_protocol``, ``destination_service``), then one
-dictionary lookup gives the series ids and the compiled store records. No Python lock is
-taken per event.
+The engine ties the pieces together: labels are resolved by :mod:`meshstats.labels`
+(once per peer for what depends only on the peer, per request for the rest, and on the
+compiled per-request path not at all after a key's first request), TCP connections are
+:class:`~meshstats.connections.TcpConnection`, periodic reports run on a
+:class:`~meshstats.periodic.Periodic` schedule, and everything is recorded in a
+:class:`~meshstats.Store`. No Python lock is taken per event.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import os
-import threading
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
-from ._requests import BLOCK_MAX, Tables
+from ._requests import Tables
+from ._store import Store
 from .attributes import (
-    REQUEST_SCOPED,
     Layered,
     ReporterKind,
     is_grpc_content_type,
     peer_attributes,
     request_attributes,
-    resolve_destination_service,
-    service_attributes,
 )
 from .config import StatsConfig
+from .connections import TcpConnection
 from .errors import ConfigError, ExpressionError
-from .expr import EvaluationFailed, Expression, compile_expression
+from .expr import EvaluationFailed, Expression
+from .labels import (
+    Emitter,
+    PeerContext,
+    Plan,
+    compile_cached,
+    default_dimensions,
+    dimensions,
+    fast_path_applies,
+    is_request_scoped,
+)
 from .peer_metadata import PeerMetadata
 from .periodic import Periodic
 from .registry import WorkloadRegistry
@@ -71,138 +74,6 @@ _TCP = {
     "tcp_received_bytes_total": "received",
 }
 _EVENT_METRICS = {"http": _HTTP, "grpc": _GRPC, "tcp": _TCP}
-
-
-def default_dimensions() -> dict[str, str]:
-    """Istio's standard labels as expressions (the packaged ``default_dimensions.yaml``)."""
-    return dict(_packaged_dimensions())
-
-
-@functools.cache
-def _packaged_dimensions() -> Mapping[str, str]:
-    # Parsed once per process: YAML parsing was most of StatsEngine()'s cost when every
-    # metric read the file again.
-    text = (
-        importlib.resources.files("meshstats")
-        .joinpath("default_dimensions.yaml")
-        .read_text(encoding="utf-8")
-    )
-    import yaml
-
-    data = yaml.safe_load(text)
-    return MappingProxyType({str(k): str(v) for k, v in data.items()})
-
-
-# Expressions are immutable (frozen, pure closures), so engines share compiled ones: the
-# packaged defaults and a config's dimensions are compiled once per process, not per engine
-# and per metric. Failures are not cached; they raise again with their column.
-_compile_cached = functools.lru_cache(maxsize=4096)(compile_expression)
-
-
-@dataclass
-class _Emitter:
-    metric: int  # store metric id
-    kind: str  # counter | gauge | histogram
-    value: str | Expression  # a named event value, or a custom metric's expression
-
-
-@dataclass
-class _Plan:
-    """Metrics of one event kind that share one label list: resolved once per event."""
-
-    labels: tuple[str, ...]
-    exprs: tuple[Expression, ...]
-    peer_pos: tuple[int, ...]
-    request_pos: tuple[int, ...]
-    emitters: list[_Emitter] = field(default_factory=list)
-    # Bound ``label`` methods of the request-scoped expressions: the per-event work.
-    request_labels: tuple[Callable[[Mapping[str, Any]], str], ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.request_labels = tuple(self.exprs[pos].label for pos in self.request_pos)
-
-
-class PeerContext:
-    """Everything fixed for one peer and connection, resolved once and reused per event.
-
-    Obtain it from :meth:`StatsEngine.peer`; keep it for the life of the connection (or let the
-    engine's bounded cache keep it for a peer id).
-    """
-
-    __slots__ = ("reporter", "attrs", "_engine", "_plans", "_services", "_requests", "__weakref__")
-
-    def __init__(self, engine: StatsEngine, reporter: ReporterKind, attrs: dict[str, Any]) -> None:
-        self.reporter = reporter
-        self.attrs = attrs
-        self._engine = engine
-        # plan index -> (peer-scoped values by position, request values -> [labels, ids...])
-        self._plans: dict[int, tuple[list[str], dict[tuple[str, ...], list[Any]]]] = {}
-        self._services: dict[str | None, dict[str, str]] = {}
-        # Raw request arguments -> series block (the compiled fast path), made on the first
-        # request when the engine's HTTP labels allow it. Per context, not shared: how a
-        # host maps to destination_service depends on this peer's cluster and route too.
-        self._requests: Any = None
-
-    def service(self, host: str | None) -> dict[str, str]:
-        """``destination.service.*`` for a request's host (cached per host)."""
-        found = self._services.get(host)
-        if found is None:
-            engine = self._engine
-            info = resolve_destination_service(
-                host_header=host,
-                route_name=self.attrs.get("xds.route_name"),
-                cluster_name=self.attrs.get("xds.cluster_name"),
-                cluster_metadata=self.attrs.get("xds.cluster_metadata"),
-                host_header_fallback=engine.host_header_fallback(self.reporter),
-            )
-            found = service_attributes(self.reporter, info, self.attrs)
-            if len(self._services) < 1024:  # hosts come from clients: bound what we keep
-                self._services[host] = found
-        return found
-
-    def series(
-        self,
-        index: int,
-        plan: _Plan,
-        attrs: Mapping[str, Any],
-        overridden: Iterable[str] = (),
-    ) -> list[Any]:
-        """``[labels, id_0, id_1, ...]`` for the plan's metrics for this event.
-
-        Request-scoped label values come from ``attrs``. ``overridden`` names attributes
-        this event sets itself (``record_request(attributes=...)``): labels that read them
-        are evaluated for this event, even those otherwise fixed per peer. An id is ``-1``
-        until that metric first records something, so a counter that only ever adds zero
-        never appears (as in Envoy, where a stat exists once it is used).
-        """
-        cached = self._plans.get(index)
-        if cached is None:
-            values = [""] * len(plan.labels)
-            for pos in plan.peer_pos:
-                values[pos] = plan.exprs[pos].label(self.attrs)
-            cached = self._plans[index] = (values, self._engine._series_table(index, values))
-        base, by_request = cached
-        if overridden:
-            redo = [pos for pos in plan.peer_pos if _reads_any(plan.exprs[pos], overridden)]
-            if redo:
-                base = list(base)
-                for pos in redo:
-                    base[pos] = plan.exprs[pos].label(attrs)
-                by_request = self._engine._series_table(index, base)
-        key = tuple([label(attrs) for label in plan.request_labels])
-        entry = by_request.get(key)
-        engine = self._engine
-        if entry is None:
-            engine.cache_misses += 1
-            full = list(base)
-            for pos, value in zip(plan.request_pos, key):
-                full[pos] = value
-            entry = [tuple(full)] + [-1] * len(plan.emitters)
-            if len(by_request) < engine.config.max_series:
-                by_request[key] = entry
-        else:
-            engine.cache_hits += 1
-        return entry
 
 
 class StatsEngine:
@@ -237,8 +108,6 @@ class StatsEngine:
         registry: WorkloadRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from . import Store
-
         self.local = _as_metadata(local_node)
         self.config = StatsConfig.parse(config)
         self.store = (
@@ -252,7 +121,7 @@ class StatsEngine:
         self.peer_cache_hits = 0
         self.peer_cache_misses = 0
         self._peers: OrderedDict[Any, PeerContext] = OrderedDict()
-        self._plans: dict[str, list[tuple[int, _Plan]]] = {}
+        self._plans: dict[str, list[tuple[int, Plan]]] = {}
         self._tables: dict[tuple[int, tuple[str, ...]], dict[tuple[str, ...], list[Any]]] = {}
         self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
         self._clock = clock
@@ -284,59 +153,25 @@ class StatsEngine:
 
     def _compile(self, tag: str, source: str, where: str) -> Expression | None:
         try:
-            return _compile_cached(source)
+            return compile_cached(source)
         except ExpressionError as exc:
             self.config_warnings.append(f"{where}: dimension {tag!r} dropped: {exc}")
             return None
-
-    def _dimensions(self, metric: str, standard: tuple[str, ...] | None) -> dict[str, Expression]:
-        """Istio's rules (§5) turning defaults plus ``metrics[]`` entries into one label list."""
-        defaults = _packaged_dimensions()
-        labels: dict[str, Expression] = {}
-        if standard is not None:
-            for tag in standard:
-                expr = self._compile(tag, defaults[tag], "default_dimensions.yaml")
-                assert expr is not None, f"packaged default for {tag} does not parse"
-                labels[tag] = expr
-        appended: dict[str, Expression] = {}
-        for i, entry in enumerate(self.config.metrics):
-            if entry.name not in ("", metric):
-                continue
-            if standard is not None:
-                for tag in entry.tags_to_remove:
-                    labels.pop(tag, None)
-            for tag in sorted(entry.dimensions):
-                expr = self._compile(tag, entry.dimensions[tag], f"metrics[{i}].dimensions")
-                if standard is not None and tag in standard:
-                    if expr is None:  # Istio: an unparsable override removes the standard tag
-                        labels.pop(tag, None)
-                    else:  # set again after a tags_to_remove: back, in its standard place
-                        labels[tag] = expr
-                elif expr is not None:
-                    appended[tag] = expr
-                else:
-                    appended.pop(tag, None)
-        if standard is not None:  # standard tags keep Istio's order, wherever set again
-            labels = {tag: labels[tag] for tag in standard if tag in labels}
-        for tag in sorted(appended):
-            labels.pop(tag, None)
-            labels[tag] = appended[tag]
-        return labels
 
     def _build_plans(self) -> None:
         dropped = {e.name for e in self.config.metrics if e.drop and e.name}
         if any(e.drop and not e.name for e in self.config.metrics):
             dropped |= set(STANDARD_METRICS)
-        groups: dict[tuple[str, tuple[tuple[str, str], ...]], _Plan] = {}
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], Plan] = {}
 
-        def plan_for(event: str, labels: dict[str, Expression]) -> _Plan:
+        def plan_for(event: str, labels: dict[str, Expression]) -> Plan:
             spec = tuple((tag, e.source) for tag, e in labels.items())
             plan = groups.get((event, spec))
             if plan is None:
                 exprs = tuple(labels.values())
-                peer = tuple(i for i, e in enumerate(exprs) if not _request_scoped(e))
+                peer = tuple(i for i, e in enumerate(exprs) if not is_request_scoped(e))
                 request = tuple(i for i in range(len(exprs)) if i not in peer)
-                plan = groups[(event, spec)] = _Plan(tuple(labels), exprs, peer, request)
+                plan = groups[(event, spec)] = Plan(tuple(labels), exprs, peer, request)
                 self._plans.setdefault(event, []).append((len(groups) - 1, plan))
             return plan
 
@@ -345,9 +180,9 @@ class StatsEngine:
                 if short in dropped:
                     continue
                 std: StandardMetric = STANDARD_METRICS[short]
-                labels = self._dimensions(short, std.labels)
+                labels = dimensions(short, std.labels, self.config.metrics, self._compile)
                 metric_id = self._register(std.name, std.help, tuple(labels), std.kind, short)
-                plan_for(event, labels).emitters.append(_Emitter(metric_id, std.kind, value))
+                plan_for(event, labels).emitters.append(Emitter(metric_id, std.kind, value))
 
         for i, definition in enumerate(self.config.definitions):
             if definition.name in STANDARD_METRICS:
@@ -358,7 +193,7 @@ class StatsEngine:
             value_expr = self._compile("value", definition.value, f"definitions[{i}]")
             if value_expr is None:
                 continue
-            labels = self._dimensions(definition.name, None)
+            labels = dimensions(definition.name, None, self.config.metrics, self._compile)
             kind = definition.type.lower()
             metric_id = self._register(
                 f"istio_{definition.name}",
@@ -368,8 +203,8 @@ class StatsEngine:
                 definition.name,
             )
             for event in ("http", "tcp"):  # Istio emits custom metrics at request end / close
-                plan_for(event, labels).emitters.append(_Emitter(metric_id, kind, value_expr))
-        self._fast_http = _fast_path_applies(self._plans.get("http", ()))
+                plan_for(event, labels).emitters.append(Emitter(metric_id, kind, value_expr))
+        self._fast_http = fast_path_applies(self._plans.get("http", ()))
 
     def _register(
         self, name: str, help_text: str, labels: tuple[str, ...], kind: str, short: str
@@ -648,132 +483,6 @@ class StatsEngine:
             "peer_misses": self.peer_cache_misses,
             "peers_cached": len(self._peers),
         }
-
-
-class TcpConnection:
-    """Telemetry of one TCP connection: opened, bytes both ways, closed.
-
-    Byte totals only grow and are written only by the caller's thread; the reporter keeps
-    what it has reported and emits the difference, so :meth:`add_bytes` needs no lock.
-    """
-
-    def __init__(
-        self, engine: StatsEngine, peer: PeerContext | None, reporter: ReporterKind = "inbound"
-    ) -> None:
-        self._engine = engine
-        self._reporter: ReporterKind = reporter  # used when the peer never became known
-        self._peer = peer
-        self._peer_known = peer is not None
-        self.sent = 0
-        self.received = 0
-        self._reported_sent = 0
-        self._reported_received = 0
-        self._opened_reported = False
-        self.closed = False
-        self._flush_lock = threading.Lock()  # serialises the reporter thread and close()
-        self.opened_at = engine._clock()
-
-    def set_peer(self, peer: PeerContext) -> None:
-        """The peer is known (exchange done, or known to be absent: an ``unknown`` context)."""
-        if not self._opened_reported:
-            self._peer = peer
-        self._peer_known = True
-
-    def add_bytes(self, sent: int = 0, received: int = 0) -> None:
-        self.sent += sent
-        self.received += received
-
-    def flush(self, *, closing: bool = False, response_flags: Any = None) -> bool:
-        """Report what changed since the last report (needs the peer unless closing)."""
-        with self._flush_lock:
-            if self.closed or not (self._peer_known or closing):
-                return False
-            engine = self._engine
-            if self._peer is None:
-                self._peer = engine.peer(self._reporter, None)
-            sent, received = self.sent, self.received
-            values = {
-                "opened": 0 if self._opened_reported else 1,
-                "closed": 1 if closing else 0,
-                "sent": sent - self._reported_sent,
-                "received": received - self._reported_received,
-            }
-            self._reported_sent, self._reported_received = sent, received
-            self._opened_reported = True
-            attrs = request_attributes(protocol="tcp", response_flags=response_flags)
-            attrs.update(self._peer.service(None))
-            engine._emit("tcp", self._peer, Layered(attrs, self._peer.attrs), values)
-            if closing:
-                self.closed = True
-            return True
-
-    def close(self, response_flags: Any = None) -> None:
-        """Final report: remaining bytes and ``tcp_connections_closed_total`` + 1."""
-        self.flush(closing=True, response_flags=response_flags)
-        self._engine._connections.discard(self)
-
-
-# Attribute roots fixed for a peer and connection (PeerContext.attrs).
-_PEER_ROOTS = (
-    "source",
-    "destination",
-    "connection",
-    "context.reporter",
-    "xds",
-    "node",
-    "filter_state",
-    "upstream_peer",
-    "downstream_peer",
-)
-# Request attributes that record_request derives from its keyed arguments alone (response
-# code, gRPC status, flags, protocol, host); request.method, paths, headers, sizes and
-# durations are not among them.
-_KEYED_ROOTS = (
-    "response.code",
-    "response.grpc_status",
-    "response.flags",
-    "context.proxy_error_code",
-    "api.protocol",
-    "context.protocol",
-    "request.host",
-    "destination.service",
-)
-
-
-def _request_scoped(expr: Expression) -> bool:
-    if not expr.attributes:
-        return False
-    for name in expr.attributes:
-        if any(name == p or name.startswith(p + ".") for p in REQUEST_SCOPED):
-            return True
-        if not any(name == p or name.startswith(p + ".") for p in _PEER_ROOTS):
-            return True  # a user's own attribute: assume it can change per request
-    return False
-
-
-def _reads_any(expr: Expression, names: Iterable[str]) -> bool:
-    """Whether ``expr`` reads one of ``names`` (an attribute, or one inside or around it)."""
-    for read in expr.attributes:
-        for name in names:
-            if read == name or read.startswith(name + ".") or name.startswith(read + "."):
-                return True
-    return False
-
-
-def _fast_path_applies(plans: Iterable[tuple[int, _Plan]]) -> bool:
-    """Whether every HTTP label follows from record_request's keyed arguments and the peer,
-    and every HTTP metric records one of the event's own values (no custom value
-    expression): then equal arguments always land on the same series."""
-    allowed = _KEYED_ROOTS + _PEER_ROOTS
-    emitters = 0
-    for _, plan in plans:
-        for pos in plan.request_pos:
-            if not plan.exprs[pos].depends_only_on(allowed):
-                return False
-        if any(not isinstance(e.value, str) for e in plan.emitters):
-            return False
-        emitters += len(plan.emitters)
-    return emitters <= BLOCK_MAX
 
 
 def _custom_value(expr: Expression, attrs: Mapping[str, Any]) -> int:

@@ -1,0 +1,86 @@
+"""TCP connection telemetry: opened, bytes both ways, closed, with periodic reports.
+
+>>> from meshstats import StatsEngine
+>>> engine = StatsEngine({"WORKLOAD_NAME": "reviews-v2"})
+>>> conn = engine.tcp_connection(engine.peer("inbound", {"WORKLOAD_NAME": "productpage-v1"}))
+>>> conn.add_bytes(sent=512, received=64)
+>>> engine.report_tcp()   # what the periodic report does every tcp_reporting_duration
+1
+>>> conn.close()          # the rest of the bytes, and istio_tcp_connections_closed_total
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .attributes import Layered, ReporterKind, request_attributes
+
+if TYPE_CHECKING:
+    from .engine import StatsEngine
+    from .labels import PeerContext
+
+__all__ = ["TcpConnection"]
+
+
+class TcpConnection:
+    """Telemetry of one TCP connection: opened, bytes both ways, closed.
+
+    Byte totals only grow and are written only by the caller's thread; the reporter keeps
+    what it has reported and emits the difference, so :meth:`add_bytes` needs no lock.
+    """
+
+    def __init__(
+        self, engine: StatsEngine, peer: PeerContext | None, reporter: ReporterKind = "inbound"
+    ) -> None:
+        self._engine = engine
+        self._reporter: ReporterKind = reporter  # used when the peer never became known
+        self._peer = peer
+        self._peer_known = peer is not None
+        self.sent = 0
+        self.received = 0
+        self._reported_sent = 0
+        self._reported_received = 0
+        self._opened_reported = False
+        self.closed = False
+        self._flush_lock = threading.Lock()  # serialises the reporter thread and close()
+        self.opened_at = engine._clock()
+
+    def set_peer(self, peer: PeerContext) -> None:
+        """The peer is known (exchange done, or known to be absent: an ``unknown`` context)."""
+        if not self._opened_reported:
+            self._peer = peer
+        self._peer_known = True
+
+    def add_bytes(self, sent: int = 0, received: int = 0) -> None:
+        self.sent += sent
+        self.received += received
+
+    def flush(self, *, closing: bool = False, response_flags: Any = None) -> bool:
+        """Report what changed since the last report (needs the peer unless closing)."""
+        with self._flush_lock:
+            if self.closed or not (self._peer_known or closing):
+                return False
+            engine = self._engine
+            if self._peer is None:
+                self._peer = engine.peer(self._reporter, None)
+            sent, received = self.sent, self.received
+            values = {
+                "opened": 0 if self._opened_reported else 1,
+                "closed": 1 if closing else 0,
+                "sent": sent - self._reported_sent,
+                "received": received - self._reported_received,
+            }
+            self._reported_sent, self._reported_received = sent, received
+            self._opened_reported = True
+            attrs = request_attributes(protocol="tcp", response_flags=response_flags)
+            attrs.update(self._peer.service(None))
+            engine._emit("tcp", self._peer, Layered(attrs, self._peer.attrs), values)
+            if closing:
+                self.closed = True
+            return True
+
+    def close(self, response_flags: Any = None) -> None:
+        """Final report: remaining bytes and ``tcp_connections_closed_total`` + 1."""
+        self.flush(closing=True, response_flags=response_flags)
+        self._engine._connections.discard(self)
