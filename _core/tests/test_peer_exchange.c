@@ -9,15 +9,7 @@
 #include <string.h>
 
 #include "peer_exchange.h"
-
-static int failures = 0;
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
+#include "testing.h"
 
 /* Decode a header-style Struct and return the status; *off receives the error offset. */
 static pe_status struct_status(const uint8_t *d, size_t n, size_t *off) {
