@@ -30,6 +30,16 @@ answers every request with Envoy's direct response for Istio's ``block_all`` rou
 empty body, no response flag. A peer that sent no metadata is passed to the engine with its
 address (``ip:port``), for the sidecar's workload registry.
 
+Framing follows RFC 9112 strictly, as Envoy does: a request with both ``Content-Length``
+and ``Transfer-Encoding``, more than one ``Content-Length`` (even equal ones), a transfer
+coding other than a final ``chunked``, or ``Transfer-Encoding`` on HTTP/1.0 is answered 400
+and recorded as Envoy records it (``400``, flag ``DPE``), and the connection is closed; so is
+a request h11 cannot parse. Neither header is ever forwarded as received: each hop gets one
+framing header for the framing the sidecar itself parsed (``transfer-encoding: chunked`` or
+one ``content-length``), so no app or client behind a sidecar can read a body differently
+from how the sidecar framed it (request smuggling). A response with both headers is framed by
+the chunked coding and forwarded without its ``Content-Length`` (§6.3).
+
 Requests on one downstream connection are relayed one at a time over one upstream
 connection, reused while both ends keep it alive. Hop-by-hop headers (``connection``,
 ``keep-alive``, ``proxy-connection``, ``upgrade``, ``te``) are not forwarded, so protocol
@@ -61,7 +71,8 @@ __all__ = ["MX_HEADER", "MX_ID_HEADER", "HttpStream", "outbound_http", "inbound_
 MX_HEADER = b"x-envoy-peer-metadata"
 MX_ID_HEADER = b"x-envoy-peer-metadata-id"
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"})
-_STRIP = _HOP_BY_HOP | {MX_HEADER, MX_ID_HEADER}
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_STRIP = _HOP_BY_HOP | _FRAMING | {MX_HEADER, MX_ID_HEADER}
 CHUNK = 1 << 16
 
 # Envoy's local reply bodies.
@@ -104,19 +115,35 @@ class HttpStream:
         self.conn = h11.Connection(role)
         self.fed = 0
         self.sent = 0
+        # The raw bytes of the message head being read (see keep_next_head): h11 merges
+        # repeated Content-Length fields, and the framing checks must see them as sent.
+        self._head: bytearray | None = None
+        self._head_from = 0
+        self.last_head = b""
 
     @property
     def consumed(self) -> int:
         return self.fed - len(self.conn.trailing_data[0])
+
+    def keep_next_head(self) -> None:
+        """Keep the raw bytes of the next request or response head in :attr:`last_head`."""
+        self._head = bytearray(self.conn.trailing_data[0])
+        self._head_from = self.consumed
+        self.last_head = b""
 
     async def next_event(self) -> Any:
         """The next h11 event, reading from the socket as needed (EOF included)."""
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
+                if self._head is not None and isinstance(event, (h11.Request, h11.Response)):
+                    self.last_head = bytes(self._head[: self.consumed - self._head_from])
+                    self._head = None
                 return event
             data = await self.reader.read(CHUNK)
             self.fed += len(data)
+            if self._head is not None:  # bounded: h11 refuses heads over 16 KiB
+                self._head += data
             self.conn.receive_data(data)
 
     async def send(self, event: h11.Event) -> None:
@@ -148,18 +175,59 @@ class _Exchange:
 
 
 def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
-    """Headers without hop-by-hop and peer-exchange ones, plus the two peer values."""
+    """Headers to forward, plus the two peer values: without hop-by-hop and peer-exchange
+    headers, and with the framing headers replaced by the one h11 framed the body by."""
     kept: Headers = []
-    metadata = metadata_id = None
+    metadata = metadata_id = length = None
+    chunked = False
     for raw_name, value in headers.raw_items():
         name = raw_name.lower()
         if name == MX_HEADER:
             metadata = value
         elif name == MX_ID_HEADER:
             metadata_id = value
+        elif name == b"transfer-encoding":
+            chunked = True  # h11 accepts only (a final) chunked, and frames by it
+        elif name == b"content-length":
+            length = value  # h11 merged equal repeats and refused differing ones
         elif name not in _STRIP:
             kept.append((raw_name, value))
+    if chunked:
+        kept.append((b"transfer-encoding", b"chunked"))
+    elif length is not None:
+        kept.append((b"content-length", length))
     return kept, metadata, metadata_id
+
+
+def framing_problem(request: h11.Request, head: bytes) -> str | None:
+    """Why a request's framing is ambiguous (RFC 9112 §6.1, §6.3), or None.
+
+    ``head`` is the request head as received (h11 has merged repeated fields by then).
+
+    >>> req = h11.Request(method="POST", target="/", headers=[("host", "a")])
+    >>> framing_problem(req, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n"
+    ...                      b"Transfer-Encoding: chunked\r\n\r\n")
+    'both Content-Length and Transfer-Encoding'
+    >>> framing_problem(req, b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+    'more than one Content-Length'
+    """
+    lengths = codings = 0
+    for line in head.split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        if name == b"content-length":
+            lengths += 1 + value.count(b",")
+        elif name == b"transfer-encoding":
+            codings += 1
+    if lengths and codings:
+        return "both Content-Length and Transfer-Encoding"
+    if lengths > 1:
+        return "more than one Content-Length"
+    if codings and request.http_version == b"1.0":
+        return "Transfer-Encoding on HTTP/1.0"
+    return None
 
 
 def _peer_from_headers(metadata: bytes | None, metadata_id: bytes | None) -> PeerMetadata | None:
@@ -228,16 +296,23 @@ class _Proxy:
         down = self.down
         loop = asyncio.get_running_loop()
         request_start, response_start = down.consumed, down.sent
+        down.keep_next_head()
+        started = loop.time()
         try:
             event = await down.next_event()
         except h11.RemoteProtocolError:
-            await self._bad_request()
+            if down.fed > request_start:  # bytes of a request came: it was malformed
+                await self._reject(None, _Exchange(), started, request_start, response_start)
             return False
         if not isinstance(event, h11.Request):
             return False  # ConnectionClosed, or a half-sent request at EOF
         started = loop.time()
         ex = _Exchange()
         kept, ex.metadata, ex.metadata_id = _split(event.headers)
+        if framing_problem(event, down.last_head) is not None:
+            # Ambiguous framing: two parsers could read two different requests here.
+            await self._reject(event, ex, started, request_start, response_start)
+            return False
         headers = self.request_headers(kept, ex)
         try:
             await self._exchange(event, headers, ex)
@@ -328,24 +403,35 @@ class _Proxy:
         await self.down.send(h11.Data(data=body))
         await self.down.send(h11.EndOfMessage())
 
-    async def _bad_request(self) -> None:
+    async def _reject(
+        self,
+        request: h11.Request | None,
+        ex: _Exchange,
+        started: float,
+        request_start: int,
+        response_start: int,
+    ) -> None:
+        """A request the sidecar refuses itself: 400, closed, recorded as Envoy records a
+        downstream protocol error (``400``/``DPE``). ``request`` is None when it did not
+        even parse."""
+        ex.code, ex.flags = 400, "DPE"
         if self.down.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = b"bad request"
-            try:
-                await self.down.send(
-                    h11.Response(
-                        status_code=400,
-                        headers=[(b"content-length", b"11"), (b"connection", b"close")],
-                    )
+            body = b"Bad Request"
+            try:  # written raw: after a parse error h11 may refuse to send for us
+                data = (
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\n"
+                    b"connection: close\r\n\r\n" + body
                 )
-                await self.down.send(h11.Data(data=body))
-                await self.down.send(h11.EndOfMessage())
-            except (h11.ProtocolError, OSError):
+                self.down.writer.write(data)
+                self.down.sent += len(data)
+                await self.down.writer.drain()
+            except OSError:
                 pass
+        self._record(request, ex, started, request_start, response_start)
 
     def _record(
         self,
-        request: h11.Request,
+        request: h11.Request | None,
         ex: _Exchange,
         started: float,
         request_start: int,
@@ -356,17 +442,19 @@ class _Proxy:
         key = (ex.metadata, ex.metadata_id, self.principal, self.address)
         if key != self._peer_key or self._peer_ctx is None:
             self._peer_key, self._peer_ctx = key, self.peer(ex)
+        headers = request.headers if request is not None else []
         self.sidecar.engine.record_request(
             self._peer_ctx,
             response_code=ex.code,
             duration_ms=elapsed,
-            request_bytes=down.consumed - request_start,
+            # A request that did not parse counts what arrived of it.
+            request_bytes=(down.consumed if request is not None else down.fed) - request_start,
             response_bytes=down.sent - response_start,
-            host=_header(request.headers, b"host"),
+            host=_header(headers, b"host"),
             response_flags=ex.flags,
-            method=request.method.decode("latin-1"),
-            path=request.target.decode("latin-1"),
-            content_type=_header(request.headers, b"content-type"),
+            method=request.method.decode("latin-1") if request is not None else None,
+            path=request.target.decode("latin-1") if request is not None else None,
+            content_type=_header(headers, b"content-type"),
         )
 
 

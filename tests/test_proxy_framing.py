@@ -1,0 +1,203 @@
+"""HTTP/1.1 framing at the sidecar, a security boundary (RFC 9112 §6.1, §6.3; issue 10.1).
+
+A request whose body two parsers could frame differently (Content-Length and
+Transfer-Encoding together, repeated Content-Length, a coding other than a final chunked,
+Transfer-Encoding on HTTP/1.0) is refused with 400 before anything reaches the upstream,
+the connection is closed, and the request is recorded as Envoy records it (400, ``DPE``).
+Framing headers are never forwarded as received: each hop gets exactly one, for the framing
+the sidecar parsed. The app here is a raw socket that frames by Content-Length only when it
+sees no Transfer-Encoding, and records every byte it got, so a smuggled request would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+import pytest
+from proxy_support import (
+    SERVER_ID,
+    SERVER_NODE,
+    Certs,
+    make_certs,
+    run,
+    scrape,
+    select,
+    start_app,
+    total,
+)
+
+from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+
+pytestmark = pytest.mark.timing
+
+SMUGGLED = b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@dataclass
+class RawApp:
+    """Reads requests as a naive server does (Content-Length unless chunked), keeps the raw
+    bytes, answers each with ``reply``."""
+
+    reply: bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    received: bytearray = field(default_factory=bytearray)
+    heads: list[bytes] = field(default_factory=list)
+    connections: int = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.received += head
+                self.heads.append(head)
+                fields = {
+                    line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip()
+                    for line in head.split(b"\r\n")[1:]
+                    if b":" in line
+                }
+                if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+                    self.received += await reader.readuntil(b"0\r\n\r\n")
+                else:
+                    self.received += await reader.readexactly(
+                        int(fields.get(b"content-length", b"0"))
+                    )
+                writer.write(self.reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def inbound_config(certs: Certs, app_port: int) -> SidecarConfig:
+    inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
+    return SidecarConfig(node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server,
+                         inbound=inbound)  # fmt: skip
+
+
+def passthrough_config(certs: Certs, app_port: int) -> SidecarConfig:
+    """An outbound listener straight to the app (plaintext, as to a service outside)."""
+    out = OutboundConfig(port=0, upstream=("127.0.0.1", app_port), protocol="http",
+                         mode="passthrough")  # fmt: skip
+    return SidecarConfig(node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server,
+                         outbound=(out,))  # fmt: skip
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` raw and end the write side, read until the sidecar closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+def port_of(sidecar: Sidecar, listener: str) -> int:
+    return sidecar.inbound_port if listener == "inbound" else sidecar.outbound_ports[0]
+
+
+AMBIGUOUS = {
+    "CL then TE": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 43\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "TE then CL": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Length: 43\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "two equal CL": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n"
+    b"Content-Length: 2\r\n\r\nhi",
+    "a CL list": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\n\r\nhi",
+    "conflicting CL": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n"
+    b"Content-Length: 33\r\n\r\nhi" + SMUGGLED,
+    "a coding before chunked": b"POST / HTTP/1.1\r\nHost: a\r\n"
+    b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "chunked twice": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "TE on HTTP/1.0": b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("listener", ["inbound", "outbound"])
+@pytest.mark.parametrize("case", sorted(AMBIGUOUS))
+def test_ambiguous_framing_is_refused_and_recorded(certs: Certs, listener: str, case: str) -> None:
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        config = (inbound_config if listener == "inbound" else passthrough_config)(certs, app_port)
+        async with server, Sidecar(config) as sidecar:
+            got = await asyncio.to_thread(exchange, port_of(sidecar, listener), AMBIGUOUS[case])
+            assert got.startswith(b"HTTP/1.1 400 ")
+            assert b"connection: close" in got.lower()
+            assert got.count(b"HTTP/1.1") == 1  # one answer, then closed: nothing smuggled
+            assert app.connections == 0 and bytes(app.received) == b""
+            samples = await scrape(sidecar.admin_url)
+            rejected = select(samples, "istio_requests_total", response_code="400")
+            assert [(s[1]["response_flags"], s[2]) for s in rejected] == [("DPE", 1.0)]
+            assert total(samples, "istio_requests_total") == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("listener", ["inbound", "outbound"])
+def test_each_hop_gets_one_framing_header(certs: Certs, listener: str) -> None:
+    """Valid requests pass with exactly the framing the sidecar parsed; a response with both
+    headers reaches the client chunked, without its Content-Length (§6.3)."""
+    both = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n"
+    requests_ = [
+        b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+        b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ]
+
+    async def main() -> None:
+        app = RawApp(reply=both + b"2\r\nok\r\n0\r\n\r\n")
+        server, app_port = await start_app(app)
+        config = (inbound_config if listener == "inbound" else passthrough_config)(certs, app_port)
+        async with server, Sidecar(config) as sidecar:
+            got = await asyncio.to_thread(exchange, port_of(sidecar, listener), b"".join(requests_))
+            framing = [
+                sorted(
+                    line.split(b":")[0].lower()
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith((b"content-length", b"transfer-encoding"))
+                )
+                for head in app.heads
+            ]
+            assert framing == [[b"transfer-encoding"], [b"content-length"], []]
+            responses = got.split(b"HTTP/1.1 200 OK\r\n")[1:]
+            assert len(responses) == 3
+            for response in responses:
+                head = response.split(b"\r\n\r\n")[0].lower()
+                assert b"transfer-encoding: chunked" in head
+                assert b"content-length" not in head
+            samples = await scrape(sidecar.admin_url)
+            assert total(samples, "istio_requests_total", response_code="200") == 3
+
+    run(main())
+
+
+def test_a_request_that_does_not_parse_is_recorded(certs: Certs) -> None:
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        async with server, Sidecar(inbound_config(certs, app_port)) as sidecar:
+            got = await asyncio.to_thread(
+                exchange, sidecar.inbound_port, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"
+            )
+            assert got.startswith(b"HTTP/1.1 400 ")
+            assert app.connections == 0
+            samples = await scrape(sidecar.admin_url)
+            rejected = select(samples, "istio_requests_total", response_code="400")
+            assert [(s[1]["response_flags"], s[2]) for s in rejected] == [("DPE", 1.0)]
+            # Nothing at all arriving is no request: a connection closed at once is not.
+            await asyncio.to_thread(exchange, sidecar.inbound_port, b"")
+            samples = await scrape(sidecar.admin_url)
+            assert total(samples, "istio_requests_total") == 1
+
+    run(main())
