@@ -324,10 +324,13 @@ def test_http_passthrough_to_a_configured_destination_and_without_host(certs: Ce
             port=0, upstream=("127.0.0.1", _port(server)), protocol="http", mode="passthrough"
         )
         catch_all = OutboundConfig(port=0, upstream=None, protocol="http", mode="passthrough")
-        config = SidecarConfig(node=CLIENT_NODE, cert_dir=certs.client, outbound=(out, catch_all))
+        config = SidecarConfig(
+            node=CLIENT_NODE, cert_dir=certs.client, outbound=(out, catch_all),
+            accept_http_10=True,
+        )  # fmt: skip
         async with server, Sidecar(config) as sc:
             replies = await asyncio.to_thread(get, sc.outbound_ports[0], ["anything.example"])
-            # HTTP/1.0 needs no Host: with nothing to go by, no upstream (UH).
+            # HTTP/1.0 (served here) needs no Host: nothing to go by, no upstream (UH).
             raw = await asyncio.to_thread(_raw, sc.outbound_ports[1], b"GET / HTTP/1.0\r\n\r\n")
             return replies, raw, await scrape(sc.admin_url)
 

@@ -263,6 +263,8 @@ class SidecarConfig:
     plaintext peer is never a mesh peer and its bytes, prefix included, go to the app
     untouched. ``gateway`` turns on the host-header fallback for every listener, so that
     ``destination_service`` is the requested host (an egress or ingress gateway).
+    ``accept_http_10`` (default off, as Envoy's and Istio's ``ISTIO_META_HTTP10``) serves
+    HTTP/1.0 requests; off, they are answered ``426 Upgrade Required``.
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -279,6 +281,7 @@ class SidecarConfig:
     registry: RegistrySource | None = None
     plaintext_exchange: bool = True
     gateway: bool = False
+    accept_http_10: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -288,7 +291,7 @@ class SidecarConfig:
         known = {
             "node", "cert_dir", "inbound", "outbound", "admin_port", "host", "node_id",
             "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
-            "plaintext_exchange", "gateway",
+            "plaintext_exchange", "gateway", "accept_http_10",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -343,6 +346,7 @@ class SidecarConfig:
             registry=load_registry(registry),
             plaintext_exchange=_flag(data.get("plaintext_exchange", True), "plaintext_exchange"),
             gateway=_flag(data.get("gateway", False), "gateway"),
+            accept_http_10=_flag(data.get("accept_http_10", False), "accept_http_10"),
         )
 
     @classmethod

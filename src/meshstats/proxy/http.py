@@ -87,6 +87,25 @@ _BODIES = {
 Headers = list[tuple[bytes, bytes]]
 
 
+class DownstreamError(Exception):
+    """The downstream broke off the exchange: went away (``0``/``DC``, nothing to answer) or
+    sent something malformed (``400``/``DPE``); recorded against the downstream, never as an
+    upstream failure."""
+
+    def __init__(self, code: int, flag: str) -> None:
+        super().__init__(flag)
+        self.code = code
+        self.flag = flag
+
+
+def _downstream_error(stream: HttpStream, exc: BaseException) -> DownstreamError:
+    """What a failure to read the downstream means: its end of the connection reset or
+    closed is a disconnect; otherwise what it sent did not parse."""
+    if isinstance(exc, OSError) or stream.conn.trailing_data[1]:
+        return DownstreamError(0, "DC")
+    return DownstreamError(400, "DPE")
+
+
 class UpstreamError(Exception):
     """No response from upstream: a local reply with ``code`` and Envoy's ``flag`` for why."""
 
@@ -300,15 +319,21 @@ class _Proxy:
         started = loop.time()
         try:
             event = await down.next_event()
-        except h11.RemoteProtocolError:
-            if down.fed > request_start:  # bytes of a request came: it was malformed
+        except (h11.RemoteProtocolError, OSError) as exc:
+            # A head that does not parse is recorded as Envoy records it; a client gone
+            # before its head was complete made no request (Envoy records none either).
+            if _downstream_error(down, exc).flag == "DPE":
                 await self._reject(None, _Exchange(), started, request_start, response_start)
             return False
         if not isinstance(event, h11.Request):
-            return False  # ConnectionClosed, or a half-sent request at EOF
+            return False  # ConnectionClosed
         started = loop.time()
         ex = _Exchange()
         kept, ex.metadata, ex.metadata_id = _split(event.headers)
+        if event.http_version == b"1.0" and not self.sidecar.config.accept_http_10:
+            # Envoy's default (Istio: ISTIO_META_HTTP10 off): HTTP/1.0 is not served.
+            await self._reject(event, ex, started, request_start, response_start, 426)
+            return False
         if framing_problem(event, down.last_head) is not None:
             # Ambiguous framing: two parsers could read two different requests here.
             await self._reject(event, ex, started, request_start, response_start)
@@ -316,6 +341,17 @@ class _Proxy:
         headers = self.request_headers(kept, ex)
         try:
             await self._exchange(event, headers, ex)
+        except DownstreamError as broke:
+            # Envoy resets the upstream stream: the app must not act on half a request.
+            if self.up is not None:
+                self.up.close()
+                self.up = None
+            if broke.code == 400:
+                await self._reject(event, ex, started, request_start, response_start)
+            else:
+                ex.code, ex.flags = broke.code, broke.flag
+                self._record(event, ex, started, request_start, response_start)
+            return False
         except (h11.ProtocolError, OSError):
             # The response had begun: nothing sane can follow on this connection.
             self._record(event, ex, started, request_start, response_start)
@@ -344,7 +380,7 @@ class _Proxy:
                 if down.conn.they_are_waiting_for_100_continue:
                     # The client holds its body back until told to go on.
                     await down.send(h11.InformationalResponse(status_code=100, headers=[]))
-                await self._body(down, up)
+                await self._body(down, up, downstream=down)
                 response = await up.next_event()
                 while isinstance(response, h11.InformationalResponse):
                     response = await up.next_event()  # 1xx are not forwarded
@@ -362,34 +398,58 @@ class _Proxy:
         kept, _, _ = _split(response.headers)
         ex.code = response.status_code
         out = self.response_headers(kept, ex, response)
-        await down.send(h11.Response(status_code=response.status_code, headers=out,
-                                     reason=response.reason))  # fmt: skip
-        await self._body(up, down, ex)
+        try:
+            await down.send(h11.Response(status_code=response.status_code, headers=out,
+                                         reason=response.reason))  # fmt: skip
+        except OSError:
+            ex.flags = "DC"  # the client went away before its response: recorded as its own
+            raise
+        await self._body(up, down, ex=ex)
 
-    async def _body(self, src: HttpStream, dst: HttpStream, ex: _Exchange | None = None) -> None:
+    async def _body(
+        self,
+        src: HttpStream,
+        dst: HttpStream,
+        *,
+        downstream: HttpStream | None = None,
+        ex: _Exchange | None = None,
+    ) -> None:
         """Relay Data events up to and including EndOfMessage (trailers kept).
 
-        With ``ex`` (a response body), a failure to read ``src`` is the upstream's: ``UC``.
+        A request body (``downstream`` is ``src``): failing to read it is the downstream's
+        (:class:`DownstreamError`), failing to write it the upstream's. A response body
+        (``ex`` given): failing to read it is the upstream's (``UC``), failing to write it
+        means the client went away (``DC``).
         """
         while True:
             try:
                 event = await src.next_event()
-            except (OSError, h11.ProtocolError):
+            except (OSError, h11.ProtocolError) as exc:
+                if downstream is not None:
+                    raise _downstream_error(downstream, exc) from None
                 if ex is not None:
                     ex.flags = "UC"  # Envoy: upstream connection termination, after headers
                 raise
-            if isinstance(event, h11.Data):
-                await dst.send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                await dst.send(h11.EndOfMessage(headers=list(event.headers.raw_items())))
-                return
-            else:
-                raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
+            try:
+                if isinstance(event, h11.Data):
+                    await dst.send(h11.Data(data=event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    await dst.send(h11.EndOfMessage(headers=list(event.headers.raw_items())))
+                    return
+                else:
+                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
+            except OSError:
+                if ex is not None:
+                    ex.flags = "DC"
+                raise
 
     async def _drain_request(self, down: HttpStream) -> None:
         """Read what is left of the request body, so that the connection can go on."""
         while down.conn.their_state is h11.SEND_BODY:
-            await down.next_event()
+            try:
+                await down.next_event()
+            except (OSError, h11.ProtocolError) as exc:
+                raise _downstream_error(down, exc) from None
 
     async def _local_reply(self, code: int, flag: str | None, ex: _Exchange) -> None:
         ex.code, ex.flags = code, flag
@@ -410,17 +470,20 @@ class _Proxy:
         started: float,
         request_start: int,
         response_start: int,
+        code: int = 400,
     ) -> None:
-        """A request the sidecar refuses itself: 400, closed, recorded as Envoy records a
-        downstream protocol error (``400``/``DPE``). ``request`` is None when it did not
-        even parse."""
-        ex.code, ex.flags = 400, "DPE"
+        """A request the sidecar refuses itself: ``code`` (400, or 426 for HTTP/1.0),
+        closed, recorded as Envoy records a downstream protocol error (flag ``DPE``).
+        ``request`` is None when it did not even parse."""
+        ex.code, ex.flags = code, "DPE"
         if self.down.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = b"Bad Request"
+            reason = b"Upgrade Required" if code == 426 else b"Bad Request"
             try:  # written raw: after a parse error h11 may refuse to send for us
-                data = (
-                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\n"
-                    b"connection: close\r\n\r\n" + body
+                data = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+                    code,
+                    reason,
+                    len(reason),
+                    reason,
                 )
                 self.down.writer.write(data)
                 self.down.sent += len(data)

@@ -1,4 +1,11 @@
-"""HTTP/1.1 framing at the sidecar, a security boundary (RFC 9112 §6.1, §6.3; issue 10.1).
+"""What a downstream does wrong, at the sidecar (a security boundary; issue 10.1, 10.2).
+
+Failures are recorded against the side that caused them, with Envoy's response flags: a
+client that goes away is ``0``/``DC`` (or the upstream's code with ``DC`` once the response
+began), one that sends something malformed ``400``/``DPE``, HTTP/1.0 ``426``/``DPE``; none of
+them is an upstream ``503``/``UC``, which Istio's dashboards would count against the app.
+
+HTTP/1.1 framing (RFC 9112 §6.1, §6.3):
 
 A request whose body two parsers could frame differently (Content-Length and
 Transfer-Encoding together, repeated Content-Length, a coding other than a final chunked,
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from dataclasses import dataclass, field
 
 import pytest
@@ -79,7 +87,7 @@ class RawApp:
 def inbound_config(certs: Certs, app_port: int) -> SidecarConfig:
     inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
     return SidecarConfig(node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server,
-                         inbound=inbound)  # fmt: skip
+                         inbound=inbound, accept_http_10=True)  # fmt: skip
 
 
 def passthrough_config(certs: Certs, app_port: int) -> SidecarConfig:
@@ -87,7 +95,7 @@ def passthrough_config(certs: Certs, app_port: int) -> SidecarConfig:
     out = OutboundConfig(port=0, upstream=("127.0.0.1", app_port), protocol="http",
                          mode="passthrough")  # fmt: skip
     return SidecarConfig(node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server,
-                         outbound=(out,))  # fmt: skip
+                         outbound=(out,), accept_http_10=True)  # fmt: skip
 
 
 def exchange(port: int, data: bytes) -> bytes:
@@ -199,5 +207,131 @@ def test_a_request_that_does_not_parse_is_recorded(certs: Certs) -> None:
             await asyncio.to_thread(exchange, sidecar.inbound_port, b"")
             samples = await scrape(sidecar.admin_url)
             assert total(samples, "istio_requests_total") == 1
+
+    run(main())
+
+
+# -- a client that goes away, or sends a broken body ---------------------------------------
+
+
+def send_then(port: int, data: bytes, how: str, read_head: bool = False) -> bytes:
+    """Send ``data``, then close (FIN) or reset (RST); returns what came back first."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    got = b""
+    try:
+        sock.sendall(data)
+        if read_head:
+            while b"\r\n\r\n" not in got:
+                chunk = sock.recv(65536)
+                assert chunk, "closed before the response head"
+                got += chunk
+        if how == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                got += chunk
+    finally:
+        sock.close()
+    return got
+
+
+async def recorded(sidecar: Sidecar, n: int = 1) -> list[tuple[str, str, float]]:
+    """(code, flags, count) of istio_requests_total once ``n`` requests are recorded."""
+    from proxy_support import eventually
+
+    async def done() -> bool:
+        return total(await scrape(sidecar.admin_url), "istio_requests_total") >= n
+
+    await eventually(done)
+    samples = select(await scrape(sidecar.admin_url), "istio_requests_total")
+    return sorted((s[1]["response_code"], s[1]["response_flags"], s[2]) for s in samples)
+
+
+@pytest.mark.parametrize("listener", ["inbound", "outbound"])
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_a_client_gone_mid_body_is_a_downstream_disconnect(
+    certs: Certs, listener: str, how: str
+) -> None:
+    partial = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        config = (inbound_config if listener == "inbound" else passthrough_config)(certs, app_port)
+        async with server, Sidecar(config) as sidecar:
+            got = await asyncio.to_thread(send_then, port_of(sidecar, listener), partial, how)
+            assert b"503" not in got  # nobody is told the upstream failed
+            assert await recorded(sidecar) == [("0", "DC", 1.0)]
+            assert b"/upload" not in bytes(app.received) or len(app.received) < 1000
+
+    run(main())
+
+
+@pytest.mark.parametrize("listener", ["inbound", "outbound"])
+def test_a_malformed_chunk_is_a_downstream_protocol_error(certs: Certs, listener: str) -> None:
+    broken = (
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\nZZ\r\n"
+    )
+
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        config = (inbound_config if listener == "inbound" else passthrough_config)(certs, app_port)
+        async with server, Sidecar(config) as sidecar:
+            got = await asyncio.to_thread(send_then, port_of(sidecar, listener), broken, "fin")
+            assert got.startswith(b"HTTP/1.1 400 ")
+            assert await recorded(sidecar) == [("400", "DPE", 1.0)]
+
+    run(main())
+
+
+def test_http_10_is_upgrade_required_by_default(certs: Certs) -> None:
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        config = inbound_config(certs, app_port)
+        config = SidecarConfig(node=config.node, cert_dir=config.cert_dir,
+                               inbound=config.inbound)  # fmt: skip
+        assert not config.accept_http_10
+        async with server, Sidecar(config) as sidecar:
+            got = await asyncio.to_thread(exchange, sidecar.inbound_port, b"GET / HTTP/1.0\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 426 Upgrade Required")
+            assert app.connections == 0
+            assert await recorded(sidecar) == [("426", "DPE", 1.0)]
+
+    run(main())
+
+
+def test_a_client_gone_mid_response_keeps_the_code_with_dc(certs: Certs) -> None:
+    """The response had begun: its status stands, the flag says the client left."""
+    big = 64 * 1024 * 1024  # more than every socket buffer on the way can hold
+
+    async def main() -> None:
+        async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % big)
+            block = b"y" * (1 << 20)
+            try:
+                for _ in range(big >> 20):
+                    writer.write(block)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        server, app_port = await start_app(huge)
+        async with server, Sidecar(inbound_config(certs, app_port)) as sidecar:
+            got = await asyncio.to_thread(
+                send_then,
+                sidecar.inbound_port,
+                b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n",
+                "rst",
+                True,
+            )
+            assert got.startswith(b"HTTP/1.1 200 ")
+            assert await recorded(sidecar) == [("200", "DC", 1.0)]
 
     run(main())
