@@ -31,10 +31,10 @@ empty body, no response flag. A peer that sent no metadata is passed to the engi
 address (``ip:port``), for the sidecar's workload registry.
 
 Framing follows RFC 9112 strictly, as Envoy does: a request with both ``Content-Length``
-and ``Transfer-Encoding``, more than one ``Content-Length`` (even equal ones), a transfer
-coding other than a final ``chunked``, or ``Transfer-Encoding`` on HTTP/1.0 is answered 400
-and recorded as Envoy records it (``400``, flag ``DPE``), and the connection is closed; so is
-a request h11 cannot parse. Neither header is ever forwarded as received: each hop gets one
+and ``Transfer-Encoding``, more than one ``Content-Length`` (even equal ones), or
+``Transfer-Encoding`` on HTTP/1.0 is answered 400, one with a transfer coding other than a
+final ``chunked`` 501, and each is recorded as Envoy records it (that code, flag ``DPE``) and
+the connection closed; so is a request h11 cannot parse (431 for a head over 16 KiB). Neither header is ever forwarded as received: each hop gets one
 framing header for the framing the sidecar itself parsed (``transfer-encoding: chunked`` or
 one ``content-length``), so no app or client behind a sidecar can read a body differently
 from how the sidecar framed it (request smuggling). A response with both headers is framed by
@@ -85,6 +85,13 @@ _BODIES = {
 }
 
 Headers = list[tuple[bytes, bytes]]
+
+_REASONS = {
+    400: b"Bad Request",
+    426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",  # a transfer coding other than chunked (RFC 9112 §6.1, Envoy)
+}
 
 
 class DownstreamError(Exception):
@@ -323,7 +330,11 @@ class _Proxy:
             # A head that does not parse is recorded as Envoy records it; a client gone
             # before its head was complete made no request (Envoy records none either).
             if _downstream_error(down, exc).flag == "DPE":
-                await self._reject(None, _Exchange(), started, request_start, response_start)
+                # h11's hint, as Envoy answers: 431 for a head over 16 KiB, 501 for a transfer
+                # coding other than chunked, else 400.
+                code = getattr(exc, "error_status_hint", 400)
+                await self._reject(None, _Exchange(), started, request_start, response_start,
+                                   code)  # fmt: skip
             return False
         if not isinstance(event, h11.Request):
             return False  # ConnectionClosed
@@ -472,12 +483,12 @@ class _Proxy:
         response_start: int,
         code: int = 400,
     ) -> None:
-        """A request the sidecar refuses itself: ``code`` (400, or 426 for HTTP/1.0),
+        """A request the sidecar refuses itself: ``code`` (400, 426 for HTTP/1.0, 431, 501),
         closed, recorded as Envoy records a downstream protocol error (flag ``DPE``).
         ``request`` is None when it did not even parse."""
         ex.code, ex.flags = code, "DPE"
         if self.down.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            reason = b"Upgrade Required" if code == 426 else b"Bad Request"
+            reason = _REASONS.get(code, b"Bad Request")
             try:  # written raw: after a parse error h11 may refuse to send for us
                 data = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
                     code,
