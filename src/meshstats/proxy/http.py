@@ -34,10 +34,11 @@ Framing follows RFC 9112 strictly, as Envoy does: a request with both ``Content-
 and ``Transfer-Encoding``, more than one ``Content-Length`` (even equal ones), or
 ``Transfer-Encoding`` on HTTP/1.0 is answered 400, one with a transfer coding other than a
 final ``chunked`` 501, and each is recorded as Envoy records it (that code, flag ``DPE``) and
-the connection closed; so is a request h11 cannot parse (431 for a head over 16 KiB). Neither header is ever forwarded as received: each hop gets one
-framing header for the framing the sidecar itself parsed (``transfer-encoding: chunked`` or
-one ``content-length``), so no app or client behind a sidecar can read a body differently
-from how the sidecar framed it (request smuggling). A response with both headers is framed by
+the connection closed; so is a request h11 cannot parse (431 for a head over 16 KiB).
+Neither header is ever forwarded as received: each hop gets one framing header for the
+framing the sidecar itself parsed (``transfer-encoding: chunked`` or one
+``content-length``), so no app or client behind a sidecar can read a body differently from
+how the sidecar framed it (request smuggling). A response with both headers is framed by
 the chunked coding and forwarded without its ``Content-Length`` (§6.3).
 
 Requests on one downstream connection are relayed one at a time over one upstream
