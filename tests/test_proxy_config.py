@@ -139,3 +139,67 @@ def test_cli_bad_config_exits_1_naming_the_field(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "inbound.mtls" in err
+
+
+FULL_NODE = {
+    "NAME": "reviews-v2-5d8c7b9f4-x2x7q",
+    "NAMESPACE": "default",
+    "WORKLOAD_NAME": "reviews-v2",
+    "CLUSTER_ID": "Kubernetes",
+    "MESH_ID": "cluster.local",
+    "ISTIO_VERSION": "1.24.0",
+    "SERVICE_ACCOUNT": "bookinfo-reviews",
+    "INSTANCE_IPS": "10.0.0.7,fe80::1",
+    "PLATFORM_METADATA": {"gcp_project": "secret-project"},
+    "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/reviews-v2",
+    "REGION": "eu-west1",
+    "LABELS": {
+        "app.kubernetes.io/name": "reviews",
+        "version": "v2",
+        "service.istio.io/canonical-name": "reviews",
+        "service.istio.io/canonical-revision": "v2",
+        "pod-template-hash": "5d8c7b9f4",
+        "role": "backend",
+    },
+}
+REDUCED = {
+    "NAME": "reviews-v2-5d8c7b9f4-x2x7q",
+    "NAMESPACE": "default",
+    "WORKLOAD_NAME": "reviews-v2",
+    "CLUSTER_ID": "Kubernetes",
+    "LABELS": {
+        "service.istio.io/canonical-name": "reviews",
+        "service.istio.io/canonical-revision": "v2",
+        "app": "reviews",  # resolved: app.kubernetes.io/name first
+        "version": "v2",
+    },
+    "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/reviews-v2",
+    "REGION": "eu-west1",
+}
+
+
+@pytest.mark.parametrize("additional", [[], ["role", "absent"]])
+def test_the_exchange_carries_istios_reduced_node(tmp_path: Path, additional: list[str]) -> None:
+    """A sidecar sends what today's Istio sends: no IPs, platform metadata, service account
+    or mesh id; LABELS cut to the canonical ones, app, version and additional_labels."""
+    from meshstats import decode_peer_header, decode_peer_prefix
+    from meshstats.proxy import Sidecar
+
+    certs = make_certs(tmp_path)
+    cfg = SidecarConfig.from_mapping(
+        {"node": FULL_NODE, "cert_dir": str(certs.server), "additional_labels": additional}
+    )
+    sidecar = Sidecar(cfg)
+    expected = json.loads(json.dumps(REDUCED))
+    if additional:
+        expected["LABELS"]["role"] = "backend"
+    assert decode_peer_header(sidecar.mx_headers[0][1].decode()) == expected
+    frame = decode_peer_prefix(sidecar.prefix)
+    assert frame.metadata == expected and frame.metadata_id == sidecar.node_id
+    # The local labels still come from the whole node.
+    assert sidecar.engine.local.service_account == "bookinfo-reviews"
+
+
+def test_additional_labels_must_be_names() -> None:
+    with pytest.raises(ConfigError, match="additional_labels"):
+        SidecarConfig.from_mapping(_config(additional_labels="role"))

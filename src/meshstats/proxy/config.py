@@ -77,6 +77,12 @@ def _protocol(value: object, where: str) -> Protocol:
     raise ConfigError(f"must be 'tcp' or 'http', got {value!r}", where)
 
 
+def _label_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"must be a list of label names, got {value!r}", "additional_labels")
+    return tuple(value)
+
+
 def _timeout(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"must be a number of seconds > 0, got {value!r}", where)
@@ -265,6 +271,8 @@ class SidecarConfig:
     ``destination_service`` is the requested host (an egress or ingress gateway).
     ``accept_http_10`` (default off, as Envoy's and Istio's ``ISTIO_META_HTTP10``) serves
     HTTP/1.0 requests; off, they are answered ``426 Upgrade Required``.
+    ``additional_labels`` names pod labels sent in the exchange besides the canonical
+    name/revision, ``app`` and ``version`` (Istio's metadata-exchange ``additional_labels``).
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -282,6 +290,7 @@ class SidecarConfig:
     plaintext_exchange: bool = True
     gateway: bool = False
     accept_http_10: bool = False
+    additional_labels: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -291,7 +300,7 @@ class SidecarConfig:
         known = {
             "node", "cert_dir", "inbound", "outbound", "admin_port", "host", "node_id",
             "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
-            "plaintext_exchange", "gateway", "accept_http_10",
+            "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -347,6 +356,7 @@ class SidecarConfig:
             plaintext_exchange=_flag(data.get("plaintext_exchange", True), "plaintext_exchange"),
             gateway=_flag(data.get("gateway", False), "gateway"),
             accept_http_10=_flag(data.get("accept_http_10", False), "accept_http_10"),
+            additional_labels=_label_names(data.get("additional_labels", [])),
         )
 
     @classmethod

@@ -85,7 +85,8 @@ class Sidecar:
         )
         node = self.engine.local
         self.node_id = config.node_id or node.node_id or default_node_id(node)
-        struct = node.to_struct()
+        # What today's Istio sends: the reduced node (no IPs, platform metadata, env...).
+        struct = node.to_exchange(config.additional_labels)
         # Both encodings are constant for the sidecar's life: computed once (as Istio does).
         self.prefix = encode_peer_prefix(struct, self.node_id)
         self.mx_headers: list[tuple[bytes, bytes]] = [
