@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshstats.config import StatsConfig
 from meshstats.engine import StatsEngine
 from meshstats.standard_metrics import HTTP_LABELS, PEER_LABELS, TCP_LABELS
 
@@ -524,6 +525,39 @@ def test_series_survive_a_peer_context_eviction(make: Any) -> None:
     engine.record_request(again, response_code=200, duration_ms=1)
     assert engine.cache_stats()["series_misses"] == misses  # found, not resolved again
     assert one(engine, "istio_requests_total")["__value__"] == "2.0"
+
+
+def test_label_values_are_bounded_and_cuts_counted(make: Any) -> None:
+    """A peer's 11 KB WORKLOAD_NAME or a client's 11 KB Host cannot make every scrape huge:
+    label values are cut to max_label_length with a visible mark, and counted."""
+    engine = make(PRODUCTPAGE, {"max_label_length": 64})
+    huge = "w" * 11_000
+    peer = engine.peer("outbound", {"WORKLOAD_NAME": huge, "NAMESPACE": "default"})
+    for _ in range(3):
+        engine.record_request(peer, response_code=200, duration_ms=1, host="h" * 11_000)
+    got = one(engine, "istio_requests_total")
+    assert got["destination_workload"] == "w" * 63 + "…"
+    assert got["destination_service"] == "h" * 63 + "…"
+    assert got["__value__"] == "3.0"
+    assert max(len(line) for line in engine.render().decode().splitlines()) < 64 * 30
+    cuts = {
+        s["label"]: s["__value__"]
+        for s in samples(engine, "meshstats_label_values_truncated_total")
+    }
+    # Counted when a series is resolved (once per peer, once per new request key), not
+    # per request.
+    assert cuts == {
+        "destination_workload": "1.0",
+        "destination_service": "1.0",
+        "destination_service_name": "1.0",  # the host fallback names the service too
+    }
+    assert StatsConfig.parse({}).max_label_length == 512
+
+
+def test_no_truncation_counter_until_something_is_cut(make: Any) -> None:
+    engine = make(PRODUCTPAGE)
+    engine.record_request(engine.peer("outbound", REVIEWS), response_code=200, duration_ms=1)
+    assert b"meshstats_label_values_truncated" not in engine.render()
 
 
 def test_gateway_reporter(make: Any) -> None:

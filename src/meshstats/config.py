@@ -119,6 +119,9 @@ class StatsConfig:
     max_series: int = 100_000
     idle_series_expiry: float = 0.0
     peer_cache_size: int = 500
+    # Longest label value, in characters; longer ones (a peer's 11 KB WORKLOAD_NAME, a
+    # client's Host header) are cut, marked with a final "…" and counted.
+    max_label_length: int = 512
 
     @classmethod
     def parse(
@@ -179,10 +182,12 @@ _ALIASES = {
     "maxSeries": "max_series",
     "idleSeriesExpiry": "idle_series_expiry",
     "peerCacheSize": "peer_cache_size",
+    "maxLabelLength": "max_label_length",
 }
 _TOP = {
     "disable_host_header_fallback", "tcp_reporting_duration", "metrics", "definitions",
     "reporter", "buckets", "max_series", "idle_series_expiry", "peer_cache_size",
+    "max_label_length",
     # accepted and ignored, as Istio ignores them today
     "debug", "max_peer_cache_size", "stat_prefix", "field_separator", "value_separator",
     "rotation_interval", "graceful_deletion_interval",
@@ -258,7 +263,7 @@ def _parse(data: Mapping[str, Any]) -> StatsConfig:
                 f"must be one of {', '.join(REPORTERS)}, got {reporter!r}", "reporter"
             )
         kwargs["reporter"] = reporter
-    for key in ("max_series", "peer_cache_size"):
+    for key in ("max_series", "peer_cache_size", "max_label_length"):
         if key in f:
             value = _int(f[key], key)
             if value < 1:

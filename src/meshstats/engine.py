@@ -125,6 +125,7 @@ class StatsEngine:
         self._tables: dict[tuple[int, tuple[str, ...]], dict[tuple[str, ...], list[Any]]] = {}
         self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
         self._clock = clock
+        self._truncated: int | None = None  # the truncation counter, made on first use
         self._gateway = self.config.reporter == "SERVER_GATEWAY"
         self._move_to_end = self._peers.move_to_end
         self._request_tables = Tables(self.store)
@@ -230,6 +231,29 @@ class StatsEngine:
             if len(self._tables) < self.config.max_series:  # bounded like the series
                 self._tables[key] = table
         return table
+
+    def bound_label(self, name: str, value: str, *, count: bool = True) -> str:
+        """``value`` cut to ``max_label_length`` characters, the last one "…"; with ``count``,
+        the cut is counted (:meth:`count_cut`). A label value comes from peers and clients
+        (exchanged metadata, a Host header): unbounded, a few thousand requests could make
+        every scrape gigabytes."""
+        limit = self.config.max_label_length
+        if len(value) <= limit:
+            return value
+        if count:
+            self.count_cut(name)
+        return value[: limit - 1] + "…"
+
+    def count_cut(self, name: str) -> None:
+        """Count one cut value of label ``name`` in
+        ``meshstats_label_values_truncated_total{label=name}`` (made on the first cut)."""
+        if self._truncated is None:
+            self._truncated = self.store.counter(
+                "meshstats_label_values_truncated_total",
+                "Label values longer than max_label_length, cut to it.",
+                ("label",),
+            )
+        self.store.inc(self.store.series(self._truncated, (name,)))
 
     # -- peers ---------------------------------------------------------------------------------
 

@@ -262,25 +262,34 @@ class PeerContext:
         until that metric first records something, so a counter that only ever adds zero
         never appears (as in Envoy, where a stat exists once it is used).
         """
+        engine = self._engine
+        bound = engine.bound_label
         cached = self._plans.get(index)
         if cached is None:
             values = [""] * len(plan.labels)
             for pos in plan.peer_pos:
-                values[pos] = plan.exprs[pos].label(self.attrs)
-            cached = self._plans[index] = (values, self._engine._series_table(index, values))
+                values[pos] = bound(plan.labels[pos], plan.exprs[pos].label(self.attrs))
+            cached = self._plans[index] = (values, engine._series_table(index, values))
         base, by_request = cached
         if overridden:
             redo = [pos for pos in plan.peer_pos if reads_any(plan.exprs[pos], overridden)]
             if redo:
                 base = list(base)
                 for pos in redo:
-                    base[pos] = plan.exprs[pos].label(attrs)
-                by_request = self._engine._series_table(index, base)
+                    base[pos] = bound(plan.labels[pos], plan.exprs[pos].label(attrs))
+                by_request = engine._series_table(index, base)
         key = tuple([label(attrs) for label in plan.request_labels])
+        limit = engine.config.max_label_length
+        cut: list[str] = []
+        if any(len(value) > limit for value in key):  # bounded before it is kept as a key
+            names = [plan.labels[pos] for pos in plan.request_pos]
+            cut = [name for name, value in zip(names, key) if len(value) > limit]
+            key = tuple(bound(name, value, count=False) for name, value in zip(names, key))
         entry = by_request.get(key)
-        engine = self._engine
         if entry is None:
             engine.cache_misses += 1
+            for name in cut:  # counted once per series resolved, as peer values are
+                engine.count_cut(name)
             full = list(base)
             for pos, value in zip(plan.request_pos, key):
                 full[pos] = value
