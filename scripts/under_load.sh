@@ -3,7 +3,8 @@
 # the proof that no test depends on how fast the machine is.
 #
 #   bash scripts/under_load.sh                    # 20 rounds of the `timing` tests, 2 busy loops
-#   ROUNDS=5 LOAD=4 bash scripts/under_load.sh -m "not e2e"   # any pytest selection
+#   ROUNDS=5 LOAD=4 bash scripts/under_load.sh tests -m "not e2e"   # any pytest arguments
+#   ROUNDS=10 bash scripts/under_load.sh tests/test_proxy_http.py
 #
 # Each round runs pytest twice: the compiled and pure backends side by side (the `backend`
 # fixture), then again with MESHSTATS_NO_EXTENSIONS=1. Logs of failed rounds stay in
@@ -14,7 +15,7 @@ PY=${PYTHON:-.venv/bin/python}
 ROUNDS=${ROUNDS:-20}
 LOAD=${LOAD:-2}
 LOGS=${LOGS:-/tmp/meshstats-under-load}
-[ $# -gt 0 ] || set -- -m timing
+[ $# -gt 0 ] || set -- tests -m timing
 mkdir -p "$LOGS"
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -30,9 +31,9 @@ for round in $(seq "$ROUNDS"); do
   for leg in both pure; do
     log="$LOGS/round-$round-$leg.log"
     if [ $leg = pure ]; then
-      MESHSTATS_NO_EXTENSIONS=1 "$PY" -m pytest tests -q -p no:cacheprovider "$@" > "$log" 2>&1
+      MESHSTATS_NO_EXTENSIONS=1 "$PY" -m pytest -q -p no:cacheprovider "$@" > "$log" 2>&1
     else
-      "$PY" -m pytest tests -q -p no:cacheprovider "$@" > "$log" 2>&1
+      "$PY" -m pytest -q -p no:cacheprovider "$@" > "$log" 2>&1
     fi
     status=$?
     summary=$(tail -n 1 "$log")

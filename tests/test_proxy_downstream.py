@@ -98,11 +98,13 @@ def passthrough_config(certs: Certs, app_port: int) -> SidecarConfig:
                          outbound=(out,), accept_http_10=True)  # fmt: skip
 
 
-def exchange(port: int, data: bytes) -> bytes:
-    """Send ``data`` raw and end the write side, read until the sidecar closes."""
+def exchange(port: int, data: bytes, half_close: bool = True) -> bytes:
+    """Send ``data`` raw (and end the write side), read until the sidecar closes. A sidecar,
+    as Envoy, takes a half-close while a response is awaited for a client gone."""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         got = b""
         while chunk := sock.recv(65536):
             got += chunk
@@ -173,7 +175,9 @@ def test_each_hop_gets_one_framing_header(certs: Certs, listener: str) -> None:
         server, app_port = await start_app(app)
         config = (inbound_config if listener == "inbound" else passthrough_config)(certs, app_port)
         async with server, Sidecar(config) as sidecar:
-            got = await asyncio.to_thread(exchange, port_of(sidecar, listener), b"".join(requests_))
+            # No half-close: the last request asks to close, and the sidecar does.
+            data = b"".join(requests_)
+            got = await asyncio.to_thread(exchange, port_of(sidecar, listener), data, False)
             framing = [
                 sorted(
                     line.split(b":")[0].lower()
@@ -354,3 +358,123 @@ def test_a_head_over_the_limit_is_431(certs: Certs) -> None:
             assert await recorded(sidecar) == [("431", "DPE", 1.0)]
 
     run(main())
+
+
+# -- timeouts, and a client that gives up (issue 10.3) ---------------------------------------
+
+
+@dataclass
+class SilentApp:
+    """Reads a request head, never answers; says when its connection ends."""
+
+    connections: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read()  # until the sidecar lets go of the connection
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.closed.set()
+
+
+def timeouts_config(certs: Certs, app_port: int, **timeouts: float) -> SidecarConfig:
+    inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
+    return SidecarConfig(
+        node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server, inbound=inbound, **timeouts
+    )
+
+
+GET = b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def response_head(port: int, data: bytes) -> bytes:
+    """Send ``data``, return the head of the first response (the connection may stay)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(data)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before a response head: {got!r}"
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "status", "flags"),
+    [
+        ({"request_timeout": 0.3}, b"504", "UT"),
+        ({"stream_idle_timeout": 0.3}, b"408", "SI"),
+    ],
+)
+def test_an_app_that_never_answers_times_out(
+    certs: Certs, timeouts: dict[str, float], status: bytes, flags: str
+) -> None:
+    async def main() -> None:
+        app = SilentApp()
+        server, app_port = await start_app(app)
+        async with server, Sidecar(timeouts_config(certs, app_port, **timeouts)) as sidecar:
+            got = await asyncio.to_thread(response_head, sidecar.inbound_port, GET)
+            assert got.startswith(b"HTTP/1.1 " + status)
+            await asyncio.wait_for(app.closed.wait(), 60)  # the upstream was let go
+            assert await recorded(sidecar) == [(status.decode(), flags, 1.0)]
+
+    run(main())
+
+
+def test_a_client_that_gives_up_resets_the_upstream(certs: Certs) -> None:
+    """No timeout configured: the client leaving is what ends it (Envoy: 0/DC), and the
+    app's connection is closed instead of held forever."""
+
+    async def main() -> None:
+        app = SilentApp()
+        server, app_port = await start_app(app)
+        async with server, Sidecar(timeouts_config(certs, app_port)) as sidecar:
+            sock = socket.create_connection(("127.0.0.1", sidecar.inbound_port), timeout=20)
+            sock.sendall(GET)
+            while app.connections == 0:  # the request reached the app: now give up
+                await asyncio.sleep(0.01)
+            sock.close()
+            await asyncio.wait_for(app.closed.wait(), 60)
+            assert await recorded(sidecar) == [("0", "DC", 1.0)]
+
+    run(main())
+
+
+def test_a_stalled_request_body_is_408(certs: Certs) -> None:
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        config = timeouts_config(certs, app_port, stream_idle_timeout=0.3)
+        async with server, Sidecar(config) as sidecar:
+            stalled = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab"
+            got = await asyncio.to_thread(exchange, sidecar.inbound_port, stalled, False)
+            assert got.startswith(b"HTTP/1.1 408 Request Timeout")
+            assert await recorded(sidecar) == [("408", "SI", 1.0)]
+
+    run(main())
+
+
+def test_an_idle_keep_alive_connection_is_closed(certs: Certs) -> None:
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        config = timeouts_config(certs, app_port, idle_timeout=0.3)
+        async with server, Sidecar(config) as sidecar:
+            # One request, then nothing: the sidecar closes the connection by itself.
+            got = await asyncio.to_thread(exchange, sidecar.inbound_port, GET, False)
+            assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"ok")
+            assert await recorded(sidecar) == [("200", "-", 1.0)]
+
+    run(main())
+
+
+def test_timeouts_default_to_envoys() -> None:
+    cfg = SidecarConfig.from_mapping({"node": {"WORKLOAD_NAME": "w"}})
+    assert (cfg.request_timeout, cfg.stream_idle_timeout, cfg.idle_timeout) == (0, 300, 3600)
+    cfg = SidecarConfig.from_mapping({"node": {"WORKLOAD_NAME": "w"}, "idle_timeout": 0})
+    assert cfg.idle_timeout == 0  # off

@@ -83,6 +83,13 @@ def _label_names(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _off_or_timeout(value: object, where: str) -> float:
+    """A timeout in seconds where 0 means none (Envoy's convention)."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _timeout(value, where)
+
+
 def _timeout(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"must be a number of seconds > 0, got {value!r}", where)
@@ -273,6 +280,12 @@ class SidecarConfig:
     HTTP/1.0 requests; off, they are answered ``426 Upgrade Required``.
     ``additional_labels`` names pod labels sent in the exchange besides the canonical
     name/revision, ``app`` and ``version`` (Istio's metadata-exchange ``additional_labels``).
+
+    HTTP timeouts, with Envoy's defaults (0 turns one off): ``request_timeout`` (off, as
+    Istio's routes) bounds the wait for an upstream's response headers once the request is
+    sent (then ``504``/``UT``); ``stream_idle_timeout`` (300 s) the time a request may see no
+    bytes either way (``408``/``SI`` before a response began, else the stream is cut with
+    ``SI``); ``idle_timeout`` (3600 s) how long a connection may wait for its next request.
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -291,6 +304,9 @@ class SidecarConfig:
     gateway: bool = False
     accept_http_10: bool = False
     additional_labels: tuple[str, ...] = ()
+    request_timeout: float = 0.0
+    stream_idle_timeout: float = 300.0
+    idle_timeout: float = 3600.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -301,6 +317,7 @@ class SidecarConfig:
             "node", "cert_dir", "inbound", "outbound", "admin_port", "host", "node_id",
             "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
             "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
+            "request_timeout", "stream_idle_timeout", "idle_timeout",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -357,6 +374,11 @@ class SidecarConfig:
             gateway=_flag(data.get("gateway", False), "gateway"),
             accept_http_10=_flag(data.get("accept_http_10", False), "accept_http_10"),
             additional_labels=_label_names(data.get("additional_labels", [])),
+            request_timeout=_off_or_timeout(data.get("request_timeout", 0), "request_timeout"),
+            stream_idle_timeout=_off_or_timeout(
+                data.get("stream_idle_timeout", 300), "stream_idle_timeout"
+            ),
+            idle_timeout=_off_or_timeout(data.get("idle_timeout", 3600), "idle_timeout"),
         )
 
     @classmethod

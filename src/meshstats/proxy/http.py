@@ -83,12 +83,15 @@ _BODIES = {
     b"reset reason: connection failure",
     "UC": b"upstream connect error or disconnect/reset before headers. "
     b"reset reason: connection termination",
+    "UT": b"upstream request timeout",
+    "SI": b"stream timeout",
 }
 
 Headers = list[tuple[bytes, bytes]]
 
 _REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",  # a transfer coding other than chunked (RFC 9112 §6.1, Envoy)
@@ -199,6 +202,11 @@ class _Exchange:
     metadata_id: bytes | None = None
     code: int = 0
     flags: str | None = None
+
+
+def _off(timeout: float) -> float | None:
+    """A configured timeout for asyncio: 0 means none."""
+    return timeout if timeout > 0 else None
 
 
 def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
@@ -326,7 +334,11 @@ class _Proxy:
         down.keep_next_head()
         started = loop.time()
         try:
-            event = await down.next_event()
+            # A connection waiting for its next request (or a head trickling in) is closed
+            # after idle_timeout, as Envoy's connection idle timeout does; nothing to record.
+            event = await asyncio.wait_for(down.next_event(), _off(self.config.idle_timeout))
+        except asyncio.TimeoutError:  # TimeoutError from 3.11, its own class in 3.10
+            return False
         except (h11.RemoteProtocolError, OSError) as exc:
             # A head that does not parse is recorded as Envoy records it; a client gone
             # before its head was complete made no request (Envoy records none either).
@@ -358,8 +370,10 @@ class _Proxy:
             if self.up is not None:
                 self.up.close()
                 self.up = None
-            if broke.code == 400:
-                await self._reject(event, ex, started, request_start, response_start)
+            if broke.code:
+                await self._reject(
+                    event, ex, started, request_start, response_start, broke.code, broke.flag
+                )
             else:
                 ex.code, ex.flags = broke.code, broke.flag
                 self._record(event, ex, started, request_start, response_start)
@@ -393,9 +407,7 @@ class _Proxy:
                     # The client holds its body back until told to go on.
                     await down.send(h11.InformationalResponse(status_code=100, headers=[]))
                 await self._body(down, up, downstream=down)
-                response = await up.next_event()
-                while isinstance(response, h11.InformationalResponse):
-                    response = await up.next_event()  # 1xx are not forwarded
+                response = await self._response(up)
             except (OSError, h11.ProtocolError) as exc:
                 raise UpstreamError("UC") from exc
             if not isinstance(response, h11.Response):
@@ -418,6 +430,65 @@ class _Proxy:
             raise
         await self._body(up, down, ex=ex)
 
+    @property
+    def config(self) -> Any:
+        return self.sidecar.config
+
+    async def _response(self, up: HttpStream) -> Any:
+        """The upstream's response head (1xx skipped), while watching the downstream: a
+        client that goes away resets the upstream stream (``0``/``DC``), as Envoy does.
+        ``request_timeout`` gives ``504``/``UT``, ``stream_idle_timeout`` ``408``/``SI``."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        deadline = loop.time() + cfg.request_timeout if cfg.request_timeout > 0 else None
+
+        async def head() -> Any:
+            response = await up.next_event()
+            while isinstance(response, h11.InformationalResponse):
+                response = await up.next_event()  # 1xx are not forwarded
+            return response
+
+        pending = asyncio.ensure_future(head())
+        watch = asyncio.ensure_future(self._watch_downstream())
+        try:
+            while True:
+                waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
+                if deadline is not None:
+                    waits.append(max(0.0, deadline - loop.time()))
+                done, _ = await asyncio.wait(
+                    {pending, watch},
+                    timeout=min(waits) if waits else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if pending in done:
+                    return pending.result()
+                if watch in done:
+                    watch.result()  # raises DownstreamError: the client went away
+                if deadline is not None and loop.time() >= deadline:
+                    raise UpstreamError("UT", 504)
+                raise UpstreamError("SI", 408)
+        finally:
+            for task in (pending, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(pending, watch, return_exceptions=True)
+
+    async def _watch_downstream(self) -> None:
+        """Read the downstream while its response is awaited; returns never, raises
+        DownstreamError on its EOF or reset (Envoy closes on a downstream FIN too).
+        Pipelined bytes go to h11's buffer, up to one CHUNK, then reading stops."""
+        down = self.down
+        while len(down.conn.trailing_data[0]) < CHUNK:
+            try:
+                data = await down.reader.read(CHUNK)
+            except OSError:
+                raise DownstreamError(0, "DC") from None
+            if not data:
+                raise DownstreamError(0, "DC")
+            down.fed += len(data)
+            down.conn.receive_data(data)
+        await asyncio.Event().wait()  # enough buffered: wait for the cancel
+
     async def _body(
         self,
         src: HttpStream,
@@ -433,9 +504,16 @@ class _Proxy:
         (``ex`` given): failing to read it is the upstream's (``UC``), failing to write it
         means the client went away (``DC``).
         """
+        idle = _off(self.config.stream_idle_timeout)
         while True:
             try:
-                event = await src.next_event()
+                event = await asyncio.wait_for(src.next_event(), idle)
+            except asyncio.TimeoutError:
+                if downstream is not None:  # a stalled request body: 408, as Envoy
+                    raise DownstreamError(408, "SI") from None
+                if ex is not None:
+                    ex.flags = "SI"  # the response had begun: the stream is cut
+                raise OSError("stream idle timeout") from None
             except (OSError, h11.ProtocolError) as exc:
                 if downstream is not None:
                     raise _downstream_error(downstream, exc) from None
@@ -483,11 +561,13 @@ class _Proxy:
         request_start: int,
         response_start: int,
         code: int = 400,
+        flag: str = "DPE",
     ) -> None:
-        """A request the sidecar refuses itself: ``code`` (400, 426 for HTTP/1.0, 431, 501),
-        closed, recorded as Envoy records a downstream protocol error (flag ``DPE``).
+        """A request the sidecar refuses itself: ``code`` (400, 426 for HTTP/1.0, 431, 501;
+        408 for a stalled request body), closed, recorded as Envoy records it (``flag``:
+        ``DPE`` for a downstream protocol error, ``SI`` for a stream idle timeout).
         ``request`` is None when it did not even parse."""
-        ex.code, ex.flags = code, "DPE"
+        ex.code, ex.flags = code, flag
         if self.down.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             reason = _REASONS.get(code, b"Bad Request")
             try:  # written raw: after a parse error h11 may refuse to send for us
