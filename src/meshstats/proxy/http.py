@@ -161,8 +161,13 @@ class HttpStream:
         self._head_from = self.consumed
         self.last_head = b""
 
-    async def next_event(self) -> Any:
-        """The next h11 event, reading from the socket as needed (EOF included)."""
+    async def next_event(self, idle: float | None = None) -> Any:
+        """The next h11 event, reading from the socket as needed (EOF included); a read
+        that waits more than ``idle`` seconds raises ``asyncio.TimeoutError``.
+
+        An event h11 already holds is returned without yielding to the loop: the request
+        is recorded before anyone who saw its response end can scrape.
+        """
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
@@ -170,7 +175,8 @@ class HttpStream:
                     self.last_head = bytes(self._head[: self.consumed - self._head_from])
                     self._head = None
                 return event
-            data = await self.reader.read(CHUNK)
+            read = self.reader.read(CHUNK)
+            data = await (read if idle is None else asyncio.wait_for(read, idle))
             self.fed += len(data)
             if self._head is not None:  # bounded: h11 refuses heads over 16 KiB
                 self._head += data
@@ -336,7 +342,7 @@ class _Proxy:
         try:
             # A connection waiting for its next request (or a head trickling in) is closed
             # after idle_timeout, as Envoy's connection idle timeout does; nothing to record.
-            event = await asyncio.wait_for(down.next_event(), _off(self.config.idle_timeout))
+            event = await down.next_event(_off(self.config.idle_timeout))
         except asyncio.TimeoutError:  # TimeoutError from 3.11, its own class in 3.10
             return False
         except (h11.RemoteProtocolError, OSError) as exc:
@@ -507,7 +513,7 @@ class _Proxy:
         idle = _off(self.config.stream_idle_timeout)
         while True:
             try:
-                event = await asyncio.wait_for(src.next_event(), idle)
+                event = await src.next_event(idle)
             except asyncio.TimeoutError:
                 if downstream is not None:  # a stalled request body: 408, as Envoy
                     raise DownstreamError(408, "SI") from None
