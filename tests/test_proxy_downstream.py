@@ -478,3 +478,32 @@ def test_timeouts_default_to_envoys() -> None:
     assert (cfg.request_timeout, cfg.stream_idle_timeout, cfg.idle_timeout) == (0, 300, 3600)
     cfg = SidecarConfig.from_mapping({"node": {"WORKLOAD_NAME": "w"}, "idle_timeout": 0})
     assert cfg.idle_timeout == 0  # off
+
+
+def test_tiny_chunks_are_relayed_coalesced(certs: Certs) -> None:
+    """Issue 10.4: a body sent as 10,000 one-byte chunks reaches the app whole, re-chunked
+    into as many chunks as the sidecar made reads, not one relay step per chunk."""
+    n = 10_000
+    body = b"".join(b"1\r\n%c\r\n" % (97 + i % 26) for i in range(n)) + b"0\r\n\r\n"
+    request = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+
+    async def main() -> None:
+        app = RawApp()
+        server, app_port = await start_app(app)
+        async with server, Sidecar(inbound_config(certs, app_port)) as sidecar:
+            got = await asyncio.to_thread(response_head, sidecar.inbound_port, request)
+            assert got.startswith(b"HTTP/1.1 200 ")
+        relayed = bytes(app.received).split(b"\r\n\r\n", 1)[1]
+        data, chunks, at = b"", 0, 0
+        while True:
+            end = relayed.index(b"\r\n", at)
+            size = int(relayed[at:end], 16)
+            if size == 0:
+                break
+            data += relayed[end + 2 : end + 2 + size]
+            chunks += 1
+            at = end + 2 + size + 2
+        assert data == bytes(97 + i % 26 for i in range(n))
+        assert chunks < n // 10, chunks
+
+    run(main())
