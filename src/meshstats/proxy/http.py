@@ -531,6 +531,11 @@ class _Proxy:
                             break
                     if len(parts) > 1:
                         event = h11.Data(data=b"".join(parts))
+                    if held is None:
+                        # More body to read: let other connections run between blocks, so
+                        # a fast sender of a huge body cannot hold the loop. (Not after the
+                        # last block: the request is recorded before anyone can scrape.)
+                        await asyncio.sleep(0)
             except asyncio.TimeoutError:
                 if downstream is not None:  # a stalled request body: 408, as Envoy
                     raise DownstreamError(408, "SI") from None
@@ -659,7 +664,7 @@ class _Outbound(_Proxy):
             reader, writer, self.principal, _ = await self.sidecar.connect(
                 target, "http", mesh=cfg.mode == "service"
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamError("UF") from exc
         self.address = format_address(writer.get_extra_info("peername"))
         return HttpStream(reader, writer, h11.CLIENT)
@@ -702,7 +707,7 @@ class _Inbound(_Proxy):
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(*inbound.app), self.sidecar.config.connect_timeout
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamError("UF") from exc
         return HttpStream(reader, writer, h11.CLIENT)
 

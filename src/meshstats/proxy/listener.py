@@ -151,7 +151,7 @@ class Listener:
                 ssl=self._ssl if use_tls else None,
                 ssl_handshake_timeout=self._handshake_timeout if use_tls else None,
             )
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.debug("connection dropped before it started: %r", exc)
             conn.close()
             return
@@ -177,7 +177,7 @@ class Listener:
         loop.add_reader(conn.fileno(), on_readable)
         try:
             await asyncio.wait_for(ready, self._detect_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             return b""
         finally:
             loop.remove_reader(conn.fileno())

@@ -200,7 +200,7 @@ class Sidecar:
 
         Returns the streams, the server's verified principal and whether both sides chose
         ``istio-peer-exchange``. ``mesh=False`` (a passthrough destination) connects in
-        plaintext. Raises ``OSError`` or ``TimeoutError``.
+        plaintext. Raises ``OSError`` or ``asyncio.TimeoutError``.
         """
         context = self._client_ssl.get(protocol) if mesh else None
         reader, writer = await asyncio.wait_for(

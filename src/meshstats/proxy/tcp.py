@@ -88,9 +88,9 @@ async def read_peer_prefix(
         remaining = deadline - loop.time()
         try:
             if remaining <= 0:
-                raise TimeoutError
+                raise asyncio.TimeoutError
             chunk = await asyncio.wait_for(reader.read(CHUNK), remaining)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             return Exchanged(None, bytes(held), "timeout")
         if not chunk:
             return Exchanged(None, bytes(held), "eof", eof=True)
@@ -210,7 +210,7 @@ async def outbound_tcp(
             up_reader, up_writer, principal, mx = await sidecar.connect(
                 cfg.upstream, "tcp", mesh=cfg.mode == "service"
             )
-        except (OSError, TimeoutError):
+        except (OSError, asyncio.TimeoutError):
             flags = "UF"
             return
         address = format_address(up_writer.get_extra_info("peername"))
@@ -260,7 +260,7 @@ async def inbound_tcp(
                 asyncio.open_connection(*sidecar.config.inbound.app),
                 sidecar.config.connect_timeout,
             )
-        except (OSError, TimeoutError):
+        except (OSError, asyncio.TimeoutError):
             flags = "UF"
             return
         app_writer = app
