@@ -368,12 +368,14 @@ class SilentApp:
     """Reads a request head, never answers; says when its connection ends."""
 
     connections: int = 0
+    asked: asyncio.Event = field(default_factory=asyncio.Event)  # a request head arrived
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
             await reader.readuntil(b"\r\n\r\n")
+            self.asked.set()
             await reader.read()  # until the sidecar lets go of the connection
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -436,8 +438,7 @@ def test_a_client_that_gives_up_resets_the_upstream(certs: Certs) -> None:
         async with server, Sidecar(timeouts_config(certs, app_port)) as sidecar:
             sock = socket.create_connection(("127.0.0.1", sidecar.inbound_port), timeout=20)
             sock.sendall(GET)
-            while app.connections == 0:  # the request reached the app: now give up
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(app.asked.wait(), 60)  # it reached the app: now give up
             sock.close()
             await asyncio.wait_for(app.closed.wait(), 60)
             assert await recorded(sidecar) == [("0", "DC", 1.0)]

@@ -47,6 +47,9 @@ class Periodic:
         self._name = name
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Set each time a task has run (cleared by whoever waits on it): lets a caller wait
+        #: for the thread's next report instead of sleeping on the clock.
+        self.ran = threading.Event()
         self._due = self._first_due()
 
     def __bool__(self) -> bool:
@@ -79,6 +82,7 @@ class Periodic:
                 except Exception:
                     _log.exception("periodic task %r failed; it runs again in %g s", task, period)
                 self._due[k] = self._clock() + period
+                self.ran.set()
         if not self._due:
             return float("inf")
         return max(0.0, min(self._due) - self._clock())
