@@ -192,20 +192,14 @@ cdef uint64_t _max_series(object value, str what) except 0:
     return <uint64_t>min(n, _TWO64 - 1)
 
 
-cdef const char *_utf8(object text, Py_ssize_t *size, object error, str what) except NULL:
+cdef const char *_utf8(object text, Py_ssize_t *size, object error, object what) except NULL:
+    # ``what`` names the argument; an int i means ``values[i]``, formatted only on failure
+    # (series() runs this per label value on every call).
     try:
         return PyUnicode_AsUTF8AndSize(text, size)
     except UnicodeEncodeError as exc:
-        raise error(f"{what} cannot be encoded as UTF-8: {exc}") from None
-
-
-cdef const char *_value_utf8(object text, Py_ssize_t *size, Py_ssize_t i) except NULL:
-    # _utf8 for label values, which run per label per series() call: the message is
-    # formatted only when encoding fails.
-    try:
-        return PyUnicode_AsUTF8AndSize(text, size)
-    except UnicodeEncodeError as exc:
-        raise InvalidLabelsError(f"values[{i}] cannot be encoded as UTF-8: {exc}") from None
+        name = f"values[{what}]" if isinstance(what, int) else what
+        raise error(f"{name} cannot be encoded as UTF-8: {exc}") from None
 
 
 cdef int _array(object array, Py_buffer *view, str what, bint floats, ms_array *out) except -1:
@@ -419,7 +413,7 @@ cdef class Store:
                 if not PyUnicode_Check(v):
                     raise InvalidLabelsError(
                         f"values[{i}] must be a str, got {type(v).__name__}")
-                refs[i].ptr = _value_utf8(v, &size, i)
+                refs[i].ptr = _utf8(v, &size, InvalidLabelsError, i)
                 refs[i].len = <size_t>size
             st = ms_series_get(self._s, m, refs, <uint32_t>n, &out)
             if st == MS_ERR_INVALID_LABELS:
