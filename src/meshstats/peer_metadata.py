@@ -76,14 +76,12 @@ def _freeze(value: object, where: str) -> object:
     a PeerMetadata built from JSON equals one decoded from the peer's bytes.
     """
     kind = type(value)
-    if kind is str or value is None or kind is bool:
+    if kind is str or kind is float or kind is bool or value is None:
         return value
-    if kind is float:
-        return value
-    if kind is dict:  # the usual case, without the ABC check below
+    if kind is dict or isinstance(value, Mapping):  # dict first: no ABC check for it
         frozen = {}
         for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str and not isinstance(key, str):
+            if not isinstance(key, str):
                 raise PeerMetadataTypeError(f"{where}: keys must be str, got {key!r}")
             frozen[key] = _freeze(item, where if type(item) in _CANNOT_FAIL else f"{where}.{key}")
         return MappingProxyType(frozen)
@@ -94,13 +92,6 @@ def _freeze(value: object, where: str) -> object:
             return float(value)
         except OverflowError:
             raise PeerMetadataTypeError(f"{where}: int too large for a double") from None
-    if isinstance(value, Mapping):
-        frozen = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise PeerMetadataTypeError(f"{where}: keys must be str, got {key!r}")
-            frozen[key] = _freeze(item, f"{where}.{key}")
-        return MappingProxyType(frozen)
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item, f"{where}[{i}]") for i, item in enumerate(value))
     raise PeerMetadataTypeError(
