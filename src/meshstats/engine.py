@@ -362,7 +362,7 @@ class StatsEngine:
         ``"grpc"``; by default gRPC is detected from ``content_type``.
         """
         if protocol is None:
-            protocol = "grpc" if is_grpc_content_type(content_type) else "http"
+            protocol = "grpc" if content_type and is_grpc_content_type(content_type) else "http"
         table = peer._requests
         if table is not None and attributes is None:
             if table.record(

@@ -150,6 +150,7 @@ class HttpStream:
         self._head: bytearray | None = None
         self._head_from = 0
         self.last_head = b""
+        self._held: Any = None  # an event next_body_event took from h11 ahead of time
 
     @property
     def consumed(self) -> int:
@@ -189,6 +190,32 @@ class HttpStream:
             self.sent += len(data)
             await self.writer.drain()
 
+    async def next_body_event(self, idle: float | None = None) -> Any:
+        """:meth:`next_event` for a body: the Data events h11 already holds come merged into
+        one (up to CHUNK bytes), so a body sent as many tiny chunks (1 MB as 174,762 of
+        them) costs one relay step per socket read, not one per chunk."""
+        if self._held is not None:
+            event, self._held = self._held, None
+            return event
+        event = await self.next_event(idle)
+        if not isinstance(event, h11.Data):
+            return event
+        parts, size = [event.data], len(event.data)
+        while size < CHUNK:
+            more = self.conn.next_event()
+            if not isinstance(more, h11.Data):
+                if more is not h11.NEED_DATA:
+                    self._held = more  # the end of the message: returned next
+                break
+            parts.append(more.data)
+            size += len(more.data)
+        return event if len(parts) == 1 else h11.Data(data=b"".join(parts))
+
+    @property
+    def holds_event(self) -> bool:
+        """Whether the next body event is already parsed (the message end, usually)."""
+        return self._held is not None
+
     def reusable(self) -> bool:
         """Both sides finished a cycle and neither asked to close: start the next one."""
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
@@ -202,8 +229,12 @@ class HttpStream:
 
 @dataclass
 class _Exchange:
-    """Per-request state: the peer headers seen, the peer they name, the outcome."""
+    """Per-request state: where it started (loop time, downstream byte counts), the peer
+    headers seen, the outcome."""
 
+    started: float = 0.0
+    request_start: int = 0
+    response_start: int = 0
     metadata: bytes | None = None
     metadata_id: bytes | None = None
     code: int = 0
@@ -336,9 +367,8 @@ class _Proxy:
         """Relay one request and its response; False when the connection is done."""
         down = self.down
         loop = asyncio.get_running_loop()
-        request_start, response_start = down.consumed, down.sent
+        ex = _Exchange(loop.time(), down.consumed, down.sent)
         down.keep_next_head()
-        started = loop.time()
         try:
             # A connection waiting for its next request (or a head trickling in) is closed
             # after idle_timeout, as Envoy's connection idle timeout does; nothing to record.
@@ -351,22 +381,19 @@ class _Proxy:
             if _downstream_error(down, exc).flag == "DPE":
                 # h11's hint, as Envoy answers: 431 for a head over 16 KiB, 501 for a transfer
                 # coding other than chunked, else 400.
-                code = getattr(exc, "error_status_hint", 400)
-                await self._reject(None, _Exchange(), started, request_start, response_start,
-                                   code)  # fmt: skip
+                await self._reject(None, ex, getattr(exc, "error_status_hint", 400))
             return False
         if not isinstance(event, h11.Request):
             return False  # ConnectionClosed
-        started = loop.time()
-        ex = _Exchange()
+        ex.started = loop.time()
         kept, ex.metadata, ex.metadata_id = _split(event.headers)
         if event.http_version == b"1.0" and not self.sidecar.config.accept_http_10:
             # Envoy's default (Istio: ISTIO_META_HTTP10 off): HTTP/1.0 is not served.
-            await self._reject(event, ex, started, request_start, response_start, 426)
+            await self._reject(event, ex, 426)
             return False
         if framing_problem(event, down.last_head) is not None:
             # Ambiguous framing: two parsers could read two different requests here.
-            await self._reject(event, ex, started, request_start, response_start)
+            await self._reject(event, ex)
             return False
         headers = self.request_headers(kept, ex)
         try:
@@ -377,18 +404,16 @@ class _Proxy:
                 self.up.close()
                 self.up = None
             if broke.code:
-                await self._reject(
-                    event, ex, started, request_start, response_start, broke.code, broke.flag
-                )
+                await self._reject(event, ex, broke.code, broke.flag)
             else:
                 ex.code, ex.flags = broke.code, broke.flag
-                self._record(event, ex, started, request_start, response_start)
+                self._record(event, ex)
             return False
         except (h11.ProtocolError, OSError):
             # The response had begun: nothing sane can follow on this connection.
-            self._record(event, ex, started, request_start, response_start)
+            self._record(event, ex)
             return False
-        self._record(event, ex, started, request_start, response_start)
+        self._record(event, ex)
         if self.up is not None and not self.up.reusable():
             self.up.close()
             self.up = None
@@ -511,31 +536,14 @@ class _Proxy:
         means the client went away (``DC``).
         """
         idle = _off(self.config.stream_idle_timeout)
-        held: Any = None  # an event taken from h11 while coalescing, not yet relayed
         while True:
             try:
-                event = held if held is not None else await src.next_event(idle)
-                held = None
-                if isinstance(event, h11.Data):
-                    # One write for all the body h11 already holds: a body sent as many tiny
-                    # chunks (1 MB as 174,762 of them) costs one relay step per read, not
-                    # one per chunk.
-                    parts, size = [event.data], len(event.data)
-                    while size < CHUNK:
-                        more = src.conn.next_event()
-                        if isinstance(more, h11.Data):
-                            parts.append(more.data)
-                            size += len(more.data)
-                        else:
-                            held = None if more is h11.NEED_DATA else more
-                            break
-                    if len(parts) > 1:
-                        event = h11.Data(data=b"".join(parts))
-                    if held is None:
-                        # More body to read: let other connections run between blocks, so
-                        # a fast sender of a huge body cannot hold the loop. (Not after the
-                        # last block: the request is recorded before anyone can scrape.)
-                        await asyncio.sleep(0)
+                event = await src.next_body_event(idle)
+                if isinstance(event, h11.Data) and not src.holds_event:
+                    # More body to read: let other connections run between blocks, so a
+                    # fast sender of a huge body cannot hold the loop. (Not after the last
+                    # block: the request is recorded before anyone can scrape.)
+                    await asyncio.sleep(0)
             except asyncio.TimeoutError:
                 if downstream is not None:  # a stalled request body: 408, as Envoy
                     raise DownstreamError(408, "SI") from None
@@ -585,9 +593,6 @@ class _Proxy:
         self,
         request: h11.Request | None,
         ex: _Exchange,
-        started: float,
-        request_start: int,
-        response_start: int,
         code: int = 400,
         flag: str = "DPE",
     ) -> None:
@@ -610,18 +615,11 @@ class _Proxy:
                 await self.down.writer.drain()
             except OSError:
                 pass
-        self._record(request, ex, started, request_start, response_start)
+        self._record(request, ex)
 
-    def _record(
-        self,
-        request: h11.Request | None,
-        ex: _Exchange,
-        started: float,
-        request_start: int,
-        response_start: int,
-    ) -> None:
+    def _record(self, request: h11.Request | None, ex: _Exchange) -> None:
         down = self.down
-        elapsed = (asyncio.get_running_loop().time() - started) * 1000.0
+        elapsed = (asyncio.get_running_loop().time() - ex.started) * 1000.0
         key = (ex.metadata, ex.metadata_id, self.principal, self.address)
         if key != self._peer_key or self._peer_ctx is None:
             self._peer_key, self._peer_ctx = key, self.peer(ex)
@@ -631,8 +629,8 @@ class _Proxy:
             response_code=ex.code,
             duration_ms=elapsed,
             # A request that did not parse counts what arrived of it.
-            request_bytes=(down.consumed if request is not None else down.fed) - request_start,
-            response_bytes=down.sent - response_start,
+            request_bytes=(down.consumed if request is not None else down.fed) - ex.request_start,
+            response_bytes=down.sent - ex.response_start,
             host=_header(headers, b"host"),
             response_flags=ex.flags,
             method=request.method.decode("latin-1") if request is not None else None,
