@@ -29,7 +29,7 @@ from libc.math cimport NAN, isfinite, trunc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from meshstats._store_c cimport (
-    MS_COUNTER, MS_ERR_LIMIT, MS_ERR_NOMEM, MS_GAUGE, MS_HISTOGRAM, MS_OK, Store, ms_allocator,
+    MS_COUNTER, MS_ERR_NOMEM, MS_GAUGE, MS_HISTOGRAM, MS_OK, Store, ms_allocator,
     ms_status, ms_store, ms_strref,
 )
 
@@ -66,7 +66,6 @@ cdef extern from "request_table.h" nogil:
     int MS_BLOCK_MAX
     int64_t MS_NO_GRPC
     uint32_t MS_NO_SERIES
-    int MS_N_VALUES
     ms_rtable *ms_rtable_new(const ms_allocator *allocator, uint32_t max_entries)
     void ms_rtable_free(ms_rtable *t)
     uint32_t ms_rtable_len(const ms_rtable *t)
@@ -77,7 +76,7 @@ cdef extern from "request_table.h" nogil:
 __all__ = ["RequestTable", "HitCounter", "BLOCK_MAX"]
 
 #: Most series one request's block can hold (the standard HTTP metrics need 4).
-BLOCK_MAX = 8
+BLOCK_MAX = MS_BLOCK_MAX
 
 cdef ms_allocator _ALLOCATOR
 _ALLOCATOR.malloc = PyMem_RawMalloc
