@@ -53,7 +53,7 @@ def engine_for(backend: Backend, config: dict[str, Any], fast: bool = True) -> S
 
 
 def request(engine: StatsEngine, peer: Any, **kw: Any) -> None:
-    args = {"response_code": 200, "duration_ms": 12.7, "request_bytes": 420,
+    args: dict[str, Any] = {"response_code": 200, "duration_ms": 12.7, "request_bytes": 420,
             "response_bytes": 3100, "host": "reviews:9080", "method": "GET",
             "path": "/reviews/1"} | kw  # fmt: skip
     engine.record_request(peer, **args)

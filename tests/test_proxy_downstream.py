@@ -22,6 +22,7 @@ import asyncio
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from proxy_support import (
@@ -384,7 +385,7 @@ class SilentApp:
             self.closed.set()
 
 
-def timeouts_config(certs: Certs, app_port: int, **timeouts: float) -> SidecarConfig:
+def timeouts_config(certs: Certs, app_port: int, **timeouts: Any) -> SidecarConfig:
     inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
     return SidecarConfig(
         node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server, inbound=inbound, **timeouts
