@@ -25,6 +25,8 @@ EXTENSIONS: list[tuple[str, str, list[str]]] = [
     ),
     # Records through store_internal.h's inline calls into the store's memory: no store.c.
     ("meshstats._requests_c", "src/meshstats/_requests_c.pyx", ["_core/request_table.c"]),
+    # Python objects only (contexts in a dict): compiled for the argument parsing, no _core.
+    ("meshstats._peer_cache_c", "src/meshstats/_peer_cache_c.pyx", []),
 ]
 
 

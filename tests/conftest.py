@@ -28,6 +28,7 @@ class Backend:
     store: ModuleType
     peer_exchange: ModuleType
     requests: ModuleType
+    peer_cache: ModuleType
 
     def __str__(self) -> str:
         return self.name
@@ -40,6 +41,7 @@ def _load(name: str) -> Backend:
         store=importlib.import_module(f"meshstats._store{suffix}"),
         peer_exchange=importlib.import_module(f"meshstats._peer_exchange{suffix}"),
         requests=importlib.import_module(f"meshstats._requests{suffix}"),
+        peer_cache=importlib.import_module(f"meshstats._peer_cache{suffix}"),
     )
 
 

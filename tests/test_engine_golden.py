@@ -430,6 +430,30 @@ def test_tcp_client_reads_the_upstream_peer_in_custom_dimensions(make: Any) -> N
     assert one(engine, "istio_tcp_sent_bytes_total")["up"] == "reviews-v2"
 
 
+@pytest.mark.parametrize(
+    ("dimension", "reporter", "expected"),
+    [
+        ("downstream_peer.workload", "inbound", "reviews-v2"),
+        ("filter_state.downstream_peer.app", "inbound", "reviews"),
+        ("upstream_peer.revision", "outbound", "v2"),
+        ("source.labels['app.kubernetes.io/name']", "inbound", "reviews"),
+        ("destination.labels.version", "outbound", "v2"),
+    ],
+)
+def test_peer_state_and_labels_are_there_when_a_dimension_reads_them(
+    make: Any, dimension: str, reporter: str, expected: str
+) -> None:
+    """A new peer's context leaves out the peers' filter state and label maps unless an
+    expression names them (the default dimensions do not): whoever names them gets them."""
+    engine = make(PRODUCTPAGE, {"metrics": [{"dimensions": {"x": dimension}}]})
+    engine.record_request(engine.peer(reporter, REVIEWS), response_code=200)
+    assert one(engine, "istio_requests_total")["x"] == expected
+    default = make(PRODUCTPAGE).peer(reporter, REVIEWS).attrs
+    side, state = ("source", "downstream") if reporter == "inbound" else ("destination", "upstream")
+    assert {f"{side}.labels", f"{state}_peer", f"filter_state.{state}_peer"}.isdisjoint(default)
+    assert default[f"{side}.workload.name"] == "reviews-v2"  # the rest of the peer is there
+
+
 def test_tcp_without_exchange(make: Any) -> None:
     """No ALPN match: the peer is never learnt; labels say unknown, reported at close."""
     engine = make(PRODUCTPAGE)

@@ -171,7 +171,12 @@ def service_attributes(
 
 
 def _side(
-    prefix: str, meta: PeerMetadata | None, principal: str | None, *, local: bool
+    prefix: str,
+    meta: PeerMetadata | None,
+    principal: str | None,
+    *,
+    local: bool,
+    with_labels: bool = True,
 ) -> dict[str, Any]:
     """``source.*`` or ``destination.*`` from one workload's metadata.
 
@@ -213,7 +218,7 @@ def _side(
             out[f"{prefix}.{key}"] = value
         elif local and key != "principal":
             out[f"{prefix}.{key}"] = ""
-    if meta is not None:
+    if meta is not None and with_labels:
         out[f"{prefix}.labels"] = dict(meta.labels)
     return out
 
@@ -236,6 +241,8 @@ def peer_attributes(
     route_name: str | None = None,
     upstream_peer: PeerMetadata | None = None,
     upstream_principal: str | None = None,
+    peer_state: bool = True,
+    peer_labels: bool = True,
 ) -> dict[str, Any]:
     """Attributes fixed for a peer and connection: computed once, shared by its requests.
 
@@ -245,6 +252,9 @@ def peer_attributes(
     never from exchanged metadata: a plaintext client cannot claim an identity.
     ``upstream_peer`` and ``upstream_principal`` are the upstream side for a gateway
     (SERVER_GATEWAY) reporter, from the control plane (trusted), never from headers.
+    ``peer_state=False`` leaves out the peers' filter state (``upstream_peer``,
+    ``downstream_peer``) and ``peer_labels=False`` their ``*.labels``: an engine whose
+    expressions read neither spares a new peer the work (about a third of its cost).
     """
     if reporter not in REPORTER_KINDS:
         raise ValueError(f"reporter must be one of {REPORTER_KINDS}, got {reporter!r}")
@@ -267,20 +277,22 @@ def peer_attributes(
 
     if reporter == "outbound":
         attrs |= _local_side("source", local, local_principal)
-        attrs |= _side("destination", peer, peer_principal, local=False)
+        attrs |= _side("destination", peer, peer_principal, local=False, with_labels=peer_labels)
         peer_key = "upstream_peer"
     elif reporter == "inbound":
-        attrs |= _side("source", peer, peer_principal, local=False)
+        attrs |= _side("source", peer, peer_principal, local=False, with_labels=peer_labels)
         attrs |= _local_side("destination", local, local_principal)
         peer_key = "downstream_peer"
     else:  # a gateway reports both remote sides
-        attrs |= _side("source", peer, peer_principal, local=False)
-        attrs |= _side("destination", upstream_peer, upstream_principal, local=False)
+        attrs |= _side("source", peer, peer_principal, local=False, with_labels=peer_labels)
+        attrs |= _side(
+            "destination", upstream_peer, upstream_principal, local=False, with_labels=peer_labels
+        )
         peer_key = "downstream_peer"
-        if upstream_peer is not None:
+        if upstream_peer is not None and peer_state:
             state = upstream_peer.to_filter_state()
             attrs["filter_state.upstream_peer"] = attrs["upstream_peer"] = state
-    if peer is not None:
+    if peer is not None and peer_state:
         state = peer.to_filter_state()
         attrs[f"filter_state.{peer_key}"] = attrs[peer_key] = state
     if local_principal:
