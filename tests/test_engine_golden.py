@@ -598,6 +598,23 @@ def test_gateway_reporter(make: Any) -> None:
     assert got["destination_principal"] == "unknown"  # nothing trusted said who it is
 
 
+def test_gateway_service_namespace_has_no_peer_fallback(make: Any) -> None:
+    """A waypoint takes destination_service_namespace from the cluster's service metadata
+    only, else prints unknown (Istio's ServerGateway branch in istio_stats.cc); the client's
+    fallback to the peer's namespace is not a waypoint's."""
+    engine = make(
+        {"WORKLOAD_NAME": "waypoint", "NAMESPACE": "istio-system"},
+        {"reporter": "SERVER_GATEWAY"},
+    )
+    services = {"filter_metadata": {"istio": {"services": [{"host": "reviews.prod.svc"}]}}}
+    peer = engine.peer("inbound", PRODUCTPAGE, upstream_metadata=REVIEWS, cluster_metadata=services)
+    engine.record_request(peer, response_code=200, duration_ms=1)
+    got = one(engine, "istio_requests_total")
+    assert got["destination_service"] == "reviews.prod.svc"
+    assert got["destination_workload_namespace"] == "default"  # the upstream peer's
+    assert got["destination_service_namespace"] == "unknown"
+
+
 def test_gateway_destination_principal_from_the_control_plane(make: Any) -> None:
     """A waypoint or gateway learns the destination's identity from workload discovery
     (trusted configuration), and reports it; exchanged headers never set it."""

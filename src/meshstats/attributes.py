@@ -147,7 +147,8 @@ def service_attributes(
     """``destination.service.{host,name,namespace}`` with each side's fallbacks (§4.2 rows 15-19).
 
     A server sidecar falls back to its own canonical service and always reports its own
-    namespace; a client falls back to the peer's namespace and otherwise leaves them absent.
+    namespace; a client falls back to the peer's namespace and otherwise leaves them absent;
+    a gateway (waypoint) has no fallback at all: what the route and cluster name, else absent.
     """
     out: dict[str, str] = {}
     if reporter == "inbound":
@@ -160,7 +161,9 @@ def service_attributes(
         out["destination.service.host"] = info.host
     if info.name:
         out["destination.service.name"] = info.name
-    namespace = info.namespace or peer_attrs.get("destination.workload.namespace")
+    namespace = info.namespace
+    if not namespace and reporter == "outbound":
+        namespace = peer_attrs.get("destination.workload.namespace")
     if namespace:
         out["destination.service.namespace"] = namespace
     return out
