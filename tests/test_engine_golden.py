@@ -484,6 +484,31 @@ def test_grpc_message_counters(make: Any) -> None:
     assert one(engine, "istio_response_messages_total")["__value__"] == "5.0"
 
 
+def test_counters_added_with_zero_show_at_zero(make: Any) -> None:
+    """Envoy's addCounter(0) creates the stat and marks it used: Istio shows a connection's
+    byte counters and a stream's message counters at 0 when nothing moved, while opened and
+    closed are only ever added with 1 (closed at the end)."""
+    engine = make(REVIEWS_NODE_FOR_ZERO)
+    conn = engine.tcp_connection(engine.peer("inbound", PRODUCTPAGE), reporter="inbound")
+    conn.add_bytes(sent=0, received=7)
+    assert conn.flush()
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "0.0"
+    assert one(engine, "istio_tcp_received_bytes_total")["__value__"] == "7.0"
+    assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
+    assert samples(engine, "istio_tcp_connections_closed_total") == []
+    assert conn.flush()  # nothing new: opened is not added again
+    assert one(engine, "istio_tcp_connections_opened_total")["__value__"] == "1.0"
+    conn.close()
+    assert one(engine, "istio_tcp_connections_closed_total")["__value__"] == "1.0"
+    assert one(engine, "istio_tcp_sent_bytes_total")["__value__"] == "0.0"
+    engine.record_grpc_messages(engine.peer("inbound", PRODUCTPAGE), 0, 3)
+    assert one(engine, "istio_request_messages_total")["__value__"] == "0.0"
+    assert one(engine, "istio_response_messages_total")["__value__"] == "3.0"
+
+
+REVIEWS_NODE_FOR_ZERO = {**REVIEWS, "LABELS": {"app": "reviews", "version": "v2"}}
+
+
 def test_grpc_request(make: Any) -> None:
     engine = make(PRODUCTPAGE)
     peer = engine.peer("outbound", REVIEWS, cluster_metadata=REVIEWS_CLUSTER_MD)

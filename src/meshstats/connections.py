@@ -65,9 +65,11 @@ class TcpConnection:
             if self._peer is None:
                 self._peer = engine.peer(self._reporter, None)
             sent, received = self.sent, self.received
+            # None: not added at all (Istio adds opened once and closed at the end); the byte
+            # deltas are added even when 0, which makes their series appear at 0, as in Envoy.
             values = {
-                "opened": 0 if self._opened_reported else 1,
-                "closed": 1 if closing else 0,
+                "opened": None if self._opened_reported else 1,
+                "closed": 1 if closing else None,
                 "sent": sent - self._reported_sent,
                 "received": received - self._reported_received,
             }

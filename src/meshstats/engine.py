@@ -485,15 +485,19 @@ class StatsEngine:
             for j, emitter in enumerate(plan.emitters, 1):
                 value = emitter.value
                 amount = values[value] if isinstance(value, str) else _custom_value(value, attrs)
-                if amount is None or (not amount and emitter.kind == "counter"):
+                if amount is None:
                     block.append((entry[j], emitter.kind, value))
                     continue
                 sid = entry[j]
                 if sid < 0:
+                    # Made on first use, a counter adding 0 included: Envoy's addCounter(0)
+                    # creates the stat and marks it used, so Istio shows it at 0 (a TCP
+                    # connection that sent nothing yet, a stream with no new messages).
                     sid = entry[j] = store.series(emitter.metric, entry[0])
                 block.append((sid, emitter.kind, value))
                 if emitter.kind == "counter":
-                    store.inc(sid, amount)
+                    if amount:
+                        store.inc(sid, amount)
                 elif emitter.kind == "histogram":
                     store.observe(sid, amount)
                 else:

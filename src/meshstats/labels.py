@@ -259,8 +259,10 @@ class PeerContext:
         Request-scoped label values come from ``attrs``. ``overridden`` names attributes
         this event sets itself (``record_request(attributes=...)``): labels that read them
         are evaluated for this event, even those otherwise fixed per peer. An id is ``-1``
-        until that metric first records something, so a counter that only ever adds zero
-        never appears (as in Envoy, where a stat exists once it is used).
+        until that metric is first recorded, a counter adding zero included (Envoy's
+        ``addCounter(0)`` creates the stat and marks it used, so it shows at 0); a value
+        that is not recorded at all (``None``: no duration, a TCP report that is not the
+        connection's first or last) leaves it at ``-1``.
         """
         engine = self._engine
         bound = engine.bound_label
