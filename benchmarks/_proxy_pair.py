@@ -5,7 +5,8 @@ core of their own and the load client's work is not billed to them. It prints on
 ``{"direct": port, "on": port, "off": port}`` (the app itself, and the outbound port of each
 pair's client sidecar), then serves until its stdin closes. Each line ``engine`` on its stdin
 is answered with one JSON line, ``{"ns": ..., "calls": ...}``: the thread CPU time the "on"
-pair's two engines spent in ``record_request`` so far, and how many calls that was.
+pair's two engines spent in ``record_request`` so far, and how many calls that was; a line
+``lag`` with ``{"worst_s": ...}``, the longest the event loop was held since the last ``lag``.
 
 Both pairs are identical (same certificates, nodes, listeners, h11 relaying, peer-metadata
 headers both ways, peer contexts resolved once per connection) except that the "off" pair's
@@ -82,12 +83,39 @@ def _bracket_ns(samples: int = 20000) -> float:
     return total / samples
 
 
+class LagMonitor:
+    """How long the event loop was held: a task asks to wake every millisecond and keeps
+    the most CPU time the loop's thread spent between two of its wake-ups since the last
+    ``take()``. That is what every other connection waits per step when one connection's
+    work holds the loop. CPU time rather than wall time: a machine busy with other
+    processes delays the wake-ups without any connection holding the loop.
+    """
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        while True:
+            start = time.thread_time()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, time.thread_time() - start)
+
+    def take(self) -> float:
+        worst, self.worst = self.worst, 0.0
+        return worst
+
+
+LAG = LagMonitor()
+
+
 def _answer_until_eof() -> None:
     bracket = _bracket_ns()
     for line in sys.stdin:
         if line.strip() == "engine":
             answer = {"ns": Timed.ns, "calls": Timed.calls, "bracket_ns": bracket}
             print(json.dumps(answer), flush=True)
+        elif line.strip() == "lag":
+            print(json.dumps({"worst_s": LAG.take()}), flush=True)
 
 
 async def start_pair(
@@ -124,11 +152,13 @@ async def main() -> None:
         off = await start_pair(False, app.port, server_dir, client_dir)
         ports = {"direct": app.port, "on": on[0].outbound_ports[0], "off": off[0].outbound_ports[0]}
         print(json.dumps(ports), flush=True)
+        monitor = asyncio.create_task(LAG.run())
         try:
             # Timed's counters are read from another thread: two ints, a torn read is at
             # worst one call off.
             await asyncio.get_running_loop().run_in_executor(None, _answer_until_eof)
         finally:
+            monitor.cancel()
             for sidecar in on + off:
                 await sidecar.stop()
             await app.close()

@@ -70,6 +70,13 @@ class Pair:
         answer = json.loads(self.process.stdout.readline())
         return (answer["ns"] - answer["bracket_ns"] * answer["calls"]) / 1e9, answer["calls"]
 
+    def loop_lag(self) -> float:
+        """Seconds the pair's event loop was held at most since the last call."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("lag\n")
+        self.process.stdin.flush()
+        return float(json.loads(self.process.stdout.readline())["worst_s"])
+
     def close(self) -> None:
         for client in self.clients.values():
             self.loop.run_until_complete(client.close())

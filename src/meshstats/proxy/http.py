@@ -75,6 +75,10 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"up
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _STRIP = _HOP_BY_HOP | _FRAMING | {MX_HEADER, MX_ID_HEADER}
 CHUNK = 1 << 16
+# Most body events merged in one relay step. h11 spends a few µs per event, so a read full of
+# one-byte chunks (about 11,000 in 64 KiB) would hold the event loop for tens of ms; capped,
+# a step is about a millisecond and other connections get the loop between steps.
+BODY_EVENTS_PER_STEP = 256
 
 # Envoy's local reply bodies.
 _BODIES = {
@@ -192,8 +196,9 @@ class HttpStream:
 
     async def next_body_event(self, idle: float | None = None) -> Any:
         """:meth:`next_event` for a body: the Data events h11 already holds come merged into
-        one (up to CHUNK bytes), so a body sent as many tiny chunks (1 MB as 174,762 of
-        them) costs one relay step per socket read, not one per chunk."""
+        one (up to CHUNK bytes or BODY_EVENTS_PER_STEP events), so a body sent as many tiny
+        chunks (1 MB as 174,762 of them) costs one relay step per few hundred chunks, not one
+        per chunk, and no step holds the loop for long."""
         if self._held is not None:
             event, self._held = self._held, None
             return event
@@ -201,7 +206,7 @@ class HttpStream:
         if not isinstance(event, h11.Data):
             return event
         parts, size = [event.data], len(event.data)
-        while size < CHUNK:
+        while size < CHUNK and len(parts) < BODY_EVENTS_PER_STEP:
             more = self.conn.next_event()
             if not isinstance(more, h11.Data):
                 if more is not h11.NEED_DATA:
