@@ -6,7 +6,9 @@ core of their own and the load client's work is not billed to them. It prints on
 pair's client sidecar), then serves until its stdin closes. Each line ``engine`` on its stdin
 is answered with one JSON line, ``{"ns": ..., "calls": ...}``: the thread CPU time the "on"
 pair's two engines spent in ``record_request`` so far, and how many calls that was; a line
-``lag`` with ``{"worst_s": ...}``, the longest the event loop was held since the last ``lag``.
+``lag`` with ``{"worst_s": ...}``, the longest the event loop was held since the last ``lag``;
+a line ``counts`` with what the app served and what the "on" pair's two sidecars recorded
+(``istio_requests_total`` summed per reporter), for load runs that compare them.
 
 Both pairs are identical (same certificates, nodes, listeners, h11 relaying, peer-metadata
 headers both ways, peer contexts resolved once per connection) except that the "off" pair's
@@ -106,6 +108,21 @@ class LagMonitor:
 
 
 LAG = LagMonitor()
+COUNTED: dict[str, Any] = {}  # the "on" pair's sidecars and the app, for "counts"
+
+
+def _counts() -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"app": float(sum(COUNTED["app"].served.values()))}
+    for sidecar in COUNTED["sidecars"]:
+        text = sidecar.engine.store.render().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "istio_requests_total":
+                    reporter = sample.labels["reporter"]
+                    totals[reporter] = totals.get(reporter, 0.0) + sample.value
+    return totals
 
 
 def _answer_until_eof() -> None:
@@ -116,6 +133,8 @@ def _answer_until_eof() -> None:
             print(json.dumps(answer), flush=True)
         elif line.strip() == "lag":
             print(json.dumps({"worst_s": LAG.take()}), flush=True)
+        elif line.strip() == "counts":
+            print(json.dumps(_counts()), flush=True)
 
 
 async def start_pair(
@@ -151,6 +170,7 @@ async def main() -> None:
         on = await start_pair(True, app.port, server_dir, client_dir)
         off = await start_pair(False, app.port, server_dir, client_dir)
         ports = {"direct": app.port, "on": on[0].outbound_ports[0], "off": off[0].outbound_ports[0]}
+        COUNTED.update(app=app, sidecars=on)
         print(json.dumps(ports), flush=True)
         monitor = asyncio.create_task(LAG.run())
         try:

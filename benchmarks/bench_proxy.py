@@ -77,6 +77,14 @@ class Pair:
         self.process.stdin.flush()
         return float(json.loads(self.process.stdout.readline())["worst_s"])
 
+    def counts(self) -> dict[str, float]:
+        """Requests the app served, and the "on" pair's ``istio_requests_total`` per reporter
+        (``source``: the client sidecar, ``destination``: the server sidecar)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("counts\n")
+        self.process.stdin.flush()
+        return {k: float(v) for k, v in json.loads(self.process.stdout.readline()).items()}
+
     def close(self) -> None:
         for client in self.clients.values():
             self.loop.run_until_complete(client.close())
