@@ -159,7 +159,10 @@ SMOKE_STORM = 8
 # Variant name -> SidecarConfig fields both sidecars of that pair get. A "src" entry is not
 # a field: it runs that variant's sidecars from another checkout's src/ (the code before a
 # change, say), so before and after are measured in the same run, rounds interleaved.
-STORM_VARIANTS: dict[str, dict[str, Any]] = {"current": {}}
+STORM_VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {"tls_session_resumption": False},
+    "resumed": {"tls_session_resumption": True},
+}
 STORM_REQUEST = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nconnection: close\r\n\r\n"
 
 
