@@ -8,7 +8,8 @@ one event loop, as two workloads' sidecars never do. Run as::
     python benchmarks/_storm_sidecar.py client CERTS UPSTREAM_PORT CONFIG_JSON
 
 ``CERTS`` holds ``server/`` and ``client/`` certificate directories (``meshstats.certs``);
-``CONFIG_JSON`` holds extra ``SidecarConfig`` fields (a variant's setting). The process
+``CONFIG_JSON`` holds extra ``SidecarConfig`` fields (a variant's setting), and
+optionally ``"loop": "uvloop"`` to run the sidecar on uvloop's event loop. The process
 prints the port it serves on (the server's inbound port, the client's outbound port) as
 one JSON line and serves until its stdin closes. With ``MESHSTATS_PROFILE=<file>`` it runs
 under cProfile and writes the stats there when it stops.
@@ -75,6 +76,7 @@ def _client(certs: Path, upstream: int, extra: dict[str, Any]) -> Sidecar:
 
 async def main(argv: list[str]) -> None:
     role, certs, target, extra = argv[0], Path(argv[1]), int(argv[2]), json.loads(argv[3])
+    extra.pop("loop", None)
     make = _server if role == "server" else _client
     sidecar = await make(certs, target, extra).start()
     print(json.dumps(sidecar.inbound_port if role == "server" else sidecar.outbound_ports[0]))
@@ -86,10 +88,15 @@ async def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    runner: Any = asyncio.run
+    if json.loads(sys.argv[4]).get("loop") == "uvloop":
+        import uvloop  # not a dependency: install it to compare event loops
+
+        runner = uvloop.run
     profile_to = os.environ.get("MESHSTATS_PROFILE")
     if profile_to:
         profiler = cProfile.Profile()
-        profiler.runcall(asyncio.run, main(sys.argv[1:]))
+        profiler.runcall(runner, main(sys.argv[1:]))
         profiler.dump_stats(profile_to)
     else:
-        asyncio.run(main(sys.argv[1:]))
+        runner(main(sys.argv[1:]))

@@ -156,9 +156,10 @@ def test_proxy_requests(benchmark: Any, pair: Pair, mode: str) -> None:
 
 STORM = 200
 SMOKE_STORM = 8
-# Variant name -> SidecarConfig fields both sidecars of that pair get. A "src" entry is not
-# a field: it runs that variant's sidecars from another checkout's src/ (the code before a
-# change, say), so before and after are measured in the same run, rounds interleaved.
+# Variant name -> SidecarConfig fields both sidecars of that pair get. Two entries are not
+# fields: "src" runs that variant's sidecars from another checkout's src/ (the code before a
+# change, say), so before and after are measured in the same run, rounds interleaved;
+# "loop": "uvloop" runs them on uvloop (which must be importable).
 STORM_VARIANTS: dict[str, dict[str, Any]] = {
     "full": {"tls_session_resumption": False},
     "resumed": {"tls_session_resumption": True},
@@ -170,7 +171,8 @@ def _side(role: str, certs: Path, target: int, variant: str, fields: dict[str, A
     """Start one ``_storm_sidecar.py`` process; returns it and the port it serves on."""
     fields = dict(fields)
     src = fields.pop("src", None) or Path(meshstats.__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(src)}
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src)] + ([path] if path else []))}
     profile = os.environ.get(f"MESHSTATS_PROFILE_{role.upper()}")
     if profile:
         env["MESHSTATS_PROFILE"] = f"{profile}.{variant}"
@@ -197,7 +199,8 @@ class StormRound:
     seconds: float
     first_byte_ms: list[float]
     failed: int
-    cpu_ms: dict[str, float] = field(default_factory=dict)  # "client"/"server" -> ms per conn
+    # "client"/"server" sidecar, "driver" (this process) -> CPU ms per connection
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -220,6 +223,7 @@ class StormPair:
 
     def storm(self, variant: str, connections: int, concurrency: int) -> StormRound:
         pids = {side: p.pid for side, p in self.processes[variant].items()}
+        pids["driver"] = os.getpid()  # the clients and the app: not a sidecar's cost
         before = {side: cpu_seconds(pid) for side, pid in pids.items()}
         result = self.loop.run_until_complete(_storm(self.ports[variant], connections, concurrency))
         # Let the sidecars finish closing the round's connections before reading their CPU.
@@ -360,7 +364,8 @@ def storm_main(args: argparse.Namespace) -> None:
             f"p50 {_spread([r.percentile(0.5) for r in rs])} ms, "
             f"p99 {_spread([r.percentile(0.99) for r in rs])} ms; CPU per connection: "
             f"client sidecar {_spread([r.cpu_ms['client'] for r in rs], '.2f')} ms, "
-            f"server sidecar {_spread([r.cpu_ms['server'] for r in rs], '.2f')} ms; "
+            f"server sidecar {_spread([r.cpu_ms['server'] for r in rs], '.2f')} ms "
+            f"(clients and app: {_spread([r.cpu_ms['driver'] for r in rs], '.2f')} ms); "
             f"failed {sum(r.failed for r in rs)}"
         )
 
@@ -382,7 +387,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         help="storm: JSON mapping variant -> SidecarConfig fields (both sidecars); "
-        '"src": a path runs that variant from another checkout\'s src/',
+        '"src": a path runs that variant from another checkout\'s src/, '
+        '"loop": "uvloop" on uvloop',
     )
     args = parser.parse_args()
     if args.storm:
