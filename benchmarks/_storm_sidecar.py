@@ -9,7 +9,8 @@ one event loop, as two workloads' sidecars never do. Run as::
 
 ``CERTS`` holds ``server/`` and ``client/`` certificate directories (``meshstats.certs``);
 ``CONFIG_JSON`` holds extra ``SidecarConfig`` fields (a variant's setting), and
-optionally ``"loop": "uvloop"`` to run the sidecar on uvloop's event loop. The process
+optionally ``"loop": "uvloop"`` to run the sidecar on uvloop's event loop
+(``"cert_dir": null`` runs it without TLS, a floor for the rest of the work). The process
 prints the port it serves on (the server's inbound port, the client's outbound port) as
 one JSON line and serves until its stdin closes. With ``MESHSTATS_PROFILE=<file>`` it runs
 under cProfile and writes the stats there when it stops.
@@ -44,15 +45,8 @@ SERVICE_HOST = "reviews.default.svc.cluster.local"
 
 def _server(certs: Path, app_port: int, extra: dict[str, Any]) -> Sidecar:
     inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
-    return Sidecar(
-        SidecarConfig(
-            node=SERVER_NODE,
-            cert_dir=certs / "server",
-            inbound=inbound,
-            admin_port=None,
-            **extra,
-        )
-    )
+    fields = {"cert_dir": certs / "server", **extra}  # "cert_dir": null runs plaintext
+    return Sidecar(SidecarConfig(node=SERVER_NODE, inbound=inbound, admin_port=None, **fields))
 
 
 def _client(certs: Path, upstream: int, extra: dict[str, Any]) -> Sidecar:
@@ -63,15 +57,8 @@ def _client(certs: Path, upstream: int, extra: dict[str, Any]) -> Sidecar:
         protocol="http",
         service_port=9080,
     )
-    return Sidecar(
-        SidecarConfig(
-            node=CLIENT_NODE,
-            cert_dir=certs / "client",
-            outbound=(out,),
-            admin_port=None,
-            **extra,
-        )
-    )
+    fields = {"cert_dir": certs / "client", **extra}
+    return Sidecar(SidecarConfig(node=CLIENT_NODE, outbound=(out,), admin_port=None, **fields))
 
 
 async def main(argv: list[str]) -> None:
