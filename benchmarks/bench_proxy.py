@@ -20,12 +20,14 @@ N clients each open a new connection to the client sidecar, send one request wit
 ``connection: close`` and read the response to its end, all N at once (``--concurrency``
 caps how many are open together). Every one crosses client sidecar -> new mTLS connection ->
 server sidecar -> new connection to the app. Here each sidecar runs in a process of its own
-(``_storm_sidecar.py``; the app and the clients run in this one), one sidecar per variant in
-each, so the CPU time each sidecar process spends per new connection is read from
-``/proc/<pid>/stat``. Reported per variant, rounds interleaved: new connections per second
-through the pair (N / the round's wall time), first-byte latency p50/p99 (from the client's
-connect to the first response byte) and CPU ms per connection in each sidecar; the median of
-the rounds and, in brackets, the lowest and highest round::
+(``_storm_sidecar.py``: a client and a server process per variant; the app and the clients
+run in this one), so the CPU time each sidecar spends per new connection is read from
+``/proc/<pid>/stat``. A variant is a set of ``SidecarConfig`` fields (``STORM_VARIANTS``:
+full handshakes and resumed sessions; ``--variants`` replaces them). Reported per variant,
+rounds interleaved: new connections per second through the pair (N / the round's wall time),
+first-byte latency p50/p99 (from the client's connect to the first response byte) and CPU ms
+per connection in each sidecar; the median of the rounds and, in brackets, the lowest and
+highest round::
 
     python benchmarks/bench_proxy.py --storm 200 --rounds 7
 """
