@@ -19,6 +19,22 @@ and as a share of the server process's CPU time per request. Two throughputs dif
 more from round to round than telemetry costs, so this is the figure that shows the cost.
 
 Under ``--benchmark-disable`` (CI's smoke run) each case sends ``SMOKE_REQUESTS`` once.
+
+**Connection storm** (``--storm N``): the cost of a *new* connection, not of a request.
+N clients each open a new connection to the client sidecar, send one request with
+``connection: close`` and read the response to its end, all N at once (``--concurrency``
+caps how many are open together). Every one crosses client sidecar -> new mTLS connection ->
+server sidecar -> new connection to the app. Here each sidecar runs in a process of its own
+(``_storm_sidecar.py``: a client and a server process per variant; the app and the clients
+run in this one), so the CPU time each sidecar spends per new connection is read from
+``/proc/<pid>/stat``. A variant is a set of ``SidecarConfig`` fields (``STORM_VARIANTS``:
+full handshakes and resumed sessions; ``--variants`` replaces them). Reported per variant,
+rounds interleaved: new connections per second through the pair (N / the round's wall time),
+first-byte latency p50/p99 (from the client's connect to the first response byte) and CPU ms
+per connection in each sidecar; the median of the rounds and, in brackets, the lowest and
+highest round::
+
+    python benchmarks/bench_proxy.py --storm 200 --rounds 7
 """
 
 from __future__ import annotations
@@ -30,16 +46,18 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import meshstats
-from meshstats.cli.demo_apps import HttpClient
+from meshstats.certs import LocalCA
+from meshstats.cli.demo_apps import HttpApp, HttpClient
 
 REQUESTS = 2000
 SMOKE_REQUESTS = 64
@@ -173,15 +191,248 @@ def test_proxy_requests(benchmark: Any, pair: Pair, mode: str) -> None:
         benchmark.extra_info["loss_pct"] = round(100 * (1 - _medians["off"] / median), 2)
 
 
+# -- connection storm -------------------------------------------------------------------------
+
+STORM = 200
+SMOKE_STORM = 8
+# Variant name -> SidecarConfig fields both sidecars of that pair get. Two entries are not
+# fields: "src" runs that variant's sidecars from another checkout's src/ (the code before a
+# change, say), so before and after are measured in the same run, rounds interleaved;
+# "loop": "uvloop" runs them on uvloop (which must be importable).
+STORM_VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {"tls_session_resumption": False},
+    "resumed": {"tls_session_resumption": True},
+}
+STORM_REQUEST = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nconnection: close\r\n\r\n"
+
+
+def _side(role: str, certs: Path, target: int, variant: str, fields: dict[str, Any]) -> Any:
+    """Start one ``_storm_sidecar.py`` process; returns it and the port it serves on."""
+    fields = dict(fields)
+    src = fields.pop("src", None) or Path(meshstats.__file__).resolve().parent.parent
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src)] + ([path] if path else []))}
+    profile = os.environ.get(f"MESHSTATS_PROFILE_{role.upper()}")
+    if profile:
+        env["MESHSTATS_PROFILE"] = f"{profile}.{variant}"
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "_storm_sidecar.py"), role, str(certs), str(target),
+         json.dumps(fields)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait(15)
+        raise RuntimeError(f"_storm_sidecar.py {role} exited with {process.returncode}")
+    return process, int(json.loads(line))
+
+
+@dataclass
+class StormRound:
+    """One storm through one pair: wall time, first-byte latencies, failures, CPU per side."""
+
+    seconds: float
+    first_byte_ms: list[float]
+    failed: int
+    # "client"/"server" sidecar, "driver" (this process) -> CPU ms per connection
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return len(self.first_byte_ms) / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.first_byte_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+@dataclass
+class StormPair:
+    """Per variant a client and a server sidecar process; the app runs in this loop."""
+
+    processes: dict[str, dict[str, subprocess.Popen[str]]]  # variant -> side -> process
+    ports: dict[str, int]  # variant -> its client sidecar's outbound port
+    loop: asyncio.AbstractEventLoop
+    app: HttpApp
+    tmp: tempfile.TemporaryDirectory[str]
+
+    def storm(self, variant: str, connections: int, concurrency: int) -> StormRound:
+        pids = {side: p.pid for side, p in self.processes[variant].items()}
+        pids["driver"] = os.getpid()  # the clients and the app: not a sidecar's cost
+        before = {side: cpu_seconds(pid) for side, pid in pids.items()}
+        result = self.loop.run_until_complete(_storm(self.ports[variant], connections, concurrency))
+        # Let the sidecars finish closing the round's connections before reading their CPU.
+        self.loop.run_until_complete(asyncio.sleep(0.3))
+        for side, pid in pids.items():
+            result.cpu_ms[side] = (cpu_seconds(pid) - before[side]) / connections * 1e3
+        return result
+
+    def close(self) -> None:
+        processes = [p for sides in self.processes.values() for p in sides.values()]
+        for process in processes:
+            if process.stdin is not None:
+                process.stdin.close()  # the signal to stop
+        for process in processes:
+            process.wait(30)
+            if process.stdout is not None:
+                process.stdout.close()
+        self.loop.run_until_complete(self.app.close())
+        self.loop.close()
+        self.tmp.cleanup()
+
+
+async def _storm(port: int, connections: int, concurrency: int) -> StormRound:
+    gate = asyncio.Semaphore(concurrency)
+    first: list[float] = []
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        async with gate:
+            start = time.perf_counter()
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    writer.write(STORM_REQUEST)
+                    head = await reader.read(1)
+                    arrived = time.perf_counter()
+                    rest = await reader.read()  # to EOF: the sidecar closes after it
+                finally:
+                    writer.close()
+            except OSError:
+                failed += 1
+                return
+            if not (head + rest).startswith(b"HTTP/1.1 200 "):
+                failed += 1
+                return
+            first.append((arrived - start) * 1e3)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return StormRound(time.perf_counter() - began, first, failed)
+
+
+def start_storm_pair(variants: dict[str, dict[str, Any]]) -> StormPair:
+    tmp = tempfile.TemporaryDirectory(prefix="meshstats-storm-")
+    certs = Path(tmp.name)
+    ca = LocalCA.create("cluster.local")
+    ca.issue("default", "reviews").write(certs / "server")
+    ca.issue("default", "productpage").write(certs / "client")
+    loop = asyncio.new_event_loop()
+    app = loop.run_until_complete(HttpApp("reviews", latency_ms=0.0).start())
+    pair = StormPair({}, {}, loop, app, tmp)
+    try:
+        for variant, fields in variants.items():
+            server, inbound = _side("server", certs, app.port, variant, fields)
+            pair.processes[variant] = {"server": server}
+            client, pair.ports[variant] = _side("client", certs, inbound, variant, fields)
+            pair.processes[variant]["client"] = client
+        for variant in variants:
+            pair.storm(variant, 4, 4)  # imports done, peers resolved, a first ticket: warm
+    except BaseException:
+        pair.close()
+        raise
+    return pair
+
+
+@pytest.fixture(scope="module")
+def storm_pair() -> Iterator[StormPair]:
+    started = start_storm_pair(STORM_VARIANTS)
+    yield started
+    started.close()
+
+
+@pytest.mark.benchmark(group=f"proxy: storm of {STORM} new connections (no keep-alive)")
+@pytest.mark.parametrize("variant", STORM_VARIANTS)
+def test_proxy_connection_storm(benchmark: Any, storm_pair: StormPair, variant: str) -> None:
+    connections = SMOKE_STORM if benchmark.disabled else STORM
+    rounds: list[StormRound] = []
+
+    def storm() -> None:
+        rounds.append(storm_pair.storm(variant, connections, connections))
+
+    benchmark.pedantic(storm, rounds=3, iterations=1, warmup_rounds=0)
+    assert all(r.failed == 0 for r in rounds), [r.failed for r in rounds]
+    benchmark.extra_info["connections_per_round"] = connections
+    benchmark.extra_info["conn_per_s"] = round(statistics.median(r.rate for r in rounds))
+    benchmark.extra_info["first_byte_p99_ms"] = round(
+        statistics.median(r.percentile(0.99) for r in rounds)
+    )
+
+
+def _spread(values: list[float], fmt: str = ".0f") -> str:
+    """The median and, in brackets, the lowest and highest value."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+
+def storm_main(args: argparse.Namespace) -> None:
+    variants: dict[str, dict[str, Any]] = (
+        json.loads(args.variants) if args.variants else STORM_VARIANTS
+    )
+    pair = start_storm_pair(variants)
+    results: dict[str, list[StormRound]] = {v: [] for v in variants}
+    concurrency = args.concurrency or args.storm
+    try:
+        print(
+            f"compiled core: {meshstats.HAS_EXTENSION}; {args.storm} new connections per round "
+            f"(at most {concurrency} open), variants interleaved: {json.dumps(variants)}"
+        )
+        for i in range(args.rounds):
+            line = []
+            # Each round starts with another variant, so none always follows the same one.
+            order = list(variants)[i % len(variants) :] + list(variants)[: i % len(variants)]
+            for variant in order:
+                r = pair.storm(variant, args.storm, concurrency)
+                results[variant].append(r)
+                line.append(
+                    f"{variant} {r.rate:.0f}/s p50 {r.percentile(0.5):.0f} ms "
+                    f"p99 {r.percentile(0.99):.0f} ms cpu {r.cpu_ms['client']:.2f}+"
+                    f"{r.cpu_ms['server']:.2f} ms" + (f" FAILED {r.failed}" if r.failed else "")
+                )
+            print(f"round {i + 1}: " + " | ".join(line), flush=True)
+    finally:
+        pair.close()
+    print("median of rounds (lowest–highest round):")
+    for variant, rs in results.items():
+        print(
+            f"  {variant}: {_spread([r.rate for r in rs])} new connections/s; first byte "
+            f"p50 {_spread([r.percentile(0.5) for r in rs])} ms, "
+            f"p99 {_spread([r.percentile(0.99) for r in rs])} ms; CPU per connection: "
+            f"client sidecar {_spread([r.cpu_ms['client'] for r in rs], '.2f')} ms, "
+            f"server sidecar {_spread([r.cpu_ms['server'] for r in rs], '.2f')} ms "
+            f"(clients and app: {_spread([r.cpu_ms['driver'] for r in rs], '.2f')} ms); "
+            f"failed {sum(r.failed for r in rs)}"
+        )
+
+
 # -- interleaved figure -----------------------------------------------------------------------
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument(
+        "--storm", type=int, metavar="N", help="connection storm: N new connections per round"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="storm: connections open at once (default: all N)"
+    )
+    parser.add_argument(
+        "--variants",
+        help="storm: JSON mapping variant -> SidecarConfig fields (both sidecars); "
+        '"src": a path runs that variant from another checkout\'s src/, '
+        '"loop": "uvloop" on uvloop',
+    )
     args = parser.parse_args()
+    if args.storm:
+        storm_main(args)
+        return
     pair = start_pair()
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     cpu: dict[str, list[float]] = {mode: [] for mode in MODES}  # server µs per request

@@ -40,6 +40,11 @@ def test_parses_addresses_and_defaults() -> None:
     assert cfg.outbound[0].upstream == ("127.0.0.1", 16006)
     assert cfg.outbound[0].protocol == "tcp"
     assert cfg.exchange_timeout == 5.0
+    assert cfg.tls_session_resumption is True  # Envoy resumes between sidecars by default
+    assert (
+        SidecarConfig.from_mapping(_config(tls_session_resumption=False)).tls_session_resumption
+        is False
+    )
     md = cfg.outbound[0].cluster_metadata()["filter_metadata"]["istio"]["services"][0]
     assert md == {"host": "a.b.svc", "name": "a", "namespace": "b"}
 
@@ -64,6 +69,8 @@ def test_parses_addresses_and_defaults() -> None:
         ({"admin_port": "15090"}, "admin_port"),
         ({"node": None}, "node"),
         ({"surprise": 1}, "surprise"),
+        ({"tls_session_resumption": "yes"}, "tls_session_resumption"),
+        ({"tls_session_resumption": 1}, "tls_session_resumption"),
     ],
 )
 def test_errors_name_the_field(override: dict[str, Any], field: str) -> None:
@@ -71,6 +78,8 @@ def test_errors_name_the_field(override: dict[str, Any], field: str) -> None:
         SidecarConfig.from_mapping(_config(**override))
     assert info.value.field == field
     assert isinstance(info.value, ValueError)
+    if field == "tls_session_resumption":
+        assert "must be true or false" in str(info.value)
 
 
 def test_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:

@@ -17,6 +17,13 @@ host name (``check_hostname=False``); :func:`peer_principal` reads the identity 
 verified peer certificate instead. Leaves are EC P-256 with EKU server *and* client auth,
 an empty subject and a critical SAN, valid for 24 hours by default (Istio's workload
 certificates live as long). Only the ``cryptography`` package is used (no ``openssl``).
+
+TLS session resumption (as Envoy between Istio sidecars): :func:`server_context` issues one
+TLS 1.3 session ticket per handshake, and a :class:`ResumingClientContext` (one per
+upstream) offers the last ticket it got to every new connection, which then skips the
+certificate exchange and its signatures. A resumed connection still knows its peer:
+``getpeercert()`` returns the certificate verified in the session's full handshake, and
+:func:`outlived_certificate` tells when that certificate has expired since.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ import datetime
 import os
 import re
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,6 +44,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "ALPN_DOWNSTREAM",
@@ -52,10 +63,13 @@ __all__ = [
     "KEY_FILE",
     "MX_ALPN",
     "LocalCA",
+    "ResumingClientContext",
     "WorkloadCert",
     "client_context",
+    "outlived_certificate",
     "peer_principal",
     "principal_of",
+    "resuming_client_context",
     "server_context",
 ]
 
@@ -291,9 +305,14 @@ class LocalCA:
         return WorkloadCert(principal, _pem(cert), _key_pem(key), _pem(self.cert))
 
 
-def _context(purpose: int, cert_dir: StrPath, alpn: Sequence[str] | None) -> ssl.SSLContext:
+def _context(
+    purpose: int,
+    cert_dir: StrPath,
+    alpn: Sequence[str] | None,
+    cls: type[ssl.SSLContext] = ssl.SSLContext,
+) -> ssl.SSLContext:
     path = Path(cert_dir)
-    ctx = ssl.SSLContext(purpose)
+    ctx = cls(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # Identity is the URI SAN, checked by the caller: there is no DNS name to match.
     ctx.check_hostname = False
@@ -306,15 +325,28 @@ def _context(purpose: int, cert_dir: StrPath, alpn: Sequence[str] | None) -> ssl
 
 
 def server_context(
-    cert_dir: StrPath, alpn: Sequence[str] | None = ALPN_DOWNSTREAM_WITH_MXC
+    cert_dir: StrPath,
+    alpn: Sequence[str] | None = ALPN_DOWNSTREAM_WITH_MXC,
+    *,
+    session_tickets: bool = True,
 ) -> ssl.SSLContext:
     """A TLS 1.2+ server context that requires and verifies a client certificate.
 
     ``alpn`` is offered in order; the server picks its first protocol the client also
     offers, so Istio's downstream list selects ``istio-peer-exchange`` for a TCP client
     (:data:`ALPN_IN_MESH_WITH_MXC`) and ``http/1.1`` for an HTTP/1.1 one (:data:`ALPN_HTTP11`).
+
+    ``session_tickets`` issues one TLS 1.3 ticket per handshake (stateless: encrypted with
+    a key this context made, so a ticket is good only here); off, none. A resumed
+    session keeps the client certificate of its full handshake, so
+    :func:`peer_principal` still names the client.
     """
-    return _context(ssl.PROTOCOL_TLS_SERVER, cert_dir, alpn)
+    ctx = _context(ssl.PROTOCOL_TLS_SERVER, cert_dir, alpn)
+    # OpenSSL sends two tickets by default; a client sidecar keeps one per upstream, and
+    # each ticket costs the server an encryption of the session with the client's
+    # certificate in it (a tenth of a millisecond or more, per handshake).
+    ctx.num_tickets = 1 if session_tickets else 0
+    return ctx
 
 
 def client_context(
@@ -327,21 +359,193 @@ def client_context(
     return _context(ssl.PROTOCOL_TLS_CLIENT, cert_dir, alpn)
 
 
+def resuming_client_context(
+    cert_dir: StrPath, alpn: Sequence[str] | None = ALPN_IN_MESH_WITH_MXC
+) -> ResumingClientContext:
+    """:func:`client_context` for one upstream, resuming its TLS session on every connection.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = LocalCA.create().issue("default", "sleep").write(d)
+    ...     ctx = resuming_client_context(path)
+    >>> ctx.session is None  # until a connection to the upstream received a ticket
+    True
+    """
+    ctx = _context(ssl.PROTOCOL_TLS_CLIENT, cert_dir, alpn, ResumingClientContext)
+    assert isinstance(ctx, ResumingClientContext)
+    return ctx
+
+
+class _SessionTaker(ssl.SSLObject):
+    """The SSLObject of a :class:`ResumingClientContext`: hands its session to the context
+    once, on its first read that returns data (the server sends its tickets right after
+    the handshake, ahead of any data, so by then they have been read)."""
+
+    offered: ssl.SSLSession | None = None
+    _seen_data = False
+
+    def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:
+        data = super().read(len, buffer)
+        if data and not self._seen_data:
+            self._seen_data = True
+            context = self.context
+            if isinstance(context, ResumingClientContext):
+                context.take_session(self)
+        return data
+
+
+class ResumingClientContext(ssl.SSLContext):
+    """A client context for one upstream that offers its last TLS session to each connection.
+
+    asyncio wraps every connection with :meth:`wrap_bio` and passes no ``session``; this
+    context passes its own. Tickets are reused across connections (OpenSSL's stateless
+    tickets allow it; RFC 8446 §C.4 advises against it for privacy, which an observer who
+    already sees both sidecars' addresses does not gain) so that a burst of new connections
+    all resume with one ticket instead of one ticket each. Sessions stay with the context
+    that made them (Python refuses another's), so one context per upstream keeps a session
+    from ever being offered to a different server.
+
+    A session is taken from a connection only when needed, because reading
+    ``SSLObject.session`` costs 0.1-0.2 ms (CPython copies the session, the server's
+    certificate in it, through DER; offering one costs as much again): when there is none,
+    when the server refused the one offered (it restarted: its ticket key is new), or when
+    half of the session's lifetime has passed. It is not offered past its lifetime or past
+    the server certificate's expiry. A server that issues no tickets is asked again at
+    most every ``RETRY`` seconds.
+    """
+
+    RETRY = 10.0
+
+    sslobject_class = _SessionTaker
+    _session: ssl.SSLSession | None = None
+    _expires = 0.0
+    _refresh_at = 0.0
+    _retry_at = 0.0
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The session offered to the next connection (``None``: a full handshake)."""
+        if self._session is not None and time.time() >= self._expires:
+            self._session = None
+        return self._session
+
+    @property
+    def session_expires(self) -> float:
+        """Unix time after which :attr:`session` is no longer offered (0.0: no session): the
+        session's lifetime or the server certificate's expiry, whichever comes first."""
+        return self._expires if self.session is not None else 0.0
+
+    def forget_session(self) -> None:
+        """Offer no session until a connection brings a new one."""
+        self._session = None
+        self._retry_at = 0.0
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = self.session
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        assert isinstance(obj, _SessionTaker)
+        obj.offered = session
+        return obj
+
+    def take_session(self, obj: ssl.SSLObject) -> None:
+        """Keep ``obj``'s session for the next connections, if this context needs one."""
+        now = time.time()
+        stored = self._session
+        if stored is not None:
+            if getattr(obj, "offered", None) is stored and not obj.session_reused:
+                self._session = None  # refused: offering it again would only cost time
+            elif now < self._refresh_at:
+                return
+        elif now < self._retry_at:
+            return
+        session = obj.session
+        if session is None or not session.has_ticket:
+            self._retry_at = now + self.RETRY
+            return
+        lifetime = min(session.timeout, session.ticket_lifetime_hint or session.timeout)
+        expires = float(session.time + lifetime)
+        facts = _peer_facts(obj)
+        if facts is not None:
+            expires = min(expires, facts[1])
+        self._session = session
+        self._expires = expires
+        self._refresh_at = session.time + (expires - session.time) / 2
+
+
+def outlived_certificate(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, now: float | None = None
+) -> bool:
+    """Whether ``ssl_object`` resumed a session whose peer certificate has expired since.
+
+    A full handshake verifies the peer's certificate against the clock; resuming a session
+    does not look at it again (OpenSSL checks only the session's own lifetime, two hours),
+    so a session could carry a peer past its certificate's expiry. A resumed session
+    without a verified peer certificate counts as expired: with ``CERT_REQUIRED`` it cannot
+    happen.
+    """
+    if not ssl_object.session_reused:
+        return False
+    facts = _peer_facts(ssl_object)
+    if facts is None:
+        return True
+    return (time.time() if now is None else now) >= facts[1]
+
+
 def peer_principal(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
     """The first URI SAN of the peer's *verified* certificate, or ``None``.
 
-    ``getpeercert()`` only fills in the parsed certificate once the chain was verified,
-    so an unverified certificate (or none) yields ``None``, never a claimed identity.
+    Only a context that verifies peers (not ``CERT_NONE``) names one: its handshake fails
+    on a certificate that does not verify, so an unverified certificate (or none) yields
+    ``None``, never a claimed identity. On a resumed session it is the certificate
+    verified in the session's full handshake.
     """
     if ssl_object is None:
         return None
-    cert = ssl_object.getpeercert()
-    if not cert:
+    facts = _peer_facts(ssl_object)
+    return None if facts is None else facts[0]
+
+
+# Per verified peer certificate (its DER bytes): its first URI SAN and expiry. Every
+# connection from one peer presents the same certificate, and decoding it (getpeercert()
+# builds a dict, strptime reads the date) costs more than looking the bytes up.
+_PEER_FACTS_MAX = 1024
+_peer_facts_cache: dict[bytes, tuple[str | None, float]] = {}
+
+
+def _peer_facts(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str | None, float] | None:
+    """(first URI SAN, expiry as a Unix time) of the verified peer certificate, or None."""
+    # The check getpeercert() makes before it decodes: without peer verification a
+    # certificate is only a claim, and a cached answer must not turn it into an identity.
+    if ssl_object.context.verify_mode == ssl.CERT_NONE:
         return None
-    for entry in cert.get("subjectAltName", ()):
-        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == "URI":
-            return str(entry[1])
-    return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    facts = _peer_facts_cache.get(der)
+    if facts is None:
+        cert = ssl_object.getpeercert()
+        if not cert:
+            return None
+        principal = None
+        for entry in cert.get("subjectAltName", ()):
+            if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == "URI":
+                principal = str(entry[1])
+                break
+        not_after = cert.get("notAfter")
+        expires = ssl.cert_time_to_seconds(str(not_after)) if not_after else 0.0
+        facts = (principal, expires)
+        if len(_peer_facts_cache) >= _PEER_FACTS_MAX:
+            _peer_facts_cache.clear()  # rare: many distinct peers or rotations
+        _peer_facts_cache[der] = facts
+    return facts
 
 
 def principal_of(cert_dir: StrPath) -> str | None:

@@ -280,6 +280,10 @@ class SidecarConfig:
     HTTP/1.0 requests; off, they are answered ``426 Upgrade Required``.
     ``additional_labels`` names pod labels sent in the exchange besides the canonical
     name/revision, ``app`` and ``version`` (Istio's metadata-exchange ``additional_labels``).
+    ``tls_session_resumption`` (default on, as Envoy's between Istio sidecars) lets a new
+    mTLS connection resume a TLS 1.3 session instead of a full handshake: the inbound
+    port issues one session ticket per handshake, and each outbound upstream's last
+    ticket is offered to its next connections. Off, no tickets are issued or offered.
 
     HTTP timeouts, with Envoy's defaults (0 turns one off): ``request_timeout`` (off, as
     Istio's routes) bounds the wait for an upstream's response headers once the request is
@@ -307,6 +311,7 @@ class SidecarConfig:
     request_timeout: float = 0.0
     stream_idle_timeout: float = 300.0
     idle_timeout: float = 3600.0
+    tls_session_resumption: bool = True
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -317,7 +322,7 @@ class SidecarConfig:
             "node", "cert_dir", "inbound", "outbound", "admin_port", "host", "node_id",
             "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
             "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
-            "request_timeout", "stream_idle_timeout", "idle_timeout",
+            "request_timeout", "stream_idle_timeout", "idle_timeout", "tls_session_resumption",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -379,6 +384,9 @@ class SidecarConfig:
                 data.get("stream_idle_timeout", 300), "stream_idle_timeout"
             ),
             idle_timeout=_off_or_timeout(data.get("idle_timeout", 3600), "idle_timeout"),
+            tls_session_resumption=_flag(
+                data.get("tls_session_resumption", True), "tls_session_resumption"
+            ),
         )
 
     @classmethod

@@ -31,8 +31,11 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-__all__ = ["Handler", "Listener", "format_address"]
+from ..certs import outlived_certificate
+
+__all__ = ["Handler", "Listener", "TlsCounters", "format_address"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -51,6 +54,32 @@ def format_address(peername: object) -> str | None:
     return None
 
 
+@dataclass
+class TlsCounters:
+    """TLS handshakes on one side of a sidecar, as Envoy counts them (``ssl.handshake``,
+    ``ssl.session_reused``), plus resumed sessions refused because the peer's certificate
+    had expired since their full handshake (:func:`~meshstats.certs.outlived_certificate`).
+    """
+
+    handshakes: int = 0
+    resumed: int = 0
+    expired: int = 0
+
+    def count(self, ssl_object: ssl.SSLObject, now: float | None = None) -> bool:
+        """Count one finished handshake; False when it must be refused (expired peer).
+
+        ``now`` (a Unix time) replaces the clock, for tests.
+        """
+        self.handshakes += 1
+        if not ssl_object.session_reused:
+            return True
+        self.resumed += 1
+        if outlived_certificate(ssl_object, now):
+            self.expired += 1
+            return False
+        return True
+
+
 class Listener:
     """Calls ``handler(reader, writer)`` for each accepted connection, each in its own task.
 
@@ -64,6 +93,9 @@ class Listener:
         Accept plaintext too on a TLS port, by peeking at the first byte (permissive).
     detect_timeout, handshake_timeout
         Seconds to wait for the first byte, and for the TLS handshake.
+    tls
+        Where TLS handshakes are counted (a new :class:`TlsCounters` if not given). A
+        resumed session whose client certificate has expired since is closed at once.
     """
 
     def __init__(
@@ -74,8 +106,10 @@ class Listener:
         detect_tls: bool = False,
         detect_timeout: float = 5.0,
         handshake_timeout: float = 5.0,
+        tls: TlsCounters | None = None,
     ) -> None:
         self._handler = handler
+        self.tls = tls if tls is not None else TlsCounters()
         self._ssl = ssl_context
         self._detect = detect_tls and ssl_context is not None
         self._detect_timeout = detect_timeout
@@ -154,6 +188,11 @@ class Listener:
         except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.debug("connection dropped before it started: %r", exc)
             conn.close()
+            return
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and not self.tls.count(ssl_object):
+            log.info("refused a resumed TLS session: the client's certificate has expired")
+            transport.abort()
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         try:

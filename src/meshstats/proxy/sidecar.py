@@ -40,18 +40,20 @@ from ..certs import (
     ALPN_HTTP11,
     ALPN_IN_MESH_WITH_MXC,
     MX_ALPN,
+    ResumingClientContext,
     client_context,
     peer_principal,
     principal_of,
+    resuming_client_context,
     server_context,
 )
 from ..config import StatsConfig
 from ..engine import PeerContext, StatsEngine
 from ..exposition import MetricsServer
 from ..peer_metadata import PeerMetadata
-from .config import OutboundConfig, SidecarConfig, load_registry
+from .config import Address, OutboundConfig, SidecarConfig, load_registry
 from .http import MX_HEADER, MX_ID_HEADER, inbound_http, outbound_http
-from .listener import STREAM_LIMIT, Listener
+from .listener import STREAM_LIMIT, Listener, TlsCounters
 from .tcp import inbound_tcp, outbound_tcp
 
 __all__ = ["Sidecar", "default_node_id"]
@@ -93,14 +95,20 @@ class Sidecar:
             (MX_HEADER, encode_peer_header(struct).encode("ascii")),
             (MX_ID_HEADER, self.node_id.encode("latin-1")),
         ]
-        self._client_ssl: dict[str, ssl.SSLContext] = {}
+        #: TLS handshakes of the inbound listener and of connections to upstreams.
+        self.tls_inbound = TlsCounters()
+        self.tls_outbound = TlsCounters()
+        self._client_ssl: dict[tuple[str, Address | None], ssl.SSLContext] = {}
         self._server_ssl: ssl.SSLContext | None = None
         if config.cert_dir is not None:
-            self._server_ssl = server_context(config.cert_dir, ALPN_DOWNSTREAM_WITH_MXC)
-            self._client_ssl = {
-                "tcp": client_context(config.cert_dir, ALPN_IN_MESH_WITH_MXC),
-                "http": client_context(config.cert_dir, ALPN_HTTP11),
-            }
+            self._server_ssl = server_context(
+                config.cert_dir,
+                ALPN_DOWNSTREAM_WITH_MXC,
+                session_tickets=config.tls_session_resumption,
+            )
+            for out in config.outbound:  # certificates read now, not on a first connection
+                if out.mode == "service" and out.upstream is not None:
+                    self._client_context(out.protocol, out.upstream)
         self._listeners: list[Listener] = []
         self._inbound: Listener | None = None
         self._outbound: list[Listener] = []
@@ -124,6 +132,7 @@ class Sidecar:
                     detect_tls=config.inbound.mtls == "permissive",
                     detect_timeout=config.detect_timeout,
                     handshake_timeout=config.connect_timeout,
+                    tls=self.tls_inbound,
                 ).start(config.host, config.inbound.port)
                 self._listeners.append(self._inbound)
             for out in config.outbound:
@@ -200,9 +209,10 @@ class Sidecar:
 
         Returns the streams, the server's verified principal and whether both sides chose
         ``istio-peer-exchange``. ``mesh=False`` (a passthrough destination) connects in
-        plaintext. Raises ``OSError`` or ``asyncio.TimeoutError``.
+        plaintext. Raises ``OSError`` or ``asyncio.TimeoutError``; also a
+        ``ConnectionError`` when a resumed session's server certificate has expired since.
         """
-        context = self._client_ssl.get(protocol) if mesh else None
+        context = self._client_context(protocol, address) if mesh else None
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 *address,
@@ -213,8 +223,30 @@ class Sidecar:
             self.config.connect_timeout,
         )
         ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None and not self.tls_outbound.count(ssl_object):
+            writer.close()
+            if isinstance(context, ResumingClientContext):
+                context.forget_session()
+            raise ConnectionError("resumed TLS session outlived the upstream's certificate")
         mx = ssl_object is not None and ssl_object.selected_alpn_protocol() == MX_ALPN
         return reader, writer, peer_principal(ssl_object), mx
+
+    def _client_context(
+        self, protocol: Literal["tcp", "http"], address: Address
+    ) -> ssl.SSLContext | None:
+        """The client TLS context for ``address``: one per upstream with session resumption
+        (a session belongs to one server), one per protocol without; None without certs."""
+        cert_dir = self.config.cert_dir
+        if cert_dir is None:
+            return None
+        resume = self.config.tls_session_resumption
+        key = (protocol, address if resume else None)
+        context = self._client_ssl.get(key)
+        if context is None:
+            alpn = ALPN_HTTP11 if protocol == "http" else ALPN_IN_MESH_WITH_MXC
+            make = resuming_client_context if resume else client_context
+            context = self._client_ssl[key] = make(cert_dir, alpn)
+        return context
 
     def outbound_peer(
         self,
