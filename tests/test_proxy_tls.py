@@ -139,9 +139,10 @@ async def mesh(
     async with server_app:
         server = server_sidecar(certs.server, app_port, protocol, **(server_extra or {}))
         async with server:
-            client = client_sidecar(
-                certs.client, server.inbound_port, protocol, **(client_extra or {})
-            )
+            # No pooled upstream connections: each client connection is its own upstream
+            # connection, so each test connection is a handshake to count.
+            extra = {"upstream_idle_connections": 0, **(client_extra or {})}
+            client = client_sidecar(certs.client, server.inbound_port, protocol, **extra)
             async with client:
                 yield Mesh(client, server, app_port)
 
@@ -223,7 +224,9 @@ def test_clients_with_different_identities_keep_their_own_principals(certs: Cert
 
     async def main() -> None:
         async with mesh(certs, "http") as m:
-            other = client_sidecar(certs.rogue, m.server.inbound_port, "http")
+            other = client_sidecar(
+                certs.rogue, m.server.inbound_port, "http", upstream_idle_connections=0
+            )
             async with other:
                 for _ in range(3):
                     for port in (m.port, other.outbound_ports[0]):
@@ -258,7 +261,9 @@ async def _replace_upstream(
     async with server_app:
         first = await server_sidecar(certs.server, app_port, "http").start()
         port = first.inbound_port
-        client = client_sidecar(client_dir or certs.client, port, "http")
+        client = client_sidecar(
+            client_dir or certs.client, port, "http", upstream_idle_connections=0
+        )
         async with client:
             try:
                 before = [await one_connection(client.outbound_ports[0], "http") for _ in "ab"]

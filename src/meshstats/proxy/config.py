@@ -69,6 +69,14 @@ def _port(value: object, where: str, *, zero: bool = False) -> int:
     return value
 
 
+def _count(value: object, where: str, *, most: int = 100_000) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"must be an integer, got {value!r}", where)
+    if not 0 <= value <= most:
+        raise ConfigError(f"must be in 0..{most}, got {value}", where)
+    return value
+
+
 def _protocol(value: object, where: str) -> Protocol:
     if value == "tcp":
         return "tcp"
@@ -284,6 +292,10 @@ class SidecarConfig:
     mTLS connection resume a TLS 1.3 session instead of a full handshake: the inbound
     port issues one session ticket per handshake, and each outbound upstream's last
     ticket is offered to its next connections. Off, no tickets are issued or offered.
+    ``upstream_idle_connections`` (64; 0: none) is how many idle HTTP connections per
+    upstream (a server sidecar, the app) are kept for the next downstream connection, as
+    Envoy's connection pools keep them, so that a new client connection does not cost a
+    new upstream connection and its TLS handshake.
 
     HTTP timeouts, with Envoy's defaults (0 turns one off): ``request_timeout`` (off, as
     Istio's routes) bounds the wait for an upstream's response headers once the request is
@@ -312,6 +324,7 @@ class SidecarConfig:
     stream_idle_timeout: float = 300.0
     idle_timeout: float = 3600.0
     tls_session_resumption: bool = True
+    upstream_idle_connections: int = 64
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -323,6 +336,7 @@ class SidecarConfig:
             "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
             "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
             "request_timeout", "stream_idle_timeout", "idle_timeout", "tls_session_resumption",
+            "upstream_idle_connections",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -386,6 +400,9 @@ class SidecarConfig:
             idle_timeout=_off_or_timeout(data.get("idle_timeout", 3600), "idle_timeout"),
             tls_session_resumption=_flag(
                 data.get("tls_session_resumption", True), "tls_session_resumption"
+            ),
+            upstream_idle_connections=_count(
+                data.get("upstream_idle_connections", 64), "upstream_idle_connections"
             ),
         )
 

@@ -51,6 +51,7 @@ chunked).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,7 @@ from ..certs import peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
 from .listener import format_address
+from .pool import Pooled
 
 if TYPE_CHECKING:
     from ..engine import PeerContext
@@ -319,6 +321,13 @@ def _peer_from_headers(metadata: bytes | None, metadata_id: bytes | None) -> Pee
         return None
 
 
+def _has_body(request: h11.Request) -> bool:
+    """Whether the request's framing announces a body (a chunked one may still be empty)."""
+    length = _header(request.headers, b"content-length")
+    chunked = _header(request.headers, b"transfer-encoding") is not None
+    return chunked or (length is not None and length.strip() != "0")
+
+
 def _header(headers: Any, name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -336,14 +345,30 @@ class _Proxy:
         self.principal: str | None = None  # the upstream's (outbound) / downstream's (inbound)
         self.address: str | None = None  # the same peer's ip:port, for the workload registry
         self.up_target: object = None  # what self.up is connected to (see upstream_for)
+        self.up_reused = False  # self.up came from the sidecar's pool of idle connections
         # A keep-alive connection sees the same peer headers on every request: resolve once.
         self._peer_key: tuple[object, ...] | None = None
         self._peer_ctx: PeerContext | None = None
 
     # -- hooks -------------------------------------------------------------------------------
 
-    async def connect(self, request: h11.Request) -> HttpStream:
+    async def connect(self, request: h11.Request, *, fresh: bool = False) -> HttpStream:
+        """A connection to the request's upstream: an idle one from the pool unless
+        ``fresh`` (sets :attr:`up_reused`, and the peer's principal and address)."""
         raise NotImplementedError
+
+    def pool_key(self) -> Hashable:
+        """What the current upstream connection can serve again (the pool's key)."""
+        raise NotImplementedError
+
+    def _pooled(self, key: Hashable) -> HttpStream | None:
+        pooled = None if key is None else self.sidecar.upstream_pool.take(key)
+        self.up_reused = pooled is not None
+        if pooled is None:
+            return None
+        self.principal, self.address = pooled.principal, pooled.address
+        stream: HttpStream = pooled.stream
+        return stream
 
     def upstream_for(self, request: h11.Request) -> object:
         """Where this request goes; a change closes the upstream connection and reconnects."""
@@ -365,8 +390,14 @@ class _Proxy:
             while await self.one_request():
                 pass
         finally:
-            if self.up is not None:
-                self.up.close()
+            up, self.up = self.up, None
+            if up is not None:
+                if up.conn.our_state is h11.IDLE and up.conn.their_state is h11.IDLE:
+                    # Between requests: the next downstream connection can use it.
+                    pooled = Pooled(up, self.principal, self.address)
+                    self.sidecar.upstream_pool.give(self.pool_key(), pooled)
+                else:
+                    up.close()
 
     async def one_request(self) -> bool:
         """Relay one request and its response; False when the connection is done."""
@@ -435,6 +466,7 @@ class _Proxy:
                 self.up = await self.connect(request)
                 self.up_target = target
             up = self.up
+            fed = up.fed
             try:
                 await up.send(
                     h11.Request(method=request.method, target=request.target, headers=headers)
@@ -445,7 +477,23 @@ class _Proxy:
                 await self._body(down, up, downstream=down)
                 response = await self._response(up)
             except (OSError, h11.ProtocolError) as exc:
-                raise UpstreamError("UC") from exc
+                if not (self.up_reused and up.fed == fed and not _has_body(request)):
+                    raise UpstreamError("UC") from exc
+                # A pooled connection the peer closed as we took it (its idle timeout):
+                # nothing was received and there is no body to replay, so the request
+                # goes once more on a new connection, as HTTP clients do for keep-alive.
+                up.close()
+                self.up = None
+                self.up = up = await self.connect(request, fresh=True)
+                self.up_target = target
+                try:
+                    await up.send(
+                        h11.Request(method=request.method, target=request.target, headers=headers)
+                    )
+                    await up.send(h11.EndOfMessage())
+                    response = await self._response(up)
+                except (OSError, h11.ProtocolError) as again:
+                    raise UpstreamError("UC") from again
             if not isinstance(response, h11.Response):
                 raise UpstreamError("UC")
         except UpstreamError as failed:
@@ -655,7 +703,10 @@ class _Outbound(_Proxy):
             return host_address(_header(request.headers, b"host"))
         return cfg.upstream
 
-    async def connect(self, request: h11.Request) -> HttpStream:
+    def pool_key(self) -> Hashable:
+        return ("outbound", self.up_target, self.cfg.mode == "service")
+
+    async def connect(self, request: h11.Request, *, fresh: bool = False) -> HttpStream:
         cfg = self.cfg
         self.principal = self.address = None
         if cfg.mode == "blackhole":
@@ -663,6 +714,10 @@ class _Outbound(_Proxy):
         target = self.upstream_for(request)
         if target is None:
             raise UpstreamError("UH")
+        pooled = None if fresh else self._pooled(("outbound", target, cfg.mode == "service"))
+        if pooled is not None:
+            return pooled
+        self.up_reused = False
         try:
             reader, writer, self.principal, _ = await self.sidecar.connect(
                 target, "http", mesh=cfg.mode == "service"
@@ -703,9 +758,21 @@ class _Inbound(_Proxy):
         self.principal = peer_principal(down.writer.get_extra_info("ssl_object"))
         self.address = format_address(down.writer.get_extra_info("peername"))
 
-    async def connect(self, request: h11.Request) -> HttpStream:
+    def pool_key(self) -> Hashable:
+        inbound = self.sidecar.config.inbound
+        return ("inbound", inbound.app if inbound is not None else None)
+
+    async def connect(self, request: h11.Request, *, fresh: bool = False) -> HttpStream:
         inbound = self.sidecar.config.inbound
         assert inbound is not None
+        # The app's connection carries no identity: principal and address stay the
+        # downstream's, whichever connection the request takes.
+        principal, address = self.principal, self.address
+        pooled = None if fresh else self._pooled(self.pool_key())
+        self.principal, self.address = principal, address
+        if pooled is not None:
+            return pooled
+        self.up_reused = False
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(*inbound.app), self.sidecar.config.connect_timeout

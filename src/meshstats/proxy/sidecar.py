@@ -54,6 +54,7 @@ from ..peer_metadata import PeerMetadata
 from .config import Address, OutboundConfig, SidecarConfig, load_registry
 from .http import MX_HEADER, MX_ID_HEADER, inbound_http, outbound_http
 from .listener import STREAM_LIMIT, Listener, TlsCounters
+from .pool import UpstreamPool
 from .tcp import inbound_tcp, outbound_tcp
 
 __all__ = ["Sidecar", "default_node_id"]
@@ -109,6 +110,8 @@ class Sidecar:
             for out in config.outbound:  # certificates read now, not on a first connection
                 if out.mode == "service" and out.upstream is not None:
                     self._client_context(out.protocol, out.upstream)
+        #: Idle upstream HTTP connections (to server sidecars, to the app) for reuse.
+        self.upstream_pool = UpstreamPool(max_idle=config.upstream_idle_connections)
         self._listeners: list[Listener] = []
         self._inbound: Listener | None = None
         self._outbound: list[Listener] = []
@@ -165,6 +168,7 @@ class Sidecar:
         for listener in listeners:
             await listener.close()
         self._inbound, self._outbound = None, []
+        self.upstream_pool.close()
         if self._admin is not None:
             self._admin.stop()
             self._admin = None

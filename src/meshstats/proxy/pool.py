@@ -1,0 +1,97 @@
+"""Idle upstream HTTP/1.1 connections kept for the next request, as Envoy's pools keep them.
+
+>>> pool = UpstreamPool(max_idle=2)
+>>> pool.take(("reviews", 9080)) is None  # nothing parked yet
+True
+
+Without a pool every new downstream connection opens its own upstream one: a client sidecar
+pays a TLS handshake to the server sidecar for each (about 2 ms of CPU on each side), and a
+connection storm queues handshakes on the event loop. With it, a downstream connection that
+ends gives its idle upstream connection back, and the next one takes it.
+
+A parked connection is only handed out while it is usable: not closing, no end of stream
+seen from the other side (an app's own keep-alive timeout closes it), idle for less than
+``max_idle_seconds``. At most ``max_idle`` connections are kept per target; more are
+closed. A peer may still close a connection just as it is taken, so the proxy retries a
+request that failed on a reused connection once on a new one when that is safe (no body
+sent, nothing received).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Pooled", "UpstreamPool"]
+
+
+@dataclass
+class Pooled:
+    """An idle upstream connection and what was learnt when it was opened."""
+
+    stream: Any  # an HttpStream in the h11 IDLE state on both sides
+    principal: str | None  # the upstream's verified identity (mTLS), if any
+    address: str | None  # its ip:port
+    since: float = 0.0  # when it was parked (the pool's clock)
+
+
+class UpstreamPool:
+    """Idle connections by target, newest first out (the warmest TLS state, the least likely
+    to have been closed by the peer's idle timeout)."""
+
+    def __init__(
+        self,
+        max_idle: int = 64,
+        max_idle_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_idle = max_idle
+        self.max_idle_seconds = max_idle_seconds
+        self._clock = clock
+        self._idle: dict[Hashable, list[Pooled]] = {}
+        #: Connections handed out again, and parked ones found unusable and closed.
+        self.reused = 0
+        self.discarded = 0
+
+    def take(self, target: Hashable) -> Pooled | None:
+        """A usable idle connection to ``target``, or None."""
+        idle = self._idle.get(target)
+        now = self._clock()
+        while idle:
+            pooled = idle.pop()
+            stream = pooled.stream
+            if (
+                now - pooled.since < self.max_idle_seconds
+                and not stream.writer.is_closing()
+                and not stream.reader.at_eof()
+            ):
+                self.reused += 1
+                return pooled
+            self.discarded += 1
+            stream.close()
+        return None
+
+    def give(self, target: Hashable, pooled: Pooled) -> None:
+        """Park an idle connection (closed instead when the target has ``max_idle``)."""
+        idle = self._idle.setdefault(target, [])
+        now = self._clock()
+        while idle and now - idle[0].since >= self.max_idle_seconds:  # the oldest first
+            self.discarded += 1
+            idle.pop(0).stream.close()
+        if len(idle) >= self.max_idle or pooled.stream.writer.is_closing():
+            pooled.stream.close()
+            return
+        pooled.since = now
+        idle.append(pooled)
+
+    def __len__(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    def close(self) -> None:
+        """Close every parked connection."""
+        for idle in self._idle.values():
+            for pooled in idle:
+                pooled.stream.close()
+        self._idle.clear()
