@@ -10,12 +10,15 @@ status table of ``_store_c`` is checked on its own, unknown statuses included.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import Backend
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import meshstats
 from meshstats import errors
@@ -27,6 +30,8 @@ from meshstats.errors import (
     InvalidMetricError,
     InvalidSampleError,
     MeshstatsError,
+    PeerExchangeError,
+    PeerMetadataTypeError,
     UnknownSeriesError,
 )
 
@@ -260,3 +265,112 @@ def test_new_classes_are_exported() -> None:
     assert meshstats.InvalidArgumentError is InvalidArgumentError
     assert meshstats.InvalidArgumentTypeError is InvalidArgumentTypeError
     assert {"InvalidArgumentError", "InvalidArgumentTypeError"} <= set(meshstats.__all__)
+
+
+# ---- peer exchange: encoding errors, same class and text from both encoders ------------------
+
+leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.floats(),
+    st.text(max_size=4),
+    st.sampled_from(["\ud800", 2**1100, b"x", {1, 2}, 3 + 0j, object()]),
+)
+bad_metadata = st.recursive(
+    leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(
+            st.text(max_size=3) | st.sampled_from([1, None, "\udfff", b"k"]), children, max_size=3
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+def encode_outcome(call: Callable[[], object]) -> tuple[Any, ...]:
+    try:
+        return ("ok", call())
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@pytest.mark.c_extension
+@settings(max_examples=300, deadline=None)
+@given(
+    metadata=bad_metadata | st.dictionaries(st.text(max_size=3), bad_metadata, max_size=3),
+    metadata_id=st.none() | st.text(max_size=3) | st.just(7) | st.just("\ud800"),
+)
+def test_encoders_fail_alike(
+    c_backend: Backend, py_backend: Backend, metadata: Any, metadata_id: Any
+) -> None:
+    c, py = c_backend.peer_exchange, py_backend.peer_exchange
+    for name in ("encode_peer_prefix", "encode_peer_header"):
+        args = (metadata, metadata_id) if name == "encode_peer_prefix" else (metadata,)
+        c_out = encode_outcome(lambda: getattr(c, name)(*args))
+        assert c_out == encode_outcome(lambda: getattr(py, name)(*args))
+        assert c_out[0] in ("ok", "PeerMetadataTypeError"), c_out
+
+
+@pytest.mark.c_extension
+def test_encoders_name_the_first_problem_in_mapping_order(
+    c_backend: Backend, py_backend: Backend
+) -> None:
+    # "b" comes first in the mapping, "a" first in the bytes: the mapping's order wins.
+    metadata = {"b": {1, 2}, "a": object()}
+    for pe in (c_backend.peer_exchange, py_backend.peer_exchange):
+        with pytest.raises(PeerMetadataTypeError) as info:
+            pe.encode_peer_header(metadata)
+        assert str(info.value).endswith("got set")
+
+
+# ---- peer exchange: big inputs are walked without the GIL only when immutable ---------------
+
+
+@pytest.mark.c_extension
+def test_only_bytes_are_walked_without_the_gil(c_backend: Backend) -> None:
+    pe = c_backend.peer_exchange
+    big = pe.encode_peer_prefix({"k": "A" * 40_000})
+    assert pe._releases_gil(big)
+    assert not pe._releases_gil(bytearray(big))
+    assert not pe._releases_gil(memoryview(big))
+    assert not pe._releases_gil(memoryview(bytearray(big)).toreadonly())
+    assert not pe._releases_gil(big[:100])  # small: the release would cost more
+
+
+def test_a_bytearray_changed_by_another_thread_never_yields_a_broken_str(
+    backend: Backend,
+) -> None:
+    """Another thread flips one byte of a value between "A" and 0x80 while we decode.
+
+    Each decode must see one consistent state: the value as it was (all "A") or a
+    ``bad_utf8`` error, never a ``str`` holding a 0x80 byte under an ASCII flag (what
+    walking a bytearray without the GIL allowed).
+    """
+    pe = backend.peer_exchange
+    size = 1 << 20
+    frame = bytearray(pe.encode_peer_prefix({"k": "A" * size}, None))
+    where = frame.index(b"A" * 16)  # the value's first byte: checked first, copied last
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            frame[where] ^= 0xC1  # "A" (0x41) <-> 0x80, a lone continuation byte
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    seen = set()
+    try:
+        for _ in range(30):
+            try:
+                value = pe.decode_peer_prefix(frame, max_size=2 * size).metadata["k"]
+            except PeerExchangeError as exc:
+                seen.add(exc.reason)
+                continue
+            seen.add("ok")
+            assert value == "A" * size
+    finally:
+        stop.set()
+        flipper.join()
+    assert seen <= {"ok", "bad_utf8"}

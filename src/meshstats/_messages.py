@@ -61,6 +61,15 @@ __all__ = [
     "unknown_metric",
     "unknown_series",
     "wrong_kind",
+    "value_not_text",
+    "metadata_not_mapping",
+    "metadata_id_type",
+    "key_not_str",
+    "not_unicode",
+    "int_too_large",
+    "unsupported_value",
+    "too_deep",
+    "frame_too_large",
 ]
 
 _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -328,3 +337,47 @@ def not_bytes_like(param: str, value: object) -> InvalidArgumentTypeError:
 
 def not_contiguous(param: str) -> InvalidArgumentTypeError:
     return InvalidArgumentTypeError(f"{param} must be a C-contiguous bytes-like object")
+
+
+def value_not_text(value: object) -> InvalidArgumentTypeError:
+    """``decode_peer_header(value)`` of another type."""
+    return InvalidArgumentTypeError(f"value must be str, bytes or bytearray, got {_type(value)}")
+
+
+# Encoding (all ``PeerMetadataTypeError``). Both encoders walk a mapping in its own order,
+# key then value, so the first of several problems is the same one in both.
+
+
+def metadata_not_mapping(value: object) -> str:
+    return f"metadata must be a mapping, got {_type(value)}"
+
+
+def metadata_id_type(value: object) -> str:
+    return f"metadata_id must be str or None, got {_type(value)}"
+
+
+def key_not_str(key: object) -> str:
+    return f"Struct keys must be str, got {_type(key)}: {key!r:.80}"
+
+
+def not_unicode(text: str, exc: UnicodeEncodeError) -> str:
+    return f"string is not valid Unicode ({exc.reason} at index {exc.start}): {text[:40]!r}"
+
+
+def int_too_large(value: int) -> str:
+    return f"an int of {value.bit_length()} bits is too large for a double (number_value)"
+
+
+def unsupported_value(value: object) -> str:
+    return (
+        "a Struct value must be None, bool, int, float, str, a mapping, list or tuple; "
+        f"got {_type(value)}"
+    )
+
+
+def too_deep(max_depth: int) -> str:
+    return f"metadata nests deeper than MAX_DEPTH={max_depth} (or contains itself)"
+
+
+def frame_too_large() -> str:
+    return "metadata is too large for a frame (4 GiB)"
