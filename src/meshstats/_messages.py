@@ -243,10 +243,10 @@ def check_values(metric_name: str, label_names: Sequence[str], values: object) -
 
     >>> check_values("c_total", ("code",), ["200"])
     ('200',)
-    >>> check_values("c_total", ("code",), ("200", 1))
+    >>> check_values("c_total", ("code", "path"), ("200", 1))
     Traceback (most recent call last):
     ...
-    meshstats.errors.InvalidLabelsError: values[1] (label 'code') must be a str, got int
+    meshstats.errors.InvalidLabelsError: values[1] (label 'path') must be a str, got int
     """
     if not isinstance(values, (tuple, list)):
         raise InvalidLabelsError(f"values must be a tuple or list of str, got {_type(values)}")

@@ -272,7 +272,7 @@ def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
 
 
 def framing_problem(request: h11.Request, head: bytes) -> str | None:
-    """Why a request's framing is ambiguous (RFC 9112 §6.1, §6.3), or None.
+    r"""Why a request's framing is ambiguous (RFC 9112 §6.1, §6.3), or None.
 
     ``head`` is the request head as received (h11 has merged repeated fields by then).
 
