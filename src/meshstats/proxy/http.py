@@ -65,7 +65,7 @@ from .listener import format_address
 if TYPE_CHECKING:
     from ..engine import PeerContext
     from .config import Address, OutboundConfig
-    from .sidecar import Sidecar
+    from .handler_api import SidecarView as Sidecar  # only what handlers may use
 
 __all__ = ["MX_HEADER", "MX_ID_HEADER", "HttpStream", "outbound_http", "inbound_http"]
 
