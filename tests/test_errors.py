@@ -323,6 +323,10 @@ def test_encoders_name_the_first_problem_in_mapping_order(
         with pytest.raises(PeerMetadataTypeError) as info:
             pe.encode_peer_header(metadata)
         assert str(info.value).endswith("got set")
+        # A bad key is named before its own bad value (hypothesis found the twin reversed).
+        with pytest.raises(PeerMetadataTypeError) as info:
+            pe.encode_peer_header({"\udfff": "\ud800"})
+        assert str(info.value).endswith("'\\udfff'")
 
 
 # ---- peer exchange: big inputs are walked without the GIL only when immutable ---------------

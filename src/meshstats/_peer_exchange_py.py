@@ -472,7 +472,8 @@ def _enc_struct(mapping: Mapping[object, object], depth: int) -> bytes:
     for key, value in mapping.items():
         if not isinstance(key, str):
             raise PeerMetadataTypeError(msg.key_not_str(key))
-        entries[_utf8(key)] = _enc_value(value, depth)
+        kb = _utf8(key)  # before the value: `d[f()] = g()` would call g() first
+        entries[kb] = _enc_value(value, depth)
     parts = []
     varint = _varint_bytes
     for kb in sorted(entries):
