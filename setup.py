@@ -14,6 +14,7 @@ import platform
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
 
 # Each compiled module: (dotted name, its .pyx, the _core C sources it links).
 EXTENSIONS: list[tuple[str, str, list[str]]] = [
@@ -38,39 +39,57 @@ def _extensions() -> list[Extension]:
     if _flag("MESHSTATS_NO_EXTENSIONS") or platform.python_implementation() != "CPython":
         print("meshstats: building the pure-Python backend only", file=sys.stderr)
         return []
-    from Cython.Build import cythonize
-
     debug = _flag("MESHSTATS_DEBUG_BUILD")
     cflags = ["-std=c11", "-Wall", "-Wno-unused-function"]
-    cflags += ["-O0", "-g3", "-UNDEBUG"] if debug else ["-O2"]
-    directives = {
-        "language_level": 3,
-        "embedsignature": True,
-        "boundscheck": debug,
-        "wraparound": debug,
-        "initializedcheck": debug,
-        "cdivision": True,
-    }
-    exts = [
+    # Release builds carry no debug info (-g0 after Python's own -g wins; -s strips at
+    # link): it was 2.5 MB of a 2.9 MB wheel.
+    cflags += ["-O0", "-g3", "-UNDEBUG"] if debug else ["-O2", "-g0"]
+    return [
         Extension(
             name,
             [pyx, *core],
             include_dirs=["_core"],
             extra_compile_args=cflags,
+            extra_link_args=[] if debug else ["-s"],
             depends=[os.path.join("_core", h) for h in os.listdir("_core") if h.endswith(".h")],
         )
         for name, pyx, core in EXTENSIONS
     ]
-    print(
-        f"meshstats: building the compiled backend ({'debug' if debug else 'release'})",
-        file=sys.stderr,
-    )
-    return cythonize(
-        exts,
-        compiler_directives=directives,
-        annotate=_flag("MESHSTATS_CYTHON_ANNOTATE"),
-        quiet=True,
-    )
 
 
-setup(ext_modules=_extensions())
+class build_ext(_build_ext):  # noqa: N801 - the command's own name
+    """Cythonize when compiling, not when setup.py merely runs: an sdist ships the .pyx
+    sources (and needs no Cython), so ``python -m build --sdist`` does no Cython work."""
+
+    def run(self) -> None:
+        # Here, not in finalize_options: sdist finalizes build_ext to list the sources.
+        if self.extensions:
+            from Cython.Build import cythonize
+
+            debug = _flag("MESHSTATS_DEBUG_BUILD")
+            directives = {
+                "language_level": 3,
+                "embedsignature": True,
+                "boundscheck": debug,
+                "wraparound": debug,
+                "initializedcheck": debug,
+                "cdivision": True,
+            }
+            print(
+                f"meshstats: building the compiled backend ({'debug' if debug else 'release'})",
+                file=sys.stderr,
+            )
+            translated = cythonize(
+                self.extensions,
+                compiler_directives=directives,
+                annotate=_flag("MESHSTATS_CYTHON_ANNOTATE"),
+                quiet=True,
+            )
+            # Keep the Extension objects finalize_options() prepared; take only the .c.
+            sources = {ext.name: ext.sources for ext in translated}
+            for ext in self.extensions:
+                ext.sources = sources[ext.name]
+        super().run()
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": build_ext})

@@ -155,3 +155,36 @@ def test_usage_errors(run: Any, header: str, tmp_path: Path) -> None:
     assert both.returncode == 2 and b"not both" in both.stderr
     assert run("--format", "yaml", header).returncode == 2
     assert run("--max-size", "-1", header).returncode == 2
+
+
+def test_the_readme_placeholder_is_read_as_hex(run: Any) -> None:
+    # The README's `meshstats decode 3d230467000002...`: a hex prefix with "..." in it.
+    result = run("3d230467000002...")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().strip() == (
+        "meshstats decode: not hex: character '.' (hex digit 14); read as a hex prefix "
+        "(--format auto: it starts with the magic 3d230467)"
+    )
+
+
+def test_a_hex_prefix_with_blanks_and_a_typo_names_the_typo(run: Any, frame: bytes) -> None:
+    text = frame.hex(" ", 4).upper()
+    broken = text[:20] + "G" + text[21:]
+    result = run(broken)
+    assert result.returncode == 1
+    assert b"not hex: character 'G'" in result.stderr
+
+
+def test_auto_detection_says_which_encodings_were_tried(run: Any) -> None:
+    result = run("hello world!")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == (
+        "meshstats decode: bad_base64 at character 5: not standard base64; read as a base64 "
+        "header value (--format auto: not a raw prefix (no magic 3d 23 04 67), not hex "
+        "(character 'h' at 0))"
+    )
+    # An explicit --format is not second-guessed, so nothing is added.
+    explicit = run("--format", "base64", "hello world!")
+    assert explicit.stderr.decode().strip() == (
+        "meshstats decode: bad_base64 at character 5: not standard base64"
+    )

@@ -206,9 +206,14 @@ def test_demo_command_prints_a_consistent_table(backend: Backend) -> None:
         RATINGS.name, MONGODB.name, "1", "1",
     )  # fmt: skip
     assert tcp["up"] == tcp["app_up"] != "0" and tcp["down"] == tcp["app_down"] != "0"
-    urls = re.findall(r"http://127\.0\.0\.1:\d+/stats/prometheus", out)
-    assert len(urls) == 7
+    # Without --serve the mesh is gone once the table prints: no dead URLs, a pointer instead.
+    assert "http://" not in out
+    assert out.rstrip().endswith(
+        "`meshstats demo --serve` keeps it up and lists where each sidecar serves its metrics"
+    )
     assert ("backend: compiled" in out) == (backend.name == "c"), out
+    # Progress reaches 100% however short the run (stderr is not a terminal here).
+    assert result.stderr.splitlines()[-1].startswith("100% "), result.stderr
 
 
 def test_a_taken_port_is_a_clear_error() -> None:
@@ -225,10 +230,57 @@ def test_a_taken_port_is_a_clear_error() -> None:
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("bad", [("--duration", "x"), ("--port", "-")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("--duration", "x"),
+        ("--duration", "0"),
+        ("--duration", "-1"),
+        ("--duration", "nan"),
+        ("--duration", "inf"),
+        ("--concurrency", "0"),
+        ("--concurrency", "-3"),
+        ("--concurrency", "2.5"),
+        ("--port", "-"),
+        ("--port", "-5"),
+        ("--port", "65535"),
+        ("--port", "65530"),
+    ],
+)
 def test_bad_arguments_are_usage_errors(bad: tuple[str, str]) -> None:
     result = demo(*bad, timeout=30)
     assert result.returncode == 2 and "usage:" in result.stderr
+    # As argparse users expect: the last line is the one error, naming the flag; no traceback.
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"meshstats demo: error: argument {bad[0]}: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_the_highest_first_port_is_accepted() -> None:
+    from meshstats.cli.demo import MAX_FIRST_PORT, PORTS_TAKEN, _first_port
+
+    assert MAX_FIRST_PORT + PORTS_TAKEN - 1 == 65535
+    assert _first_port(str(MAX_FIRST_PORT)) == MAX_FIRST_PORT
+    assert _first_port("0") == 0
+
+
+def test_progress_reaches_100_percent_in_a_short_run() -> None:
+    import io
+
+    from meshstats.cli.demo import Progress
+
+    stream = io.StringIO()
+    progress = Progress(0.5, stream)
+    progress.update(0.0, "0 requests")
+    progress.update(0.4, "9 requests")
+    progress.finish("12 requests")
+    assert stream.getvalue().splitlines() == ["  0% 0 requests", "100% 12 requests"]
+    # A run that already printed 100% does not print it twice.
+    stream = io.StringIO()
+    progress = Progress(1.0, stream)
+    progress.update(1.0, "5 requests")
+    progress.finish("5 requests")
+    assert stream.getvalue().splitlines() == ["100% 5 requests"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -95,7 +95,7 @@ def test_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 def test_unparsable_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    with pytest.raises(ConfigError, match="cannot parse"):
+    with pytest.raises(ConfigError, match="invalid JSON in a sidecar config"):
         SidecarConfig.from_file(path)
 
 

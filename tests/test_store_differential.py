@@ -1,8 +1,9 @@
 """The compiled store and the pure-Python twin agree: same ids, same errors, same bytes.
 
 Hypothesis drives both through one random sequence of calls (valid and invalid) and
-compares every result, the error class of every failure, and at the end the snapshots
-and both expositions byte for byte. There is no float tolerance: both must do the same
+compares every result, the error class *and message* of every failure (both backends word
+their errors through ``meshstats._messages``), and at the end the snapshots and both
+expositions byte for byte. There is no float tolerance: both must do the same
 IEEE additions in the same order.
 """
 
@@ -55,6 +56,15 @@ op = st.one_of(
 )
 
 
+def outcome_of(exc: Exception) -> tuple[Any, ...]:
+    return (
+        type(exc).__name__,
+        str(exc),
+        getattr(exc, "name", None),
+        getattr(exc, "series_id", None),
+    )
+
+
 def apply(store: Any, step: tuple[Any, ...]) -> Any:
     """Run one step; the outcome is the result, or the error class (and name if any)."""
     try:
@@ -86,8 +96,8 @@ def apply(store: Any, step: tuple[Any, ...]) -> Any:
             return store.inc_many(np.array(safe, dtype=dtype), amounts)
         ids, values = step[1], step[2][: len(step[1])]
         return store.observe_many(np.array(ids, dtype=np.int32), np.array(values))
-    except Exception as exc:  # the class is the observable, messages may be worded apart
-        return (type(exc).__name__, getattr(exc, "name", None))
+    except Exception as exc:  # class, message and attributes: all must agree
+        return outcome_of(exc)
 
 
 def state(store: Any) -> tuple[str, bytes, bytes]:
@@ -110,11 +120,11 @@ def test_backends_agree(
             try:
                 c_result: Any = getattr(c_store, method)(metric)
             except Exception as exc:
-                c_result = type(exc).__name__
+                c_result = outcome_of(exc)
             try:
                 py_result: Any = getattr(py_store, method)(metric)
             except Exception as exc:
-                py_result = type(exc).__name__
+                py_result = outcome_of(exc)
             assert c_result == py_result, (method, metric)
     for sid in range(14):
         for method in ("value", "histogram_value", "labels", "metric_of"):
@@ -123,7 +133,7 @@ def test_backends_agree(
                 try:
                     outcomes.append(repr(getattr(store, method)(sid)))
                 except Exception as exc:
-                    outcomes.append(type(exc).__name__)
+                    outcomes.append(repr(outcome_of(exc)))
             assert outcomes[0] == outcomes[1], (method, sid)
 
 
@@ -199,7 +209,7 @@ def play(store: Any, defs: list[tuple[Any, ...]], events: list[tuple[Any, ...]])
         try:
             outcomes.append(call())
         except Exception as exc:
-            outcomes.append((type(exc).__name__, getattr(exc, "name", None)))
+            outcomes.append(outcome_of(exc))
 
     for kind, name, help_text, labels, bounds, max_series in defs:
         extra = {"buckets": bounds} if kind == "histogram" else {}
@@ -259,7 +269,7 @@ def visible_counts(store: Any) -> list[Any]:
         try:
             outcomes.append(store.visible_series_count(metric))
         except Exception as exc:
-            outcomes.append(type(exc).__name__)
+            outcomes.append(outcome_of(exc))
     return outcomes
 
 

@@ -88,10 +88,13 @@ def decode_peer_prefix(data: Buffer, *, max_size: int = 65536) -> PeerExchange:
         With ``.reason`` (``bad_magic``, ``truncated``, ``oversize``, ``bad_varint``,
         ``bad_wire_type``, ``too_deep``, ``bad_utf8``, ``wrong_type_url``, ``bad_field``)
         and ``.offset`` counted from the magic's first byte.
-    TypeError
-        ``data`` is not a C-contiguous bytes-like object.
-    ValueError
-        ``max_size`` outside ``0 .. 2**31 - 1``.
+    InvalidArgumentTypeError
+        ``data`` is not a C-contiguous bytes-like object (also a ``TypeError``).
+    InvalidArgumentError
+        ``max_size`` outside ``0 .. 2**31 - 1`` (also a ``ValueError``).
+
+    A ``bytes`` input over 16 KiB is walked with the GIL released; any other buffer
+    (which another thread could change meanwhile) is walked with it held.
     """
 
 def encode_peer_header(metadata: Mapping[str, object]) -> str:
@@ -165,6 +168,13 @@ class PeerPrefixDecoder:
     @property
     def max_size(self) -> int:
         """The cap on the frame body given at construction."""
+
+def _releases_gil(data: Buffer) -> bool:
+    """Whether ``decode_peer_prefix(data)`` would walk ``data`` without the GIL.
+
+    >>> _releases_gil(bytes(20000)), _releases_gil(bytearray(20000)), _releases_gil(b"")
+    (True, False, False)
+    """
 
 def _walk_only(data: Buffer, *, max_size: int = 65536) -> int:
     """Benchmark-only: validate a prefix frame in C, build nothing; return the token count.

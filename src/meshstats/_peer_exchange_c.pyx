@@ -11,7 +11,6 @@ objects. See ``_peer_exchange_c.pyi`` for the documented API and
 """
 
 from collections.abc import Mapping
-from operator import index as _index
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -23,6 +22,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memcpy
 
+from meshstats import _messages as msg
 from meshstats.errors import PeerExchangeError, PeerMetadataTypeError
 
 cdef extern from "Python.h":
@@ -128,7 +128,6 @@ NEED_MORE = "need_more"
 DONE = "done"
 NOT_MESH = "not_mesh"
 
-cdef uint32_t _SIZE_LIMIT = 0x7FFFFFFF
 # Frames up to this many tokens decode without a malloc (4 KiB of stack; a real Istio
 # frame has about 60 tokens).
 cdef enum:
@@ -137,33 +136,16 @@ cdef enum:
 cdef enum:
     _NOGIL_BYTES = 16384
 
-cdef dict _DETAILS = {
-    "bad_magic": "not a peer-exchange prefix (magic 0x3D230467 expected)",
-    "truncated": "input ends inside the element starting here",
-    "oversize": "frame larger than max_size",
-    "bad_varint": "varint longer than 10 bytes or above 2**64-1",
-    "bad_wire_type": "unsupported protobuf wire type (groups are not supported)",
-    "too_deep": f"Struct/ListValue nesting deeper than {MAX_DEPTH}",
-    "bad_utf8": "string is not valid UTF-8",
-    "wrong_type_url": f"Any.type_url is not {TYPE_URL}",
-    "bad_base64": "not standard base64",
-    "bad_field": "invalid field number, or a known field with the wrong wire type",
-}
-
-
 cdef object _error(pe_status status, size_t offset):
     """The one place a C status becomes a Python exception (returned, not raised)."""
     if status == PE_NO_MEMORY:
         return MemoryError("peer exchange: out of memory")
-    reason = pe_status_reason(status).decode("ascii")
-    return PeerExchangeError(reason, offset, _DETAILS.get(reason, ""))
+    # The detail comes with the reason (errors.PEER_EXCHANGE_DETAILS), as in the twin.
+    return PeerExchangeError(pe_status_reason(status).decode("ascii"), offset)
 
 
 cdef uint32_t _check_max_size(object max_size) except? 0xFFFFFFFF:
-    cdef object n = _index(max_size)
-    if n < 0 or n > _SIZE_LIMIT:
-        raise ValueError(f"max_size must be in 0..{_SIZE_LIMIT}, got {n}")
-    return <uint32_t>n
+    return <uint32_t>msg.check_max_size(max_size)
 
 
 # Keys every Istio frame carries, as shared str objects: building the metadata dict then
@@ -263,18 +245,25 @@ cdef class _Input:
     cdef bint has_view
     cdef const unsigned char *ptr
     cdef size_t size
+    # Only a bytes object is sure not to change while the walk runs without the GIL: a
+    # bytearray (or any other buffer) could be written by another thread between the
+    # UTF-8 check and the copy, and a str flagged ASCII would then hold other bytes.
+    cdef bint immutable
 
     cdef int open(self, object data, str what) except -1:
         if type(data) is bytes:
             self.ptr = <const unsigned char *>PyBytes_AS_STRING(data)
             self.size = <size_t>PyBytes_GET_SIZE(data)
+            self.immutable = True
             return 0
         if isinstance(data, str):
-            raise TypeError(f"{what} must be a bytes-like object, not str")
+            raise msg.not_bytes_like(what, data)
         try:
             PyObject_GetBuffer(data, &self.view, PyBUF_SIMPLE)
-        except BufferError as exc:
-            raise TypeError(f"{what} must be a C-contiguous bytes-like object") from exc
+        except TypeError:
+            raise msg.not_bytes_like(what, data) from None
+        except BufferError:
+            raise msg.not_contiguous(what) from None
         self.has_view = True
         self.ptr = <const unsigned char *>self.view.buf
         self.size = <size_t>self.view.len
@@ -319,7 +308,20 @@ cdef class PeerExchange:
         return (PeerExchange, (self.metadata, self.metadata_id, self.consumed))
 
 
-cdef PeerExchange _decode_prefix(const unsigned char *p, size_t n, uint32_t max_size):
+cdef inline bint _walk_without_gil(bint immutable, size_t n) noexcept:
+    """Release the GIL for big inputs, and only for inputs that cannot change meanwhile."""
+    return immutable and n > _NOGIL_BYTES
+
+
+def _releases_gil(data):
+    """Whether ``decode_peer_prefix(data)`` walks ``data`` with the GIL released (tests)."""
+    cdef _Input inp = _Input()
+    inp.open(data, "data")
+    return _walk_without_gil(inp.immutable, inp.size)
+
+
+cdef PeerExchange _decode_prefix(const unsigned char *p, size_t n, uint32_t max_size,
+                                 bint immutable):
     cdef pe_token stack[_STACK_TOKENS]
     cdef pe_tokens toks
     cdef pe_prefix_result res
@@ -329,7 +331,7 @@ cdef PeerExchange _decode_prefix(const unsigned char *p, size_t n, uint32_t max_
     cdef object metadata, metadata_id = None
     pe_tokens_init(&toks, stack, _STACK_TOKENS)
     try:
-        if n > _NOGIL_BYTES:
+        if _walk_without_gil(immutable, n):
             with nogil:
                 st = pe_decode_prefix(p, n, max_size, &toks, &res, &err)
         else:
@@ -353,7 +355,7 @@ def decode_peer_prefix(data, *, max_size=DEFAULT_MAX_FRAME):
     cdef uint32_t cap = _check_max_size(max_size)
     cdef _Input inp = _Input()
     inp.open(data, "data")
-    return _decode_prefix(inp.ptr, inp.size, cap)
+    return _decode_prefix(inp.ptr, inp.size, cap, inp.immutable)
 
 
 def _walk_only(data, *, max_size=DEFAULT_MAX_FRAME):
@@ -406,7 +408,7 @@ def decode_peer_header(value, *, max_size=DEFAULT_MAX_FRAME):
         text = <const unsigned char *>PyBytes_AS_STRING(raw)
         text_len = PyBytes_GET_SIZE(raw)
     else:
-        raise TypeError(f"value must be str or bytes, not {type(value).__name__}")
+        raise msg.value_not_text(value)
     # Never more than max_size decoded bytes can be accepted, so never allocate more.
     out_cap = pe_base64_max_decoded(<size_t>text_len)
     if out_cap > <size_t>cap + 3:
@@ -433,7 +435,7 @@ cdef int _enc_check(pe_status st) except -1:
     if st == PE_NO_MEMORY:
         raise MemoryError("peer exchange: out of memory")
     if st == PE_TOO_DEEP:
-        raise PeerMetadataTypeError(f"metadata nests deeper than MAX_DEPTH={MAX_DEPTH}")
+        raise PeerMetadataTypeError(msg.too_deep(MAX_DEPTH))
     raise PeerMetadataTypeError(f"encoder misuse ({pe_status_reason(st).decode()})")
 
 
@@ -441,7 +443,7 @@ cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
     try:
         return PyUnicode_AsUTF8AndSize(s, n)
     except UnicodeEncodeError as exc:
-        raise PeerMetadataTypeError(f"string {s!r} cannot be encoded as UTF-8") from exc
+        raise PeerMetadataTypeError(msg.not_unicode(s, exc)) from None
 
 
 cdef int _feed_struct(pe_encoder *enc, object mapping) except -1:
@@ -451,7 +453,7 @@ cdef int _feed_struct(pe_encoder *enc, object mapping) except -1:
     items = (<dict>mapping).items() if type(mapping) is dict else mapping.items()
     for key, value in items:
         if not isinstance(key, str):
-            raise PeerMetadataTypeError(f"Struct keys must be str, not {type(key).__name__}: {key!r}")
+            raise PeerMetadataTypeError(msg.key_not_str(key))
         p = _utf8(key, &n)
         _enc_check(pe_enc_key(enc, p, <size_t>n))
         _feed(enc, value)
@@ -476,7 +478,7 @@ cdef int _feed(pe_encoder *enc, object value) except -1:
         try:
             x = float(value)
         except OverflowError as exc:
-            raise PeerMetadataTypeError(f"int {value} is too large for a Struct number") from exc
+            raise PeerMetadataTypeError(msg.int_too_large(value)) from None
         return _enc_check(pe_enc_number(enc, x))
     if isinstance(value, (dict, Mapping)):
         return _feed_struct(enc, value)
@@ -485,9 +487,7 @@ cdef int _feed(pe_encoder *enc, object value) except -1:
         for item in value:
             _feed(enc, item)
         return _enc_check(pe_enc_end(enc))
-    raise PeerMetadataTypeError(
-        f"a Struct cannot carry {type(value).__name__} values: {value!r:.80}"
-    )
+    raise PeerMetadataTypeError(msg.unsupported_value(value))
 
 
 cdef class _Encoder:
@@ -525,9 +525,7 @@ cdef void _release(_Encoder e) noexcept:
 
 cdef int _check_metadata(object metadata) except -1:
     if not isinstance(metadata, (dict, Mapping)):
-        raise PeerMetadataTypeError(
-            f"metadata must be a Mapping[str, object], not {type(metadata).__name__}"
-        )
+        raise PeerMetadataTypeError(msg.metadata_not_mapping(metadata))
     return 0
 
 
@@ -544,9 +542,7 @@ def encode_peer_prefix(metadata, metadata_id=None):
     cdef bytes out
     _check_metadata(metadata)
     if metadata_id is not None and not isinstance(metadata_id, str):
-        raise PeerMetadataTypeError(
-            f"metadata_id must be str or None, not {type(metadata_id).__name__}"
-        )
+        raise PeerMetadataTypeError(msg.metadata_id_type(metadata_id))
     e = _acquire()
     try:
         enc = &e.enc
@@ -560,7 +556,7 @@ def encode_peer_prefix(metadata, metadata_id=None):
         _enc_check(pe_enc_end(enc))
         size = pe_enc_prefix_size(enc)
         if size - 8 > 0xFFFFFFFF:
-            raise PeerMetadataTypeError("metadata too large for a peer-exchange frame (4 GiB)")
+            raise PeerMetadataTypeError(msg.frame_too_large())
         out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
         pe_enc_write_prefix(enc, <uint8_t *>PyBytes_AS_STRING(out))
         return out
@@ -654,7 +650,9 @@ cdef class PeerPrefixDecoder:
                            inp.ptr + taken, inp.size - taken)
             return NOT_MESH
         try:
-            exchange = _decode_prefix(self.st.buf, self.st.len, self.st.max_size)
+            # The decoder's own buffer, but feed() may be called from another thread
+            # meanwhile (misuse, yet it must not free the buffer under the walk).
+            exchange = _decode_prefix(self.st.buf, self.st.len, self.st.max_size, False)
         except PeerExchangeError as exc:
             self._not_mesh(exc, inp.ptr + taken, inp.size - taken)
             return NOT_MESH

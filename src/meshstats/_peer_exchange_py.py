@@ -26,6 +26,7 @@ import struct
 from collections.abc import Mapping
 from typing import Final
 
+from . import _messages as msg
 from .errors import PeerExchangeError, PeerMetadataTypeError
 
 __all__ = [
@@ -56,8 +57,6 @@ NEED_MORE: Final = "need_more"
 DONE: Final = "done"
 NOT_MESH: Final = "not_mesh"
 
-# max_size is capped so every offset fits the C side's 32-bit token fields.
-_MAX_SIZE_LIMIT: Final = 0x7FFFFFFF
 _MAGIC_BYTES: Final = MAGIC.to_bytes(4, "big")
 _TYPE_URL_BYTES: Final = TYPE_URL.encode("ascii")
 _HEADER: Final = struct.Struct(">II")
@@ -84,23 +83,16 @@ def _varint_bytes(n: int) -> bytes:
     return bytes(out)
 
 
-def _check_max_size(max_size: object) -> int:
-    try:
-        size = operator.index(max_size)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"max_size must be an int, got {type(max_size).__name__}") from None
-    if not 0 <= size <= _MAX_SIZE_LIMIT:
-        raise ValueError(f"max_size must be in 0..{_MAX_SIZE_LIMIT}, got {size}")
-    return size
+_check_max_size = msg.check_max_size
 
 
 def _as_bytes_view(data: object, what: str) -> memoryview:
     try:
         view = memoryview(data)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"{what} must be a bytes-like object, got {type(data).__name__}") from None
+        raise msg.not_bytes_like(what, data) from None
     if not view.c_contiguous:
-        raise TypeError(f"{what} must be a C-contiguous bytes-like object")
+        raise msg.not_contiguous(what)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
@@ -119,13 +111,13 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     shift = 0
     while True:
         if pos >= end:
-            raise PeerExchangeError("truncated", start, "varint runs past the end of its message")
+            raise PeerExchangeError("truncated", start)
         b = buf[pos]
         pos += 1
         if shift == 63:
             # The 10th byte may only carry bit 63.
             if b > 1:
-                raise PeerExchangeError("bad_varint", start, "varint longer than 64 bits")
+                raise PeerExchangeError("bad_varint", start)
             return result | (b << 63), pos
         result |= (b & 0x7F) << shift
         if b < 0x80:
@@ -141,10 +133,10 @@ def _tag(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     else:
         tag, new_pos = _varint(buf, pos, end)
     if tag < 8 or tag > 0xFFFFFFFF:
-        raise PeerExchangeError("bad_field", pos, f"invalid field number {tag >> 3}")
+        raise PeerExchangeError("bad_field", pos)
     wire_type = tag & 7
     if wire_type in (3, 4, 6, 7):
-        raise PeerExchangeError("bad_wire_type", pos, f"wire type {wire_type} (field {tag >> 3})")
+        raise PeerExchangeError("bad_wire_type", pos)
     return tag, new_pos
 
 
@@ -157,9 +149,7 @@ def _length(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     else:
         length, start = _varint(buf, pos, end)
     if length > end - start:
-        raise PeerExchangeError(
-            "truncated", pos, f"length {length} exceeds the {end - start} bytes left"
-        )
+        raise PeerExchangeError("truncated", pos)
     return start, start + length
 
 
@@ -171,7 +161,7 @@ def _skip(buf: bytes, tag: int, pos: int, end: int) -> int:
         return _length(buf, pos, end)[1]
     size = 8 if wire_type == 1 else 4
     if end - pos < size:
-        raise PeerExchangeError("truncated", pos, f"fixed{size * 8} value cut short")
+        raise PeerExchangeError("truncated", pos)
     return pos + size
 
 
@@ -179,11 +169,11 @@ def _string(buf: bytes, start: int, end: int) -> str:
     try:
         return buf[start:end].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PeerExchangeError("bad_utf8", start + exc.start, exc.reason) from None
+        raise PeerExchangeError("bad_utf8", start + exc.start) from None
 
 
 def _wrong_wire_type(tag: int, pos: int) -> PeerExchangeError:
-    return PeerExchangeError("bad_field", pos, f"field {tag >> 3} has wire type {tag & 7}")
+    return PeerExchangeError("bad_field", pos)
 
 
 def _struct(buf: bytes, pos: int, end: int, depth: int) -> dict[str, object]:
@@ -233,15 +223,13 @@ def _value(buf: bytes, pos: int, end: int, depth: int) -> object:
             result = _string(buf, start, pos)
         elif tag == 0x11:  # number_value
             if end - pos < 8:
-                raise PeerExchangeError("truncated", pos, "number_value cut short")
+                raise PeerExchangeError("truncated", pos)
             result = _unpack_double(buf, pos)[0]
             pos += 8
         elif tag == 0x2A or tag == 0x32:  # struct_value, list_value
             start, pos = _length(buf, pos, end)
             if depth >= MAX_DEPTH:
-                raise PeerExchangeError(
-                    "too_deep", tag_pos, f"nesting deeper than MAX_DEPTH={MAX_DEPTH}"
-                )
+                raise PeerExchangeError("too_deep", tag_pos)
             if tag == 0x2A:
                 result = _struct(buf, start, pos, depth + 1)
             else:
@@ -293,13 +281,9 @@ def _any(buf: bytes, pos: int, end: int) -> dict[str, object]:
         else:
             pos = _skip(buf, tag, pos, end)
     if type_url is None:
-        raise PeerExchangeError("wrong_type_url", any_start, "Any has no type_url")
+        raise PeerExchangeError("wrong_type_url", any_start)
     if buf[type_url[1] : type_url[2]] != _TYPE_URL_BYTES:
-        raise PeerExchangeError(
-            "wrong_type_url",
-            type_url[0],
-            f"expected {TYPE_URL!r}, got {bytes(buf[type_url[1] : type_url[2]])[:80]!r}",
-        )
+        raise PeerExchangeError("wrong_type_url", type_url[0])
     if value is None:
         return {}
     return _struct(buf, value[0], value[1], 1)
@@ -381,20 +365,14 @@ def _frame_check(head: bytes | memoryview, size: int, max_size: int) -> int:
     """Framing checks 1-4 on the first bytes of the input; returns N."""
     for i in range(min(4, len(head))):
         if head[i] != _MAGIC_BYTES[i]:
-            raise PeerExchangeError(
-                "bad_magic", i, f"byte {head[i]:#04x} where the magic has {_MAGIC_BYTES[i]:#04x}"
-            )
+            raise PeerExchangeError("bad_magic", i)
     if size < 8:
-        raise PeerExchangeError("truncated", size, "the 8-byte frame header is incomplete")
+        raise PeerExchangeError("truncated", size)
     frame_len: int = _HEADER.unpack_from(head, 0)[1]
     if frame_len > max_size:
-        raise PeerExchangeError(
-            "oversize", 4, f"frame announces {frame_len} bytes, max_size is {max_size}"
-        )
+        raise PeerExchangeError("oversize", 4)
     if size < 8 + frame_len:
-        raise PeerExchangeError(
-            "truncated", size, f"frame needs {8 + frame_len} bytes, have {size}"
-        )
+        raise PeerExchangeError("truncated", size)
     return frame_len
 
 
@@ -407,10 +385,11 @@ def decode_peer_prefix(
     >>> ex = decode_peer_prefix(frame + b"payload")
     >>> ex.metadata, ex.metadata_id, ex.consumed == len(frame)
     ({'NAME': 'pod-1'}, None, True)
-    >>> decode_peer_prefix(b"GET / HTTP/1.1\\r\\n")
-    Traceback (most recent call last):
-    ...
-    meshstats.errors.PeerExchangeError: bad_magic at byte 0: byte 0x47 where the magic has 0x3d
+    >>> try:
+    ...     decode_peer_prefix(b"GET / HTTP/1.1\\r\\n")
+    ... except PeerExchangeError as exc:
+    ...     exc.reason, exc.offset
+    ('bad_magic', 0)
 
     Raises ``PeerExchangeError`` (a ``ValueError``) with ``.reason`` and ``.offset``.
     """
@@ -434,7 +413,7 @@ def decode_peer_header(
     >>> decode_peer_header("Cg8KBE5BTUUSBxoFcG9k-TE=")
     Traceback (most recent call last):
     ...
-    meshstats.errors.PeerExchangeError: bad_base64 at byte 20: invalid character '-'
+    meshstats.errors.PeerExchangeError: bad_base64 at byte 20: not standard base64
 
     Standard base64, padded or not, surrounding ASCII whitespace ignored; urlsafe
     ``-``/``_`` are invalid characters. Base64 errors give the character offset in
@@ -448,32 +427,26 @@ def decode_peer_header(
         # non-ASCII byte becomes a character outside the alphabet.
         text = bytes(value).decode("latin-1")
     else:
-        raise TypeError(f"value must be str or bytes, got {type(value).__name__}")
+        raise msg.value_not_text(value)
     stripped = text.strip(_WS)
     lead = len(text) - len(text.lstrip(_WS)) if stripped else 0
     data_len = len(stripped.rstrip("="))
     if data_len * 3 // 4 > limit:
-        raise PeerExchangeError(
-            "oversize", 0, f"decodes to {data_len * 3 // 4} bytes, max_size is {limit}"
-        )
+        raise PeerExchangeError("oversize", 0)
     bad = _NOT_B64.search(stripped)
     if bad is not None:
         i = bad.start()
         if stripped[i] != "=":
-            raise PeerExchangeError("bad_base64", lead + i, f"invalid character {stripped[i]!r}")
+            raise PeerExchangeError("bad_base64", lead + i)
         after = _NOT_PAD.search(stripped, i)
         if after is not None:
             j = after.start()
-            raise PeerExchangeError(
-                "bad_base64", lead + j, f"character {stripped[j]!r} after padding"
-            )
+            raise PeerExchangeError("bad_base64", lead + j)
         pads = len(stripped) - i
         if pads > 2 or i % 4 + pads != 4:
-            raise PeerExchangeError("bad_base64", lead + i, "wrong amount of padding")
+            raise PeerExchangeError("bad_base64", lead + i)
     elif data_len % 4 == 1:
-        raise PeerExchangeError(
-            "bad_base64", lead + data_len - 1, "a lone final character encodes no byte"
-        )
+        raise PeerExchangeError("bad_base64", lead + data_len - 1)
     core = stripped[:data_len]
     raw = binascii.a2b_base64(core + "=" * (-data_len % 4)) if core else b""
     return _struct(raw, 0, len(raw), 1)
@@ -486,28 +459,25 @@ def _utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise PeerMetadataTypeError(
-            f"string is not valid Unicode ({exc.reason} at index {exc.start}): {text[:40]!r}"
-        ) from None
+        raise PeerMetadataTypeError(msg.not_unicode(text, exc)) from None
 
 
 def _enc_struct(mapping: Mapping[object, object], depth: int) -> bytes:
     """Serialized fields of a Struct at ``depth`` (entries sorted by key bytes)."""
     if depth > MAX_DEPTH:
-        raise PeerMetadataTypeError(
-            f"metadata nests deeper than MAX_DEPTH={MAX_DEPTH} (or contains itself)"
-        )
-    entries: dict[bytes, object] = {}
+        raise PeerMetadataTypeError(msg.too_deep(MAX_DEPTH))
+    # Key, then value, in the mapping's own order (as the compiled encoder walks it), so
+    # the first of several problems is the same one; sorting comes after.
+    entries: dict[bytes, bytes] = {}
     for key, value in mapping.items():
         if not isinstance(key, str):
-            raise PeerMetadataTypeError(
-                f"Struct keys must be str, got {type(key).__name__}: {key!r}"
-            )
-        entries[_utf8(key)] = value
+            raise PeerMetadataTypeError(msg.key_not_str(key))
+        kb = _utf8(key)  # before the value: `d[f()] = g()` would call g() first
+        entries[kb] = _enc_value(value, depth)
     parts = []
     varint = _varint_bytes
     for kb in sorted(entries):
-        vb = _enc_value(entries[kb], depth)
+        vb = entries[kb]
         body = b"\x0a" + varint(len(kb)) + kb + b"\x12" + varint(len(vb)) + vb
         parts.append(b"\x0a" + varint(len(body)) + body)
     return b"".join(parts)
@@ -546,26 +516,19 @@ def _enc_value(value: object, depth: int) -> bytes:
     if isinstance(value, (list, tuple)):
         raw = _enc_list(value, depth + 1)
         return b"\x32" + _varint_bytes(len(raw)) + raw
-    raise PeerMetadataTypeError(
-        f"a Struct value must be None, bool, int, float, str, a mapping, list or tuple; "
-        f"got {kind.__name__}"
-    )
+    raise PeerMetadataTypeError(msg.unsupported_value(value))
 
 
 def _int_to_float(value: int) -> float:
     try:
         return float(value)
     except OverflowError:
-        raise PeerMetadataTypeError(
-            f"an int of {value.bit_length()} bits is too large for a double (number_value)"
-        ) from None
+        raise PeerMetadataTypeError(msg.int_too_large(value)) from None
 
 
 def _enc_list(items: list[object] | tuple[object, ...], depth: int) -> bytes:
     if depth > MAX_DEPTH:
-        raise PeerMetadataTypeError(
-            f"metadata nests deeper than MAX_DEPTH={MAX_DEPTH} (or contains itself)"
-        )
+        raise PeerMetadataTypeError(msg.too_deep(MAX_DEPTH))
     parts = []
     for item in items:
         vb = _enc_value(item, depth)
@@ -573,10 +536,10 @@ def _enc_list(items: list[object] | tuple[object, ...], depth: int) -> bytes:
     return b"".join(parts)
 
 
-def _node_struct(metadata: object, depth: int) -> bytes:
+def _check_metadata(metadata: object) -> Mapping[object, object]:
     if not isinstance(metadata, Mapping):
-        raise PeerMetadataTypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
-    return _enc_struct(metadata, depth)
+        raise PeerMetadataTypeError(msg.metadata_not_mapping(metadata))
+    return metadata
 
 
 def encode_peer_prefix(metadata: Mapping[str, object], metadata_id: str | None = None) -> bytes:
@@ -590,11 +553,10 @@ def encode_peer_prefix(metadata: Mapping[str, object], metadata_id: str | None =
     Bytes are identical to C++ protobuf's deterministic serialization (keys sorted by
     their UTF-8 bytes). ``metadata_id`` ``None`` or ``""`` leaves the id key out.
     """
+    mapping = _check_metadata(metadata)
     if metadata_id is not None and not isinstance(metadata_id, str):
-        raise PeerMetadataTypeError(
-            f"metadata_id must be str or None, got {type(metadata_id).__name__}"
-        )
-    node = _node_struct(metadata, 2)
+        raise PeerMetadataTypeError(msg.metadata_id_type(metadata_id))
+    node = _enc_struct(mapping, 2)
     value = b"\x2a" + _varint_bytes(len(node)) + node
     body = b"\x0a\x15x-envoy-peer-metadata\x12" + _varint_bytes(len(value)) + value
     outer = b"\x0a" + _varint_bytes(len(body)) + body
@@ -605,7 +567,7 @@ def encode_peer_prefix(metadata: Mapping[str, object], metadata_id: str | None =
         outer += b"\x0a" + _varint_bytes(len(body)) + body
     any_msg = b"\x0a\x2a" + _TYPE_URL_BYTES + b"\x12" + _varint_bytes(len(outer)) + outer
     if len(any_msg) > 0xFFFFFFFF:
-        raise PeerMetadataTypeError("metadata is too large for a frame (4 GiB)")
+        raise PeerMetadataTypeError(msg.frame_too_large())
     return _HEADER.pack(MAGIC, len(any_msg)) + any_msg
 
 
@@ -615,7 +577,8 @@ def encode_peer_header(metadata: Mapping[str, object]) -> str:
     >>> encode_peer_header({"NAME": "pod-1"})
     'Cg8KBE5BTUUSBxoFcG9kLTE='
     """
-    return binascii.b2a_base64(_node_struct(metadata, 1), newline=False).decode("ascii")
+    node = _enc_struct(_check_metadata(metadata), 1)
+    return binascii.b2a_base64(node, newline=False).decode("ascii")
 
 
 # --------------------------------------------------------------------------- streaming
@@ -713,11 +676,7 @@ class PeerPrefixDecoder:
         if held < 4:
             for i in range(min(4 - held, len(view))):
                 if view[i] != _MAGIC_BYTES[held + i]:
-                    err = PeerExchangeError(
-                        "bad_magic",
-                        held + i,
-                        f"byte {view[i]:#04x} where the magic has {_MAGIC_BYTES[held + i]:#04x}",
-                    )
+                    err = PeerExchangeError("bad_magic", held + i)
                     return self._not_mesh(err, view)
         if held < 8:
             need = 8 - held
@@ -728,11 +687,7 @@ class PeerPrefixDecoder:
             view = view[need:]
             frame_len = _HEADER.unpack_from(buf, 0)[1]
             if frame_len > self._max_size:
-                err = PeerExchangeError(
-                    "oversize",
-                    4,
-                    f"frame announces {frame_len} bytes, max_size is {self._max_size}",
-                )
+                err = PeerExchangeError("oversize", 4)
                 return self._not_mesh(err, view)
             self._frame_len = frame_len
         need = 8 + self._frame_len - len(buf)

@@ -97,6 +97,7 @@ cdef class Store:
     cdef set _taken_names(self)
     cdef uint32_t _metric(self, object metric) except? 0xffffffff
     cdef uint32_t _n_labels(self, uint32_t m)
+    cdef int _explain_values(self, uint32_t m, object values) except -1
     cdef tuple _labels(self, uint64_t sid, uint32_t n)
     cdef int _record_error(self, ms_status st, object series, str method, str wanted,
                            object v) except -1

@@ -14,7 +14,6 @@ Python object and never take a lock. The contract is ``docs/store.md``.
 """
 
 import operator
-import re
 import sys
 
 cimport cython
@@ -26,9 +25,8 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport isnan
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, UINT64_MAX
 
+from . import _messages as msg
 from .errors import (
-    ArrayTypeError,
-    BatchShapeError,
     DuplicateMetricError,
     InvalidLabelsError,
     InvalidMetricError,
@@ -83,8 +81,6 @@ _ALLOCATOR.free = PyMem_RawFree
 _KINDS = ("counter", "gauge", "histogram")
 _OVERFLOW_FAMILY = "meshstats_series_overflow_total"
 _OVERFLOW_HELP = "Label sets folded into the overflow series because the metric reached max_series."
-_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _TWO64 = 2**64
 
 # A buffer's format is native-endian if it has no prefix, '@' or '=', or the prefix
@@ -98,25 +94,49 @@ cdef str _family(ms_kind kind, str name):
     return name
 
 
-cdef int _raise(ms_status status, str message, object series_id=None, str name="") except -1:
+# The one table from a C status to an exception class (docs/store.md, "Errors"). A status
+# missing here is a bug in the core or in this glue, never the caller's mistake: it
+# becomes a SystemError instead of posing as a bad argument.
+cdef dict _STATUS_ERRORS = {
+    MS_ERR_NOMEM: MemoryError,
+    MS_ERR_INVALID_METRIC: InvalidMetricError,
+    MS_ERR_DUPLICATE_METRIC: DuplicateMetricError,
+    MS_ERR_INVALID_LABELS: InvalidLabelsError,
+    MS_ERR_UNKNOWN_METRIC: UnknownSeriesError,
+    MS_ERR_UNKNOWN_SERIES: UnknownSeriesError,
+    MS_ERR_WRONG_KIND: InvalidSampleError,
+    MS_ERR_INVALID_SAMPLE: InvalidSampleError,
+    # A limit of the C store (2**32 ids, 2**30 metrics, 2 GiB of label text) is the fault
+    # of what was being added: a series' label set, or, with defining=True, the metric.
+    MS_ERR_LIMIT: InvalidLabelsError,
+}
+
+
+def _status_error(int status, str message, object series_id=None, str name="",
+                  bint defining=False):
+    """The exception for a C status (not raised): the table above, tested on its own."""
+    cls = _STATUS_ERRORS.get(status)
+    if status == MS_ERR_LIMIT and defining:
+        cls = InvalidMetricError
+    if cls is None:
+        return SystemError(f"meshstats store: unexpected status {status} ({message})")
+    if cls is DuplicateMetricError:
+        return DuplicateMetricError(message, name)
+    if cls is UnknownSeriesError:
+        return UnknownSeriesError(message, series_id)
+    return cls(message)
+
+
+cdef int _raise(ms_status status, str message, object series_id=None, str name="",
+                bint defining=False) except -1:
     """The one place a C status becomes an exception."""
     if status == MS_OK:
         return 0
-    if status == MS_ERR_NOMEM:
-        raise MemoryError(message)
-    if status == MS_ERR_DUPLICATE_METRIC:
-        raise DuplicateMetricError(message, name)
-    if status == MS_ERR_INVALID_METRIC:
-        raise InvalidMetricError(message)
-    if status == MS_ERR_INVALID_LABELS or status == MS_ERR_LIMIT:
-        raise InvalidLabelsError(message)
-    if status == MS_ERR_UNKNOWN_SERIES or status == MS_ERR_UNKNOWN_METRIC:
-        raise UnknownSeriesError(message, series_id)
-    raise InvalidSampleError(message)
+    raise _status_error(status, message, series_id, name, defining)
 
 
-cdef inline uint64_t _series_id(object series) except? 0xFFFFFFFFFFFFFFFF:
-    """A series id for C; UINT64_MAX (never a valid id) for ints out of range."""
+cdef inline uint64_t _series_id(object series, str what) except? 0xFFFFFFFFFFFFFFFF:
+    """A series (or metric) id for C; UINT64_MAX (never a valid id) for ints out of range."""
     cdef int overflow = 0
     cdef long long v
     if PyLong_CheckExact(series) and _small_int(series):
@@ -126,8 +146,7 @@ cdef inline uint64_t _series_id(object series) except? 0xFFFFFFFFFFFFFFFF:
         try:
             series = operator.index(series)
         except TypeError:
-            raise UnknownSeriesError(
-                f"series must be an int id, got {type(series).__name__}") from None
+            raise UnknownSeriesError(msg.not_an_id(what, series)) from None
     v = PyLong_AsLongLongAndOverflow(series, &overflow)
     if overflow or v < 0:
         return UINT64_MAX
@@ -145,13 +164,13 @@ cdef inline uint64_t _amount(object n) except? 0xFFFFFFFFFFFFFFFF:
         try:
             n = operator.index(n)
         except TypeError:
-            raise InvalidSampleError(f"n must be an int, got {type(n).__name__}") from None
+            raise InvalidSampleError(msg.not_an_int("n", n)) from None
     v = PyLong_AsLongLongAndOverflow(n, &overflow)
     if overflow == 0 and v >= 0:
         return <uint64_t>v
     if overflow > 0 and n < _TWO64:
         return PyLong_AsUnsignedLongLong(n)
-    raise InvalidSampleError(f"n must be >= 0 and < 2**64, got {n}")
+    raise InvalidSampleError(msg.amount_out_of_range(n))
 
 
 cdef extern from *:
@@ -174,32 +193,18 @@ cdef extern from *:
 cdef inline double _sample(object v) except? -1.0:
     if PyFloat_CheckExact(v):
         return PyFloat_AS_DOUBLE(v)
-    if isinstance(v, (str, bytes)):
-        raise InvalidSampleError(f"v must be a real number, got {type(v).__name__}")
-    try:
-        return PyFloat_AsDouble(v)
-    except (TypeError, OverflowError) as exc:
-        raise InvalidSampleError(f"v must be a real number: {exc}") from None
+    if PyLong_CheckExact(v):
+        try:
+            return PyFloat_AsDouble(v)
+        except OverflowError:
+            pass  # the shared check below words it
+    # Everything else (bool, numpy scalars, str, an int too large) takes the twin's rule.
+    return msg.real_arg(v, "v")
 
 
 cdef uint64_t _max_series(object value, str what) except 0:
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise InvalidMetricError(f"{what} must be an int, got {type(value).__name__}") from None
-    if n < 1:
-        raise InvalidMetricError(f"{what} must be >= 1, got {n}")
+    cdef object n = msg.check_max_series(value, what)
     return <uint64_t>min(n, _TWO64 - 1)
-
-
-cdef const char *_utf8(object text, Py_ssize_t *size, object error, object what) except NULL:
-    # ``what`` names the argument; an int i means ``values[i]``, formatted only on failure
-    # (series() runs this per label value on every call).
-    try:
-        return PyUnicode_AsUTF8AndSize(text, size)
-    except UnicodeEncodeError as exc:
-        name = f"values[{what}]" if isinstance(what, int) else what
-        raise error(f"{name} cannot be encoded as UTF-8: {exc}") from None
 
 
 cdef int _array(object array, Py_buffer *view, str what, bint floats, ms_array *out) except -1:
@@ -208,12 +213,10 @@ cdef int _array(object array, Py_buffer *view, str what, bint floats, ms_array *
     try:
         PyObject_GetBuffer(array, view, PyBUF_RECORDS_RO)
     except (TypeError, BufferError):
-        raise ArrayTypeError(
-            f"{what} must be a 1-D buffer (numpy array, array.array, memoryview), "
-            f"got {type(array).__name__}") from None
+        raise msg.array_type(what, array) from None
     try:
         if view.ndim != 1:
-            raise ArrayTypeError(f"{what} must be 1-D, got {view.ndim}-D")
+            raise msg.array_ndim(what, view.ndim)
         fmt = (<bytes>view.format).decode("ascii") if view.format is not NULL else "B"
         shown = fmt
         if len(fmt) == 2 and fmt[0] in _NATIVE_PREFIXES:
@@ -234,8 +237,7 @@ cdef int _array(object array, Py_buffer *view, str what, bint floats, ms_array *
             if floats and fmt == "d" and size == 8:
                 out.dtype = MS_F64
                 return 0
-        accepted = "int32/int64/uint32/uint64" + ("/float32/float64" if floats else "")
-        raise ArrayTypeError(f"{what} must have dtype {accepted}, got format {shown!r}")
+        raise msg.array_dtype(what, floats, shown)
     except BaseException:
         PyBuffer_Release(view)
         raise
@@ -243,7 +245,7 @@ cdef int _array(object array, Py_buffer *view, str what, bint floats, ms_array *
 
 cdef int _same_length(Py_ssize_t n, Py_ssize_t m, str other) except -1:
     if n != m:
-        raise BatchShapeError(f"ids and {other} differ in length: {n} != {m}")
+        raise msg.batch_length(other, n, m)
     return 0
 
 
@@ -276,48 +278,14 @@ cdef class Store:
 
     cdef uint32_t _add(self, ms_kind kind, object name, object help, object labels,
                        object buckets, object max_series) except? 0xffffffff:
-        if not PyUnicode_Check(name):
-            raise InvalidMetricError(f"name must be a str, got {type(name).__name__}")
-        if not _NAME.match(name):
-            raise InvalidMetricError(f"name {name!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
-        if not PyUnicode_Check(help):
-            raise InvalidMetricError(f"help must be a str, got {type(help).__name__}")
-        if not isinstance(labels, (tuple, list)):
-            raise InvalidMetricError(
-                f"labels must be a tuple or list of str, got {type(labels).__name__}")
-        labels = tuple(labels)
-        for i, label in enumerate(labels):
-            if not PyUnicode_Check(label) or not _LABEL.match(label):
-                raise InvalidMetricError(
-                    f"labels[{i}] = {label!r} must match [a-zA-Z_][a-zA-Z0-9_]*")
-            if label.startswith("__"):
-                raise InvalidMetricError(f"labels[{i}] = {label!r}: '__' names are reserved")
-            if kind == MS_HISTOGRAM and label == "le":
-                raise InvalidMetricError(f"labels[{i}]: a histogram cannot use label 'le'")
-            if label in labels[:i]:
-                raise InvalidMetricError(f"labels[{i}] = {label!r} is a duplicate")
-        bounds = ()
-        if kind == MS_HISTOGRAM:
-            if isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__"):
-                raise InvalidMetricError(
-                    f"buckets must be a sequence of numbers, got {type(buckets).__name__}")
-            try:
-                bounds = tuple([_sample(b) for b in buckets])
-            except InvalidSampleError as exc:
-                raise InvalidMetricError(f"buckets: {exc}") from None
-            if not bounds:
-                raise InvalidMetricError("buckets must hold at least one bound")
-            for i, b in enumerate(bounds):
-                if b != b or b in (float("inf"), float("-inf")):
-                    raise InvalidMetricError(f"buckets[{i}] = {b} is not finite "
-                                             "(+Inf is implicit)")
-                if i and not b > bounds[i - 1]:
-                    raise InvalidMetricError(f"buckets must increase strictly: "
-                                             f"buckets[{i}] = {b} <= {bounds[i - 1]}")
-        cdef uint64_t limit = 0 if max_series is None else _max_series(max_series, "max_series")
+        # The twin's check, shared: the same mistakes found in the same order, worded once.
+        help, labels, bounds, max_series = msg.check_definition(
+            _KINDS[kind], name, help, labels, buckets, max_series)
+        cdef uint64_t limit = 0 if max_series is None else <uint64_t>min(max_series, _TWO64 - 1)
         cdef Py_ssize_t name_len, help_len, n = len(labels), nb = len(bounds), size
-        cdef const char *name_p = _utf8(name, &name_len, InvalidMetricError, "name")
-        cdef const char *help_p = _utf8(help, &help_len, InvalidMetricError, "help")
+        # Names are ASCII by now and help is encodable: these cannot fail.
+        cdef const char *name_p = PyUnicode_AsUTF8AndSize(name, &name_len)
+        cdef const char *help_p = PyUnicode_AsUTF8AndSize(help, &help_len)
         cdef ms_strref *refs = <ms_strref *>PyMem_Malloc((n + 1) * sizeof(ms_strref))
         cdef double *b_arr = <double *>PyMem_Malloc((nb + 1) * sizeof(double))
         cdef uint32_t out = 0
@@ -326,7 +294,7 @@ cdef class Store:
             if refs is NULL or b_arr is NULL:
                 raise MemoryError()
             for i in range(n):
-                refs[i].ptr = _utf8(labels[i], &size, InvalidMetricError, "label")
+                refs[i].ptr = PyUnicode_AsUTF8AndSize(labels[i], &size)
                 refs[i].len = <size_t>size
             for i in range(nb):
                 b_arr[i] = bounds[i]
@@ -335,9 +303,10 @@ cdef class Store:
                                limit, &out)
             if st == MS_ERR_DUPLICATE_METRIC:
                 taken = name if name in self._taken_names() else _family(kind, name)
-                _raise(st, f"a metric family named {taken!r} is already registered",
-                       None, taken)
-            _raise(st, f"cannot register metric {name!r}")
+                _raise(st, msg.duplicate_metric(taken), None, taken)
+            # Only the C store's own limits are left (docs/store.md, "Hard limits").
+            _raise(st, f"cannot register metric {name!r}: a limit of the compiled store",
+                   None, "", True)
         finally:
             PyMem_Free(refs)
             PyMem_Free(b_arr)
@@ -380,10 +349,10 @@ cdef class Store:
     # ---- series ----------------------------------------------------------------------
 
     cdef uint32_t _metric(self, object metric) except? 0xffffffff:
-        cdef uint64_t m = _series_id(metric)
+        cdef uint64_t m = _series_id(metric, "metric")
         if m >= ms_metric_count(self._s):
             number = operator.index(metric)
-            raise UnknownSeriesError(f"unknown metric id {number}", number)
+            raise UnknownSeriesError(msg.unknown_metric(number), number)
         return <uint32_t>m
 
     def series(self, metric, values):
@@ -396,8 +365,7 @@ cdef class Store:
         """
         cdef uint32_t m = self._metric(metric)
         if not isinstance(values, (tuple, list)):
-            raise InvalidLabelsError(
-                f"values must be a tuple or list of str, got {type(values).__name__}")
+            self._explain_values(m, values)
         cdef Py_ssize_t n = len(values), size, i
         cdef ms_strref stack[32]
         cdef ms_strref *refs = stack
@@ -411,19 +379,35 @@ cdef class Store:
             for i in range(n):
                 v = values[i]
                 if not PyUnicode_Check(v):
-                    raise InvalidLabelsError(
-                        f"values[{i}] must be a str, got {type(v).__name__}")
-                refs[i].ptr = _utf8(v, &size, InvalidLabelsError, i)
+                    self._explain_values(m, values)
+                try:
+                    refs[i].ptr = PyUnicode_AsUTF8AndSize(v, &size)
+                except UnicodeEncodeError:
+                    self._explain_values(m, values)
                 refs[i].len = <size_t>size
             st = ms_series_get(self._s, m, refs, <uint32_t>n, &out)
             if st == MS_ERR_INVALID_LABELS:
-                _raise(st, f"metric {metric} has {self._n_labels(m)} labels, got {n} values")
+                self._explain_values(m, values)
             if st != MS_OK:
-                _raise(st, f"cannot create a series of metric {metric}")
+                _raise(st, f"cannot create a series of metric {metric}: a limit of the "
+                       "compiled store")
         finally:
             if refs is not stack:
                 PyMem_Free(refs)
         return out
+
+    cdef int _explain_values(self, uint32_t m, object values) except -1:
+        """Raise what is wrong with ``values``, worded as the twin words it."""
+        cdef ms_metric_info info
+        cdef ms_strref ref
+        ms_metric_get(self._s, m, &info)
+        names = []
+        for i in range(info.n_labels):
+            ms_metric_label_name(self._s, m, i, &ref)
+            names.append(PyUnicode_DecodeUTF8(ref.ptr, <Py_ssize_t>ref.len, NULL))
+        msg.check_values(PyUnicode_DecodeUTF8(info.name.ptr, <Py_ssize_t>info.name.len, NULL),
+                         tuple(names), values)
+        raise SystemError(f"meshstats store: label values {values!r} refused without a reason")
 
     cdef uint32_t _n_labels(self, uint32_t m):
         cdef ms_metric_info info
@@ -437,10 +421,12 @@ cdef class Store:
         >>> store.labels(store.series(store.gauge("g", "", ("a", "b")), ("x", "y")))
         ('x', 'y')
         """
-        cdef uint64_t sid = _series_id(series)
+        cdef uint64_t sid = _series_id(series, "series")
         cdef uint32_t m
-        _raise(ms_series_metric(self._s, sid, &m), f"unknown series id {series!r}",
-               operator.index(series))
+        cdef ms_status st = ms_series_metric(self._s, sid, &m)
+        if st != MS_OK:
+            number = operator.index(series)
+            _raise(st, msg.unknown_series(number), number)
         return self._labels(sid, self._n_labels(m))
 
     cdef tuple _labels(self, uint64_t sid, uint32_t n):
@@ -460,15 +446,20 @@ cdef class Store:
         0
         """
         cdef uint32_t m
-        _raise(ms_series_metric(self._s, _series_id(series), &m),
-               f"unknown series id {series!r}", operator.index(series))
+        cdef ms_status st = ms_series_metric(self._s, _series_id(series, "series"), &m)
+        if st != MS_OK:
+            number = operator.index(series)
+            _raise(st, msg.unknown_series(number), number)
         return m
 
     def series_count(self, metric):
         """Real series of a metric (its overflow series not counted).
 
-        >>> Store().series_count(Store().counter("c_total")) if False else 0
-        0
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",), max_series=1)
+        >>> _ = store.series(m, ("a",)), store.series(m, ("b",))
+        >>> store.series_count(m), store.overflow_count(m)
+        (1, 1)
         """
         cdef ms_metric_info info
         ms_metric_get(self._s, self._metric(metric), &info)
@@ -538,14 +529,14 @@ cdef class Store:
                            object v) except -1:
         cdef uint32_t m
         cdef ms_metric_info info
-        if st == MS_ERR_WRONG_KIND:
-            ms_series_metric(self._s, _series_id(series), &m)
-            ms_metric_get(self._s, m, &info)
-            _raise(st, f"{method}: series {series} is a {_KINDS[info.kind]}, not a {wanted}")
-        if st == MS_ERR_INVALID_SAMPLE:
-            _raise(st, f"{method}: cannot record {v!r} (NaN is not an observation)")
         number = operator.index(series)
-        return _raise(st, f"{method}: unknown series id {number}", number)
+        if st == MS_ERR_WRONG_KIND:
+            ms_series_metric(self._s, _series_id(series, "series"), &m)
+            ms_metric_get(self._s, m, &info)
+            _raise(st, msg.wrong_kind(number, _KINDS[info.kind], wanted))
+        if st == MS_ERR_INVALID_SAMPLE:
+            _raise(st, msg.observe_nan())
+        return _raise(st, msg.unknown_series(number), number)
 
     # Plain method descriptors, not Cython 3's default binding functions: a call then
     # skips the cyfunction dispatch, ~5 ns of a ~25 ns call (measured with no-op
@@ -560,7 +551,7 @@ cdef class Store:
         6
         """
         cdef uint64_t amount = _amount(n)
-        cdef ms_status st = ms_inc_inline(self._s, _series_id(series), amount)
+        cdef ms_status st = ms_inc_inline(self._s, _series_id(series, "series"), amount)
         if st != MS_OK:
             self._record_error(st, series, "inc", "counter", n)
 
@@ -574,7 +565,7 @@ cdef class Store:
         2.5
         """
         cdef double value = _sample(v)
-        cdef ms_status st = ms_set_inline(self._s, _series_id(series), value)
+        cdef ms_status st = ms_set_inline(self._s, _series_id(series, "series"), value)
         if st != MS_OK:
             self._record_error(st, series, "set", "gauge", v)
 
@@ -589,8 +580,8 @@ cdef class Store:
         """
         cdef double value = _sample(v)
         if isnan(value):
-            raise InvalidSampleError("observe: v must not be NaN")
-        cdef ms_status st = ms_observe_inline(self._s, _series_id(series), value)
+            raise InvalidSampleError(msg.observe_nan())
+        cdef ms_status st = ms_observe_inline(self._s, _series_id(series, "series"), value)
         if st != MS_OK:
             self._record_error(st, series, "observe", "histogram", v)
 
@@ -603,15 +594,14 @@ cdef class Store:
             _raise(st, f"{method}: out of memory for the batch's scratch")
         sid = int(ids[bad])
         if st == MS_ERR_UNKNOWN_SERIES:
-            _raise(st, f"{method}: ids[{bad}] = {sid} is not a known series", sid)
+            _raise(st, msg.batch_unknown_series(bad, sid), sid)
         if st == MS_ERR_WRONG_KIND:
             ms_series_metric(self._s, <uint64_t>sid, &m)
             ms_metric_get(self._s, m, &info)
-            _raise(st, f"{method}: ids[{bad}] = {sid} is a {_KINDS[info.kind]}, "
-                   f"not a {wanted}")
+            _raise(st, msg.batch_wrong_kind(bad, sid, _KINDS[info.kind], wanted))
         if wanted == "counter":
-            _raise(st, f"{method}: amounts[{bad}] = {values[bad]} must be >= 0")
-        return _raise(st, f"{method}: values[{bad}] is NaN")
+            _raise(st, msg.batch_negative_amount(bad, int(values[bad])))
+        return _raise(st, msg.batch_nan(bad))
 
     def inc_many(self, ids, amounts=None):
         """Add ``amounts[i]`` (default 1) to counter ``ids[i]`` for every ``i``, in C.
@@ -692,18 +682,19 @@ cdef class Store:
         >>> store.value(store.series(store.gauge("g"), ()))
         0.0
         """
-        cdef uint64_t sid = _series_id(series)
+        cdef uint64_t sid = _series_id(series, "series")
         cdef uint64_t count
         cdef double v
         cdef ms_status st = ms_counter_value(self._s, sid, &count)
         if st == MS_OK:
             return count
+        number = operator.index(series)
         if st == MS_ERR_WRONG_KIND:
             st = ms_gauge_value(self._s, sid, &v)
             if st == MS_OK:
                 return v
-            _raise(st, f"value: series {series} is a histogram: use histogram_value()")
-        _raise(st, f"value: unknown series id {series!r}", operator.index(series))
+            _raise(st, msg.histogram_value_read(number))
+        _raise(st, msg.unknown_series(number), number)
 
     def histogram_value(self, series):
         """``(counts, sum)``: non-cumulative counts per bucket (the last is ``+Inf``).
@@ -712,15 +703,15 @@ cdef class Store:
         >>> store.histogram_value(store.series(store.histogram("h", buckets=(1,)), ()))
         ((0, 0), 0.0)
         """
-        cdef uint64_t sid = _series_id(series)
+        cdef uint64_t sid = _series_id(series, "series")
         cdef uint32_t m
         cdef ms_metric_info info
-        _raise(ms_series_metric(self._s, sid, &m), f"histogram_value: unknown series id "
-               f"{series!r}", operator.index(series))
+        cdef ms_status st = ms_series_metric(self._s, sid, &m)
+        number = operator.index(series)
+        _raise(st, msg.unknown_series(number), number)
         ms_metric_get(self._s, m, &info)
         if info.kind != MS_HISTOGRAM:
-            _raise(MS_ERR_WRONG_KIND, f"histogram_value: series {series} is a "
-                   f"{_KINDS[info.kind]}, not a histogram")
+            _raise(MS_ERR_WRONG_KIND, msg.wrong_kind(number, _KINDS[info.kind], "histogram"))
         return self._histogram(sid, info.n_bounds)
 
     cdef tuple _histogram(self, uint64_t sid, uint32_t n_bounds):

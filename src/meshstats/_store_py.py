@@ -25,9 +25,7 @@ holds the lock, so a record racing a sweep is never undone by it.
 
 from __future__ import annotations
 
-import math
 import operator
-import re
 import sys
 import threading
 from bisect import bisect_left, insort
@@ -37,14 +35,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import _messages as msg
 from . import _render_py
 from ._render_py import OVERFLOW_FAMILY, OVERFLOW_HELP, HistogramValue, Snapshot, SnapshotEntry
 from .errors import (
-    ArrayTypeError,
-    BatchShapeError,
     DuplicateMetricError,
-    InvalidLabelsError,
-    InvalidMetricError,
     InvalidSampleError,
     UnknownSeriesError,
 )
@@ -61,8 +56,6 @@ _COUNTER, _GAUGE, _HISTOGRAM = 0, 1, 2
 _KIND_NAMES = ("counter", "gauge", "histogram")
 _U64_MAX = (1 << 64) - 1
 _OVERFLOW_VALUE = "__overflow__"
-_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _INT_DTYPES = frozenset(np.dtype(t) for t in ("int32", "int64", "uint32", "uint64"))
 _FLOAT_DTYPES = frozenset(np.dtype(t) for t in ("float64", "float32")) | _INT_DTYPES
 # Non-histogram series share these empty placeholders: their kind byte keeps them unused.
@@ -108,47 +101,23 @@ class _Metric:
         self.overflow_count = 0
 
 
-def _index_arg(value: object, param: str, error: type[Exception]) -> int:
+def _series_number(value: object, param: str) -> int:
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise error(f"{param} must be an integer, got {type(value).__name__}") from None
-
-
-def _real_arg(value: object, param: str) -> float:
-    """``float(value)`` for real numbers only: ``float("1.5")`` must not sneak through."""
-    if isinstance(value, (str, bytes, bytearray, memoryview)) or not (
-        hasattr(value, "__float__") or hasattr(value, "__index__")
-    ):
-        raise InvalidSampleError(f"{param} must be a real number, got {type(value).__name__}")
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (OverflowError, TypeError, ValueError) as exc:
-        raise InvalidSampleError(f"{param} must be a real number: {exc}") from None
-
-
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        raise UnknownSeriesError(msg.not_an_id(param, value)) from None
 
 
 def _batch_array(obj: object, param: str, dtypes: frozenset[np.dtype[Any]]) -> npt.NDArray[Any]:
     try:
         view = memoryview(obj)  # type: ignore[arg-type]
     except TypeError:
-        raise ArrayTypeError(
-            f"{param} must be a 1-D buffer (numpy array, array.array, memoryview), "
-            f"got {type(obj).__name__}"
-        ) from None
+        raise msg.array_type(param, obj) from None
     if view.ndim != 1:
-        raise ArrayTypeError(f"{param} must be 1-D, got {view.ndim} dimensions")
+        raise msg.array_ndim(param, view.ndim)
     arr = obj if isinstance(obj, np.ndarray) else np.asarray(view)
     if arr.dtype not in dtypes:
-        allowed = ", ".join(sorted(str(d) for d in dtypes))
-        raise ArrayTypeError(f"{param} has dtype {arr.dtype}, expected one of {allowed}")
+        raise msg.array_dtype(param, dtypes is _FLOAT_DTYPES, view.format)
     return arr
 
 
@@ -168,7 +137,7 @@ class Store:
     """
 
     def __init__(self, default_max_series: int = 100_000) -> None:
-        self._default_max_series = self._check_max_series(default_max_series, "default_max_series")
+        self._default_max_series = msg.check_max_series(default_max_series, "default_max_series")
         self._lock = threading.Lock()
         self._metrics: list[_Metric] = []
         # Sorted (name, metric id) pairs: exposition order without sorting at every scrape.
@@ -233,42 +202,7 @@ class Store:
         >>> Store().histogram("istio_request_bytes", "Bytes.", (), buckets=(1, 10, 100))
         0
         """
-        return self._register(
-            _HISTOGRAM, name, help, labels, self._check_buckets(buckets), max_series
-        )
-
-    @staticmethod
-    def _check_max_series(value: object, param: str) -> int:
-        number = _index_arg(value, param, InvalidMetricError)
-        if number < 1:
-            raise InvalidMetricError(f"{param} must be >= 1, got {number}")
-        return number
-
-    @staticmethod
-    def _check_buckets(buckets: object) -> tuple[float, ...]:
-        if isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__"):
-            raise InvalidMetricError(
-                f"buckets must be a sequence of numbers, got {type(buckets).__name__}"
-            )
-        bounds: list[float] = []
-        for i, bound in enumerate(buckets):
-            try:
-                value = _real_arg(bound, f"buckets[{i}]")
-            except InvalidSampleError as exc:
-                raise InvalidMetricError(str(exc)) from None
-            if not math.isfinite(value):
-                raise InvalidMetricError(
-                    f"buckets[{i}] must be finite, got {value!r} (+Inf is implicit)"
-                )
-            if bounds and value <= bounds[-1]:
-                raise InvalidMetricError(
-                    f"buckets must be strictly increasing: buckets[{i}] = {value!r} "
-                    f"after {bounds[-1]!r}"
-                )
-            bounds.append(value)
-        if not bounds:
-            raise InvalidMetricError("buckets must hold at least one bound")
-        return tuple(bounds)
+        return self._register(_HISTOGRAM, name, help, labels, buckets, max_series)
 
     def _register(
         self,
@@ -276,65 +210,38 @@ class Store:
         name: object,
         help_text: object,
         labels: object,
-        buckets: tuple[float, ...],
-        max_series: int | None,
+        buckets: object,
+        max_series: object,
     ) -> int:
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            raise InvalidMetricError(f"name must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {name!r}")
-        if kind == _COUNTER and name == "_total":
-            raise InvalidMetricError("name '_total' leaves an empty OpenMetrics family name")
-        if not isinstance(help_text, str):
-            raise InvalidMetricError(f"help must be a str, got {type(help_text).__name__}")
-        if not _utf8_ok(help_text):
-            raise InvalidMetricError("help must be encodable as UTF-8 (no lone surrogates)")
-        label_names = self._check_label_names(labels, kind)
-        limit = (
-            self._default_max_series
-            if max_series is None
-            else self._check_max_series(max_series, "max_series")
+        # One check, shared with the compiled store: same order, same messages.
+        help_text, label_names, bounds, limit = msg.check_definition(
+            _KIND_NAMES[kind], name, help_text, labels, buckets, max_series
         )
         name = str(name)
         family = _render_py.openmetrics_family(name, _KIND_NAMES[kind])
         with self._lock:
             for taken in (name, family):
                 if taken in self._taken:
-                    raise DuplicateMetricError(
-                        f"a metric family named {taken!r} is already registered", name=taken
-                    )
-            metric = _Metric(len(self._metrics), name, kind, help_text, label_names, buckets, limit)
+                    raise DuplicateMetricError(msg.duplicate_metric(taken), name=taken)
+            metric = _Metric(
+                len(self._metrics),
+                name,
+                kind,
+                help_text,
+                label_names,
+                bounds,
+                self._default_max_series if limit is None else limit,
+            )
             self._metrics.append(metric)
             self._taken.update((name, family))
             insort(self._order, (name, metric.id))
             return metric.id
 
-    @staticmethod
-    def _check_label_names(labels: object, kind: int) -> tuple[str, ...]:
-        if not isinstance(labels, (tuple, list)):
-            raise InvalidMetricError(
-                f"labels must be a tuple or list of str, got {type(labels).__name__}"
-            )
-        names: list[str] = []
-        for i, label in enumerate(labels):
-            if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
-                raise InvalidMetricError(
-                    f"labels[{i}] must match [a-zA-Z_][a-zA-Z0-9_]*, got {label!r}"
-                )
-            if label.startswith("__"):
-                raise InvalidMetricError(
-                    f"labels[{i}] = {label!r}: names starting '__' are reserved"
-                )
-            if kind == _HISTOGRAM and label == "le":
-                raise InvalidMetricError(f"labels[{i}] = 'le' is reserved for histogram buckets")
-            if label in names:
-                raise InvalidMetricError(f"labels[{i}] = {label!r} is given twice")
-            names.append(str(label))
-        return tuple(names)
-
     def _metric(self, metric: object) -> _Metric:
-        number = metric if type(metric) is int else _index_arg(metric, "metric", UnknownSeriesError)
+        number = metric if type(metric) is int else _series_number(metric, "metric")
         metrics = self._metrics
         if not 0 <= number < len(metrics):
-            raise UnknownSeriesError(f"no metric with id {number}", number)
+            raise UnknownSeriesError(msg.unknown_metric(number), number)
         return metrics[number]
 
     # -- series ------------------------------------------------------------------------------
@@ -355,7 +262,7 @@ class Store:
                 found = None
             if found is not None:
                 return found
-        key = self._check_values(m, values)
+        key = msg.check_values(m.name, m.label_names, values)
         with self._lock:
             found = m.index.get(key)
             if found is not None:
@@ -367,31 +274,6 @@ class Store:
                 return self._overflow_series(m)
             m.real_count += 1
             return self._new_series(m, key)
-
-    @staticmethod
-    def _check_values(m: _Metric, values: object) -> tuple[str, ...]:
-        if not isinstance(values, (tuple, list)):
-            raise InvalidLabelsError(
-                f"values must be a tuple or list of str, got {type(values).__name__}"
-            )
-        if len(values) != len(m.label_names):
-            raise InvalidLabelsError(
-                f"values has {len(values)} items but metric {m.name!r} has "
-                f"{len(m.label_names)} labels {m.label_names!r}"
-            )
-        key: list[str] = []
-        for i, value in enumerate(values):
-            if not isinstance(value, str):
-                raise InvalidLabelsError(
-                    f"values[{i}] (label {m.label_names[i]!r}) must be a str, "
-                    f"got {type(value).__name__}"
-                )
-            if not _utf8_ok(value):
-                raise InvalidLabelsError(
-                    f"values[{i}] (label {m.label_names[i]!r}) must be encodable as UTF-8"
-                )
-            key.append(value if type(value) is str else str.__str__(value))
-        return tuple(key)
 
     def _overflow_series(self, m: _Metric) -> int:
         # Called with the lock held.
@@ -421,14 +303,12 @@ class Store:
 
     def _series_arg(self, series: object, kind: int, method: str) -> int:
         """Slow path of the recorders: convert ``series`` and explain what is wrong."""
-        sid = series if type(series) is int else _index_arg(series, "series", UnknownSeriesError)
+        sid = series if type(series) is int else _series_number(series, "series")
         if not 0 <= sid < len(self._kind):
-            raise UnknownSeriesError(f"no series with id {sid}", sid)
+            raise UnknownSeriesError(msg.unknown_series(sid), sid)
         actual = self._kind[sid]
         if kind >= 0 and actual != kind:
-            raise InvalidSampleError(
-                f"series {sid} is a {_KIND_NAMES[actual]}; {method}() needs a {_KIND_NAMES[kind]}"
-            )
+            raise InvalidSampleError(msg.wrong_kind(sid, _KIND_NAMES[actual], _KIND_NAMES[kind]))
         return sid
 
     def series_count(self, metric: int) -> int:
@@ -511,15 +391,18 @@ class Store:
 
     @staticmethod
     def _check_amount(n: object) -> int:
-        number = _index_arg(n, "n", InvalidSampleError)
+        try:
+            number = operator.index(n)  # type: ignore[arg-type]
+        except TypeError:
+            raise InvalidSampleError(msg.not_an_int("n", n)) from None
         if not 0 <= number <= _U64_MAX:
-            raise InvalidSampleError(f"n must be in [0, 2**64), got {number}")
+            raise InvalidSampleError(msg.amount_out_of_range(number))
         return number
 
     def set(self, series: int, v: float) -> None:
         """Set a gauge series to ``v`` (any float, NaN and infinities included)."""
         if type(v) is not float:
-            v = _real_arg(v, "v")
+            v = msg.real_arg(v, "v")
         kind = self._kind
         if type(series) is not int or not 0 <= series < len(kind) or kind[series] != _GAUGE:
             series = self._series_arg(series, _GAUGE, "set")
@@ -540,9 +423,9 @@ class Store:
         ((1, 1, 1), inf)
         """
         if type(v) is not float:
-            v = _real_arg(v, "v")
+            v = msg.real_arg(v, "v")
         if v != v:
-            raise InvalidSampleError("v must not be NaN")
+            raise InvalidSampleError(msg.observe_nan())
         kind = self._kind
         if type(series) is not int or not 0 <= series < len(kind) or kind[series] != _HISTOGRAM:
             series = self._series_arg(series, _HISTOGRAM, "observe")
@@ -572,10 +455,9 @@ class Store:
     def _raise_bad_id(self, ids_arr: npt.NDArray[Any], i: int, kind: int, method: str) -> None:
         sid = int(ids_arr[i])
         if not 0 <= sid < len(self._kind):
-            raise UnknownSeriesError(f"ids[{i}] = {sid} is not a known series", sid)
+            raise UnknownSeriesError(msg.batch_unknown_series(i, sid), sid)
         raise InvalidSampleError(
-            f"ids[{i}] = {sid} is a {_KIND_NAMES[self._kind[sid]]}; "
-            f"{method}() needs {_KIND_NAMES[kind]} series"
+            msg.batch_wrong_kind(i, sid, _KIND_NAMES[self._kind[sid]], _KIND_NAMES[kind])
         )
 
     def inc_many(self, ids: object, amounts: object = None) -> None:
@@ -592,10 +474,7 @@ class Store:
         ids_arr = _batch_array(ids, "ids", _INT_DTYPES)
         amounts_arr = None if amounts is None else _batch_array(amounts, "amounts", _INT_DTYPES)
         if amounts_arr is not None and len(amounts_arr) != len(ids_arr):
-            raise BatchShapeError(
-                f"ids and amounts must have the same length, got {len(ids_arr)} and "
-                f"{len(amounts_arr)}"
-            )
+            raise msg.batch_length("amounts", len(ids_arr), len(amounts_arr))
         bad_id = self._check_ids(ids_arr, _COUNTER)
         bad_amount = -1
         if amounts_arr is not None and amounts_arr.dtype.kind == "i":
@@ -604,9 +483,8 @@ class Store:
         if bad_id >= 0 and (bad_amount < 0 or bad_id <= bad_amount):
             self._raise_bad_id(ids_arr, bad_id, _COUNTER, "inc_many")
         if bad_amount >= 0:
-            raise InvalidSampleError(
-                f"amounts[{bad_amount}] = {int(amounts_arr[bad_amount])} must be >= 0"  # type: ignore[index]
-            )
+            amount = int(amounts_arr[bad_amount])  # type: ignore[index]
+            raise InvalidSampleError(msg.batch_negative_amount(bad_amount, amount))
         id_list: list[int] = ids_arr.tolist()
         vals, state = self._vals, self._state
         with self._lock:
@@ -635,10 +513,7 @@ class Store:
         ids_arr = _batch_array(ids, "ids", _INT_DTYPES)
         values_arr = _batch_array(values, "values", _FLOAT_DTYPES)
         if len(values_arr) != len(ids_arr):
-            raise BatchShapeError(
-                f"ids and values must have the same length, got {len(ids_arr)} and "
-                f"{len(values_arr)}"
-            )
+            raise msg.batch_length("values", len(ids_arr), len(values_arr))
         floats = values_arr.astype(np.float64, copy=False)
         bad_id = self._check_ids(ids_arr, _HISTOGRAM)
         nan = np.flatnonzero(np.isnan(floats))
@@ -646,7 +521,7 @@ class Store:
         if bad_id >= 0 and (bad_value < 0 or bad_id <= bad_value):
             self._raise_bad_id(ids_arr, bad_id, _HISTOGRAM, "observe_many")
         if bad_value >= 0:
-            raise InvalidSampleError(f"values[{bad_value}] is NaN")
+            raise InvalidSampleError(msg.batch_nan(bad_value))
         vals, counts, bounds, state = self._vals, self._counts, self._bounds, self._state
         # The compiled store's rule (docs/store.md, "Sums in batches"): each series' values
         # summed in index order from 0.0, then added to its _sum once. Same float
@@ -669,7 +544,7 @@ class Store:
         if type(series) is not int or not 0 <= series < len(kind) or kind[series] == _HISTOGRAM:
             series = self._series_arg(series, -1, "value")
             if kind[series] == _HISTOGRAM:
-                raise InvalidSampleError(f"series {series} is a histogram; use histogram_value()")
+                raise InvalidSampleError(msg.histogram_value_read(series))
         value: int | float = self._vals[series]
         return value
 

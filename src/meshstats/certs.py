@@ -121,6 +121,20 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _read(directory: StrPath, name: str, field: str) -> bytes:
+    """A file of a certificate directory; a missing one names the config ``field``."""
+    path = Path(directory) / name
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        hint = (
+            f"`meshstats certs ca {directory}` writes it"
+            if field == "ca_dir"
+            else f"`meshstats certs issue {directory} --ca CA_DIR ...` writes it"
+        )
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc} ({hint})", field) from None
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write a key readable by its owner only (created so, never briefly world-readable)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -219,8 +233,8 @@ class LocalCA:
     def load(cls, directory: StrPath) -> LocalCA:
         """A CA saved by :meth:`write` (``ca.crt`` and ``ca.key``)."""
         path = Path(directory)
-        cert = x509.load_pem_x509_certificate((path / CA_CERT_FILE).read_bytes())
-        key = serialization.load_pem_private_key((path / CA_KEY_FILE).read_bytes(), None)
+        cert = x509.load_pem_x509_certificate(_read(path, CA_CERT_FILE, "ca_dir"))
+        key = serialization.load_pem_private_key(_read(path, CA_KEY_FILE, "ca_dir"), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError("is not an EC private key", str(path / CA_KEY_FILE))
         orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
@@ -317,8 +331,15 @@ def _context(
     # Identity is the URI SAN, checked by the caller: there is no DNS name to match.
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=str(path / CA_CERT_FILE))
-    ctx.load_cert_chain(str(path / CERT_FILE), str(path / KEY_FILE))
+    # Read here (not by path in OpenSSL) so a missing file names cert_dir, not just errno 2.
+    ca_pem = _read(path, CA_CERT_FILE, "cert_dir")
+    for name in (CERT_FILE, KEY_FILE):
+        _read(path, name, "cert_dir")
+    try:
+        ctx.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+        ctx.load_cert_chain(str(path / CERT_FILE), str(path / KEY_FILE))
+    except ssl.SSLError as exc:
+        raise ConfigError(f"unusable certificate or key in {path}: {exc}", "cert_dir") from None
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
@@ -550,7 +571,7 @@ def _peer_facts(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str | None, 
 
 def principal_of(cert_dir: StrPath) -> str | None:
     """The first URI SAN of ``cert_dir/cert.pem`` (this proxy's own identity), or ``None``."""
-    cert = x509.load_pem_x509_certificate((Path(cert_dir) / CERT_FILE).read_bytes())
+    cert = x509.load_pem_x509_certificate(_read(cert_dir, CERT_FILE, "cert_dir"))
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:

@@ -32,7 +32,6 @@ expression fails to parse removes that label, and the engine lists such cases in
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -40,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._files import load_data, parse_data
 from .errors import ConfigError
 
 __all__ = [
@@ -135,13 +135,9 @@ class StatsConfig:
         if isinstance(source, os.PathLike) or (
             isinstance(source, str) and not source.lstrip().startswith(("{", "["))
         ):
-            return cls.parse(_load_file(os.fspath(source)))
+            return cls.parse(load_data(source, "a stats config"))
         if isinstance(source, str):
-            try:
-                data = json.loads(source)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"invalid JSON: {exc}") from None
-            return cls.parse(data)
+            return cls.parse(parse_data(source, "json", "a stats config", "<text>"))
         if not isinstance(source, Mapping):
             raise ConfigError(f"config must be a mapping, got {type(source).__name__}")
         return _parse(source)
@@ -154,25 +150,6 @@ class StatsConfig:
         if spec in ("default", "envoy"):
             return ENVOY_BUCKETS
         return MIXER_DURATION_MS_BUCKETS if "duration" in short_name else MIXER_BYTES_BUCKETS
-
-
-def _load_file(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", path) from None
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML: {exc}", path) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON: {exc}", path) from None
 
 
 _ALIASES = {

@@ -22,6 +22,8 @@ __all__ = [
     "InvalidLabelsError",
     "ArrayTypeError",
     "BatchShapeError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "PeerExchangeError",
     "PeerMetadataTypeError",
     "ConfigError",
@@ -69,17 +71,47 @@ class BatchShapeError(MeshstatsError, ValueError):
     """Batch arguments disagree in length."""
 
 
+class InvalidArgumentError(MeshstatsError, ValueError):
+    """An argument has the right type but a value outside its range (``max_size=-1``)."""
+
+
+class InvalidArgumentTypeError(MeshstatsError, TypeError):
+    """An argument has a type the function does not take (``str`` where bytes belong)."""
+
+
+#: ``PeerExchangeError.detail`` per reason, the same from both backends: what the rule
+#: in docs/peer_exchange.md that the input broke says.
+PEER_EXCHANGE_DETAILS: dict[str, str] = {
+    "bad_magic": "not a peer-exchange prefix (magic 0x3D230467 expected)",
+    "truncated": "input ends inside the element starting here",
+    "oversize": "frame larger than max_size",
+    "bad_varint": "varint longer than 10 bytes or above 2**64-1",
+    "bad_wire_type": "unsupported protobuf wire type (groups are not supported)",
+    "too_deep": "Struct/ListValue nesting deeper than 64",
+    "bad_utf8": "string is not valid UTF-8",
+    "wrong_type_url": "Any.type_url is not type.googleapis.com/google.protobuf.Struct",
+    "bad_base64": "not standard base64",
+    "bad_field": "invalid field number, or a known field with the wrong wire type",
+}
+
+
 class PeerExchangeError(MeshstatsError, ValueError):
     """Peer metadata could not be decoded.
 
     ``offset`` is the byte position (from the start of the input given to the decoder)
     where the problem was found; ``reason`` is a short machine-readable code such as
-    ``"bad_magic"``, ``"truncated"`` or ``"oversize"``.
+    ``"bad_magic"``, ``"truncated"`` or ``"oversize"``; ``detail`` defaults to the rule's
+    wording (``PEER_EXCHANGE_DETAILS``), so both backends give the same message.
+
+    >>> str(PeerExchangeError("oversize", 4))
+    'oversize at byte 4: frame larger than max_size'
     """
 
-    def __init__(self, reason: str, offset: int, detail: str = "") -> None:
+    def __init__(self, reason: str, offset: int, detail: str | None = None) -> None:
         self.reason = reason
         self.offset = offset
+        if detail is None:
+            detail = PEER_EXCHANGE_DETAILS.get(reason, "")
         self.detail = detail
         text = f"{reason} at byte {offset}"
         super().__init__(f"{text}: {detail}" if detail else text)

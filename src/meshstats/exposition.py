@@ -264,7 +264,10 @@ class MetricsServer:
             (_Handler,),
             {"store": self._store, "log_requests": self._log_requests},
         )
-        self._server = _Server((self._host, self._port), handler)
+        try:
+            self._server = _Server((self._host, self._port), handler)
+        except OSError as exc:  # name the address, as the sidecar's listeners do
+            raise OSError(exc.errno, exc.strerror, f"{self._host}:{self._port}") from exc
         self._thread = threading.Thread(
             # A short poll keeps stop() quick: shutdown() waits for the loop to notice.
             target=self._server.serve_forever,

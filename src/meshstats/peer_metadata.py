@@ -22,14 +22,13 @@ something other than a string, reads as ``None`` (never ``KeyError``); ``labels`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, Union
 
+from ._files import load_data, parse_data
 from .errors import PeerMetadataTypeError
 
 T = TypeVar("T")
@@ -201,41 +200,25 @@ class PeerMetadata(Mapping[str, object]):
         """From JSON text, or from a JSON file when ``source`` is a path.
 
         A ``str`` starting (after whitespace) with ``{`` is JSON text; any other ``str``
-        or ``os.PathLike`` is a file name.
+        or ``os.PathLike`` is a file name. A file that cannot be read or parsed raises
+        :class:`~meshstats.errors.ConfigError` naming it.
         """
         if isinstance(source, str) and source.lstrip().startswith("{"):
-            text = source
+            loaded = parse_data(source, "json", "node metadata", "<text>")
         else:
-            text = Path(source).read_text(encoding="utf-8")
-        return cls.from_struct(_top_mapping(json.loads(text), "JSON"))
+            loaded = load_data(source, "node metadata", "json")
+        return cls.from_struct(_top_mapping(loaded, "JSON"))
 
     @classmethod
     def from_yaml(cls, path: StrPath) -> PeerMetadata:
         """From a YAML file (needs PyYAML: ``pip install pyyaml``)."""
-        try:
-            import yaml
-        except ImportError as exc:
-            raise ImportError(
-                "PeerMetadata.from_yaml needs PyYAML: pip install pyyaml "
-                "(or save the metadata as JSON and use from_json)"
-            ) from exc
-        with open(path, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle)
-        return cls.from_struct(_top_mapping(loaded, "YAML"))
+        return cls.from_struct(_top_mapping(load_data(path, "node metadata", "yaml"), "YAML"))
 
     @classmethod
     def from_file(cls, path: StrPath) -> PeerMetadata:
         """From ``.json``, ``.yaml`` or ``.yml`` by suffix; other suffixes are sniffed
         (JSON when the first non-blank character is ``{``, else YAML)."""
-        suffix = Path(path).suffix.lower()
-        if suffix == ".json":
-            return cls.from_json(Path(path))
-        if suffix in (".yaml", ".yml"):
-            return cls.from_yaml(path)
-        text = Path(path).read_text(encoding="utf-8")
-        if text.lstrip().startswith("{"):
-            return cls.from_json(text)
-        return cls.from_yaml(path)
+        return cls.from_struct(_top_mapping(load_data(path, "node metadata"), os.fspath(path)))
 
     # ------------------------------------------------------------------ Mapping
 

@@ -26,11 +26,11 @@ The file (JSON or YAML) is a list of such entries, or ``{"workloads": [...]}``::
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._files import load_data
 from .errors import ConfigError
 from .peer_metadata import PeerMetadata
 
@@ -75,23 +75,7 @@ class WorkloadRegistry:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> WorkloadRegistry:
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read workload registry: {exc.strerror}", path) from None
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"invalid YAML: {exc}", path) from None
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"invalid JSON: {exc}", path) from None
+        data = load_data(path, "a workload registry")
         if isinstance(data, Mapping):
             data = data.get("workloads", [])
         if not isinstance(data, list):

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run a small mesh on loopback, send traffic, print its telemetry"),
     "decode": ("decode", "decode a peer-exchange prefix or header value to JSON"),
     "sidecar": ("sidecar", "run one sidecar proxy from a config file"),
+    "certs": ("certs", "create a local CA and SPIFFE workload certificates for sidecars"),
 }
 
 

@@ -8,9 +8,11 @@ Examples::
     tcpdump ... | xxd -p | meshstats decode -              # stdin
 
 ``--format auto`` (the default) decides from the input: bytes starting with the magic
-``3d 23 04 67`` are a raw prefix; text made only of hex digits (blanks allowed) is hex,
-decoded and then read as a prefix; other text is a header value (an optional leading
-``x-envoy-peer-metadata:`` is dropped). Exit status: 0 decoded, 1 bad input (reason
+``3d 23 04 67`` are a raw prefix; text made only of hex digits (blanks allowed), or text
+starting with the magic written in hex (``3d230467``), is hex, decoded and then read as a
+prefix; other text is a header value (an optional leading ``x-envoy-peer-metadata:`` is
+dropped). When auto-detected input does not decode, the message says what it was read as
+and why the other encodings were ruled out. Exit status: 0 decoded, 1 bad input (reason
 and offset on stderr), 2 usage error.
 """
 
@@ -29,6 +31,7 @@ _HEX_BLANKS = re.compile(rb"[\s:]")
 _NOT_HEX = re.compile(rb"[^0-9A-Fa-f]")
 _TEXT = re.compile(rb"[\x20-\x7e\t\n\r\v\f]*")
 MAGIC_BYTES = bytes.fromhex("3d230467")
+MAGIC_HEX = b"3d230467"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,10 +94,31 @@ def _detect(data: bytes, fmt: str) -> str:
     compact = _HEX_BLANKS.sub(b"", text)
     if compact and _NOT_HEX.search(compact) is None:
         return "hex"
+    if compact[: len(MAGIC_HEX)].lower() == MAGIC_HEX:
+        # A prefix written in hex, with a typo or a "..." in it: saying which character is
+        # not a hex digit helps more than reading it as base64 would.
+        return "hex"
     if _TEXT.fullmatch(text):
         # Printable text that is not hex: a header value (the codec names a bad character).
         return "base64"
     return "raw"
+
+
+def _auto_note(data: bytes, kind: str) -> str:
+    """What --format auto read the input as, and why not as the other encodings."""
+    compact = _HEX_BLANKS.sub(b"", data.strip(_WS))
+    if kind == "hex":
+        return "read as a hex prefix (--format auto: it starts with the magic 3d230467)"
+    not_raw = "not a raw prefix (no magic 3d 23 04 67)"
+    bad = _NOT_HEX.search(compact)
+    not_hex = (
+        f"not hex (character {bad.group().decode('latin-1')!r} at {bad.start()})"
+        if bad is not None
+        else "not hex"
+    )
+    if kind == "base64":
+        return f"read as a base64 header value (--format auto: {not_raw}, {not_hex})"
+    return f"read as raw bytes (--format auto: {not_hex}, not printable text for base64)"
 
 
 def _strip_header_name(text: bytes) -> tuple[int, bytes]:
@@ -108,7 +132,8 @@ def _from_hex(data: bytes) -> bytes:
     compact = _HEX_BLANKS.sub(b"", data)
     bad = _NOT_HEX.search(compact)
     if bad is not None:
-        raise _BadInput(f"not hex: character {bad.group()!r} (hex digit {bad.start()})")
+        char = bad.group().decode("latin-1")
+        raise _BadInput(f"not hex: character {char!r} (hex digit {bad.start()})")
     if len(compact) % 2:
         raise _BadInput(f"not hex: odd number of hex digits ({len(compact)})")
     return bytes.fromhex(compact.decode("ascii"))
@@ -173,7 +198,11 @@ def _decode(data: bytes, fmt: str, max_size: int) -> dict[str, Any]:
         base64_level = exc.reason == "bad_base64" or (kind == "base64" and exc.reason == "oversize")
         place = f"character {exc.offset}" if base64_level else f"byte {exc.offset}{where}"
         detail = f": {exc.detail}" if exc.detail else ""
-        raise _BadInput(f"{exc.reason} at {place}{detail}") from None
+        note = f"; {_auto_note(data, kind)}" if fmt == "auto" else ""
+        raise _BadInput(f"{exc.reason} at {place}{detail}{note}") from None
+    except _BadInput as exc:  # not hex after all
+        note = f"; {_auto_note(data, kind)}" if fmt == "auto" else ""
+        raise _BadInput(f"{exc}{note}") from None
     return {
         "kind": "prefix",
         "consumed": exchange.consumed,

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import math
 import signal
 import sys
 import tempfile
@@ -50,14 +51,58 @@ ISTIO_VERSION = "1.24.0"
 CLUSTER = "Kubernetes"
 
 
+#: The demo's sidecars take ``--port`` and the next six admin ports.
+PORTS_TAKEN = 7
+MAX_FIRST_PORT = 65535 - (PORTS_TAKEN - 1)
+
+
+def _duration(text: str) -> float:
+    """``--duration``: seconds > 0 (argparse turns the error into exit status 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 request in flight, got {value}")
+    return value
+
+
+def _first_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if value != 0 and not 1 <= value <= MAX_FIRST_PORT:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (any free ports) or 1..{MAX_FIRST_PORT} (the demo takes it and the "
+            f"next {PORTS_TAKEN - 1}), got {value}"
+        )
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds of traffic (5)")
     parser.add_argument(
-        "--concurrency", type=int, default=8, help="requests in flight into productpage (8)"
+        "--duration", type=_duration, default=5.0, help="seconds of traffic, > 0 (5)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=8,
+        help="requests in flight into productpage, >= 1 (8)",
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=_first_port,
         default=15090,
         help="admin (metrics) port of the first sidecar; the others take the next six "
         "(15090; 0 = any free ports)",
@@ -460,19 +505,25 @@ class Progress:
         self.total, self.stream = total, stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self._last = -1
+        self._full = False  # the last line printed said 100%
 
     def update(self, done: float, note: str) -> None:
-        frac = min(1.0, done / self.total) if self.total else 1.0
+        frac = max(0.0, min(1.0, done / self.total)) if self.total > 0 else 1.0
         if self.tty:
             bar = "#" * int(frac * 30)
             print(f"\r[{bar:<30}] {frac:4.0%} {note}", end="", file=self.stream, flush=True)
         elif int(done) != self._last:
             self._last = int(done)
+            self._full = frac >= 1.0
             print(f"{frac:4.0%} {note}", file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def finish(self, note: str) -> None:
+        """Show 100% (a run shorter than a second would otherwise end at 0%) and end the line."""
         if self.tty:
+            self.update(self.total, note)
             print(file=self.stream)
+        elif not self._full:
+            print(f"{1.0:4.0%} {note}", file=self.stream, flush=True)
 
 
 @dataclass
@@ -527,8 +578,7 @@ async def load(
         await asyncio.gather(reporter, return_exceptions=True)
     result.seconds = time.monotonic() - start
     if progress is not None:
-        progress.update(duration, f"{result.sent} requests")
-        progress.close()
+        progress.finish(f"{result.sent} requests")
     return result
 
 
@@ -588,15 +638,22 @@ async def _main(args: argparse.Namespace, out: TextIO) -> int:
             f"calling app counted itself.  backend: {backend}",
             file=out,
         )
-        print("metrics (Envoy's path; /metrics too):", file=out)
-        for workload in SHOWN:
-            url = mesh.sidecars[workload.name].admin_url
-            print(f"  {workload.name:<16} {url}/stats/prometheus", file=out)
-        host, port = mesh.entry
-        print(f"productpage: http://{host}:{port}/productpage", file=out)
         if args.serve:
+            print("metrics (Envoy's path; /metrics too):", file=out)
+            for workload in SHOWN:
+                url = mesh.sidecars[workload.name].admin_url
+                print(f"  {workload.name:<16} {url}/stats/prometheus", file=out)
+            host, port = mesh.entry
+            print(f"productpage: http://{host}:{port}/productpage", file=out)
             print("serving until Ctrl-C (or SIGTERM) ...", file=out, flush=True)
             await _until_signalled()
+        else:
+            # Its URLs would already be closed: say how to keep them open instead.
+            print(
+                "the mesh is stopped now; `meshstats demo --serve` keeps it up and lists "
+                "where each sidecar serves its metrics",
+                file=out,
+            )
     finally:
         await mesh.stop()
     return 0

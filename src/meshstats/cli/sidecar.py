@@ -1,29 +1,36 @@
 """``meshstats sidecar``: run one sidecar proxy from a config file until interrupted.
 
-Example config (YAML or JSON; relative paths are taken from the file's directory)::
+A config is YAML or JSON; relative paths are taken from the file's directory. The
+repository's ``examples/`` holds a working pair (``reviews-sidecar.yaml`` in front of an
+app, ``productpage-sidecar.yaml`` calling it; the README's "Run a sidecar" runs them)::
 
-    node: {WORKLOAD_NAME: reviews-v2, NAMESPACE: default, LABELS: {app: reviews, version: v2}}
-    cert_dir: certs/reviews          # ca.crt, cert.pem, key.pem (meshstats.certs writes them)
-    inbound: {port: 15006, app: "127.0.0.1:9080", protocol: http, mtls: permissive}
+    node: {WORKLOAD_NAME: reviews-v1, NAMESPACE: default, LABELS: {app: reviews, version: v1}}
+    cert_dir: certs/reviews          # ca.crt, cert.pem, key.pem (`meshstats certs issue`)
+    inbound: {port: 16006, app: "127.0.0.1:19080", protocol: http, mtls: strict}
     outbound:
-      - {port: 15001, upstream: "127.0.0.1:16006", protocol: http,
-         service_host: ratings.default.svc.cluster.local}
-      - {port: 15002, protocol: http, mode: passthrough}   # or blackhole: not in the mesh
-    admin_port: 15090                # /stats/prometheus, /metrics, /healthz
-    registry: registry.yaml          # IP/CIDR -> metadata for peers that cannot exchange
+      - {port: 16001, upstream: "127.0.0.1:16006", protocol: http,
+         service_host: reviews.default.svc.cluster.local}
+      - {port: 16002, protocol: http, mode: passthrough}   # or blackhole: not in the mesh
+    admin_port: 16090                # /stats/prometheus, /metrics, /healthz
+    registry: registry.yaml          # optional: IP/CIDR -> metadata for peers that cannot exchange
     plaintext_exchange: true         # recognise a plaintext peer's prefix by its magic
     gateway: false                   # true: destination_service from the requested host
 
 Run it with ``meshstats sidecar --config sidecar.yaml``. Once listening it prints one line
 per listener (``inbound 127.0.0.1:15006 -> 127.0.0.1:9080 http``, ...), then serves until
 SIGINT/SIGTERM (or ``--duration`` seconds). Exit status: 0 after a clean stop, 1 for a bad
-config or a port that cannot be bound, 2 for a usage error.
+config, a missing certificate (naming ``cert_dir``) or a port that cannot be bound (naming
+the address and the config field), 2 for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..proxy import SidecarConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             await sidecar.start()
         except OSError as exc:
-            print(f"meshstats sidecar: cannot listen: {exc}", file=sys.stderr)
+            print(f"meshstats sidecar: {_listen_error(config, exc)}", file=sys.stderr)
             return 1
         try:
             host = config.host
@@ -86,6 +93,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(serve())
+
+
+def _listen_error(config: SidecarConfig, exc: OSError) -> str:
+    """``cannot listen on 127.0.0.1:15006 (inbound.port): Address already in use``.
+
+    The listeners put the address in ``exc.filename``; the config field that asked for that
+    port is named too, so the line says what to change.
+    """
+    address = exc.filename if isinstance(exc.filename, str) else None
+    if address is None:
+        return f"cannot listen: {exc}"
+    fields = []
+    port = int(address.rpartition(":")[2] or 0)
+    if config.inbound is not None and config.inbound.port == port:
+        fields.append("inbound.port")
+    fields += [f"outbound[{i}].port" for i, out in enumerate(config.outbound) if out.port == port]
+    if config.admin_port == port:
+        fields.append("admin_port")
+    where = f" ({', '.join(fields)})" if fields and port else ""
+    return f"cannot listen on {address}{where}: {exc.strerror}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,13 +19,13 @@ raises :class:`~meshstats.errors.ConfigError` naming the field (``outbound[0].po
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from .._files import load_data
 from ..attributes import BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER
 from ..errors import ConfigError
 from ..registry import WorkloadRegistry
@@ -409,12 +409,5 @@ class SidecarConfig:
     @classmethod
     def from_file(cls, path: StrPath) -> SidecarConfig:
         """A JSON or YAML file; relative paths inside are relative to the file."""
-        import yaml
-
-        source = Path(path)
-        text = source.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if source.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot parse: {exc}", str(source)) from exc
-        return cls.from_mapping(data, base=source.parent)
+        data = load_data(path, "a sidecar config")  # the one loader: same rules, same words
+        return cls.from_mapping(data, base=Path(path).parent)

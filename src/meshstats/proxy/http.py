@@ -67,7 +67,7 @@ from .pool import Pooled
 if TYPE_CHECKING:
     from ..engine import PeerContext
     from .config import Address, OutboundConfig
-    from .sidecar import Sidecar
+    from .handler_api import SidecarView as Sidecar  # only what handlers may use
 
 __all__ = ["MX_HEADER", "MX_ID_HEADER", "HttpStream", "outbound_http", "inbound_http"]
 
@@ -279,7 +279,7 @@ def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
 
 
 def framing_problem(request: h11.Request, head: bytes) -> str | None:
-    """Why a request's framing is ambiguous (RFC 9112 §6.1, §6.3), or None.
+    r"""Why a request's framing is ambiguous (RFC 9112 §6.1, §6.3), or None.
 
     ``head`` is the request head as received (h11 has merged repeated fields by then).
 

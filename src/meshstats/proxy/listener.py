@@ -127,9 +127,10 @@ class Listener:
             sock.bind((host, port))
             sock.listen(512)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # bind() does not say which address: a sidecar has several. errno is kept.
+            raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from exc
         self._sock = sock
         self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
         return self

@@ -53,7 +53,7 @@ from .listener import format_address
 
 if TYPE_CHECKING:
     from .config import OutboundConfig
-    from .sidecar import Sidecar
+    from .handler_api import SidecarView as Sidecar  # only what handlers may use
 
 __all__ = ["Exchanged", "read_peer_prefix", "relay", "outbound_tcp", "inbound_tcp"]
 
