@@ -3,7 +3,7 @@
 A leaf module (types only): the handlers depend on this small protocol instead of on
 :class:`~meshstats.proxy.Sidecar` and its internals, and mypy checks both sides, that the
 handlers use nothing else and that ``Sidecar`` provides all of it. A test double, or
-another front end for the handlers, implements these seven members.
+another front end for the handlers, implements these eight members.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..engine import PeerContext, StatsEngine
     from ..peer_metadata import PeerMetadata
     from .config import OutboundConfig, SidecarConfig
+    from .pool import UpstreamPool
 
 __all__ = ["SidecarView"]
 
@@ -31,6 +32,8 @@ class SidecarView(Protocol):
     prefix: bytes
     #: The ``x-envoy-peer-metadata`` and ``-id`` headers, added to each exchanged request.
     mx_headers: list[tuple[bytes, bytes]]
+    #: Idle upstream HTTP connections, kept for the next downstream connection.
+    upstream_pool: UpstreamPool
 
     async def connect(
         self, address: tuple[str, int], protocol: Literal["tcp", "http"], *, mesh: bool = True
