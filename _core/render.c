@@ -16,9 +16,19 @@
 
 #include "store_internal.h"
 
-static const char OVERFLOW_FAMILY[] = "meshstats_series_overflow_total";
-static const char OVERFLOW_HELP[] =
-    "Label sets folded into the overflow series because the metric reached max_series.";
+/* What a family prints: a metric, or one of the two fold families (store_internal.h),
+ * one per limit that folds label sets into the overflow series. */
+typedef enum fold_family { NOT_FOLDS = 0, FOLD_MAX_SERIES = 1, FOLD_BUDGET = 2 } fold_family;
+
+static const struct {
+    const char *name, *help;
+    size_t name_len, help_len;
+} FOLD_FAMILIES[] = {
+    {0},
+    {MS_OVERFLOW_FAMILY, MS_OVERFLOW_HELP, sizeof MS_OVERFLOW_FAMILY - 1,
+     sizeof MS_OVERFLOW_HELP - 1},
+    {MS_BUDGET_FAMILY, MS_BUDGET_HELP, sizeof MS_BUDGET_FAMILY - 1, sizeof MS_BUDGET_HELP - 1},
+};
 
 typedef struct writer {
     ms_store *s;
@@ -158,11 +168,12 @@ static void put_label_value(writer *w, const ms_str *v) {
         put(w, v->data, ms_str_len(v));
 }
 
-/* One family to print: a metric, or (metric == NULL) the overflow family. */
+/* One family to print: a metric, or (metric == NULL) the fold family `fold`. */
 typedef struct family {
     const char *name;
     size_t name_len;
     const ms_metric *metric;
+    fold_family fold;
 } family;
 
 static int family_cmp(const void *a, const void *b) {
@@ -317,22 +328,28 @@ static void render_metric(render_ctx *c, const ms_metric *m) {
     }
 }
 
-static void render_overflow(render_ctx *c, uint32_t n_metrics) {
+static uint64_t folded(const ms_metric *m, fold_family fold) {
+    _Atomic uint64_t *n = (_Atomic uint64_t *)(fold == FOLD_MAX_SERIES ? &m->overflow_count
+                                                                      : &m->budget_overflow_count);
+    return atomic_load_explicit(n, memory_order_relaxed);
+}
+
+static void render_folds(render_ctx *c, uint32_t n_metrics, fold_family fold) {
     writer *w = &c->w;
-    size_t len = sizeof OVERFLOW_FAMILY - 1;
-    put_header(c, OVERFLOW_FAMILY, len, c->om, NULL, OVERFLOW_HELP, sizeof OVERFLOW_HELP - 1,
-               "counter");
+    const char *family = FOLD_FAMILIES[fold].name;
+    size_t len = FOLD_FAMILIES[fold].name_len;
+    put_header(c, family, len, c->om, NULL, FOLD_FAMILIES[fold].help,
+               FOLD_FAMILIES[fold].help_len, "counter");
     /* One line per folding metric, in metric-id order (as _store_py's snapshot). */
     for (uint32_t i = 0; i < n_metrics; i++) {
         const ms_metric *m = ms_metric_at(w->s, i);
-        uint64_t folded =
-            atomic_load_explicit((_Atomic uint64_t *)&m->overflow_count, memory_order_relaxed);
-        if (!folded) continue;
-        put(w, OVERFLOW_FAMILY, len);
+        uint64_t n = folded(m, fold);
+        if (!n) continue;
+        put(w, family, len);
         PUT_LIT(w, "{metric=\"");
         put_label_value(w, m->name);
         PUT_LIT(w, "\"} ");
-        put_u64(w, folded);
+        put_u64(w, n);
         put_char(w, '\n');
     }
 }
@@ -347,7 +364,7 @@ ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
     /* Metrics first: a series read later may belong to a newer metric, and is skipped. */
     uint32_t n_metrics = ms_metric_count(s);
     uint32_t n_series = ms_series_total(s);
-    size_t fams_bytes = ((size_t)n_metrics + 1) * sizeof(family);
+    size_t fams_bytes = ((size_t)n_metrics + 2) * sizeof(family);
     size_t start_bytes = ((size_t)n_metrics + 2) * sizeof(uint32_t);
     size_t order_bytes = ((size_t)n_series + 1) * sizeof(uint32_t);
     family *fams = ms_alloc(s, fams_bytes);
@@ -370,19 +387,21 @@ ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
     }
 
     size_t n_fams = 0;
-    int folded = 0;
+    int any_fold[3] = {0, 0, 0};
     for (uint32_t m = 0; m < n_metrics; m++) {
         const ms_metric *metric = ms_metric_at(s, m);
         fams[n_fams].name = metric->name->data;
         fams[n_fams].name_len = ms_str_len(metric->name);
+        fams[n_fams].fold = NOT_FOLDS;
         fams[n_fams++].metric = metric;
-        if (atomic_load_explicit((_Atomic uint64_t *)&metric->overflow_count,
-                                 memory_order_relaxed))
-            folded = 1;
+        any_fold[FOLD_MAX_SERIES] |= folded(metric, FOLD_MAX_SERIES) != 0;
+        any_fold[FOLD_BUDGET] |= folded(metric, FOLD_BUDGET) != 0;
     }
-    if (folded) {
-        fams[n_fams].name = OVERFLOW_FAMILY;
-        fams[n_fams].name_len = sizeof OVERFLOW_FAMILY - 1;
+    for (int f = FOLD_MAX_SERIES; f <= FOLD_BUDGET; f++) {
+        if (!any_fold[f]) continue;
+        fams[n_fams].name = FOLD_FAMILIES[f].name;
+        fams[n_fams].name_len = FOLD_FAMILIES[f].name_len;
+        fams[n_fams].fold = (fold_family)f;
         fams[n_fams++].metric = NULL;
     }
     qsort(fams, n_fams, sizeof *fams, family_cmp);
@@ -395,7 +414,7 @@ ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
         if (fams[i].metric)
             render_metric(&c, fams[i].metric);
         else
-            render_overflow(&c, n_metrics);
+            render_folds(&c, n_metrics, fams[i].fold);
     }
     if (c.om) PUT_LIT(&c.w, "# EOF\n");
     st = c.w.failed ? MS_ERR_NOMEM : MS_OK;

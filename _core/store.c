@@ -246,10 +246,15 @@ static uint64_t series_rehash(const ms_store *s, uint32_t id) {
 /* ---- store life ------------------------------------------------------------------ */
 
 ms_store *ms_store_new(const ms_allocator *allocator, uint64_t default_max_series) {
+    return ms_store_new_budget(allocator, default_max_series, UINT64_MAX);
+}
+
+ms_store *ms_store_new_budget(const ms_allocator *allocator, uint64_t default_max_series,
+                              uint64_t max_exposition_bytes) {
     static const ms_allocator libc = {malloc, libc_calloc, realloc, free};
     static _Atomic uint64_t stores_made;
     const ms_allocator *al = allocator ? allocator : &libc;
-    if (default_max_series < 1) return NULL;
+    if (default_max_series < 1 || max_exposition_bytes < 1) return NULL;
     ms_store *s = al->calloc(1, sizeof *s);
     if (!s) return NULL;
     s->al = *al;
@@ -261,6 +266,8 @@ ms_store *ms_store_new(const ms_allocator *allocator, uint64_t default_max_serie
     uint64_t n = atomic_fetch_add(&stores_made, 1);
     s->seed = mix64((uint64_t)(uintptr_t)s ^ ((uint64_t)time(NULL) << 20) ^ (n << 40));
     s->default_max_series = default_max_series;
+    s->max_exposition_bytes = max_exposition_bytes;
+    atomic_init(&s->exposition_bytes, 0);
     s->arena_next = ARENA_FIRST;
     s->overflow_string = MS_NO_SERIES;
     pvec_init(&s->metrics, sizeof(ms_metric *));
@@ -287,6 +294,12 @@ void ms_store_free(ms_store *s) {
 
 size_t ms_store_memory(const ms_store *s) {
     return atomic_load_explicit((_Atomic size_t *)&s->mem, memory_order_relaxed);
+}
+
+uint64_t ms_store_max_exposition_bytes(const ms_store *s) { return s->max_exposition_bytes; }
+
+uint64_t ms_store_exposition_bytes(const ms_store *s) {
+    return atomic_load_explicit((_Atomic uint64_t *)&s->exposition_bytes, memory_order_relaxed);
 }
 
 /* ---- metrics --------------------------------------------------------------------- */
@@ -332,9 +345,10 @@ static int same(const char *a, size_t a_len, const char *b, size_t b_len) {
 /* Both the name and the OpenMetrics family of every metric are taken, so the two
  * formats never show two families under one name; so are the overflow family's. */
 static int name_taken(const ms_store *s, uint32_t n_metrics, const char *name, size_t len) {
-    static const char overflow[] = "meshstats_series_overflow_total";
+    static const char overflow[] = MS_OVERFLOW_FAMILY, budget[] = MS_BUDGET_FAMILY;
     if (same(name, len, overflow, sizeof overflow - 1) ||
-        same(name, len, overflow, sizeof overflow - 7))
+        same(name, len, overflow, sizeof overflow - 7) ||
+        same(name, len, budget, sizeof budget - 1) || same(name, len, budget, sizeof budget - 7))
         return 1;
     for (uint32_t i = 0; i < n_metrics; i++) {
         const ms_metric *m = ms_metric_at(s, i);
@@ -373,6 +387,88 @@ static ms_status validate_metric(ms_kind kind, const char *name, size_t name_len
     return MS_OK;
 }
 
+/* ---- exposition budget ------------------------------------------------------------ */
+
+/* Saturating: a charge too big for 64 bits is refused by any budget, as its exact value
+ * would be (the Python twin computes exactly and clamps; the decisions agree). */
+static inline uint64_t sat_add(uint64_t a, uint64_t b) {
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+static inline uint64_t sat_mul(uint64_t a, uint64_t b) {
+    return b && a > UINT64_MAX / b ? UINT64_MAX : a * b;
+}
+
+/* A series' lines, with S the sample name and L its label block `a="v",b="w"`:
+ *   counter     S{L} <u64>\n          S: the name, plus "_total" in OpenMetrics when the
+ *                                      name lacks it (the larger of the two formats)
+ *   gauge       name{L} <double>\n
+ *   histogram   name_bucket{L,le="<bound>"} <u64>\n  for each bound and +Inf, then
+ *               name_sum{L} <double>\n  and  name_count{L} <u64>\n
+ * with every value at its widest. L is the label names' part (`a=""`, commas: fixed)
+ * plus the values' escaped bytes, so a charge is charge_base + charge_lines * those
+ * bytes, and the base is worked out once here. Labelless metrics are not charged. */
+static void charge_init(ms_metric *m) {
+    m->charge_base = m->charge_lines = 0;
+    if (!m->n_labels) return;
+    uint64_t name = ms_str_len(m->name), names = m->n_labels - 1; /* the commas */
+    for (uint32_t i = 0; i < m->n_labels; i++)
+        names = sat_add(names, (uint64_t)ms_str_len(m->label_names[i]) + 3); /* a="" */
+    uint64_t braced = sat_add(names, 2); /* {L} */
+    if (m->kind == MS_COUNTER) {
+        const char *n = m->name->data;
+        int total = name >= 6 && memcmp(n + name - 6, "_total", 6) == 0;
+        m->charge_lines = 1;
+        m->charge_base = sat_add(braced, name + (total ? 0 : 6) + 1 + MS_U64_WIDTH + 1);
+    } else if (m->kind == MS_GAUGE) {
+        m->charge_lines = 1;
+        m->charge_base = sat_add(braced, name + 1 + MS_DOUBLE_WIDTH + 1);
+    } else {
+        m->charge_lines = (uint64_t)m->n_bounds + 3;
+        /* name_bucket{ L ,le=" bound "} count\n */
+        uint64_t bucket = sat_add(names, name + 8 + 1 + 4 + 3 + MS_U64_WIDTH + 1);
+        uint64_t base = sat_add(sat_mul(bucket, (uint64_t)m->n_bounds + 1), 4); /* "+Inf" */
+        for (uint32_t b = 0; b < m->n_bounds; b++)
+            base = sat_add(base, ms_str_len(m->bound_text[b]));
+        base = sat_add(base, sat_add(braced, name + 4 + 1 + MS_DOUBLE_WIDTH + 1)); /* _sum */
+        m->charge_base = sat_add(base, sat_add(braced, name + 6 + 1 + MS_U64_WIDTH + 1));
+    }
+}
+
+/* The escaped bytes of a label value: \\, \" and newline take two. */
+static uint64_t escaped_len(const ms_strref *v) {
+    const unsigned char *p = (const unsigned char *)v->ptr;
+    size_t n = v->len;
+    for (size_t i = 0; i < v->len; i++)
+        n += (size_t)((p[i] == '\\') | (p[i] == '"') | (p[i] == '\n'));
+    return n;
+}
+
+/* values[0 .. known) are interned as ids[0 .. known): their length and "needs escaping"
+ * bit are known, so only new values (or ones with escapes) are scanned. A new label set
+ * is mostly values seen before, and scanning all 25 was a fifth of creating a series. */
+static uint64_t series_charge(const ms_store *s, const ms_metric *m, const ms_strref *values,
+                              const uint32_t *ids, uint32_t known) {
+    if (!m->n_labels) return 0;
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < m->n_labels; i++) {
+        const ms_str *str = i < known ? ms_string_at(s, ids[i]) : NULL;
+        uint64_t len = str && !(str->len_flags & MS_STR_ESCAPE) ? ms_str_len(str)
+                                                                 : escaped_len(&values[i]);
+        bytes = sat_add(bytes, len);
+    }
+    return sat_add(m->charge_base, sat_mul(m->charge_lines, bytes));
+}
+
+ms_status ms_series_charge(const ms_store *s, uint32_t metric, const ms_strref *values,
+                           uint32_t n_values, uint64_t *out_bytes) {
+    if (metric >= ms_metric_count(s)) return MS_ERR_UNKNOWN_METRIC;
+    const ms_metric *m = ms_metric_at(s, metric);
+    if (n_values != m->n_labels) return MS_ERR_INVALID_LABELS;
+    *out_bytes = series_charge(s, m, values, NULL, 0);
+    return MS_OK;
+}
+
 ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name_len,
                         const char *help, size_t help_len, const ms_strref *label_names,
                         uint32_t n_labels, const double *bounds, uint32_t n_bounds,
@@ -402,6 +498,7 @@ ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name
     m->max_series = max_series ? max_series : s->default_max_series;
     atomic_init(&m->n_series, 0);
     atomic_init(&m->overflow_count, 0);
+    atomic_init(&m->budget_overflow_count, 0);
     atomic_init(&m->overflow_series, MS_NO_SERIES);
     if (!(m->name = str_copy(s, name, name_len))) goto out;
     if (!(m->help = str_copy(s, help, help_len))) goto out;
@@ -425,6 +522,7 @@ ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name
         m->bounds = b;
         m->bound_text = text;
     }
+    charge_init(m);
     ms_metric **slot = pvec_reserve(s, &s->metrics);
     if (!slot) goto out;
     *slot = m;
@@ -517,8 +615,11 @@ static ms_status series_new(ms_store *s, ms_metric *m, uint32_t labelset, uint32
     return MS_OK;
 }
 
-/* fold: count this call in overflow_count (not when asked for by its own label set). */
-static ms_status overflow_series(ms_store *s, ms_metric *m, int fold, uint32_t *out) {
+/* Why a label set goes to the overflow series: asked for by its own label set (not a
+ * fold, not counted), or folded by max_series or by the exposition budget. */
+typedef enum fold_cause { NO_FOLD, FOLD_MAX_SERIES, FOLD_BUDGET } fold_cause;
+
+static ms_status overflow_series(ms_store *s, ms_metric *m, fold_cause fold, uint32_t *out) {
     uint32_t sid = atomic_load_explicit(&m->overflow_series, memory_order_relaxed);
     if (sid == MS_NO_SERIES) {
         ms_status st;
@@ -536,7 +637,10 @@ static ms_status overflow_series(ms_store *s, ms_metric *m, int fold, uint32_t *
         if (st != MS_OK) return st;
         ms_store_release_u32(&m->overflow_series, sid);
     }
-    if (fold) atomic_fetch_add_explicit(&m->overflow_count, 1, memory_order_relaxed);
+    if (fold == FOLD_MAX_SERIES)
+        atomic_fetch_add_explicit(&m->overflow_count, 1, memory_order_relaxed);
+    else if (fold == FOLD_BUDGET)
+        atomic_fetch_add_explicit(&m->budget_overflow_count, 1, memory_order_relaxed);
     *out = sid;
     return MS_OK;
 }
@@ -554,10 +658,11 @@ static ms_status series_get_locked(ms_store *s, ms_metric *m, const ms_strref *v
     uint32_t n = m->n_labels, labelset = MS_NO_SERIES, i;
     if (n && is_overflow_key(values, n)) {
         /* The overflow series' own label set names it (and is not a fold). */
-        return overflow_series(s, m, 0, out);
+        return overflow_series(s, m, NO_FOLD, out);
     }
     for (i = 0; i < n; i++)
         if ((ids[i] = string_lookup(s, &values[i])) == MS_NO_SERIES) break;
+    uint32_t known = i;
     if (i == n) {
         labelset_key key = {ids, n};
         labelset = table_get(s, &s->labelset_table, labelset_hash(s, ids, n), labelset_eq, &key);
@@ -572,7 +677,13 @@ static ms_status series_get_locked(ms_store *s, ms_metric *m, const ms_strref *v
         }
     }
     if (atomic_load_explicit(&m->n_series, memory_order_relaxed) >= m->max_series)
-        return overflow_series(s, m, 1, out);
+        return overflow_series(s, m, FOLD_MAX_SERIES, out);
+    /* The budget is read and charged under the mutex, with the series' creation: exact
+     * however many threads add series. Charged only once the series exists (an
+     * allocation failure leaves the total as it was). */
+    uint64_t charged = sat_add(atomic_load_explicit(&s->exposition_bytes, memory_order_relaxed),
+                               series_charge(s, m, values, ids, known));
+    if (charged > s->max_exposition_bytes) return overflow_series(s, m, FOLD_BUDGET, out);
     ms_status st;
     if (labelset == MS_NO_SERIES) {
         for (i = 0; i < n; i++)
@@ -586,6 +697,7 @@ static ms_status series_get_locked(ms_store *s, ms_metric *m, const ms_strref *v
     *table_find(s, &s->series_table, series_hash(s, m->id, labelset), series_eq, &sk) = sid + 1;
     s->series_table.used++;
     atomic_fetch_add_explicit(&m->n_series, 1, memory_order_relaxed);
+    atomic_store_explicit(&s->exposition_bytes, charged, memory_order_relaxed);
     *out = sid;
     return MS_OK;
 }
@@ -632,6 +744,8 @@ ms_status ms_metric_get(const ms_store *s, uint32_t metric, ms_metric_info *out)
                                              memory_order_relaxed);
     out->overflow_count = atomic_load_explicit((_Atomic uint64_t *)&m->overflow_count,
                                                memory_order_relaxed);
+    out->budget_overflow_count = atomic_load_explicit(
+        (_Atomic uint64_t *)&m->budget_overflow_count, memory_order_relaxed);
     return MS_OK;
 }
 

@@ -64,10 +64,24 @@ typedef struct ms_metric_info {
     uint64_t max_series;
     uint64_t series_count;   /* real series, the overflow series not included */
     uint64_t overflow_count; /* series() calls folded into the overflow series */
+    uint64_t budget_overflow_count; /* those folded by the exposition budget instead */
 } ms_metric_info;
 
-/* allocator NULL: the C library's. default_max_series must be >= 1. NULL on OOM. */
+/* allocator NULL: the C library's. default_max_series must be >= 1. NULL on OOM.
+ * No exposition budget (ms_store_new_budget with UINT64_MAX). */
 ms_store *ms_store_new(const ms_allocator *allocator, uint64_t default_max_series);
+/* With an exposition byte budget (docs/store.md, "Exposition budget"), >= 1: each new
+ * series with labels is charged an upper bound of the bytes its lines add to a render
+ * (ms_series_charge), and one whose charge would take the store's total past
+ * max_exposition_bytes goes to its metric's overflow series instead, counted in
+ * budget_overflow_count. The charge is taken under the store mutex with the series'
+ * creation, so the total is exact whatever the threads. UINT64_MAX: no budget (the
+ * total saturates there and never exceeds it). */
+ms_store *ms_store_new_budget(const ms_allocator *allocator, uint64_t default_max_series,
+                              uint64_t max_exposition_bytes);
+/* The budget, and the bytes charged so far (never more than the budget). */
+uint64_t ms_store_max_exposition_bytes(const ms_store *s);
+uint64_t ms_store_exposition_bytes(const ms_store *s);
 void ms_store_free(ms_store *s);
 /* Exact bytes currently requested from the allocator by this store. */
 size_t ms_store_memory(const ms_store *s);
@@ -81,9 +95,15 @@ ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name
                         uint64_t max_series, uint32_t *out_metric);
 
 /* The series of `metric` with these label values (UTF-8, any bytes), created on first
- * use; past max_series the metric's overflow series. */
+ * use; past max_series, or past the exposition budget, the metric's overflow series. */
 ms_status ms_series_get(ms_store *s, uint32_t metric, const ms_strref *values,
                         uint32_t n_values, uint32_t *out_series);
+/* What a new series of `metric` with these values would be charged against the budget:
+ * the most bytes its lines can take in either format (values at their widest), or 0
+ * for a metric without labels (its one series is fixed at registration, like its
+ * HELP and TYPE lines). Saturates at UINT64_MAX. */
+ms_status ms_series_charge(const ms_store *s, uint32_t metric, const ms_strref *values,
+                           uint32_t n_values, uint64_t *out_bytes);
 
 uint32_t ms_metric_count(const ms_store *s);
 uint32_t ms_series_total(const ms_store *s);

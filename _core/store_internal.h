@@ -75,8 +75,11 @@ typedef struct ms_metric {
     uint32_t id, n_labels, n_bounds;
     uint32_t stride; /* slot words per series */
     uint64_t max_series;
-    _Atomic uint64_t n_series, overflow_count;
+    _Atomic uint64_t n_series, overflow_count, budget_overflow_count;
     ms_atomic_u32 overflow_series; /* MS_NO_SERIES until first needed */
+    /* Exposition budget: a new series is charged charge_base + charge_lines * (the
+     * escaped bytes of its values); both fixed at registration (store.c, charge_init). */
+    uint64_t charge_base, charge_lines;
     const ms_str *name, *help;
     const ms_str **label_names;
     const double *bounds;
@@ -103,6 +106,8 @@ struct ms_store {
     pthread_mutex_t lock;
     uint64_t seed;
     uint64_t default_max_series;
+    uint64_t max_exposition_bytes; /* UINT64_MAX: no budget */
+    _Atomic uint64_t exposition_bytes; /* charged; written under the mutex only */
     ms_block *blocks;             /* every never-moving allocation, freed at the end */
     char *arena, *arena_end;      /* bump area for small never-moving items */
     size_t arena_next;            /* size of the next arena block */
@@ -219,6 +224,21 @@ static inline ms_status ms_observe_inline(ms_store *s, uint64_t series, double v
     ms_observe_slots(ms_metric_at(s, r->metric_kind >> 2), ms_record_slots(r), v);
     return MS_OK;
 }
+
+/* The widest a sample's value can print: a u64 in decimal, and a double as
+ * ms_format_double writes it ("-1.2345678901234567e-308"). The exposition budget
+ * charges every value at these widths, so a charge bounds what render writes. */
+#define MS_U64_WIDTH 20u
+#define MS_DOUBLE_WIDTH 24u
+
+/* The extra families render adds when a metric has folded label sets (docs/store.md). */
+#define MS_OVERFLOW_FAMILY "meshstats_series_overflow_total"
+#define MS_OVERFLOW_HELP \
+    "Label sets folded into the overflow series because the metric reached max_series."
+#define MS_BUDGET_FAMILY "meshstats_exposition_budget_overflow_total"
+#define MS_BUDGET_HELP                                                                   \
+    "Label sets folded into the overflow series because the store reached " \
+    "max_exposition_bytes."
 
 /* Counted allocation through the store's allocator (render uses these too). */
 void *ms_alloc(ms_store *s, size_t n);

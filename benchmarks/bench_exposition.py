@@ -1,6 +1,11 @@
 """Exposition of 1k and 10k series (a counter and a histogram each), text format 0.0.4.
 
 Target (issue 2): at least 50x faster than prometheus-client's ``generate_latest()``.
+
+Also a scrape under attack (issue 10.5): 20,000 spoofed peers whose metadata fills the
+source labels with 512-character values (the engine's cut), on Istio's four HTTP metrics,
+with the default exposition budget. The render's size and what the same label sets would
+have been charged without a budget go in ``extra_info``.
 """
 
 from __future__ import annotations
@@ -80,3 +85,43 @@ def test_render_prometheus_client(benchmark: Any, prom_registry: Any, n: int) ->
         prometheus_client.generate_latest, args=(prom_registry,), rounds=3, iterations=1
     )
     assert text.count(b"\nistio_requests_total{") == n
+
+
+# Labels a plaintext peer's metadata fills (source_workload, canonical service and
+# revision, namespace, app, version, cluster), each at the engine's 512-character cut.
+_SPOOFED = {1, 2, 3, 4, 6, 7, 8}
+_HTTP_HISTOGRAMS = (
+    "istio_request_duration_milliseconds",
+    "istio_request_bytes",
+    "istio_response_bytes",
+)
+
+
+def _attack(mod: ModuleType, n: int, **store_args: Any) -> Any:
+    store = mod.Store(**store_args)
+    requests = store.counter("istio_requests_total", "Requests.", LABEL_NAMES)
+    hists = [store.histogram(name, "H.", LABEL_NAMES) for name in _HTTP_HISTOGRAMS]
+    for i in range(n):
+        long = f"{i}-".ljust(512, "w")
+        values = tuple(long if k in _SPOOFED else v for k, v in enumerate(label_values(i)))
+        store.inc(store.series(requests, values))
+        for h in hists:
+            store.observe(store.series(h, values), 12.0)
+    return store
+
+
+@pytest.mark.parametrize("mod_name", ["c", "py"])
+@pytest.mark.benchmark(group="exposition under attack: 20,000 spoofed peers")
+def test_render_under_attack(
+    benchmark: Any, store_c: ModuleType, store_py: ModuleType, mod_name: str
+) -> None:
+    mod = store_c if mod_name == "c" else store_py
+    store = _attack(mod, 20_000)
+    text = benchmark.pedantic(store.render, rounds=3 if mod_name == "c" else 1, iterations=1)
+    # Charges alone (no render): what the same label sets add up to without a budget.
+    unbounded = _attack(store_c, 20_000, max_exposition_bytes=2**64 - 1).exposition_bytes()
+    benchmark.extra_info["render_bytes"] = len(text)
+    benchmark.extra_info["charged_bytes"] = store.exposition_bytes()
+    benchmark.extra_info["unbudgeted_charge_bytes"] = unbounded
+    benchmark.extra_info["folded"] = sum(store.budget_overflow_count(m) for m in range(4))
+    assert len(text) <= mod.DEFAULT_MAX_EXPOSITION_BYTES + 100_000

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meshstats import Store
 from meshstats.config import (
     ENVOY_BUCKETS,
     MIXER_BYTES_BUCKETS,
@@ -28,6 +29,7 @@ FULL = {
     "definitions": [{"name": "sizes", "type": "HISTOGRAM", "value": "request.total_size"}],
     "buckets": {"request_duration_milliseconds": "mixer", "sizes": [10, 100, 1000]},
     "max_series": 5000,
+    "max_exposition_bytes": 1_000_000,
     "idle_series_expiry": "10m",
     "peer_cache_size": 64,
 }
@@ -47,6 +49,7 @@ def test_parses_every_field() -> None:
     assert cfg.buckets_for("sizes") == (10.0, 100.0, 1000.0)
     assert cfg.buckets_for("response_bytes") == ENVOY_BUCKETS
     assert cfg.max_series == 5000 and cfg.peer_cache_size == 64
+    assert cfg.max_exposition_bytes == 1_000_000
     assert cfg.idle_series_expiry == 600.0
 
 
@@ -56,6 +59,7 @@ def test_defaults() -> None:
     assert cfg.tcp_reporting_duration == 5.0
     assert cfg.reporter == "UNSPECIFIED"
     assert cfg.buckets_for("request_bytes") == ENVOY_BUCKETS
+    assert cfg.max_exposition_bytes == 256 * 1024 * 1024 == Store().max_exposition_bytes
 
 
 def test_mixer_preset_follows_the_metric_unit() -> None:
@@ -74,12 +78,14 @@ def test_json_text_yaml_and_json_files(tmp_path: Path) -> None:
     yaml_file = tmp_path / "stats.yaml"
     yaml_file.write_text(
         "tcpReportingDuration: 250ms\n"
+        "max_exposition_bytes: 67108864\n"
         "metrics:\n"
         "  - name: requests_total\n"
         "    tagsToRemove: [grpc_response_status]\n"
     )
     cfg = StatsConfig.parse(str(yaml_file))
     assert cfg.tcp_reporting_duration == 0.25
+    assert cfg.max_exposition_bytes == 64 * 1024 * 1024
     assert cfg.metrics[0].tags_to_remove == ("grpc_response_status",)
 
 
@@ -107,6 +113,11 @@ def test_json_text_yaml_and_json_files(tmp_path: Path) -> None:
         ({"buckets": {"request_bytes": [1, float("inf")]}}, "buckets.request_bytes[1]", "finite"),
         ({"buckets": {"request_bytes": "linear"}}, "buckets.request_bytes", "preset"),
         ({"max_series": 0}, "max_series", ">= 1"),
+        ({"max_exposition_bytes": 0}, "max_exposition_bytes", ">= 1"),
+        ({"max_exposition_bytes": -1}, "max_exposition_bytes", ">= 1"),
+        ({"max_exposition_bytes": "256MiB"}, "max_exposition_bytes", "integer"),
+        ({"max_exposition_bytes": None}, "max_exposition_bytes", "integer"),
+        ({"maxExpositionBytes": 2.5}, "max_exposition_bytes", "integer"),
         ({"peer_cache_size": True}, "peer_cache_size", "integer"),
         ({"disable_host_header_fallback": "no"}, "disable_host_header_fallback", "true"),
         ({"surprise": 1}, "surprise", "unknown field"),
@@ -169,6 +180,7 @@ def test_protobuf_json_mapping_as_istio_writes_it() -> None:
             "disable_host_header_fallback": "true",
             "tcpReportingDuration": "10s",
             "maxSeries": "5000",
+            "maxExpositionBytes": "268435456",  # a 64-bit integer, quoted
             "peer_cache_size": 64.0,
             "metrics": [{"name": "requests_total", "drop": "false", "tagsToRemove": ["a"]}],
             "statPrefix": "istio",  # accepted and ignored, in either spelling
@@ -177,6 +189,7 @@ def test_protobuf_json_mapping_as_istio_writes_it() -> None:
     assert cfg.disable_host_header_fallback is True
     assert cfg.tcp_reporting_duration == 10.0
     assert cfg.max_series == 5000 and cfg.peer_cache_size == 64
+    assert cfg.max_exposition_bytes == 268435456
     assert cfg.metrics[0].drop is False and cfg.metrics[0].tags_to_remove == ("a",)
     assert (
         StatsConfig.parse({"disableHostHeaderFallback": "false"}).disable_host_header_fallback

@@ -603,6 +603,35 @@ def test_label_values_are_bounded_and_cuts_counted(make: Any) -> None:
     assert StatsConfig.parse({}).max_label_length == 512
 
 
+def test_scrape_is_bounded_by_the_exposition_budget() -> None:
+    """Cut values still add up: 300 spoofed peers with three 11 KB metadata fields (cut
+    to 512 characters, but each fills several labels) scrape at 47 MB without a budget.
+    The config's budget reaches the engine's own store, and past it new label sets fold
+    into the overflow series, counted per metric."""
+    budget = 300_000
+    engine = StatsEngine(PRODUCTPAGE, {"max_exposition_bytes": budget})
+    assert engine.store.max_exposition_bytes == budget
+    for i in range(300):
+        labels = {"app": "a" * 11_000, "version": "v" * 11_000}
+        spoofed = {"WORKLOAD_NAME": f"{i}-" + "w" * 11_000, "NAMESPACE": "ns", "LABELS": labels}
+        engine.record_request(engine.peer("inbound", spoofed), response_code=200, duration_ms=1)
+    # Beyond the budget: HELP/TYPE lines of every family, and the four HTTP metrics'
+    # overflow series (67 lines of 25 `__overflow__` values, ~65 KB).
+    assert len(engine.render()) <= budget + 100_000
+    assert len(engine.render(openmetrics=True)) <= budget + 100_000
+    folds = {
+        s["metric"]: s["__value__"]
+        for s in samples(engine, "meshstats_exposition_budget_overflow_total")
+    }
+    assert set(folds) == {
+        "istio_requests_total",
+        "istio_request_duration_milliseconds",
+        "istio_request_bytes",
+        "istio_response_bytes",
+    }
+    assert StatsEngine(PRODUCTPAGE).store.max_exposition_bytes == 256 * 1024 * 1024
+
+
 def test_no_truncation_counter_until_something_is_cut(make: Any) -> None:
     engine = make(PRODUCTPAGE)
     engine.record_request(engine.peer("outbound", REVIEWS), response_code=200, duration_ms=1)

@@ -20,7 +20,10 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.c_extension
 
-NAMES = ["a_total", "a", "b", "lat_ms", "meshstats_series_overflow_total", "bad-name", "c_total"]
+NAMES = [
+    "a_total", "a", "b", "lat_ms", "meshstats_series_overflow_total", "bad-name", "c_total",
+    "meshstats_exposition_budget_overflow",
+]  # fmt: skip
 LABELS = [(), ("k",), ("k", "v"), ("le",), ("__x",), ("k", "k")]
 VALUES = ["", "x", "y", 'q"\\\n', "日本", "__overflow__"]
 floats_any = st.floats() | st.sampled_from([0.5, 1.0, -0.0, 3600000.0, math.nextafter(1.0, 2.0)])
@@ -100,23 +103,39 @@ def apply(store: Any, step: tuple[Any, ...]) -> Any:
         return outcome_of(exc)
 
 
-def state(store: Any) -> tuple[str, bytes, bytes]:
+def state(store: Any) -> tuple[str, bytes, bytes, int, int]:
     # repr() keeps NaN comparable and shows every float exactly.
-    return repr(store.snapshot()), store.render(), store.render(openmetrics=True)
+    return (
+        repr(store.snapshot()),
+        store.render(),
+        store.render(openmetrics=True),
+        store.exposition_bytes(),
+        store.max_exposition_bytes,
+    )
+
+
+# Exposition budgets that bite after a few series (the metrics here charge ~30-600 bytes
+# a series), and two that never do (the second clamped to 2**64 - 1 by both).
+budgets = st.integers(1, 3000) | st.sampled_from([2**64 - 1, 2**70])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=st.lists(op, max_size=40), default=st.integers(1, 3))
+@given(steps=st.lists(op, max_size=40), default=st.integers(1, 3), budget=budgets)
 def test_backends_agree(
-    c_backend: Backend, py_backend: Backend, steps: list[tuple[Any, ...]], default: int
+    c_backend: Backend,
+    py_backend: Backend,
+    steps: list[tuple[Any, ...]],
+    default: int,
+    budget: int,
 ) -> None:
-    c_store = c_backend.store.Store(default_max_series=default)
-    py_store = py_backend.store.Store(default_max_series=default)
+    c_store = c_backend.store.Store(default_max_series=default, max_exposition_bytes=budget)
+    py_store = py_backend.store.Store(default_max_series=default, max_exposition_bytes=budget)
     for step in steps:
         assert apply(c_store, step) == apply(py_store, step), step
+        assert c_store.exposition_bytes() == py_store.exposition_bytes(), step
     assert state(c_store) == state(py_store)
     for metric in range(8):
-        for method in ("series_count", "overflow_count"):
+        for method in ("series_count", "overflow_count", "budget_overflow_count"):
             try:
                 c_result: Any = getattr(c_store, method)(metric)
             except Exception as exc:
@@ -239,16 +258,33 @@ def play(store: Any, defs: list[tuple[Any, ...]], events: list[tuple[Any, ...]])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(defs=st.lists(metric_def, min_size=1, max_size=4), events=st.lists(event, max_size=60))
+@given(
+    defs=st.lists(metric_def, min_size=1, max_size=4),
+    events=st.lists(event, max_size=60),
+    budget=budgets,
+)
 def test_random_definitions_and_text_agree(
     c_backend: Backend,
     py_backend: Backend,
     defs: list[tuple[Any, ...]],
     events: list[tuple[Any, ...]],
+    budget: int,
 ) -> None:
-    c_store, py_store = c_backend.store.Store(), py_backend.store.Store()
+    """Random names, bounds and Unicode values: the budget's charges count UTF-8 bytes
+    and escapes, so any difference in how the two count would change a decision."""
+    c_store = c_backend.store.Store(max_exposition_bytes=budget)
+    py_store = py_backend.store.Store(max_exposition_bytes=budget)
     assert play(c_store, defs, events) == play(py_store, defs, events)
     assert state(c_store) == state(py_store)
+    for metric in range(len(defs)):
+        for method in ("overflow_count", "budget_overflow_count"):
+            outcomes = []
+            for store in (c_store, py_store):
+                try:
+                    outcomes.append(getattr(store, method)(metric))
+                except Exception as exc:
+                    outcomes.append(type(exc).__name__)
+            assert outcomes[0] == outcomes[1], (method, metric)
 
 
 # ---- idle-series expiry: random expire_idle() calls in the event stream ----------------
@@ -304,12 +340,17 @@ valid_record = st.one_of(
 @given(
     steps=st.lists(st.one_of(op, valid_record, st.just(EXPIRE)), max_size=50),
     default=st.integers(1, 3),
+    budget=budgets,
 )
 def test_backends_agree_with_expiry(
-    c_backend: Backend, py_backend: Backend, steps: list[tuple[Any, ...]], default: int
+    c_backend: Backend,
+    py_backend: Backend,
+    steps: list[tuple[Any, ...]],
+    default: int,
+    budget: int,
 ) -> None:
-    c_store = c_backend.store.Store(default_max_series=default)
-    py_store = py_backend.store.Store(default_max_series=default)
+    c_store = c_backend.store.Store(default_max_series=default, max_exposition_bytes=budget)
+    py_store = py_backend.store.Store(default_max_series=default, max_exposition_bytes=budget)
     for step in PREAMBLE + steps:
         assert apply_or_expire(c_store, step) == apply_or_expire(py_store, step), step
         if step == EXPIRE:  # what each tick leaves visible, not only the end state
@@ -341,3 +382,96 @@ def test_random_definitions_agree_across_expiry_ticks(
         assert outcomes[0] == outcomes[1]
         assert state(stores[0]) == state(stores[1])
     assert visible_counts(stores[0]) == visible_counts(stores[1])
+
+
+# ---- the exposition budget: many series, random sizes, folds by either limit -----------
+
+# Registered up front so that most series() calls are valid and create series (the
+# budget only decides on creation). Labelless metrics are never charged; names may
+# clash, and then series() on that id fails alike in both.
+budget_metric = st.tuples(
+    st.sampled_from(["counter", "gauge", "histogram"]),
+    st.from_regex(r"[a-z][a-z0-9_]{0,5}(_total)?", fullmatch=True),
+    st.lists(st.from_regex(r"[a-z][a-z0-9_]{0,4}", fullmatch=True), max_size=3, unique=True),
+    st.lists(st.floats(-1e6, 1e9), min_size=1, max_size=4, unique=True).map(sorted),
+    st.sampled_from([1, 3, 1000, 1000]),
+)
+# Label sets of three values, cut to the metric's label count when played: runs of
+# series() calls, most steps, so that stores fill up (hypothesis favours short lists).
+# Many distinct values (each label set new, so created or folded) with repeats (found);
+# Unicode and escapes (charged in UTF-8 bytes, escapes twice); the overflow label set
+# now and then.
+_text = st.text(st.characters(codec="utf-8") | st.sampled_from(['"', "\\", "\n"]), max_size=12)
+_numbered = st.integers(0, 99).map(lambda i: f"v{i}")
+budget_value = st.one_of(_text, _text, _text, _numbered, _numbered, _numbered, _numbered,
+                         st.just("__overflow__"))  # fmt: skip
+series_run = st.tuples(
+    st.just("series"),
+    st.integers(0, 3),
+    st.lists(st.lists(budget_value, min_size=3, max_size=3), min_size=2, max_size=16),
+)
+budget_step = st.one_of(
+    series_run,
+    series_run,
+    series_run,
+    st.tuples(st.just("inc"), st.integers(0, 30), st.integers(0, 3)),
+    st.tuples(st.just("observe"), st.integers(0, 30), st.floats(-10, 10)),
+    st.just(EXPIRE),
+)
+
+
+def play_budget(store: Any, defs: list[tuple[Any, ...]], steps: list[tuple[Any, ...]]) -> list[Any]:
+    outcomes: list[Any] = []
+
+    def attempt(call: Any) -> None:
+        try:
+            outcomes.append(call())
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, getattr(exc, "name", None)))
+        outcomes.append(store.exposition_bytes())  # after every step, not only at the end
+
+    for kind, name, labels, bounds, max_series in defs:
+        extra = {"buckets": bounds} if kind == "histogram" else {}
+        attempt(lambda: getattr(store, kind)(
+            name, "", tuple(labels), max_series=max_series, **extra))  # fmt: skip
+    for step in steps:
+        if step == EXPIRE:
+            attempt(store.expire_idle)
+        elif step[0] == "series":
+            n = len(defs[step[1]][2]) if step[1] < len(defs) else 0
+            for values in step[2]:
+                attempt(lambda: store.series(step[1], tuple(values[:n])))
+        else:
+            attempt(lambda: getattr(store, step[0])(step[1], step[2]))
+    for metric in range(len(defs)):
+        for method in ("series_count", "overflow_count", "budget_overflow_count"):
+            attempt(lambda: getattr(store, method)(metric))
+    return outcomes
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    defs=st.lists(budget_metric, min_size=2, max_size=4),
+    steps=st.lists(budget_step, min_size=3, max_size=40),
+    percent=st.integers(0, 120),
+)
+def test_budget_decisions_agree(
+    c_backend: Backend,
+    py_backend: Backend,
+    defs: list[tuple[Any, ...]],
+    steps: list[tuple[Any, ...]],
+    percent: int,
+) -> None:
+    """Same label sets in, same series created or folded (and by which limit), same bytes
+    charged after every step, same exposition.
+
+    The budget is a share of what the whole workload would be charged without one (a
+    fixed range of budgets mostly either folds everything or nothing), so that stores
+    fill up part way and then fold."""
+    unbounded = py_backend.store.Store()
+    play_budget(unbounded, defs, steps)
+    budget = max(1, unbounded.exposition_bytes() * percent // 100)
+    c_store = c_backend.store.Store(max_exposition_bytes=budget)
+    py_store = py_backend.store.Store(max_exposition_bytes=budget)
+    assert play_budget(c_store, defs, steps) == play_budget(py_store, defs, steps)
+    assert state(c_store) == state(py_store)

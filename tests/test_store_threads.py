@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 from conftest import Backend
+from test_store_budget import OVERFLOW, charge
 
 THREADS = 4  # recorders; the first test adds a fifth thread that creates series
 VALUES = np.arange(8, dtype=np.float64)  # cycles through every bucket of BOUNDS
@@ -118,3 +119,36 @@ def test_many_threads_on_many_series(backend: Backend) -> None:
     _run([worker] * THREADS)
     got = [store.value(int(s)) for s in ids]
     assert got == [int(n) * batches * THREADS for n in per_batch]
+
+
+@pytest.mark.usefixtures("busy_switching")
+def test_budget_charges_exactly_while_threads_add_series(backend: Backend) -> None:
+    """The exposition budget's total is the sum of the charges of the series that exist,
+    never over the budget, and every label set is either a series or a counted fold.
+    (The compiled store's mutex is raced without the GIL in _core/tests/test_store.c.)"""
+    budget, tries = 40_000, 1500
+    store = backend.store.Store(max_exposition_bytes=budget)
+    metrics = [
+        store.counter("c_total", "", ("k",)),
+        store.histogram("h", "", ("k",), buckets=(1.0,)),
+    ]
+
+    def adder(thread: int) -> Callable[[], None]:
+        def work() -> None:
+            for i in range(tries):  # quotes: escapes count twice
+                store.series(metrics[thread % 2], (f"t{thread}-{i}" + '"' * (i % 3),))
+
+        return work
+
+    _run([adder(t) for t in range(THREADS)])
+    kind_of = {"c_total": "counter", "h": "histogram"}
+    charged = real = 0
+    for name, _, _, _, _, rows in store.snapshot():
+        for values, _ in rows if name in kind_of else []:
+            if values != (OVERFLOW,):
+                charged += charge(kind_of[name], name, ("k",), values, (1.0,))
+                real += 1
+    assert charged == store.exposition_bytes() <= budget
+    assert real == sum(store.series_count(m) for m in metrics)
+    folds = sum(store.budget_overflow_count(m) for m in metrics)
+    assert folds > 0 and folds + real == THREADS * tries

@@ -39,6 +39,20 @@ static int render_equals(ms_store *s, int om, const char *expected) {
     return ok;
 }
 
+static size_t render_len(ms_store *s, int om) {
+    ms_buf b = {0};
+    CHECK(ms_render(s, om, &b) == MS_OK);
+    size_t n = b.len;
+    ms_buf_free(s, &b);
+    return n;
+}
+
+static uint64_t charge_of(ms_store *s, uint32_t m, const ms_strref *values, uint32_t n) {
+    uint64_t bytes = 0;
+    CHECK(ms_series_charge(s, m, values, n, &bytes) == MS_OK);
+    return bytes;
+}
+
 /* ---- tests ------------------------------------------------------------------------ */
 
 static void test_format_double(void) {
@@ -398,7 +412,7 @@ static void test_memory_accounting(void) {
 static void test_out_of_memory(void) {
     for (long k = 0; k < 200; k++) {
         fail_after = k;
-        ms_store *s = ms_store_new(&counting, 3);
+        ms_store *s = ms_store_new_budget(&counting, 3, UINT64_MAX - 1);
         if (!s) continue;
         ms_strref names[] = {S("a")};
         double bounds[] = {1, 2};
@@ -406,13 +420,21 @@ static void test_out_of_memory(void) {
         ms_status st =
             ms_metric_add(s, MS_HISTOGRAM, "h", 1, "x", 1, names, 1, bounds, 2, 0, &m);
         CHECK(st == MS_OK || st == MS_ERR_NOMEM);
+        uint64_t charged = 0;
         for (int i = 0; i < 6 && st == MS_OK; i++) {
             char v[32];
             snprintf(v, sizeof v, "v%d", i);
             ms_strref values[] = {{v, strlen(v)}};
+            uint32_t before = ms_series_total(s);
             ms_status g = ms_series_get(s, m, values, 1, &id);
             CHECK(g == MS_OK || g == MS_ERR_NOMEM);
             if (g == MS_OK) CHECK(ms_observe(s, id, 1.5) == MS_OK);
+            /* Charged only for a series that exists (not a failed one, not overflow). */
+            ms_strref got = {NULL, 0};
+            if (g == MS_OK && id == before && ms_series_label(s, id, 0, &got) == MS_OK &&
+                got.len == values[0].len)
+                charged += charge_of(s, m, values, 1);
+            CHECK(ms_store_exposition_bytes(s) == charged);
         }
         ms_buf out = {0};
         ms_status r = ms_render(s, 1, &out);
@@ -817,6 +839,253 @@ static void test_expire_threads(void) {
     ms_store_free(x.s);
 }
 
+/* ---- exposition budget ------------------------------------------------------------- */
+
+/* The widest double ms_format_double writes: 17 digits, a sign, a 3-digit exponent. */
+#define WIDEST_DOUBLE (-2.2250738585072014e-308)
+
+/* Growth of both renders when series `sid` is created and given its widest values. */
+static void widest_growth(ms_store *s, uint32_t sid, ms_kind kind, size_t *text, size_t *om) {
+    if (kind == MS_COUNTER) {
+        CHECK(ms_inc(s, sid, UINT64_MAX) == MS_OK);
+    } else if (kind == MS_GAUGE) {
+        CHECK(ms_set(s, sid, WIDEST_DOUBLE) == MS_OK);
+    } else { /* every cumulative count at 2**64 - 1, the sum at the widest double */
+        CHECK(ms_observe(s, sid, WIDEST_DOUBLE) == MS_OK);
+        ms_atomic_add_u64(ms_series_slots(ms_series_at(s, sid)), UINT64_MAX - 1);
+    }
+    *text = render_len(s, 0) - *text;
+    *om = render_len(s, 1) - *om;
+}
+
+/* A charge is what the series' lines take at their widest: exactly, in the larger of
+ * the two formats (docs/store.md, "Exposition budget"). */
+static void test_budget_charge_is_the_widest_render(void) {
+    char widest[32];
+    CHECK(ms_format_double(WIDEST_DOUBLE, widest) == MS_DOUBLE_WIDTH);
+    ms_store *s = ms_store_new(NULL, 100);
+    CHECK(ms_store_max_exposition_bytes(s) == UINT64_MAX);
+    ms_strref names[] = {S("a"), S("bb")};
+    double bounds[] = {0.5, 1, 3600000};
+    uint32_t m[] = {
+        metric(s, MS_COUNTER, "req_total", "", names, 2, NULL, 0, 0),
+        metric(s, MS_COUNTER, "rq", "", names, 2, NULL, 0, 0), /* OM adds _total */
+        metric(s, MS_GAUGE, "g", "", names, 2, NULL, 0, 0),
+        metric(s, MS_HISTOGRAM, "h", "", names, 2, bounds, 3, 0),
+    };
+    ms_kind kinds[] = {MS_COUNTER, MS_COUNTER, MS_GAUGE, MS_HISTOGRAM};
+    /* Escapes count: `q"\<newline>` prints as q\"\\\n, 7 bytes. */
+    ms_strref values[] = {S("x"), S("q\"\\\n")};
+    /* By hand: `req_total{a="x",bb="q\"\\\n"} ` + 20 digits + newline. */
+    CHECK(charge_of(s, m[0], values, 2) == 10 + 18 + 2 + 20 + 1);
+    /* h: 4 bucket lines `h_bucket{<18>,le="<bound>"} <20>\n` (bounds 0.5, 1, 3600000,
+     * +Inf), `h_sum{<18>} <24>\n`, `h_count{<18>} <20>\n`. */
+    CHECK(charge_of(s, m[3], values, 2) ==
+          4 * (9 + 18 + 5 + 3 + 20 + 1) + 3 + 1 + 7 + 4 + (6 + 18 + 2 + 24 + 1) +
+              (8 + 18 + 2 + 20 + 1));
+    uint64_t total = 0;
+    for (int i = 0; i < 4; i++) {
+        uint64_t charge = charge_of(s, m[i], values, 2);
+        total += charge;
+        size_t text = render_len(s, 0), om = render_len(s, 1);
+        uint32_t sid;
+        CHECK(ms_series_get(s, m[i], values, 2, &sid) == MS_OK);
+        widest_growth(s, sid, kinds[i], &text, &om);
+        if (i == 1) { /* text prints `rq`, OpenMetrics `rq_total`: charged the wider */
+            CHECK(om == charge && text == charge - 6);
+        } else if (i == 3) { /* a negative sum: OpenMetrics leaves out _sum and _count */
+            CHECK(text == charge && om < charge);
+        } else {
+            CHECK(text == charge && om == charge);
+        }
+    }
+    /* Without a budget the charges are still added up (a store's worst-case scrape). */
+    CHECK(ms_store_exposition_bytes(s) == total);
+    /* No labels: the one series is part of the metric, like its HELP line. */
+    uint32_t u = metric(s, MS_COUNTER, "u_total", "", NULL, 0, NULL, 0, 0);
+    CHECK(charge_of(s, u, NULL, 0) == 0);
+    uint64_t bytes;
+    CHECK(ms_series_charge(s, 99, values, 2, &bytes) == MS_ERR_UNKNOWN_METRIC);
+    CHECK(ms_series_charge(s, m[0], values, 1, &bytes) == MS_ERR_INVALID_LABELS);
+    ms_store_free(s);
+}
+
+static void test_budget_boundary(void) {
+    CHECK(ms_store_new_budget(NULL, 100, 0) == NULL);
+    ms_strref names[] = {S("k")};
+    ms_strref va[] = {S("aaaa")}, vb[] = {S("bb")}, vc[] = {S("c")};
+    ms_store *probe = ms_store_new(NULL, 100);
+    uint32_t pm = metric(probe, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
+    uint64_t ca = charge_of(probe, pm, va, 1), cb = charge_of(probe, pm, vb, 1),
+             cc = charge_of(probe, pm, vc, 1);
+    ms_store_free(probe);
+    CHECK(cc == cb - 1);
+    ms_metric_info info;
+    for (uint64_t over = 0; over <= 1; over++) {
+        ms_store *s = ms_store_new_budget(NULL, 100, ca + cb - over);
+        CHECK(ms_store_max_exposition_bytes(s) == ca + cb - over);
+        uint32_t m = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
+        uint32_t a = series1(s, m, "aaaa");
+        CHECK(a == 0 && ms_store_exposition_bytes(s) == ca);
+        uint32_t b = series1(s, m, "bb"), c = series1(s, m, "c");
+        CHECK(ms_metric_get(s, m, &info) == MS_OK && info.overflow_count == 0 &&
+              info.budget_overflow_count == 1 && info.series_count == 2);
+        CHECK(ms_store_exposition_bytes(s) == ms_store_max_exposition_bytes(s));
+        ms_strref got;
+        if (over == 0) { /* exactly at the budget: b fits, c (one byte) does not */
+            CHECK(b == 1 && c == 2);
+            CHECK(ms_series_label(s, c, 0, &got) == MS_OK && got.len == 12);
+        } else { /* one byte over: b folds, the smaller c still fits exactly */
+            CHECK(b == 1 && c == 2);
+            CHECK(ms_series_label(s, b, 0, &got) == MS_OK && got.len == 12 &&
+                  memcmp(got.ptr, "__overflow__", 12) == 0);
+            CHECK(ms_series_label(s, c, 0, &got) == MS_OK && got.len == 1);
+        }
+        /* Existing series keep working; folds cost nothing; asking for the overflow
+         * series by its labels is not a fold. */
+        size_t mem = ms_store_memory(s);
+        CHECK(series1(s, m, "aaaa") == a && ms_inc(s, a, 3) == MS_OK);
+        CHECK(series1(s, m, "zz") == (over ? b : c));
+        CHECK(series1(s, m, "__overflow__") == (over ? b : c));
+        CHECK(ms_store_memory(s) == mem);
+        CHECK(ms_metric_get(s, m, &info) == MS_OK && info.budget_overflow_count == 2);
+        CHECK(ms_store_exposition_bytes(s) == ms_store_max_exposition_bytes(s));
+        ms_store_free(s);
+    }
+    /* max_series is checked first: a fold of a full metric is its, not the budget's. */
+    ms_store *s = ms_store_new_budget(NULL, 100, ca);
+    uint32_t m = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 1);
+    series1(s, m, "aaaa");
+    series1(s, m, "bb");
+    CHECK(ms_metric_get(s, m, &info) == MS_OK && info.overflow_count == 1 &&
+          info.budget_overflow_count == 0);
+    /* A budget of 1 byte: every labelled series folds, a labelless one is not charged. */
+    ms_store_free(s);
+    s = ms_store_new_budget(NULL, 100, 1);
+    m = metric(s, MS_GAUGE, "g", "", names, 1, NULL, 0, 0);
+    uint32_t u = metric(s, MS_GAUGE, "u", "", NULL, 0, NULL, 0, 0), sid;
+    CHECK(series1(s, m, "x") == 0 && ms_series_get(s, u, NULL, 0, &sid) == MS_OK && sid == 1);
+    CHECK(ms_metric_get(s, u, &info) == MS_OK && info.series_count == 1);
+    CHECK(ms_metric_get(s, m, &info) == MS_OK && info.series_count == 0 &&
+          info.budget_overflow_count == 1 && ms_store_exposition_bytes(s) == 0);
+    ms_store_free(s);
+}
+
+static void test_budget_render(void) {
+    ms_strref names[] = {S("k")};
+    ms_store *s = ms_store_new_budget(NULL, 100, 60);
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 1);
+    series1(s, c, "a"); /* `c_total{k="a"} ` + 20 + 1: 36 bytes */
+    series1(s, c, "b"); /* folded by max_series */
+    uint32_t g = metric(s, MS_GAUGE, "g", "", names, 1, NULL, 0, 0);
+    series1(s, g, "b"); /* `g{k="b"} ` + 24 + 1: 34 bytes, 70 in all: folded */
+    CHECK(ms_store_exposition_bytes(s) == 36);
+    CHECK(render_equals(s, 0,
+                        "# HELP c_total \n# TYPE c_total counter\n"
+                        "c_total{k=\"a\"} 0\n"
+                        "c_total{k=\"__overflow__\"} 0\n"
+                        "# HELP g \n# TYPE g gauge\n"
+                        "g{k=\"__overflow__\"} 0\n"
+                        "# HELP meshstats_exposition_budget_overflow_total Label sets folded "
+                        "into the overflow series because the store reached "
+                        "max_exposition_bytes.\n"
+                        "# TYPE meshstats_exposition_budget_overflow_total counter\n"
+                        "meshstats_exposition_budget_overflow_total{metric=\"g\"} 1\n"
+                        "# HELP meshstats_series_overflow_total Label sets folded into the "
+                        "overflow series because the metric reached max_series.\n"
+                        "# TYPE meshstats_series_overflow_total counter\n"
+                        "meshstats_series_overflow_total{metric=\"c_total\"} 1\n"));
+    CHECK(render_equals(s, 1,
+                        "# HELP c \n# TYPE c counter\n"
+                        "c_total{k=\"a\"} 0\n"
+                        "c_total{k=\"__overflow__\"} 0\n"
+                        "# HELP g \n# TYPE g gauge\n"
+                        "g{k=\"__overflow__\"} 0\n"
+                        "# HELP meshstats_exposition_budget_overflow Label sets folded "
+                        "into the overflow series because the store reached "
+                        "max_exposition_bytes.\n"
+                        "# TYPE meshstats_exposition_budget_overflow counter\n"
+                        "meshstats_exposition_budget_overflow_total{metric=\"g\"} 1\n"
+                        "# HELP meshstats_series_overflow Label sets folded into the "
+                        "overflow series because the metric reached max_series.\n"
+                        "# TYPE meshstats_series_overflow counter\n"
+                        "meshstats_series_overflow_total{metric=\"c_total\"} 1\n"
+                        "# EOF\n"));
+    /* The family's names are taken in both formats, as the max_series family's are. */
+    static const char budget[] = "meshstats_exposition_budget_overflow_total";
+    uint32_t id;
+    CHECK(ms_metric_add(s, MS_GAUGE, budget, sizeof budget - 1, "", 0, NULL, 0, NULL, 0, 0,
+                        &id) == MS_ERR_DUPLICATE_METRIC);
+    CHECK(ms_metric_add(s, MS_GAUGE, budget, sizeof budget - 7, "", 0, NULL, 0, NULL, 0, 0,
+                        &id) == MS_ERR_DUPLICATE_METRIC);
+    ms_store_free(s);
+}
+
+/* Threads adding series of different sizes at once: the total charged is exactly the
+ * sum of the charges of the series that exist, and never over the budget. */
+#define BUDGET_THREADS 4
+#define BUDGET_TRIES 3000
+
+typedef struct budget_worker {
+    ms_store *s;
+    uint32_t metric;
+    int thread;
+} budget_worker;
+
+static void *add_series(void *arg) {
+    budget_worker *w = arg;
+    char v[64];
+    for (int i = 0; i < BUDGET_TRIES; i++) {
+        /* 1 to 7 padding bytes, and a quote every 5th: charges differ, escapes count. */
+        snprintf(v, sizeof v, "t%d-%d-%.*s%s", w->thread, i, i % 7 + 1, "xxxxxxx",
+                 i % 5 ? "" : "\"");
+        series1(w->s, w->metric, v);
+    }
+    return NULL;
+}
+
+static void test_budget_threads(void) {
+    ms_strref names[] = {S("k")};
+    double bounds[] = {1, 2};
+    ms_store *s = ms_store_new_budget(NULL, 1000000, 200000);
+    uint32_t m[] = {metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0),
+                    metric(s, MS_HISTOGRAM, "h", "", names, 1, bounds, 2, 0)};
+    budget_worker ws[BUDGET_THREADS];
+    pthread_t t[BUDGET_THREADS];
+    for (int i = 0; i < BUDGET_THREADS; i++) {
+        ws[i] = (budget_worker){s, m[i % 2], i};
+        CHECK(pthread_create(&t[i], NULL, add_series, &ws[i]) == 0);
+    }
+    for (int i = 0; i < BUDGET_THREADS; i++) pthread_join(t[i], NULL);
+    uint64_t charged = 0, real = 0, folds = 0, overflow = 0;
+    ms_metric_info info;
+    for (uint32_t sid = 0; sid < ms_series_total(s); sid++) {
+        uint32_t mid;
+        ms_strref v;
+        CHECK(ms_series_metric(s, sid, &mid) == MS_OK && ms_series_label(s, sid, 0, &v) == MS_OK);
+        if (v.len == 12 && memcmp(v.ptr, "__overflow__", 12) == 0) {
+            overflow++;
+            continue;
+        }
+        charged += charge_of(s, mid, &v, 1);
+        real++;
+    }
+    for (int i = 0; i < 2; i++) {
+        CHECK(ms_metric_get(s, m[i], &info) == MS_OK && info.overflow_count == 0);
+        folds += info.budget_overflow_count;
+        real -= info.series_count;
+    }
+    CHECK(real == 0);
+    CHECK(charged == ms_store_exposition_bytes(s) && charged <= 200000);
+    CHECK(folds > 0 &&
+          folds + ms_series_total(s) - overflow == (uint64_t)BUDGET_THREADS * BUDGET_TRIES);
+    /* Full: at the last fold less was left than that label set's charge, and no label
+     * set tried escapes to more than 24 bytes. */
+    ms_strref widest[] = {S("xxxxxxxxxxxxxxxxxxxxxxxx")};
+    CHECK(charged + charge_of(s, m[1], widest, 1) > 200000);
+    ms_store_free(s);
+}
+
 int main(void) {
     test_format_double();
     test_metric_validation();
@@ -836,6 +1105,10 @@ int main(void) {
     test_batch_out_of_memory();
     test_expire_idle();
     test_expire_threads();
+    test_budget_charge_is_the_widest_render();
+    test_budget_boundary();
+    test_budget_render();
+    test_budget_threads();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

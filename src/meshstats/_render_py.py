@@ -23,6 +23,8 @@ import math
 from collections.abc import Callable, Sequence
 
 __all__ = [
+    "BUDGET_FAMILY",
+    "BUDGET_HELP",
     "OVERFLOW_FAMILY",
     "OVERFLOW_HELP",
     "Snapshot",
@@ -46,6 +48,11 @@ Snapshot = list[SnapshotEntry]
 #: The extra family that reports label sets folded by the cardinality guard.
 OVERFLOW_FAMILY = "meshstats_series_overflow_total"
 OVERFLOW_HELP = "Label sets folded into the overflow series because the metric reached max_series."
+#: The same for label sets folded because the store's exposition budget was used up.
+BUDGET_FAMILY = "meshstats_exposition_budget_overflow_total"
+BUDGET_HELP = (
+    "Label sets folded into the overflow series because the store reached max_exposition_bytes."
+)
 
 _INF = math.inf
 

@@ -39,8 +39,13 @@ cdef extern from "store.h" nogil:
         uint64_t max_series
         uint64_t series_count
         uint64_t overflow_count
+        uint64_t budget_overflow_count
 
     ms_store *ms_store_new(const ms_allocator *allocator, uint64_t default_max_series)
+    ms_store *ms_store_new_budget(const ms_allocator *allocator, uint64_t default_max_series,
+                                  uint64_t max_exposition_bytes)
+    uint64_t ms_store_max_exposition_bytes(const ms_store *s)
+    uint64_t ms_store_exposition_bytes(const ms_store *s)
     void ms_store_free(ms_store *s)
     size_t ms_store_memory(const ms_store *s)
     ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name_len,

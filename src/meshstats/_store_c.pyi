@@ -15,10 +15,12 @@ from typing import SupportsFloat, SupportsIndex
 
 from typing_extensions import Buffer
 
-__all__ = ["DEFAULT_BUCKETS", "Store"]
+__all__ = ["DEFAULT_BUCKETS", "DEFAULT_MAX_EXPOSITION_BYTES", "Store"]
 
 #: Envoy's default histogram bounds (milliseconds): 0.5 ... 3600000.
 DEFAULT_BUCKETS: tuple[float, ...]
+#: The exposition budget of a ``Store()`` made without one: 256 MiB.
+DEFAULT_MAX_EXPOSITION_BYTES: int
 
 HistogramValue = tuple[tuple[int, ...], float]
 SnapshotEntry = tuple[
@@ -41,9 +43,18 @@ class Store:
     ----------
     default_max_series
         The cardinality guard of metrics registered without ``max_series`` (>= 1).
+    max_exposition_bytes
+        The store-wide exposition budget (>= 1; 256 MiB by default): a new labelled series
+        whose lines, at their widest, would take the total charged past it goes to its
+        metric's overflow series instead (``budget_overflow_count``). So no scrape exceeds
+        it by more than what the registered metrics fix (``docs/store.md``).
     """
 
-    def __init__(self, default_max_series: SupportsIndex = 100_000) -> None: ...
+    def __init__(
+        self,
+        default_max_series: SupportsIndex = 100_000,
+        max_exposition_bytes: SupportsIndex = 268_435_456,
+    ) -> None: ...
     def counter(
         self,
         name: str,
@@ -99,7 +110,9 @@ class Store:
         (0, 1, 0)
 
         Once the metric holds ``max_series`` series, new label sets all map to its
-        overflow series (every value ``__overflow__``) and ``overflow_count`` grows.
+        overflow series (every value ``__overflow__``) and ``overflow_count`` grows. So
+        does a new label set whose lines would take the store past
+        ``max_exposition_bytes``; ``budget_overflow_count`` counts those.
         """
     def labels(self, series: int) -> tuple[str, ...]:
         """The label values of a series.
@@ -161,6 +174,35 @@ class Store:
         >>> _ = store.series(m, ("a",)), store.series(m, ("b",))
         >>> store.overflow_count(m)
         1
+        """
+    def budget_overflow_count(self, metric: int) -> int:
+        """``series()`` calls the exposition budget folded into the overflow series.
+
+        >>> store = Store(max_exposition_bytes=100)
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> store.series(m, ("a",)), store.series(m, ("b" * 80,)), store.series(m, ("c",))
+        (0, 1, 2)
+        >>> store.budget_overflow_count(m), store.overflow_count(m), store.labels(1)
+        (1, 0, ('__overflow__',))
+
+        Counted apart from ``overflow_count`` (folds by ``max_series``): the budget is the
+        store's, so the metric that folds need not be the one that used it up.
+        """
+    @property
+    def max_exposition_bytes(self) -> int:
+        """The exposition budget this store was made with (clamped to ``2**64 - 1``)."""
+    def exposition_bytes(self) -> int:
+        """Bytes charged to the exposition budget: at most ``max_exposition_bytes``.
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> _ = store.series(m, ("a",))
+        >>> store.exposition_bytes()  # `c_total{k="a"} `, 20 digits, a newline
+        36
+
+        Each labelled series created (hidden ones too) is charged the most its lines can
+        take in a render, so a render is never larger than this plus what the metrics
+        fix: HELP/TYPE lines, labelless series, overflow series and the fold families.
         """
     def memory_bytes(self) -> int:
         """Exact bytes the C store holds (allocated with ``PyMem_RawMalloc``).

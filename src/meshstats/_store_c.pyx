@@ -62,13 +62,16 @@ cdef extern from "render.h" nogil:
     ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out)
     void ms_buf_free(ms_store *s, ms_buf *b)
 
-__all__ = ["DEFAULT_BUCKETS", "Store"]
+__all__ = ["DEFAULT_BUCKETS", "DEFAULT_MAX_EXPOSITION_BYTES", "Store"]
 
 #: Envoy's default histogram bounds (milliseconds), used by Istio's duration metrics.
 DEFAULT_BUCKETS = (
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
     30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 )
+
+#: The exposition budget unless given: why this figure is in _store_py and docs/store.md.
+DEFAULT_MAX_EXPOSITION_BYTES = 256 * 1024 * 1024
 
 # The raw domain is thread-safe without the GIL (render allocates with it released)
 # and is still traced by tracemalloc.
@@ -81,6 +84,9 @@ _ALLOCATOR.free = PyMem_RawFree
 _KINDS = ("counter", "gauge", "histogram")
 _OVERFLOW_FAMILY = "meshstats_series_overflow_total"
 _OVERFLOW_HELP = "Label sets folded into the overflow series because the metric reached max_series."
+_BUDGET_FAMILY = "meshstats_exposition_budget_overflow_total"
+_BUDGET_HELP = ("Label sets folded into the overflow series because the store reached "
+                "max_exposition_bytes.")
 _TWO64 = 2**64
 
 # A buffer's format is native-endian if it has no prefix, '@' or '=', or the prefix
@@ -261,9 +267,12 @@ cdef class Store:
 
     # Attributes and cdef methods are declared in _store_c.pxd (other modules cimport Store).
 
-    def __cinit__(self, default_max_series=100_000):
+    def __cinit__(self, default_max_series=100_000,
+                  max_exposition_bytes=DEFAULT_MAX_EXPOSITION_BYTES):
         cdef uint64_t n = _max_series(default_max_series, "default_max_series")
-        self._s = ms_store_new(&_ALLOCATOR, n)
+        # Same rule as max_series: an int >= 1, clamped to 2**64 - 1 (never reached).
+        cdef uint64_t budget = _max_series(max_exposition_bytes, "max_exposition_bytes")
+        self._s = ms_store_new_budget(&_ALLOCATOR, n, budget)
         if self._s is NULL:
             raise MemoryError("cannot allocate a Store")
 
@@ -314,7 +323,8 @@ cdef class Store:
 
     cdef set _taken_names(self):
         cdef ms_metric_info info
-        taken = {"meshstats_series_overflow_total", "meshstats_series_overflow"}
+        taken = {_OVERFLOW_FAMILY, _family(MS_COUNTER, _OVERFLOW_FAMILY),
+                 _BUDGET_FAMILY, _family(MS_COUNTER, _BUDGET_FAMILY)}
         for m in range(ms_metric_count(self._s)):
             ms_metric_get(self._s, m, &info)
             name = PyUnicode_DecodeUTF8(info.name.ptr, <Py_ssize_t>info.name.len, NULL)
@@ -514,6 +524,36 @@ cdef class Store:
         cdef ms_metric_info info
         ms_metric_get(self._s, self._metric(metric), &info)
         return info.overflow_count
+
+    def budget_overflow_count(self, metric):
+        """How many ``series()`` calls the exposition budget folded into the overflow series.
+
+        >>> store = Store(max_exposition_bytes=100)
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> store.series(m, ("a",)), store.series(m, ("b" * 80,)), store.series(m, ("c",))
+        (0, 1, 2)
+        >>> store.budget_overflow_count(m), store.overflow_count(m), store.labels(1)
+        (1, 0, ('__overflow__',))
+        """
+        cdef ms_metric_info info
+        ms_metric_get(self._s, self._metric(metric), &info)
+        return info.budget_overflow_count
+
+    @property
+    def max_exposition_bytes(self):
+        """The exposition budget this store was made with."""
+        return ms_store_max_exposition_bytes(self._s)
+
+    def exposition_bytes(self):
+        """Bytes charged to the exposition budget: at most ``max_exposition_bytes``.
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> _ = store.series(m, ("a",))
+        >>> store.exposition_bytes()  # `c_total{k="a"} `, 20 digits, a newline
+        36
+        """
+        return ms_store_exposition_bytes(self._s)
 
     def memory_bytes(self):
         """Exact bytes this store holds in C (all through ``PyMem_RawMalloc``).
@@ -729,8 +769,9 @@ cdef class Store:
     def snapshot(self):
         """Every metric, sorted by name, with its series in id order.
 
-        When a metric has folded label sets, the ``meshstats_series_overflow_total``
-        family that ``render()`` prints is included too (sorted like the others).
+        When a metric has folded label sets, the fold families that ``render()`` prints
+        (``meshstats_series_overflow_total``, ``meshstats_exposition_budget_overflow_total``)
+        are included too, sorted like the others.
 
         >>> store = Store()
         >>> store.inc(store.series(store.counter("c_total", "C.", ("k",)), ("a",)), 3)
@@ -747,6 +788,7 @@ cdef class Store:
         cdef int visible
         infos = []
         folded = []
+        budget_folded = []
         per_metric = [[] for _ in range(n_metrics)]
         for sid in range(n_series):
             ms_series_metric(self._s, sid, &m)
@@ -780,13 +822,17 @@ cdef class Store:
                 per_metric[m],
             ))
             folded.append(info.overflow_count)
-        overflow = [((entry[0],), count) for entry, count in zip(infos, folded) if count]
+            budget_folded.append(info.budget_overflow_count)
+        extra = []
+        for family, help_text, counts in ((_OVERFLOW_FAMILY, _OVERFLOW_HELP, folded),
+                                          (_BUDGET_FAMILY, _BUDGET_HELP, budget_folded)):
+            rows = [((entry[0],), count) for entry, count in zip(infos, counts) if count]
+            if rows:
+                # The extra families render() prints, so collectors built on snapshot()
+                # see them.
+                extra.append((family, "counter", help_text, ("metric",), (), rows))
+        infos.extend(extra)
         infos.sort(key=lambda entry: entry[0])
-        if overflow:
-            # The extra family render() prints, so collectors built on snapshot() see it.
-            infos.append((_OVERFLOW_FAMILY, "counter", _OVERFLOW_HELP, ("metric",), (),
-                          overflow))
-            infos.sort(key=lambda entry: entry[0])
         return infos
 
     def render(self, openmetrics=False):

@@ -37,14 +37,22 @@ import numpy.typing as npt
 
 from . import _messages as msg
 from . import _render_py
-from ._render_py import OVERFLOW_FAMILY, OVERFLOW_HELP, HistogramValue, Snapshot, SnapshotEntry
+from ._render_py import (
+    BUDGET_FAMILY,
+    BUDGET_HELP,
+    OVERFLOW_FAMILY,
+    OVERFLOW_HELP,
+    HistogramValue,
+    Snapshot,
+    SnapshotEntry,
+)
 from .errors import (
     DuplicateMetricError,
     InvalidSampleError,
     UnknownSeriesError,
 )
 
-__all__ = ["DEFAULT_BUCKETS", "Store"]
+__all__ = ["DEFAULT_BUCKETS", "DEFAULT_MAX_EXPOSITION_BYTES", "Store"]
 
 #: Envoy's default histogram bounds (``histogram_impl.cc::defaultBuckets``), used by Istio.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -52,9 +60,17 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     10000.0, 30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 )  # fmt: skip
 
+#: The store's exposition budget unless given (docs/store.md, "Exposition budget"): above
+#: the scrapes meshstats is built for (10,000 label sets of a counter and a histogram with
+#: Istio's 25 labels render ~215 MB), well under Istio's 1 GiB sidecar memory limit.
+DEFAULT_MAX_EXPOSITION_BYTES = 256 * 1024 * 1024
+
 _COUNTER, _GAUGE, _HISTOGRAM = 0, 1, 2
 _KIND_NAMES = ("counter", "gauge", "histogram")
 _U64_MAX = (1 << 64) - 1
+# The widest a value prints (a u64 in decimal; a double as format_float writes
+# -2.2250738585072014e-308): the budget charges every value at these widths.
+_U64_WIDTH, _DOUBLE_WIDTH = 20, 24
 _OVERFLOW_VALUE = "__overflow__"
 _INT_DTYPES = frozenset(np.dtype(t) for t in ("int32", "int64", "uint32", "uint64"))
 _FLOAT_DTYPES = frozenset(np.dtype(t) for t in ("float64", "float32")) | _INT_DTYPES
@@ -71,6 +87,7 @@ class _Metric:
     __slots__ = (
         "id", "name", "family", "kind", "help", "label_names", "buckets", "max_series",
         "index", "series_ids", "real_count", "overflow_key", "overflow_id", "overflow_count",
+        "budget_overflow_count", "charge_base", "charge_lines",
     )  # fmt: skip
 
     def __init__(
@@ -99,6 +116,50 @@ class _Metric:
         self.overflow_key = (_OVERFLOW_VALUE,) * len(label_names) if label_names else None
         self.overflow_id = -1
         self.overflow_count = 0
+        self.budget_overflow_count = 0
+        self.charge_base, self.charge_lines = _charge_shape(name, kind, label_names, buckets)
+
+
+def _charge_shape(
+    name: str, kind: int, label_names: tuple[str, ...], buckets: tuple[float, ...]
+) -> tuple[int, int]:
+    """``(base, lines)``: a new series is charged ``base + lines * escaped bytes of its values``.
+
+    The charge is the most the series' lines can take in either format, every value at
+    its widest, exactly as the compiled store's ``charge_init`` works it out. With ``L``
+    the label block ``a="v",b="w"`` (metric and label names are ASCII: a character is a byte):
+    a counter's ``S{L} <u64>`` (``S`` gains ``_total`` in OpenMetrics if the name lacks
+    it), a gauge's ``name{L} <double>``, a histogram's ``name_bucket{L,le="<bound>"}
+    <u64>`` per bound and ``+Inf``, ``name_sum{L} <double>``, ``name_count{L} <u64>``,
+    each with its newline. A metric without labels is not charged: its one series is
+    fixed at registration, like its HELP line.
+    """
+    if not label_names:
+        return 0, 0
+    names = len(label_names) - 1 + sum(len(label) + 3 for label in label_names)  # a="",
+    braced = names + 2
+    n = len(name)
+    if kind == _COUNTER:
+        suffix = 0 if name.endswith("_total") else 6
+        return braced + n + suffix + 1 + _U64_WIDTH + 1, 1
+    if kind == _GAUGE:
+        return braced + n + 1 + _DOUBLE_WIDTH + 1, 1
+    bucket = names + n + len('_bucket{,le=""} ') + _U64_WIDTH + 1
+    base = bucket * (len(buckets) + 1) + len("+Inf")
+    base += sum(len(_render_py.format_float(b)) for b in buckets)
+    base += braced + n + len("_sum ") + _DOUBLE_WIDTH + 1
+    base += braced + n + len("_count ") + _U64_WIDTH + 1
+    return base, len(buckets) + 3
+
+
+def _escaped_bytes(values: tuple[str, ...]) -> int:
+    r"""UTF-8 bytes of the values as a render escapes them: ``\``, ``"`` and newline take two."""
+    # One joined string: per-value calls were most of the cost of creating a series.
+    text = "".join(values)
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if "\\" in text or '"' in text or "\n" in text:
+        size += text.count("\\") + text.count('"') + text.count("\n")
+    return size
 
 
 def _series_number(value: object, param: str) -> int:
@@ -134,15 +195,30 @@ class Store:
     ----------
     default_max_series
         The cardinality bound of metrics registered without ``max_series``.
+    max_exposition_bytes
+        The store-wide exposition budget (>= 1; 256 MiB by default): a new labelled series
+        whose lines, at their widest, would take the total charged past it goes to its
+        metric's overflow series instead (``budget_overflow_count``).
     """
 
-    def __init__(self, default_max_series: int = 100_000) -> None:
+    def __init__(
+        self,
+        default_max_series: int = 100_000,
+        max_exposition_bytes: int = DEFAULT_MAX_EXPOSITION_BYTES,
+    ) -> None:
         self._default_max_series = msg.check_max_series(default_max_series, "default_max_series")
+        # Clamped as the compiled store's u64 is: 2**64 - 1 bytes is never reached anyway.
+        self._max_bytes = min(
+            msg.check_max_series(max_exposition_bytes, "max_exposition_bytes"), _U64_MAX
+        )
+        self._charged = 0  # bytes charged to the budget; written under the lock
         self._lock = threading.Lock()
         self._metrics: list[_Metric] = []
         # Sorted (name, metric id) pairs: exposition order without sorting at every scrape.
         self._order: list[tuple[str, int]] = []
-        self._taken: set[str] = {OVERFLOW_FAMILY, OVERFLOW_FAMILY[:-6]}
+        self._taken: set[str] = {
+            OVERFLOW_FAMILY, OVERFLOW_FAMILY[:-6], BUDGET_FAMILY, BUDGET_FAMILY[:-6]
+        }  # fmt: skip
         # One entry per series id; the kind byte is appended last, so a series whose kind
         # is visible has all its other slots in place (readers check it without the lock).
         self._kind = bytearray()
@@ -272,8 +348,17 @@ class Store:
             if m.real_count >= m.max_series:
                 m.overflow_count += 1
                 return self._overflow_series(m)
+            charged = self._charged
+            if m.charge_lines:  # a labelled metric (docs/store.md, "Exposition budget")
+                charged += m.charge_base + m.charge_lines * _escaped_bytes(key)
+                charged = min(charged, _U64_MAX)  # as the compiled store saturates
+                if charged > self._max_bytes:
+                    m.budget_overflow_count += 1
+                    return self._overflow_series(m)
             m.real_count += 1
-            return self._new_series(m, key)
+            sid = self._new_series(m, key)
+            self._charged = charged
+            return sid
 
     def _overflow_series(self, m: _Metric) -> int:
         # Called with the lock held.
@@ -354,6 +439,42 @@ class Store:
     def overflow_count(self, metric: int) -> int:
         """How many ``series()`` calls were folded into ``metric``'s overflow series."""
         return self._metric(metric).overflow_count
+
+    def budget_overflow_count(self, metric: int) -> int:
+        """How many ``series()`` calls the exposition budget folded into the overflow series.
+
+        Counted apart from ``overflow_count`` (which counts folds by ``max_series``): the
+        budget is the store's, so the metric that folds need not be the one that used it.
+
+        >>> store = Store(max_exposition_bytes=100)
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> store.series(m, ("a",)), store.series(m, ("b" * 80,)), store.series(m, ("c",))
+        (0, 1, 2)
+        >>> store.budget_overflow_count(m), store.overflow_count(m), store.labels(1)
+        (1, 0, ('__overflow__',))
+        """
+        return self._metric(metric).budget_overflow_count
+
+    @property
+    def max_exposition_bytes(self) -> int:
+        """The exposition budget this store was made with."""
+        return self._max_bytes
+
+    def exposition_bytes(self) -> int:
+        """Bytes charged to the exposition budget: at most ``max_exposition_bytes``.
+
+        The sum, over every labelled series created (hidden ones included: a record shows
+        them again), of the most its lines can take in a render. So a render is never
+        larger than this plus what the metrics themselves fix: HELP and TYPE lines, the
+        series of metrics without labels, the overflow series and the fold families.
+
+        >>> store = Store()
+        >>> m = store.counter("c_total", "", ("k",))
+        >>> _ = store.series(m, ("a",))
+        >>> store.exposition_bytes()  # `c_total{k="a"} `, 20 digits, a newline
+        36
+        """
+        return self._charged
 
     def labels(self, series: int) -> tuple[str, ...]:
         """The label values of ``series``.
@@ -557,17 +678,22 @@ class Store:
     def snapshot(self) -> Snapshot:
         """Every family sorted by name: ``(name, kind, help, label_names, buckets, series)``.
 
-        The overflow family (``meshstats_series_overflow_total``) is included, sorted like
-        the others, when any metric has folded label sets: it is what ``render()`` prints.
+        The fold families (``meshstats_series_overflow_total`` for ``max_series``,
+        ``meshstats_exposition_budget_overflow_total`` for the exposition budget) are
+        included, sorted like the others, when any metric has folded label sets: they are
+        what ``render()`` prints.
         """
         entries: Snapshot = []
         overflow: list[tuple[tuple[str, ...], Any]] = []
+        budget: list[tuple[tuple[str, ...], Any]] = []
         with self._lock:
             order = list(self._order)
             vals, counts, labels, state = self._vals, self._counts, self._labels, self._state
             for metric in self._metrics:
                 if metric.overflow_count:
                     overflow.append(((metric.name,), metric.overflow_count))
+                if metric.budget_overflow_count:
+                    budget.append(((metric.name,), metric.budget_overflow_count))
             for name, metric_id in order:
                 m = self._metrics[metric_id]
                 shown = [s for s in m.series_ids if state[s] != _HIDDEN]  # expire_idle()
@@ -581,12 +707,13 @@ class Store:
                     name, _KIND_NAMES[m.kind], m.help, m.label_names, m.buckets, rows
                 )  # fmt: skip
                 entries.append(entry)
-        if overflow:
-            extra: SnapshotEntry = (
-                OVERFLOW_FAMILY, "counter", OVERFLOW_HELP, ("metric",), (), overflow
-            )  # fmt: skip
-            position = bisect_left([e[0] for e in entries], OVERFLOW_FAMILY)
-            entries.insert(position, extra)
+        for family, help_text, rows in (
+            (OVERFLOW_FAMILY, OVERFLOW_HELP, overflow),
+            (BUDGET_FAMILY, BUDGET_HELP, budget),
+        ):
+            if rows:
+                extra: SnapshotEntry = (family, "counter", help_text, ("metric",), (), rows)
+                entries.insert(bisect_left([e[0] for e in entries], family), extra)
         return entries
 
     def render(self, openmetrics: bool = False) -> bytes:

@@ -16,6 +16,7 @@ names (snake_case; the camelCase spellings of Istio's JSON form are accepted too
     # meshstats additions
     buckets: {request_duration_milliseconds: mixer, request_bytes: [100, 1000, 10000]}
     max_series: 100000
+    max_exposition_bytes: 268435456  # 256 MiB: the most a scrape carries (see docs/store.md)
     idle_series_expiry: 0s           # 0: never expire
     peer_cache_size: 500
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._files import load_data, parse_data
+from ._store import DEFAULT_MAX_EXPOSITION_BYTES
 from .errors import ConfigError
 
 __all__ = [
@@ -122,6 +124,10 @@ class StatsConfig:
     # Longest label value, in characters; longer ones (a peer's 11 KB WORKLOAD_NAME, a
     # client's Host header) are cut, marked with a final "…" and counted.
     max_label_length: int = 512
+    # The store's exposition budget: max_series and max_label_length bound the number and
+    # the length of label values, not their product (100,000 series of 512-character
+    # values would still be tens of GB per scrape); past this, new label sets fold.
+    max_exposition_bytes: int = DEFAULT_MAX_EXPOSITION_BYTES
 
     @classmethod
     def parse(
@@ -160,11 +166,12 @@ _ALIASES = {
     "idleSeriesExpiry": "idle_series_expiry",
     "peerCacheSize": "peer_cache_size",
     "maxLabelLength": "max_label_length",
+    "maxExpositionBytes": "max_exposition_bytes",
 }
 _TOP = {
     "disable_host_header_fallback", "tcp_reporting_duration", "metrics", "definitions",
     "reporter", "buckets", "max_series", "idle_series_expiry", "peer_cache_size",
-    "max_label_length",
+    "max_label_length", "max_exposition_bytes",
     # accepted and ignored, as Istio ignores them today
     "debug", "max_peer_cache_size", "stat_prefix", "field_separator", "value_separator",
     "rotation_interval", "graceful_deletion_interval",
@@ -240,7 +247,7 @@ def _parse(data: Mapping[str, Any]) -> StatsConfig:
                 f"must be one of {', '.join(REPORTERS)}, got {reporter!r}", "reporter"
             )
         kwargs["reporter"] = reporter
-    for key in ("max_series", "peer_cache_size", "max_label_length"):
+    for key in ("max_series", "peer_cache_size", "max_label_length", "max_exposition_bytes"):
         if key in f:
             value = _int(f[key], key)
             if value < 1:

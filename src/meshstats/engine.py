@@ -87,7 +87,8 @@ class StatsEngine:
     config:
         Istio's stats PluginConfig (see :mod:`meshstats.config`), or ``None`` for the defaults.
     store:
-        Where to record; a new :class:`~meshstats.Store` by default.
+        Where to record; by default a new :class:`~meshstats.Store` with the config's
+        ``max_series`` and ``max_exposition_bytes`` (a store passed in keeps its own).
     local_principal:
         The URI SAN of this proxy's certificate (``spiffe://td/ns/<ns>/sa/<sa>``), if any.
     registry:
@@ -111,7 +112,12 @@ class StatsEngine:
         self.local = _as_metadata(local_node)
         self.config = StatsConfig.parse(config)
         self.store = (
-            store if store is not None else Store(default_max_series=self.config.max_series)
+            store
+            if store is not None
+            else Store(
+                default_max_series=self.config.max_series,
+                max_exposition_bytes=self.config.max_exposition_bytes,
+            )
         )
         self.local_principal = local_principal
         self.registry = registry
