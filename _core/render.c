@@ -60,6 +60,9 @@ static int reserve(writer *w, size_t n) {
     if (w->failed) return 0;
     if (b->cap - b->len >= n) return 1;
     size_t cap = b->cap ? b->cap : 4096;
+    /* The first reservation is the render's size guess (the last scrape's size): taken as
+     * it is, not rounded up to a power of two, which would reserve up to twice the output. */
+    if (!b->cap && n > cap) cap = n;
     while (cap - b->len < n) {
         if (cap > SIZE_MAX / 2) {
             w->failed = 1;

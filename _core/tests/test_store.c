@@ -293,6 +293,26 @@ static void test_render(void) {
 }
 
 /* OpenMetrics drops _sum/_count where _sum could not be a counter (docs/store.md). */
+/* A render's buffer starts at its size guess (the last output plus 1/16), not the next
+ * power of two: a 267 MB scrape would otherwise reserve 512 MiB. */
+static void test_render_buffer_starts_at_the_hint(void) {
+    ms_store *s = ms_store_new(NULL, 100000);
+    uint32_t c;
+    ms_strref names[] = {S("k")};
+    CHECK(ms_metric_add(s, MS_COUNTER, "c_total", 7, "", 0, names, 1, NULL, 0, 0, &c) == MS_OK);
+    char v[160];
+    for (int i = 0; i < 3000; i++) { /* lines over 64 bytes: the hint beats the count guess */
+        snprintf(v, sizeof v, "%0120d", i);
+        CHECK(ms_inc(s, series1(s, c, v), 1) == MS_OK);
+    }
+    size_t n = render_len(s, 0); /* sets the hint */
+    ms_buf b = {0};
+    CHECK(ms_render(s, 0, &b) == MS_OK && b.len == n);
+    CHECK(b.cap >= n && b.cap <= n + n / 16 + 1);
+    ms_buf_free(s, &b);
+    ms_store_free(s);
+}
+
 static void test_render_openmetrics_sums(void) {
     ms_store *s = ms_store_new(NULL, 100);
     double neg_bounds[] = {-1, 1}, bounds[] = {1};
@@ -1088,6 +1108,7 @@ static void test_budget_threads(void) {
 
 int main(void) {
     test_format_double();
+    test_render_buffer_starts_at_the_hint();
     test_metric_validation();
     test_series_identity_and_sharing();
     test_overflow();
