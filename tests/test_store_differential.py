@@ -43,6 +43,32 @@ op = st.one_of(
         st.integers(-1, 6),
         st.lists(st.sampled_from(VALUES) | st.just(1), max_size=3),
     ),
+    # Series that usually exist: one of the first metrics, as many values as its likely
+    # label names (the arbitrary form above almost never matches a metric's arity).
+    *[
+        st.tuples(
+            st.just("series"),
+            st.integers(0, 2),
+            st.lists(st.sampled_from(VALUES), min_size=n, max_size=n),
+        )
+        for n in (1, 1, 2)
+    ],
+    st.tuples(
+        st.just("register"),
+        st.just("counter"),
+        st.just("c_total"),
+        st.just(("k",)),
+        st.just([]),
+        st.just(0),
+    ),  # fmt: skip
+    st.tuples(
+        st.just("register"),
+        st.just("histogram"),
+        st.just("lat_ms"),
+        st.just(("k",)),
+        st.just([1.0, 5.0]),
+        st.just(0),
+    ),  # fmt: skip
     st.tuples(st.just("inc"), st.integers(-1, 12), st.integers(-1, 2**64)),
     st.tuples(st.just("set"), st.integers(-1, 12), floats_any),
     st.tuples(st.just("observe"), st.integers(-1, 12), floats_any),
@@ -120,7 +146,7 @@ budgets = st.integers(1, 3000) | st.sampled_from([2**64 - 1, 2**70])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=st.lists(op, max_size=40), default=st.integers(1, 3), budget=budgets)
+@given(steps=st.lists(op, min_size=8, max_size=40), default=st.integers(1, 3), budget=budgets)
 def test_backends_agree(
     c_backend: Backend,
     py_backend: Backend,
