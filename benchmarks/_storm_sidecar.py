@@ -28,19 +28,8 @@ from typing import Any
 
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
 
-CLIENT_NODE = {
-    "NAME": "productpage-v1-abc",
-    "WORKLOAD_NAME": "productpage-v1",
-    "NAMESPACE": "default",
-    "LABELS": {"app": "productpage", "version": "v1"},
-}
-SERVER_NODE = {
-    "NAME": "reviews-v2-xyz",
-    "WORKLOAD_NAME": "reviews-v2",
-    "NAMESPACE": "default",
-    "LABELS": {"app": "reviews", "version": "v2"},
-}
-SERVICE_HOST = "reviews.default.svc.cluster.local"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _proxy_pair import CLIENT_NODE, SERVER_NODE, SERVICE_HOST  # noqa: E402  (one node set)
 
 
 def _server(certs: Path, app_port: int, extra: dict[str, Any]) -> Sidecar:
