@@ -1,0 +1,216 @@
+"""What every in-process integration shares: this workload's exchange headers, the peer a
+caller's headers name, and wire sizes rebuilt from what a framework hands over.
+
+>>> from meshstats import StatsEngine
+>>> from meshstats._embed import Exchange
+>>> engine = StatsEngine({"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default"})
+>>> ex = Exchange(engine)
+>>> client = Exchange(StatsEngine({"WORKLOAD_NAME": "productpage-v1"}))
+>>> peer = ex.inbound(client.metadata, client.node_id.encode())
+>>> peer.attrs["source.workload.name"]
+'productpage-v1'
+
+The integrations (:mod:`meshstats.asgi`, :mod:`meshstats.wsgi`, :mod:`meshstats.httpx`,
+:mod:`meshstats.aiohttp`, :mod:`meshstats.grpc`) stand where a sidecar would, so they follow
+the sidecar's rules (``proxy/http.py``): the caller's ``x-envoy-peer-metadata`` headers are
+read and removed before the application sees them, a server answers with its own only when
+the request carried them, and a principal comes only from a verified TLS certificate, never
+from a header.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._peer_exchange import decode_peer_header, encode_peer_header
+from .errors import MeshstatsError, MissingExtraError
+from .peer_metadata import PeerMetadata
+
+if TYPE_CHECKING:
+    from .engine import StatsEngine
+    from .labels import PeerContext
+
+__all__ = [
+    "MX_HEADER",
+    "MX_ID_HEADER",
+    "Exchange",
+    "require",
+    "service_metadata",
+    "request_head_size",
+    "response_head_size",
+]
+
+MX_HEADER = "x-envoy-peer-metadata"
+MX_ID_HEADER = "x-envoy-peer-metadata-id"
+MX_HEADERS = frozenset({MX_HEADER, MX_ID_HEADER})
+MX_HEADER_B = MX_HEADER.encode()
+MX_ID_HEADER_B = MX_ID_HEADER.encode()
+
+# Decoded peers by header values: a caller sends the same two values on every request.
+_MAX_PEERS = 1024
+
+Raw = str | bytes | None
+
+
+def require(module: str, extra: str) -> Any:
+    """Import ``module`` or raise :class:`~meshstats.errors.MissingExtraError` naming the
+    extra that installs it (``pip install 'meshstats[asgi]'``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(module, extra) from exc
+
+
+def service_metadata(host: str | None) -> dict[str, Any] | None:
+    """Istio's cluster metadata (``filter_metadata.istio.services``) for a service host.
+
+    >>> service_metadata("reviews.default.svc.cluster.local")["filter_metadata"]["istio"]
+    {'services': [{'host': 'reviews.default.svc.cluster.local', 'name': 'reviews', \
+'namespace': 'default'}]}
+    """
+    if not host:
+        return None
+    service: dict[str, str] = {"host": host}
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[2] == "svc":  # name.namespace.svc.<domain>
+        service["name"], service["namespace"] = parts[0], parts[1]
+    return {"filter_metadata": {"istio": {"services": [service]}}}
+
+
+class Exchange:
+    """This workload's side of Istio's header exchange, for one :class:`StatsEngine`.
+
+    ``metadata`` and ``node_id`` are the values this workload sends (computed once, as
+    Istio does: the reduced node of :meth:`PeerMetadata.to_exchange`). :meth:`inbound` and
+    :meth:`outbound` turn a peer's header values into the engine's peer context.
+    """
+
+    def __init__(
+        self,
+        engine: StatsEngine,
+        *,
+        node_id: str | None = None,
+        additional_labels: Iterable[str] = (),
+    ) -> None:
+        from .proxy.sidecar import default_node_id
+
+        self.engine = engine
+        node = engine.local
+        self.node_id: str = node_id or node.node_id or default_node_id(node)
+        self.metadata: str = encode_peer_header(node.to_exchange(additional_labels))
+        self.metadata_b = self.metadata.encode("ascii")
+        self.node_id_b = self.node_id.encode("latin-1")
+        self._peers: dict[tuple[Raw, Raw], PeerMetadata | None] = {}
+
+    def peer_metadata(self, metadata: Raw, metadata_id: Raw) -> PeerMetadata | None:
+        """The peer the header values name; ``None`` when absent or undecodable."""
+        if metadata is None:
+            return None
+        key = (metadata, metadata_id)
+        try:
+            return self._peers[key]
+        except KeyError:
+            pass
+        try:
+            node_id = metadata_id if not isinstance(metadata_id, bytes) else None
+            if isinstance(metadata_id, bytes):
+                node_id = metadata_id.decode("latin-1")
+            peer: PeerMetadata | None = PeerMetadata.from_struct(
+                decode_peer_header(metadata), node_id
+            )
+        except MeshstatsError:
+            peer = None  # a garbled header is no peer: labelled unknown, never an error
+        if len(self._peers) >= _MAX_PEERS:  # header values come from clients: bounded
+            self._peers.clear()
+        self._peers[key] = peer
+        return peer
+
+    def inbound(
+        self,
+        metadata: Raw,
+        metadata_id: Raw,
+        *,
+        principal: str | None = None,
+        address: str | None = None,
+        cluster_metadata: Mapping[str, Any] | None = None,
+    ) -> PeerContext:
+        """The server-side context (``reporter="destination"``) for a caller's headers."""
+        peer = self.peer_metadata(metadata, metadata_id)
+        if peer is None and address is not None and self.engine.registry is not None:
+            # Known only by address: not cached, its context carries the address.
+            return self.engine.peer(
+                "inbound", None, peer_principal=principal,
+                cluster_metadata=cluster_metadata, peer_address=address,
+            )  # fmt: skip
+        return self.engine.peer(
+            "inbound", peer, peer_principal=principal, cluster_metadata=cluster_metadata,
+            cache_key=("inbound", metadata if peer is not None else None, metadata_id,
+                       principal, id(cluster_metadata)),
+        )  # fmt: skip
+
+    def outbound(
+        self,
+        metadata: Raw,
+        metadata_id: Raw,
+        *,
+        principal: str | None = None,
+        cluster_metadata: Mapping[str, Any] | None = None,
+    ) -> PeerContext:
+        """The client-side context (``reporter="source"``) for a server's response headers."""
+        peer = self.peer_metadata(metadata, metadata_id)
+        return self.engine.peer(
+            "outbound", peer, peer_principal=principal, cluster_metadata=cluster_metadata,
+            cache_key=("outbound", metadata if peer is not None else None, metadata_id,
+                       principal, id(cluster_metadata)),
+        )  # fmt: skip
+
+
+def _headers_size(headers: Iterable[tuple[Any, Any]]) -> int:
+    # "name: value\r\n" per field, as HTTP/1.1 writes it.
+    return sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def request_head_size(method: str, target: int, version: str, headers: int) -> int:
+    """Wire bytes of an HTTP/1.1 request head: request line, ``headers`` bytes of fields
+    (:func:`_headers_size`), the empty line. ``target`` is the target's length."""
+    return len(method) + 1 + target + 1 + 5 + len(version) + 2 + headers + 2
+
+
+def response_head_size(status: int, reason: str, version: str, headers: int) -> int:
+    """Wire bytes of an HTTP/1.1 response head: status line, fields, the empty line."""
+    return 5 + len(version) + 1 + len(str(status)) + 1 + len(reason) + 2 + headers + 2
+
+
+headers_size = _headers_size
+
+
+_PRINCIPALS: dict[str, str | None] = {}
+
+
+def principal_from_pem(pem: str | bytes | None) -> str | None:
+    """The first URI SAN of a PEM certificate that the server already verified, or ``None``.
+
+    Servers hand over the peer's verified chain this way (the ASGI TLS extension's
+    ``client_cert_chain``, mod_ssl's ``SSL_CLIENT_CERT``); parsed once per certificate.
+    """
+    if not pem:
+        return None
+    key = pem if isinstance(pem, str) else pem.decode("ascii", "replace")
+    if key in _PRINCIPALS:
+        return _PRINCIPALS[key]
+    from cryptography import x509
+
+    principal: str | None = None
+    try:
+        cert = x509.load_pem_x509_certificate(key.encode("ascii"))
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        principal = uris[0] if uris else None
+    except (ValueError, x509.ExtensionNotFound):
+        principal = None
+    if len(_PRINCIPALS) >= _MAX_PEERS:
+        _PRINCIPALS.clear()
+    _PRINCIPALS[key] = principal
+    return principal
