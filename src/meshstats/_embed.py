@@ -20,12 +20,11 @@ from a header.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._peer_exchange import decode_peer_header, encode_peer_header
-from .errors import MeshstatsError, MissingExtraError
+from .errors import MeshstatsError
 from .peer_metadata import PeerMetadata
 
 if TYPE_CHECKING:
@@ -36,7 +35,6 @@ __all__ = [
     "MX_HEADER",
     "MX_ID_HEADER",
     "Exchange",
-    "require",
     "service_metadata",
     "request_head_size",
     "response_head_size",
@@ -52,15 +50,6 @@ MX_ID_HEADER_B = MX_ID_HEADER.encode()
 _MAX_PEERS = 1024
 
 Raw = str | bytes | None
-
-
-def require(module: str, extra: str) -> Any:
-    """Import ``module`` or raise :class:`~meshstats.errors.MissingExtraError` naming the
-    extra that installs it (``pip install 'meshstats[asgi]'``)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(module, extra) from exc
 
 
 def service_metadata(host: str | None) -> dict[str, Any] | None:
@@ -214,3 +203,47 @@ def principal_from_pem(pem: str | bytes | None) -> str | None:
         _PRINCIPALS.clear()
     _PRINCIPALS[key] = principal
     return principal
+
+
+#: How a failed upstream exchange is recorded on the client side: Envoy's local reply code
+#: and response flag (connection failure, timeout, the connection broken off).
+UPSTREAM_CONNECT_FAILURE = (503, "UF")
+UPSTREAM_TIMEOUT = (504, "UT")
+UPSTREAM_RESET = (503, "UC")
+
+
+def record_outbound(
+    exchange: Exchange,
+    *,
+    metadata: Raw,
+    metadata_id: Raw,
+    principal: str | None,
+    started: float,
+    ended: float,
+    code: int,
+    flags: str | None,
+    request_bytes: int,
+    response_bytes: int,
+    host: str | None,
+    method: str | None,
+    path: str | None,
+    content_type: str | None,
+    cluster_metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """One finished client-side request (``reporter="source"``), as a client sidecar
+    records it: the peer is what the server's response headers said."""
+    peer = exchange.outbound(
+        metadata, metadata_id, principal=principal, cluster_metadata=cluster_metadata
+    )
+    exchange.engine.record_request(
+        peer,
+        response_code=code,
+        duration_ms=(ended - started) * 1000.0,
+        request_bytes=request_bytes,
+        response_bytes=response_bytes,
+        host=host,
+        response_flags=flags,
+        method=method,
+        path=path,
+        content_type=content_type,
+    )
