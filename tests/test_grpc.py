@@ -1,0 +1,296 @@
+"""meshstats.grpc: real grpcio servers and channels on 127.0.0.1, sync and grpc.aio, each call
+kind, both ends of every call checked against each other, on both backends; periodic
+message reports stepped with a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from conftest import Backend
+from embed_support import CLIENT_NODE, DEADLINE, SERVER_NODE, Sample, one, samples, total
+
+from meshstats import StatsEngine
+from meshstats.grpc import (
+    AioIstioServerInterceptor,
+    IstioClientInterceptor,
+    IstioServerInterceptor,
+    aio_client_interceptors,
+)
+
+SERVICE = "test.Reviews"
+HOST = "reviews:9080"
+REQUESTS = "istio_requests_total"
+REQ_MSGS = "istio_request_messages_total"
+RESP_MSGS = "istio_response_messages_total"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Engines:
+    def __init__(self, backend: Backend) -> None:
+        self.clock = Clock()
+        self.server = StatsEngine(SERVER_NODE, store=backend.store.Store(), clock=self.clock)
+        self.client = StatsEngine(CLIENT_NODE, store=backend.store.Store(), clock=self.clock)
+        self.seen: list[str] = []  # metadata keys the servicers saw
+
+    def client_samples(self) -> list[Sample]:
+        return samples(self.client.render())
+
+    def server_samples(self) -> list[Sample]:
+        return samples(self.server.render())
+
+    def report(self) -> None:
+        """One tcp_reporting_duration later, both engines' periodic reports."""
+        self.clock.now += 10.0
+        self.server.reporting.run_due()
+        self.client.reporting.run_due()
+
+
+def sync_handler(engines: Engines) -> grpc.GenericRpcHandler:
+    def note(context: Any) -> None:
+        engines.seen.extend(key for key, _ in context.invocation_metadata())
+
+    def unary(request: bytes, context: Any) -> bytes:
+        note(context)
+        return request
+
+    def server_stream(request: bytes, context: Any) -> Iterator[bytes]:
+        note(context)
+        for i in range(int(request)):
+            yield b"%d" % i
+
+    def client_stream(requests: Iterator[bytes], context: Any) -> bytes:
+        note(context)
+        return b"%d" % sum(1 for _ in requests)
+
+    def bidi(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        note(context)
+        yield from requests
+
+    def fail(request: bytes, context: Any) -> bytes:
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such review")
+        raise AssertionError("abort returned")
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        },
+    )
+
+
+def check_calls(engines: Engines) -> None:
+    """The four successful calls and the failed one, as each side reports them."""
+    exchange = [k for k in engines.seen if k.startswith(("x-envoy", "x-meshstats"))]
+    assert engines.seen and not exchange  # the servicers never saw the exchange
+    client, server = engines.client_samples(), engines.server_samples()
+    ok = {"grpc_response_status": "0", "response_code": "200", "request_protocol": "grpc"}
+    labels = one(client, REQUESTS, **ok)
+    assert labels == labels | {
+        "reporter": "source",
+        "source_workload": "productpage-v1",
+        "destination_workload": "reviews-v2",
+        "destination_app": "reviews",
+        "destination_service": HOST,
+        "response_flags": "-",
+    }
+    assert total(client, REQUESTS, **ok) == 4
+    labels = one(server, REQUESTS, **ok)
+    assert labels == labels | {
+        "reporter": "destination",
+        "source_workload": "productpage-v1",
+        "source_app": "productpage",
+        "destination_workload": "reviews-v2",
+    }
+    assert total(server, REQUESTS, **ok) == 4
+    for found in (client, server):
+        assert total(found, REQUESTS, grpc_response_status="5", response_code="200") == 1
+        # unary 1/1, server stream 1/5, client stream 4/1, bidi 3/3, the failed call 1/0
+        assert total(found, REQ_MSGS) == 10
+        assert total(found, RESP_MSGS) == 10
+    assert one(client, REQ_MSGS)["destination_workload"] == "reviews-v2"
+    assert one(server, REQ_MSGS)["source_workload"] == "productpage-v1"
+    assert len(one(server, REQ_MSGS)) == 20  # Istio's message metrics: labels 1-20 only
+    for family in ("istio_request_bytes_sum", "istio_response_bytes_sum"):
+        assert total(client, family) > 0 and total(server, family) > 0
+
+
+@pytest.fixture
+def sync_pair(backend: Backend) -> Iterator[tuple[Engines, grpc.Channel]]:
+    engines = Engines(backend)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(4), interceptors=[IstioServerInterceptor(engines.server)]
+    )
+    server.add_generic_rpc_handlers((sync_handler(engines),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{port}"),
+        IstioClientInterceptor(engines.client, host=HOST),
+    )
+    try:
+        yield engines, channel
+    finally:
+        channel.close()
+        server.stop(None).wait(DEADLINE)
+
+
+def method(channel: Any, kind: str, name: str) -> Callable[..., Any]:
+    return getattr(channel, kind)(f"/{SERVICE}/{name}")  # type: ignore[no-any-return]
+
+
+def test_sync_every_call_kind(sync_pair: tuple[Engines, grpc.Channel]) -> None:
+    engines, channel = sync_pair
+    assert method(channel, "unary_unary", "Unary")(b"hi", timeout=DEADLINE) == b"hi"
+    got = list(method(channel, "unary_stream", "ServerStream")(b"5", timeout=DEADLINE))
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    counted = method(channel, "stream_unary", "ClientStream")(iter([b"a"] * 4), timeout=DEADLINE)
+    assert counted == b"4"
+    echoed = list(method(channel, "stream_stream", "Bidi")(iter([b"x", b"y", b"z"])))
+    assert echoed == [b"x", b"y", b"z"]
+    with pytest.raises(grpc.RpcError) as failed:
+        method(channel, "unary_unary", "Fail")(b"1", timeout=DEADLINE)
+    assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+    check_calls(engines)
+
+
+def test_sync_message_counts_are_reported_periodically(
+    sync_pair: tuple[Engines, grpc.Channel],
+) -> None:
+    engines, channel = sync_pair
+    outbox: queue.Queue[bytes | None] = queue.Queue()
+
+    def requests() -> Iterator[bytes]:
+        while (item := outbox.get(timeout=DEADLINE)) is not None:
+            yield item
+
+    responses = method(channel, "stream_stream", "Bidi")(requests(), timeout=DEADLINE)
+    for item in (b"a", b"b"):
+        outbox.put(item)
+        assert next(responses) == item
+    assert total(engines.server_samples(), REQ_MSGS) == 0  # nothing reported yet
+    engines.report()  # the stream is open: its deltas so far
+    for found in (engines.client_samples(), engines.server_samples()):
+        assert total(found, REQ_MSGS) == 2 and total(found, RESP_MSGS) == 2
+        assert total(found, REQUESTS) == 0  # the call itself is recorded at its end
+    assert one(engines.client_samples(), REQ_MSGS)["destination_workload"] == "reviews-v2"
+    outbox.put(b"c")
+    assert next(responses) == b"c"
+    outbox.put(None)
+    assert list(responses) == []
+    for found in (engines.client_samples(), engines.server_samples()):
+        assert total(found, REQ_MSGS) == 3 and total(found, RESP_MSGS) == 3
+        assert total(found, REQUESTS, grpc_response_status="0") == 1
+    engines.report()  # a finished stream reports no more
+    assert total(engines.server_samples(), REQ_MSGS) == 3
+
+
+def test_sync_a_server_that_is_not_there_is_503_UF(backend: Backend) -> None:
+    engine = StatsEngine(CLIENT_NODE, store=backend.store.Store())
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        port = sock.getsockname()[1]
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), IstioClientInterceptor(engine, host=HOST)
+        )
+        with channel, pytest.raises(grpc.RpcError) as failed:
+            method(channel, "unary_unary", "Unary")(b"hi", timeout=DEADLINE)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    labels = one(samples(engine.render()), REQUESTS)
+    assert (labels["response_code"], labels["response_flags"]) == ("503", "UF")
+    assert labels["grpc_response_status"] == "14"
+
+
+def aio_handler(engines: Engines) -> grpc.GenericRpcHandler:
+    def note(context: Any) -> None:
+        engines.seen.extend(key for key, _ in context.invocation_metadata())
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        note(context)
+        return request
+
+    async def server_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        note(context)
+        for i in range(int(request)):
+            yield b"%d" % i
+
+    async def client_stream(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        note(context)
+        n = 0
+        async for _ in requests:
+            n += 1
+        return b"%d" % n
+
+    async def bidi(requests: AsyncIterator[bytes], context: Any) -> None:
+        note(context)
+        async for request in requests:  # the write() style of streaming
+            await context.write(request)
+
+    async def fail(request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such review")
+        raise AssertionError("abort returned")
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        },
+    )
+
+
+def test_aio_every_call_kind(backend: Backend) -> None:
+    engines = Engines(backend)
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=[AioIstioServerInterceptor(engines.server)])
+        server.add_generic_rpc_handlers((aio_handler(engines),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        interceptors = aio_client_interceptors(engines.client, host=HOST)
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", interceptors=interceptors
+            ) as channel:
+                assert await method(channel, "unary_unary", "Unary")(b"hi") == b"hi"
+                call = method(channel, "unary_stream", "ServerStream")(b"5")
+                assert [m async for m in call] == [b"0", b"1", b"2", b"3", b"4"]
+                counted = await method(channel, "stream_unary", "ClientStream")(iter([b"a"] * 4))
+                assert counted == b"4"
+
+                async def three() -> AsyncIterator[bytes]:
+                    for item in (b"x", b"y", b"z"):
+                        yield item
+
+                call = method(channel, "stream_stream", "Bidi")(three())
+                assert [m async for m in call] == [b"x", b"y", b"z"]
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await method(channel, "unary_unary", "Fail")(b"1")
+                assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), DEADLINE))
+    check_calls(engines)
