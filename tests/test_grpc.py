@@ -294,3 +294,18 @@ def test_aio_every_call_kind(backend: Backend) -> None:
 
     asyncio.run(asyncio.wait_for(main(), DEADLINE))
     check_calls(engines)
+
+
+def test_message_deltas_add_up_whichever_metric_comes_first(backend: Backend) -> None:
+    """record_grpc_messages keeps each (peer, host)'s series: a metric first seen later
+    (a zero delta earlier) is resolved then, and nothing is counted twice."""
+    engine = StatsEngine(CLIENT_NODE, store=backend.store.Store())
+    peer = engine.peer("outbound", SERVER_NODE)
+    for request, response in ((0, 1), (2, 0), (1, 1), (0, 0), (5, 7)):
+        engine.record_grpc_messages(peer, request, response, host=HOST)
+    engine.record_grpc_messages(peer, 1, 0, host="other:80")
+    found = samples(engine.render())
+    assert total(found, REQ_MSGS) == 8 + 1 and total(found, RESP_MSGS) == 9
+    assert total(found, REQ_MSGS, destination_service=HOST) == 8
+    assert total(found, RESP_MSGS, destination_service=HOST) == 9
+    assert total(found, REQ_MSGS, destination_service="other:80") == 1

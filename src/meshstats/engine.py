@@ -456,7 +456,21 @@ class StatsEngine:
     ) -> None:
         """gRPC message-count deltas (Istio reports them periodically and at stream end)."""
         values = {"request_messages": request_messages, "response_messages": response_messages}
-        self._emit("grpc", peer, Layered(peer.service(host), peer.attrs), values)
+        block = peer._grpc.get(host)
+        if block is not None:
+            store = self.store
+            for sid, _, value in block:
+                amount = values[value]
+                if amount:
+                    if sid < 0:
+                        break  # a metric not recorded before: resolve its series below
+                    store.inc(sid, amount)
+                    values[value] = 0  # recorded: not again below
+            else:
+                return
+        block = self._emit("grpc", peer, Layered(peer.service(host), peer.attrs), values)
+        if len(peer._grpc) < 1024:  # hosts come from callers: bound what is kept
+            peer._grpc[host] = block
 
     def tcp_connection(
         self, peer: PeerContext | None = None, *, reporter: ReporterKind = "inbound"
