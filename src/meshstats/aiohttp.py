@@ -139,8 +139,14 @@ def istio_trace_config(
         metadata, metadata_id = headers.get(MX_HEADER), headers.get(MX_ID_HEADER)
         principal = None
         conn = response.connection
-        if conn is not None and conn.transport is not None:
-            principal = peer_principal(conn.transport.get_extra_info("ssl_object"))
+        if conn is not None:
+            transport = conn.transport
+        else:
+            # A body that came with the headers has already released the connection to the
+            # pool; the response's protocol still holds the (kept-alive) transport.
+            transport = getattr(getattr(response, "_protocol", None), "transport", None)
+        if transport is not None:
+            principal = peer_principal(transport.get_extra_info("ssl_object"))
         content = response.content
         code = response.status
 
