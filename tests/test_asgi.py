@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import httpx
+import pytest
 from conftest import Backend
 from embed_support import (
     CLIENT_NODE,
@@ -37,6 +38,8 @@ from meshstats.certs import LocalCA
 
 SERVER_SA = "spiffe://cluster.local/ns/default/sa/reviews"
 REQUESTS = "istio_requests_total"
+# Real servers, sockets, threads and child processes (scripts/under_load.sh repeats them).
+pytestmark = pytest.mark.timing
 
 
 def engine_for(backend: Backend, **kw: Any) -> StatsEngine:

@@ -27,6 +27,8 @@ from meshstats.grpc import (
 SERVICE = "test.Reviews"
 HOST = "reviews:9080"
 REQUESTS = "istio_requests_total"
+# Real servers, sockets, threads and child processes (scripts/under_load.sh repeats them).
+pytestmark = pytest.mark.timing
 REQ_MSGS = "istio_request_messages_total"
 RESP_MSGS = "istio_response_messages_total"
 

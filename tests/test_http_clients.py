@@ -36,6 +36,8 @@ from meshstats.certs import CA_CERT_FILE, CERT_FILE, KEY_FILE, LocalCA, client_c
 from meshstats.httpx import AsyncIstioTransport, IstioTransport
 
 REQUESTS = "istio_requests_total"
+# Real servers, sockets, threads and child processes (scripts/under_load.sh repeats them).
+pytestmark = pytest.mark.timing
 
 
 class Pair:

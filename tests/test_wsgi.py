@@ -32,6 +32,8 @@ from meshstats.wsgi import IstioMiddleware
 
 HERE = Path(__file__).parent
 REQUESTS = "istio_requests_total"
+# Real servers, sockets, threads and child processes (scripts/under_load.sh repeats them).
+pytestmark = pytest.mark.timing
 FROM_CLIENT = {"source_workload": "productpage-v1"}
 
 
