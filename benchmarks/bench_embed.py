@@ -140,11 +140,109 @@ def _echo(request: bytes, context: Any) -> bytes:
     return request
 
 
-class GrpcCase:
-    """A grpc.server and an intercepted channel to it; ``run(n)`` makes n unary calls."""
+class Spent:
+    """Thread CPU time spent inside one library's interceptors, both ends, per call: the
+    whole call's CPU over loopback swings by more (gRPC core's threads) than they cost."""
 
-    def __init__(self, server_interceptors: list[Any], client_interceptors: list[Any]) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=server_interceptors)
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def take(self) -> float:
+        per_call = self.seconds / max(self.calls, 1)
+        self.seconds, self.calls = 0.0, 0
+        return per_call
+
+
+class ServerTimer(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Runs ``inner`` (or nothing) and counts its thread CPU time, the servicer's excluded."""
+
+    def __init__(self, inner: Any, spent: Spent) -> None:
+        self.inner = inner
+        self.spent = spent
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        clock, spent = time.thread_time, self.spent
+        app = [0.0]
+
+        def timed_app(d: Any) -> Any:
+            t = clock()
+            handler = continuation(d)
+            behavior = handler.unary_unary
+
+            def run(request: Any, context: Any) -> Any:
+                t = clock()
+                try:
+                    return behavior(request, context)
+                finally:
+                    app[0] += clock() - t
+
+            out = grpc.unary_unary_rpc_method_handler(
+                run, handler.request_deserializer, handler.response_serializer
+            )
+            app[0] += clock() - t
+            return out
+
+        t0 = clock()
+        handler = (
+            self.inner.intercept_service(timed_app, details) if self.inner else timed_app(details)
+        )
+        spent.seconds += clock() - t0 - app[0]
+        app[0] = 0.0
+        behavior = handler.unary_unary
+
+        def measured(request: Any, context: Any) -> Any:
+            t = clock()
+            try:
+                return behavior(request, context)
+            finally:
+                spent.seconds += clock() - t - app[0]
+
+        return grpc.unary_unary_rpc_method_handler(
+            measured, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class ClientTimer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Runs ``inner`` (or nothing) around a blocking unary call and counts its thread CPU
+    time, the call itself excluded (its done callbacks run in here too)."""
+
+    def __init__(self, inner: Any, spent: Spent) -> None:
+        self.inner = inner
+        self.spent = spent
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        clock = time.thread_time
+        inside = [0.0]
+
+        def call(d: Any, r: Any) -> Any:
+            t = clock()
+            out = continuation(d, r)
+            inside[0] += clock() - t
+            return out
+
+        t0 = clock()
+        if self.inner is not None:
+            out = self.inner.intercept_unary_unary(call, details, request)
+        else:
+            out = call(details, request)
+        self.spent.seconds += clock() - t0 - inside[0]
+        self.spent.calls += 1
+        return out
+
+
+class GrpcCase:
+    """A grpc.server and an intercepted channel to it; ``run(n)`` makes n unary calls.
+
+    ``spent`` collects the thread CPU time the case's interceptors take (see :class:`Spent`).
+    """
+
+    def __init__(self, server_interceptor: Any, client_interceptor: Any) -> None:
+        self.spent = Spent()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(2),
+            interceptors=[ServerTimer(server_interceptor, self.spent)],
+        )
         handler = grpc.method_handlers_generic_handler(
             "bench.Reviews", {"Get": grpc.unary_unary_rpc_method_handler(_echo)}
         )
@@ -152,10 +250,11 @@ class GrpcCase:
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
         self.channel = grpc.intercept_channel(
-            grpc.insecure_channel(f"127.0.0.1:{port}"), *client_interceptors
+            grpc.insecure_channel(f"127.0.0.1:{port}"), ClientTimer(client_interceptor, self.spent)
         )
         self.call = self.channel.unary_unary("/bench.Reviews/Get")
         self.run(10)  # the connection is up before anything is timed
+        self.spent.take()
 
     def run(self, n: int) -> None:
         call = self.call
@@ -174,11 +273,11 @@ def grpc_cases(store_c: ModuleType) -> dict[str, GrpcCase]:
     server = StatsEngine(SERVER, store=store_c.Store())
     client = StatsEngine(CLIENT, store=store_c.Store())
     return {
-        "bare grpcio": GrpcCase([], []),
+        "bare grpcio": GrpcCase(None, None),
         "+ meshstats C interceptors": GrpcCase(
-            [IstioServerInterceptor(server)], [IstioClientInterceptor(client, host="reviews:9080")]
+            IstioServerInterceptor(server), IstioClientInterceptor(client, host="reviews:9080")
         ),
-        "+ py-grpc-prometheus": GrpcCase([PromServerInterceptor()], [PromClientInterceptor()]),
+        "+ py-grpc-prometheus": GrpcCase(PromServerInterceptor(), PromClientInterceptor()),
     }
 
 
@@ -255,6 +354,28 @@ def _table(title: str, runs: dict[str, Callable[[int], None]], rounds: int, n: i
         print(f"{name:<42}{med:>8.1f} µs  {text:>24}  {rtext:>20}")
 
 
+def _inside(cases: dict[str, GrpcCase], rounds: int, n: int) -> None:
+    """The interceptors' own thread CPU time per call (client and server ends together),
+    less the timing harness' (the bare case), rounds interleaved."""
+    per: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            case.spent.take()
+            case.run(n)
+            per[name].append(case.spent.take())
+    bare = per["bare grpcio"]
+    ours = [t - b for t, b in zip(per["+ meshstats C interceptors"], bare)]
+    print(f"\n{GRPC_GROUP}: thread CPU time inside the interceptors, both ends, per call")
+    print(f"{'case':<42}{'median (min-max)':>26}  {'/ meshstats C':>14}")
+    for name, times in per.items():
+        if name == "bare grpcio":
+            continue
+        cost = [t - b for t, b in zip(times, bare)]
+        ratio = statistics.median([c / o for c, o in zip(cost, ours) if o > 0])
+        med, lo, hi = (statistics.median(cost) * 1e6, min(cost) * 1e6, max(cost) * 1e6)
+        print(f"{name:<42}{f'{med:.1f} µs ({lo:.1f}-{hi:.1f})':>26}  {ratio:>13.2f}x")
+
+
 def main(argv: list[str]) -> int:
     """Per-request CPU time of each case, rounds interleaved; the cost each adds to the bare
     app, and that cost as a multiple of meshstats'."""
@@ -272,6 +393,7 @@ def main(argv: list[str]) -> int:
     cases = grpc_cases(_store_c)
     try:
         _table(GRPC_GROUP, {k: c.run for k, c in cases.items()}, args.rounds, args.calls)
+        _inside(cases, args.rounds, args.calls)
     finally:
         for case in cases.values():
             case.close()
