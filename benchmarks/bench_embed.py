@@ -267,8 +267,13 @@ class GrpcCase:
 
 
 def grpc_cases(store_c: ModuleType) -> dict[str, GrpcCase]:
-    from py_grpc_prometheus.prometheus_client_interceptor import PromClientInterceptor
-    from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor
+    # py-grpc-prometheus ships no types
+    from py_grpc_prometheus.prometheus_client_interceptor import (  # type: ignore[import-untyped]
+        PromClientInterceptor,
+    )
+    from py_grpc_prometheus.prometheus_server_interceptor import (  # type: ignore[import-untyped]
+        PromServerInterceptor,
+    )
 
     server = StatsEngine(SERVER, store=store_c.Store())
     client = StatsEngine(CLIENT, store=store_c.Store())
@@ -395,8 +400,10 @@ def main(argv: list[str]) -> int:
         _table(GRPC_GROUP, {k: c.run for k, c in cases.items()}, args.rounds, args.calls)
         _inside(cases, args.rounds, args.calls)
     finally:
-        for case in cases.values():
-            case.close()
+        for grpc_case in cases.values():
+            grpc_case.close()
+        for asgi_case in asgi.values():
+            asgi_case.close()
     return 0
 
 

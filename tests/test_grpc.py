@@ -86,9 +86,19 @@ def sync_handler(engines: Engines) -> grpc.GenericRpcHandler:
         context.abort(grpc.StatusCode.NOT_FOUND, "no such review")
         raise AssertionError("abort returned")
 
+    def deny(request: bytes, context: Any) -> bytes:
+        context.set_code(grpc.StatusCode.PERMISSION_DENIED)
+        context.set_details("not yours")
+        return b""
+
+    def crash(request: bytes, context: Any) -> bytes:
+        raise RuntimeError("a servicer bug")
+
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
+            "Deny": grpc.unary_unary_rpc_method_handler(deny),
+            "Crash": grpc.unary_unary_rpc_method_handler(crash),
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
             "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
@@ -171,6 +181,22 @@ def test_sync_every_call_kind(sync_pair: tuple[Engines, grpc.Channel]) -> None:
         method(channel, "unary_unary", "Fail")(b"1", timeout=DEADLINE)
     assert failed.value.code() == grpc.StatusCode.NOT_FOUND
     check_calls(engines)
+
+
+def test_sync_a_status_set_or_raised_is_reported_by_both_ends(
+    sync_pair: tuple[Engines, grpc.Channel],
+) -> None:
+    engines, channel = sync_pair
+    for name, code in (("Deny", grpc.StatusCode.PERMISSION_DENIED),
+                       ("Crash", grpc.StatusCode.UNKNOWN)):  # fmt: skip
+        with pytest.raises(grpc.RpcError) as failed:
+            method(channel, "unary_unary", name)(b"1", timeout=DEADLINE)
+        assert failed.value.code() == code
+    for found in (engines.client_samples(), engines.server_samples()):
+        assert total(found, REQUESTS, grpc_response_status="7", response_code="200") == 1
+        assert total(found, REQUESTS, grpc_response_status="2", response_code="200") == 1
+    # the failed calls' status carried the server's metadata: the client knows who failed
+    assert total(engines.client_samples(), REQUESTS, destination_workload="reviews-v2") == 2
 
 
 def test_sync_message_counts_are_reported_periodically(

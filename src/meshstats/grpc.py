@@ -189,6 +189,7 @@ class _ServerCall:
             else owner.engine.grpc_stream(None, reporter="inbound")
         )
         self.headers_sent = False
+        self.code: Any = None  # set through the servicer's context, when it sets one
 
     def own_metadata(self) -> tuple[tuple[str, str], ...]:
         """What this workload answers: what the caller asked for (Istio's rule)."""
@@ -218,9 +219,12 @@ class _ServerCall:
 
     def finish(self, context: Any, failed: BaseException | None) -> None:
         stream = self.stream
-        code = _code_of(context)
-        if code is None:
-            code = grpc.StatusCode.UNKNOWN if failed is not None else grpc.StatusCode.OK
+        code = self.code
+        if code is None and failed is not None:
+            # an exception: the status the context holds (abort_with_status), else UNKNOWN
+            code = _code_of(context) or grpc.StatusCode.UNKNOWN
+        elif code is None:
+            code = grpc.StatusCode.OK
         flags = None
         if code == grpc.StatusCode.CANCELLED and not _active(context):
             flags = "DC"  # the client went away
@@ -296,6 +300,10 @@ class _Context:
         self._trailing = tuple(trailing_metadata)
         self._context.set_trailing_metadata(trailing_metadata)
 
+    def set_code(self, code: Any) -> None:
+        self._call.code = code  # known here: spares asking the context at the end
+        self._context.set_code(code)
+
     def ensure_trailers(self) -> None:
         """Ours in the trailing metadata, unless the initial metadata carried them."""
         call = self._call
@@ -309,6 +317,7 @@ class _Context:
     # trailers-only response: the client learns who failed it.
     def abort(self, code: Any, details: str) -> None:
         self.ensure_trailers()
+        self._call.code = code
         self._context.abort(code, details)
 
     def abort_with_status(self, status: Any) -> None:
@@ -338,6 +347,7 @@ class _AioContext(_Context):
 
     async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:  # type: ignore[override]
         call = self._call
+        call.code = code
         if not call.headers_sent:
             call.headers_sent = True
             trailing_metadata = tuple(trailing_metadata) + tuple(call.own_metadata())
@@ -747,7 +757,9 @@ class IstioClientInterceptor(
                 pass
             if code == grpc.StatusCode.OK:
                 call.received(future.result())
-            call.finish(code, future.details())
+                call.finish(code, None)  # the details matter only for a failure
+            else:
+                call.finish(code, future.details())
 
         outcome.add_done_callback(done)
         return outcome
