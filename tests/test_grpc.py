@@ -5,6 +5,7 @@ message reports stepped with a fake clock."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
@@ -14,9 +15,13 @@ import grpc
 import grpc.aio
 import pytest
 from conftest import Backend
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from embed_support import CLIENT_NODE, DEADLINE, SERVER_NODE, Sample, one, samples, total
 
 from meshstats import StatsEngine
+from meshstats.certs import LocalCA
 from meshstats.grpc import (
     AioIstioServerInterceptor,
     IstioClientInterceptor,
@@ -337,3 +342,113 @@ def test_message_deltas_add_up_whichever_metric_comes_first(backend: Backend) ->
     assert total(found, REQ_MSGS, destination_service=HOST) == 8
     assert total(found, RESP_MSGS, destination_service=HOST) == 9
     assert total(found, REQ_MSGS, destination_service="other:80") == 1
+
+
+def server_cert_with_dns(ca: LocalCA, dns: str, principal: str) -> tuple[bytes, bytes]:
+    """A server certificate gRPC's client accepts: gRPC checks the target name against a
+    DNS SAN, which meshstats' workload certificates (URI SAN only, as Istio's) lack."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(dns), x509.UniformResourceIdentifier(principal)]
+            ),
+            critical=True,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_sync_the_server_principal_is_the_verified_client_certificate(backend: Backend) -> None:
+    ca = LocalCA.create("cluster.local")
+    client_cert = ca.issue("default", "productpage")
+    server_sa = ca.principal("default", "reviews")
+    key_pem, cert_pem = server_cert_with_dns(ca, "reviews.default.svc.cluster.local", server_sa)
+    engines = Engines(backend)
+    engines.server.local_principal = server_sa
+    server = grpc.server(
+        futures.ThreadPoolExecutor(2), interceptors=[IstioServerInterceptor(engines.server)]
+    )
+    server.add_generic_rpc_handlers((sync_handler(engines),))
+    credentials = grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca.cert_pem, require_client_auth=True
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    channel = grpc.intercept_channel(
+        grpc.secure_channel(
+            f"127.0.0.1:{port}",
+            grpc.ssl_channel_credentials(ca.cert_pem, client_cert.key_pem, client_cert.cert_pem),
+            options=[("grpc.ssl_target_name_override", "reviews.default.svc.cluster.local")],
+        ),
+        IstioClientInterceptor(engines.client, host=HOST),
+    )
+    try:
+        assert method(channel, "unary_unary", "Unary")(b"hi", timeout=DEADLINE) == b"hi"
+        # a plaintext caller claiming the same identity in its metadata gets none
+        plain = grpc.insecure_channel(f"127.0.0.1:{port}")
+        with plain, pytest.raises(grpc.RpcError):
+            method(plain, "unary_unary", "Unary")(b"hi", timeout=DEADLINE)
+    finally:
+        channel.close()
+        server.stop(None).wait(DEADLINE)
+    labels = one(engines.server_samples(), REQUESTS)
+    assert labels["source_principal"] == client_cert.principal
+    assert labels["destination_principal"] == server_sa
+    assert labels["connection_security_policy"] == "mutual_tls"
+    assert labels["source_workload"] == "productpage-v1"
+
+
+def test_aio_message_counts_are_reported_periodically(backend: Backend) -> None:
+    engines = Engines(backend)
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=[AioIstioServerInterceptor(engines.server)])
+        server.add_generic_rpc_handlers((aio_handler(engines),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[bytes]:
+            while (item := await outbox.get()) is not None:
+                yield item
+
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", interceptors=aio_client_interceptors(engines.client, host=HOST)
+            ) as channel:
+                call = method(channel, "stream_stream", "Bidi")(requests())
+                replies = call.__aiter__()
+                for item in (b"a", b"b"):
+                    await outbox.put(item)
+                    assert await replies.__anext__() == item
+                engines.report()  # the stream is open: its deltas so far
+                for found in (engines.client_samples(), engines.server_samples()):
+                    assert total(found, REQ_MSGS) == 2 and total(found, RESP_MSGS) == 2
+                    assert total(found, REQUESTS) == 0
+                await outbox.put(b"c")
+                assert await replies.__anext__() == b"c"
+                await outbox.put(None)
+                assert [m async for m in replies] == []
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), DEADLINE))
+    for found in (engines.client_samples(), engines.server_samples()):
+        assert total(found, REQ_MSGS) == 3 and total(found, RESP_MSGS) == 3
+        assert total(found, REQUESTS, grpc_response_status="0") == 1
+    assert one(engines.client_samples(), REQ_MSGS)["destination_workload"] == "reviews-v2"
