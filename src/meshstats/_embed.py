@@ -36,8 +36,8 @@ __all__ = [
     "MX_ID_HEADER",
     "Exchange",
     "service_metadata",
-    "request_head_size",
-    "response_head_size",
+    "principal_from_pem",
+    "record_outbound",
 ]
 
 MX_HEADER = "x-envoy-peer-metadata"
@@ -154,25 +154,6 @@ class Exchange:
             cache_key=("outbound", metadata if peer is not None else None, metadata_id,
                        principal, id(cluster_metadata)),
         )  # fmt: skip
-
-
-def _headers_size(headers: Iterable[tuple[Any, Any]]) -> int:
-    # "name: value\r\n" per field, as HTTP/1.1 writes it.
-    return sum(len(name) + len(value) + 4 for name, value in headers)
-
-
-def request_head_size(method: str, target: int, version: str, headers: int) -> int:
-    """Wire bytes of an HTTP/1.1 request head: request line, ``headers`` bytes of fields
-    (:func:`_headers_size`), the empty line. ``target`` is the target's length."""
-    return len(method) + 1 + target + 1 + 5 + len(version) + 2 + headers + 2
-
-
-def response_head_size(status: int, reason: str, version: str, headers: int) -> int:
-    """Wire bytes of an HTTP/1.1 response head: status line, fields, the empty line."""
-    return 5 + len(version) + 1 + len(str(status)) + 1 + len(reason) + 2 + headers + 2
-
-
-headers_size = _headers_size
 
 
 _PRINCIPALS: dict[str, str | None] = {}
