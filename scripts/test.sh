@@ -45,13 +45,13 @@ step "virtualenv $VENV"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip build
 
-step "build the sdist and install meshstats from it, with test extras"
+step "build the sdist and install meshstats from it, with the test extras and every integration's"
 # A stale egg-info lists generated .c files, which the sdist would then ship.
 rm -rf dist src/*.egg-info
 "$VENV/bin/python" -m build --sdist --outdir dist . >/dev/null
 SDIST=$(ls dist/meshstats-*.tar.gz)
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$SDIST"
-"$VENV/bin/python" -m pip install -q "meshstats[test,bench,dev] @ file://$ROOT/$SDIST"
+"$VENV/bin/python" -m pip install -q "meshstats[test,bench,dev,asgi,wsgi,httpx,aiohttp,grpc] @ file://$ROOT/$SDIST"
 "$VENV/bin/python" -c 'import meshstats, sys; print("HAS_EXTENSION =", meshstats.HAS_EXTENSION); sys.exit(0 if meshstats.HAS_EXTENSION else 1)'
 
 step "lint: ruff and mypy --strict"

@@ -28,7 +28,7 @@ from ._peer_exchange import (
 )
 from ._store import DEFAULT_BUCKETS, Store
 from .config import StatsConfig
-from .engine import PeerContext, StatsEngine, TcpConnection
+from .engine import GrpcStream, PeerContext, StatsEngine, TcpConnection
 from .errors import (
     ArrayTypeError,
     BatchShapeError,
@@ -41,6 +41,7 @@ from .errors import (
     InvalidMetricError,
     InvalidSampleError,
     MeshstatsError,
+    MissingExtraError,
     PeerExchangeError,
     PeerMetadataTypeError,
     UnknownSeriesError,
@@ -81,8 +82,10 @@ __all__ = [
     "InvalidMetricError",
     "InvalidSampleError",
     "MeshstatsCollector",
+    "GrpcStream",
     "MeshstatsError",
     "MetricsServer",
+    "MissingExtraError",
     "PeerContext",
     "PeerExchange",
     "PeerExchangeError",

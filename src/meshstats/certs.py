@@ -547,7 +547,8 @@ def _peer_facts(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str | None, 
     # certificate is only a claim, and a cached answer must not turn it into an identity.
     if ssl_object.context.verify_mode == ssl.CERT_NONE:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
+    # Positional: the low-level _ssl._SSLSocket (httpx exposes it) takes no keywords.
+    der = ssl_object.getpeercert(True)
     if not der:
         return None
     facts = _peer_facts_cache.get(der)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .engine import StatsEngine
     from .labels import PeerContext
 
-__all__ = ["TcpConnection"]
+__all__ = ["TcpConnection", "GrpcStream"]
 
 
 class TcpConnection:
@@ -86,3 +86,79 @@ class TcpConnection:
         """Final report: remaining bytes and ``tcp_connections_closed_total`` + 1."""
         self.flush(closing=True, response_flags=response_flags)
         self._engine._connections.discard(self)
+
+
+class GrpcStream:
+    """The message counts of one gRPC call, reported as Istio reports them: the deltas every
+    ``tcp_reporting_duration`` once the peer is known, and the rest when the call ends.
+
+    >>> from meshstats import StatsEngine
+    >>> engine = StatsEngine({"WORKLOAD_NAME": "reviews-v2"})
+    >>> stream = engine.grpc_stream(engine.peer("inbound", {"WORKLOAD_NAME": "productpage-v1"}))
+    >>> stream.add(request_messages=3)
+    >>> engine.report_grpc()   # what the periodic report does
+    1
+    >>> stream.add(response_messages=2); stream.close()
+    >>> b"istio_response_messages_total" in engine.render()
+    True
+
+    Each count is written by one thread (the one reading requests, the one writing
+    responses) and only grows; the reporter keeps what it reported and emits differences,
+    so :meth:`add` takes no lock.
+    """
+
+    def __init__(
+        self,
+        engine: StatsEngine,
+        peer: PeerContext | None,
+        reporter: ReporterKind = "inbound",
+        host: str | None = None,
+    ) -> None:
+        self._engine = engine
+        self._peer = peer
+        self._reporter: ReporterKind = reporter
+        self.host = host
+        self.request_messages = 0
+        self.response_messages = 0
+        self._reported_request = 0
+        self._reported_response = 0
+        self.closed = False
+        self._flush_lock = threading.Lock()
+
+    def set_peer(self, peer: PeerContext) -> None:
+        """The peer became known (a client learns it from the response's metadata)."""
+        if self._peer is None:
+            self._peer = peer
+
+    @property
+    def peer(self) -> PeerContext | None:
+        return self._peer
+
+    def add(self, request_messages: int = 0, response_messages: int = 0) -> None:
+        self.request_messages += request_messages
+        self.response_messages += response_messages
+
+    def flush(self, *, closing: bool = False) -> bool:
+        """Report the counts since the last report (needs the peer unless closing)."""
+        with self._flush_lock:
+            if self.closed or (self._peer is None and not closing):
+                return False
+            engine = self._engine
+            if self._peer is None:
+                self._peer = engine.peer(self._reporter, None)
+            request, response = self.request_messages, self.response_messages
+            engine.record_grpc_messages(
+                self._peer,
+                request - self._reported_request,
+                response - self._reported_response,
+                host=self.host,
+            )
+            self._reported_request, self._reported_response = request, response
+            if closing:
+                self.closed = True
+            return True
+
+    def close(self) -> None:
+        """The call ended: report what is left, and stop reporting this stream."""
+        self.flush(closing=True)
+        self._engine._streams.discard(self)

@@ -36,7 +36,7 @@ from .attributes import (
     request_attributes,
 )
 from .config import StatsConfig
-from .connections import TcpConnection
+from .connections import GrpcStream, TcpConnection
 from .errors import ConfigError, ExpressionError
 from .expr import EvaluationFailed, Expression
 from .labels import (
@@ -54,7 +54,7 @@ from .periodic import Periodic
 from .registry import WorkloadRegistry
 from .standard_metrics import BUILD_METRIC, STANDARD_METRICS, StandardMetric
 
-__all__ = ["StatsEngine", "PeerContext", "TcpConnection", "default_dimensions"]
+__all__ = ["StatsEngine", "PeerContext", "TcpConnection", "GrpcStream", "default_dimensions"]
 
 # Which standard metrics each kind of event emits, and what value each records.
 _HTTP = {
@@ -131,6 +131,7 @@ class StatsEngine:
         self._plans: dict[str, list[tuple[int, Plan]]] = {}
         self._tables: dict[tuple[int, tuple[str, ...]], dict[tuple[str, ...], list[Any]]] = {}
         self._connections: weakref.WeakSet[TcpConnection] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[GrpcStream] = weakref.WeakSet()
         self._clock = clock
         self._truncated: int | None = None  # the truncation counter, made on first use
         self._gateway = self.config.reporter == "SERVER_GATEWAY"
@@ -152,6 +153,8 @@ class StatsEngine:
         self.reporting = Periodic(
             [
                 (self.config.tcp_reporting_duration, self.report_tcp),
+                # Istio runs one timer per gRPC stream with the same period.
+                (self.config.tcp_reporting_duration, self.report_grpc),
                 (self.config.idle_series_expiry, self.expire_idle_series),
             ],
             clock=clock,
@@ -459,7 +462,21 @@ class StatsEngine:
     ) -> None:
         """gRPC message-count deltas (Istio reports them periodically and at stream end)."""
         values = {"request_messages": request_messages, "response_messages": response_messages}
-        self._emit("grpc", peer, Layered(peer.service(host), peer.attrs), values)
+        block = peer._grpc.get(host)
+        if block is not None:
+            store = self.store
+            for sid, _, value in block:
+                amount = values[value]
+                if amount:
+                    if sid < 0:
+                        break  # a metric not recorded before: resolve its series below
+                    store.inc(sid, amount)
+                    values[value] = 0  # recorded: not again below
+            else:
+                return
+        block = self._emit("grpc", peer, Layered(peer.service(host), peer.attrs), values)
+        if len(peer._grpc) < 1024:  # hosts come from callers: bound what is kept
+            peer._grpc[host] = block
 
     def tcp_connection(
         self, peer: PeerContext | None = None, *, reporter: ReporterKind = "inbound"
@@ -473,6 +490,24 @@ class StatsEngine:
         conn = TcpConnection(self, peer, reporter)
         self._connections.add(conn)
         return conn
+
+    def grpc_stream(
+        self,
+        peer: PeerContext | None = None,
+        *,
+        host: str | None = None,
+        reporter: ReporterKind = "inbound",
+    ) -> GrpcStream:
+        """A gRPC call whose message counts are reported every ``tcp_reporting_duration``
+        (:meth:`report_grpc`) and at its end (:meth:`GrpcStream.close`), as Istio does.
+
+        A client passes the peer later (:meth:`GrpcStream.set_peer`), when the server's
+        metadata arrives; until then nothing is reported. ``reporter`` is the side used when
+        the peer never becomes known, ``host`` the request's authority.
+        """
+        stream = GrpcStream(self, peer, reporter, host)
+        self._streams.add(stream)
+        return stream
 
     def _emit(
         self,
@@ -515,6 +550,10 @@ class StatsEngine:
     def report_tcp(self) -> int:
         """Report every open connection's byte deltas now; returns how many reported."""
         return sum(1 for conn in list(self._connections) if conn.flush())
+
+    def report_grpc(self) -> int:
+        """Report every open gRPC stream's message deltas now; returns how many reported."""
+        return sum(1 for stream in list(self._streams) if stream.flush())
 
     def expire_idle_series(self) -> int:
         """Hide series not recorded since the previous call (Istio's metric expiry).

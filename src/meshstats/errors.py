@@ -28,6 +28,7 @@ __all__ = [
     "PeerMetadataTypeError",
     "ConfigError",
     "ExpressionError",
+    "MissingExtraError",
 ]
 
 
@@ -144,3 +145,18 @@ class ExpressionError(MeshstatsError, ValueError):
         super().__init__(f"{message} (column {column} of {expression!r})" if column else message)
         self.expression = expression
         self.column = column
+
+
+class MissingExtraError(MeshstatsError, ImportError):
+    """An integration's framework is not installed; the message names the extra to install.
+
+    >>> str(MissingExtraError("grpc", "grpc"))
+    "meshstats.grpc needs the 'grpc' package: pip install 'meshstats[grpc]'"
+    """
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"meshstats.{extra} needs the {module!r} package: pip install 'meshstats[{extra}]'",
+            name=module,
+        )
+        self.extra = extra

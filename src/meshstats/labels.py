@@ -216,7 +216,10 @@ class PeerContext:
     engine's bounded cache keep it for a peer id).
     """
 
-    __slots__ = ("reporter", "attrs", "_engine", "_plans", "_services", "_requests", "__weakref__")
+    __slots__ = (
+        "reporter", "attrs", "_engine", "_plans", "_services", "_requests", "_grpc",
+        "__weakref__",
+    )  # fmt: skip
 
     def __init__(self, engine: StatsEngine, reporter: ReporterKind, attrs: dict[str, Any]) -> None:
         self.reporter = reporter
@@ -229,6 +232,9 @@ class PeerContext:
         # request when the engine's HTTP labels allow it. Per context, not shared: how a
         # host maps to destination_service depends on this peer's cluster and route too.
         self._requests: Any = None
+        # Host -> the gRPC message metrics' series block: their labels follow from the peer
+        # and the host alone (record_grpc_messages takes no other attribute).
+        self._grpc: dict[str | None, list[tuple[int, str, Any]]] = {}
 
     def service(self, host: str | None) -> dict[str, str]:
         """``destination.service.*`` for a request's host (cached per host)."""

@@ -1,0 +1,411 @@
+"""What the integrations add per request, beside the metrics libraries users reach for today.
+
+ASGI: one GET through a trivial Starlette app (one route answering ``ok``), called in-process
+(no server, no socket: the app's own per-request cost, which is what a middleware adds to),
+bare and with each instrumentation at its defaults:
+
+- meshstats ``IstioMiddleware`` (Istio's 25 labels, a counter and three histograms; the
+  request carries a client's exchange headers, so the peer is a known workload), on the
+  compiled and on the pure-Python store;
+- prometheus-fastapi-instrumentator (``Instrumentator().instrument(app)``: a counter, size
+  summaries and two latency histograms labelled by handler, method and status);
+- starlette-exporter (``PrometheusMiddleware``: a counter and a latency histogram by
+  method, path, status and app name).
+
+gRPC: one unary call over loopback to a ``grpc.server`` in the same process (client and
+server interceptors both on, so the CPU time covers both ends), bare, with meshstats'
+interceptors, and with py-grpc-prometheus' (at its defaults: counters only, its latency
+histograms are off unless enabled).
+
+pytest-benchmark runs the cases one after the other (``pytest benchmarks/bench_embed.py
+--benchmark-only``). For the figures, rounds interleaved (per-request CPU time of the whole
+process, less exposed to a shared machine's drift)::
+
+    PYTHONPATH=src python benchmarks/bench_embed.py --rounds 11
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from types import ModuleType
+from typing import Any
+
+import grpc
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from meshstats import StatsEngine
+from meshstats._embed import Exchange
+from meshstats.asgi import IstioMiddleware
+from meshstats.grpc import IstioClientInterceptor, IstioServerInterceptor
+
+SERVER = {"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default",
+          "LABELS": {"app": "reviews", "version": "v2"}}  # fmt: skip
+CLIENT = {"WORKLOAD_NAME": "productpage-v1", "NAMESPACE": "default",
+          "LABELS": {"app": "productpage", "version": "v1"}}  # fmt: skip
+ASGI_GROUP = "ASGI: one GET through a trivial Starlette app, in-process (per request)"
+GRPC_GROUP = "gRPC: one unary call over loopback, client and server in-process (per call)"
+BATCH = 200  # requests per benchmark call
+
+
+# -- ASGI ------------------------------------------------------------------------------------
+
+
+async def _ok(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route("/reviews/1", _ok)])
+
+
+def _scope() -> dict[str, Any]:
+    mx = Exchange(StatsEngine(CLIENT))
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/reviews/1", "raw_path": b"/reviews/1", "query_string": b"",
+        "root_path": "", "server": ("127.0.0.1", 9080), "client": ("127.0.0.1", 40000),
+        "headers": [
+            (b"host", b"reviews:9080"), (b"user-agent", b"bench"), (b"accept", b"*/*"),
+            (b"x-envoy-peer-metadata", mx.metadata_b),
+            (b"x-envoy-peer-metadata-id", mx.node_id_b),
+        ],
+    }  # fmt: skip
+
+
+class AsgiCase:
+    """``run(n)``: n requests through ``app`` on one event loop, checked to answer 200."""
+
+    def __init__(self, app: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        scope = _scope()
+        request = {"type": "http.request", "body": b"", "more_body": False}
+        status: list[int] = []
+        self.status = status
+
+        async def receive() -> dict[str, Any]:
+            return request
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        async def batch(n: int) -> None:
+            for _ in range(n):
+                await app(dict(scope), receive, send)
+
+        self._batch = batch
+
+    def run(self, n: int) -> None:
+        self.status.clear()
+        self.loop.run_until_complete(self._batch(n))
+        assert self.status == [200] * n, self.status[:3]
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+def asgi_cases(store_c: ModuleType, store_py: ModuleType) -> dict[str, AsgiCase]:
+    import prometheus_client
+    from prometheus_fastapi_instrumentator import Instrumentator
+    from starlette_exporter import PrometheusMiddleware
+
+    cases: dict[str, AsgiCase] = {"bare Starlette app": AsgiCase(starlette_app())}
+    for name, store in (("meshstats C", store_c), ("meshstats pure Python", store_py)):
+        app = starlette_app()
+        app.add_middleware(IstioMiddleware, engine=StatsEngine(SERVER, store=store.Store()))
+        cases[f"+ {name} IstioMiddleware"] = AsgiCase(app)
+    app = starlette_app()
+    Instrumentator(registry=prometheus_client.CollectorRegistry()).instrument(app)
+    cases["+ prometheus-fastapi-instrumentator"] = AsgiCase(app)
+    app = starlette_app()
+    app.add_middleware(PrometheusMiddleware)  # its metrics live in the default registry
+    cases["+ starlette-exporter"] = AsgiCase(app)
+    return cases
+
+
+# -- gRPC ------------------------------------------------------------------------------------
+
+
+def _echo(request: bytes, context: Any) -> bytes:
+    return request
+
+
+class Spent:
+    """Thread CPU time spent inside one library's interceptors, both ends, per call: the
+    whole call's CPU over loopback swings by more (gRPC core's threads) than they cost."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def take(self) -> float:
+        per_call = self.seconds / max(self.calls, 1)
+        self.seconds, self.calls = 0.0, 0
+        return per_call
+
+
+class ServerTimer(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Runs ``inner`` (or nothing) and counts its thread CPU time, the servicer's excluded."""
+
+    def __init__(self, inner: Any, spent: Spent) -> None:
+        self.inner = inner
+        self.spent = spent
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        clock, spent = time.thread_time, self.spent
+        app = [0.0]
+
+        def timed_app(d: Any) -> Any:
+            t = clock()
+            handler = continuation(d)
+            behavior = handler.unary_unary
+
+            def run(request: Any, context: Any) -> Any:
+                t = clock()
+                try:
+                    return behavior(request, context)
+                finally:
+                    app[0] += clock() - t
+
+            out = grpc.unary_unary_rpc_method_handler(
+                run, handler.request_deserializer, handler.response_serializer
+            )
+            app[0] += clock() - t
+            return out
+
+        t0 = clock()
+        handler = (
+            self.inner.intercept_service(timed_app, details) if self.inner else timed_app(details)
+        )
+        spent.seconds += clock() - t0 - app[0]
+        app[0] = 0.0
+        behavior = handler.unary_unary
+
+        def measured(request: Any, context: Any) -> Any:
+            t = clock()
+            try:
+                return behavior(request, context)
+            finally:
+                spent.seconds += clock() - t - app[0]
+
+        return grpc.unary_unary_rpc_method_handler(
+            measured, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class ClientTimer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Runs ``inner`` (or nothing) around a blocking unary call and counts its thread CPU
+    time, the call itself excluded (its done callbacks run in here too)."""
+
+    def __init__(self, inner: Any, spent: Spent) -> None:
+        self.inner = inner
+        self.spent = spent
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        clock = time.thread_time
+        inside = [0.0]
+
+        def call(d: Any, r: Any) -> Any:
+            t = clock()
+            out = continuation(d, r)
+            inside[0] += clock() - t
+            return out
+
+        t0 = clock()
+        if self.inner is not None:
+            out = self.inner.intercept_unary_unary(call, details, request)
+        else:
+            out = call(details, request)
+        self.spent.seconds += clock() - t0 - inside[0]
+        self.spent.calls += 1
+        return out
+
+
+class GrpcCase:
+    """A grpc.server and an intercepted channel to it; ``run(n)`` makes n unary calls.
+
+    ``spent`` collects the thread CPU time the case's interceptors take (see :class:`Spent`).
+    """
+
+    def __init__(self, server_interceptor: Any, client_interceptor: Any) -> None:
+        self.spent = Spent()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(2),
+            interceptors=[ServerTimer(server_interceptor, self.spent)],
+        )
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Reviews", {"Get": grpc.unary_unary_rpc_method_handler(_echo)}
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), ClientTimer(client_interceptor, self.spent)
+        )
+        self.call = self.channel.unary_unary("/bench.Reviews/Get")
+        self.run(10)  # the connection is up before anything is timed
+        self.spent.take()
+
+    def run(self, n: int) -> None:
+        call = self.call
+        for _ in range(n):
+            assert call(b"review-1", timeout=60) == b"review-1"
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(None).wait(60)
+
+
+def grpc_cases(store_c: ModuleType) -> dict[str, GrpcCase]:
+    # py-grpc-prometheus ships no types
+    from py_grpc_prometheus.prometheus_client_interceptor import (  # type: ignore[import-untyped]
+        PromClientInterceptor,
+    )
+    from py_grpc_prometheus.prometheus_server_interceptor import (  # type: ignore[import-untyped]
+        PromServerInterceptor,
+    )
+
+    server = StatsEngine(SERVER, store=store_c.Store())
+    client = StatsEngine(CLIENT, store=store_c.Store())
+    return {
+        "bare grpcio": GrpcCase(None, None),
+        "+ meshstats C interceptors": GrpcCase(
+            IstioServerInterceptor(server), IstioClientInterceptor(client, host="reviews:9080")
+        ),
+        "+ py-grpc-prometheus": GrpcCase(PromServerInterceptor(), PromClientInterceptor()),
+    }
+
+
+# -- pytest-benchmark --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asgi(store_c: ModuleType, store_py: ModuleType) -> Iterator[dict[str, AsgiCase]]:
+    cases = asgi_cases(store_c, store_py)
+    yield cases
+    for case in cases.values():
+        case.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_pair(store_c: ModuleType) -> Iterator[dict[str, GrpcCase]]:
+    cases = grpc_cases(store_c)
+    yield cases
+    for case in cases.values():
+        case.close()
+
+
+ASGI_NAMES = [
+    "bare Starlette app",
+    "+ meshstats C IstioMiddleware",
+    "+ meshstats pure Python IstioMiddleware",
+    "+ prometheus-fastapi-instrumentator",
+    "+ starlette-exporter",
+]
+
+
+@pytest.mark.benchmark(group=ASGI_GROUP)
+@pytest.mark.parametrize("name", ASGI_NAMES)
+def test_asgi(benchmark: Any, asgi: dict[str, AsgiCase], name: str) -> None:
+    benchmark.extra_info["calls_per_round"] = BATCH
+    benchmark(asgi[name].run, BATCH)
+
+
+@pytest.mark.benchmark(group=GRPC_GROUP)
+@pytest.mark.parametrize("name", ["bare grpcio", "+ meshstats C interceptors",
+                                  "+ py-grpc-prometheus"])  # fmt: skip
+def test_grpc(benchmark: Any, grpc_pair: dict[str, GrpcCase], name: str) -> None:
+    case = grpc_pair[name]
+    benchmark.extra_info["calls_per_round"] = 20
+    benchmark(case.run, 20)
+
+
+# -- interleaved figures -----------------------------------------------------------------------
+
+
+def _table(title: str, runs: dict[str, Callable[[int], None]], rounds: int, n: int) -> None:
+    per: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            start = time.process_time()
+            run(n)
+            per[name].append((time.process_time() - start) / n)
+        print(f"\r{title[:20]}: round {r + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    names = list(runs)
+    bare = per[names[0]]
+    ours = per[names[1]]
+    ours_added = [o - b for o, b in zip(ours, bare)]
+    print(f"\n{title}: {rounds} rounds of {n}, interleaved; CPU time per request")
+    print(f"{'case':<42}{'median':>10}  {'added (min-max)':>24}  {'added / meshstats C':>20}")
+    for name in names:
+        times = per[name]
+        added = [t - b for t, b in zip(times, bare)]
+        ratio = [a / o for a, o in zip(added, ours_added) if o > 0]
+        med = statistics.median(times) * 1e6
+        lo, hi = min(added) * 1e6, max(added) * 1e6
+        text = f"{statistics.median(added) * 1e6:+.1f} µs ({lo:+.1f}..{hi:+.1f})"
+        rtext = f"{statistics.median(ratio):.2f}x" if name != names[0] and ratio else ""
+        print(f"{name:<42}{med:>8.1f} µs  {text:>24}  {rtext:>20}")
+
+
+def _inside(cases: dict[str, GrpcCase], rounds: int, n: int) -> None:
+    """The interceptors' own thread CPU time per call (client and server ends together),
+    less the timing harness' (the bare case), rounds interleaved."""
+    per: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            case.spent.take()
+            case.run(n)
+            per[name].append(case.spent.take())
+    bare = per["bare grpcio"]
+    ours = [t - b for t, b in zip(per["+ meshstats C interceptors"], bare)]
+    print(f"\n{GRPC_GROUP}: thread CPU time inside the interceptors, both ends, per call")
+    print(f"{'case':<42}{'median (min-max)':>26}  {'/ meshstats C':>14}")
+    for name, times in per.items():
+        if name == "bare grpcio":
+            continue
+        cost = [t - b for t, b in zip(times, bare)]
+        ratio = statistics.median([c / o for c, o in zip(cost, ours) if o > 0])
+        med, lo, hi = (statistics.median(cost) * 1e6, min(cost) * 1e6, max(cost) * 1e6)
+        print(f"{name:<42}{f'{med:.1f} µs ({lo:.1f}-{hi:.1f})':>26}  {ratio:>13.2f}x")
+
+
+def main(argv: list[str]) -> int:
+    """Per-request CPU time of each case, rounds interleaved; the cost each adds to the bare
+    app, and that cost as a multiple of meshstats'."""
+    from meshstats import _store_c, _store_py
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--requests", type=int, default=4000, help="ASGI requests per round")
+    parser.add_argument("--calls", type=int, default=1000, help="gRPC calls per round")
+    args = parser.parse_args(argv)
+    asgi = asgi_cases(_store_c, _store_py)
+    for case in asgi.values():
+        case.run(200)  # warm: the middleware stacks are built on first use
+    _table(ASGI_GROUP, {k: c.run for k, c in asgi.items()}, args.rounds, args.requests)
+    cases = grpc_cases(_store_c)
+    try:
+        _table(GRPC_GROUP, {k: c.run for k, c in cases.items()}, args.rounds, args.calls)
+        _inside(cases, args.rounds, args.calls)
+    finally:
+        for grpc_case in cases.values():
+            grpc_case.close()
+        for asgi_case in asgi.values():
+            asgi_case.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

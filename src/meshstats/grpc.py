@@ -1,0 +1,903 @@
+"""Istio's telemetry for ``grpcio`` services and clients, sync and ``grpc.aio``: interceptors.
+
+>>> import grpc
+>>> from concurrent import futures
+>>> from meshstats import StatsEngine
+>>> from meshstats.grpc import IstioServerInterceptor, IstioClientInterceptor
+>>> engine = StatsEngine({"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default"})
+>>> server = grpc.server(futures.ThreadPoolExecutor(4),
+...                      interceptors=[IstioServerInterceptor(engine)])
+>>> channel = grpc.intercept_channel(grpc.insecure_channel("reviews:9080"),
+...                                  IstioClientInterceptor(engine, host="reviews:9080"))
+
+``grpc.aio.server(interceptors=[AioIstioServerInterceptor(engine)])`` and
+``grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors(engine, ...))``
+are the ``grpc.aio`` twins. This is what Istio's proxyless gRPC mode lacks: each call is
+reported as an Istio sidecar reports a gRPC stream.
+
+- The exchange goes through gRPC metadata (HTTP/2 headers): the client sends this workload's
+  ``x-envoy-peer-metadata`` / ``-id``; the server removes them from what the servicer sees
+  (``context.invocation_metadata()``) and answers with its own (only when asked, as Istio
+  does): in the initial metadata of a streaming response (merged into what the servicer
+  sends), in the trailing metadata of a unary one (the same batch as the message: sending
+  initial metadata on its own costs a unary call about 200 us more CPU); the client reads
+  either as its peer. gRPC core swallows
+  ``x-envoy-peer-metadata`` on receipt (its CSM observability owns that header), so the
+  same value also travels as ``x-meshstats-peer-metadata``, which is what a meshstats end
+  reads (:data:`MX_GRPC_ALIAS`).
+- At the call's end: ``istio_requests_total`` and the three histograms with
+  ``request_protocol="grpc"``, ``response_code="200"`` (the HTTP status of every gRPC
+  response) and ``grpc_response_status`` (the status code's number). A client whose call
+  never reached a server (``UNAVAILABLE``, "failed to connect") records ``503``/``UF``.
+- ``istio_request_messages_total`` / ``istio_response_messages_total``: every message
+  counted, for unary and all streaming kinds, reported every ``tcp_reporting_duration``
+  (from the engine's reporting thread, ``engine.start_reporting()``) once the peer is known,
+  and the rest at the call's end (:class:`~meshstats.GrpcStream`).
+- Sizes are the gRPC messages as framed on the wire (5-byte prefix + message) plus the
+  metadata's names and values; HTTP/2 framing and HPACK are not visible to an interceptor.
+  The server counts the serialized bytes; the client counts ``ByteSize()`` of protobuf
+  messages (``len`` of ``bytes``).
+- The server's ``source_principal`` is the client certificate's SPIFFE id that gRPC verified
+  (``auth_context()["peer_spiffe_id"]``), never a header; a client interceptor cannot see
+  the server's certificate, so its ``destination_principal`` is ``unknown``.
+
+Needs ``pip install 'meshstats[grpc]'``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._embed import MX_HEADER, MX_HEADERS, MX_ID_HEADER, Exchange, service_metadata
+from .errors import MissingExtraError
+
+try:
+    import grpc
+    import grpc.aio
+except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+    raise MissingExtraError("grpc", "grpc") from exc
+
+if TYPE_CHECKING:
+    from .connections import GrpcStream
+    from .engine import StatsEngine
+
+__all__ = [
+    "IstioServerInterceptor",
+    "IstioClientInterceptor",
+    "AioIstioServerInterceptor",
+    "aio_client_interceptors",
+]
+
+_perf = time.perf_counter
+_FRAME = 5
+
+#: gRPC core keeps ``x-envoy-peer-metadata`` for its own CSM observability and never hands
+#: it to Python (neither to a servicer nor to a client's initial metadata), so the same value
+#: also travels under this key, which both meshstats ends read. The Istio header is still
+#: sent, for an Envoy or a CSM peer on the other end.
+MX_GRPC_ALIAS = "x-meshstats-peer-metadata"
+_MX_KEYS = MX_HEADERS | {MX_GRPC_ALIAS}  # gRPC's length prefix: compressed flag + u32 length
+
+
+def _method(details: Any) -> str:
+    method = details.method
+    return method.decode("utf-8", "replace") if isinstance(method, bytes) else str(method)
+
+
+def _metadata_size(metadata: Iterable[Any] | None) -> int:
+    if not metadata:
+        return 0
+    return sum(len(key) + len(value) + 4 for key, value in metadata)
+
+
+def _split(metadata: Iterable[Any] | None) -> tuple[Any, Any, int]:
+    """The exchange values in ``metadata`` and its size, in one pass (per call: kept lean)."""
+    found: Any = None
+    found_id: Any = None
+    size = 0
+    for key, value in metadata or ():
+        size += len(key) + len(value) + 4
+        if key == MX_GRPC_ALIAS or key == MX_HEADER:
+            found = value
+        elif key == MX_ID_HEADER:
+            found_id = value
+    return found, found_id, size
+
+
+_STATUS = {code: int(code.value[0]) for code in grpc.StatusCode}
+Answer = tuple[tuple[str, str], ...]
+
+
+def _message_size(message: Any, serialize: Callable[[Any], bytes] | None = None) -> int:
+    """A message's size on the wire: its serialized length plus gRPC's frame prefix."""
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return len(message) + _FRAME
+    size = getattr(message, "ByteSize", None)
+    if size is not None:
+        return int(size()) + _FRAME
+    return (len(serialize(message)) if serialize is not None else 0) + _FRAME
+
+
+def _principal(context: Any) -> str | None:
+    """The client certificate's SPIFFE id, as gRPC verified it (never metadata)."""
+    try:
+        if context.peer_identity_key() is None:
+            return None  # not authenticated: spares auth_context(), 20 times the cost
+        auth = context.auth_context()
+    except Exception:  # noqa: BLE001 - a context without transport security
+        return None
+    for value in auth.get("peer_spiffe_id", ()):
+        return bytes(value).decode("utf-8", "replace")
+    for value in auth.get("x509_subject_alternative_name", ()):
+        text = bytes(value).decode("utf-8", "replace")
+        if text.startswith("spiffe://"):
+            return text
+    return None
+
+
+class _UnaryCounts:
+    """A unary call's message counts: the call ends as it starts, so there is nothing to
+    report periodically, and it needs no :class:`~meshstats.GrpcStream` registered with the
+    engine (the bookkeeping was a fifth of what the interceptors cost per call)."""
+
+    __slots__ = ("_engine", "peer", "_reporter", "host", "request_messages", "response_messages")
+
+    def __init__(self, engine: StatsEngine, reporter: Any, host: str | None) -> None:
+        self._engine = engine
+        self.peer: Any = None
+        self._reporter = reporter
+        self.host = host
+        self.request_messages = 0
+        self.response_messages = 0
+
+    def set_peer(self, peer: Any) -> None:
+        if self.peer is None:
+            self.peer = peer
+
+    def add(self, request_messages: int = 0, response_messages: int = 0) -> None:
+        self.request_messages += request_messages
+        self.response_messages += response_messages
+
+    def close(self) -> None:
+        engine = self._engine
+        peer = self.peer if self.peer is not None else engine.peer(self._reporter, None)
+        engine.record_grpc_messages(
+            peer, self.request_messages, self.response_messages, host=self.host
+        )
+
+
+# -- server side -------------------------------------------------------------------------------
+
+
+class _ServerCall:
+    """One call on the server: counts, sizes, the peer, and whether our metadata went out."""
+
+    def __init__(self, owner: _ServerBase, details: Any, unary: bool = False) -> None:
+        self.started = _perf()
+        self.owner = owner
+        self.metadata, self.metadata_id, size = _split(details.invocation_metadata)
+        self.method = _method(details)
+        self.request_bytes = size + len(self.method) + 7  # ":path"
+        self.response_bytes = 0
+        # Made now: a unary request is deserialized (counted) before the behavior runs.
+        self.stream: GrpcStream | _UnaryCounts = (
+            _UnaryCounts(owner.engine, "inbound", None)
+            if unary
+            else owner.engine.grpc_stream(None, reporter="inbound")
+        )
+        self.headers_sent = False
+        self.code: Any = None  # set through the servicer's context, when it sets one
+
+    def own_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What this workload answers: what the caller asked for (Istio's rule)."""
+        return self.owner._answers[self.metadata is not None, self.metadata_id is not None][0]
+
+    def begin(self, context: Any) -> None:
+        """The behavior starts: the peer is known (the principal needs the context)."""
+        owner = self.owner
+        peer = owner.exchange.inbound(
+            self.metadata,
+            self.metadata_id,
+            principal=_principal(context),
+            cluster_metadata=owner._cluster,
+        )
+        self.stream.set_peer(peer)
+
+    def count_request(self, size: int) -> None:
+        self.request_bytes += size + _FRAME
+        self.stream.add(request_messages=1)
+
+    def count_response(self, size: int) -> None:
+        self.response_bytes += size + _FRAME
+        self.stream.add(response_messages=1)
+
+    def unary_response(self, response: Any, serialize: Callable[[Any], bytes] | None) -> None:
+        self.count_response(_message_size(response, serialize) - _FRAME)
+
+    def finish(self, context: Any, failed: BaseException | None) -> None:
+        stream = self.stream
+        code = self.code
+        if code is None and failed is not None:
+            # an exception: the status the context holds (abort_with_status), else UNKNOWN
+            code = _code_of(context) or grpc.StatusCode.UNKNOWN
+        elif code is None:
+            code = grpc.StatusCode.OK
+        flags = None
+        if code == grpc.StatusCode.CANCELLED and not _active(context):
+            flags = "DC"  # the client went away
+        stream.close()
+        peer = stream.peer
+        assert peer is not None
+        self.owner.engine.record_request(
+            peer,
+            response_code=200,
+            grpc_status=_STATUS[code],
+            duration_ms=(_perf() - self.started) * 1000.0,
+            request_bytes=self.request_bytes,
+            response_bytes=self.response_bytes
+            + self.owner._answers[self.metadata is not None, self.metadata_id is not None][1],
+            response_flags=flags,
+            protocol="grpc",
+            method="POST",
+            path=self.method,
+        )
+
+
+def _code_of(context: Any) -> Any:
+    try:
+        return context.code()
+    except Exception:  # noqa: BLE001 - older grpcio: no code() on the context
+        return None
+
+
+def _active(context: Any) -> bool:
+    try:
+        return bool(context.is_active())
+    except Exception:  # noqa: BLE001 - grpc.aio contexts have no is_active()
+        return not context.cancelled() if hasattr(context, "cancelled") else True
+
+
+class _Context:
+    """The servicer's context: the exchange headers hidden, and ours answered.
+
+    A streaming response carries ours in its initial metadata (merged into what the
+    servicer sends, or sent before the first message), so the client knows its peer while
+    the stream is open. A unary response carries them in its trailing metadata, which travel
+    in the same batch as the message and the status: an initial metadata sent on its own is
+    one more round through gRPC core, about 200 us of CPU per call (bench_embed.py), and a
+    unary call's client learns nothing earlier from it (gRPC sends a unary response's
+    headers with the message)."""
+
+    def __init__(self, context: Any, call: _ServerCall) -> None:
+        self._context = context
+        self._call = call
+        self._trailing: tuple[Any, ...] = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def invocation_metadata(self) -> Any:
+        md = self._context.invocation_metadata()
+        return tuple(m for m in md or () if m[0] not in _MX_KEYS)
+
+    def send_initial_metadata(self, initial_metadata: Any) -> None:
+        call = self._call
+        call.headers_sent = True
+        self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.own_metadata()))
+
+    def ensure_headers(self) -> None:
+        call = self._call
+        if not call.headers_sent:
+            call.headers_sent = True
+            own = call.own_metadata()
+            if own:
+                self._context.send_initial_metadata(tuple(own))
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._trailing = tuple(trailing_metadata)
+        self._context.set_trailing_metadata(trailing_metadata)
+
+    def set_code(self, code: Any) -> None:
+        self._call.code = code  # known here: spares asking the context at the end
+        self._context.set_code(code)
+
+    def ensure_trailers(self) -> None:
+        """Ours in the trailing metadata, unless the initial metadata carried them."""
+        call = self._call
+        if not call.headers_sent:
+            call.headers_sent = True
+            own = call.own_metadata()
+            if own:
+                self._context.set_trailing_metadata(self._trailing + own)
+
+    # A failed call's status still carries our metadata, as Envoy adds its headers to a
+    # trailers-only response: the client learns who failed it.
+    def abort(self, code: Any, details: str) -> None:
+        self.ensure_trailers()
+        self._call.code = code
+        self._context.abort(code, details)
+
+    def abort_with_status(self, status: Any) -> None:
+        self.ensure_trailers()
+        self._context.abort_with_status(status)
+
+
+class _AioContext(_Context):
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:  # type: ignore[override]
+        call = self._call
+        call.headers_sent = True
+        await self._context.send_initial_metadata(
+            tuple(initial_metadata) + tuple(call.own_metadata())
+        )
+
+    async def ensure_headers(self) -> None:  # type: ignore[override]
+        call = self._call
+        if not call.headers_sent:
+            call.headers_sent = True
+            own = call.own_metadata()
+            if own:
+                await self._context.send_initial_metadata(tuple(own))
+
+    async def write(self, message: Any) -> None:
+        await self.ensure_headers()
+        await self._context.write(message)
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:  # type: ignore[override]
+        call = self._call
+        call.code = code
+        if not call.headers_sent:
+            call.headers_sent = True
+            trailing_metadata = tuple(trailing_metadata) + tuple(call.own_metadata())
+        await self._context.abort(code, details, trailing_metadata)
+
+    async def abort_with_status(self, status: Any) -> None:  # type: ignore[override]
+        self.ensure_trailers()
+        await self._context.abort_with_status(status)
+
+
+def _serializers(handler: Any, call: _ServerCall) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The handler's (de)serializers, counting each message as it crosses the wire.
+
+    A unary response is serialized after the behavior returned, when the call is already
+    recorded: the behavior's wrapper counts it (:meth:`_ServerCall.unary_response`)."""
+    deserialize = handler.request_deserializer
+    serialize = handler.response_serializer
+    unary = handler.unary_unary is not None or handler.stream_unary is not None
+
+    def counted_deserialize(data: bytes) -> Any:
+        call.count_request(len(data))
+        return deserialize(data) if deserialize is not None else data
+
+    def counted_serialize(message: Any) -> bytes:
+        data = serialize(message) if serialize is not None else message
+        if not unary:
+            call.count_response(len(data))
+        return bytes(data)
+
+    return counted_deserialize, counted_serialize
+
+
+class _ServerBase:
+    def __init__(
+        self,
+        engine: StatsEngine,
+        *,
+        service_host: str | None = None,
+        node_id: str | None = None,
+        additional_labels: Iterable[str] = (),
+    ) -> None:
+        self.engine = engine
+        self.exchange = Exchange(engine, node_id=node_id, additional_labels=additional_labels)
+        self._cluster = service_metadata(service_host)
+        own_md: Answer = (
+            (MX_HEADER, self.exchange.metadata), (MX_GRPC_ALIAS, self.exchange.metadata),
+        )  # fmt: skip
+        own_id: Answer = ((MX_ID_HEADER, self.exchange.node_id),)
+        # (asked for the metadata, asked for the id) -> (the answer, its size), made once
+        self._answers: dict[tuple[bool, bool], tuple[Answer, int]] = {}
+        for has_md in (False, True):
+            for has_id in (False, True):
+                answer = (own_md if has_md else ()) + (own_id if has_id else ())
+                self._answers[has_md, has_id] = (answer, _metadata_size(answer))
+
+
+class IstioServerInterceptor(_ServerBase, grpc.ServerInterceptor):
+    """Reports every call a sync ``grpc.server`` serves (``reporter="destination"``).
+
+    Parameters
+    ----------
+    engine:
+        The :class:`~meshstats.StatsEngine` of this (serving) workload.
+    service_host:
+        This service's host (``name.namespace.svc.cluster.local``) for
+        ``destination_service``; without it, the canonical service (Istio's server side).
+    node_id, additional_labels:
+        What goes into this workload's exchange metadata.
+    """
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        call = _ServerCall(self, details, unary=handler.unary_unary is not None)
+        deserialize, serialize = _serializers(handler, call)
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary_unary(request: Any, context: Any) -> Any:
+                call.begin(context)
+                ctx = _Context(context, call)
+                failed: BaseException | None = None
+                try:
+                    response = inner(request, ctx)
+                    ctx.ensure_trailers()
+                    call.unary_response(response, handler.response_serializer)
+                    return response
+                except BaseException as exc:
+                    failed = exc
+                    ctx.ensure_trailers()  # the error status carries them
+                    raise
+                finally:
+                    call.finish(context, failed)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            def stream_unary(requests: Iterator[Any], context: Any) -> Any:
+                call.begin(context)
+                ctx = _Context(context, call)
+                failed: BaseException | None = None
+                try:
+                    response = inner_su(requests, ctx)
+                    ctx.ensure_trailers()
+                    call.unary_response(response, handler.response_serializer)
+                    return response
+                except BaseException as exc:
+                    failed = exc
+                    ctx.ensure_trailers()
+                    raise
+                finally:
+                    call.finish(context, failed)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
+        behavior = handler.unary_stream or handler.stream_stream
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
+        )
+
+        def streaming(request: Any, context: Any) -> Iterator[Any]:
+            call.begin(context)
+            ctx = _Context(context, call)
+            failed: BaseException | None = None
+            try:
+                for response in behavior(request, ctx):
+                    ctx.ensure_headers()
+                    yield response
+                ctx.ensure_trailers()
+            except BaseException as exc:
+                failed = exc
+                ctx.ensure_trailers()
+                raise
+            finally:
+                call.finish(context, failed)
+
+        return factory(streaming, deserialize, serialize)
+
+
+class AioIstioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
+    """The ``grpc.aio.server`` twin of :class:`IstioServerInterceptor` (same parameters)."""
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        call = _ServerCall(self, details, unary=handler.unary_unary is not None)
+        deserialize, serialize = _serializers(handler, call)
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            inner = handler.unary_unary or handler.stream_unary
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary is not None
+                else grpc.stream_unary_rpc_method_handler
+            )
+
+            async def unary(request: Any, context: Any) -> Any:
+                call.begin(context)
+                ctx = _AioContext(context, call)
+                failed: BaseException | None = None
+                try:
+                    response = await inner(request, ctx)
+                    ctx.ensure_trailers()
+                    call.unary_response(response, handler.response_serializer)
+                    return response
+                except BaseException as exc:
+                    failed = exc
+                    ctx.ensure_trailers()
+                    raise
+                finally:
+                    call.finish(context, failed)
+
+            return factory(unary, deserialize, serialize)
+        behavior = handler.unary_stream or handler.stream_stream
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
+        )
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            call.begin(context)
+            ctx = _AioContext(context, call)
+            failed: BaseException | None = None
+            try:
+                result = behavior(request, ctx)
+                if hasattr(result, "__aiter__"):
+                    async for response in result:
+                        await ctx.ensure_headers()
+                        yield response
+                else:  # a coroutine that writes with context.write()
+                    await result
+                ctx.ensure_trailers()
+            except BaseException as exc:
+                failed = exc
+                ctx.ensure_trailers()
+                raise
+            finally:
+                call.finish(context, failed)
+
+        return factory(streaming, deserialize, serialize)
+
+
+# -- client side -------------------------------------------------------------------------------
+
+
+class _ClientCall:
+    """One call from the client: counts, sizes, the peer once the server's metadata came."""
+
+    def __init__(self, owner: _ClientBase, details: Any, unary: bool = False) -> None:
+        self.started = _perf()
+        self.owner = owner
+        self.method = _method(details)
+        self.stream: GrpcStream | _UnaryCounts = (
+            _UnaryCounts(owner.engine, "outbound", owner.host)
+            if unary
+            else owner.engine.grpc_stream(reporter="outbound", host=owner.host)
+        )
+        self.request_bytes = len(self.method) + 7
+        self.response_bytes = 0
+        self.metadata: Any = None
+        self.metadata_id: Any = None
+        self.recorded = False
+        self.lock = threading.Lock()
+
+    def details(self, details: Any) -> Any:
+        """The call's details with this workload's metadata in place of the caller's."""
+        owner = self.owner
+        given = details.metadata
+        if given:
+            metadata = [m for m in given if m[0] not in _MX_KEYS]
+            metadata += owner._out
+            self.request_bytes += _metadata_size(metadata)
+        else:
+            metadata = list(owner._out)
+            self.request_bytes += owner._out_size
+        return _Details(details, metadata)
+
+    def sent(self, message: Any) -> Any:
+        self.request_bytes += _message_size(message)
+        self.stream.add(request_messages=1)
+        return message
+
+    def received(self, message: Any) -> Any:
+        self.response_bytes += _message_size(message)
+        self.stream.add(response_messages=1)
+        return message
+
+    def peer_metadata(self, *metadata: Any) -> None:
+        """The server's initial (or trailing) metadata arrived: its exchange names the peer.
+        Without one there, the peer stays unknown until the call ends (:meth:`finish`)."""
+        if self.stream.peer is not None:
+            return
+        for md in metadata:
+            found, found_id, size = _split(md)
+            if found is not None or found_id is not None:
+                self.metadata, self.metadata_id = found, found_id
+                self.response_bytes += size
+                owner = self.owner
+                self.stream.set_peer(
+                    owner.exchange.outbound(found, found_id, cluster_metadata=owner._cluster)
+                )
+                return
+
+    def finish(self, code: Any, details: str | None) -> None:
+        with self.lock:
+            if self.recorded:
+                return
+            self.recorded = True
+        owner = self.owner
+        if self.stream.peer is None:
+            unknown = owner.exchange.outbound(None, None, cluster_metadata=owner._cluster)
+            self.stream.set_peer(unknown)
+        self.stream.close()
+        response_code, flags, status = 200, None, _STATUS[code]
+        if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (details or ""):
+            response_code, flags = 503, "UF"  # never reached a server: Envoy's local reply
+        elif code == grpc.StatusCode.CANCELLED:
+            flags = "DC"  # this side gave up on the call
+        peer = self.stream.peer
+        assert peer is not None
+        owner.engine.record_request(
+            peer,
+            response_code=response_code,
+            grpc_status=status,
+            duration_ms=(_perf() - self.started) * 1000.0,
+            request_bytes=self.request_bytes,
+            response_bytes=self.response_bytes,
+            host=owner.host,
+            response_flags=flags,
+            protocol="grpc",
+            method="POST",
+            path=self.method,
+        )
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, details: Any, metadata: list[tuple[str, Any]]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+def _aio_details(details: Any, metadata: list[tuple[str, Any]]) -> Any:
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, grpc.aio.Metadata(*metadata),
+        details.credentials, details.wait_for_ready,
+    )  # fmt: skip
+
+
+class _ClientBase:
+    def __init__(
+        self,
+        engine: StatsEngine,
+        *,
+        host: str | None = None,
+        service_host: str | None = None,
+        node_id: str | None = None,
+        additional_labels: Iterable[str] = (),
+    ) -> None:
+        self.engine = engine
+        self.host = host
+        self.exchange = Exchange(engine, node_id=node_id, additional_labels=additional_labels)
+        self._cluster = service_metadata(service_host)
+        ex = self.exchange
+        self._out: tuple[tuple[str, str], ...] = (
+            (MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata), (MX_ID_HEADER, ex.node_id),
+        )  # fmt: skip
+        self._out_size = _metadata_size(self._out)
+
+
+def _sent(call: _ClientCall, requests: Iterable[Any]) -> Iterator[Any]:
+    for message in requests:
+        yield call.sent(message)
+
+
+class _Responses:
+    """A streaming call's response iterator, counting messages; everything else is the call."""
+
+    def __init__(self, rendezvous: Any, call: _ClientCall) -> None:
+        self._rendezvous = rendezvous
+        self._call = call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rendezvous, name)
+
+    def __iter__(self) -> _Responses:
+        return self
+
+    def __next__(self) -> Any:
+        call = self._call
+        try:
+            message = next(self._rendezvous)
+        except StopIteration:
+            rendezvous = self._rendezvous
+            call.peer_metadata(rendezvous.initial_metadata(), rendezvous.trailing_metadata())
+            call.finish(self._rendezvous.code(), self._rendezvous.details())
+            raise
+        except grpc.RpcError:
+            rendezvous = self._rendezvous
+            call.peer_metadata(rendezvous.initial_metadata(), rendezvous.trailing_metadata())
+            call.finish(rendezvous.code(), rendezvous.details())
+            raise
+        if call.stream.peer is None:
+            call.peer_metadata(self._rendezvous.initial_metadata())
+        return call.received(message)
+
+
+class IstioClientInterceptor(
+    _ClientBase,
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Reports every call made on an intercepted sync channel (``reporter="source"``).
+
+    Parameters
+    ----------
+    engine:
+        The :class:`~meshstats.StatsEngine` of this (calling) workload.
+    host:
+        The channel's authority (``reviews:9080``), reported as ``destination_service``
+        (Istio's host-header fallback) unless ``service_host`` names the service.
+    service_host:
+        The destination service's host (``name.namespace.svc.cluster.local``).
+    node_id, additional_labels:
+        What goes into this workload's exchange metadata.
+    """
+
+    def _unary_response(self, call: _ClientCall, outcome: Any) -> Any:
+        def done(future: Any) -> None:
+            code = future.code()
+            source = future
+            if code != grpc.StatusCode.OK:
+                # A failed outcome answers None; the RpcError it holds is the call.
+                source = future.exception()
+            try:
+                call.peer_metadata(source.initial_metadata(), source.trailing_metadata())
+            except Exception:  # noqa: BLE001 - a call that failed before any metadata
+                pass
+            if code == grpc.StatusCode.OK:
+                call.received(future.result())
+                call.finish(code, None)  # the details matter only for a failure
+            else:
+                call.finish(code, future.details())
+
+        outcome.add_done_callback(done)
+        return outcome
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = _ClientCall(self, details, unary=True)
+        call.sent(request)
+        return self._unary_response(call, continuation(call.details(details), request))
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        call = _ClientCall(self, details)
+        outcome = continuation(call.details(details), _sent(call, requests))
+        return self._unary_response(call, outcome)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = _ClientCall(self, details)
+        call.sent(request)
+        return _Responses(continuation(call.details(details), request), call)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        call = _ClientCall(self, details)
+        return _Responses(continuation(call.details(details), _sent(call, requests)), call)
+
+
+async def _aio_sent(call: _ClientCall, requests: Any) -> AsyncIterator[Any]:
+    if hasattr(requests, "__aiter__"):
+        async for message in requests:
+            yield call.sent(message)
+    else:
+        for message in requests:
+            yield call.sent(message)
+
+
+class _AioClientBase(_ClientBase):
+    def _details(self, call: _ClientCall, details: Any) -> Any:
+        return _aio_details(details, call.details(details).metadata)
+
+    async def _unary(self, call: _ClientCall, rpc: Any) -> Any:
+        try:
+            response = await rpc
+        except grpc.aio.AioRpcError as err:
+            call.peer_metadata(err.initial_metadata(), err.trailing_metadata())
+            call.finish(err.code(), err.details())
+            return rpc
+        except BaseException:
+            call.finish(grpc.StatusCode.CANCELLED, None)
+            raise
+        call.peer_metadata(await rpc.initial_metadata(), await rpc.trailing_metadata())
+        call.received(response)
+        call.finish(await rpc.code(), await rpc.details())
+        return rpc
+
+    async def _streaming(self, call: _ClientCall, rpc: Any) -> AsyncIterator[Any]:
+        try:
+            async for message in rpc:
+                if call.stream.peer is None:
+                    call.peer_metadata(await rpc.initial_metadata())
+                yield call.received(message)
+        except grpc.aio.AioRpcError as err:
+            call.peer_metadata(err.initial_metadata(), err.trailing_metadata())
+            call.finish(err.code(), err.details())
+            raise
+        except BaseException:
+            call.finish(grpc.StatusCode.CANCELLED, None)
+            raise
+        call.peer_metadata(await rpc.initial_metadata(), await rpc.trailing_metadata())
+        call.finish(await rpc.code(), await rpc.details())
+
+
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, base: _AioClientBase) -> None:
+        self._base = base
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        base = self._base
+        call = _ClientCall(base, details, unary=True)
+        call.sent(request)
+        return await base._unary(call, await continuation(base._details(call, details), request))
+
+
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, base: _AioClientBase) -> None:
+        self._base = base
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        base = self._base
+        call = _ClientCall(base, details)
+        if requests is not None:
+            requests = _aio_sent(call, requests)
+        return await base._unary(call, await continuation(base._details(call, details), requests))
+
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, base: _AioClientBase) -> None:
+        self._base = base
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        base = self._base
+        call = _ClientCall(base, details)
+        call.sent(request)
+        return base._streaming(call, await continuation(base._details(call, details), request))
+
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, base: _AioClientBase) -> None:
+        self._base = base
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        base = self._base
+        call = _ClientCall(base, details)
+        if requests is not None:
+            requests = _aio_sent(call, requests)
+        return base._streaming(call, await continuation(base._details(call, details), requests))
+
+
+def aio_client_interceptors(
+    engine: StatsEngine,
+    *,
+    host: str | None = None,
+    service_host: str | None = None,
+    node_id: str | None = None,
+    additional_labels: Iterable[str] = (),
+) -> list[Any]:
+    """The ``grpc.aio`` twin of :class:`IstioClientInterceptor` (same parameters): four
+    interceptors, one per call kind, for ``grpc.aio.insecure_channel(target,
+    interceptors=aio_client_interceptors(engine, host=target))``.
+
+    (``grpc.aio`` registers an interceptor object for one call kind only, the first its
+    class derives from, so one object cannot cover all four.) A request stream written with
+    ``call.write()`` instead of an iterator is not counted.
+    """
+    base = _AioClientBase(
+        engine, host=host, service_host=service_host, node_id=node_id,
+        additional_labels=additional_labels,
+    )  # fmt: skip
+    return [
+        _AioUnaryUnary(base),
+        _AioUnaryStream(base),
+        _AioStreamUnary(base),
+        _AioStreamStream(base),
+    ]
