@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 
 from ..attributes import BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER
 from ..errors import ConfigError
+from ..exposition import HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, WRITE_TIMEOUT
 from ..registry import WorkloadRegistry
 
 __all__ = [
@@ -94,6 +95,12 @@ def _timeout(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"must be a number of seconds > 0, got {value!r}", where)
     return float(value)
+
+
+def _count(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be an integer >= 1, got {value!r}", where)
+    return value
 
 
 def _flag(value: object, where: str) -> bool:
@@ -286,6 +293,13 @@ class SidecarConfig:
     sent (then ``504``/``UT``); ``stream_idle_timeout`` (300 s) the time a request may see no
     bytes either way (``408``/``SI`` before a response began, else the stream is cut with
     ``SI``); ``idle_timeout`` (3600 s) how long a connection may wait for its next request.
+
+    The admin port's limits (:class:`~meshstats.MetricsServer`; each > 0): an admin
+    connection is closed when its request head takes longer than ``admin_header_timeout``
+    (10 s), when it waits ``admin_idle_timeout`` (120 s) for its next request, or when a
+    response takes longer than ``admin_write_timeout`` (30 s) to send; at most
+    ``admin_max_connections`` (256) are open, a new one closing the one that has waited
+    longest for a request head (a ``503`` if all are busy answering).
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -307,6 +321,10 @@ class SidecarConfig:
     request_timeout: float = 0.0
     stream_idle_timeout: float = 300.0
     idle_timeout: float = 3600.0
+    admin_header_timeout: float = HEADER_TIMEOUT
+    admin_write_timeout: float = WRITE_TIMEOUT
+    admin_idle_timeout: float = IDLE_TIMEOUT
+    admin_max_connections: int = MAX_CONNECTIONS
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -317,7 +335,8 @@ class SidecarConfig:
             "node", "cert_dir", "inbound", "outbound", "admin_port", "host", "node_id",
             "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
             "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
-            "request_timeout", "stream_idle_timeout", "idle_timeout",
+            "request_timeout", "stream_idle_timeout", "idle_timeout", "admin_header_timeout",
+            "admin_write_timeout", "admin_idle_timeout", "admin_max_connections",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -379,6 +398,18 @@ class SidecarConfig:
                 data.get("stream_idle_timeout", 300), "stream_idle_timeout"
             ),
             idle_timeout=_off_or_timeout(data.get("idle_timeout", 3600), "idle_timeout"),
+            admin_header_timeout=_timeout(
+                data.get("admin_header_timeout", HEADER_TIMEOUT), "admin_header_timeout"
+            ),
+            admin_write_timeout=_timeout(
+                data.get("admin_write_timeout", WRITE_TIMEOUT), "admin_write_timeout"
+            ),
+            admin_idle_timeout=_timeout(
+                data.get("admin_idle_timeout", IDLE_TIMEOUT), "admin_idle_timeout"
+            ),
+            admin_max_connections=_count(
+                data.get("admin_max_connections", MAX_CONNECTIONS), "admin_max_connections"
+            ),
         )
 
     @classmethod
