@@ -120,6 +120,15 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_seconds(pid: int, thread: int) -> float:
+    """Time a thread has waited for a CPU while runnable so far (Linux schedstat; 0.0
+    elsewhere): a thread held up by the scheduler, not by a lock or the GIL."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def settle(pid: int, deadline: float = 20.0) -> None:
     """Wait until a process is nearly idle (under 10% of a core over 0.2 s), so that a
     round does not pay for renders a previous round's scrapers left running."""
@@ -317,9 +326,11 @@ def scrape_case(args: argparse.Namespace) -> None:
     rates: dict[str, list[float]] = {mode: [] for mode in modes}
     tails: dict[str, list[float]] = {mode: [] for mode in modes}
     scraped: dict[str, list[float]] = {mode: [] for mode in modes}
-    # CPU of the sidecars' event loop per request, and of the rest of their process (the
-    # admin server, mostly) per second: what scrapes cost apart from the OS scheduler.
+    # CPU of the sidecars' event loop per request, its wait for a CPU, and the CPU of the
+    # rest of their process (the admin server, mostly) per second: where a loss comes
+    # from (more work per request, the scheduler, or neither: the GIL).
     loop_cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+    loop_queued: dict[str, list[float]] = {mode: [] for mode in modes}
     rest_cpu: dict[str, list[float]] = {mode: [] for mode in modes}
     pid = pair.process.pid
     try:
@@ -338,20 +349,25 @@ def scrape_case(args: argparse.Namespace) -> None:
                 scrapers = None if port is None else Scrapers(port, n, args.plain_scrapes)
                 latencies: list[float] = []
                 start, loop0, all0 = time.perf_counter(), cpu_seconds(pid, pid), cpu_seconds(pid)
+                queued0 = run_queue_seconds(pid, pid)
                 try:
                     pair.send("on", args.requests, args.connections, latencies)
                 finally:
                     elapsed = time.perf_counter() - start
                     loop1, all1 = cpu_seconds(pid, pid), cpu_seconds(pid)
+                    queued1 = run_queue_seconds(pid, pid)
                     counts = scrapers.stop() if scrapers is not None else {"scrapes": 0}
                 rates[mode].append(args.requests / elapsed)
                 tails[mode].append(p99(latencies))
                 scraped[mode].append(counts["scrapes"] / elapsed)
                 loop_cpu[mode].append((loop1 - loop0) / args.requests * 1e6)
+                loop_queued[mode].append((queued1 - queued0) / args.requests * 1e6)
                 rest_cpu[mode].append(((all1 - all0) - (loop1 - loop0)) / elapsed)
                 line.append(
                     f"{mode} {rates[mode][-1]:.0f}/s p99 {1000 * tails[mode][-1]:.1f} ms"
                     + (f" {scraped[mode][-1]:.1f} scrapes/s" if port is not None else "")
+                    + f" (loop {loop_cpu[mode][-1]:.0f} µs CPU, {loop_queued[mode][-1]:.0f} µs"
+                    " queued per request)"
                 )
             print(f"round {i + 1}: " + " | ".join(line), flush=True)
     finally:
@@ -361,7 +377,8 @@ def scrape_case(args: argparse.Namespace) -> None:
     for mode in modes:
         text = (
             f"  {mode}: {_spread(rates[mode])} req/s, p99 {_spread(tails[mode], 1000, '.1f')} ms"
-            f", loop CPU {_spread(loop_cpu[mode])} µs/request, other threads "
+            f", loop CPU {_spread(loop_cpu[mode])} µs/request, waiting for a CPU "
+            f"{_spread(loop_queued[mode])} µs/request, other threads "
             f"{_spread(rest_cpu[mode], 100)}% of a core"
         )
         if mode != base:
