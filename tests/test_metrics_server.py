@@ -440,11 +440,43 @@ def test_http10_keep_alive_and_pipelining(store: Any) -> None:
         ("max_connections", True),
         ("render_niceness", 20),
         ("render_niceness", 1.5),
+        ("render_budget", 0),
+        ("render_budget", 1.5),
+        ("render_budget", True),
     ],
 )
 def test_limits_are_validated(store: Any, option: str, value: Any) -> None:
     with pytest.raises(ValueError, match=option):
         MetricsServer(store, **{option: value})
+
+
+class BusyStore:
+    """Each render burns 20 ms of its thread's CPU, and notes when it ran and for how long."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[float, float, float]] = []  # start, end (monotonic), CPU
+
+    def snapshot(self) -> list[Any]:
+        return []
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        start, cpu = time.monotonic(), time.thread_time()
+        while time.thread_time() - cpu < 0.02:
+            pass
+        self.runs.append((start, time.monotonic(), time.thread_time() - cpu))
+        return b"x"
+
+
+def test_renders_stay_within_their_budget() -> None:
+    store = BusyStore()
+    with MetricsServer(store, render_budget=0.1) as server:
+        for _ in range(3):  # back to back, as a scraper in a loop
+            assert get(server.url + "/metrics")[0::2] == (200, b"x")
+        assert get(server.url + "/healthz")[0] == 200
+    assert len(store.runs) == 3
+    # A lower bound only: a slow machine can widen the gap, never narrow it.
+    for (_, end, cpu), (start, _, _) in zip(store.runs, store.runs[1:]):
+        assert start - end >= cpu * (1 / 0.1 - 1) - 0.001
 
 
 def render_thread_niceness(server: MetricsServer) -> int:

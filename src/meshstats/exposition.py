@@ -176,6 +176,8 @@ IDLE_TIMEOUT = 120.0
 MAX_CONNECTIONS = 256
 #: How much lower the render thread's CPU priority is (a nice value; Linux only).
 RENDER_NICENESS = 10
+#: The share of one core that renders may use, on average, however often scrapers ask.
+RENDER_BUDGET = 0.25
 #: A request head (request line and headers) larger than this is answered 431.
 MAX_HEAD_BYTES = 16 * 1024
 
@@ -244,10 +246,13 @@ class _Renders:
     A scrape that arrives while a render of the same format is in progress gets that
     render's bytes instead of starting another: ten scrapers cost one render, not ten.
     Nothing is kept once a render is done (no time-based cache), so every scrape sees the
-    store as it was at or after its arrival.
+    store as it was at or after its arrival. Renders are spaced so that they use at most
+    ``budget`` of one core's time.
     """
 
-    def __init__(self, store: StoreLike, loop: asyncio.AbstractEventLoop, niceness: int) -> None:
+    def __init__(
+        self, store: StoreLike, loop: asyncio.AbstractEventLoop, niceness: int, budget: float
+    ) -> None:
         self._store = store
         self._loop = loop
         self._flights: dict[tuple[bool, bool], asyncio.Future[bytes]] = {}
@@ -261,12 +266,16 @@ class _Renders:
         )
         self.started = 0
         self.waiting = 0
+        # After a render that took t seconds of CPU, none starts for t * _rest: renders
+        # then use at most ``budget`` of one core, however often scrapers ask.
+        self._rest = 1 / budget - 1
+        self._next_start = 0.0
 
     async def body(self, openmetrics: bool, gzipped: bool) -> bytes:
         key = (openmetrics, gzipped)
         flight = self._flights.get(key)
         if flight is None or flight.done():
-            flight = self._loop.run_in_executor(self._executor, self._render, openmetrics, gzipped)
+            flight = self._loop.create_task(self._flight(openmetrics, gzipped))
             flight.add_done_callback(_retrieve)
             flight.add_done_callback(lambda done: self._land(key, done))
             self._flights[key] = flight
@@ -282,11 +291,29 @@ class _Renders:
         if self._flights.get(key) is flight:
             del self._flights[key]  # frees the body as soon as its waiters have it
 
-    def _render(self, openmetrics: bool, gzipped: bool) -> bytes:
-        body = self._store.render(openmetrics=openmetrics)
-        return gzip.compress(body, compresslevel=1) if gzipped else body
+    async def _flight(self, openmetrics: bool, gzipped: bool) -> bytes:
+        # Scrapes that arrive during the delay join this flight: they wait, then get a
+        # render that starts after they arrived.
+        delay = self._next_start - self._loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        body, cpu = await self._loop.run_in_executor(
+            self._executor, self._render, openmetrics, gzipped
+        )
+        self._next_start = self._loop.time() + cpu * self._rest
+        return body
 
-    def close(self) -> None:
+    def _render(self, openmetrics: bool, gzipped: bool) -> tuple[bytes, float]:
+        start = time.thread_time()
+        body = self._store.render(openmetrics=openmetrics)
+        body = gzip.compress(body, compresslevel=1) if gzipped else body
+        return body, time.thread_time() - start
+
+    async def close(self) -> None:
+        flights = list(self._flights.values())
+        for flight in flights:
+            flight.cancel()  # one may be waiting out the budget: no render is owed anyone
+        await asyncio.gather(*flights, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
 
@@ -309,7 +336,9 @@ class _AdminLoop:
         self.server = server
         self.listener = listener
         self.loop = asyncio.new_event_loop()
-        self.renders = _Renders(server._store, self.loop, server._render_niceness)
+        self.renders = _Renders(
+            server._store, self.loop, server._render_niceness, server._render_budget
+        )
         self.connections: dict[asyncio.Task[None], _Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # evicted ones too, until they unwind
         self.scrapes = self.timed_out = self.evicted = self.refused = 0
@@ -352,7 +381,7 @@ class _AdminLoop:
                 task.cancel()
             await asyncio.gather(accepting, *self._tasks, return_exceptions=True)
             self.listener.close()
-            self.renders.close()
+            await self.renders.close()
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
@@ -569,15 +598,16 @@ class MetricsServer:
     >>> server.stop()
 
     All connections are served by one asyncio loop on one daemon thread, and renders run
-    on one more: scrapes cannot multiply threads, and so cannot starve other threads of
-    the process (a sidecar's data plane) of the GIL. Scrapes of the same format that
-    arrive while a render is in progress share it. A connection is closed when its
-    request head takes longer than ``header_timeout`` (from the connection, or from the
-    first byte of a later request), when it waits ``idle_timeout`` for a next request, or
-    when a response takes longer than ``write_timeout`` to send. At ``max_connections``
-    open connections, a new one closes the connection that has waited longest for a
-    request head; if every connection is busy answering, the new one gets a ``503`` and
-    is closed. :meth:`stats` counts all of it.
+    on one more, at a lower CPU priority (Linux): scrapes cannot multiply threads, and
+    what they cost the rest of the process (a sidecar's data plane) is bounded. Scrapes of
+    the same format that arrive while a render is in progress share it, and renders use
+    at most ``render_budget`` of one core. A connection is closed when its request head
+    takes longer than ``header_timeout`` (from the connection, or from the first byte of
+    a later request), when it waits ``idle_timeout`` for a next request, or when a
+    response takes longer than ``write_timeout`` to send. At ``max_connections`` open
+    connections, a new one closes the connection that has waited longest for a request
+    head; if every connection is busy answering, the new one gets a ``503`` and is
+    closed. :meth:`stats` counts all of it.
 
     Parameters
     ----------
@@ -595,6 +625,12 @@ class MetricsServer:
         On Linux, the render thread runs this much lower in CPU priority (a nice value,
         default :data:`RENDER_NICENESS`, 10; 0 keeps it equal): renders use the cores the
         data plane leaves idle instead of taking turns with it. Elsewhere it has no effect.
+    render_budget
+        The share of one core renders may use on average (default :data:`RENDER_BUDGET`,
+        0.25; 1 turns the limit off): after a render that took ``t`` seconds of CPU, the
+        next starts no sooner than ``t * (1 / render_budget - 1)`` later, and scrapes that
+        arrive meanwhile wait for it. Scrapes at Prometheus' intervals never wait; ten
+        scrapers scraping back to back get fewer, not costlier, renders.
     """
 
     def __init__(
@@ -609,6 +645,7 @@ class MetricsServer:
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         render_niceness: int = RENDER_NICENESS,
+        render_budget: float = RENDER_BUDGET,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise ValueError(f"max_connections must be an integer, got {max_connections!r}")
@@ -627,6 +664,11 @@ class MetricsServer:
         if not 0 <= render_niceness <= 19:
             raise ValueError(f"render_niceness must be in 0..19, got {render_niceness}")
         self._render_niceness = render_niceness
+        if isinstance(render_budget, bool) or not isinstance(render_budget, (int, float)):
+            raise ValueError(f"render_budget must be a number, got {render_budget!r}")
+        if not 0 < render_budget <= 1:
+            raise ValueError(f"render_budget must be in (0, 1], got {render_budget}")
+        self._render_budget = float(render_budget)
         self._run: _AdminLoop | None = None
         self._last = ServerStats()
 
