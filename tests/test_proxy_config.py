@@ -70,6 +70,8 @@ def test_parses_addresses_and_defaults() -> None:
         ({"admin_max_connections": 0}, "admin_max_connections"),
         ({"admin_max_connections": 2.5}, "admin_max_connections"),
         ({"admin_max_connections": True}, "admin_max_connections"),
+        ({"admin_render_budget": 0}, "admin_render_budget"),
+        ({"admin_render_budget": 2}, "admin_render_budget"),
         ({"node": None}, "node"),
         ({"surprise": 1}, "surprise"),
     ],
@@ -223,13 +225,15 @@ def test_admin_limits_default_and_parse() -> None:
         cfg.admin_write_timeout,
         cfg.admin_idle_timeout,
         cfg.admin_max_connections,
-    ) == (10.0, 30.0, 120.0, 256)
+        cfg.admin_render_budget,
+    ) == (10.0, 30.0, 120.0, 256, 0.25)
     cfg = SidecarConfig.from_mapping(
         _config(
             admin_header_timeout=1,
             admin_write_timeout=2.5,
             admin_idle_timeout=3,
             admin_max_connections=4,
+            admin_render_budget=1,
         )
     )
     assert (
@@ -237,7 +241,8 @@ def test_admin_limits_default_and_parse() -> None:
         cfg.admin_write_timeout,
         cfg.admin_idle_timeout,
         cfg.admin_max_connections,
-    ) == (1.0, 2.5, 3.0, 4)
+        cfg.admin_render_budget,
+    ) == (1.0, 2.5, 3.0, 4, 1.0)
     with pytest.raises(ConfigError, match=r"admin_max_connections: must be an integer >= 1"):
         SidecarConfig.from_mapping(_config(admin_max_connections=-3))
 

@@ -28,7 +28,13 @@ from typing import Any, Literal, Union
 
 from ..attributes import BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER
 from ..errors import ConfigError
-from ..exposition import HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, WRITE_TIMEOUT
+from ..exposition import (
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    RENDER_BUDGET,
+    WRITE_TIMEOUT,
+)
 from ..registry import WorkloadRegistry
 
 __all__ = [
@@ -101,6 +107,12 @@ def _count(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"must be an integer >= 1, got {value!r}", where)
     return value
+
+
+def _share(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"must be a number in (0, 1], got {value!r}", where)
+    return float(value)
 
 
 def _flag(value: object, where: str) -> bool:
@@ -299,7 +311,8 @@ class SidecarConfig:
     (10 s), when it waits ``admin_idle_timeout`` (120 s) for its next request, or when a
     response takes longer than ``admin_write_timeout`` (30 s) to send; at most
     ``admin_max_connections`` (256) are open, a new one closing the one that has waited
-    longest for a request head (a ``503`` if all are busy answering).
+    longest for a request head (a ``503`` if all are busy answering); renders use at most
+    ``admin_render_budget`` (0.25) of one core, however often scrapers ask.
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -325,6 +338,7 @@ class SidecarConfig:
     admin_write_timeout: float = WRITE_TIMEOUT
     admin_idle_timeout: float = IDLE_TIMEOUT
     admin_max_connections: int = MAX_CONNECTIONS
+    admin_render_budget: float = RENDER_BUDGET
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -337,6 +351,7 @@ class SidecarConfig:
             "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
             "request_timeout", "stream_idle_timeout", "idle_timeout", "admin_header_timeout",
             "admin_write_timeout", "admin_idle_timeout", "admin_max_connections",
+            "admin_render_budget",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -409,6 +424,9 @@ class SidecarConfig:
             ),
             admin_max_connections=_count(
                 data.get("admin_max_connections", MAX_CONNECTIONS), "admin_max_connections"
+            ),
+            admin_render_budget=_share(
+                data.get("admin_render_budget", RENDER_BUDGET), "admin_render_budget"
             ),
         )
 

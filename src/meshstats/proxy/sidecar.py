@@ -15,7 +15,7 @@ principal is the URI SAN of ``cert_dir/cert.pem``; a peer's principal comes only
 peer's verified certificate. ``/stats/prometheus``, ``/metrics`` and ``/healthz`` are served
 on ``admin_port`` by a :class:`~meshstats.MetricsServer` (a thread of its own: a scrape never
 waits for the event loop, and scrapes share renders and cannot multiply threads; its
-timeouts and connection limit are the config's ``admin_*`` fields). TCP byte deltas are
+timeouts and limits are the config's ``admin_*`` fields). TCP byte deltas are
 reported every ``tcp_reporting_duration`` from the engine's reporting thread.
 
 Peers that exchange nothing (a plaintext client that is no mesh peer, an upstream outside
@@ -140,6 +140,7 @@ class Sidecar:
                     write_timeout=config.admin_write_timeout,
                     idle_timeout=config.admin_idle_timeout,
                     max_connections=config.admin_max_connections,
+                    render_budget=config.admin_render_budget,
                 ).start()
             self.engine.start_reporting()
         except BaseException:
