@@ -15,8 +15,8 @@ series in its store besides those of the traffic (Istio's four HTTP metrics for 
 client workloads and response codes), and adds ``"admin"`` to the JSON line;
 ``--threaded-admin`` also serves that store from a copy of the old thread-per-connection
 server (``_threaded_admin.py``), as ``"admin_threaded"``, for a before/after in one run;
-``--nice0-admin`` one more :class:`~meshstats.MetricsServer` with ``render_niceness=0``, as
-``"admin_nice0"``.
+each ``--admin-variant '{"render_niceness": 0}'`` one more :class:`~meshstats.MetricsServer`
+of that store with those arguments, as ``"admin_variant_<i>"``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--admin-series", type=int, default=0)
     parser.add_argument("--threaded-admin", action="store_true")
-    parser.add_argument("--nice0-admin", action="store_true")
+    parser.add_argument("--admin-variant", action="append", default=[], type=json.loads)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshstats-bench-") as tmp:
         ca = LocalCA.create("cluster.local")
@@ -137,9 +137,9 @@ async def main() -> None:
             if args.threaded_admin:
                 extra.append(ThreadedMetricsServer(store).start())
                 ports["admin_threaded"] = extra[-1].port
-            if args.nice0_admin:
-                extra.append(MetricsServer(store, render_niceness=0).start())
-                ports["admin_nice0"] = extra[-1].port
+            for i, kwargs in enumerate(args.admin_variant):
+                extra.append(MetricsServer(store, **kwargs).start())
+                ports[f"admin_variant_{i}"] = extra[-1].port
         print(json.dumps(ports), flush=True)
         try:
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

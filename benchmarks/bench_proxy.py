@@ -24,7 +24,8 @@ then measures the data plane (requests per second, p99 latency) with no scraper,
 ``--scrapers`` scrapers (``_scrapers.py``, a process of their own, Prometheus' headers)
 against the sidecar's admin server; ``--compare-threaded`` adds the same scrapers against
 a copy of the old thread-per-connection server in the same process (before), and
-``--compare-niceness`` against a server whose render thread keeps the normal priority.
+``--compare-settings`` against servers without the lower render priority, without the
+render budget, and without either (what each is worth).
 Rounds are interleaved; each round's loss is against that round's scraper-free figure.
 """
 
@@ -209,9 +210,9 @@ def main() -> None:
         help="also scrape the old thread-per-connection server, in the same run",
     )
     parser.add_argument(
-        "--compare-niceness",
+        "--compare-settings",
         action="store_true",
-        help="also scrape a server whose render thread keeps the normal priority",
+        help="also scrape servers with render_niceness=0, render_budget=1, and both",
     )
     parser.add_argument(
         "--plain-scrapes", action="store_true", help="scrapers ask for text, without gzip"
@@ -309,18 +310,28 @@ def _body_size(port: int, plain: bool) -> int:
         connection.close()
 
 
+#: MetricsServer settings that --compare-settings scrapes besides the defaults.
+SETTINGS: list[dict[str, float]] = [
+    {"render_niceness": 0},
+    {"render_budget": 1},
+    {"render_niceness": 0, "render_budget": 1},
+]
+
+
 def scrape_case(args: argparse.Namespace) -> None:
     """Data-plane throughput and p99 with 0 and ``args.scrapers`` scrapers, interleaved."""
     options = ["--admin-series", str(args.series)]
     if args.compare_threaded:
         options.append("--threaded-admin")
-    if args.compare_niceness:
-        options.append("--nice0-admin")
+    variants = SETTINGS if args.compare_settings else []
+    for kwargs in variants:
+        options += ["--admin-variant", json.dumps(kwargs)]
     pair = start_pair(*options)
     n = args.scrapers
     modes = {"0 scrapers": None, f"{n} scrapers": pair.ports["admin"]}
-    if args.compare_niceness:
-        modes[f"{n} scrapers, render_niceness=0"] = pair.ports["admin_nice0"]
+    for i, kwargs in enumerate(variants):
+        settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        modes[f"{n} scrapers, {settings}"] = pair.ports[f"admin_variant_{i}"]
     if args.compare_threaded:
         modes[f"{n} scrapers, threaded (before)"] = pair.ports["admin_threaded"]
     rates: dict[str, list[float]] = {mode: [] for mode in modes}
