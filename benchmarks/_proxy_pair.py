@@ -14,10 +14,19 @@ Both pairs are identical (same certificates, nodes, listeners, h11 relaying, pee
 headers both ways, peer contexts resolved once per connection) except that the "off" pair's
 engines record nothing: :class:`Silent` replaces ``record_request`` with a no-op. That is
 what "telemetry off" means in the figures: the cost of the stats, not of the exchange.
+
+``--admin-series N`` gives the "on" pair's server sidecar its admin port, with about ``N``
+series in its store besides those of the traffic (Istio's four HTTP metrics for ``N / 4``
+client workloads and response codes), and adds ``"admin"`` to the JSON line;
+``--threaded-admin`` also serves that store from a copy of the old thread-per-connection
+server (``_threaded_admin.py``), as ``"admin_threaded"``, for a before/after in one run;
+each ``--admin-variant '{"render_niceness": 0}'`` one more :class:`~meshstats.MetricsServer`
+of that store with those arguments, as ``"admin_variant_<i>"``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
@@ -29,7 +38,11 @@ from typing import Any
 from meshstats.certs import LocalCA, principal_of
 from meshstats.cli.demo_apps import HttpApp
 from meshstats.engine import StatsEngine
+from meshstats.exposition import MetricsServer
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _threaded_admin import ThreadedMetricsServer  # noqa: E402 - a sibling, not a package
 
 CLIENT_NODE = {
     "NAME": "productpage-v1-abc",
@@ -137,12 +150,36 @@ def _answer_until_eof() -> None:
             print(json.dumps(_counts()), flush=True)
 
 
+def add_series(engine: StatsEngine, n: int) -> None:
+    """About ``n`` more series: Istio's four HTTP metrics per client workload and code."""
+    codes = (200, 404, 500, 503)
+    for i in range(max(n // 4 // len(codes), 1)):
+        meta = {
+            "WORKLOAD_NAME": f"client-{i}-v1",
+            "NAMESPACE": "default",
+            "LABELS": {"app": f"client-{i}", "version": "v1"},
+        }
+        peer = engine.peer(
+            "inbound", meta, peer_principal=f"spiffe://cluster.local/ns/default/sa/c{i}"
+        )
+        for code in codes:
+            engine.record_request(
+                peer, response_code=code, duration_ms=i % 90, request_bytes=300 + i,
+                response_bytes=2000 + i,
+            )  # fmt: skip
+
+
 async def start_pair(
-    telemetry: bool, app_port: int, server_dir: Path, client_dir: Path
+    telemetry: bool, app_port: int, server_dir: Path, client_dir: Path, admin: bool = False
 ) -> list[Sidecar]:
     inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
     server = Sidecar(
-        SidecarConfig(node=SERVER_NODE, cert_dir=server_dir, inbound=inbound, admin_port=None),
+        SidecarConfig(
+            node=SERVER_NODE,
+            cert_dir=server_dir,
+            inbound=inbound,
+            admin_port=0 if admin else None,
+        ),
         engine=_engine(telemetry, SERVER_NODE, server_dir),
     )
     await server.start()
@@ -162,15 +199,32 @@ async def start_pair(
 
 
 async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--admin-series", type=int, default=0)
+    parser.add_argument("--threaded-admin", action="store_true")
+    parser.add_argument("--admin-variant", action="append", default=[], type=json.loads)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshstats-bench-") as tmp:
         ca = LocalCA.create("cluster.local")
         server_dir = ca.issue("default", "reviews").write(Path(tmp) / "server")
         client_dir = ca.issue("default", "productpage").write(Path(tmp) / "client")
         app = await HttpApp("reviews", latency_ms=0.0).start()
-        on = await start_pair(True, app.port, server_dir, client_dir)
+        admin = args.admin_series > 0
+        on = await start_pair(True, app.port, server_dir, client_dir, admin=admin)
         off = await start_pair(False, app.port, server_dir, client_dir)
         ports = {"direct": app.port, "on": on[0].outbound_ports[0], "off": off[0].outbound_ports[0]}
         COUNTED.update(app=app, sidecars=on)
+        extra: list[ThreadedMetricsServer | MetricsServer] = []
+        if admin:
+            store = on[1].engine.store
+            add_series(on[1].engine, args.admin_series)
+            ports["admin"] = int(on[1].admin_url.rsplit(":", 1)[1])
+            if args.threaded_admin:
+                extra.append(ThreadedMetricsServer(store).start())
+                ports["admin_threaded"] = extra[-1].port
+            for i, kwargs in enumerate(args.admin_variant):
+                extra.append(MetricsServer(store, **kwargs).start())
+                ports[f"admin_variant_{i}"] = extra[-1].port
         print(json.dumps(ports), flush=True)
         monitor = asyncio.create_task(LAG.run())
         try:
@@ -179,6 +233,8 @@ async def main() -> None:
             await asyncio.get_running_loop().run_in_executor(None, _answer_until_eof)
         finally:
             monitor.cancel()
+            for server in extra:
+                server.stop()
             for sidecar in on + off:
                 await sidecar.stop()
             await app.close()

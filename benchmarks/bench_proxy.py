@@ -35,6 +35,19 @@ per connection in each sidecar; the median of the rounds and, in brackets, the l
 highest round::
 
     python benchmarks/bench_proxy.py --storm 200 --rounds 7
+
+The admin port against the data plane (issue 10.6)::
+
+    python benchmarks/bench_proxy.py --scrapers 10 --series 2000 --compare-threaded
+
+gives the "on" pair's server sidecar an admin port and about ``--series`` more series,
+then measures the data plane (requests per second, p99 latency) with no scraper, and with
+``--scrapers`` scrapers (``_scrapers.py``, a process of their own, Prometheus' headers)
+against the sidecar's admin server; ``--compare-threaded`` adds the same scrapers against
+a copy of the old thread-per-connection server in the same process (before), and
+``--compare-settings`` against servers without the lower render priority, without the
+render budget, and without either (what each is worth).
+Rounds are interleaved; each round's loss is against that round's scraper-free figure.
 """
 
 from __future__ import annotations
@@ -75,9 +88,15 @@ class Pair:
     loop: asyncio.AbstractEventLoop
     clients: dict[str, HttpClient]
 
-    def send(self, mode: str, requests: int, connections: int = CONNECTIONS) -> None:
+    def send(
+        self,
+        mode: str,
+        requests: int,
+        connections: int = CONNECTIONS,
+        latencies: list[float] | None = None,
+    ) -> None:
         self.loop.run_until_complete(
-            _send(self.clients[mode], self.ports[mode], requests, connections)
+            _send(self.clients[mode], self.ports[mode], requests, connections, latencies)
         )
 
     def engine_time(self) -> tuple[float, int]:
@@ -114,28 +133,40 @@ class Pair:
             self.process.stdout.close()
 
 
-async def _send(client: HttpClient, port: int, requests: int, connections: int) -> None:
+async def _send(
+    client: HttpClient,
+    port: int,
+    requests: int,
+    connections: int,
+    latencies: list[float] | None = None,
+) -> None:
     address = ("127.0.0.1", port)
+    clock = time.perf_counter
 
     async def one_connection(n: int) -> None:
         for _ in range(n):
+            start = clock()
             status, _ = await client.get(address, "/reviews/0", "reviews:9080")
             if status != 200:
                 raise AssertionError(f"port {port} answered {status}")
+            if latencies is not None:
+                latencies.append(clock() - start)
 
     share, extra = divmod(requests, connections)
     await asyncio.gather(*(one_connection(share + (i < extra)) for i in range(connections)))
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process so far, summed over its threads (Linux ``/proc``; 0.0 elsewhere).
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time of a process (summed over its threads) or of one of its threads, so far
+    (Linux ``/proc``; 0.0 elsewhere).
 
     From ``schedstat`` (nanoseconds) rather than ``stat`` (clock ticks of 10 ms, which is
     1% of a round's CPU time and more than the effect measured here).
     """
     total = 0
+    tasks = [Path(f"/proc/{pid}/task/{thread}")] if thread is not None else None
     try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
+        for task in tasks if tasks is not None else Path(f"/proc/{pid}/task").iterdir():
             try:
                 total += int((task / "schedstat").read_text().split()[0])
             except (OSError, IndexError, ValueError):
@@ -145,14 +176,37 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def start_pair() -> Pair:
-    env = {**os.environ, "PYTHONPATH": str(Path(meshstats.__file__).resolve().parent.parent)}
+def run_queue_seconds(pid: int, thread: int) -> float:
+    """Time a thread has waited for a CPU while runnable so far (Linux schedstat; 0.0
+    elsewhere): a thread held up by the scheduler, not by a lock or the GIL."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def settle(pid: int, deadline: float = 20.0) -> None:
+    """Wait until a process is nearly idle (under 10% of a core over 0.2 s), so that a
+    round does not pay for renders a previous round's scrapers left running."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        used = cpu_seconds(pid)
+        time.sleep(0.2)
+        if cpu_seconds(pid) - used < 0.02:
+            return
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(Path(meshstats.__file__).resolve().parent.parent)}
+
+
+def start_pair(*options: str) -> Pair:
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "_proxy_pair.py")],
+        [sys.executable, str(HERE / "_proxy_pair.py"), *options],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env=env,
+        env=_env(),
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -429,7 +483,29 @@ def main() -> None:
         '"src": a path runs that variant from another checkout\'s src/, '
         '"loop": "uvloop" on uvloop',
     )
+    parser.add_argument(
+        "--scrapers", type=int, default=0, help="measure the admin port's cost instead (issue 10.6)"
+    )
+    parser.add_argument(
+        "--series", type=int, default=2000, help="series added to the scraped store"
+    )
+    parser.add_argument(
+        "--compare-threaded",
+        action="store_true",
+        help="also scrape the old thread-per-connection server, in the same run",
+    )
+    parser.add_argument(
+        "--compare-settings",
+        action="store_true",
+        help="also scrape servers with render_niceness=0, render_budget=1, and both",
+    )
+    parser.add_argument(
+        "--plain-scrapes", action="store_true", help="scrapers ask for text, without gzip"
+    )
     args = parser.parse_args()
+    if args.scrapers:
+        scrape_case(args)
+        return
     if args.storm:
         storm_main(args)
         return
@@ -485,6 +561,150 @@ def main() -> None:
         f"sidecars (rounds {min(engine):.2f}..{max(engine):.2f}), {e / 2:.2f} µs per sidecar; "
         f"{100 * e / c['on']:.2f}% of the server's {c['on']:.0f} µs of CPU per request"
     )
+
+
+# -- the admin port against the data plane (issue 10.6) --------------------------------------
+
+
+class Scrapers:
+    """``_scrapers.py`` in its own process, scraping until :meth:`stop`."""
+
+    def __init__(self, port: int, n: int, plain: bool) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "_scrapers.py"), str(port), str(n)]
+            + (["--plain"] if plain else []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            self.process.wait(15)
+            raise RuntimeError(f"_scrapers.py exited with {self.process.returncode}")
+
+    def stop(self) -> dict[str, int]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("stop\n")
+        self.process.stdin.flush()
+        counts: dict[str, int] = json.loads(self.process.stdout.readline())
+        self.process.wait(15)
+        self.process.stdin.close()
+        self.process.stdout.close()
+        return counts
+
+
+def p99(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=100)[98]
+
+
+def _scaled_spread(values: list[float], scale: float = 1.0, fmt: str = ".0f") -> str:
+    med = statistics.median(values) * scale
+    return f"{med:{fmt}} ({min(values) * scale:{fmt}}..{max(values) * scale:{fmt}})"
+
+
+def _body_size(port: int, plain: bool) -> int:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {} if plain else {"Accept-Encoding": "gzip", "Accept": "application/openmetrics-text"}
+    try:
+        connection.request("GET", "/stats/prometheus", headers=headers)
+        return len(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+#: MetricsServer settings that --compare-settings scrapes besides the defaults.
+SETTINGS: list[dict[str, float]] = [
+    {"render_niceness": 0},
+    {"render_budget": 1},
+    {"render_niceness": 0, "render_budget": 1},
+]
+
+
+def scrape_case(args: argparse.Namespace) -> None:
+    """Data-plane throughput and p99 with 0 and ``args.scrapers`` scrapers, interleaved."""
+    options = ["--admin-series", str(args.series)]
+    if args.compare_threaded:
+        options.append("--threaded-admin")
+    variants = SETTINGS if args.compare_settings else []
+    for kwargs in variants:
+        options += ["--admin-variant", json.dumps(kwargs)]
+    pair = start_pair(*options)
+    n = args.scrapers
+    modes = {"0 scrapers": None, f"{n} scrapers": pair.ports["admin"]}
+    for i, kwargs in enumerate(variants):
+        settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        modes[f"{n} scrapers, {settings}"] = pair.ports[f"admin_variant_{i}"]
+    if args.compare_threaded:
+        modes[f"{n} scrapers, threaded (before)"] = pair.ports["admin_threaded"]
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    tails: dict[str, list[float]] = {mode: [] for mode in modes}
+    scraped: dict[str, list[float]] = {mode: [] for mode in modes}
+    # CPU of the sidecars' event loop per request, its wait for a CPU, and the CPU of the
+    # rest of their process (the admin server, mostly) per second: where a loss comes
+    # from (more work per request, the scheduler, or neither: the GIL).
+    loop_cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+    loop_queued: dict[str, list[float]] = {mode: [] for mode in modes}
+    rest_cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+    pid = pair.process.pid
+    try:
+        pair.send("on", CONNECTIONS)
+        body = _body_size(pair.ports["admin"], args.plain_scrapes)
+        print(
+            f"compiled core: {meshstats.HAS_EXTENSION}; {args.requests} requests over "
+            f"{args.connections} connections per round; the store has "
+            f"{args.series} + the traffic's series, a scrape is {body / 1e6:.2f} MB"
+            f"{' (text)' if args.plain_scrapes else ' (OpenMetrics, gzip)'}; modes interleaved"
+        )
+        for i in range(args.rounds):
+            line = []
+            for mode, port in modes.items():
+                settle(pid)
+                scrapers = None if port is None else Scrapers(port, n, args.plain_scrapes)
+                latencies: list[float] = []
+                start, loop0, all0 = time.perf_counter(), cpu_seconds(pid, pid), cpu_seconds(pid)
+                queued0 = run_queue_seconds(pid, pid)
+                try:
+                    pair.send("on", args.requests, args.connections, latencies)
+                finally:
+                    elapsed = time.perf_counter() - start
+                    loop1, all1 = cpu_seconds(pid, pid), cpu_seconds(pid)
+                    queued1 = run_queue_seconds(pid, pid)
+                    counts = scrapers.stop() if scrapers is not None else {"scrapes": 0}
+                rates[mode].append(args.requests / elapsed)
+                tails[mode].append(p99(latencies))
+                scraped[mode].append(counts["scrapes"] / elapsed)
+                loop_cpu[mode].append((loop1 - loop0) / args.requests * 1e6)
+                loop_queued[mode].append((queued1 - queued0) / args.requests * 1e6)
+                rest_cpu[mode].append(((all1 - all0) - (loop1 - loop0)) / elapsed)
+                line.append(
+                    f"{mode} {rates[mode][-1]:.0f}/s p99 {1000 * tails[mode][-1]:.1f} ms"
+                    + (f" {scraped[mode][-1]:.1f} scrapes/s" if port is not None else "")
+                    + f" (loop {loop_cpu[mode][-1]:.0f} µs CPU, {loop_queued[mode][-1]:.0f} µs"
+                    " queued per request)"
+                )
+            print(f"round {i + 1}: " + " | ".join(line), flush=True)
+    finally:
+        pair.close()
+    base = "0 scrapers"
+    print("median (min..max) over rounds:")
+    for mode in modes:
+        text = (
+            f"  {mode}: {_scaled_spread(rates[mode])} req/s, "
+            f"p99 {_scaled_spread(tails[mode], 1000, '.1f')} ms"
+            f", loop CPU {_scaled_spread(loop_cpu[mode])} µs/request, waiting for a CPU "
+            f"{_scaled_spread(loop_queued[mode])} µs/request, other threads "
+            f"{_scaled_spread(rest_cpu[mode], 100)}% of a core"
+        )
+        if mode != base:
+            losses = [1 - r / b for r, b in zip(rates[mode], rates[base])]
+            text += (
+                f", throughput loss {_scaled_spread(losses, 100, '.1f')}%, "
+                f"{_scaled_spread(scraped[mode], 1.0, '.1f')} scrapes/s"
+            )
+        print(text)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,7 +17,7 @@ import pytest
 from proxy_support import make_certs
 
 from meshstats.errors import ConfigError
-from meshstats.proxy import SidecarConfig
+from meshstats.proxy import Sidecar, SidecarConfig
 
 pytestmark = pytest.mark.timing
 
@@ -67,6 +69,14 @@ def test_parses_addresses_and_defaults() -> None:
         ({"inbound": {"app": 1, "colour": "red"}}, "inbound.colour"),
         ({"exchange_timeout": 0}, "exchange_timeout"),
         ({"admin_port": "15090"}, "admin_port"),
+        ({"admin_header_timeout": 0}, "admin_header_timeout"),
+        ({"admin_write_timeout": "30"}, "admin_write_timeout"),
+        ({"admin_idle_timeout": -1}, "admin_idle_timeout"),
+        ({"admin_max_connections": 0}, "admin_max_connections"),
+        ({"admin_max_connections": 2.5}, "admin_max_connections"),
+        ({"admin_max_connections": True}, "admin_max_connections"),
+        ({"admin_render_budget": 0}, "admin_render_budget"),
+        ({"admin_render_budget": 2}, "admin_render_budget"),
         ({"node": None}, "node"),
         ({"surprise": 1}, "surprise"),
         ({"tls_session_resumption": "yes"}, "tls_session_resumption"),
@@ -212,3 +222,68 @@ def test_the_exchange_carries_istios_reduced_node(tmp_path: Path, additional: li
 def test_additional_labels_must_be_names() -> None:
     with pytest.raises(ConfigError, match="additional_labels"):
         SidecarConfig.from_mapping(_config(additional_labels="role"))
+
+
+# -- the admin port's limits (issue 10.6) -----------------------------------------------------
+
+
+def test_admin_limits_default_and_parse() -> None:
+    cfg = SidecarConfig.from_mapping(_config())
+    assert (
+        cfg.admin_header_timeout,
+        cfg.admin_write_timeout,
+        cfg.admin_idle_timeout,
+        cfg.admin_max_connections,
+        cfg.admin_render_budget,
+    ) == (10.0, 30.0, 120.0, 256, 0.25)
+    cfg = SidecarConfig.from_mapping(
+        _config(
+            admin_header_timeout=1,
+            admin_write_timeout=2.5,
+            admin_idle_timeout=3,
+            admin_max_connections=4,
+            admin_render_budget=1,
+        )
+    )
+    assert (
+        cfg.admin_header_timeout,
+        cfg.admin_write_timeout,
+        cfg.admin_idle_timeout,
+        cfg.admin_max_connections,
+        cfg.admin_render_budget,
+    ) == (1.0, 2.5, 3.0, 4, 1.0)
+    with pytest.raises(ConfigError, match=r"admin_max_connections: must be an integer >= 1"):
+        SidecarConfig.from_mapping(_config(admin_max_connections=-3))
+
+
+def _admin_closes_a_stalled_connection(config: SidecarConfig, scrape: bool) -> bytes:
+    """Open a silent admin connection (then scrape, if asked); what it read until closed."""
+
+    async def main() -> bytes:
+        async with Sidecar(config) as sidecar:
+            host, port = sidecar.admin_url.rsplit("/", 1)[1].split(":")
+            return await asyncio.to_thread(_stall, host, int(port), sidecar.admin_url, scrape)
+
+    return asyncio.run(main())
+
+
+def _stall(host: str, port: int, url: str, scrape: bool) -> bytes:
+    with socket.create_connection((host, port), timeout=60) as sock:
+        if scrape:
+            with urllib.request.urlopen(url + "/stats/prometheus", timeout=60) as resp:
+                assert b"istio_build" in resp.read()
+        got = b""
+        while chunk := sock.recv(65536):  # a timeout here (60 s) fails the test
+            got += chunk
+        return got
+
+
+def test_sidecar_admin_closes_a_stalled_connection() -> None:
+    config = SidecarConfig(node=NODE, admin_header_timeout=0.3)
+    assert _admin_closes_a_stalled_connection(config, scrape=False) == b""
+
+
+def test_sidecar_admin_connection_limit_makes_room_for_a_scrape() -> None:
+    # The header timeout is long: only the limit can close the silent connection.
+    config = SidecarConfig(node=NODE, admin_header_timeout=600, admin_max_connections=1)
+    assert _admin_closes_a_stalled_connection(config, scrape=True) == b""

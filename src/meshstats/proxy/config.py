@@ -28,6 +28,13 @@ from typing import Any, Literal, Union
 from .._files import load_data
 from ..attributes import BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER
 from ..errors import ConfigError
+from ..exposition import (
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    RENDER_BUDGET,
+    WRITE_TIMEOUT,
+)
 from ..registry import WorkloadRegistry
 
 __all__ = [
@@ -101,6 +108,18 @@ def _off_or_timeout(value: object, where: str) -> float:
 def _timeout(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"must be a number of seconds > 0, got {value!r}", where)
+    return float(value)
+
+
+def _positive_count(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be an integer >= 1, got {value!r}", where)
+    return value
+
+
+def _share(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"must be a number in (0, 1], got {value!r}", where)
     return float(value)
 
 
@@ -302,6 +321,14 @@ class SidecarConfig:
     sent (then ``504``/``UT``); ``stream_idle_timeout`` (300 s) the time a request may see no
     bytes either way (``408``/``SI`` before a response began, else the stream is cut with
     ``SI``); ``idle_timeout`` (3600 s) how long a connection may wait for its next request.
+
+    The admin port's limits (:class:`~meshstats.MetricsServer`; each > 0): an admin
+    connection is closed when its request head takes longer than ``admin_header_timeout``
+    (10 s), when it waits ``admin_idle_timeout`` (120 s) for its next request, or when a
+    response takes longer than ``admin_write_timeout`` (30 s) to send; at most
+    ``admin_max_connections`` (256) are open, a new one closing the one that has waited
+    longest for a request head (a ``503`` if all are busy answering); renders use at most
+    ``admin_render_budget`` (0.25) of one core, however often scrapers ask.
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -325,6 +352,11 @@ class SidecarConfig:
     idle_timeout: float = 3600.0
     tls_session_resumption: bool = True
     upstream_idle_connections: int = 64
+    admin_header_timeout: float = HEADER_TIMEOUT
+    admin_write_timeout: float = WRITE_TIMEOUT
+    admin_idle_timeout: float = IDLE_TIMEOUT
+    admin_max_connections: int = MAX_CONNECTIONS
+    admin_render_budget: float = RENDER_BUDGET
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -337,6 +369,9 @@ class SidecarConfig:
             "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
             "request_timeout", "stream_idle_timeout", "idle_timeout", "tls_session_resumption",
             "upstream_idle_connections",
+            "admin_header_timeout",
+            "admin_write_timeout", "admin_idle_timeout", "admin_max_connections",
+            "admin_render_budget",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -403,6 +438,21 @@ class SidecarConfig:
             ),
             upstream_idle_connections=_count(
                 data.get("upstream_idle_connections", 64), "upstream_idle_connections"
+            ),
+            admin_header_timeout=_timeout(
+                data.get("admin_header_timeout", HEADER_TIMEOUT), "admin_header_timeout"
+            ),
+            admin_write_timeout=_timeout(
+                data.get("admin_write_timeout", WRITE_TIMEOUT), "admin_write_timeout"
+            ),
+            admin_idle_timeout=_timeout(
+                data.get("admin_idle_timeout", IDLE_TIMEOUT), "admin_idle_timeout"
+            ),
+            admin_max_connections=_positive_count(
+                data.get("admin_max_connections", MAX_CONNECTIONS), "admin_max_connections"
+            ),
+            admin_render_budget=_share(
+                data.get("admin_render_budget", RENDER_BUDGET), "admin_render_budget"
             ),
         )
 

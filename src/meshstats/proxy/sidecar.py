@@ -13,9 +13,10 @@ The sidecar records with one :class:`~meshstats.StatsEngine`: its outbound liste
 as ``reporter="source"``, its inbound listener as ``reporter="destination"``. Its own
 principal is the URI SAN of ``cert_dir/cert.pem``; a peer's principal comes only from the
 peer's verified certificate. ``/stats/prometheus``, ``/metrics`` and ``/healthz`` are served
-on ``admin_port`` by a :class:`~meshstats.MetricsServer` (a thread: a scrape never waits for
-the event loop). TCP byte deltas are reported every ``tcp_reporting_duration`` from the
-engine's reporting thread.
+on ``admin_port`` by a :class:`~meshstats.MetricsServer` (a thread of its own: a scrape never
+waits for the event loop, and scrapes share renders and cannot multiply threads; its
+timeouts and limits are the config's ``admin_*`` fields). TCP byte deltas are
+reported every ``tcp_reporting_duration`` from the engine's reporting thread.
 
 Peers that exchange nothing (a plaintext client that is no mesh peer, an upstream outside
 the mesh) are looked up by address in ``config.registry``, if any; principals stay unknown,
@@ -144,7 +145,14 @@ class Sidecar:
                 self._listeners.append(listener)
             if config.admin_port is not None:
                 self._admin = MetricsServer(
-                    self.engine.store, config.host, config.admin_port
+                    self.engine.store,
+                    config.host,
+                    config.admin_port,
+                    header_timeout=config.admin_header_timeout,
+                    write_timeout=config.admin_write_timeout,
+                    idle_timeout=config.admin_idle_timeout,
+                    max_connections=config.admin_max_connections,
+                    render_budget=config.admin_render_budget,
                 ).start()
             self.engine.start_reporting()
         except BaseException:
