@@ -14,6 +14,8 @@ compiled module is an error, never a silent skip.
 from __future__ import annotations
 
 import importlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -86,3 +88,16 @@ def c_backend() -> Backend:
 @pytest.fixture(scope="session")
 def py_backend() -> Backend:
     return _load("py")
+
+
+POLL_DEADLINE = 60.0  # generous: only a broken component takes this long; nothing asserts speed
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = POLL_DEADLINE) -> None:
+    """Poll ``condition`` until it holds (a thread or a server finishing something the test
+    cannot be told about by an event); fail after ``timeout``. Never a timing assertion: a
+    loaded machine only makes it poll longer."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"still not {what} after {timeout} s"
+        time.sleep(0.01)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshstats import StatsEngine
@@ -69,13 +69,8 @@ def one(found: list[Sample], name: str, **labels: str) -> dict[str, str]:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Wait until ``check()`` holds (a request is recorded just after its connection ends):
-    bounded by a generous deadline, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
+    """Wait until ``check()`` holds (a request is recorded just after its connection ends)."""
+    wait_until(check, what, timeout)
 
 
 def listening_socket() -> socket.socket:

@@ -11,12 +11,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Backend
+from conftest import Backend, wait_until
 from exposition_support import openmetrics_samples, text_samples
 
 from meshstats.exposition import (
@@ -207,14 +206,6 @@ def test_render_failure_is_a_500() -> None:
 # -- serving many scrapers, and stalled connections (issue 10.6) -----------------------------
 
 DEADLINE = 60.0  # generous: only a broken server takes this long; nothing asserts speed
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds; fail after ``DEADLINE`` (never a timing assert)."""
-    end = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < end, f"still not {what} after {DEADLINE} s"
-        time.sleep(0.01)
 
 
 class GatedStore:
