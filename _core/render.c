@@ -226,7 +226,7 @@ static int build_labels(render_ctx *c, const ms_metric *m, const ms_series *r) {
     const uint32_t *ls = ms_labelset_at(c->w.s, r->labelset);
     c->labels.len = 0;
     for (uint32_t i = 0; i < m->n_labels; i++) {
-        const ms_str *name = m->label_names[i];
+        const ms_str *name = ms_metric_label(c->w.s, m, i);
         if (i) put_char(&lw, ',');
         put(&lw, name->data, ms_str_len(name));
         PUT_LIT(&lw, "=\"");
@@ -264,18 +264,20 @@ static void put_sample_start(render_ctx *c, const char *name, size_t len, const 
 static void render_metric(render_ctx *c, const ms_metric *m) {
     static const char *const types[] = {"counter", "gauge", "histogram"};
     writer *w = &c->w;
-    const char *name = m->name->data;
-    size_t name_len = ms_str_len(m->name);
+    const ms_store *s = c->w.s;
+    const ms_str *mname = ms_metric_name(s, m);
+    const char *name = mname->data;
+    size_t name_len = ms_str_len(mname);
     int strip = c->om && m->kind == MS_COUNTER && ends_with_total(name, name_len);
-    put_header(c, name, name_len, strip, m->help, NULL, 0, types[m->kind]);
+    put_header(c, name, name_len, strip, ms_str_at(s, m->help), NULL, 0, types[m->kind]);
     /* OM counter samples are <family>_total; text samples use the name as given. */
     const char *suffix = c->om && m->kind == MS_COUNTER && !strip ? "_total" : "";
     size_t suffix_len = strlen(suffix);
     for (uint32_t k = c->start[m->id]; k < c->start[m->id + 1] && !w->failed; k++) {
         const ms_series *r = ms_series_at(w->s, c->order[k]);
-        uintptr_t word = ms_series_word(r);
+        uint64_t word = ms_series_word(r);
         if (word & MS_SERIES_HIDDEN) continue; /* expired: out until recorded again */
-        const ms_atomic_u64 *slots = ms_word_slots(word);
+        const ms_atomic_u64 *slots = ms_word_slots(s, word);
         if (!build_labels(c, m, r)) {
             w->failed = 1;
             return;
@@ -303,8 +305,9 @@ static void render_metric(render_ctx *c, const ms_metric *m) {
                 const char *le = "+Inf";
                 size_t le_len = 4;
                 if (b < m->n_bounds) {
-                    le = m->bound_text[b]->data;
-                    le_len = ms_str_len(m->bound_text[b]);
+                    const ms_str *text = ms_metric_bound_text(s, m, b);
+                    le = text->data;
+                    le_len = ms_str_len(text);
                 }
                 if (!reserve(w, prefix_len + le_len + 3 + U64_DIGITS + 1)) return;
                 char *o = w->b->data + w->b->len;
@@ -320,7 +323,7 @@ static void render_metric(render_ctx *c, const ms_metric *m) {
             /* OM 1.0 allows _sum only as a counter: never negative or NaN, never with a
              * negative bound; its parsers want _sum and _count together. */
             double sum = ms_atomic_load_double(&slots[m->n_bounds + 1]);
-            if (c->om && (m->bounds[0] < 0 || sum < 0 || isnan(sum))) continue;
+            if (c->om && (ms_metric_bounds(s, m)[0] < 0 || sum < 0 || isnan(sum))) continue;
             put_sample_start(c, name, name_len, "_sum", 4);
             put_double(w, sum);
             put_char(w, '\n');
@@ -350,7 +353,7 @@ static void render_folds(render_ctx *c, uint32_t n_metrics, fold_family fold) {
         if (!n) continue;
         put(w, family, len);
         PUT_LIT(w, "{metric=\"");
-        put_label_value(w, m->name);
+        put_label_value(w, ms_metric_name(w->s, m));
         PUT_LIT(w, "\"} ");
         put_u64(w, n);
         put_char(w, '\n');
@@ -393,8 +396,9 @@ ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
     int any_fold[3] = {0, 0, 0};
     for (uint32_t m = 0; m < n_metrics; m++) {
         const ms_metric *metric = ms_metric_at(s, m);
-        fams[n_fams].name = metric->name->data;
-        fams[n_fams].name_len = ms_str_len(metric->name);
+        const ms_str *mname = ms_metric_name(s, metric);
+        fams[n_fams].name = mname->data;
+        fams[n_fams].name_len = ms_str_len(mname);
         fams[n_fams].fold = NOT_FOLDS;
         fams[n_fams++].metric = metric;
         any_fold[FOLD_MAX_SERIES] |= folded(metric, FOLD_MAX_SERIES) != 0;
@@ -409,7 +413,7 @@ ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
     }
     qsort(fams, n_fams, sizeof *fams, family_cmp);
     size_t guess = (size_t)n_series * 64 + n_fams * 128 + 16;
-    size_t hint = atomic_load_explicit(&s->render_hint, memory_order_relaxed);
+    size_t hint = atomic_load_explicit(&s->h->render_hint, memory_order_relaxed);
     if (hint > guess) guess = hint + hint / 16; /* room for counters gaining digits */
     if (!reserve(&c.w, guess)) goto done;
 
@@ -421,7 +425,7 @@ ms_status ms_render(ms_store *s, int openmetrics, ms_buf *out) {
     }
     if (c.om) PUT_LIT(&c.w, "# EOF\n");
     st = c.w.failed ? MS_ERR_NOMEM : MS_OK;
-    if (st == MS_OK) atomic_store_explicit(&s->render_hint, out->len, memory_order_relaxed);
+    if (st == MS_OK) atomic_store_explicit(&s->h->render_hint, out->len, memory_order_relaxed);
 done:
     ms_buf_free(s, &c.labels);
     ms_buf_free(s, &c.prefix);

@@ -1,4 +1,6 @@
 /* The series store (see store.h for the API, store_internal.h for the layout). */
+/* flock, MAP_NORESERVE, pread: POSIX and BSD calls that -std=c11 hides. */
+#define _DEFAULT_SOURCE
 #include "store.h"
 
 #include <math.h>
@@ -6,6 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "store_internal.h"
 
@@ -43,7 +51,7 @@ void ms_dealloc(ms_store *s, void *p, size_t n) {
     atomic_fetch_sub_explicit(&s->mem, n, memory_order_relaxed);
 }
 
-/* A zeroed allocation that lives until the store dies. */
+/* A zeroed allocation that lives until the store dies (private stores). */
 static void *block_alloc(ms_store *s, size_t n) {
     size_t total = sizeof(ms_block) + n;
     ms_block *b = s->al.calloc(1, total);
@@ -73,37 +81,75 @@ static void *arena_alloc(ms_store *s, size_t n, size_t align) {
     return (void *)at;
 }
 
+/* A shared store's memory is the file: a bump pointer that never goes back (nothing is
+ * freed, so memory past `used` is always zero, as ftruncate made it). The file grows
+ * by whole pages, at least doubling, up to the reservation every process maps. */
+static int file_grow(ms_store *s, uint64_t need) {
+    ms_head *h = s->h;
+    uint64_t size = atomic_load_explicit(&h->size, memory_order_relaxed);
+    if (need <= size) return 1;
+    if (need > h->reserve) return 0;
+    uint64_t grown = size * 2 > need ? size * 2 : need;
+    grown = (grown + MS_FILE_PAGE - 1) & ~(uint64_t)(MS_FILE_PAGE - 1);
+    if (grown > h->reserve) grown = h->reserve;
+    if (ftruncate(s->fd, (off_t)grown) != 0) return 0;
+    atomic_store_explicit(&h->size, grown, memory_order_release);
+    return 1;
+}
+
+static void *file_alloc(ms_store *s, size_t n, size_t align) {
+    ms_head *h = s->h;
+    uint64_t at = atomic_load_explicit(&h->used, memory_order_relaxed);
+    at = (at + (align - 1)) & ~(uint64_t)(align - 1);
+    if (at + n < at || !file_grow(s, at + n)) return NULL;
+    atomic_store_explicit(&h->used, at + n, memory_order_relaxed);
+    return s->base + at;
+}
+
+/* Zeroed memory that never moves, for the store's structure. */
+static void *store_alloc(ms_store *s, size_t n, size_t align) {
+    return s->fd >= 0 ? file_alloc(s, n, align) : arena_alloc(s, n, align);
+}
+
+static ms_ref ref_of(const ms_store *s, const void *p) {
+    return (ms_ref)((uintptr_t)p - (uintptr_t)s->base);
+}
+
+static void *at(const ms_store *s, ms_ref ref) { return ms_at(s->base, ref); }
+
 /* ---- append-only paged vectors ------------------------------------------------ */
 
 static void pvec_init(ms_pvec *v, size_t elem_size) {
-    v->elem_size = elem_size;
-    atomic_init(&v->dir, NULL);
+    v->elem_size = (uint32_t)elem_size;
+    atomic_init(&v->dir, 0);
     v->dir_cap = v->n_pages = 0;
     atomic_init(&v->count, 0);
 }
 
-/* Room for element `count` (zeroed); visible to readers only after pvec_publish. */
+/* Room for element `count` (zeroed); visible to readers only after pvec_publish. A
+ * writer killed between the steps leaves at most an unused page or directory. */
 static void *pvec_reserve(ms_store *s, ms_pvec *v) {
     uint32_t n = atomic_load_explicit(&v->count, memory_order_relaxed);
     uint32_t page = n >> MS_PAGE_SHIFT;
-    char **dir = atomic_load_explicit(&v->dir, memory_order_relaxed);
-    if (page == v->n_pages) {
-        if (v->n_pages == v->dir_cap) {
-            /* Readers may still hold the old directory: it stays in the arena. */
+    ms_ref *dir = at(s, atomic_load_explicit(&v->dir, memory_order_relaxed));
+    if (page >= v->n_pages) {
+        if (page >= v->dir_cap) {
+            /* Readers may still hold the old directory: it stays. */
             uint32_t cap = v->dir_cap ? v->dir_cap * 2 : 4;
-            char **grown = arena_alloc(s, cap * sizeof *grown, sizeof(void *));
+            ms_ref *grown = store_alloc(s, cap * sizeof *grown, sizeof(ms_ref));
             if (!grown) return NULL;
-            if (v->n_pages) memcpy(grown, dir, v->n_pages * sizeof *grown);
-            atomic_store_explicit(&v->dir, grown, memory_order_release);
+            if (page) memcpy(grown, dir, page * sizeof *grown);
+            atomic_store_explicit(&v->dir, ref_of(s, grown), memory_order_release);
             dir = grown;
             v->dir_cap = cap;
         }
-        char *p = block_alloc(s, v->elem_size << MS_PAGE_SHIFT);
+        size_t bytes = (size_t)v->elem_size << MS_PAGE_SHIFT;
+        char *p = s->fd >= 0 ? file_alloc(s, bytes, 16) : block_alloc(s, bytes);
         if (!p) return NULL;
-        dir[page] = p;
-        v->n_pages++;
+        dir[page] = ref_of(s, p);
+        v->n_pages = page + 1;
     }
-    return dir[page] + (size_t)(n & MS_PAGE_MASK) * v->elem_size;
+    return (char *)at(s, dir[page]) + (size_t)(n & MS_PAGE_MASK) * v->elem_size;
 }
 
 static uint32_t pvec_publish(ms_pvec *v) {
@@ -149,30 +195,50 @@ typedef uint64_t (*rehash_fn)(const ms_store *, uint32_t id);
 /* The slot holding `key`, or the empty slot where it would go. */
 static uint32_t *table_find(const ms_store *s, const ms_table *t, uint64_t h, eq_fn eq,
                             const void *key) {
-    uint32_t mask = t->cap - 1, i = (uint32_t)h & mask;
+    uint32_t mask = t->cap - 1, i = (uint32_t)h & mask, *slots = at(s, t->slots);
     for (;;) {
-        uint32_t *slot = &t->slots[i];
+        uint32_t *slot = &slots[i];
         if (*slot == 0 || eq(s, *slot - 1, key)) return slot;
         i = (i + 1) & mask;
     }
 }
 
-static ms_status table_reserve(ms_store *s, ms_table *t, rehash_fn rehash) {
-    if ((uint64_t)(t->used + 1) * 10 <= (uint64_t)t->cap * 7) return MS_OK;
-    if (t->cap >= (1u << 31)) return MS_ERR_LIMIT;
-    uint32_t cap = t->cap ? t->cap * 2 : 16;
-    uint32_t *slots = s->al.calloc(cap, sizeof *slots);
-    if (!slots) return MS_ERR_NOMEM;
-    atomic_fetch_add_explicit(&s->mem, (size_t)cap * sizeof *slots, memory_order_relaxed);
-    for (uint32_t i = 0; i < t->cap; i++) {
-        uint32_t v = t->slots[i];
+/* Fills `slots` (zeroed, cap a power of two) with ids [0, n) by their hashes. */
+static void table_fill(const ms_store *s, uint32_t *slots, uint32_t cap, const uint32_t *ids,
+                       uint32_t n, rehash_fn rehash) {
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t v = ids ? ids[k] : k + 1;
         if (!v) continue;
         uint32_t j = (uint32_t)rehash(s, v - 1) & (cap - 1);
         while (slots[j]) j = (j + 1) & (cap - 1);
         slots[j] = v;
     }
-    ms_dealloc(s, t->slots, (size_t)t->cap * sizeof *slots);
-    t->slots = slots;
+}
+
+/* A private store frees a grown table's old slots; a shared one leaves them in the file
+ * (nothing there is freed), at most as many bytes again as the tables in use. */
+static uint32_t *table_slots_new(ms_store *s, uint32_t cap) {
+    if (s->fd >= 0) return file_alloc(s, (size_t)cap * sizeof(uint32_t), sizeof(uint32_t));
+    uint32_t *slots = s->al.calloc(cap, sizeof *slots);
+    if (slots) atomic_fetch_add_explicit(&s->mem, (size_t)cap * sizeof *slots, memory_order_relaxed);
+    return slots;
+}
+
+static void table_slots_free(ms_store *s, ms_table *t) {
+    if (s->fd < 0 && t->slots) ms_dealloc(s, at(s, t->slots), (size_t)t->cap * sizeof(uint32_t));
+}
+
+/* Publishes grown slots: the ref and cap are two words, so a shared store's writer
+ * killed in between leaves them mismatched; repair (store_repair) rebuilds every table. */
+static ms_status table_reserve(ms_store *s, ms_table *t, rehash_fn rehash) {
+    if ((uint64_t)(t->used + 1) * 10 <= (uint64_t)t->cap * 7) return MS_OK;
+    if (t->cap >= (1u << 31)) return MS_ERR_LIMIT;
+    uint32_t cap = t->cap ? t->cap * 2 : 16;
+    uint32_t *slots = table_slots_new(s, cap);
+    if (!slots) return MS_ERR_NOMEM;
+    if (t->cap) table_fill(s, slots, cap, at(s, t->slots), t->cap, rehash);
+    table_slots_free(s, t);
+    t->slots = ref_of(s, slots);
     t->cap = cap;
     return MS_OK;
 }
@@ -185,8 +251,8 @@ static uint32_t table_get(const ms_store *s, const ms_table *t, uint64_t h, eq_f
 }
 
 static void table_free(ms_store *s, ms_table *t) {
-    ms_dealloc(s, t->slots, (size_t)t->cap * sizeof *t->slots);
-    t->slots = NULL;
+    table_slots_free(s, t);
+    t->slots = 0;
     t->cap = t->used = 0;
 }
 
@@ -199,7 +265,7 @@ static int string_eq(const ms_store *s, uint32_t id, const void *key) {
 
 static uint64_t string_rehash(const ms_store *s, uint32_t id) {
     const ms_str *str = ms_string_at(s, id);
-    return hash_bytes(s->seed, str->data, ms_str_len(str));
+    return hash_bytes(s->h->seed, str->data, ms_str_len(str));
 }
 
 /* label sets: [n, id...] */
@@ -215,7 +281,7 @@ static int labelset_eq(const ms_store *s, uint32_t id, const void *key) {
 }
 
 static uint64_t labelset_hash(const ms_store *s, const uint32_t *ids, uint32_t n) {
-    return hash_bytes(s->seed ^ 0x5bd1e995u, ids, n * sizeof *ids);
+    return hash_bytes(s->h->seed ^ 0x5bd1e995u, ids, n * sizeof *ids);
 }
 
 static uint64_t labelset_rehash(const ms_store *s, uint32_t id) {
@@ -235,7 +301,7 @@ static int series_eq(const ms_store *s, uint32_t id, const void *key) {
 }
 
 static uint64_t series_hash(const ms_store *s, uint32_t metric, uint32_t labelset) {
-    return mix64(s->seed ^ (((uint64_t)metric << 32) | labelset));
+    return mix64(s->h->seed ^ (((uint64_t)metric << 32) | labelset));
 }
 
 static uint64_t series_rehash(const ms_store *s, uint32_t id) {
@@ -249,57 +315,229 @@ ms_store *ms_store_new(const ms_allocator *allocator, uint64_t default_max_serie
     return ms_store_new_budget(allocator, default_max_series, UINT64_MAX);
 }
 
-ms_store *ms_store_new_budget(const ms_allocator *allocator, uint64_t default_max_series,
-                              uint64_t max_exposition_bytes) {
-    static const ms_allocator libc = {malloc, libc_calloc, realloc, free};
+static const ms_allocator LIBC = {malloc, libc_calloc, realloc, free};
+
+static uint64_t new_seed(const void *salt) {
     static _Atomic uint64_t stores_made;
-    const ms_allocator *al = allocator ? allocator : &libc;
-    if (default_max_series < 1 || max_exposition_bytes < 1) return NULL;
+    uint64_t n = atomic_fetch_add(&stores_made, 1);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return mix64((uint64_t)(uintptr_t)salt ^ ((uint64_t)ts.tv_sec << 20) ^
+                 (uint64_t)ts.tv_nsec ^ (n << 40) ^ ((uint64_t)getpid() << 32));
+}
+
+static void head_init(ms_head *h, uint64_t seed, uint64_t default_max_series,
+                      uint64_t max_exposition_bytes) {
+    h->version = MS_SHARED_VERSION;
+    h->head_size = sizeof *h;
+    h->seed = seed;
+    h->default_max_series = default_max_series;
+    h->max_exposition_bytes = max_exposition_bytes;
+    atomic_init(&h->exposition_bytes, 0);
+    h->overflow_string = MS_NO_SERIES;
+    pvec_init(&h->metrics, sizeof(ms_ref));
+    pvec_init(&h->series, sizeof(ms_series));
+    pvec_init(&h->strings, sizeof(ms_ref));
+    pvec_init(&h->labelsets, sizeof(ms_ref));
+}
+
+static ms_store *store_shell(const ms_allocator *allocator) {
+    const ms_allocator *al = allocator ? allocator : &LIBC;
     ms_store *s = al->calloc(1, sizeof *s);
     if (!s) return NULL;
     s->al = *al;
+    s->fd = -1;
     atomic_init(&s->mem, sizeof *s);
     if (pthread_mutex_init(&s->lock, NULL) != 0) {
         al->free(s);
         return NULL;
     }
-    uint64_t n = atomic_fetch_add(&stores_made, 1);
-    s->seed = mix64((uint64_t)(uintptr_t)s ^ ((uint64_t)time(NULL) << 20) ^ (n << 40));
-    s->default_max_series = default_max_series;
-    s->max_exposition_bytes = max_exposition_bytes;
-    atomic_init(&s->exposition_bytes, 0);
+    return s;
+}
+
+ms_store *ms_store_new_budget(const ms_allocator *allocator, uint64_t default_max_series,
+                              uint64_t max_exposition_bytes) {
+    if (default_max_series < 1 || max_exposition_bytes < 1) return NULL;
+    ms_store *s = store_shell(allocator);
+    if (!s) return NULL;
+    s->h = s->al.calloc(1, sizeof *s->h);
+    if (!s->h) {
+        pthread_mutex_destroy(&s->lock);
+        s->al.free(s);
+        return NULL;
+    }
+    atomic_fetch_add_explicit(&s->mem, sizeof *s->h, memory_order_relaxed);
+    head_init(s->h, new_seed(s), default_max_series, max_exposition_bytes);
     s->arena_next = ARENA_FIRST;
-    s->overflow_string = MS_NO_SERIES;
-    pvec_init(&s->metrics, sizeof(ms_metric *));
-    pvec_init(&s->series, sizeof(ms_series));
-    pvec_init(&s->strings, sizeof(ms_str *));
-    pvec_init(&s->labelsets, sizeof(uint32_t *));
     return s;
 }
 
 void ms_store_free(ms_store *s) {
     if (!s) return;
-    table_free(s, &s->string_table);
-    table_free(s, &s->labelset_table);
-    table_free(s, &s->series_table);
-    ms_block *b = s->blocks;
-    while (b) {
-        ms_block *next = b->next;
-        s->al.free(b);
-        b = next;
+    if (s->fd >= 0) {
+        munmap(s->base, s->map_len);
+        close(s->fd);
+    } else {
+        table_free(s, &s->h->string_table);
+        table_free(s, &s->h->labelset_table);
+        table_free(s, &s->h->series_table);
+        ms_block *b = s->blocks;
+        while (b) {
+            ms_block *next = b->next;
+            s->al.free(b);
+            b = next;
+        }
+        s->al.free(s->h);
     }
     pthread_mutex_destroy(&s->lock);
     s->al.free(s);
 }
 
+/* ---- shared stores ------------------------------------------------------------------ */
+
+static int lock_file(int fd, int op) {
+    int r;
+    while ((r = flock(fd, op)) != 0 && errno == EINTR) {
+    }
+    return r;
+}
+
+/* flock belongs to an open file, which a forked child shares with its parent: the child
+ * opens the file again so its lock excludes the parent's. */
+static ms_status own_file(ms_store *s) {
+    if (s->pid == (int)getpid()) return MS_OK;
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", s->fd);
+    int fd = open(proc, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return MS_ERR_IO;
+    close(s->fd);
+    s->fd = fd;
+    s->pid = (int)getpid();
+    return MS_OK;
+}
+
+static void store_repair(ms_store *s);
+
+/* The store lock: this process' threads by the mutex, other processes by flock, which
+ * the kernel releases when its holder dies. `writer` tells the next holder whether the
+ * last one died in the middle of a change, and then it is repaired first. */
+static ms_status store_lock(ms_store *s) {
+    pthread_mutex_lock(&s->lock);
+    if (s->fd < 0) return MS_OK;
+    ms_status st = own_file(s);
+    if (st == MS_OK && lock_file(s->fd, LOCK_EX) != 0) st = MS_ERR_IO;
+    if (st != MS_OK) {
+        pthread_mutex_unlock(&s->lock);
+        return st;
+    }
+    if (atomic_load_explicit(&s->h->writer, memory_order_acquire) != 0) store_repair(s);
+    atomic_store_explicit(&s->h->writer, (uint32_t)getpid(), memory_order_relaxed);
+    return MS_OK;
+}
+
+static void store_unlock(ms_store *s) {
+    if (s->fd >= 0) {
+        atomic_store_explicit(&s->h->writer, 0, memory_order_release);
+        lock_file(s->fd, LOCK_UN);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+ms_status ms_store_open_shared(const char *path, const ms_allocator *allocator,
+                               uint64_t default_max_series, uint64_t max_exposition_bytes,
+                               uint64_t reserve, ms_store **out, ms_file_problem *problem) {
+    *problem = MS_FILE_OK;
+    if (default_max_series < 1 || max_exposition_bytes < 1 || reserve < MS_FILE_PAGE)
+        return MS_ERR_INVALID_METRIC;
+    reserve &= ~(uint64_t)(MS_FILE_PAGE - 1);
+    ms_store *s = store_shell(allocator);
+    if (!s) return MS_ERR_NOMEM;
+    ms_status st = MS_ERR_IO;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) goto fail;
+    if (lock_file(fd, LOCK_EX) != 0) goto fail_fd;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) goto fail_locked;
+    ms_head head;
+    memset(&head, 0, sizeof head);
+    if (sb.st_size >= (off_t)sizeof head && pread(fd, &head, sizeof head, 0) != sizeof head)
+        goto fail_locked;
+    st = MS_ERR_FILE;
+    if (sb.st_size > 0 && sb.st_size < (off_t)sizeof head) {
+        *problem = MS_FILE_TRUNCATED;
+        goto fail_locked;
+    }
+    /* A file without the magic is new (or its creator died before finishing): made here,
+     * under the lock, and the magic is written last. Anything else must be ours. */
+    int fresh = head.magic == 0;
+    if (fresh) {
+        for (size_t i = 0; i < sizeof head; i++)
+            if (((const unsigned char *)&head)[i]) fresh = 0;
+        if (!fresh) {
+            *problem = MS_FILE_NOT_A_STORE;
+            goto fail_locked;
+        }
+        head.reserve = reserve;
+    } else if (head.magic != MS_SHARED_MAGIC) {
+        *problem = MS_FILE_NOT_A_STORE;
+        goto fail_locked;
+    } else if (head.version != MS_SHARED_VERSION || head.head_size != sizeof head) {
+        *problem = MS_FILE_VERSION;
+        goto fail_locked;
+    } else if (head.size > (uint64_t)sb.st_size || head.used > head.size ||
+               head.size > head.reserve || head.reserve % MS_FILE_PAGE) {
+        *problem = MS_FILE_TRUNCATED;
+        goto fail_locked;
+    }
+    st = MS_ERR_IO;
+    if (fresh && ftruncate(fd, MS_FILE_PAGE) != 0) goto fail_locked;
+    void *base = mmap(NULL, (size_t)head.reserve, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                      fd, 0);
+    if (base == MAP_FAILED) goto fail_locked;
+    s->base = base;
+    s->map_len = (size_t)head.reserve;
+    s->h = base;
+    s->fd = fd;
+    s->pid = (int)getpid();
+    if (fresh) {
+        ms_head *h = s->h;
+        head_init(h, new_seed(s), default_max_series, max_exposition_bytes);
+        h->reserve = reserve;
+        atomic_store_explicit(&h->size, MS_FILE_PAGE, memory_order_relaxed);
+        atomic_store_explicit(&h->used, sizeof *h, memory_order_relaxed);
+        atomic_store_explicit((_Atomic uint64_t *)&h->magic, MS_SHARED_MAGIC, memory_order_release);
+    } else if (atomic_load_explicit(&s->h->writer, memory_order_acquire) != 0) {
+        store_repair(s);
+        atomic_store_explicit(&s->h->writer, 0, memory_order_release);
+    }
+    lock_file(fd, LOCK_UN);
+    *out = s;
+    return MS_OK;
+fail_locked:
+    lock_file(fd, LOCK_UN);
+fail_fd:
+    close(fd);
+fail:
+    pthread_mutex_destroy(&s->lock);
+    s->al.free(s);
+    return st;
+}
+
+int ms_store_is_shared(const ms_store *s) { return s->fd >= 0; }
+
+uint64_t ms_store_repairs(const ms_store *s) {
+    return atomic_load_explicit((_Atomic uint64_t *)&s->h->repairs, memory_order_relaxed);
+}
+
 size_t ms_store_memory(const ms_store *s) {
+    if (s->fd >= 0) return (size_t)atomic_load_explicit((_Atomic uint64_t *)&s->h->used, memory_order_relaxed);
     return atomic_load_explicit((_Atomic size_t *)&s->mem, memory_order_relaxed);
 }
 
-uint64_t ms_store_max_exposition_bytes(const ms_store *s) { return s->max_exposition_bytes; }
+uint64_t ms_store_max_exposition_bytes(const ms_store *s) { return s->h->max_exposition_bytes; }
 
 uint64_t ms_store_exposition_bytes(const ms_store *s) {
-    return atomic_load_explicit((_Atomic uint64_t *)&s->exposition_bytes, memory_order_relaxed);
+    return atomic_load_explicit((_Atomic uint64_t *)&s->h->exposition_bytes, memory_order_relaxed);
 }
 
 /* ---- metrics --------------------------------------------------------------------- */
@@ -317,9 +555,10 @@ static int valid_name(const char *p, size_t n, int colon) {
     return 1;
 }
 
-static const ms_str *str_copy(ms_store *s, const char *p, size_t n) {
-    ms_str *str = arena_alloc(s, sizeof(ms_str) + n, sizeof(uint32_t));
-    if (!str) return NULL;
+/* A copy in the store; 0 when out of memory (no ref is 0: the head comes first). */
+static ms_ref str_copy(ms_store *s, const char *p, size_t n) {
+    ms_str *str = store_alloc(s, sizeof(ms_str) + n, sizeof(uint32_t));
+    if (!str) return 0;
     uint32_t flags = 0;
     for (size_t i = 0; i < n; i++)
         if (p[i] == '\\' || p[i] == '"' || p[i] == '\n') {
@@ -328,7 +567,7 @@ static const ms_str *str_copy(ms_store *s, const char *p, size_t n) {
         }
     str->len_flags = (uint32_t)n | flags;
     if (n) memcpy(str->data, p, n);
-    return str;
+    return ref_of(s, str);
 }
 
 /* The OpenMetrics family name is the name minus one trailing _total for counters. */
@@ -352,9 +591,10 @@ static int name_taken(const ms_store *s, uint32_t n_metrics, const char *name, s
         return 1;
     for (uint32_t i = 0; i < n_metrics; i++) {
         const ms_metric *m = ms_metric_at(s, i);
-        size_t n = ms_str_len(m->name);
-        if (same(name, len, m->name->data, n) ||
-            same(name, len, m->name->data, family_len(m->kind, m->name->data, n)))
+        const ms_str *mn = ms_metric_name(s, m);
+        size_t n = ms_str_len(mn);
+        if (same(name, len, mn->data, n) ||
+            same(name, len, mn->data, family_len(m->kind, mn->data, n)))
             return 1;
     }
     return 0;
@@ -408,15 +648,15 @@ static inline uint64_t sat_mul(uint64_t a, uint64_t b) {
  * with every value at its widest. L is the label names' part (`a=""`, commas: fixed)
  * plus the values' escaped bytes, so a charge is charge_base + charge_lines * those
  * bytes, and the base is worked out once here. Labelless metrics are not charged. */
-static void charge_init(ms_metric *m) {
+static void charge_init(const ms_store *s, ms_metric *m) {
     m->charge_base = m->charge_lines = 0;
     if (!m->n_labels) return;
-    uint64_t name = ms_str_len(m->name), names = m->n_labels - 1; /* the commas */
+    uint64_t name = ms_str_len(ms_metric_name(s, m)), names = m->n_labels - 1; /* commas */
     for (uint32_t i = 0; i < m->n_labels; i++)
-        names = sat_add(names, (uint64_t)ms_str_len(m->label_names[i]) + 3); /* a="" */
+        names = sat_add(names, (uint64_t)ms_str_len(ms_metric_label(s, m, i)) + 3); /* a="" */
     uint64_t braced = sat_add(names, 2); /* {L} */
     if (m->kind == MS_COUNTER) {
-        const char *n = m->name->data;
+        const char *n = ms_metric_name(s, m)->data;
         int total = name >= 6 && memcmp(n + name - 6, "_total", 6) == 0;
         m->charge_lines = 1;
         m->charge_base = sat_add(braced, name + (total ? 0 : 6) + 1 + MS_U64_WIDTH + 1);
@@ -429,7 +669,7 @@ static void charge_init(ms_metric *m) {
         uint64_t bucket = sat_add(names, name + 8 + 1 + 4 + 3 + MS_U64_WIDTH + 1);
         uint64_t base = sat_add(sat_mul(bucket, (uint64_t)m->n_bounds + 1), 4); /* "+Inf" */
         for (uint32_t b = 0; b < m->n_bounds; b++)
-            base = sat_add(base, ms_str_len(m->bound_text[b]));
+            base = sat_add(base, ms_str_len(ms_metric_bound_text(s, m, b)));
         base = sat_add(base, sat_add(braced, name + 4 + 1 + MS_DOUBLE_WIDTH + 1)); /* _sum */
         m->charge_base = sat_add(base, sat_add(braced, name + 6 + 1 + MS_U64_WIDTH + 1));
     }
@@ -469,6 +709,107 @@ ms_status ms_series_charge(const ms_store *s, uint32_t metric, const ms_strref *
     return MS_OK;
 }
 
+/* A shared store's metric `m` has exactly this definition (another process registered
+ * it): the same kind, name, help, label names, bounds and max_series. */
+static int same_definition(const ms_store *s, const ms_metric *m, ms_kind kind,
+                           const char *name, size_t name_len, const char *help,
+                           size_t help_len, const ms_strref *labels, uint32_t n_labels,
+                           const double *bounds, uint32_t n_bounds, uint64_t max_series) {
+    const ms_str *mn = ms_metric_name(s, m), *mh = ms_str_at(s, m->help);
+    if (m->kind != (uint32_t)kind || m->n_labels != n_labels || m->n_bounds != n_bounds ||
+        m->max_series != max_series || !same(mn->data, ms_str_len(mn), name, name_len) ||
+        !same(mh->data, ms_str_len(mh), help, help_len))
+        return 0;
+    for (uint32_t i = 0; i < n_labels; i++) {
+        const ms_str *l = ms_metric_label(s, m, i);
+        if (!same(l->data, ms_str_len(l), labels[i].ptr, labels[i].len)) return 0;
+    }
+    return n_bounds == 0 ||
+           memcmp(ms_metric_bounds(s, m), bounds, n_bounds * sizeof *bounds) == 0;
+}
+
+/* The id of the shared store's metric registered as `name` with this very definition;
+ * MS_NO_SERIES if there is none, MS_ERR_DUPLICATE_METRIC in *st if it differs. */
+static uint32_t registered(const ms_store *s, uint32_t n_metrics, ms_kind kind,
+                           const char *name, size_t name_len, const char *help,
+                           size_t help_len, const ms_strref *labels, uint32_t n_labels,
+                           const double *bounds, uint32_t n_bounds, uint64_t max_series,
+                           ms_status *st) {
+    for (uint32_t i = 0; i < n_metrics; i++) {
+        const ms_metric *m = ms_metric_at(s, i);
+        const ms_str *mn = ms_metric_name(s, m);
+        if (!same(mn->data, ms_str_len(mn), name, name_len)) continue;
+        if (same_definition(s, m, kind, name, name_len, help, help_len, labels, n_labels,
+                            bounds, n_bounds, max_series))
+            return i;
+        *st = MS_ERR_DUPLICATE_METRIC;
+        return MS_NO_SERIES;
+    }
+    return MS_NO_SERIES;
+}
+
+static ms_status metric_add_locked(ms_store *s, ms_kind kind, const char *name,
+                                   size_t name_len, const char *help, size_t help_len,
+                                   const ms_strref *label_names, uint32_t n_labels,
+                                   const double *bounds, uint32_t n_bounds,
+                                   uint64_t max_series, uint32_t *out_metric) {
+    ms_head *h = s->h;
+    uint32_t n_metrics = atomic_load_explicit(&h->metrics.count, memory_order_relaxed);
+    max_series = max_series ? max_series : h->default_max_series;
+    if (s->fd >= 0) {
+        ms_status st = MS_OK;
+        uint32_t id = registered(s, n_metrics, kind, name, name_len, help, help_len,
+                                 label_names, n_labels, bounds, n_bounds, max_series, &st);
+        if (id != MS_NO_SERIES) *out_metric = id;
+        if (id != MS_NO_SERIES || st != MS_OK) return st;
+    }
+    if (name_taken(s, n_metrics, name, name_len) ||
+        name_taken(s, n_metrics, name, family_len(kind, name, name_len)))
+        return MS_ERR_DUPLICATE_METRIC;
+    if (n_metrics >= MAX_METRICS) return MS_ERR_LIMIT;
+    ms_metric *m = store_alloc(s, sizeof *m, sizeof(uint64_t));
+    if (!m) return MS_ERR_NOMEM;
+    m->kind = kind;
+    m->id = n_metrics;
+    m->n_labels = n_labels;
+    m->n_bounds = n_bounds;
+    m->stride = kind == MS_HISTOGRAM ? n_bounds + 2 : 1;
+    m->max_series = max_series;
+    atomic_init(&m->n_series, 0);
+    atomic_init(&m->overflow_count, 0);
+    atomic_init(&m->budget_overflow_count, 0);
+    atomic_init(&m->overflow_series, MS_NO_SERIES);
+    if (!(m->name = str_copy(s, name, name_len))) return MS_ERR_NOMEM;
+    if (!(m->help = str_copy(s, help, help_len))) return MS_ERR_NOMEM;
+    if (n_labels) {
+        ms_ref *names = store_alloc(s, n_labels * sizeof *names, sizeof(ms_ref));
+        if (!names) return MS_ERR_NOMEM;
+        for (uint32_t i = 0; i < n_labels; i++)
+            if (!(names[i] = str_copy(s, label_names[i].ptr, label_names[i].len)))
+                return MS_ERR_NOMEM;
+        m->label_names = ref_of(s, names);
+    }
+    if (n_bounds) {
+        double *b = store_alloc(s, n_bounds * sizeof *b, sizeof(double));
+        ms_ref *text = store_alloc(s, n_bounds * sizeof *text, sizeof(ms_ref));
+        if (!b || !text) return MS_ERR_NOMEM;
+        memcpy(b, bounds, n_bounds * sizeof *b);
+        for (uint32_t i = 0; i < n_bounds; i++) {
+            char buf[32];
+            size_t len = ms_format_double(bounds[i], buf);
+            if (!(text[i] = str_copy(s, buf, len))) return MS_ERR_NOMEM;
+        }
+        m->bounds = ref_of(s, b);
+        m->bound_text = ref_of(s, text);
+    }
+    charge_init(s, m);
+    ms_ref *slot = pvec_reserve(s, &h->metrics);
+    if (!slot) return MS_ERR_NOMEM;
+    *slot = ref_of(s, m);
+    *out_metric = pvec_publish(&h->metrics);
+    return MS_OK;
+}
+
 ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name_len,
                         const char *help, size_t help_len, const ms_strref *label_names,
                         uint32_t n_labels, const double *bounds, uint32_t n_bounds,
@@ -476,85 +817,35 @@ ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name
     ms_status st =
         validate_metric(kind, name, name_len, help_len, label_names, n_labels, bounds, n_bounds);
     if (st != MS_OK) return st;
-    pthread_mutex_lock(&s->lock);
-    uint32_t n_metrics = atomic_load_explicit(&s->metrics.count, memory_order_relaxed);
-    if (name_taken(s, n_metrics, name, name_len) ||
-        name_taken(s, n_metrics, name, family_len(kind, name, name_len))) {
-        st = MS_ERR_DUPLICATE_METRIC;
-        goto out;
-    }
-    if (n_metrics >= MAX_METRICS) {
-        st = MS_ERR_LIMIT;
-        goto out;
-    }
-    st = MS_ERR_NOMEM;
-    ms_metric *m = arena_alloc(s, sizeof *m, sizeof(void *));
-    if (!m) goto out;
-    m->kind = kind;
-    m->id = n_metrics;
-    m->n_labels = n_labels;
-    m->n_bounds = n_bounds;
-    m->stride = kind == MS_HISTOGRAM ? n_bounds + 2 : 1;
-    m->max_series = max_series ? max_series : s->default_max_series;
-    atomic_init(&m->n_series, 0);
-    atomic_init(&m->overflow_count, 0);
-    atomic_init(&m->budget_overflow_count, 0);
-    atomic_init(&m->overflow_series, MS_NO_SERIES);
-    if (!(m->name = str_copy(s, name, name_len))) goto out;
-    if (!(m->help = str_copy(s, help, help_len))) goto out;
-    if (n_labels) {
-        const ms_str **names = arena_alloc(s, n_labels * sizeof *names, sizeof(void *));
-        if (!names) goto out;
-        for (uint32_t i = 0; i < n_labels; i++)
-            if (!(names[i] = str_copy(s, label_names[i].ptr, label_names[i].len))) goto out;
-        m->label_names = names;
-    }
-    if (n_bounds) {
-        double *b = arena_alloc(s, n_bounds * sizeof *b, sizeof(double));
-        const ms_str **text = arena_alloc(s, n_bounds * sizeof *text, sizeof(void *));
-        if (!b || !text) goto out;
-        memcpy(b, bounds, n_bounds * sizeof *b);
-        for (uint32_t i = 0; i < n_bounds; i++) {
-            char buf[32];
-            size_t len = ms_format_double(bounds[i], buf);
-            if (!(text[i] = str_copy(s, buf, len))) goto out;
-        }
-        m->bounds = b;
-        m->bound_text = text;
-    }
-    charge_init(m);
-    ms_metric **slot = pvec_reserve(s, &s->metrics);
-    if (!slot) goto out;
-    *slot = m;
-    *out_metric = pvec_publish(&s->metrics);
-    st = MS_OK;
-out:
-    pthread_mutex_unlock(&s->lock);
+    if ((st = store_lock(s)) != MS_OK) return st;
+    st = metric_add_locked(s, kind, name, name_len, help, help_len, label_names, n_labels,
+                           bounds, n_bounds, max_series, out_metric);
+    store_unlock(s);
     return st;
 }
 
 /* ---- series ---------------------------------------------------------------------- */
 
 static uint32_t string_lookup(const ms_store *s, const ms_strref *v) {
-    return table_get(s, &s->string_table, hash_bytes(s->seed, v->ptr, v->len), string_eq, v);
+    return table_get(s, &s->h->string_table, hash_bytes(s->h->seed, v->ptr, v->len), string_eq, v);
 }
 
 static ms_status string_intern(ms_store *s, const ms_strref *v, uint32_t *out) {
-    uint64_t h = hash_bytes(s->seed, v->ptr, v->len);
-    uint32_t id = table_get(s, &s->string_table, h, string_eq, v);
+    uint64_t h = hash_bytes(s->h->seed, v->ptr, v->len);
+    uint32_t id = table_get(s, &s->h->string_table, h, string_eq, v);
     if (id != MS_NO_SERIES) {
         *out = id;
         return MS_OK;
     }
-    if (atomic_load_explicit(&s->strings.count, memory_order_relaxed) == MS_NO_SERIES)
+    if (atomic_load_explicit(&s->h->strings.count, memory_order_relaxed) == MS_NO_SERIES)
         return MS_ERR_LIMIT;
-    ms_status st = table_reserve(s, &s->string_table, string_rehash);
+    ms_status st = table_reserve(s, &s->h->string_table, string_rehash);
     if (st != MS_OK) return st;
-    const ms_str **slot = pvec_reserve(s, &s->strings);
+    ms_ref *slot = pvec_reserve(s, &s->h->strings);
     if (!slot || !(*slot = str_copy(s, v->ptr, v->len))) return MS_ERR_NOMEM;
-    id = pvec_publish(&s->strings);
-    *table_find(s, &s->string_table, h, string_eq, v) = id + 1;
-    s->string_table.used++;
+    id = pvec_publish(&s->h->strings);
+    *table_find(s, &s->h->string_table, h, string_eq, v) = id + 1;
+    s->h->string_table.used++;
     *out = id;
     return MS_OK;
 }
@@ -562,56 +853,58 @@ static ms_status string_intern(ms_store *s, const ms_strref *v, uint32_t *out) {
 static ms_status labelset_intern(ms_store *s, const uint32_t *ids, uint32_t n, uint32_t *out) {
     labelset_key key = {ids, n};
     uint64_t h = labelset_hash(s, ids, n);
-    uint32_t id = table_get(s, &s->labelset_table, h, labelset_eq, &key);
+    uint32_t id = table_get(s, &s->h->labelset_table, h, labelset_eq, &key);
     if (id != MS_NO_SERIES) {
         *out = id;
         return MS_OK;
     }
-    if (atomic_load_explicit(&s->labelsets.count, memory_order_relaxed) == MS_NO_SERIES)
+    if (atomic_load_explicit(&s->h->labelsets.count, memory_order_relaxed) == MS_NO_SERIES)
         return MS_ERR_LIMIT;
-    ms_status st = table_reserve(s, &s->labelset_table, labelset_rehash);
+    ms_status st = table_reserve(s, &s->h->labelset_table, labelset_rehash);
     if (st != MS_OK) return st;
-    const uint32_t **slot = pvec_reserve(s, &s->labelsets);
+    ms_ref *slot = pvec_reserve(s, &s->h->labelsets);
     if (!slot) return MS_ERR_NOMEM;
-    uint32_t *ls = arena_alloc(s, (n + 1) * sizeof *ls, sizeof *ls);
+    uint32_t *ls = store_alloc(s, (n + 1) * sizeof *ls, sizeof *ls);
     if (!ls) return MS_ERR_NOMEM;
     ls[0] = n;
     memcpy(ls + 1, ids, n * sizeof *ids);
-    *slot = ls;
-    id = pvec_publish(&s->labelsets);
-    *table_find(s, &s->labelset_table, h, labelset_eq, &key) = id + 1;
-    s->labelset_table.used++;
+    *slot = ref_of(s, ls);
+    id = pvec_publish(&s->h->labelsets);
+    *table_find(s, &s->h->labelset_table, h, labelset_eq, &key) = id + 1;
+    s->h->labelset_table.used++;
     *out = id;
     return MS_OK;
 }
 
-/* Slots come from per-metric pages that double up to SLOT_PAGE_BYTES. */
+/* Slots come from per-metric pages that double up to SLOT_PAGE_BYTES. A page is set
+ * before page_used restarts, so a writer killed in between never hands a slot out
+ * twice (at worst a page goes unused). */
 static ms_atomic_u64 *slots_alloc(ms_store *s, ms_metric *m) {
     if (m->page_used == m->page_cap) {
         size_t bytes = (size_t)m->stride * sizeof(ms_atomic_u64);
         size_t most = SLOT_PAGE_BYTES / bytes ? SLOT_PAGE_BYTES / bytes : 1;
         size_t cap = m->page_cap ? (size_t)m->page_cap * 2 : 4;
         if (cap > most) cap = most;
-        ms_atomic_u64 *page = arena_alloc(s, cap * bytes, sizeof(uint64_t));
+        ms_atomic_u64 *page = store_alloc(s, cap * bytes, sizeof(uint64_t));
         if (!page) return NULL;
-        m->page = page;
+        m->page = ref_of(s, page);
         m->page_cap = (uint32_t)cap;
         m->page_used = 0;
     }
-    return m->page + (size_t)m->page_used++ * m->stride;
+    return (ms_atomic_u64 *)at(s, m->page) + (size_t)m->page_used++ * m->stride;
 }
 
 static ms_status series_new(ms_store *s, ms_metric *m, uint32_t labelset, uint32_t *out) {
-    if (atomic_load_explicit(&s->series.count, memory_order_relaxed) >= MS_NO_SERIES - 1)
+    if (atomic_load_explicit(&s->h->series.count, memory_order_relaxed) >= MS_NO_SERIES - 1)
         return MS_ERR_LIMIT;
     ms_atomic_u64 *slots = slots_alloc(s, m);
-    ms_series *r = slots ? pvec_reserve(s, &s->series) : NULL;
+    ms_series *r = slots ? pvec_reserve(s, &s->h->series) : NULL;
     if (!r) return MS_ERR_NOMEM;
     /* A new series counts as recorded: visible through at least one expiry sweep. */
-    atomic_init(&r->slots_flags, (uintptr_t)slots | MS_SERIES_ACTIVE);
+    atomic_init(&r->slots_flags, ref_of(s, slots) | MS_SERIES_ACTIVE);
     r->metric_kind = m->id << 2 | (uint32_t)m->kind;
     r->labelset = labelset;
-    *out = pvec_publish(&s->series);
+    *out = pvec_publish(&s->h->series);
     return MS_OK;
 }
 
@@ -623,14 +916,14 @@ static ms_status overflow_series(ms_store *s, ms_metric *m, fold_cause fold, uin
     uint32_t sid = atomic_load_explicit(&m->overflow_series, memory_order_relaxed);
     if (sid == MS_NO_SERIES) {
         ms_status st;
-        if (s->overflow_string == MS_NO_SERIES) {
+        if (s->h->overflow_string == MS_NO_SERIES) {
             ms_strref v = {OVERFLOW_VALUE, sizeof OVERFLOW_VALUE - 1};
-            if ((st = string_intern(s, &v, &s->overflow_string)) != MS_OK) return st;
+            if ((st = string_intern(s, &v, &s->h->overflow_string)) != MS_OK) return st;
         }
         uint32_t stack[STACK_LABELS], *ids = stack, labelset;
         size_t bytes = m->n_labels * sizeof *ids;
         if (m->n_labels > STACK_LABELS && !(ids = ms_alloc(s, bytes))) return MS_ERR_NOMEM;
-        for (uint32_t i = 0; i < m->n_labels; i++) ids[i] = s->overflow_string;
+        for (uint32_t i = 0; i < m->n_labels; i++) ids[i] = s->h->overflow_string;
         st = labelset_intern(s, ids, m->n_labels, &labelset);
         if (ids != stack) ms_dealloc(s, ids, bytes);
         if (st == MS_OK) st = series_new(s, m, labelset, &sid);
@@ -665,10 +958,10 @@ static ms_status series_get_locked(ms_store *s, ms_metric *m, const ms_strref *v
     uint32_t known = i;
     if (i == n) {
         labelset_key key = {ids, n};
-        labelset = table_get(s, &s->labelset_table, labelset_hash(s, ids, n), labelset_eq, &key);
+        labelset = table_get(s, &s->h->labelset_table, labelset_hash(s, ids, n), labelset_eq, &key);
         if (labelset != MS_NO_SERIES) {
             series_key sk = {m->id, labelset};
-            uint32_t sid = table_get(s, &s->series_table, series_hash(s, m->id, labelset),
+            uint32_t sid = table_get(s, &s->h->series_table, series_hash(s, m->id, labelset),
                                      series_eq, &sk);
             if (sid != MS_NO_SERIES) {
                 *out = sid;
@@ -681,30 +974,30 @@ static ms_status series_get_locked(ms_store *s, ms_metric *m, const ms_strref *v
     /* The budget is read and charged under the mutex, with the series' creation: exact
      * however many threads add series. Charged only once the series exists (an
      * allocation failure leaves the total as it was). */
-    uint64_t charged = sat_add(atomic_load_explicit(&s->exposition_bytes, memory_order_relaxed),
+    uint64_t charged = sat_add(atomic_load_explicit(&s->h->exposition_bytes, memory_order_relaxed),
                                series_charge(s, m, values, ids, known));
-    if (charged > s->max_exposition_bytes) return overflow_series(s, m, FOLD_BUDGET, out);
+    if (charged > s->h->max_exposition_bytes) return overflow_series(s, m, FOLD_BUDGET, out);
     ms_status st;
     if (labelset == MS_NO_SERIES) {
         for (i = 0; i < n; i++)
             if ((st = string_intern(s, &values[i], &ids[i])) != MS_OK) return st;
         if ((st = labelset_intern(s, ids, n, &labelset)) != MS_OK) return st;
     }
-    if ((st = table_reserve(s, &s->series_table, series_rehash)) != MS_OK) return st;
+    if ((st = table_reserve(s, &s->h->series_table, series_rehash)) != MS_OK) return st;
     uint32_t sid;
     if ((st = series_new(s, m, labelset, &sid)) != MS_OK) return st;
     series_key sk = {m->id, labelset};
-    *table_find(s, &s->series_table, series_hash(s, m->id, labelset), series_eq, &sk) = sid + 1;
-    s->series_table.used++;
+    *table_find(s, &s->h->series_table, series_hash(s, m->id, labelset), series_eq, &sk) = sid + 1;
+    s->h->series_table.used++;
     atomic_fetch_add_explicit(&m->n_series, 1, memory_order_relaxed);
-    atomic_store_explicit(&s->exposition_bytes, charged, memory_order_relaxed);
+    atomic_store_explicit(&s->h->exposition_bytes, charged, memory_order_relaxed);
     *out = sid;
     return MS_OK;
 }
 
 ms_status ms_series_get(ms_store *s, uint32_t metric, const ms_strref *values,
                         uint32_t n_values, uint32_t *out_series) {
-    if (metric >= ms_load_acquire_u32(&s->metrics.count)) return MS_ERR_UNKNOWN_METRIC;
+    if (metric >= ms_load_acquire_u32(&s->h->metrics.count)) return MS_ERR_UNKNOWN_METRIC;
     ms_metric *m = (ms_metric *)ms_metric_at(s, metric);
     if (n_values != m->n_labels) return MS_ERR_INVALID_LABELS;
     for (uint32_t i = 0; i < n_values; i++)
@@ -712,18 +1005,91 @@ ms_status ms_series_get(ms_store *s, uint32_t metric, const ms_strref *values,
     uint32_t stack[STACK_LABELS], *ids = stack;
     size_t bytes = n_values * sizeof *ids;
     if (n_values > STACK_LABELS && !(ids = ms_alloc(s, bytes))) return MS_ERR_NOMEM;
-    pthread_mutex_lock(&s->lock);
-    ms_status st = series_get_locked(s, m, values, ids, out_series);
-    pthread_mutex_unlock(&s->lock);
+    ms_status st = store_lock(s);
+    if (st == MS_OK) {
+        st = series_get_locked(s, m, values, ids, out_series);
+        store_unlock(s);
+    }
     if (ids != stack) ms_dealloc(s, ids, bytes);
     return st;
 }
 
+/* ---- repair after a writer died (shared stores) ------------------------------------ */
+
+static int is_overflow_labelset(const ms_store *s, const ms_series *r, uint32_t overflow) {
+    const uint32_t *ls = ms_labelset_at(s, r->labelset);
+    if (overflow == MS_NO_SERIES || ls[0] == 0) return 0;
+    for (uint32_t i = 0; i < ls[0]; i++)
+        if (ls[1 + i] != overflow) return 0;
+    return 1;
+}
+
+/* A fresh table over the elements [0, n) that `keep` accepts (all when NULL). */
+static void table_rebuild(ms_store *s, ms_table *t, uint32_t n, rehash_fn rehash,
+                          int (*keep)(const ms_store *, uint32_t)) {
+    uint32_t cap = 16;
+    while ((uint64_t)n * 10 > (uint64_t)cap * 7 && cap < (1u << 31)) cap *= 2;
+    uint32_t *slots = table_slots_new(s, cap), used = 0;
+    if (!slots) return; /* the file cannot grow: the old table stays */
+    for (uint32_t id = 0; id < n; id++) {
+        if (keep && !keep(s, id)) continue;
+        uint32_t j = (uint32_t)rehash(s, id) & (cap - 1);
+        while (slots[j]) j = (j + 1) & (cap - 1);
+        slots[j] = id + 1;
+        used++;
+    }
+    table_slots_free(s, t);
+    t->slots = ref_of(s, slots);
+    t->cap = cap;
+    t->used = used;
+}
+
+/* Overflow series are not in the series table (series_get_locked finds them by their
+ * label set), so the rebuild leaves them out as well. */
+static int real_series(const ms_store *s, uint32_t id) {
+    const ms_series *r = ms_series_at(s, id);
+    return !is_overflow_labelset(s, r, s->h->overflow_string);
+}
+
+/* The lock's last holder died in the middle of a change (docs/store.md, "Faults").
+ * Every element below a vector's count is whole, as counts are published last; what
+ * may be missing is its table entry, a metric's series count, or its overflow_series:
+ * all are rebuilt from the vectors. What the dead writer had not published is only
+ * unused space in the file. */
+static void store_repair(ms_store *s) {
+    ms_head *h = s->h;
+    uint32_t n_strings = ms_load_acquire_u32(&h->strings.count);
+    table_rebuild(s, &h->string_table, n_strings, string_rehash, NULL);
+    if (h->overflow_string == MS_NO_SERIES) {
+        ms_strref v = {OVERFLOW_VALUE, sizeof OVERFLOW_VALUE - 1};
+        h->overflow_string = string_lookup(s, &v);
+    }
+    table_rebuild(s, &h->labelset_table, ms_load_acquire_u32(&h->labelsets.count),
+                  labelset_rehash, NULL);
+    uint32_t n_series = ms_series_total(s), n_metrics = ms_metric_count(s);
+    table_rebuild(s, &h->series_table, n_series, series_rehash, real_series);
+    for (uint32_t i = 0; i < n_metrics; i++) {
+        ms_metric *m = (ms_metric *)ms_metric_at(s, i);
+        atomic_store_explicit(&m->n_series, 0, memory_order_relaxed);
+    }
+    for (uint32_t id = 0; id < n_series; id++) {
+        const ms_series *r = ms_series_at(s, id);
+        uint32_t mid = r->metric_kind >> 2;
+        if (mid >= n_metrics) continue;
+        ms_metric *m = (ms_metric *)ms_metric_at(s, mid);
+        if (!is_overflow_labelset(s, r, h->overflow_string))
+            atomic_fetch_add_explicit(&m->n_series, 1, memory_order_relaxed);
+        else if (atomic_load_explicit(&m->overflow_series, memory_order_relaxed) == MS_NO_SERIES)
+            ms_store_release_u32(&m->overflow_series, id);
+    }
+    atomic_fetch_add_explicit(&h->repairs, 1, memory_order_relaxed);
+}
+
 /* ---- reading structure ----------------------------------------------------------- */
 
-uint32_t ms_metric_count(const ms_store *s) { return ms_load_acquire_u32(&s->metrics.count); }
+uint32_t ms_metric_count(const ms_store *s) { return ms_load_acquire_u32(&s->h->metrics.count); }
 
-uint32_t ms_series_total(const ms_store *s) { return ms_load_acquire_u32(&s->series.count); }
+uint32_t ms_series_total(const ms_store *s) { return ms_load_acquire_u32(&s->h->series.count); }
 
 static ms_strref strref(const ms_str *str) {
     ms_strref r = {str->data, ms_str_len(str)};
@@ -734,11 +1100,11 @@ ms_status ms_metric_get(const ms_store *s, uint32_t metric, ms_metric_info *out)
     if (metric >= ms_metric_count(s)) return MS_ERR_UNKNOWN_METRIC;
     const ms_metric *m = ms_metric_at(s, metric);
     out->kind = m->kind;
-    out->name = strref(m->name);
-    out->help = strref(m->help);
+    out->name = strref(ms_metric_name(s, m));
+    out->help = strref(ms_str_at(s, m->help));
     out->n_labels = m->n_labels;
     out->n_bounds = m->n_bounds;
-    out->bounds = m->bounds;
+    out->bounds = m->n_bounds ? ms_metric_bounds(s, m) : NULL;
     out->max_series = m->max_series;
     out->series_count = atomic_load_explicit((_Atomic uint64_t *)&m->n_series,
                                              memory_order_relaxed);
@@ -753,7 +1119,7 @@ ms_status ms_metric_label_name(const ms_store *s, uint32_t metric, uint32_t i, m
     if (metric >= ms_metric_count(s)) return MS_ERR_UNKNOWN_METRIC;
     const ms_metric *m = ms_metric_at(s, metric);
     if (i >= m->n_labels) return MS_ERR_INVALID_LABELS;
-    *out = strref(m->label_names[i]);
+    *out = strref(ms_metric_label(s, m, i));
     return MS_OK;
 }
 
@@ -787,7 +1153,7 @@ ms_status ms_check(const ms_store *s, uint64_t series, ms_kind kind) {
 }
 
 void ms_inc_unchecked(ms_store *s, uint64_t series, uint64_t n) {
-    ms_atomic_add_u64(ms_record_slots((ms_series *)ms_series_at(s, (uint32_t)series)), n);
+    ms_atomic_add_u64(ms_record_slots(s, (ms_series *)ms_series_at(s, (uint32_t)series)), n);
 }
 
 /* Index of the first bound >= v, as ms_bucket_of (store_internal.h), but branch-free
@@ -807,7 +1173,7 @@ static inline uint32_t bucket_of_branchless(const double *bounds, uint32_t n, do
 
 void ms_observe_unchecked(ms_store *s, uint64_t series, double v) {
     ms_series *r = (ms_series *)ms_series_at(s, (uint32_t)series);
-    ms_observe_slots(ms_metric_at(s, r->metric_kind >> 2), ms_record_slots(r), v);
+    ms_observe_slots(s, ms_metric_at(s, r->metric_kind >> 2), ms_record_slots(s, r), v);
 }
 
 ms_status ms_inc(ms_store *s, uint64_t series, uint64_t n) { return ms_inc_inline(s, series, n); }
@@ -968,22 +1334,23 @@ static ms_status admit(batch *b, uint64_t id, uint32_t *k1) {
     touched *t = &b->t[b->n_touched];
     memset(t, 0, sizeof *t);
     t->r = r;
-    t->slots = ms_series_slots(r);
+    t->slots = ms_series_slots(b->s, r);
     if (b->kind == MS_HISTOGRAM) {
         const ms_metric *m = ms_metric_at(b->s, r->metric_kind >> 2);
-        t->bounds = m->bounds;
+        const double *bounds = ms_metric_bounds(b->s, m);
+        t->bounds = bounds;
         t->n_bounds = m->n_bounds;
         ms_status st = row_take(b, t);
         if (st != MS_OK) return st;
         if (b->n_touched == 0) {
-            b->bounds = m->bounds;
+            b->bounds = bounds;
             b->n_bounds = m->n_bounds;
             b->stride = (size_t)m->n_bounds + 2;
         }
         /* Equal bounds (another metric with the same buckets) search alike. */
         if (t->deferred || m->n_bounds != b->n_bounds ||
-            (m->bounds != b->bounds &&
-             memcmp(m->bounds, b->bounds, m->n_bounds * sizeof *m->bounds) != 0))
+            (bounds != b->bounds &&
+             memcmp(bounds, b->bounds, m->n_bounds * sizeof *bounds) != 0))
             b->uniform = 0;
     }
     *k1 = (uint32_t)++b->n_touched;
@@ -1085,7 +1452,7 @@ ms_status ms_inc_array(ms_store *s, const ms_array *ids, const ms_array *amounts
     }
     if (st == MS_OK) {
         for (size_t k = 0; k < b.n_touched; k++) {
-            (void)ms_record_slots(b.t[k].r); /* ACTIVE, as a single record */
+            (void)ms_record_slots(s, b.t[k].r); /* ACTIVE, as a single record */
             ms_atomic_add_u64(b.t[k].slots, b.t[k].total);
         }
     }
@@ -1168,7 +1535,7 @@ ms_status ms_observe_array(ms_store *s, const ms_array *ids, const ms_array *val
         for (size_t k = 0; k < b.n_touched; k++) {
             touched *t = &b.t[k];
             const cell *row = &b.rows[t->row];
-            (void)ms_record_slots(t->r); /* ACTIVE, as a single record */
+            (void)ms_record_slots(s, t->r); /* ACTIVE, as a single record */
             if (!t->deferred)
                 for (uint32_t i = 0; i <= t->n_bounds; i++)
                     if (row[1 + i].n) ms_atomic_add_u64(&t->slots[i], row[1 + i].n);
@@ -1193,13 +1560,13 @@ ms_status ms_observe_many(ms_store *s, const uint64_t *ids, const double *values
 
 ms_status ms_counter_value(const ms_store *s, uint64_t series, uint64_t *out) {
     ms_status st = ms_check(s, series, MS_COUNTER);
-    if (st == MS_OK) *out = ms_atomic_load_u64(ms_series_slots(lookup(s, series)));
+    if (st == MS_OK) *out = ms_atomic_load_u64(ms_series_slots(s, lookup(s, series)));
     return st;
 }
 
 ms_status ms_gauge_value(const ms_store *s, uint64_t series, double *out) {
     ms_status st = ms_check(s, series, MS_GAUGE);
-    if (st == MS_OK) *out = ms_atomic_load_double(ms_series_slots(lookup(s, series)));
+    if (st == MS_OK) *out = ms_atomic_load_double(ms_series_slots(s, lookup(s, series)));
     return st;
 }
 
@@ -1208,7 +1575,7 @@ ms_status ms_histogram_value(const ms_store *s, uint64_t series, uint64_t *count
     ms_status st = ms_check(s, series, MS_HISTOGRAM);
     if (st != MS_OK) return st;
     const ms_series *r = ms_series_at(s, (uint32_t)series);
-    const ms_atomic_u64 *slots = ms_series_slots(r);
+    const ms_atomic_u64 *slots = ms_series_slots(s, r);
     uint32_t nb = ms_metric_at(s, r->metric_kind >> 2)->n_bounds;
     for (uint32_t i = 0; i <= nb; i++) counts[i] = ms_atomic_load_u64(&slots[i]);
     *sum = ms_atomic_load_double(&slots[nb + 1]);
@@ -1223,13 +1590,13 @@ ms_status ms_histogram_value(const ms_store *s, uint64_t series, uint64_t *count
  * two sweeps from counting as two ticks at once; recorders never take it. */
 uint64_t ms_expire_idle(ms_store *s) {
     uint64_t hidden = 0;
-    pthread_mutex_lock(&s->lock);
+    if (store_lock(s) != MS_OK) return 0;
     uint32_t n = ms_series_total(s);
     for (uint32_t i = 0; i < n; i++) {
         ms_series *r = (ms_series *)ms_series_at(s, i);
-        uintptr_t word = ms_series_word(r);
+        uint64_t word = ms_series_word(r);
         while (!(word & MS_SERIES_HIDDEN)) { /* a failed CAS reloads word */
-            uintptr_t next =
+            uint64_t next =
                 word & MS_SERIES_ACTIVE ? word & ~MS_SERIES_ACTIVE : word | MS_SERIES_HIDDEN;
             if (atomic_compare_exchange_weak_explicit(&r->slots_flags, &word, next,
                                                       memory_order_relaxed,
@@ -1239,7 +1606,7 @@ uint64_t ms_expire_idle(ms_store *s) {
             }
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    store_unlock(s);
     return hidden;
 }
 
@@ -1257,7 +1624,8 @@ ms_status ms_metric_visible_count(ms_store *s, uint32_t metric, uint64_t *out) {
     if (metric >= ms_metric_count(s)) return MS_ERR_UNKNOWN_METRIC;
     const ms_metric *m = ms_metric_at(s, metric);
     uint64_t visible = 0;
-    pthread_mutex_lock(&s->lock);
+    ms_status st = store_lock(s);
+    if (st != MS_OK) return st;
     uint32_t overflow = atomic_load_explicit(&m->overflow_series, memory_order_relaxed);
     uint32_t n = ms_series_total(s);
     for (uint32_t i = 0; i < n; i++) {
@@ -1266,7 +1634,7 @@ ms_status ms_metric_visible_count(ms_store *s, uint32_t metric, uint64_t *out) {
             !(ms_series_word(r) & MS_SERIES_HIDDEN))
             visible++;
     }
-    pthread_mutex_unlock(&s->lock);
+    store_unlock(s);
     *out = visible;
     return MS_OK;
 }

@@ -32,8 +32,21 @@ typedef enum ms_status {
     MS_ERR_UNKNOWN_SERIES,   /* a series id never handed out */
     MS_ERR_WRONG_KIND,       /* e.g. observe() on a counter */
     MS_ERR_INVALID_SAMPLE,   /* NaN observation, negative amount */
-    MS_ERR_LIMIT             /* 2**32 ids, or 2 GiB of label text, used up */
+    MS_ERR_LIMIT,            /* 2**32 ids, or 2 GiB of label text, used up */
+    MS_ERR_IO,               /* a shared store's file: a system call failed (see errno) */
+    MS_ERR_FILE              /* a shared store's file is not one (see ms_file_problem) */
 } ms_status;
+
+/* Why a file cannot be opened as a shared store. */
+typedef enum ms_file_problem {
+    MS_FILE_OK = 0,
+    MS_FILE_NOT_A_STORE, /* no meshstats magic at offset 0 */
+    MS_FILE_VERSION,     /* a meshstats store of another layout version */
+    MS_FILE_TRUNCATED    /* shorter than its head says */
+} ms_file_problem;
+
+/* A shared store's file grows by these many bytes at least (a multiple of any page). */
+#define MS_FILE_PAGE 65536u
 
 typedef enum ms_kind { MS_COUNTER = 0, MS_GAUGE = 1, MS_HISTOGRAM = 2 } ms_kind;
 
@@ -83,7 +96,24 @@ ms_store *ms_store_new_budget(const ms_allocator *allocator, uint64_t default_ma
 uint64_t ms_store_max_exposition_bytes(const ms_store *s);
 uint64_t ms_store_exposition_bytes(const ms_store *s);
 void ms_store_free(ms_store *s);
-/* Exact bytes currently requested from the allocator by this store. */
+
+/* A store in a file that any number of processes open at once (docs/store.md, "Shared
+ * stores"): created if absent (mode 0600) with these settings, else opened with the
+ * file's own (its settings win). Every process maps `reserve` bytes of address space
+ * (no memory: the file grows by whole MS_FILE_PAGEs as series are added, never past
+ * reserve, which the file's creator fixes). Recording is the same lock-free atomics;
+ * creating metrics and series takes a lock across processes (flock, released by the
+ * kernel when its holder dies; a change its holder died in is repaired by the next).
+ * A metric registered again with the same definition gets the same id.
+ * MS_ERR_IO: errno says why; MS_ERR_FILE: *problem says why. */
+ms_status ms_store_open_shared(const char *path, const ms_allocator *allocator,
+                               uint64_t default_max_series, uint64_t max_exposition_bytes,
+                               uint64_t reserve, ms_store **out, ms_file_problem *problem);
+int ms_store_is_shared(const ms_store *s);
+/* Times a change whose process died was repaired (shared stores; 0 otherwise). */
+uint64_t ms_store_repairs(const ms_store *s);
+/* Exact bytes currently requested from the allocator by this store; for a shared
+ * store, the bytes of its file in use. */
 size_t ms_store_memory(const ms_store *s);
 
 /* max_series 0 means the store's default. Names are validated here (ASCII rules of

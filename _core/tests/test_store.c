@@ -1,4 +1,5 @@
 /* Unit tests of store.c and render.c; expected bytes are written from docs/store.md. */
+#define _DEFAULT_SOURCE /* fork, truncate, pwrite for the shared-store tests */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -131,7 +132,7 @@ static void test_series_identity_and_sharing(void) {
     CHECK(ms_series_get(s, c, bad, 1, &again) == MS_ERR_INVALID_LABELS);
     CHECK(ms_series_get(s, 7, v1, 2, &again) == MS_ERR_UNKNOWN_METRIC);
     /* Two distinct strings, two label sets, shared by both metrics. */
-    CHECK(s->strings.count == 2 && s->labelsets.count == 2);
+    CHECK(s->h->strings.count == 2 && s->h->labelsets.count == 2);
     ms_strref got;
     CHECK(ms_series_label(s, s3, 0, &got) == MS_OK && got.len == 1 && got.ptr[0] == 'y');
     uint32_t m;
@@ -872,7 +873,7 @@ static void widest_growth(ms_store *s, uint32_t sid, ms_kind kind, size_t *text,
         CHECK(ms_set(s, sid, WIDEST_DOUBLE) == MS_OK);
     } else { /* every cumulative count at 2**64 - 1, the sum at the widest double */
         CHECK(ms_observe(s, sid, WIDEST_DOUBLE) == MS_OK);
-        ms_atomic_add_u64(ms_series_slots(ms_series_at(s, sid)), UINT64_MAX - 1);
+        ms_atomic_add_u64(ms_series_slots(s, ms_series_at(s, sid)), UINT64_MAX - 1);
     }
     *text = render_len(s, 0) - *text;
     *om = render_len(s, 1) - *om;
@@ -1106,6 +1107,200 @@ static void test_budget_threads(void) {
     ms_store_free(s);
 }
 
+/* ---- shared stores ------------------------------------------------------------------ */
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static ms_store *open_shared(const char *path) {
+    ms_store *s = NULL;
+    ms_file_problem problem = MS_FILE_OK;
+    ms_status st = ms_store_open_shared(path, NULL, 100000, UINT64_MAX, (uint64_t)1 << 32, &s,
+                                        &problem);
+    CHECK(st == MS_OK && problem == MS_FILE_OK && s != NULL);
+    return s;
+}
+
+static char *render_text(ms_store *s) {
+    ms_buf b = {0};
+    CHECK(ms_render(s, 0, &b) == MS_OK);
+    char *text = malloc(b.len + 1);
+    memcpy(text, b.data, b.len);
+    text[b.len] = 0;
+    ms_buf_free(s, &b);
+    return text;
+}
+
+static void shared_path(char *out, size_t n, const char *what) {
+    snprintf(out, n, "/tmp/meshstats-test-%d-%s", (int)getpid(), what);
+    unlink(out);
+}
+
+static void test_shared_two_handles(void) {
+    char path[128];
+    shared_path(path, sizeof path, "two");
+    ms_store *a = open_shared(path), *b = open_shared(path);
+    CHECK(ms_store_is_shared(a) && ms_store_is_shared(b));
+    ms_strref labels[] = {{"code", 4}};
+    double bounds[] = {1, 10};
+    uint32_t ca = metric(a, MS_COUNTER, "req_total", "Requests.", labels, 1, NULL, 0, 0);
+    uint32_t cb = metric(b, MS_COUNTER, "req_total", "Requests.", labels, 1, NULL, 0, 0);
+    uint32_t ha = metric(a, MS_HISTOGRAM, "dur", "", labels, 1, bounds, 2, 0);
+    uint32_t hb = metric(b, MS_HISTOGRAM, "dur", "", labels, 1, bounds, 2, 0);
+    CHECK(ca == cb && ha == hb && ca != ha);
+    uint32_t other = 999;
+    /* Same name, another definition: refused, as in a private store. */
+    CHECK(ms_metric_add(b, MS_COUNTER, "req_total", 9, "Other.", 6, labels, 1, NULL, 0, 0,
+                        &other) == MS_ERR_DUPLICATE_METRIC);
+    CHECK(ms_metric_add(b, MS_GAUGE, "req", 3, "", 0, NULL, 0, NULL, 0, 0, &other) ==
+          MS_ERR_DUPLICATE_METRIC);
+    uint32_t s200 = series1(a, ca, "200");
+    CHECK(series1(b, cb, "200") == s200);
+    uint32_t s500 = series1(b, cb, "500");
+    CHECK(series1(a, ca, "500") == s500 && s500 != s200);
+    CHECK(ms_inc(a, s200, 3) == MS_OK && ms_inc(b, s200, 4) == MS_OK);
+    uint64_t v = 0;
+    CHECK(ms_counter_value(b, s200, &v) == MS_OK && v == 7);
+    uint32_t h1 = series1(b, hb, "200");
+    CHECK(ms_observe(a, h1, 5) == MS_OK && ms_observe(b, h1, 50) == MS_OK);
+    /* Enough series to grow the file many times over; both handles see all of them. */
+    char buf[32];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(buf, sizeof buf, "v%d", i);
+        uint32_t id = series1(i % 2 ? a : b, ca, buf);
+        CHECK(ms_inc(i % 2 ? b : a, id, 1) == MS_OK);
+    }
+    char *ta = render_text(a), *tb = render_text(b);
+    CHECK(strcmp(ta, tb) == 0);
+    CHECK(strstr(ta, "req_total{code=\"200\"} 7\n") && strstr(ta, "req_total{code=\"v4999\"} 1\n"));
+    CHECK(strstr(ta, "dur_bucket{code=\"200\",le=\"10\"} 1\n"));
+    ms_store_free(a);
+    ms_store_free(b);
+    /* Reopened: everything is still there, with the same ids. */
+    ms_store *c = open_shared(path);
+    char *tc = render_text(c);
+    CHECK(strcmp(ta, tc) == 0);
+    CHECK(series1(c, ca, "v17") == series1(c, 0, "v17"));
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && sb.st_size % MS_FILE_PAGE == 0);
+    CHECK(ms_store_memory(c) <= (size_t)sb.st_size);
+    free(ta);
+    free(tb);
+    free(tc);
+    ms_store_free(c);
+    unlink(path);
+}
+
+static void test_shared_bad_files(void) {
+    char path[128];
+    ms_store *s = NULL;
+    ms_file_problem problem = MS_FILE_OK;
+    shared_path(path, sizeof path, "bad");
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 1000; i++) fputs("not a store ", f);
+    fclose(f);
+    CHECK(ms_store_open_shared(path, NULL, 10, UINT64_MAX, 1 << 20, &s, &problem) == MS_ERR_FILE &&
+          problem == MS_FILE_NOT_A_STORE);
+    unlink(path);
+    ms_store *good = open_shared(path);
+    ms_store_free(good);
+    CHECK(truncate(path, 100) == 0);
+    CHECK(ms_store_open_shared(path, NULL, 10, UINT64_MAX, 1 << 20, &s, &problem) == MS_ERR_FILE &&
+          problem == MS_FILE_TRUNCATED);
+    unlink(path);
+    good = open_shared(path);
+    ms_store_free(good);
+    int fd = open(path, O_RDWR);
+    uint32_t version = 99;
+    CHECK(pwrite(fd, &version, sizeof version, 8) == sizeof version);
+    close(fd);
+    CHECK(ms_store_open_shared(path, NULL, 10, UINT64_MAX, 1 << 20, &s, &problem) == MS_ERR_FILE &&
+          problem == MS_FILE_VERSION);
+    unlink(path);
+    CHECK(ms_store_open_shared("/nonexistent-dir/x", NULL, 10, UINT64_MAX, 1 << 20, &s,
+                               &problem) == MS_ERR_IO);
+}
+
+/* Processes (fork) adding the same and their own series while recording: ids agree,
+ * nothing is lost. */
+static void test_shared_processes(void) {
+    char path[128];
+    shared_path(path, sizeof path, "procs");
+    ms_store *s = open_shared(path);
+    ms_strref labels[] = {{"k", 1}};
+    uint32_t c = metric(s, MS_COUNTER, "n_total", "", labels, 1, NULL, 0, 0);
+    enum { KIDS = 4, EACH = 2000 };
+    for (int k = 0; k < KIDS; k++) {
+        if (fork() == 0) {
+            ms_store *mine = open_shared(path);
+            uint32_t mc = metric(mine, MS_COUNTER, "n_total", "", labels, 1, NULL, 0, 0);
+            char buf[32];
+            for (int i = 0; i < EACH; i++) {
+                snprintf(buf, sizeof buf, "s%d", i % 100); /* shared by all kids */
+                ms_inc(mine, series1(mine, mc, buf), 1);
+                snprintf(buf, sizeof buf, "kid%d-%d", k, i % 50); /* this kid's own */
+                ms_inc(mine, series1(mine, mc, buf), 2);
+            }
+            /* The parent's handle, inherited through fork, works as well. */
+            ms_inc(s, series1(s, c, "inherited"), 1);
+            ms_store_free(mine);
+            _exit(failures ? 1 : 0);
+        }
+    }
+    int ok = 1;
+    for (int k = 0; k < KIDS; k++) {
+        int status = 0;
+        wait(&status);
+        ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }
+    CHECK(ok);
+    uint64_t total = 0, v;
+    CHECK(ms_metric_count(s) == 1);
+    for (uint32_t id = 0; id < ms_series_total(s); id++)
+        if (ms_counter_value(s, id, &v) == MS_OK) total += v;
+    CHECK(total == (uint64_t)KIDS * EACH * 3 + KIDS);
+    ms_metric_info info;
+    CHECK(ms_metric_get(s, c, &info) == MS_OK && info.series_count == 100 + KIDS * 50 + 1);
+    CHECK(ms_series_total(s) == 100 + KIDS * 50 + 1);
+    CHECK(ms_store_repairs(s) == 0);
+    ms_store_free(s);
+    unlink(path);
+}
+
+/* A writer that died mid-change leaves `writer` set and, at worst, a table without its
+ * newest entries: the next holder rebuilds them, and finds every series again. */
+static void test_shared_repair(void) {
+    char path[128];
+    shared_path(path, sizeof path, "repair");
+    ms_store *s = open_shared(path);
+    ms_strref labels[] = {{"k", 1}};
+    uint32_t c = metric(s, MS_COUNTER, "n_total", "", labels, 1, NULL, 0, 1);
+    uint32_t a = series1(s, c, "a");
+    uint32_t over = series1(s, c, "b"); /* max_series 1: the overflow series */
+    /* As if the holder died after publishing series but before its table entries and
+     * counts: tables empty, counts zero, no overflow series recorded. */
+    ms_head *h = s->h;
+    h->series_table.cap = h->series_table.used = 0;
+    h->string_table.cap = h->string_table.used = 0;
+    h->labelset_table.cap = h->labelset_table.used = 0;
+    ms_metric *m = (ms_metric *)ms_metric_at(s, c);
+    atomic_store(&m->n_series, 0);
+    atomic_store(&m->overflow_series, MS_NO_SERIES);
+    h->overflow_string = MS_NO_SERIES;
+    atomic_store(&h->writer, 12345);
+    CHECK(series1(s, c, "a") == a);
+    CHECK(series1(s, c, "zzz") == over);
+    CHECK(ms_series_total(s) == 2 && ms_store_repairs(s) == 1);
+    ms_metric_info info;
+    CHECK(ms_metric_get(s, c, &info) == MS_OK && info.series_count == 1 &&
+          info.overflow_count == 2);
+    CHECK(atomic_load(&h->writer) == 0);
+    ms_store_free(s);
+    unlink(path);
+}
+
 int main(void) {
     test_format_double();
     test_render_buffer_starts_at_the_hint();
@@ -1130,6 +1325,10 @@ int main(void) {
     test_budget_boundary();
     test_budget_render();
     test_budget_threads();
+    test_shared_two_handles();
+    test_shared_bad_files();
+    test_shared_processes();
+    test_shared_repair();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
