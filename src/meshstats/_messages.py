@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import re
+import tempfile
 from collections.abc import Sequence
 
 from .errors import PEER_EXCHANGE_DETAILS as PEER_EXCHANGE_DETAILS
@@ -381,3 +383,46 @@ def too_deep(max_depth: int) -> str:
 
 def frame_too_large() -> str:
     return "metadata is too large for a frame (4 GiB)"
+
+
+# ---- shared stores (docs/store.md, "Shared stores") ------------------------------------
+
+#: The directory a bare store name lives in: memory-backed where there is one.
+SHARED_DIR = "/dev/shm"
+#: Address space each process maps for a shared store: the file's largest size.
+DEFAULT_SHARED_RESERVE = 1 << 36
+
+FILE_NOT_A_STORE = "not a meshstats store (no magic at offset 0)"
+FILE_TRUNCATED = "truncated: shorter than its head says (a copy cut short, or not ours)"
+
+
+def file_version(found: int, supported: int) -> str:
+    return f"a meshstats store of layout version {found}; this meshstats reads version {supported}"
+
+
+def shared_store_path(path: object) -> str:
+    """Where ``Store.shared(path)`` keeps its file: a bare name in ``/dev/shm`` (or the temp
+    directory where there is none), any other path as given.
+
+    >>> shared_store_path("app.store")
+    '/dev/shm/app.store'
+    >>> shared_store_path("./app.store"), shared_store_path("/var/run/app.store")
+    ('./app.store', '/var/run/app.store')
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentTypeError(f"path must be a str or os.PathLike, got {_type(path)}")
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text:
+        raise InvalidArgumentError(f"path must be a non-empty str path, got {text!r}")
+    if os.sep in text:
+        return text
+    base = SHARED_DIR if os.path.isdir(SHARED_DIR) else tempfile.gettempdir()
+    return os.path.join(base, text)
+
+
+def check_reserve(reserve: object) -> int:
+    if isinstance(reserve, bool) or not isinstance(reserve, int):
+        raise InvalidArgumentTypeError(f"reserve must be an int, got {_type(reserve)}")
+    if not 65536 <= reserve < 1 << 63:
+        raise InvalidArgumentError(f"reserve must be >= 65536 bytes (and < 2**63), got {reserve}")
+    return reserve - reserve % 65536

@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "ExpressionError",
     "MissingExtraError",
+    "StoreFileError",
 ]
 
 
@@ -160,3 +161,17 @@ class MissingExtraError(MeshstatsError, ImportError):
             name=module,
         )
         self.extra = extra
+
+
+class StoreFileError(MeshstatsError, ValueError):
+    """A file that cannot be opened as a shared store (``Store.shared``); nothing was changed.
+
+    >>> err = StoreFileError("/dev/shm/x", "not a meshstats store (no magic at offset 0)")
+    >>> str(err), err.path
+    ('/dev/shm/x: not a meshstats store (no magic at offset 0)', '/dev/shm/x')
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
