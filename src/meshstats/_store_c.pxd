@@ -15,6 +15,13 @@ cdef extern from "store.h" nogil:
         MS_ERR_WRONG_KIND
         MS_ERR_INVALID_SAMPLE
         MS_ERR_LIMIT
+        MS_ERR_IO
+        MS_ERR_FILE
+    ctypedef enum ms_file_problem:
+        MS_FILE_OK
+        MS_FILE_NOT_A_STORE
+        MS_FILE_VERSION
+        MS_FILE_TRUNCATED
     ctypedef enum ms_kind:
         MS_COUNTER
         MS_GAUGE
@@ -47,6 +54,11 @@ cdef extern from "store.h" nogil:
     uint64_t ms_store_max_exposition_bytes(const ms_store *s)
     uint64_t ms_store_exposition_bytes(const ms_store *s)
     void ms_store_free(ms_store *s)
+    ms_status ms_store_open_shared(const char *path, const ms_allocator *allocator,
+                                   uint64_t default_max_series, uint64_t max_exposition_bytes,
+                                   uint64_t reserve, ms_store **out, ms_file_problem *problem)
+    int ms_store_is_shared(const ms_store *s)
+    uint64_t ms_store_repairs(const ms_store *s)
     size_t ms_store_memory(const ms_store *s)
     ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name_len,
                             const char *help, size_t help_len, const ms_strref *label_names,
@@ -96,6 +108,7 @@ cdef extern from "store_internal.h" nogil:
 
 cdef class Store:
     cdef ms_store *_s
+    cdef object _path  # a shared store's file, None for a private store
 
     cdef uint32_t _add(self, ms_kind kind, object name, object help, object labels,
                        object buckets, object max_series) except? 0xffffffff

@@ -14,6 +14,7 @@ Python object and never take a lock. The contract is ``docs/store.md``.
 """
 
 import operator
+import os
 import sys
 
 cimport cython
@@ -22,6 +23,7 @@ from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuff
 from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.errno cimport errno
 from libc.math cimport isnan
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, UINT64_MAX
 
@@ -31,6 +33,7 @@ from .errors import (
     InvalidLabelsError,
     InvalidMetricError,
     InvalidSampleError,
+    StoreFileError,
     UnknownSeriesError,
 )
 
@@ -131,6 +134,16 @@ def _status_error(int status, str message, object series_id=None, str name="",
     if cls is UnknownSeriesError:
         return UnknownSeriesError(message, series_id)
     return cls(message)
+
+
+cdef str _file_problem(ms_file_problem problem, bytes path):
+    if problem == MS_FILE_VERSION:
+        with open(path, "rb") as f:
+            head = f.read(12)
+        return msg.file_version(int.from_bytes(head[8:12], "little"), 1)
+    if problem == MS_FILE_TRUNCATED:
+        return msg.FILE_TRUNCATED
+    return msg.FILE_NOT_A_STORE
 
 
 cdef int _raise(ms_status status, str message, object series_id=None, str name="",
@@ -279,8 +292,65 @@ cdef class Store:
     def __dealloc__(self):
         ms_store_free(self._s)
 
+    @classmethod
+    def shared(cls, path, *, default_max_series=100_000,
+               max_exposition_bytes=DEFAULT_MAX_EXPOSITION_BYTES,
+               reserve=msg.DEFAULT_SHARED_RESERVE):
+        """A store in a file every process opens: one set of series for many processes.
+
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "app.store")
+        >>> a, b = Store.shared(path), Store.shared(path)  # two processes, or one
+        >>> m = a.counter("c_total", "", ("k",))
+        >>> b.counter("c_total", "", ("k",)) == m, b.series(m, ("x",)) == a.series(m, ("x",))
+        (True, True)
+        >>> a.inc(a.series(m, ("x",)), 2); b.value(b.series(m, ("x",)))
+        2
+
+        A bare name lives in ``/dev/shm``. The file's creator fixes its settings; later
+        openers get the file's. See ``docs/store.md``, "Shared stores".
+        """
+        resolved = msg.shared_store_path(path)
+        cdef uint64_t n = _max_series(default_max_series, "default_max_series")
+        cdef uint64_t budget = _max_series(max_exposition_bytes, "max_exposition_bytes")
+        cdef uint64_t span = msg.check_reserve(reserve)
+        cdef bytes encoded = os.fsencode(resolved)
+        cdef const char *c_path = encoded
+        cdef ms_store *s = NULL
+        cdef ms_file_problem problem = MS_FILE_OK
+        cdef ms_status st
+        cdef int err = 0
+        with nogil:
+            st = ms_store_open_shared(c_path, &_ALLOCATOR, n, budget, span, &s, &problem)
+            if st == MS_ERR_IO:
+                err = errno
+        if st == MS_ERR_IO:
+            raise OSError(err, os.strerror(err), resolved)
+        if st == MS_ERR_FILE:
+            raise StoreFileError(resolved, _file_problem(problem, encoded))
+        _raise(st, f"cannot open the shared store {resolved!r}")
+        cdef Store store = cls.__new__(cls)
+        ms_store_free(store._s)
+        store._s = s
+        store._path = resolved
+        return store
+
+    @property
+    def path(self):
+        """The file of a shared store (``Store.shared``); ``None`` for a private one."""
+        return self._path
+
+    def repairs(self):
+        """Times a change whose process died mid-way was repaired (shared stores).
+
+        >>> Store().repairs()
+        0
+        """
+        return ms_store_repairs(self._s)
+
     def __repr__(self):
-        return (f"<meshstats.Store: {ms_metric_count(self._s)} metrics, "
+        where = "" if self._path is None else f" shared in {self._path!r}"
+        return (f"<meshstats.Store{where}: {ms_metric_count(self._s)} metrics, "
                 f"{ms_series_total(self._s)} series>")
 
     # ---- metrics ---------------------------------------------------------------------
