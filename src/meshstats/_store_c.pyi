@@ -10,10 +10,11 @@ b'istio_requests_total{code="200"} 1'
 The contract both backends follow is ``docs/store.md``.
 """
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import SupportsFloat, SupportsIndex
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_MAX_EXPOSITION_BYTES", "Store"]
 
@@ -55,6 +56,33 @@ class Store:
         default_max_series: SupportsIndex = 100_000,
         max_exposition_bytes: SupportsIndex = 268_435_456,
     ) -> None: ...
+    @classmethod
+    def shared(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        default_max_series: SupportsIndex = 100_000,
+        max_exposition_bytes: SupportsIndex = 268_435_456,
+        reserve: int = 68_719_476_736,
+    ) -> Self:
+        """A store in a file every process opens: one set of series for many processes.
+
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "app.store")
+        >>> a, b = Store.shared(path), Store.shared(path)
+        >>> m = a.counter("c_total", "", ("k",))
+        >>> b.counter("c_total", "", ("k",)) == m
+        True
+
+        A bare name lives in ``/dev/shm``; the file's creator fixes its settings. Raises
+        ``StoreFileError`` for a file that is not a store of this layout, ``OSError`` when
+        a system call fails. See ``docs/store.md``, "Shared stores".
+        """
+    @property
+    def path(self) -> str | None:
+        """The file of a shared store; ``None`` for a private one."""
+    def repairs(self) -> int:
+        """Times a change whose process died mid-way was repaired (shared stores)."""
     def counter(
         self,
         name: str,
