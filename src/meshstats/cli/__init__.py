@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("decode", "decode a peer-exchange prefix or header value to JSON"),
     "sidecar": ("sidecar", "run one sidecar proxy from a config file"),
     "certs": ("certs", "create a local CA and SPIFFE workload certificates for sidecars"),
+    "serve": ("serve", "serve the metrics of a shared store that worker processes record into"),
 }
 
 
