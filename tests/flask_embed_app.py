@@ -1,13 +1,18 @@
-"""The Flask app test_wsgi.py runs under a real gunicorn: ``gunicorn flask_embed_app:app``."""
+"""The Flask app test_wsgi.py runs under a real gunicorn: ``gunicorn flask_embed_app:app``.
+
+With ``MESHSTATS_TEST_STORE`` set, every worker records into that shared store
+(``Store.shared``), as test_wsgi_workers.py runs it with several workers.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from flask import Flask, Response, request
 
 import meshstats
-from meshstats import StatsEngine
+from meshstats import StatsEngine, Store
 from meshstats.wsgi import IstioMiddleware
 
 engine = StatsEngine(
@@ -15,7 +20,10 @@ engine = StatsEngine(
         "WORKLOAD_NAME": "reviews-v2",
         "NAMESPACE": "default",
         "LABELS": {"app": "reviews", "version": "v2"},
-    }
+    },
+    store=Store.shared(os.environ["MESHSTATS_TEST_STORE"])
+    if os.environ.get("MESHSTATS_TEST_STORE")
+    else None,
 )
 app = Flask(__name__)
 app.wsgi_app = IstioMiddleware(  # type: ignore[method-assign]
@@ -52,6 +60,11 @@ def stream() -> Response:
 @app.get("/metrics")
 def metrics() -> Response:
     return Response(engine.render(), content_type="text/plain; version=0.0.4")
+
+
+@app.get("/pid")
+def pid() -> Response:
+    return Response(str(os.getpid()), content_type="text/plain")
 
 
 @app.get("/backend")
