@@ -287,3 +287,23 @@ def test_sidecar_admin_connection_limit_makes_room_for_a_scrape() -> None:
     # The header timeout is long: only the limit can close the silent connection.
     config = SidecarConfig(node=NODE, admin_header_timeout=600, admin_max_connections=1)
     assert _admin_closes_a_stalled_connection(config, scrape=True) == b""
+
+
+def test_workers_and_store() -> None:
+    cfg = SidecarConfig.from_mapping(_config())
+    assert cfg.workers == 1 and cfg.store is None
+    with pytest.raises(ConfigError, match="workers: must be an integer >= 1"):
+        SidecarConfig.from_mapping(_config(workers=0))
+    with pytest.raises(ConfigError, match=r"inbound.port: must be a fixed port \(not 0\)"):
+        SidecarConfig.from_mapping(_config(workers=2))
+    fixed = _config(
+        workers=4,
+        inbound={"port": 15006, "app": "127.0.0.1:9080", "protocol": "http"},
+        outbound=[{"port": 15001, "upstream": ["127.0.0.1", 16006], "service_host": "a.b.svc"}],
+    )
+    assert SidecarConfig.from_mapping(fixed).workers == 4
+    assert SidecarConfig.from_mapping(_config(store="ratings.store")).store == "ratings.store"
+    relative = SidecarConfig.from_mapping(_config(store="run/r.store"), base=Path("/etc/mesh"))
+    assert relative.store == "/etc/mesh/run/r.store"
+    with pytest.raises(ConfigError, match="store: must be a file path or name"):
+        SidecarConfig.from_mapping(_config(store=""))

@@ -42,18 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop after this long (default: run until interrupted)",
     )
+    # A worker process of a sidecar with `workers: N` (proxy/workers.py starts them).
+    parser.add_argument("--worker-of", metavar="STORE", default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..errors import ConfigError
+    from ..errors import MeshstatsError
     from ..proxy import Sidecar, SidecarConfig
 
+    worker = args.worker_of is not None
     try:
         config = SidecarConfig.from_file(args.config)
-        sidecar = Sidecar(config)
-    except (ConfigError, OSError) as exc:
+        if config.workers > 1 and not worker:
+            return _supervise(config, args)
+        if worker:
+            from ..proxy.workers import worker_config
+
+            config = worker_config(config, args.worker_of)
+        sidecar = Sidecar(config, reuse_port=worker, expire_idle=not worker)
+    except (MeshstatsError, OSError) as exc:
         print(f"meshstats sidecar: {exc}", file=sys.stderr)
         return 1
 
@@ -69,18 +78,14 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"meshstats sidecar: {_listen_error(config, exc)}", file=sys.stderr)
             return 1
+        if worker:
+            print("ready", flush=True)
+            await stop.wait()
+            await sidecar.stop()
+            return 0
         try:
-            host = config.host
-            if config.inbound is not None:
-                app = "{}:{}".format(*config.inbound.app)
-                print(
-                    f"inbound {host}:{sidecar.inbound_port} -> {app} {config.inbound.protocol}"
-                    f" (mtls {config.inbound.mtls if config.cert_dir else 'off'})"
-                )
-            for out, port in zip(config.outbound, sidecar.outbound_ports):
-                target = "{}:{}".format(*out.upstream) if out.upstream else "(none)"
-                what = out.service_host if out.mode == "service" else f"({out.mode})"
-                print(f"outbound {host}:{port} -> {target} {out.protocol} {what}")
+            inbound = sidecar.inbound_port if config.inbound is not None else None
+            _describe(config, (inbound, sidecar.outbound_ports))
             if config.admin_port is not None:
                 print(f"admin {sidecar.admin_url}/stats/prometheus")
             print(f"principal {sidecar.local_principal or '(none: plaintext)'}", flush=True)
@@ -93,6 +98,48 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(serve())
+
+
+def _describe(config: SidecarConfig, ports: tuple[int | None, list[int]]) -> None:
+    """The listener lines ``meshstats sidecar`` prints once it serves."""
+    host = config.host
+    inbound_port, outbound_ports = ports
+    if config.inbound is not None:
+        app = "{}:{}".format(*config.inbound.app)
+        print(
+            f"inbound {host}:{inbound_port} -> {app} {config.inbound.protocol}"
+            f" (mtls {config.inbound.mtls if config.cert_dir else 'off'})"
+        )
+    for out, port in zip(config.outbound, outbound_ports):
+        target = "{}:{}".format(*out.upstream) if out.upstream else "(none)"
+        what = out.service_host if out.mode == "service" else f"({out.mode})"
+        print(f"outbound {host}:{port} -> {target} {out.protocol} {what}")
+
+
+def _supervise(config: SidecarConfig, args: argparse.Namespace) -> int:
+    """``workers: N``: N processes on the listener ports, one shared store, one admin port."""
+    from ..certs import principal_of
+    from ..proxy.workers import Supervisor, WorkerError
+
+    supervisor = Supervisor(config, args.config)
+    try:
+        supervisor.start()
+    except WorkerError as exc:
+        print(f"meshstats sidecar: {exc}", file=sys.stderr)
+        return 1
+    try:
+        inbound = config.inbound.port if config.inbound is not None else None
+        _describe(config, (inbound, [out.port for out in config.outbound]))
+        if supervisor.admin is not None:
+            print(f"admin {supervisor.admin.url}/stats/prometheus")
+        pids = " ".join(str(p.pid) for p in supervisor.workers)
+        print(f"workers {config.workers} (pids {pids}), store {supervisor.store_path}")
+        principal = principal_of(config.cert_dir) if config.cert_dir else None
+        print(f"principal {principal or '(none: plaintext)'}", flush=True)
+        supervisor.run(args.duration)
+    finally:
+        supervisor.stop()
+    return 0
 
 
 def _listen_error(config: SidecarConfig, exc: OSError) -> str:

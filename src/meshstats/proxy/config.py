@@ -329,6 +329,13 @@ class SidecarConfig:
     ``admin_max_connections`` (256) are open, a new one closing the one that has waited
     longest for a request head (a ``503`` if all are busy answering); renders use at most
     ``admin_render_budget`` (0.25) of one core, however often scrapers ask.
+
+    ``workers`` (1) processes serve the listeners: each binds every listener port with
+    ``SO_REUSEPORT`` (the kernel spreads connections over them) and records into one
+    shared store (``Store.shared``), which one admin port serves. ``store`` names that
+    file (a bare name lives in ``/dev/shm``); without it, ``meshstats sidecar`` makes a
+    private one for its run and removes it at the end. With ``workers`` above 1, every
+    listener needs a fixed port (not 0).
     """
 
     node: Mapping[str, Any] | str | os.PathLike[str]
@@ -357,6 +364,8 @@ class SidecarConfig:
     admin_idle_timeout: float = IDLE_TIMEOUT
     admin_max_connections: int = MAX_CONNECTIONS
     admin_render_budget: float = RENDER_BUDGET
+    workers: int = 1
+    store: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Path | None = None) -> SidecarConfig:
@@ -371,7 +380,7 @@ class SidecarConfig:
             "upstream_idle_connections",
             "admin_header_timeout",
             "admin_write_timeout", "admin_idle_timeout", "admin_max_connections",
-            "admin_render_budget",
+            "admin_render_budget", "workers", "store",
         }  # fmt: skip
         _check_keys(data, known, "")
 
@@ -408,6 +417,18 @@ class SidecarConfig:
         host = data.get("host", "127.0.0.1")
         if not isinstance(host, str):
             raise ConfigError(f"must be a string, got {host!r}", "host")
+        workers = _positive_count(data.get("workers", 1), "workers")
+        store = data.get("store")
+        if store is not None and (not isinstance(store, str) or not store):
+            raise ConfigError(f"must be a file path or name, got {store!r}", "store")
+        if store is not None and os.sep in store and base is not None:
+            store = os.path.join(base, store)  # a bare name stays one: it means /dev/shm
+        if workers > 1:
+            ports = [("inbound.port", (inbound or {}).get("port"))] if inbound else []
+            ports += [(f"outbound[{i}].port", e.get("port")) for i, e in enumerate(outbound)]
+            for where, port in ports:
+                if port == 0:
+                    raise ConfigError("must be a fixed port (not 0) with workers > 1", where)
         return cls(
             node=node,
             cert_dir=cert_dir,
@@ -454,6 +475,8 @@ class SidecarConfig:
             admin_render_budget=_share(
                 data.get("admin_render_budget", RENDER_BUDGET), "admin_render_budget"
             ),
+            workers=workers,
+            store=store,
         )
 
     @classmethod

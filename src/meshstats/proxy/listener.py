@@ -118,12 +118,18 @@ class Listener:
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int) -> Listener:
-        """Bind and listen (``port=0``: any free port, see :attr:`port`)."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> Listener:
+        """Bind and listen (``port=0``: any free port, see :attr:`port`).
+
+        ``reuse_port``: other processes may listen on the same port (``SO_REUSEPORT``), and
+        the kernel spreads new connections over them (a sidecar's ``workers``).
+        """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(512)
             sock.setblocking(False)

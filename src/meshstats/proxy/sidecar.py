@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Literal
 
 from .._peer_exchange import encode_peer_header, encode_peer_prefix
+from .._store import Store
 from ..certs import (
     ALPN_DOWNSTREAM_WITH_MXC,
     ALPN_HTTP11,
@@ -77,16 +78,30 @@ class Sidecar:
     and :attr:`admin_url` give the bound ports (useful with port 0).
     """
 
-    def __init__(self, config: SidecarConfig, *, engine: StatsEngine | None = None) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        engine: StatsEngine | None = None,
+        reuse_port: bool = False,
+        expire_idle: bool = True,
+    ) -> None:
         self.config = config
         self.local_principal = principal_of(config.cert_dir) if config.cert_dir else None
         self.registry = load_registry(config.registry)
-        self.engine = engine or StatsEngine(
-            config.node,
-            _stats_config(config),
-            local_principal=self.local_principal,
-            registry=self.registry,
-        )
+        if engine is None:
+            stats = _stats_config(config)
+            if not expire_idle:  # one process sweeps a shared store (proxy/workers.py)
+                stats = dataclasses.replace(stats, idle_series_expiry=0.0)
+            engine = StatsEngine(
+                config.node,
+                stats,
+                store=shared_store(config, stats),
+                local_principal=self.local_principal,
+                registry=self.registry,
+            )
+        self.engine = engine
+        self._reuse_port = reuse_port
         node = self.engine.local
         self.node_id = config.node_id or node.node_id or default_node_id(node)
         # What today's Istio sends: the reduced node (no IPs, platform metadata, env...).
@@ -137,10 +152,12 @@ class Sidecar:
                     detect_timeout=config.detect_timeout,
                     handshake_timeout=config.connect_timeout,
                     tls=self.tls_inbound,
-                ).start(config.host, config.inbound.port)
+                ).start(config.host, config.inbound.port, reuse_port=self._reuse_port)
                 self._listeners.append(self._inbound)
             for out in config.outbound:
-                listener = await Listener(self._outbound_handler(out)).start(config.host, out.port)
+                listener = await Listener(self._outbound_handler(out)).start(
+                    config.host, out.port, reuse_port=self._reuse_port
+                )
                 self._outbound.append(listener)
                 self._listeners.append(listener)
             if config.admin_port is not None:
@@ -322,6 +339,17 @@ def _key(peer: PeerMetadata | None, given: Hashable, address: str | None) -> Has
     if peer is None:
         return "unknown"
     return json.dumps(peer.to_struct(), sort_keys=True, default=str)
+
+
+def shared_store(config: SidecarConfig, stats: StatsConfig) -> Store | None:
+    """The shared store the config names (``store``), or ``None`` for a private one."""
+    if config.store is None:
+        return None
+    return Store.shared(
+        config.store,
+        default_max_series=stats.max_series,
+        max_exposition_bytes=stats.max_exposition_bytes,
+    )
 
 
 def _stats_config(config: SidecarConfig) -> StatsConfig:
