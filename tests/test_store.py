@@ -832,3 +832,28 @@ def test_no_extensions_switch() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["False", "False", "meshstats._store_py"]
+
+
+def test_renders_reusing_a_buffer_are_fresh_and_never_change_a_kept_one(backend: Backend) -> None:
+    """The compiled store writes a render into the last one's memory once nobody holds it
+    (no page faults); a render someone still holds, or has hashed, must not change."""
+    store = backend.store.Store()
+    m = store.counter("c_total", "", ("k",))
+    ids = [store.series(m, (f"{i:0100d}",)) for i in range(12_000)]  # > 1 MB renders
+    first = store.render()
+    kept = bytes(first)  # a copy, to compare with
+    store.inc(ids[5], 7)
+    second = store.render()
+    assert first == kept  # held: untouched
+    assert second != first and f'c_total{{k="{5:0100d}"}} 7\n'.encode() in second
+    hashed = hash(second)
+    del first, second  # now only the store holds the last render: the next reuses it
+    store.inc(ids[6], 9)
+    third = store.render()
+    assert f'c_total{{k="{6:0100d}"}} 9\n'.encode() in third
+    assert hash(third) == hash(bytes(third)) != hashed  # the cached hash was forgotten
+    store.inc(ids[7], 1)
+    fourth = store.render()
+    assert fourth == third.replace(
+        f'c_total{{k="{7:0100d}"}} 0\n'.encode(), f'c_total{{k="{7:0100d}"}} 1\n'.encode()
+    )

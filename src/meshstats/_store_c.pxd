@@ -109,6 +109,8 @@ cdef extern from "store_internal.h" nogil:
 cdef class Store:
     cdef ms_store *_s
     cdef object _path  # a shared store's file, None for a private store
+    cdef object _spare  # the last render's bytes: reused once nobody else holds them
+    cdef size_t _spare_cap  # the bytes _spare's memory can hold (at least its length)
 
     cdef uint32_t _add(self, ms_kind kind, object name, object help, object labels,
                        object buckets, object max_series) except? 0xffffffff

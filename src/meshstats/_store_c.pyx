@@ -20,7 +20,7 @@ import sys
 cimport cython
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
-from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport errno
@@ -54,6 +54,35 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
     unsigned long long PyLong_AsUnsignedLongLong(object o) except? -1
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+
+cdef extern from *:
+    """
+    /* A bytes object's cached hash must be forgotten before its bytes change. The field
+     * is deprecated from 3.12 and may go: then renders simply do not reuse buffers. */
+    #if PY_VERSION_HEX < 0x030E0000
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic push
+    #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    #endif
+    static inline void ms_bytes_forget_hash(PyObject *o) { ((PyBytesObject *)o)->ob_shash = -1; }
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic pop
+    #endif
+    #define ms_bytes_reusable() 1
+    #else
+    static inline void ms_bytes_forget_hash(PyObject *o) { (void)o; }
+    #define ms_bytes_reusable() 0
+    #endif
+    /* A bytes object shortened in place (n <= its length): its memory stays as it was. */
+    static inline void ms_bytes_set_length(PyObject *o, Py_ssize_t n) {
+        Py_SET_SIZE(o, n);
+        PyBytes_AS_STRING(o)[n] = '\\0';
+    }
+    """
+    void _bytes_forget_hash "ms_bytes_forget_hash"(PyObject *o)
+    Py_ssize_t _refcnt "Py_REFCNT"(PyObject *o)  # a raw pointer: no temporary reference
+    void _set_length "ms_bytes_set_length"(PyObject *o, Py_ssize_t n)
+    bint _bytes_reusable "ms_bytes_reusable"()
 
 cdef extern from "render.h" nogil:
     ctypedef struct ms_buf:
@@ -91,6 +120,9 @@ _BUDGET_FAMILY = "meshstats_exposition_budget_overflow_total"
 _BUDGET_HELP = ("Label sets folded into the overflow series because the store reached "
                 "max_exposition_bytes.")
 _TWO64 = 2**64
+# Renders at least this large keep their buffer for the next one (smaller ones cost
+# little to allocate, and the kept memory would be most of a small store's).
+_SPARE_MIN = 1 << 20
 
 # A buffer's format is native-endian if it has no prefix, '@' or '=', or the prefix
 # that names this machine's byte order.
@@ -923,12 +955,33 @@ cdef class Store:
         buf.len = buf.cap = 0
         buf.grow = _grow_bytes
         buf.ctx = &out
+        # The last render's bytes, if every other reference is gone: writing into memory
+        # that is already mapped saves faulting in a fresh buffer (a page fault per 4 KiB:
+        # most of a large scrape's time without huge pages). A bytes object nobody else
+        # can see may be changed, as CPython's own resize does.
+        if (self._spare is not None and _refcnt(<PyObject *>self._spare) == 1
+                and _bytes_reusable()):
+            out = <PyObject *>self._spare
+            Py_INCREF(<object>out)
+            self._spare = None
+            _bytes_forget_hash(out)
+            buf.data = _bytes_data(out)
+            buf.cap = self._spare_cap
         try:
             with nogil:
                 st = ms_render(self._s, om, &buf)
             _raise(st, "render: out of memory")
-            _PyBytes_Resize(&out, <Py_ssize_t>buf.len)
-            return <object>out
+            if buf.len >= _SPARE_MIN and buf.cap - buf.len <= buf.cap // 8:
+                # Kept whole for the next render: the object is just shorter than its
+                # memory (a realloc to shrink and grow again could copy it all).
+                _set_length(out, <Py_ssize_t>buf.len)
+                self._spare_cap = buf.cap
+            else:
+                _PyBytes_Resize(&out, <Py_ssize_t>buf.len)
+                self._spare_cap = buf.len
+            result = <object>out
+            self._spare = result if buf.len >= _SPARE_MIN else None
+            return result
         finally:
             Py_XDECREF(out)
 
