@@ -5,6 +5,8 @@
   tunnel); the upgraded connections never go back to the upstream pools. A non-101 answer is
   an ordinary response (the connection then closes, as Envoy closes it); an upgrade type
   Istio does not enable is refused with 403; ``h2c`` is served as an ordinary request.
+- Pipelined requests: answered in order, each recorded once, byte counts exact; a broken
+  later request is refused (400) after the earlier responses, which stay whole.
 
 The app and the clients are raw asyncio sockets (no parser shared with the sidecar's h11),
 on the test's event loop with the sidecars. Every sidecar records into a store of the
@@ -501,5 +503,76 @@ def test_tunnel_closed_after_stream_idle_timeout(certs: Certs, backend: Backend)
                 )
 
             await eventually(recorded)
+
+    run(main())
+
+
+# -- pipelining ---------------------------------------------------------------------------------
+
+
+def test_pipelined_requests_answered_in_order(certs: Certs, backend: Backend) -> None:
+    batch = [
+        b"GET /a HTTP/1.1\r\nHost: reviews:9080\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: reviews:9080\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /chunked HTTP/1.1\r\nHost: reviews:9080\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: reviews:9080\r\n\r\n",
+    ]
+
+    async def main() -> None:
+        async with app_server() as (app, app_port), mesh(certs, app_port, backend) as m:
+            reader, writer = await asyncio.open_connection("127.0.0.1", m.port)
+            writer.write(b"".join(batch))  # all at once, before any answer
+            answers = [await read_response(reader) for _ in batch]
+            writer.close()
+            assert [a.body for a in answers] == [b"/a:", b"/echo:hello", b"/chunked:abcde", b"/b:"]
+            assert all(a.status == 200 and no_mx(a.fields) for a in answers)
+            assert [line.split(b" ")[1] for line, _ in app.requests] == [
+                b"/a",
+                b"/echo",
+                b"/chunked",
+                b"/b",
+            ]
+
+            client, server = await m.metrics()
+            n = len(batch)
+            assert codes(client, "source") == {("200", "-"): n}
+            assert codes(server, "destination") == {("200", "-"): n}
+            sent, received = sum(map(len, batch)), sum(a.size for a in answers)
+            assert total(client, "istio_request_bytes_sum") == sent
+            assert total(client, "istio_response_bytes_sum") == received
+            assert total(server, "istio_response_bytes_sum") == received + n * SERVER_MX
+            assert total(client, "istio_request_duration_milliseconds_count") == n
+
+    run(main())
+
+
+def test_broken_later_request_leaves_earlier_responses_whole(
+    certs: Certs, backend: Backend
+) -> None:
+    first = b"POST /echo HTTP/1.1\r\nHost: reviews:9080\r\nContent-Length: 3\r\n\r\nabc"
+    second = b"GET /b HTTP/1.1\r\nHost: reviews:9080\r\n\r\n"
+    broken = (
+        b"GET /c HTTP/1.1\r\nHost: reviews:9080\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    )
+
+    async def main() -> None:
+        async with app_server() as (app, app_port), mesh(certs, app_port, backend) as m:
+            reader, writer = await asyncio.open_connection("127.0.0.1", m.port)
+            writer.write(first + second + broken)
+            answers = [await read_response(reader) for _ in range(3)]
+            assert [(a.status, a.body) for a in answers[:2]] == [(200, b"/echo:abc"), (200, b"/b:")]
+            assert answers[2].status == 400
+            assert answers[2].fields[b"connection"] == b"close"
+            assert await read_to_eof(reader) == b""
+            writer.close()
+            assert len(app.requests) == 2  # the broken one never reached the app
+
+            client, server = await m.metrics()
+            assert codes(client, "source") == {("200", "-"): 2, ("400", "DPE"): 1}
+            assert codes(server, "destination") == {("200", "-"): 2}
+            # Each request is charged its own bytes, the broken one included.
+            assert total(client, "istio_request_bytes_sum") == len(first + second + broken)
+            assert total(client, "istio_response_bytes_sum") == sum(a.size for a in answers)
 
     run(main())
