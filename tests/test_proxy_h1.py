@@ -7,6 +7,8 @@
   Istio does not enable is refused with 403; ``h2c`` is served as an ordinary request.
 - Pipelined requests: answered in order, each recorded once, byte counts exact; a broken
   later request is refused (400) after the earlier responses, which stay whole.
+- ``Expect: 100-continue``: a client that waits for the 100 gets it, from the app (Istio's
+  ``proxy_100_continue``, the default) or from the sidecar (Envoy's own default).
 
 The app and the clients are raw asyncio sockets (no parser shared with the sidecar's h11),
 on the test's event loop with the sidecars. Every sidecar records into a store of the
@@ -40,6 +42,7 @@ from proxy_support import (
     Sample,
     assert_labels,
     eventually,
+    free_port,
     make_certs,
     only_labels,
     run,
@@ -574,5 +577,82 @@ def test_broken_later_request_leaves_earlier_responses_whole(
             # Each request is charged its own bytes, the broken one included.
             assert total(client, "istio_request_bytes_sum") == len(first + second + broken)
             assert total(client, "istio_response_bytes_sum") == sum(a.size for a in answers)
+
+    run(main())
+
+
+# -- Expect: 100-continue -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxy_100", [True, False], ids=["istio", "envoy-default"])
+def test_client_waiting_for_100_continue_is_not_stalled(
+    certs: Certs, backend: Backend, proxy_100: bool
+) -> None:
+    head = (
+        b"POST /upload HTTP/1.1\r\nHost: reviews:9080\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 11\r\n\r\n"
+    )
+
+    async def main() -> None:
+        async with (
+            app_server() as (app, app_port),
+            mesh(certs, app_port, backend, proxy_100_continue=proxy_100) as m,
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", m.port)
+            for _ in range(2):  # twice on one connection: it stays usable
+                writer.write(head)
+                go_on = await read_response(reader)  # nothing else is sent until it comes
+                assert go_on.status == 100
+                # The app's own 100 (its header shows) when forwarded, else the sidecar's.
+                assert (go_on.fields.get(b"x-app-continue") == b"1") is proxy_100
+                assert no_mx(go_on.fields)
+                writer.write(b"hello world")
+                done = await read_response(reader)
+                assert (done.status, done.body) == (200, b"/upload:hello world")
+            writer.close()
+            assert all(
+                (seen.get(b"expect") == b"100-continue") is proxy_100 for _, seen in app.requests
+            )
+
+            client, server = await m.metrics()
+            assert codes(client, "source") == {("200", "-"): 2}
+            assert codes(server, "destination") == {("200", "-"): 2}
+            # The 100 is part of what was sent to the client.
+            assert total(client, "istio_response_bytes_sum") == 2 * (go_on.size + done.size)
+            assert total(client, "istio_request_bytes_sum") == 2 * (len(head) + 11)
+
+    run(main())
+
+
+def test_final_answer_instead_of_100_ends_the_request(certs: Certs, backend: Backend) -> None:
+    """An app that refuses the body (413 without a 100), or no app at all (503): the client
+    gets the answer at once, never sends its body, and the connection closes (the sidecar
+    cannot tell whether a body follows), as Envoy closes it."""
+    head = (
+        b"POST /reject HTTP/1.1\r\nHost: reviews:9080\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 5000000\r\n\r\n"
+    )
+
+    async def answer(port: int) -> Response:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        got = await read_response(reader)
+        assert got.fields[b"connection"] == b"close"
+        assert await read_to_eof(reader) == b""
+        writer.close()
+        return got
+
+    async def main() -> None:
+        async with app_server() as (_, app_port), mesh(certs, app_port, backend) as m:
+            refused = await answer(m.port)
+            assert (refused.status, refused.body) == (413, b"too big!")
+            client, server = await m.metrics()
+            assert codes(client, "source") == {("413", "-"): 1}
+            assert codes(server, "destination") == {("413", "-"): 1}
+        async with mesh(certs, free_port(), backend) as m:
+            assert (await answer(m.port)).status == 503
+            client, server = await m.metrics()
+            assert codes(client, "source") == {("503", "-"): 1}
+            assert codes(server, "destination") == {("503", "UF"): 1}
 
     run(main())

@@ -54,6 +54,11 @@ byte (``SI``), then records the request once (``101``, the tunnel's bytes and du
 upgraded connections never return to the pool. A non-101 answer is relayed as an ordinary
 response and the connection closed (as Envoy closes it); another upgrade type is refused with
 403; an ``h2c`` upgrade is served as a plain request (Envoy's HTTP/1 codec drops it).
+
+``Expect: 100-continue``: with ``proxy_100_continue`` (Istio's default) the expectation goes
+upstream and its 100 comes back; a final answer instead is relayed at once and the
+connection closed. Without it (Envoy's default) the sidecar answers 100 and strips the
+``Expect``.
 """
 
 from __future__ import annotations
@@ -501,6 +506,10 @@ class _Proxy:
         elif upgrade is not None:
             ex.upgrade = upgrade
             kept += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+        if not self.config.proxy_100_continue:
+            # Envoy's own default: the sidecar answers 100 itself and the upstream never
+            # hears of the expectation.
+            kept = [(name, value) for name, value in kept if name.lower() != b"expect"]
         headers = self.request_headers(kept, ex)
         try:
             await self._exchange(event, headers, ex)
@@ -541,11 +550,24 @@ class _Proxy:
                 await up.send(
                     h11.Request(method=request.method, target=request.target, headers=headers)
                 )
+                response = None
                 if down.conn.they_are_waiting_for_100_continue:
-                    # The client holds its body back until told to go on.
-                    await down.send(h11.InformationalResponse(status_code=100, headers=[]))
-                await self._body(down, up, downstream=down)
-                response = await self._response(up)
+                    # The client holds its body back until told to go on: by the upstream's
+                    # 100, forwarded (Istio's default), or by the sidecar itself (Envoy's).
+                    if not self.config.proxy_100_continue:
+                        await self._continue([])
+                    else:
+                        first = await self._response(up, until_continue=True)
+                        if isinstance(first, h11.InformationalResponse):
+                            await self._continue(_informational(first.headers))
+                        else:
+                            # None: the client went ahead with its body. A final answer
+                            # before the body: the body is never read, and the connection
+                            # closes after the response (as Envoy closes it).
+                            response = first
+                if response is None:
+                    await self._body(down, up, downstream=down)
+                    response = await self._response(up)
             except (OSError, h11.ProtocolError) as exc:
                 if not (self.up_reused and up.fed == fed and not _has_body(request)):
                     raise UpstreamError("UC") from exc
@@ -570,7 +592,8 @@ class _Proxy:
             if self.up is not None:
                 self.up.close()
                 self.up = None
-            await self._drain_request(down)
+            if not down.conn.they_are_waiting_for_100_continue:
+                await self._drain_request(down)  # (else there is no body coming: closed)
             await self._local_reply(failed.code, failed.flag, ex)
             return
         if isinstance(response, h11.InformationalResponse):  # 101: the upgrade was accepted
@@ -674,13 +697,23 @@ class _Proxy:
             await asyncio.gather(*tasks, return_exceptions=True)
             up.close()
 
-    async def _response(self, up: HttpStream) -> Any:
+    async def _continue(self, headers: Headers) -> None:
+        """Tell a client waiting to send its body to go on (a client gone is its own fault,
+        not the upstream's)."""
+        try:
+            await self.down.send(h11.InformationalResponse(status_code=100, headers=headers))
+        except OSError:
+            raise DownstreamError(0, "DC") from None
+
+    async def _response(self, up: HttpStream, *, until_continue: bool = False) -> Any:
         """The upstream's response head, while watching the downstream: a client that goes
         away resets the upstream stream (``0``/``DC``), as Envoy does. ``request_timeout``
         gives ``504``/``UT``, ``stream_idle_timeout`` ``408``/``SI``.
 
         1xx are skipped, except the 101 that accepts an upgrade (an InformationalResponse
-        is returned; the upstream's h11 has switched protocols).
+        is returned; the upstream's h11 has switched protocols) and, ``until_continue``, a
+        100: then it is returned too, or None as soon as the downstream sends body bytes
+        without waiting for it.
         """
         loop = asyncio.get_running_loop()
         cfg = self.config
@@ -693,10 +726,12 @@ class _Proxy:
                     return response
                 if response.status_code == 101 and up.conn.their_state is h11.SWITCHED_PROTOCOL:
                     return response
+                if until_continue and response.status_code == 100:
+                    return response
                 # any other 1xx is not forwarded
 
         pending = asyncio.ensure_future(head())
-        watch = asyncio.ensure_future(self._watch_downstream())
+        watch = asyncio.ensure_future(self._watch_downstream(until_data=until_continue))
         try:
             while True:
                 waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
@@ -711,6 +746,7 @@ class _Proxy:
                     return pending.result()
                 if watch in done:
                     watch.result()  # raises DownstreamError: the client went away
+                    return None  # (until_continue) the client sent its body without waiting
                 if deadline is not None and loop.time() >= deadline:
                     raise UpstreamError("UT", 504)
                 raise UpstreamError("SI", 408)
@@ -720,11 +756,11 @@ class _Proxy:
                     task.cancel()
             await asyncio.gather(pending, watch, return_exceptions=True)
 
-    async def _watch_downstream(self) -> None:
-        """Read the downstream while its response is awaited; returns never, raises
-        DownstreamError on its EOF or reset (Envoy closes on a downstream FIN too).
-        Pipelined requests (or the bytes a client sends after an upgrade request) go to
-        h11's buffer, up to one CHUNK, then reading stops."""
+    async def _watch_downstream(self, *, until_data: bool = False) -> None:
+        """Read the downstream while its response is awaited; raises DownstreamError on
+        its EOF or reset (Envoy closes on a downstream FIN too), returns only ``until_data``
+        as soon as bytes arrive. Pipelined requests (or the bytes a client sends after an
+        upgrade request) go to h11's buffer, up to one CHUNK, then reading stops."""
         down = self.down
         while len(down.conn.trailing_data[0]) < CHUNK:
             try:
@@ -735,6 +771,8 @@ class _Proxy:
                 raise DownstreamError(0, "DC")
             down.fed += len(data)
             down.conn.receive_data(data)
+            if until_data:
+                return
         await asyncio.Event().wait()  # enough buffered: wait for the cancel
 
     async def _body(
