@@ -449,6 +449,12 @@ def test_upgrade_types_istio_does_not_enable(certs: Certs, backend: Backend) -> 
             assert forbidden.fields[b"connection"] == b"close"
             assert await read_to_eof(reader) == b""
             writer.close()
+            # CONNECT is an upgrade of its own to Envoy, not enabled either.
+            reader, writer = await asyncio.open_connection("127.0.0.1", m.port)
+            writer.write(b"CONNECT reviews:9080 HTTP/1.1\r\nHost: reviews:9080\r\n\r\n")
+            assert (await read_response(reader)).status == 403
+            assert await read_to_eof(reader) == b""
+            writer.close()
             assert app.requests == []
 
             # h2c: an ordinary request to Envoy's HTTP/1 codec, its upgrade headers dropped,
@@ -468,7 +474,7 @@ def test_upgrade_types_istio_does_not_enable(certs: Certs, backend: Backend) -> 
             assert b"upgrade" not in seen and b"http2-settings" not in seen
 
             client, server = await m.metrics()
-            assert codes(client, "source") == {("403", "-"): 1, ("200", "-"): 2}
+            assert codes(client, "source") == {("403", "-"): 2, ("200", "-"): 2}
             assert codes(server, "destination") == {("200", "-"): 2}
 
     run(main())

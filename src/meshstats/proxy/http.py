@@ -490,7 +490,9 @@ class _Proxy:
             # Ambiguous framing: two parsers could read two different requests here.
             await self._reject(event, ex)
             return False
-        upgrade = upgrade_of(event.headers)
+        # Envoy takes CONNECT for an upgrade of its own type, which Istio's sidecar
+        # listeners do not enable: refused below as any other type.
+        upgrade = b"CONNECT" if event.method == b"CONNECT" else upgrade_of(event.headers)
         if upgrade is not None and upgrade.lower() == b"h2c":
             # Envoy's HTTP/1 codec serves an h2c upgrade request as an ordinary request.
             kept = [(name, value) for name, value in kept if name.lower() != b"http2-settings"]
