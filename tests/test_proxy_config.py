@@ -47,6 +47,9 @@ def test_parses_addresses_and_defaults() -> None:
         SidecarConfig.from_mapping(_config(tls_session_resumption=False)).tls_session_resumption
         is False
     )
+    # Istio's ENABLE_100_CONTINUE_HEADERS (on since 1.23); off is Envoy's own default.
+    assert cfg.proxy_100_continue is True
+    assert SidecarConfig.from_mapping(_config(proxy_100_continue=False)).proxy_100_continue is False
     md = cfg.outbound[0].cluster_metadata()["filter_metadata"]["istio"]["services"][0]
     assert md == {"host": "a.b.svc", "name": "a", "namespace": "b"}
 
@@ -81,6 +84,7 @@ def test_parses_addresses_and_defaults() -> None:
         ({"surprise": 1}, "surprise"),
         ({"tls_session_resumption": "yes"}, "tls_session_resumption"),
         ({"tls_session_resumption": 1}, "tls_session_resumption"),
+        ({"proxy_100_continue": "no"}, "proxy_100_continue"),
     ],
 )
 def test_errors_name_the_field(override: dict[str, Any], field: str) -> None:

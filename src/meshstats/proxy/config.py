@@ -305,6 +305,9 @@ class SidecarConfig:
     ``destination_service`` is the requested host (an egress or ingress gateway).
     ``accept_http_10`` (default off, as Envoy's and Istio's ``ISTIO_META_HTTP10``) serves
     HTTP/1.0 requests; off, they are answered ``426 Upgrade Required``.
+    ``proxy_100_continue`` (default on, as Istio's ``ENABLE_100_CONTINUE_HEADERS`` since
+    1.23) forwards ``Expect: 100-continue`` to the upstream and its ``100 Continue`` back;
+    off (Envoy's own default) the sidecar answers 100 itself and strips the ``Expect``.
     ``additional_labels`` names pod labels sent in the exchange besides the canonical
     name/revision, ``app`` and ``version`` (Istio's metadata-exchange ``additional_labels``).
     ``tls_session_resumption`` (default on, as Envoy's between Istio sidecars) lets a new
@@ -353,6 +356,7 @@ class SidecarConfig:
     plaintext_exchange: bool = True
     gateway: bool = False
     accept_http_10: bool = False
+    proxy_100_continue: bool = True
     additional_labels: tuple[str, ...] = ()
     request_timeout: float = 0.0
     stream_idle_timeout: float = 300.0
@@ -375,7 +379,8 @@ class SidecarConfig:
         known = {
             "node", "cert_dir", "inbound", "outbound", "admin_port", "host", "node_id",
             "stats", "exchange_timeout", "connect_timeout", "detect_timeout", "registry",
-            "plaintext_exchange", "gateway", "accept_http_10", "additional_labels",
+            "plaintext_exchange", "gateway", "accept_http_10", "proxy_100_continue",
+            "additional_labels",
             "request_timeout", "stream_idle_timeout", "idle_timeout", "tls_session_resumption",
             "upstream_idle_connections",
             "admin_header_timeout",
@@ -448,6 +453,7 @@ class SidecarConfig:
             plaintext_exchange=_flag(data.get("plaintext_exchange", True), "plaintext_exchange"),
             gateway=_flag(data.get("gateway", False), "gateway"),
             accept_http_10=_flag(data.get("accept_http_10", False), "accept_http_10"),
+            proxy_100_continue=_flag(data.get("proxy_100_continue", True), "proxy_100_continue"),
             additional_labels=_label_names(data.get("additional_labels", [])),
             request_timeout=_off_or_timeout(data.get("request_timeout", 0), "request_timeout"),
             stream_idle_timeout=_off_or_timeout(

@@ -42,10 +42,23 @@ how the sidecar framed it (request smuggling). A response with both headers is f
 the chunked coding and forwarded without its ``Content-Length`` (§6.3).
 
 Requests on one downstream connection are relayed one at a time over one upstream
-connection, reused while both ends keep it alive. Hop-by-hop headers (``connection``,
-``keep-alive``, ``proxy-connection``, ``upgrade``, ``te``) are not forwarded, so protocol
-upgrades (WebSocket) are not supported; h11 frames each hop itself (``content-length`` or
-chunked).
+connection, reused while both ends keep it alive; pipelined requests wait in h11's buffer and
+are answered in order. Hop-by-hop headers (``connection``, ``keep-alive``,
+``proxy-connection``, ``upgrade``, ``te``) are not forwarded; h11 frames each hop itself
+(``content-length`` or chunked).
+
+Upgrades: a ``websocket`` upgrade (the one type Istio enables) is forwarded with its
+``connection``/``upgrade`` headers; after the upstream's 101 the sidecar relays the 101 and
+tunnels bytes both ways until either side closes or ``stream_idle_timeout`` passes without a
+byte (``SI``), then records the request once (``101``, the tunnel's bytes and duration); the
+upgraded connections never return to the pool. A non-101 answer is relayed as an ordinary
+response and the connection closed (as Envoy closes it); another upgrade type is refused with
+403; an ``h2c`` upgrade is served as a plain request (Envoy's HTTP/1 codec drops it).
+
+``Expect: 100-continue``: with ``proxy_100_continue`` (Istio's default) the expectation goes
+upstream and its 100 comes back; a final answer instead is relayed at once and the
+connection closed. Without it (Envoy's default) the sidecar answers 100 and strips the
+``Expect``.
 """
 
 from __future__ import annotations
@@ -76,6 +89,14 @@ MX_ID_HEADER = b"x-envoy-peer-metadata-id"
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _STRIP = _HOP_BY_HOP | _FRAMING | {MX_HEADER, MX_ID_HEADER}
+# Upgrades relayed as a tunnel after the upstream's 101: Istio configures every HTTP
+# connection manager with ``upgrade_configs: [{upgrade_type: websocket}]``. Another type is
+# refused with 403, as Envoy refuses an upgrade its route does not allow; ``h2c`` is not an
+# upgrade at all to Envoy's HTTP/1 codec, which drops its headers and serves the request.
+UPGRADE_TYPES = frozenset({b"websocket"})
+# A server's view of a client that asked to switch protocols, before the answer (h11 defines
+# it beside the other states but leaves it out of its __all__).
+_MIGHT_SWITCH = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
 CHUNK = 1 << 16
 # Most body events merged in one relay step. h11 spends a few µs per event, so a read full of
 # one-byte chunks (about 11,000 in 64 KiB) would hold the event loop for tens of ms; capped,
@@ -246,6 +267,9 @@ class _Exchange:
     metadata_id: bytes | None = None
     code: int = 0
     flags: str | None = None
+    upgrade: bytes | None = None  # the Upgrade token of a request relayed as an upgrade
+    tunnel_received: int = 0  # bytes relayed through the tunnel after a 101, from downstream
+    tunnel_sent: int = 0  # ... and to downstream
 
 
 def _off(timeout: float) -> float | None:
@@ -333,6 +357,41 @@ def _header(headers: Any, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def upgrade_of(headers: Any) -> bytes | None:
+    """The ``Upgrade`` value when a message asks to switch protocols, else None.
+
+    As Envoy's ``Utility::isUpgrade``: both an ``Upgrade`` header and ``upgrade`` among the
+    ``Connection`` tokens. An ``Upgrade`` header alone is a hop-by-hop header to drop.
+
+    >>> upgrade_of([(b"connection", b"keep-alive, Upgrade"), (b"upgrade", b"websocket")])
+    b'websocket'
+    >>> upgrade_of([(b"upgrade", b"websocket")]) is None
+    True
+    """
+    value = None
+    tokens: set[bytes] = set()
+    for name, field in headers:
+        if name == b"upgrade":
+            value = field.strip()
+        elif name == b"connection":
+            tokens.update(t.strip().lower() for t in field.split(b","))
+    return value if value and b"upgrade" in tokens else None
+
+
+def upgrade_of_response(response: h11.InformationalResponse) -> bytes:
+    """The protocol a 101 switches to (its ``Upgrade`` header; empty if it named none)."""
+    for name, value in response.headers:
+        if name == b"upgrade":
+            return bytes(value)
+    return b""
+
+
+def _informational(headers: Any) -> Headers:
+    """A 1xx's headers to forward: no hop-by-hop, framing or peer headers (a 1xx has no
+    body, and Envoy refuses a ``Transfer-Encoding`` on one)."""
+    return [(name, value) for name, value in headers.raw_items() if name.lower() not in _STRIP]
 
 
 class _Proxy:
@@ -431,6 +490,28 @@ class _Proxy:
             # Ambiguous framing: two parsers could read two different requests here.
             await self._reject(event, ex)
             return False
+        # Envoy takes CONNECT for an upgrade of its own type, which Istio's sidecar
+        # listeners do not enable: refused below as any other type.
+        upgrade = b"CONNECT" if event.method == b"CONNECT" else upgrade_of(event.headers)
+        if upgrade is not None and upgrade.lower() == b"h2c":
+            # Envoy's HTTP/1 codec serves an h2c upgrade request as an ordinary request.
+            kept = [(name, value) for name, value in kept if name.lower() != b"http2-settings"]
+        elif upgrade is not None and upgrade.lower() not in UPGRADE_TYPES:
+            # Not an allowed upgrade: 403, no flag, and the connection closed (what follows
+            # the request might be the other protocol's bytes), as Envoy answers.
+            try:
+                await self._local_reply(403, None, ex)
+            except OSError:
+                pass  # gone: recorded all the same
+            self._record(event, ex)
+            return False
+        elif upgrade is not None:
+            ex.upgrade = upgrade
+            kept += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+        if not self.config.proxy_100_continue:
+            # Envoy's own default: the sidecar answers 100 itself and the upstream never
+            # hears of the expectation.
+            kept = [(name, value) for name, value in kept if name.lower() != b"expect"]
         headers = self.request_headers(kept, ex)
         try:
             await self._exchange(event, headers, ex)
@@ -471,11 +552,24 @@ class _Proxy:
                 await up.send(
                     h11.Request(method=request.method, target=request.target, headers=headers)
                 )
+                response = None
                 if down.conn.they_are_waiting_for_100_continue:
-                    # The client holds its body back until told to go on.
-                    await down.send(h11.InformationalResponse(status_code=100, headers=[]))
-                await self._body(down, up, downstream=down)
-                response = await self._response(up)
+                    # The client holds its body back until told to go on: by the upstream's
+                    # 100, forwarded (Istio's default), or by the sidecar itself (Envoy's).
+                    if not self.config.proxy_100_continue:
+                        await self._continue([])
+                    else:
+                        first = await self._response(up, until_continue=True)
+                        if isinstance(first, h11.InformationalResponse):
+                            await self._continue(_informational(first.headers))
+                        else:
+                            # None: the client went ahead with its body. A final answer
+                            # before the body: the body is never read, and the connection
+                            # closes after the response (as Envoy closes it).
+                            response = first
+                if response is None:
+                    await self._body(down, up, downstream=down)
+                    response = await self._response(up)
             except (OSError, h11.ProtocolError) as exc:
                 if not (self.up_reused and up.fed == fed and not _has_body(request)):
                     raise UpstreamError("UC") from exc
@@ -494,18 +588,22 @@ class _Proxy:
                     response = await self._response(up)
                 except (OSError, h11.ProtocolError) as again:
                     raise UpstreamError("UC") from again
-            if not isinstance(response, h11.Response):
+            if not isinstance(response, (h11.Response, h11.InformationalResponse)):
                 raise UpstreamError("UC")
         except UpstreamError as failed:
             if self.up is not None:
                 self.up.close()
                 self.up = None
-            await self._drain_request(down)
+            if not down.conn.they_are_waiting_for_100_continue:
+                await self._drain_request(down)  # (else there is no body coming: closed)
             await self._local_reply(failed.code, failed.flag, ex)
+            return
+        if isinstance(response, h11.InformationalResponse):  # 101: the upgrade was accepted
+            await self._switch(response, ex)
             return
         kept, _, _ = _split(response.headers)
         ex.code = response.status_code
-        out = self.response_headers(kept, ex, response)
+        out = self._closing(self.response_headers(kept, ex, response), ex)
         try:
             await down.send(h11.Response(status_code=response.status_code, headers=out,
                                          reason=response.reason))  # fmt: skip
@@ -518,22 +616,124 @@ class _Proxy:
     def config(self) -> Any:
         return self.sidecar.config
 
-    async def _response(self, up: HttpStream) -> Any:
-        """The upstream's response head (1xx skipped), while watching the downstream: a
-        client that goes away resets the upstream stream (``0``/``DC``), as Envoy does.
-        ``request_timeout`` gives ``504``/``UT``, ``stream_idle_timeout`` ``408``/``SI``."""
+    def _closing(self, headers: Headers, ex: _Exchange) -> Headers:
+        """``headers`` with ``connection: close`` when the request is not complete (an
+        answer before its body, or to an upgrade that did not happen): what follows on the
+        connection cannot be read as a next request, so it closes, as Envoy closes it.
+        (An ``Upgrade`` header the sidecar did not relay, ``h2c``, is only declined.)"""
+        state = self.down.conn.their_state
+        if state is _MIGHT_SWITCH and ex.upgrade is None:
+            return headers
+        if state not in (h11.DONE, h11.MUST_CLOSE):
+            headers.append((b"connection", b"close"))
+        return headers
+
+    async def _switch(self, response: h11.InformationalResponse, ex: _Exchange) -> None:
+        """Relay the upstream's 101 (its peer headers exchanged as on any response), then
+        tunnel bytes both ways until either side closes. The request is recorded once, by
+        the caller, after the tunnel: ``101``, its duration the tunnel's."""
+        up = self.up
+        assert up is not None and ex.upgrade is not None
+        self.up = None  # it speaks another protocol now: never pooled, closed by the tunnel
+        kept = _informational(response.headers)
+        out = self.response_headers(kept, ex, response)
+        protocol = upgrade_of_response(response) or ex.upgrade
+        out += [(b"connection", b"upgrade"), (b"upgrade", protocol)]
+        ex.code = 101
+        try:
+            await self.down.send(
+                h11.InformationalResponse(status_code=101, headers=out, reason=response.reason)
+            )
+        except BaseException as exc:
+            up.close()
+            if not isinstance(exc, OSError):
+                raise
+            ex.flags = "DC"  # the client went away before its 101
+            return
+        await self._tunnel(up, ex)
+
+    async def _tunnel(self, up: HttpStream, ex: _Exchange) -> None:
+        """Bytes both ways, untouched, from the ones each side sent after the handshake,
+        until either side closes or resets (then both are closed: an HTTP/1 connection
+        manager does not half-close) or no byte moved either way for
+        ``stream_idle_timeout`` (``SI``, as Envoy's stream idle timer, which covers
+        upgraded streams). Each direction holds at most one read (CHUNK) at a time."""
+        down = self.down
+        loop = asyncio.get_running_loop()
+        idle = _off(self.config.stream_idle_timeout)
+        last = loop.time()
+
+        async def pump(src: HttpStream, dst: HttpStream, upward: bool) -> None:
+            nonlocal last
+            data = src.conn.trailing_data[0]  # what arrived after the handshake
+            if not data:
+                data = await src.reader.read(CHUNK)
+            while data:
+                last = loop.time()
+                dst.writer.write(data)
+                if upward:
+                    ex.tunnel_received += len(data)
+                else:
+                    ex.tunnel_sent += len(data)
+                await dst.writer.drain()
+                data = await src.reader.read(CHUNK)
+
+        tasks = {
+            asyncio.ensure_future(pump(down, up, True)),
+            asyncio.ensure_future(pump(up, down, False)),
+        }
+        try:
+            while True:
+                wait = None if idle is None else max(0.0, last + idle - loop.time())
+                done, _ = await asyncio.wait(
+                    tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    return  # a side closed, reset, or could not be written to
+                if idle is not None and loop.time() - last >= idle:
+                    ex.flags = "SI"
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            up.close()
+
+    async def _continue(self, headers: Headers) -> None:
+        """Tell a client waiting to send its body to go on (a client gone is its own fault,
+        not the upstream's)."""
+        try:
+            await self.down.send(h11.InformationalResponse(status_code=100, headers=headers))
+        except OSError:
+            raise DownstreamError(0, "DC") from None
+
+    async def _response(self, up: HttpStream, *, until_continue: bool = False) -> Any:
+        """The upstream's response head, while watching the downstream: a client that goes
+        away resets the upstream stream (``0``/``DC``), as Envoy does. ``request_timeout``
+        gives ``504``/``UT``, ``stream_idle_timeout`` ``408``/``SI``.
+
+        1xx are skipped, except the 101 that accepts an upgrade (an InformationalResponse
+        is returned; the upstream's h11 has switched protocols) and, ``until_continue``, a
+        100: then it is returned too, or None as soon as the downstream sends body bytes
+        without waiting for it.
+        """
         loop = asyncio.get_running_loop()
         cfg = self.config
         deadline = loop.time() + cfg.request_timeout if cfg.request_timeout > 0 else None
 
         async def head() -> Any:
-            response = await up.next_event()
-            while isinstance(response, h11.InformationalResponse):
-                response = await up.next_event()  # 1xx are not forwarded
-            return response
+            while True:
+                response = await up.next_event()
+                if not isinstance(response, h11.InformationalResponse):
+                    return response
+                if response.status_code == 101 and up.conn.their_state is h11.SWITCHED_PROTOCOL:
+                    return response
+                if until_continue and response.status_code == 100:
+                    return response
+                # any other 1xx is not forwarded
 
         pending = asyncio.ensure_future(head())
-        watch = asyncio.ensure_future(self._watch_downstream())
+        watch = asyncio.ensure_future(self._watch_downstream(until_data=until_continue))
         try:
             while True:
                 waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
@@ -548,6 +748,7 @@ class _Proxy:
                     return pending.result()
                 if watch in done:
                     watch.result()  # raises DownstreamError: the client went away
+                    return None  # (until_continue) the client sent its body without waiting
                 if deadline is not None and loop.time() >= deadline:
                     raise UpstreamError("UT", 504)
                 raise UpstreamError("SI", 408)
@@ -557,10 +758,11 @@ class _Proxy:
                     task.cancel()
             await asyncio.gather(pending, watch, return_exceptions=True)
 
-    async def _watch_downstream(self) -> None:
-        """Read the downstream while its response is awaited; returns never, raises
-        DownstreamError on its EOF or reset (Envoy closes on a downstream FIN too).
-        Pipelined bytes go to h11's buffer, up to one CHUNK, then reading stops."""
+    async def _watch_downstream(self, *, until_data: bool = False) -> None:
+        """Read the downstream while its response is awaited; raises DownstreamError on
+        its EOF or reset (Envoy closes on a downstream FIN too), returns only ``until_data``
+        as soon as bytes arrive. Pipelined requests (or the bytes a client sends after an
+        upgrade request) go to h11's buffer, up to one CHUNK, then reading stops."""
         down = self.down
         while len(down.conn.trailing_data[0]) < CHUNK:
             try:
@@ -571,6 +773,8 @@ class _Proxy:
                 raise DownstreamError(0, "DC")
             down.fed += len(data)
             down.conn.receive_data(data)
+            if until_data:
+                return
         await asyncio.Event().wait()  # enough buffered: wait for the cancel
 
     async def _body(
@@ -637,7 +841,7 @@ class _Proxy:
             (b"content-type", b"text/plain"),
             (b"content-length", str(len(body)).encode()),
         ]
-        headers = self.response_headers(headers, ex, None)
+        headers = self._closing(self.response_headers(headers, ex, None), ex)
         await self.down.send(h11.Response(status_code=code, headers=headers))
         await self.down.send(h11.Data(data=body))
         await self.down.send(h11.EndOfMessage())
@@ -682,8 +886,10 @@ class _Proxy:
             response_code=ex.code,
             duration_ms=elapsed,
             # A request that did not parse counts what arrived of it.
-            request_bytes=(down.consumed if request is not None else down.fed) - ex.request_start,
-            response_bytes=down.sent - ex.response_start,
+            request_bytes=(down.consumed if request is not None else down.fed)
+            - ex.request_start
+            + ex.tunnel_received,
+            response_bytes=down.sent - ex.response_start + ex.tunnel_sent,
             host=_header(headers, b"host"),
             response_flags=ex.flags,
             method=request.method.decode("latin-1") if request is not None else None,
