@@ -37,7 +37,7 @@ def blocks(language: str) -> list[str]:
 
 def not_run(body: str) -> str | None:
     """Why a bash block is left out, or None."""
-    if "pip install ." in body:
+    if re.search(r"pip install '?\.", body):
         return "the quick start: a virtualenv and PyPI (its test command is .ci/run)"
     if "benchmark" in body or "bench_table" in body:
         return "benchmarks take minutes"

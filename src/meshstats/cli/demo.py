@@ -3,21 +3,29 @@
 >>> import asyncio
 >>> from meshstats.cli.demo import DemoMesh
 >>> async def main() -> int:
-...     async with DemoMesh(admin_port=0) as mesh:   # 7 apps, 7 sidecars, mTLS between them
+...     async with DemoMesh(admin_port=0) as mesh:   # a gateway, 8 apps, 7 sidecars, mTLS
 ...         status, _ = await mesh.client.get(mesh.entry, "/productpage", "productpage:9080")
-...         await mesh.settle()                      # every sidecar has recorded it
+...         await mesh.settle()                      # every proxy has recorded it
 ...         return status
 >>> asyncio.run(main())
 200
 
 Every workload is a small asyncio app on 127.0.0.1 behind its own
 :class:`~meshstats.proxy.Sidecar` (certificates from a throw-away
-:class:`~meshstats.certs.LocalCA`): productpage calls details and, round robin, reviews v1, v2
-and v3 through its client sidecar; reviews v2 and v3 call ratings; ratings keeps one TCP
-connection to a line-oriented "mongodb". Traffic enters at productpage's inbound port in
-plaintext, as from an ingress outside the mesh. The table is what the *client* sidecars
-recorded (``reporter="source"``; the ingress row is productpage's own inbound,
-``reporter="destination"``), beside what each calling app counted itself.
+:class:`~meshstats.certs.LocalCA`). Traffic enters through ``istio-ingressgateway``: a proxy
+without an app, in ``istio-system``, that reports its calls as Istio's gateway does
+(``reporter="source"`` only) and calls productpage over mTLS. productpage calls details
+(every :data:`NOT_FOUND_EVERY`-th page asks for a product details does not know: a 404)
+and, round robin, reviews v1, v2 and v3 through its client sidecar; reviews v2 and v3 call
+ratings; ratings queries a line-oriented TCP "mongodb" on a connection it retires after
+``db_queries_per_connection`` queries. productpage also asks "recommendations", a grpcio
+server, over gRPC directly (the sidecars do not speak HTTP/2: Istio's proxyless gRPC),
+with meshstats' interceptors on both ends (:mod:`meshstats.cli.demo_grpc`); without
+grpcio that edge is left out.
+
+The table is what the *client* side recorded (``reporter="source"``: the gateway's and the
+sidecars' outbound listeners, productpage's gRPC interceptors), beside what each calling app
+counted itself.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -35,15 +44,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .demo_apps import Address, EchoApp, HttpApp, HttpClient, TcpLine
+from .demo_apps import Address, Answer, EchoApp, HttpApp, HttpClient, TcpLine
 
 if TYPE_CHECKING:
     import h11
 
+    from ..certs import LocalCA
+    from ..engine import StatsEngine
+    from ..exposition import MetricsServer
     from ..proxy import Sidecar
+    from .demo_grpc import Recommendations, RecommendationsClient
 
 NAMESPACE = "default"
 TRUST_DOMAIN = "cluster.local"
@@ -51,9 +64,19 @@ ISTIO_VERSION = "1.24.0"
 CLUSTER = "Kubernetes"
 
 
-#: The demo's sidecars take ``--port`` and the next six admin ports.
-PORTS_TAKEN = 7
+#: The demo's metrics ports: ``--port`` and the next eight (one per workload).
+PORTS_TAKEN = 9
 MAX_FIRST_PORT = 65535 - (PORTS_TAKEN - 1)
+#: productpage asks details for a product it does not know on every n-th page (a 404).
+NOT_FOUND_EVERY = 10
+#: Recommendations streamed back per gRPC call (response messages per request message).
+RECOMMENDED = 3
+#: ratings closes its mongodb connection after this many queries, by default.
+DB_QUERIES_PER_CONNECTION = 10
+GRPC_MISSING = (
+    "the gRPC edge (productpage -> recommendations) is left out: grpcio is not installed "
+    "(pip install 'meshstats[grpc]')"
+)
 
 
 def _duration(text: str) -> float:
@@ -98,14 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=_concurrency,
         default=8,
-        help="requests in flight into productpage, >= 1 (8)",
+        help="requests in flight into the ingress gateway, >= 1 (8)",
     )
     parser.add_argument(
         "--port",
         type=_first_port,
         default=15090,
-        help="admin (metrics) port of the first sidecar; the others take the next six "
-        "(15090; 0 = any free ports)",
+        help=f"metrics port of the ingress gateway; the other workloads take the next "
+        f"{PORTS_TAKEN - 1} (15090; 0 = any free ports)",
     )
     parser.add_argument(
         "--serve", action="store_true", help="keep the mesh up after the traffic (Ctrl-C stops)"
@@ -118,7 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Workload:
-    """One Bookinfo workload: its identity, its service and how its app behaves."""
+    """One workload: its identity, its service and how its app behaves.
+
+    ``protocol`` is ``"http"`` or ``"tcp"`` for an app behind a sidecar, ``"grpc"`` for a
+    gRPC service without one (its own interceptors report), ``"gateway"`` for a proxy
+    without an app (the ingress gateway).
+    """
 
     name: str
     app: str
@@ -127,34 +155,51 @@ class Workload:
     error_every: int | None = None  # every n-th request answers 503
     protocol: str = "http"
     port: int = 9080  # the service port (names the cluster: outbound|<port>||<host>)
+    namespace: str = NAMESPACE
+    account: str | None = None  # the service account; bookinfo-<app> by default
+    labels: tuple[tuple[str, str], ...] = ()  # pod labels besides app/version/canonical
 
     @property
     def service_host(self) -> str:
-        return f"{self.app}.{NAMESPACE}.svc.cluster.local"
+        return f"{self.app}.{self.namespace}.svc.cluster.local"
 
     @property
     def service_account(self) -> str:
-        return f"bookinfo-{self.app}"
+        return self.account or f"bookinfo-{self.app}"
 
     def node_metadata(self) -> dict[str, object]:
+        labels = {"app": self.app}
+        if self.version:
+            labels["version"] = self.version
+        labels["service.istio.io/canonical-name"] = self.app
+        # Istio's injector labels a pod without a version "latest", as the gateway's.
+        labels["service.istio.io/canonical-revision"] = self.version or "latest"
+        labels.update(self.labels)
+        ns = self.namespace
         return {
             "NAME": f"{self.name}-5d8c7b9f4-x2x7q",
-            "NAMESPACE": NAMESPACE,
+            "NAMESPACE": ns,
             "WORKLOAD_NAME": self.name,
             "CLUSTER_ID": CLUSTER,
             "MESH_ID": TRUST_DOMAIN,
             "ISTIO_VERSION": ISTIO_VERSION,
             "SERVICE_ACCOUNT": self.service_account,
-            "OWNER": f"kubernetes://apis/apps/v1/namespaces/{NAMESPACE}/deployments/{self.name}",
-            "LABELS": {
-                "app": self.app,
-                "version": self.version,
-                "service.istio.io/canonical-name": self.app,
-                "service.istio.io/canonical-revision": self.version,
-            },
+            "OWNER": f"kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{self.name}",
+            "LABELS": labels,
         }
 
 
+GATEWAY = Workload(
+    "istio-ingressgateway",
+    "istio-ingressgateway",
+    "",
+    0.0,
+    protocol="gateway",
+    port=80,
+    namespace="istio-system",
+    account="istio-ingressgateway-service-account",
+    labels=(("istio", "ingressgateway"),),
+)
 PRODUCTPAGE = Workload("productpage-v1", "productpage", "v1", 1.0)
 DETAILS = Workload("details-v1", "details", "v1", 3.0)
 REVIEWS = (
@@ -164,38 +209,78 @@ REVIEWS = (
 )
 RATINGS = Workload("ratings-v1", "ratings", "v1", 2.0)
 MONGODB = Workload("mongodb-v1", "mongodb", "v1", 1.0, protocol="tcp", port=27017)
+RECOMMENDATIONS = Workload("recommendations-v1", "recommendations", "v1", 2.0, protocol="grpc")
 #: In start order: a workload's callees come before it (its sidecar needs their ports).
-WORKLOADS = (MONGODB, RATINGS, *REVIEWS, DETAILS, PRODUCTPAGE)
-#: How the table and the metrics ports list them (productpage's admin port is ``--port``).
-SHOWN = (PRODUCTPAGE, DETAILS, *REVIEWS, RATINGS, MONGODB)
-#: Who calls whom through its client sidecar.
+WORKLOADS = (MONGODB, RATINGS, *REVIEWS, DETAILS, RECOMMENDATIONS, PRODUCTPAGE, GATEWAY)
+#: The order of the metrics ports (the gateway's is ``--port``) and of their list.
+SHOWN = (GATEWAY, PRODUCTPAGE, DETAILS, *REVIEWS, RATINGS, MONGODB, RECOMMENDATIONS)
+#: Who calls whom through its client sidecar (the gateway: its one route).
 CALLS: dict[str, tuple[Workload, ...]] = {
+    GATEWAY.name: (PRODUCTPAGE,),
     PRODUCTPAGE.name: (DETAILS, *REVIEWS),
     REVIEWS[1].name: (RATINGS,),
     REVIEWS[2].name: (RATINGS,),
     RATINGS.name: (MONGODB,),
 }
-#: The table's rows: (client, server); client None is traffic from outside the mesh.
-EDGES: tuple[tuple[Workload | None, Workload], ...] = (
-    (None, PRODUCTPAGE),
-    *((client, server) for client in SHOWN for server in CALLS.get(client.name, ())),
+#: The table's rows, (client, server), each reported by the client's side.
+EDGES: tuple[tuple[Workload, Workload], ...] = (
+    (GATEWAY, PRODUCTPAGE),
+    (PRODUCTPAGE, DETAILS),
+    *((PRODUCTPAGE, r) for r in REVIEWS),
+    (PRODUCTPAGE, RECOMMENDATIONS),
+    (REVIEWS[1], RATINGS),
+    (REVIEWS[2], RATINGS),
+    (RATINGS, MONGODB),
 )
+
+
+def grpc_edge() -> ModuleType | None:
+    """:mod:`meshstats.cli.demo_grpc`, or None when grpcio is not installed."""
+    try:
+        from . import demo_grpc
+    except ImportError:  # MissingExtraError is one; so is a grpcio that cannot load
+        return None
+    return demo_grpc
 
 
 # -- what the apps do ----------------------------------------------------------------------
 
 
-async def _productpage(app: HttpApp, request: h11.Request) -> bytes:
-    """Details, then the next reviews version (round robin, as the sidecar would balance)."""
-    turn = app.calls  # read before awaiting: concurrent requests move it on
-    (details,) = app.upstreams["details"]
-    reviews = app.upstreams["reviews"]
-    d_status, d_body = await app.client.get(details, "/details/0", "details:9080")
-    r_status, r_body = await app.client.get(
-        reviews[(turn - 1) % len(reviews)], "/reviews/0", "reviews:9080"
-    )
-    page = {"details": d_status, "reviews": r_status, "size": len(d_body) + len(r_body)}
-    return json.dumps(page).encode()
+def _productpage(mesh: DemoMesh) -> Callable[[HttpApp, h11.Request], Any]:
+    """Details, then the next reviews version (round robin, as the sidecar would balance);
+    meanwhile recommendations over gRPC (when the mesh has that edge)."""
+
+    async def handler(app: HttpApp, request: h11.Request) -> bytes:
+        turn = app.calls  # read before awaiting: concurrent requests move it on
+        product = 1 if turn % NOT_FOUND_EVERY == 0 else 0  # details knows product 0 only
+        page: dict[str, object] = {"product": product}
+
+        async def http() -> None:
+            (details,) = app.upstreams["details"]
+            reviews = app.upstreams["reviews"]
+            d_status, d_body = await app.client.get(details, f"/details/{product}", "details:9080")
+            r_status, r_body = await app.client.get(
+                reviews[(turn - 1) % len(reviews)], "/reviews/0", "reviews:9080"
+            )
+            # a 404 from details still renders the page, as Bookinfo's does
+            page.update(details=d_status, reviews=r_status, size=len(d_body) + len(r_body))
+
+        async def grpc() -> None:
+            if mesh.recommender is not None:
+                status, items = await mesh.recommender.ask(product)
+                page["recommendations"] = len(items) if status == "OK" else status
+
+        await asyncio.gather(http(), grpc())
+        return json.dumps(page).encode()
+
+    return handler
+
+
+async def _details(app: HttpApp, request: h11.Request) -> Answer:
+    product = request.target.decode(errors="replace").rsplit("/", 1)[-1]
+    if product != "0":
+        return 404, json.dumps({"error": f"product {product} not found"}).encode()
+    return json.dumps({"service": app.name, "product": 0, "pages": 200}).encode()
 
 
 async def _reviews(app: HttpApp, request: h11.Request) -> bytes:
@@ -216,26 +301,36 @@ def _ratings(db: TcpLine) -> Callable[[HttpApp, h11.Request], Any]:
 
 
 class PortInUseError(OSError):
-    """An admin port the demo was told to use is taken (``--port``)."""
+    """A metrics port the demo was told to use is taken (``--port``)."""
 
     def __init__(self, port: int, workload: str) -> None:
         super().__init__(
             errno.EADDRINUSE,
             f"port {port} ({workload}'s metrics port) is already in use: pick another "
-            "--port (the demo takes it and the next six) or --port 0 for any free ports",
+            f"--port (the demo takes it and the next {PORTS_TAKEN - 1}) or --port 0 for "
+            "any free ports",
         )
         self.port = port
 
 
 class DemoMesh:
-    """The demo's apps and sidecars, started and stopped together on the running loop.
+    """The demo's gateway, apps, sidecars and gRPC edge, started and stopped together on
+    the running loop.
 
-    ``admin_port`` is the first of seven consecutive metrics ports (0: any free ones).
-    ``jitter`` spreads the apps' latencies log-normally (0: each app takes exactly its
-    median). ``store_factory`` gives each sidecar's engine its store (a backend's
-    ``Store``); by default the package's. :attr:`entry` is productpage's inbound port,
+    ``admin_port`` is the first of :data:`PORTS_TAKEN` consecutive metrics ports (0: any
+    free ones). ``jitter`` spreads the apps' latencies log-normally (0: each app takes
+    exactly its median). ``store_factory`` gives each engine its store (a backend's
+    ``Store``); by default the package's. ``grpc``: None includes the gRPC edge when grpcio
+    is installed, False leaves it out, True requires it (a
+    :class:`~meshstats.errors.MissingExtraError` without grpcio).
+    ``db_queries_per_connection`` is how many queries ratings sends on one mongodb
+    connection before closing it (None: one connection for good).
+
+    :attr:`entry` is the ingress gateway's port (plaintext HTTP, as from outside the mesh),
     :attr:`client` an HTTP client for it, :attr:`apps` and :attr:`sidecars` are by workload
-    name, :attr:`db` is ratings' connection to mongodb.
+    name (the gateway has a sidecar and no app), :attr:`db` is ratings' connection to
+    mongodb, :attr:`recommendations` and :attr:`recommender` the gRPC server and
+    productpage's client (None without the gRPC edge).
     """
 
     def __init__(
@@ -245,27 +340,71 @@ class DemoMesh:
         jitter: float = 0.5,
         seed: int = 7,
         store_factory: Callable[[], Any] | None = None,
+        grpc: bool | None = None,
+        db_queries_per_connection: int | None = DB_QUERIES_PER_CONNECTION,
     ) -> None:
         self.admin_port = admin_port
         self.jitter = jitter
         self.seed = seed
         self.store_factory = store_factory
+        self._grpc = grpc_edge() if grpc is not False else None
+        if grpc and self._grpc is None:
+            from ..errors import MissingExtraError
+
+            raise MissingExtraError("grpc", "grpc")
         self.apps: dict[str, HttpApp | EchoApp] = {}
         self.sidecars: dict[str, Sidecar] = {}
-        self.db = TcpLine()
+        self.db = TcpLine(db_queries_per_connection)
         self.client = HttpClient()
+        self.recommendations: Recommendations | None = None
+        self.recommender: RecommendationsClient | None = None
+        self._grpc_admin: MetricsServer | None = None
         self._certs: tempfile.TemporaryDirectory[str] | None = None
         # (client, server) -> the client sidecar's outbound address the client app calls
         self._upstream: dict[tuple[str, str], Address] = {}
 
     @property
+    def has_grpc(self) -> bool:
+        """Whether the mesh has its gRPC edge (grpcio is installed and it was not left out)."""
+        return self._grpc is not None
+
+    @property
+    def workloads(self) -> tuple[Workload, ...]:
+        """This mesh's workloads, in :data:`SHOWN` order."""
+        return tuple(w for w in SHOWN if w.protocol != "grpc" or self.has_grpc)
+
+    @property
+    def edge_pairs(self) -> tuple[tuple[Workload, Workload], ...]:
+        """This mesh's rows of :data:`EDGES`."""
+        return tuple((c, s) for c, s in EDGES if s.protocol != "grpc" or self.has_grpc)
+
+    @property
     def entry(self) -> Address:
-        return ("127.0.0.1", self.sidecars[PRODUCTPAGE.name].inbound_port)
+        return ("127.0.0.1", self.sidecars[GATEWAY.name].outbound_ports[0])
 
     def http_app(self, workload: Workload) -> HttpApp:
         app = self.apps[workload.name]
         assert isinstance(app, HttpApp)
         return app
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each workload's metrics are served (``/stats/prometheus`` and ``/metrics``
+        below it), by workload name in :data:`SHOWN` order."""
+        urls = {}
+        for workload in self.workloads:
+            if workload.protocol == "grpc":
+                assert self._grpc_admin is not None
+                urls[workload.name] = self._grpc_admin.url
+            else:
+                urls[workload.name] = self.sidecars[workload.name].admin_url
+        return urls
+
+    def engine(self, workload: Workload) -> StatsEngine:
+        """The engine that records for ``workload`` (its sidecar's, or the gRPC server's)."""
+        if workload.protocol == "grpc":
+            assert self.recommendations is not None
+            return self.recommendations.engine
+        return self.sidecars[workload.name].engine
 
     async def start(self) -> DemoMesh:
         from ..certs import LocalCA
@@ -274,19 +413,33 @@ class DemoMesh:
         ca = LocalCA.create(TRUST_DOMAIN)
         try:
             for workload in WORKLOADS:
-                i = SHOWN.index(workload)
-                cert_dir = ca.issue(NAMESPACE, workload.service_account).write(
-                    Path(self._certs.name) / workload.name
+                if workload.protocol == "grpc":
+                    if self.has_grpc:
+                        await self._start_grpc(workload, ca)
+                    continue
+                cert = ca.issue(workload.namespace, workload.service_account)
+                cert_dir = cert.write(Path(self._certs.name) / workload.name)
+                app = None
+                if workload.protocol != "gateway":
+                    app = self.apps[workload.name] = await self._start_app(workload)
+                sidecar = await self._start_sidecar(
+                    workload, app.port if app is not None else None, cert_dir
                 )
-                app = await self._start_app(workload, i)
-                self.apps[workload.name] = app
-                sidecar = await self._start_sidecar(workload, app.port, cert_dir, i)
                 self.sidecars[workload.name] = sidecar
                 for callee, port in zip(CALLS.get(workload.name, ()), sidecar.outbound_ports):
                     address = ("127.0.0.1", port)
                     self._upstream[workload.name, callee.name] = address
                     if isinstance(app, HttpApp):
                         app.upstreams.setdefault(callee.app, []).append(address)
+                if workload is PRODUCTPAGE and self.recommendations is not None:
+                    assert self._grpc is not None
+                    self.recommender = self._grpc.RecommendationsClient(
+                        sidecar.engine,  # productpage's calls show on its sidecar's port
+                        ("127.0.0.1", self.recommendations.port),
+                        cert,
+                        service_host=RECOMMENDATIONS.service_host,
+                        authority=f"{RECOMMENDATIONS.app}:{RECOMMENDATIONS.port}",
+                    )
             if self.sidecars[RATINGS.name].outbound_ports:
                 self.db.address = ("127.0.0.1", self.sidecars[RATINGS.name].outbound_ports[0])
         except BaseException:
@@ -294,11 +447,15 @@ class DemoMesh:
             raise
         return self
 
-    async def _start_app(self, workload: Workload, index: int) -> HttpApp | EchoApp:
+    def _metrics_port(self, workload: Workload) -> int:
+        return self.admin_port + SHOWN.index(workload) if self.admin_port else 0
+
+    async def _start_app(self, workload: Workload) -> HttpApp | EchoApp:
         if workload.protocol == "tcp":
             return await EchoApp(workload.name, latency_ms=workload.latency_ms).start()
         handler = {
-            PRODUCTPAGE.name: _productpage,
+            PRODUCTPAGE.name: _productpage(self),
+            DETAILS.name: _details,
             REVIEWS[1].name: _reviews,
             REVIEWS[2].name: _reviews,
             RATINGS.name: _ratings(self.db),
@@ -308,13 +465,13 @@ class DemoMesh:
             latency_ms=workload.latency_ms,
             jitter=self.jitter,
             error_every=workload.error_every,
-            seed=self.seed * 31 + index,
+            seed=self.seed * 31 + SHOWN.index(workload),
             handler=handler,
         )
         return await app.start()
 
     async def _start_sidecar(
-        self, workload: Workload, app_port: int, cert_dir: Path, index: int
+        self, workload: Workload, app_port: int | None, cert_dir: Path
     ) -> Sidecar:
         from ..engine import StatsEngine
         from ..proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
@@ -329,17 +486,22 @@ class DemoMesh:
             )
             for callee in CALLS.get(workload.name, ())
         )
-        config = SidecarConfig(
-            node=workload.node_metadata(),
-            cert_dir=cert_dir,
-            inbound=InboundConfig(
+        inbound = None
+        if app_port is not None:
+            inbound = InboundConfig(
                 port=0,
                 app=("127.0.0.1", app_port),
                 protocol="tcp" if workload.protocol == "tcp" else "http",
                 service_host=workload.service_host,
-            ),
+            )
+        config = SidecarConfig(
+            node=workload.node_metadata(),
+            cert_dir=cert_dir,
+            inbound=inbound,
             outbound=outbound,
-            admin_port=self.admin_port + index if self.admin_port else 0,
+            # Not ``gateway``: that turns the Host-header fallback on, which Istio turns off
+            # for gateways; the route's cluster names productpage's service either way.
+            admin_port=self._metrics_port(workload),
         )
         engine = None
         if self.store_factory is not None:
@@ -356,15 +518,52 @@ class DemoMesh:
                 raise PortInUseError(config.admin_port, workload.name) from exc
             raise
 
+    async def _start_grpc(self, workload: Workload, ca: LocalCA) -> None:
+        """The gRPC server, its engine and its metrics port (no sidecar in front)."""
+        from ..engine import StatsEngine
+        from ..exposition import MetricsServer
+
+        assert self._grpc is not None
+        cert = self._grpc.serving_cert(
+            ca, workload.namespace, workload.service_account, workload.service_host
+        )
+        store = self.store_factory() if self.store_factory is not None else None
+        engine = StatsEngine(workload.node_metadata(), store=store, local_principal=cert.principal)
+        self.recommendations = self._grpc.Recommendations(
+            engine,
+            service_host=workload.service_host,
+            items=RECOMMENDED,
+            latency_ms=workload.latency_ms,
+        )
+        port = self._metrics_port(workload)
+        try:
+            self._grpc_admin = MetricsServer(engine.store, "127.0.0.1", port).start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and port:
+                raise PortInUseError(port, workload.name) from exc
+            raise
+        await self.recommendations.start(cert)
+        engine.start_reporting()  # message counts of long streams, every 5 s
+
     async def stop(self) -> None:
-        """Stop everything started: clients, then sidecars, then apps (nothing left open)."""
+        """Stop everything started: clients, then proxies, then apps (nothing left open)."""
         await self.client.close()
         await self.db.close()
+        if self.recommender is not None:
+            await self.recommender.close()
+            self.recommender = None
         for app in self.apps.values():
             if isinstance(app, HttpApp):
                 await app.client.close()
         for sidecar in reversed(list(self.sidecars.values())):
             await sidecar.stop()
+        if self.recommendations is not None:
+            await self.recommendations.close()
+            self.recommendations.engine.stop_reporting()
+            self.recommendations = None
+        if self._grpc_admin is not None:
+            self._grpc_admin.stop()
+            self._grpc_admin = None
         for app in self.apps.values():
             await app.close()
         self.sidecars.clear()
@@ -387,60 +586,100 @@ class DemoMesh:
     # -- reading the telemetry ---------------------------------------------------------------
 
     def edges(self) -> list[EdgeStats]:
-        """Per edge, what its reporting sidecar recorded and what the server app counted."""
-        return [self.edge_stats(client, server) for client, server in EDGES]
+        """Per edge, what its client side recorded and what the calling app counted."""
+        return [self.edge_stats(client, server) for client, server in self.edge_pairs]
 
-    def edge_stats(self, client: Workload | None, server: Workload) -> EdgeStats:
-        """The client sidecar's view of one edge (for ingress: the server's inbound view),
-        and what the calling app counted (for ingress: :attr:`client`)."""
-        reporter = "destination" if client is None else "source"
-        sidecar = self.sidecars[server.name if client is None else client.name]
-        stats = EdgeStats(client.name if client else "(outside)", server.name, server.protocol)
-        if client is None:
+    def edge_stats(self, client: Workload, server: Workload) -> EdgeStats:
+        """The client side's view of one edge (``reporter="source"``: the client's sidecar,
+        whose engine productpage's gRPC interceptors share), and what the calling app
+        counted (for the gateway: :attr:`client`, the traffic from outside)."""
+        stats = EdgeStats(client.name, server.name, server.protocol)
+        if client is GATEWAY:
             stats.app_requests = self.client.count(self.entry)
         elif server.protocol == "tcp":
             stats.app_requests = self.db.connections
+            stats.app_closed = self.db.closed
             stats.app_bytes = (self.db.bytes_out, self.db.bytes_in)
+        elif server.protocol == "grpc":
+            assert self.recommender is not None
+            stats.app_requests = self.recommender.calls
+            stats.app_messages = (self.recommender.messages_out, self.recommender.messages_in)
         else:
             caller = self.http_app(client).client
             stats.app_requests = caller.count(self._upstream[client.name, server.name])
-        for name, _kind, _help, names, _buckets, series in sidecar.engine.store.snapshot():
+        for name, _kind, _help, names, _buckets, series in self.engine(client).store.snapshot():
             for values, sample in series:
                 value: Any = sample  # an int for counters, (buckets, sum) for histograms
                 labels = dict(zip(names, values))
                 if (
-                    labels.get("reporter") != reporter
+                    labels.get("reporter") != "source"
                     or labels.get("destination_workload") != server.name
                 ):
                     continue
                 if name == "istio_requests_total":
                     stats.requests += value
-                    if labels["response_code"].startswith("5"):
+                    code = labels["response_code"]
+                    if code.startswith("5"):
                         stats.errors += value
+                    elif code.startswith("4"):
+                        stats.client_errors += value
                 elif name == "istio_request_duration_milliseconds":
                     buckets, _sum = value
                     if stats.buckets:
                         stats.buckets = [a + b for a, b in zip(stats.buckets, buckets)]
                     else:
                         stats.buckets = list(buckets)
+                elif name == "istio_request_messages_total":
+                    stats.request_messages += value
+                elif name == "istio_response_messages_total":
+                    stats.response_messages += value
                 elif name == "istio_tcp_connections_opened_total":
                     stats.connections += value
+                elif name == "istio_tcp_connections_closed_total":
+                    stats.closed += value
                 elif name == "istio_tcp_received_bytes_total":
                     stats.bytes_up += value
                 elif name == "istio_tcp_sent_bytes_total":
                     stats.bytes_down += value
         return stats
 
+    def served_total(self, workload: Workload, family: str) -> int:
+        """The sum of ``family`` as ``workload``'s server side recorded it
+        (``reporter="destination"``)."""
+        total = 0
+        for name, _kind, _help, names, _b, series in self.engine(workload).store.snapshot():
+            if name != family:
+                continue
+            at = names.index("reporter")
+            for values, value in series:
+                if values[at] == "destination":
+                    assert isinstance(value, int)  # a counter's sample
+                    total += value
+        return total
+
     def recorded_everything(self) -> bool:
-        """Whether every sidecar has recorded every request the apps answered."""
+        """Whether every proxy and interceptor has recorded everything the apps counted:
+        each request, gRPC message and closed TCP connection, on both sides where the demo
+        cannot otherwise tell (a server sidecar records a close after its client's does)."""
         for edge in self.edges():
-            if edge.protocol == "http" and edge.requests != edge.app_requests:
+            if edge.protocol == "tcp":
+                if edge.closed != edge.app_closed:
+                    return False
+            elif edge.requests != edge.app_requests:
+                return False
+            if edge.protocol == "grpc" and edge.messages != edge.app_messages:
+                return False
+        if self.served_total(MONGODB, "istio_tcp_connections_closed_total") != self.db.closed:
+            return False
+        if self.recommendations is not None:
+            served = self.served_total(RECOMMENDATIONS, "istio_requests_total")
+            if served != self.recommendations.served:
                 return False
         return True
 
     async def settle(self, timeout: float = 30.0) -> None:
-        """Wait until the sidecars have recorded every request the apps answered, then
-        report the long TCP connection's bytes now instead of at the next 5 s tick."""
+        """Wait until the proxies have recorded everything the apps counted, then report
+        the open TCP connection's bytes now instead of at the next 5 s tick."""
         deadline = time.monotonic() + timeout
         while not self.recorded_everything() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -456,13 +695,23 @@ class EdgeStats:
     server: str
     protocol: str
     requests: int = 0
-    errors: int = 0
+    errors: int = 0  # 5xx
+    client_errors: int = 0  # 4xx
     buckets: list[int] | None = None
+    request_messages: int = 0  # gRPC: istio_request_messages_total
+    response_messages: int = 0  # gRPC: istio_response_messages_total
     connections: int = 0
+    closed: int = 0  # TCP: istio_tcp_connections_closed_total
     bytes_up: int = 0  # client -> server (istio_tcp_received_bytes_total, client side)
     bytes_down: int = 0  # server -> client (istio_tcp_sent_bytes_total)
     app_requests: int = 0  # answers the calling app counted (TCP: connections it opened)
+    app_messages: tuple[int, int] = (0, 0)  # gRPC: messages the calling app sent / received
+    app_closed: int = 0  # TCP: connections the calling app closed
     app_bytes: tuple[int, int] = (0, 0)  # TCP: bytes the calling app wrote / read
+
+    @property
+    def messages(self) -> tuple[int, int]:
+        return self.request_messages, self.response_messages
 
     def __post_init__(self) -> None:
         if self.buckets is None:
@@ -586,24 +835,33 @@ async def load(
 
 
 def table(edges: list[EdgeStats]) -> str:
-    """The demo's per-edge table."""
+    """The demo's per-edge table: a row per edge, and for gRPC and TCP a second line with
+    the messages or the closed connections and bytes (the proxy's, then the app's)."""
     rows = [
-        f"{'edge (client -> server)':<30}{'requests':>9}{'5xx':>7}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'app saw':>9}   tcp bytes up/down"
+        f"{'edge (client -> server)':<44}{'requests':>9}{'4xx':>7}{'5xx':>7}{'p50 ms':>8}"
+        f"{'p99 ms':>8}{'app saw':>9}"
     ]
     for e in edges:
         name = f"{e.client} -> {e.server}"
+        if e.protocol in ("tcp", "grpc"):
+            name += f" ({e.protocol})"
         if e.protocol == "tcp":
+            rows.append(f"{name:<44}{f'{e.connections} conn':>9}{'':>30}{e.app_requests:>9}")
             rows.append(
-                f"{name:<30}{f'{e.connections} conn':>9}{'':>23}{e.app_requests:>9}"
-                f"   {e.bytes_up}/{e.bytes_down} (app {e.app_bytes[0]}/{e.app_bytes[1]})"
+                f"    {e.closed} closed (app {e.app_closed}), bytes up/down "
+                f"{e.bytes_up}/{e.bytes_down} (app {e.app_bytes[0]}/{e.app_bytes[1]})"
             )
             continue
-        rate = e.errors / e.requests if e.requests else 0.0
+        n = e.requests or 1
         rows.append(
-            f"{name:<30}{e.requests:>9}{rate:>7.1%}{e.quantile(0.5):>8.1f}"
-            f"{e.quantile(0.99):>8.1f}{e.app_requests:>9}"
+            f"{name:<44}{e.requests:>9}{e.client_errors / n:>7.1%}{e.errors / n:>7.1%}"
+            f"{e.quantile(0.5):>8.1f}{e.quantile(0.99):>8.1f}{e.app_requests:>9}"
         )
+        if e.protocol == "grpc":
+            rows.append(
+                f"    messages in/out {e.request_messages}/{e.response_messages} "
+                f"(app {e.app_messages[0]}/{e.app_messages[1]})"
+            )
     return "\n".join(rows)
 
 
@@ -617,9 +875,12 @@ async def _main(args: argparse.Namespace, out: TextIO) -> int:
         print(f"meshstats demo: {exc.strerror}", file=sys.stderr)
         return 1
     try:
+        apps = sum(1 for w in mesh.workloads if w.protocol in ("http", "tcp"))
+        grpc_note = " and a gRPC service" if mesh.has_grpc else ""
         print(
-            f"mesh up: 7 workloads, 7 sidecars (mTLS); sending traffic into productpage "
-            f"for {args.duration:g} s, {args.concurrency} in flight",
+            f"mesh up: an ingress gateway, {apps} apps behind mTLS sidecars{grpc_note}; "
+            f"traffic through the gateway into productpage for {args.duration:g} s, "
+            f"{args.concurrency} in flight",
             file=sys.stderr,
         )
         result = await load(mesh, args.duration, args.concurrency, Progress(args.duration))
@@ -631,20 +892,23 @@ async def _main(args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
         print(table(mesh.edges()), file=out)
+        if not mesh.has_grpc:
+            print(GRPC_MISSING, file=out)
         backend = "compiled" if HAS_EXTENSION else "pure-Python (MESHSTATS_NO_EXTENSIONS)"
         print(
-            "\nrequests/5xx/p50/p99/tcp: the client sidecar's metrics (reporter=source; the "
-            "first row: productpage's inbound).\napp saw: requests (or connections) the "
-            f"calling app counted itself.  backend: {backend}",
+            '\nEvery number but "app saw" and "(app ...)" is what the client side recorded '
+            "(reporter=source:\nthe gateway, the client sidecars, productpage's gRPC "
+            "interceptors); those two are what the calling\napp counted itself. 4xx: every "
+            f"{NOT_FOUND_EVERY}th page is for a product details does not know.  backend: "
+            f"{backend}",
             file=out,
         )
         if args.serve:
             print("metrics (Envoy's path; /metrics too):", file=out)
-            for workload in SHOWN:
-                url = mesh.sidecars[workload.name].admin_url
-                print(f"  {workload.name:<16} {url}/stats/prometheus", file=out)
+            for name, url in mesh.metrics_urls().items():
+                print(f"  {name:<20} {url}/stats/prometheus", file=out)
             host, port = mesh.entry
-            print(f"productpage: http://{host}:{port}/productpage", file=out)
+            print(f"productpage, through the gateway: http://{host}:{port}/productpage", file=out)
             # The handlers go in before the line that tells a supervisor (or a test) it may
             # signal: a signal that arrived in between would kill the process uncleanly.
             with _signals() as stop:
@@ -654,7 +918,7 @@ async def _main(args: argparse.Namespace, out: TextIO) -> int:
             # Its URLs would already be closed: say how to keep them open instead.
             print(
                 "the mesh is stopped now; `meshstats demo --serve` keeps it up and lists "
-                "where each sidecar serves its metrics",
+                "where each workload serves its metrics",
                 file=out,
             )
     finally:
@@ -679,6 +943,9 @@ def _signals() -> Iterator[asyncio.Event]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # grpcio's core logs at INFO on stderr (a GOAWAY as the mesh stops, say), which would
+    # cut through the progress bar; its warnings and errors still show.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         return asyncio.run(_main(args, sys.stdout))
     except KeyboardInterrupt:

@@ -20,7 +20,8 @@ sidecar's outbound ports (:attr:`HttpApp.upstreams`, set once the sidecar is up)
 workload in a mesh calls ``localhost`` iptables would redirect.
 
 Failures are deterministic: with ``error_every=k`` the k-th, 2k-th, ... request gets a 503, so a
-run's error share is exact, and latencies are ``latency_ms`` times a log-normal factor with
+run's error share is exact (a handler may answer a status of its own, such as a 404, the same
+way: from a counter), and latencies are ``latency_ms`` times a log-normal factor with
 spread ``jitter`` (0: constant) from a seeded generator.
 """
 
@@ -111,7 +112,8 @@ async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> byte
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
 
 
-Handler = Callable[[h11.Request], Awaitable[tuple[int, bytes]]]
+#: What an app's handler answers: a 200's body, or a status and a body.
+Answer = bytes | tuple[int, bytes]
 
 
 class HttpApp(_Server):
@@ -125,7 +127,7 @@ class HttpApp(_Server):
         jitter: float = 0.0,
         error_every: int | None = None,
         seed: int = 0,
-        handler: Callable[[HttpApp, h11.Request], Awaitable[bytes]] | None = None,
+        handler: Callable[[HttpApp, h11.Request], Awaitable[Answer]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -181,10 +183,11 @@ class HttpApp(_Server):
             return 200, json.dumps({"service": self.name, "path": request.target.decode()}).encode()
         try:
             self.calls += 1
-            return 200, await self.handler(self, request)
+            answer = await self.handler(self, request)
         except (OSError, asyncio.IncompleteReadError, h11.ProtocolError) as exc:
             # A call through the sidecar broke (it answers 503 itself for a dead upstream).
             return 502, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
+        return answer if isinstance(answer, tuple) else (200, answer)
 
 
 class HttpClient:
@@ -239,7 +242,10 @@ class HttpClient:
 
 
 class EchoApp(_Server):
-    """A line-oriented TCP "database": every query line gets one document line back."""
+    """A line-oriented TCP "database": every query line gets one document line back.
+
+    :attr:`connections` counts the connections accepted, :attr:`closed` those that ended.
+    """
 
     def __init__(self, name: str, *, latency_ms: float = 0.0) -> None:
         super().__init__()
@@ -248,29 +254,47 @@ class EchoApp(_Server):
         self.bytes_in = 0
         self.bytes_out = 0
         self.connections = 0
+        self.closed = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        while line := await reader.readline():
-            self.bytes_in += len(line)
-            if self.latency_ms:
-                await asyncio.sleep(self.latency_ms / 1000.0)
-            reply = json.dumps({"query": line.decode(errors="replace").strip(), "stars": 4})
-            data = reply.encode() + b"\n"
-            writer.write(data)
-            await writer.drain()
-            self.bytes_out += len(data)
+        try:
+            while line := await reader.readline():
+                self.bytes_in += len(line)
+                if self.latency_ms:
+                    await asyncio.sleep(self.latency_ms / 1000.0)
+                reply = json.dumps({"query": line.decode(errors="replace").strip(), "stars": 4})
+                data = reply.encode() + b"\n"
+                writer.write(data)
+                await writer.drain()
+                self.bytes_out += len(data)
+        finally:
+            self.closed += 1
 
 
 class TcpLine:
-    """One long-lived TCP connection for query/reply lines, shared by concurrent requests."""
+    """A TCP connection for query/reply lines, shared by concurrent requests.
 
-    def __init__(self) -> None:
+    With ``queries_per_connection=n`` the connection is closed after its n-th reply and
+    the next query opens a new one, as a database driver retires its connections (so the
+    sidecars report connections closing, not only opening); ``None`` keeps one connection
+    for good. :attr:`connections` counts those opened, :attr:`closed` those this side
+    closed (after their n-th reply, on an error, or on :meth:`close`).
+    """
+
+    def __init__(self, queries_per_connection: int | None = None) -> None:
+        if queries_per_connection is not None and queries_per_connection < 1:
+            raise ValueError(
+                f"queries_per_connection must be at least 1, got {queries_per_connection}"
+            )
         self.address: Address | None = None
+        self.queries_per_connection = queries_per_connection
         self.bytes_out = 0
         self.bytes_in = 0
         self.connections = 0
+        self.closed = 0
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._answered = 0  # replies on the open connection
         self._lock = asyncio.Lock()
 
     async def query(self, text: str) -> bytes:
@@ -280,6 +304,7 @@ class TcpLine:
                     raise ConnectionRefusedError("no upstream configured")
                 self._streams = await asyncio.open_connection(*self.address)
                 self.connections += 1
+                self._answered = 0
             reader, writer = self._streams
             data = text.encode() + b"\n"
             try:
@@ -290,13 +315,19 @@ class TcpLine:
                 if not reply:
                     raise ConnectionResetError("the database closed the connection")
             except BaseException:
-                self._streams = None
-                writer.close()
+                self._retire()
                 raise
             self.bytes_in += len(reply)
+            self._answered += 1
+            if self._answered == self.queries_per_connection:
+                self._retire()
             return reply
 
-    async def close(self) -> None:
+    def _retire(self) -> None:
         if self._streams is not None:
             self._streams[1].close()
             self._streams = None
+            self.closed += 1
+
+    async def close(self) -> None:
+        self._retire()
