@@ -4,7 +4,7 @@
  * hold small integers (most sums, every default bound) skipping the printf round-trip;
  * and the output buffer, sized from the previous render and owned by the caller if it
  * likes (the Python glue renders straight into the bytes object it returns). */
-#define _DEFAULT_SOURCE /* madvise's MADV_HUGEPAGE under -std=c11 */
+#define _DEFAULT_SOURCE /* madvise under -std=c11 */
 #include "render.h"
 
 #include <math.h>
@@ -38,25 +38,20 @@ typedef struct writer {
 
 /* A fresh output buffer's pages are mapped on first touch, a fault per 4 KiB page, which
  * cost more than rendering (150 ms of a 215 MB scrape here). So a big buffer's pages are
- * mapped in one call (MADV_POPULATE_WRITE: 320 -> 125 ms for a first 215 MB render without
- * huge pages), and outputs of HUGE_OUTPUT or more ask for transparent huge pages where the
- * system gives them on request. Smaller buffers are left alone: malloc reuses heap memory
- * for them. (The Python glue also reuses the last render's buffer: no faults at all.) */
+ * mapped in one call (MADV_POPULATE_WRITE: 320 -> 125 ms for a first 215 MB render), and
+ * the Python glue reuses the last render's buffer (no faults at all). Transparent huge
+ * pages, asked for here before, saved another ~20 ms per steady render but made first
+ * renders stall for up to 0.8 s while the kernel compacted memory, and their advice split
+ * the buffer's mapping so that growing it meant a copy. Small buffers are left alone:
+ * malloc reuses heap memory for them. */
 #define POPULATE_OUTPUT ((size_t)1 << 20)
-#define HUGE_OUTPUT ((size_t)32 << 20)
-#define HUGE_PAGE ((uintptr_t)2 << 20)
 
 static void prepare_pages(char *p, size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n < POPULATE_OUTPUT) return;
-    if (n >= HUGE_OUTPUT) {
-        uintptr_t from = ((uintptr_t)p + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
-        uintptr_t to = ((uintptr_t)p + n) & ~(HUGE_PAGE - 1);
-        if (to > from) (void)madvise((void *)from, to - from, MADV_HUGEPAGE); /* a hint */
-    }
+#if defined(__linux__)
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels refuse it, harmlessly */
 #endif
+    if (n < POPULATE_OUTPUT) return;
     uintptr_t first = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
     uintptr_t last = ((uintptr_t)p + n) & ~(uintptr_t)4095;
     if (last > first) (void)madvise((void *)first, last - first, MADV_POPULATE_WRITE);

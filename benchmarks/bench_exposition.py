@@ -1,6 +1,9 @@
 """Exposition of 1k and 10k series (a counter and a histogram each), text format 0.0.4.
 
 Target (issue 2): at least 50x faster than prometheus-client's ``generate_latest()``.
+Issue 11: also without transparent huge pages (>= 100x) and for the first render in a fresh
+process (>= 50x): ``test_render_fresh_process`` runs both in child processes beside the
+baseline measured here.
 
 Also a scrape under attack (issue 10.5): 20,000 spoofed peers whose metadata fills the
 source labels with 512-character values (the engine's cut), on Istio's four HTTP metrics,
@@ -85,6 +88,47 @@ def test_render_prometheus_client(benchmark: Any, prom_registry: Any, n: int) ->
         prometheus_client.generate_latest, args=(prom_registry,), rounds=3, iterations=1
     )
     assert text.count(b"\nistio_requests_total{") == n
+
+
+@pytest.mark.benchmark(group="exposition of 10000 series, fresh processes")
+def test_render_fresh_process(benchmark: Any, prom_registry: Any) -> None:
+    """First and steady renders in fresh processes, with and without huge pages, against
+    prometheus-client in this one (medians; the spread goes to extra_info)."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import prometheus_client
+
+    probe = str(Path(__file__).with_name("_render_probe.py"))
+    _fill_prometheus(prom_registry, 10_000)
+    runs = 1 if benchmark.disabled else 3
+    firsts: dict[str, list[float]] = {"thp": [], "no_thp": []}
+    steady: dict[str, list[float]] = {"thp": [], "no_thp": []}
+    theirs: list[float] = []
+    for _ in range(runs):  # interleaved: a child of each kind, then the baseline
+        for kind, flag in (("thp", []), ("no_thp", ["--no-thp"])):
+            out = subprocess.run(
+                [sys.executable, probe, "10000", *flag], capture_output=True, text=True, check=True
+            ).stdout
+            result = json.loads(out)
+            firsts[kind].append(result["first"])
+            steady[kind].append(statistics.median(result["steady"]))
+        t = time.perf_counter()
+        prometheus_client.generate_latest(prom_registry)
+        theirs.append(time.perf_counter() - t)
+    base = statistics.median(theirs)
+    for kind in ("thp", "no_thp"):
+        for name, values in ((f"first_{kind}", firsts[kind]), (f"steady_{kind}", steady[kind])):
+            median = statistics.median(values)
+            benchmark.extra_info[f"{name}_ms"] = round(median * 1e3, 1)
+            benchmark.extra_info[f"{name}_spread_ms"] = round((max(values) - min(values)) * 1e3, 1)
+            benchmark.extra_info[f"{name}_ratio"] = round(base / median, 1)
+    benchmark.extra_info["prometheus_client_s"] = round(base, 2)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
 # Labels a plaintext peer's metadata fills (source_workload, canonical service and
