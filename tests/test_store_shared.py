@@ -18,7 +18,12 @@ import pytest
 from conftest import Backend
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshstats.errors import DuplicateMetricError, InvalidArgumentError, StoreFileError
+from meshstats.errors import (
+    DuplicateMetricError,
+    InvalidArgumentError,
+    InvalidMetricError,
+    StoreFileError,
+)
 
 WORKER = Path(__file__).with_name("shared_store_worker.py")
 
@@ -237,3 +242,31 @@ def test_sigkill_in_the_middle_loses_nothing_of_the_others(backend: Backend, pat
     for label in victims[:200]:
         sid = store.series(m, (label,))
         assert store.labels(sid) == (label,)
+
+
+def test_gauges_one_value_or_one_per_process(backend: Backend, path: str) -> None:
+    store = backend.store.Store.shared(path)
+    shared = store.gauge("config_version", "", ("app",))
+    mine = store.gauge("inflight", "In flight.", ("app",), per_process=True)
+    store.set(store.series(shared, ("web",)), 1.0)
+    store.set(store.series(mine, ("web",)), 5.0)
+    with pytest.raises(InvalidMetricError, match="'pid' is given twice"):
+        store.gauge("other", "", ("pid",), per_process=True)
+    pid = os.fork()
+    if pid == 0:  # another process: its own inflight series, the one config_version
+        code = 0
+        try:
+            child = backend.store.Store.shared(path)
+            child.set(child.series(child.gauge("config_version", "", ("app",)), ("web",)), 2.0)
+            g = child.gauge("inflight", "In flight.", ("app",), per_process=True)
+            assert g == mine
+            child.set(child.series(g, ("web",)), 7.0)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    got = samples(store.render())
+    assert got[("config_version", (("app", "web"),))] == 2.0  # the last set wins
+    assert got[("inflight", (("app", "web"), ("pid", str(os.getpid()))))] == 5.0
+    assert got[("inflight", (("app", "web"), ("pid", str(pid))))] == 7.0

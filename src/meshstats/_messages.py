@@ -235,6 +235,13 @@ def check_definition(
     return help_text, tuple(names), bounds, limit
 
 
+def per_process_labels(labels: object) -> tuple[object, ...]:
+    """A per-process gauge's labels: the given ones, then ``pid`` (checked as any others)."""
+    if not isinstance(labels, (tuple, list)):
+        raise InvalidMetricError(f"labels must be a tuple or list of str, got {_type(labels)}")
+    return (*labels, "pid")
+
+
 def duplicate_metric(taken: str) -> str:
     """For ``DuplicateMetricError(message, name=taken)``."""
     return f"a metric family named {taken!r} is already registered"

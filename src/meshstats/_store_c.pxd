@@ -109,6 +109,7 @@ cdef extern from "store_internal.h" nogil:
 cdef class Store:
     cdef ms_store *_s
     cdef object _path  # a shared store's file, None for a private store
+    cdef set _per_process  # gauges whose series get this process' pid as a last label
     cdef object _spare  # the last render's bytes: reused once nobody else holds them
     cdef size_t _spare_cap  # the bytes _spare's memory can hold (at least its length)
 

@@ -106,11 +106,16 @@ class Store:
         labels: Iterable[str] = (),
         *,
         max_series: SupportsIndex | None = None,
+        per_process: bool = False,
     ) -> int:
         """Register a gauge (a float); returns its metric id.
 
         >>> Store().gauge("istio_build", "Build.", ("component", "tag"))
         0
+
+        In a shared store a gauge series holds one value for every process (the last
+        ``set`` wins). ``per_process=True`` gives each process its own: a last label
+        ``pid`` is added, which ``series()`` fills in with this process' id.
         """
     def histogram(
         self,

@@ -318,6 +318,7 @@ cdef class Store:
         # Same rule as max_series: an int >= 1, clamped to 2**64 - 1 (never reached).
         cdef uint64_t budget = _max_series(max_exposition_bytes, "max_exposition_bytes")
         self._s = ms_store_new_budget(&_ALLOCATOR, n, budget)
+        self._per_process = set()
         if self._s is NULL:
             raise MemoryError("cannot allocate a Store")
 
@@ -441,13 +442,28 @@ cdef class Store:
         """
         return self._add(MS_COUNTER, name, help, labels, None, max_series)
 
-    def gauge(self, name, help="", labels=(), *, max_series=None):
+    def gauge(self, name, help="", labels=(), *, max_series=None, per_process=False):
         """Register a gauge; returns its metric id.
 
         >>> Store().gauge("istio_build", "Build.", ("component", "tag"))
         0
+
+        In a shared store a gauge series holds one value for every process (the last
+        ``set`` wins). ``per_process=True`` gives each process its own: a last label
+        ``pid`` is added, which ``series()`` fills in with this process' id (combine them
+        in PromQL: ``max without (pid) (...)``).
+
+        >>> store = Store()
+        >>> inflight = store.gauge("inflight", "", ("app",), per_process=True)
+        >>> store.labels(store.series(inflight, ("web",))) == ("web", str(os.getpid()))
+        True
         """
-        return self._add(MS_GAUGE, name, help, labels, None, max_series)
+        if per_process:
+            labels = msg.per_process_labels(labels)
+        m = self._add(MS_GAUGE, name, help, labels, None, max_series)
+        if per_process:
+            self._per_process.add(m)
+        return m
 
     def histogram(self, name, help="", labels=(), *, buckets=DEFAULT_BUCKETS,
                   max_series=None):
@@ -478,6 +494,8 @@ cdef class Store:
         cdef uint32_t m = self._metric(metric)
         if not isinstance(values, (tuple, list)):
             self._explain_values(m, values)
+        if self._per_process and m in self._per_process:
+            values = (*values, str(os.getpid()))
         cdef Py_ssize_t n = len(values), size, i
         cdef ms_strref stack[32]
         cdef ms_strref *refs = stack
