@@ -158,6 +158,80 @@ static uint32_t pvec_publish(ms_pvec *v) {
     return n;
 }
 
+/* ---- pools of variable-size records (store_internal.h) ------------------------------- */
+
+/* Room for a record of `units` (zeroed) at *id, visible to readers after pool_publish;
+ * NULL with *st set when memory or ids (2**32 units) run out. A record larger than a page
+ * is allocated on its own and the pool gets its stub. A writer killed before publishing
+ * leaves only unused space (a gap marker it wrote is written again by the next one). */
+static uint32_t *pool_reserve(ms_store *s, ms_pool *p, size_t units, uint32_t *id,
+                              ms_status *st) {
+    size_t in_pool = units > MS_POOL_UNITS ? 3 : units;
+    uint64_t next = atomic_load_explicit(&p->next, memory_order_relaxed);
+    uint32_t off = (uint32_t)(next & (MS_POOL_UNITS - 1));
+    if (off && off + in_pool > MS_POOL_UNITS) { /* does not fit this page's rest */
+        ((uint32_t *)at(s, ((ms_ref *)at(s, p->dir))[next >> MS_POOL_SHIFT]))[off] = MS_POOL_GAP;
+        next = (next | (MS_POOL_UNITS - 1)) + 1;
+    }
+    *st = MS_ERR_LIMIT;
+    if (next + in_pool >= (uint64_t)MS_NO_SERIES) return NULL;
+    *st = MS_ERR_NOMEM;
+    uint32_t page = (uint32_t)(next >> MS_POOL_SHIFT);
+    ms_ref *dir = at(s, atomic_load_explicit(&p->dir, memory_order_relaxed));
+    if (page >= p->n_pages) {
+        if (page >= p->dir_cap) { /* readers may still hold the old directory: it stays */
+            uint32_t cap = p->dir_cap ? p->dir_cap * 2 : 4;
+            ms_ref *grown = store_alloc(s, cap * sizeof *grown, sizeof(ms_ref));
+            if (!grown) return NULL;
+            if (page) memcpy(grown, dir, page * sizeof *grown);
+            atomic_store_explicit(&p->dir, ref_of(s, grown), memory_order_release);
+            dir = grown;
+            p->dir_cap = cap;
+        }
+        size_t bytes = (size_t)MS_POOL_UNITS * sizeof(uint32_t);
+        char *fresh = s->fd >= 0 ? file_alloc(s, bytes, 16) : block_alloc(s, bytes);
+        if (!fresh) return NULL;
+        dir[page] = ref_of(s, fresh);
+        p->n_pages = page + 1;
+    }
+    uint32_t *rec = (uint32_t *)at(s, dir[page]) + (next & (MS_POOL_UNITS - 1));
+    *id = (uint32_t)next;
+    if (in_pool == units) return rec;
+    uint32_t *big = store_alloc(s, units * sizeof *big, sizeof(uint64_t));
+    if (!big) return NULL;
+    ms_ref ref = ref_of(s, big);
+    rec[0] = MS_POOL_BIG;
+    memcpy(rec + 1, &ref, sizeof ref);
+    return big;
+}
+
+static void pool_publish(ms_pool *p, uint32_t id, size_t units) {
+    p->count++;
+    ms_store_release_u32(&p->next, id + (uint32_t)(units > MS_POOL_UNITS ? 3 : units));
+}
+
+/* Calls `visit` with every record's id, in order; `units_of` gives a record's size. */
+static void pool_walk(const ms_store *s, const ms_pool *p, size_t (*units_of)(const uint32_t *),
+                      void (*visit)(ms_store *, uint32_t, void *), void *ctx) {
+    uint32_t next = ms_load_acquire_u32(&p->next);
+    for (uint32_t id = 0; id < next;) {
+        const uint32_t *unit = ms_pool_unit(s->base, p, id);
+        if (*unit == MS_POOL_GAP) {
+            id = (id | (MS_POOL_UNITS - 1)) + 1;
+            continue;
+        }
+        size_t units = *unit == MS_POOL_BIG ? 3 : units_of(unit);
+        visit((ms_store *)s, id, ctx);
+        id += (uint32_t)units;
+    }
+}
+
+static size_t string_units(const uint32_t *rec) {
+    return 1 + ((size_t)(rec[0] & MS_STR_MAXLEN) + 3) / 4;
+}
+
+static size_t labelset_units(const uint32_t *rec) { return 1 + (size_t)rec[0]; }
+
 /* ---- hashing and tables --------------------------------------------------------- */
 
 static inline uint64_t mix64(uint64_t h) {
@@ -337,8 +411,8 @@ static void head_init(ms_head *h, uint64_t seed, uint64_t default_max_series,
     h->overflow_string = MS_NO_SERIES;
     pvec_init(&h->metrics, sizeof(ms_ref));
     pvec_init(&h->series, sizeof(ms_series));
-    pvec_init(&h->strings, sizeof(ms_ref));
-    pvec_init(&h->labelsets, sizeof(ms_ref));
+    memset(&h->strings, 0, sizeof h->strings);
+    memset(&h->labelsets, 0, sizeof h->labelsets);
 }
 
 static ms_store *store_shell(const ms_allocator *allocator) {
@@ -555,10 +629,7 @@ static int valid_name(const char *p, size_t n, int colon) {
     return 1;
 }
 
-/* A copy in the store; 0 when out of memory (no ref is 0: the head comes first). */
-static ms_ref str_copy(ms_store *s, const char *p, size_t n) {
-    ms_str *str = store_alloc(s, sizeof(ms_str) + n, sizeof(uint32_t));
-    if (!str) return 0;
+static void str_fill(ms_str *str, const char *p, size_t n) {
     uint32_t flags = 0;
     for (size_t i = 0; i < n; i++)
         if (p[i] == '\\' || p[i] == '"' || p[i] == '\n') {
@@ -567,6 +638,13 @@ static ms_ref str_copy(ms_store *s, const char *p, size_t n) {
         }
     str->len_flags = (uint32_t)n | flags;
     if (n) memcpy(str->data, p, n);
+}
+
+/* A copy in the store; 0 when out of memory (no ref is 0: the head comes first). */
+static ms_ref str_copy(ms_store *s, const char *p, size_t n) {
+    ms_str *str = store_alloc(s, sizeof(ms_str) + n, sizeof(uint32_t));
+    if (!str) return 0;
+    str_fill(str, p, n);
     return ref_of(s, str);
 }
 
@@ -837,13 +915,13 @@ static ms_status string_intern(ms_store *s, const ms_strref *v, uint32_t *out) {
         *out = id;
         return MS_OK;
     }
-    if (atomic_load_explicit(&s->h->strings.count, memory_order_relaxed) == MS_NO_SERIES)
-        return MS_ERR_LIMIT;
     ms_status st = table_reserve(s, &s->h->string_table, string_rehash);
     if (st != MS_OK) return st;
-    ms_ref *slot = pvec_reserve(s, &s->h->strings);
-    if (!slot || !(*slot = str_copy(s, v->ptr, v->len))) return MS_ERR_NOMEM;
-    id = pvec_publish(&s->h->strings);
+    size_t units = 1 + (v->len + 3) / 4;
+    ms_str *str = (ms_str *)pool_reserve(s, &s->h->strings, units, &id, &st);
+    if (!str) return st;
+    str_fill(str, v->ptr, v->len);
+    pool_publish(&s->h->strings, id, units);
     *table_find(s, &s->h->string_table, h, string_eq, v) = id + 1;
     s->h->string_table.used++;
     *out = id;
@@ -858,18 +936,14 @@ static ms_status labelset_intern(ms_store *s, const uint32_t *ids, uint32_t n, u
         *out = id;
         return MS_OK;
     }
-    if (atomic_load_explicit(&s->h->labelsets.count, memory_order_relaxed) == MS_NO_SERIES)
-        return MS_ERR_LIMIT;
     ms_status st = table_reserve(s, &s->h->labelset_table, labelset_rehash);
     if (st != MS_OK) return st;
-    ms_ref *slot = pvec_reserve(s, &s->h->labelsets);
-    if (!slot) return MS_ERR_NOMEM;
-    uint32_t *ls = store_alloc(s, (n + 1) * sizeof *ls, sizeof *ls);
-    if (!ls) return MS_ERR_NOMEM;
+    size_t units = 1 + (size_t)n;
+    uint32_t *ls = pool_reserve(s, &s->h->labelsets, units, &id, &st);
+    if (!ls) return st;
     ls[0] = n;
     memcpy(ls + 1, ids, n * sizeof *ids);
-    *slot = ref_of(s, ls);
-    id = pvec_publish(&s->h->labelsets);
+    pool_publish(&s->h->labelsets, id, units);
     *table_find(s, &s->h->labelset_table, h, labelset_eq, &key) = id + 1;
     s->h->labelset_table.used++;
     *out = id;
@@ -1044,6 +1118,41 @@ static void table_rebuild(ms_store *s, ms_table *t, uint32_t n, rehash_fn rehash
     t->used = used;
 }
 
+typedef struct rebuild_ctx {
+    ms_table *t;
+    uint32_t *slots;
+    rehash_fn rehash;
+    uint32_t n;
+} rebuild_ctx;
+
+static void count_record(ms_store *s, uint32_t id, void *ctx) {
+    (void)s;
+    (void)id;
+    ((rebuild_ctx *)ctx)->n++;
+}
+
+static void insert_record(ms_store *s, uint32_t id, void *ctx) {
+    rebuild_ctx *c = ctx;
+    uint32_t cap = c->t->cap, j = (uint32_t)c->rehash(s, id) & (cap - 1);
+    while (c->slots[j]) j = (j + 1) & (cap - 1);
+    c->slots[j] = id + 1;
+}
+
+/* A fresh table over every record of a pool. */
+static void table_rebuild_pool(ms_store *s, ms_table *t, const ms_pool *p,
+                               size_t (*units_of)(const uint32_t *), rehash_fn rehash) {
+    rebuild_ctx c = {t, NULL, rehash, 0};
+    pool_walk(s, p, units_of, count_record, &c);
+    uint32_t cap = 16;
+    while ((uint64_t)c.n * 10 > (uint64_t)cap * 7 && cap < (1u << 31)) cap *= 2;
+    if (!(c.slots = table_slots_new(s, cap))) return; /* the file cannot grow: kept */
+    table_slots_free(s, t);
+    t->slots = ref_of(s, c.slots);
+    t->cap = cap;
+    t->used = c.n;
+    pool_walk(s, p, units_of, insert_record, &c);
+}
+
 /* Overflow series are not in the series table (series_get_locked finds them by their
  * label set), so the rebuild leaves them out as well. */
 static int real_series(const ms_store *s, uint32_t id) {
@@ -1058,14 +1167,12 @@ static int real_series(const ms_store *s, uint32_t id) {
  * unused space in the file. */
 static void store_repair(ms_store *s) {
     ms_head *h = s->h;
-    uint32_t n_strings = ms_load_acquire_u32(&h->strings.count);
-    table_rebuild(s, &h->string_table, n_strings, string_rehash, NULL);
+    table_rebuild_pool(s, &h->string_table, &h->strings, string_units, string_rehash);
     if (h->overflow_string == MS_NO_SERIES) {
         ms_strref v = {OVERFLOW_VALUE, sizeof OVERFLOW_VALUE - 1};
         h->overflow_string = string_lookup(s, &v);
     }
-    table_rebuild(s, &h->labelset_table, ms_load_acquire_u32(&h->labelsets.count),
-                  labelset_rehash, NULL);
+    table_rebuild_pool(s, &h->labelset_table, &h->labelsets, labelset_units, labelset_rehash);
     uint32_t n_series = ms_series_total(s), n_metrics = ms_metric_count(s);
     table_rebuild(s, &h->series_table, n_series, series_rehash, real_series);
     for (uint32_t i = 0; i < n_metrics; i++) {

@@ -49,6 +49,43 @@ static inline void *ms_pvec_at(const char *base, const ms_pvec *v, uint32_t i) {
     return (char *)ms_at(base, pages[i >> MS_PAGE_SHIFT]) + (size_t)(i & MS_PAGE_MASK) * v->elem_size;
 }
 
+/* Append-only pool of variable-size records (4-aligned) in pages of MS_POOL_UNITS 4-byte
+ * units that never move. A record's id is its unit offset over the pages laid end to end,
+ * so, unlike a vector, it needs no directory entry of its own (8 bytes per label value and
+ * per label set: the memory budget). A record never crosses a page: one that would not fit
+ * goes to the next page, after an MS_POOL_GAP word that ends the page's records. A record
+ * larger than a page lives elsewhere, and the pool holds MS_POOL_BIG and its ref (two u32,
+ * 3 units). Neither marker can begin a record kept in a page (it would not fit one). */
+#define MS_POOL_SHIFT 12
+#define MS_POOL_UNITS (1u << MS_POOL_SHIFT)
+#define MS_POOL_GAP 0xffffffffu
+#define MS_POOL_BIG 0xfffffffeu
+
+typedef struct ms_pool {
+    uint32_t dir_cap, n_pages;
+    ms_atomic_u32 next; /* the first free unit; every record below it is published */
+    uint32_t count;     /* records (a table's size hint) */
+    _Atomic ms_ref dir; /* page refs */
+} ms_pool;
+
+_Static_assert(sizeof(ms_pool) == 24, "file layout: a pool is 24 bytes");
+
+/* The unit `id` of a pool as stored (a record, or a marker). */
+static inline const uint32_t *ms_pool_unit(const char *base, const ms_pool *p, uint32_t id) {
+    ms_ref dir = atomic_load_explicit((_Atomic ms_ref *)&p->dir, memory_order_acquire);
+    const ms_ref *pages = ms_at(base, dir);
+    return (const uint32_t *)ms_at(base, pages[id >> MS_POOL_SHIFT]) + (id & (MS_POOL_UNITS - 1));
+}
+
+/* The record `id` of a pool, wherever it lives. */
+static inline const uint32_t *ms_pool_at(const char *base, const ms_pool *p, uint32_t id) {
+    const uint32_t *rec = ms_pool_unit(base, p, id);
+    if (*rec != MS_POOL_BIG) return rec;
+    ms_ref ref;
+    memcpy(&ref, rec + 1, sizeof ref);
+    return ms_at(base, ref);
+}
+
 /* A label value or name: length (31 bits) + "needs escaping" bit, then the bytes. */
 typedef struct ms_str {
     uint32_t len_flags;
@@ -111,7 +148,7 @@ typedef struct ms_table {
 /* The store's shared state: in a private store, one allocation; in a shared store, the
  * first bytes of the file (docs/store.md, "Shared stores" lists every field). */
 #define MS_SHARED_MAGIC 0x3165726f74736d6dULL /* "mmstore1" little-endian */
-#define MS_SHARED_VERSION 1u
+#define MS_SHARED_VERSION 2u
 
 typedef struct ms_head {
     uint64_t magic;
@@ -129,8 +166,8 @@ typedef struct ms_head {
     _Atomic uint64_t repairs;          /* times a dead writer's change was repaired */
     ms_pvec metrics;              /* ms_ref of ms_metric */
     ms_pvec series;               /* ms_series */
-    ms_pvec strings;              /* ms_ref of ms_str */
-    ms_pvec labelsets;            /* ms_ref of uint32_t [n, id0, id1, ...] */
+    ms_pool strings;              /* ms_str */
+    ms_pool labelsets;            /* uint32_t [n, id0, id1, ...] */
     ms_table string_table, labelset_table, series_table;
     uint64_t spare[2]; /* zero; room for a later version's fields */
 } ms_head;
@@ -168,11 +205,11 @@ static inline const ms_str *ms_str_at(const ms_store *s, ms_ref ref) {
 }
 
 static inline const ms_str *ms_string_at(const ms_store *s, uint32_t id) {
-    return ms_at(s->base, *(const ms_ref *)ms_pvec_at(s->base, &s->h->strings, id));
+    return (const ms_str *)ms_pool_at(s->base, &s->h->strings, id);
 }
 
 static inline const uint32_t *ms_labelset_at(const ms_store *s, uint32_t id) {
-    return ms_at(s->base, *(const ms_ref *)ms_pvec_at(s->base, &s->h->labelsets, id));
+    return ms_pool_at(s->base, &s->h->labelsets, id);
 }
 
 static inline const ms_series *ms_series_at(const ms_store *s, uint32_t id) {

@@ -1321,6 +1321,46 @@ static void test_shared_repair(void) {
     unlink(path);
 }
 
+/* Label values land in pool pages of 16 KiB: ones that do not fit a page's rest start the
+ * next page, ones larger than a page live elsewhere; all read back, and a repair finds
+ * them all again by walking the pools. */
+static void test_pool_records(void) {
+    char path[128];
+    shared_path(path, sizeof path, "pool");
+    ms_store *s = open_shared(path);
+    ms_strref labels[] = {{"k", 1}};
+    uint32_t c = metric(s, MS_COUNTER, "c_total", "", labels, 1, NULL, 0, 0);
+    static char big[200000];
+    size_t sizes[] = {10000, 10000, 0, 3, 16380, 16381, 100000, 7, 200000};
+    uint32_t ids[9];
+    for (int i = 0; i < 9; i++) {
+        memset(big, 'a' + i, sizes[i]);
+        ms_strref v[] = {{big, sizes[i]}};
+        CHECK(ms_series_get(s, c, v, 1, &ids[i]) == MS_OK);
+        CHECK(ms_inc(s, ids[i], (uint64_t)i + 1) == MS_OK);
+    }
+    for (int i = 0; i < 9; i++) {
+        ms_strref got;
+        CHECK(ms_series_label(s, ids[i], 0, &got) == MS_OK && got.len == sizes[i]);
+        CHECK(got.len == 0 || (got.ptr[0] == 'a' + i && got.ptr[got.len - 1] == 'a' + i));
+    }
+    ms_head *h = s->h;
+    CHECK(h->strings.count == 9); /* the values (names and help live apart) */
+    h->string_table.cap = h->string_table.used = 0;
+    h->labelset_table.cap = h->labelset_table.used = 0;
+    h->series_table.cap = h->series_table.used = 0;
+    atomic_store(&h->writer, 1);
+    for (int i = 0; i < 9; i++) {
+        memset(big, 'a' + i, sizes[i]);
+        ms_strref v[] = {{big, sizes[i]}};
+        uint32_t again = 999;
+        CHECK(ms_series_get(s, c, v, 1, &again) == MS_OK && again == ids[i]);
+    }
+    CHECK(ms_store_repairs(s) == 1 && h->string_table.used == 9 && h->labelset_table.used == 9);
+    ms_store_free(s);
+    unlink(path);
+}
+
 int main(void) {
     test_format_double();
     test_render_buffer_is_sized_once();
@@ -1349,6 +1389,7 @@ int main(void) {
     test_shared_bad_files();
     test_shared_processes();
     test_shared_repair();
+    test_pool_records();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
