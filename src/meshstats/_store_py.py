@@ -26,6 +26,7 @@ holds the lock, so a record racing a sweep is never undone by it.
 from __future__ import annotations
 
 import operator
+import os
 import sys
 import threading
 from bisect import bisect_left, insort
@@ -231,6 +232,50 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<meshstats.Store: {len(self._metrics)} metrics, {len(self._kind)} series>"
+
+    @classmethod
+    def shared(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        default_max_series: int = 100_000,
+        max_exposition_bytes: int = DEFAULT_MAX_EXPOSITION_BYTES,
+        reserve: int = msg.DEFAULT_SHARED_RESERVE,
+    ) -> Store:
+        """A store in a file every process opens: one set of series for many processes.
+
+        >>> import os, tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(folder.name, "app.store")
+        >>> a, b = Store.shared(path), Store.shared(path)  # two processes, or one
+        >>> m = a.counter("c_total", "", ("k",))
+        >>> b.counter("c_total", "", ("k",)) == m, b.series(m, ("x",)) == a.series(m, ("x",))
+        (True, True)
+        >>> a.inc(a.series(m, ("x",)), 2); b.value(b.series(m, ("x",))), a.path == path
+        (2, True)
+        >>> folder.cleanup()
+
+        A bare name lives in ``/dev/shm``. The file's creator fixes its settings; later
+        openers get the file's. The file is the compiled store's (docs/store.md, "Shared
+        stores"): a pure-Python process and a compiled one can share it. Recording needs
+        libatomic (``libatomic1``), loaded through ctypes.
+        """
+        from ._store_shared_py import open_shared
+
+        return open_shared(path, default_max_series, max_exposition_bytes, reserve)
+
+    @property
+    def path(self) -> str | None:
+        """The file of a shared store (``Store.shared``); ``None`` for a private one."""
+        return None
+
+    def repairs(self) -> int:
+        """Times a change whose process died mid-way was repaired (shared stores).
+
+        >>> Store().repairs()
+        0
+        """
+        return 0
 
     # -- metrics ----------------------------------------------------------------------------
 
