@@ -265,6 +265,12 @@ class _Map:
         self.size = size
 
 
+class _Word(ctypes.Union):
+    """A slot's 8 bytes as the u64 libatomic swaps and the double they hold."""
+
+    _fields_ = [("u", ctypes.c_uint64), ("d", ctypes.c_double)]
+
+
 class _FileFull(Exception):
     """The file cannot grow (its reserve is used up, or ftruncate failed): C's MS_ERR_NOMEM."""
 
@@ -415,6 +421,10 @@ class SharedStore(Store):
         self._pages: dict[int, list[int]] = {}  # vector -> refs of its pages, as far as known
         self._strings: dict[int, bytes] = {}
         self._labelsets: dict[int, tuple[int, ...]] = {}
+        # And back: ids found in (or added to) the tables, so a value seen once in this
+        # process is not hashed and probed again (a miss still goes to the table).
+        self._string_ids: dict[bytes, int] = {}
+        self._labelset_ids: dict[tuple[int, ...], int] = {}
         self._label_values: dict[int, tuple[str, ...]] = {}
         # (metric, label values) -> series: a label set's series never changes once made.
         self._found: dict[tuple[int, tuple[str, ...]], int] = {}
@@ -494,12 +504,14 @@ class SharedStore(Store):
 
     def _add_double(self, mp: _Map, off: int, v: float) -> None:
         """ms_atomic_add_double: a compare-and-swap loop on the bits (ends even for NaN)."""
-        addr = mp.base + off
-        old = ctypes.c_uint64(self._load8(addr, _RELAXED))
-        expected = ctypes.byref(old)
-        cas = self._cas8
-        while not cas(addr, expected, _bits(_float(old.value) + v), _RELAXED, _RELAXED):
-            pass
+        # The first guess is a plain copy; a stale or torn one only costs the
+        # compare-and-swap a retry, which puts the word's current bits in ``old``.
+        old = _Word.from_buffer_copy(mp.mm, off)
+        new = _Word()
+        addr, expected, cas = mp.base + off, ctypes.byref(old), self._cas8
+        new.d = old.d + v
+        while not cas(addr, expected, new.u, _RELAXED, _RELAXED):
+            new.d = old.d + v
 
     # -- the head --------------------------------------------------------------------------
 
@@ -555,11 +567,9 @@ class SharedStore(Store):
         except MeshstatsError:
             clean = True
             raise
-        except _FileFull:
+        except _FileFull as full:
             clean = True
-            raise MemoryError(
-                f"{self._path}: the shared store is full (its reserve is {self._reserve} bytes)"
-            ) from None
+            raise MemoryError(f"{self._path}: {full}") from None
         finally:
             try:
                 if clean:
@@ -570,26 +580,31 @@ class SharedStore(Store):
 
     # -- allocation (the caller holds the lock) ---------------------------------------------
 
-    def _file_grow(self, need: int) -> bool:
+    def _file_grow(self, need: int) -> None:
+        """file_grow: whole pages, at least doubling, never past the reserve."""
         size = self._ld8(_H_SIZE)
         if need <= size:
-            return True
+            return
         if need > self._reserve:
-            return False
+            raise _FileFull(f"the shared store is full (its reserve is {self._reserve} bytes)")
         grown = max(size * 2, need)
         grown = min((grown + _FILE_PAGE - 1) & ~(_FILE_PAGE - 1), self._reserve)
         try:
             os.ftruncate(self._file.fd, grown)
-        except OSError:
-            return False
+        except OSError as exc:
+            raise _FileFull(f"the shared store cannot grow to {grown} bytes: {exc}") from None
         self._st8(_H_SIZE, grown, _RELEASE)
-        return True
 
     def _file_alloc(self, n: int, align: int) -> int:
-        """file_alloc: zeroed bytes at the bump pointer, growing the file if it must."""
+        """file_alloc: zeroed bytes at the bump pointer, growing the file if it must.
+
+        Raises ``_FileFull`` where the compiled store returns MS_ERR_NOMEM: a stop at a
+        consistent point, so the lock's holder clears ``writer`` as after any refusal.
+        """
         at = (self._ld8(_H_USED) + align - 1) & ~(align - 1)
-        if at + n > _M64 or not self._file_grow(at + n):
-            raise _FileFull
+        if at + n > _M64:
+            raise _FileFull("the shared store is full")
+        self._file_grow(at + n)
         self._st8(_H_USED, at + n)
         self._cover(at + n)
         return at
@@ -811,20 +826,29 @@ class SharedStore(Store):
             self._sync_series()
         return self._series_hash(self._metric_kind[series] >> 2, self._labelset_of[series])
 
-    def _string_lookup(self, data: bytes) -> int:
-        return self._table_get(
-            _T_STRINGS, self._string_hash(data), lambda i: self._string_bytes(i) == data
-        )
+    def _string_lookup(self, data: bytes, h: int | None = None) -> int:
+        found = self._string_ids.get(data)
+        if found is None:
+            found = self._table_get(
+                _T_STRINGS,
+                self._string_hash(data) if h is None else h,
+                lambda i: self._string_bytes(i) == data,
+            )
+            if found != _NONE:
+                self._string_ids[data] = found
+        return found
 
     def _string_intern(self, data: bytes) -> int:
+        if data in self._string_ids:
+            return self._string_ids[data]
         h = self._string_hash(data)
+        found = self._string_lookup(data, h)
+        if found != _NONE:
+            return found
 
         def eq(i: int) -> bool:
             return self._string_bytes(i) == data
 
-        found = self._table_get(_T_STRINGS, h, eq)
-        if found != _NONE:
-            return found
         if self._u32(_V_STRINGS + _VEC_COUNT) == _NONE:
             raise InvalidLabelsError("the shared store holds 2**32 - 1 strings: no more")
         self._table_reserve(_T_STRINGS, self._string_rehash)
@@ -832,23 +856,33 @@ class SharedStore(Store):
         self._w64(slot, self._str_copy(data))
         string_id = self._pvec_publish(_V_STRINGS)
         self._strings[string_id] = data
+        self._string_ids[data] = string_id
         self._table_insert(_T_STRINGS, h, eq, string_id)
         return string_id
 
-    def _labelset_lookup(self, ids: tuple[int, ...]) -> int:
-        return self._table_get(
-            _T_LABELSETS, self._labelset_hash(ids), lambda i: self._labelset(i) == ids
-        )
+    def _labelset_lookup(self, ids: tuple[int, ...], h: int | None = None) -> int:
+        found = self._labelset_ids.get(ids)
+        if found is None:
+            found = self._table_get(
+                _T_LABELSETS,
+                self._labelset_hash(ids) if h is None else h,
+                lambda i: self._labelset(i) == ids,
+            )
+            if found != _NONE:
+                self._labelset_ids[ids] = found
+        return found
 
     def _labelset_intern(self, ids: tuple[int, ...]) -> int:
+        if ids in self._labelset_ids:
+            return self._labelset_ids[ids]
         h = self._labelset_hash(ids)
+        found = self._labelset_lookup(ids, h)
+        if found != _NONE:
+            return found
 
         def eq(i: int) -> bool:
             return self._labelset(i) == ids
 
-        found = self._table_get(_T_LABELSETS, h, eq)
-        if found != _NONE:
-            return found
         if self._u32(_V_LABELSETS + _VEC_COUNT) == _NONE:
             raise InvalidLabelsError("the shared store holds 2**32 - 1 label sets: no more")
         self._table_reserve(_T_LABELSETS, self._labelset_rehash)
@@ -860,6 +894,7 @@ class SharedStore(Store):
         self._w64(slot, at)
         labelset = self._pvec_publish(_V_LABELSETS)
         self._labelsets[labelset] = ids
+        self._labelset_ids[ids] = labelset
         self._table_insert(_T_LABELSETS, h, eq, labelset)
         return labelset
 
