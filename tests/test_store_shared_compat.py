@@ -260,6 +260,28 @@ def test_a_file_one_backend_made_reads_the_same_in_the_other(
 
 
 @pytest.mark.c_extension
+def test_the_same_calls_make_the_same_file_byte_for_byte(
+    tmp_path: Path, c_backend: Backend, py_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the C file's seed, the pure store writes every byte as store.c does: the
+    same allocations in the same order, the same tables, flags and slot values."""
+    c_path, py_path = str(tmp_path / "c.store"), str(tmp_path / "py.store")
+    c = c_backend.store.Store.shared(c_path, default_max_series=60, max_exposition_bytes=80_000)
+    seed = Path(c_path).read_bytes()[48:56]
+    monkeypatch.setattr(os, "urandom", lambda n: seed)
+    py = py_backend.store.Store.shared(py_path, default_max_series=60, max_exposition_bytes=80_000)
+    monkeypatch.undo()
+    for store in (c, py):
+        populate(store, 0, 400)
+        store.expire_idle()
+        populate(store, 400, 900)
+        store.render()
+    c_bytes, py_bytes = Path(c_path).read_bytes(), Path(py_path).read_bytes()
+    assert len(c_bytes) == len(py_bytes) > 65536
+    assert c_bytes == py_bytes
+
+
+@pytest.mark.c_extension
 @pytest.mark.parametrize("repairer_name", ["c", "py"])
 def test_a_repair_by_one_backend_is_valid_for_the_other(
     repairer_name: str, path: str, c_backend: Backend, py_backend: Backend
