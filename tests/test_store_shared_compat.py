@@ -40,6 +40,7 @@ from meshstats._store_shared_py import SharedStore
 from meshstats.errors import (
     DuplicateMetricError,
     InvalidArgumentError,
+    InvalidLabelsError,
     InvalidMetricError,
     StoreFileError,
     UnknownSeriesError,
@@ -300,6 +301,26 @@ def test_a_repair_by_one_backend_is_valid_for_the_other(
     for sid in range(60):
         metric, labels = check.metric_of(sid), check.labels(sid)
         assert fixed.series(metric, labels) == check.series(metric, labels) == sid
+
+
+@pytest.mark.c_extension
+def test_per_process_gauges_agree_across_backends(
+    path: str, c_backend: Backend, py_backend: Backend
+) -> None:
+    pid = str(os.getpid())
+    stores = [c_backend.store.Store.shared(path), py_backend.store.Store.shared(path)]
+    stores += [c_backend.store.Store(), py_backend.store.Store()]
+    ids = []
+    for store in stores:
+        g = store.gauge("inflight", "", ("app",), per_process=True)
+        sid = store.series(g, ["web"])
+        store.set(sid, 3.0)
+        assert store.labels(sid) == ("web", pid)
+        with pytest.raises(InvalidLabelsError) as info:
+            store.series(g, "web")
+        ids.append((g, sid, str(info.value)))
+    assert ids[0] == ids[1] and ids[2] == ids[3]
+    assert stores[0].render() == stores[1].render() == stores[2].render() == stores[3].render()
 
 
 # ---- (3) the pure shared store alone: the C tests of _core/tests/test_store.c ------------------

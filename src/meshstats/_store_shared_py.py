@@ -428,6 +428,7 @@ class SharedStore(Store):
         self._label_values: dict[int, tuple[str, ...]] = {}
         # (metric, label values) -> series: a label set's series never changes once made.
         self._found: dict[tuple[int, tuple[str, ...]], int] = {}
+        self._per_process: set[int] = set()  # this handle's per-process gauges (gauge())
         _OPEN.add(self)
 
     def _new_locks(self) -> None:
@@ -1043,6 +1044,8 @@ class SharedStore(Store):
     def series(self, metric: int, values: Sequence[str]) -> int:
         """The series id of ``values`` in ``metric``, the same in every process of the file."""
         m = self._shared_metric(metric)
+        if self._per_process and m.id in self._per_process:
+            values = self._with_pid(m.name, m.label_names, values)
         if type(values) is tuple:
             try:
                 found = self._found.get((m.id, values))
