@@ -26,6 +26,7 @@ holds the lock, so a record racing a sweep is never undone by it.
 from __future__ import annotations
 
 import operator
+import os
 import sys
 import threading
 from bisect import bisect_left, insort
@@ -228,9 +229,54 @@ class Store:
         self._counts: list[list[int]] = []
         self._bounds: list[tuple[float, ...]] = []  # the metric's own tuple, shared
         self._state = bytearray()  # _ACTIVE / _IDLE / _HIDDEN; written under the lock
+        self._per_process: set[int] = set()  # gauges whose label sets end with our pid
 
     def __repr__(self) -> str:
         return f"<meshstats.Store: {len(self._metrics)} metrics, {len(self._kind)} series>"
+
+    @classmethod
+    def shared(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        default_max_series: int = 100_000,
+        max_exposition_bytes: int = DEFAULT_MAX_EXPOSITION_BYTES,
+        reserve: int = msg.DEFAULT_SHARED_RESERVE,
+    ) -> Store:
+        """A store in a file every process opens: one set of series for many processes.
+
+        >>> import os, tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(folder.name, "app.store")
+        >>> a, b = Store.shared(path), Store.shared(path)  # two processes, or one
+        >>> m = a.counter("c_total", "", ("k",))
+        >>> b.counter("c_total", "", ("k",)) == m, b.series(m, ("x",)) == a.series(m, ("x",))
+        (True, True)
+        >>> a.inc(a.series(m, ("x",)), 2); b.value(b.series(m, ("x",))), a.path == path
+        (2, True)
+        >>> folder.cleanup()
+
+        A bare name lives in ``/dev/shm``. The file's creator fixes its settings; later
+        openers get the file's. The file is the compiled store's (docs/store.md, "Shared
+        stores"): a pure-Python process and a compiled one can share it. Recording needs
+        libatomic (``libatomic1``), loaded through ctypes.
+        """
+        from ._store_shared_py import open_shared
+
+        return open_shared(path, default_max_series, max_exposition_bytes, reserve)
+
+    @property
+    def path(self) -> str | None:
+        """The file of a shared store (``Store.shared``); ``None`` for a private one."""
+        return None
+
+    def repairs(self) -> int:
+        """Times a change whose process died mid-way was repaired (shared stores).
+
+        >>> Store().repairs()
+        0
+        """
+        return 0
 
     # -- metrics ----------------------------------------------------------------------------
 
@@ -256,13 +302,28 @@ class Store:
         labels: Sequence[str] = (),
         *,
         max_series: int | None = None,
+        per_process: bool = False,
     ) -> int:
         """Register a gauge; returns its metric id.
 
         >>> Store().gauge("istio_build", "Build.", ("component", "tag"))
         0
+
+        In a shared store a gauge series holds one value for every process (the last
+        ``set`` wins). ``per_process=True`` gives each process its own: a last label
+        ``pid`` is added, which ``series()`` fills in with this process' id (combine them
+        in PromQL: ``max without (pid) (...)``).
+
+        >>> store = Store()
+        >>> inflight = store.gauge("inflight", "", ("app",), per_process=True)
+        >>> store.labels(store.series(inflight, ("web",))) == ("web", str(os.getpid()))
+        True
         """
-        return self._register(_GAUGE, name, help, labels, (), max_series)
+        names: object = msg.per_process_labels(labels) if per_process else labels
+        metric = self._register(_GAUGE, name, help, names, (), max_series)
+        if per_process:
+            self._per_process.add(metric)
+        return metric
 
     def histogram(
         self,
@@ -331,6 +392,8 @@ class Store:
         (0, 1, 0)
         """
         m = self._metric(metric)
+        if self._per_process and m.id in self._per_process:
+            values = self._with_pid(m.name, m.label_names, values)
         if type(values) is tuple:
             try:
                 found = m.index.get(values)
@@ -359,6 +422,13 @@ class Store:
             sid = self._new_series(m, key)
             self._charged = charged
             return sid
+
+    @staticmethod
+    def _with_pid(name: str, label_names: tuple[str, ...], values: object) -> tuple[Any, ...]:
+        """A per-process gauge's label values: the caller's, then this process' id."""
+        if isinstance(values, (tuple, list)):
+            return (*values, str(os.getpid()))
+        return msg.check_values(name, label_names, values)  # raises, worded as for any metric
 
     def _overflow_series(self, m: _Metric) -> int:
         # Called with the lock held.
