@@ -496,6 +496,9 @@ static void store_repair(ms_store *s);
  * the kernel releases when its holder dies. `writer` tells the next holder whether the
  * last one died in the middle of a change, and then it is repaired first. */
 static ms_status store_lock(ms_store *s) {
+    /* A child forked while another thread of its parent held the mutex would wait for
+     * it forever: a child (only the forking thread lives on) starts with a fresh one. */
+    if (s->fd >= 0 && s->pid != (int)getpid()) pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_lock(&s->lock);
     if (s->fd < 0) return MS_OK;
     ms_status st = own_file(s);
@@ -541,13 +544,15 @@ ms_status ms_store_open_shared(const char *path, const ms_allocator *allocator,
         *problem = MS_FILE_TRUNCATED;
         goto fail_locked;
     }
-    /* A file without the magic is new (or its creator died before finishing): made here,
-     * under the lock, and the magic is written last. Anything else must be ours. */
+    /* A file without the magic is new, or its creator died before writing the magic last
+     * (it had written this version and head size): made here, under the lock. Anything
+     * else must be ours. */
     int fresh = head.magic == 0;
     if (fresh) {
+        int zero = 1;
         for (size_t i = 0; i < sizeof head; i++)
-            if (((const unsigned char *)&head)[i]) fresh = 0;
-        if (!fresh) {
+            if (((const unsigned char *)&head)[i]) zero = 0;
+        if (!zero && (head.version != MS_SHARED_VERSION || head.head_size != sizeof head)) {
             *problem = MS_FILE_NOT_A_STORE;
             goto fail_locked;
         }
@@ -555,8 +560,11 @@ ms_status ms_store_open_shared(const char *path, const ms_allocator *allocator,
     } else if (head.magic != MS_SHARED_MAGIC) {
         *problem = MS_FILE_NOT_A_STORE;
         goto fail_locked;
-    } else if (head.version != MS_SHARED_VERSION || head.head_size != sizeof head) {
+    } else if (head.version != MS_SHARED_VERSION) {
         *problem = MS_FILE_VERSION;
+        goto fail_locked;
+    } else if (head.head_size != sizeof head || head.used < sizeof head) {
+        *problem = MS_FILE_NOT_A_STORE;
         goto fail_locked;
     } else if (head.size > (uint64_t)sb.st_size || head.used > head.size ||
                head.size > head.reserve || head.reserve % MS_FILE_PAGE) {
@@ -575,6 +583,7 @@ ms_status ms_store_open_shared(const char *path, const ms_allocator *allocator,
     s->pid = (int)getpid();
     if (fresh) {
         ms_head *h = s->h;
+        memset(h, 0, sizeof *h); /* what a creator that died here had written */
         head_init(h, new_seed(s), default_max_series, max_exposition_bytes);
         h->reserve = reserve;
         atomic_store_explicit(&h->size, MS_FILE_PAGE, memory_order_relaxed);
@@ -1227,6 +1236,12 @@ ms_status ms_metric_label_name(const ms_store *s, uint32_t metric, uint32_t i, m
     const ms_metric *m = ms_metric_at(s, metric);
     if (i >= m->n_labels) return MS_ERR_INVALID_LABELS;
     *out = strref(ms_metric_label(s, m, i));
+    return MS_OK;
+}
+
+ms_status ms_metric_overflow_series(const ms_store *s, uint32_t metric, uint32_t *out_series) {
+    if (metric >= ms_metric_count(s)) return MS_ERR_UNKNOWN_METRIC;
+    *out_series = ms_load_acquire_u32(&ms_metric_at(s, metric)->overflow_series);
     return MS_OK;
 }
 

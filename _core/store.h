@@ -140,6 +140,8 @@ uint32_t ms_series_total(const ms_store *s);
 ms_status ms_metric_get(const ms_store *s, uint32_t metric, ms_metric_info *out);
 ms_status ms_metric_label_name(const ms_store *s, uint32_t metric, uint32_t i, ms_strref *out);
 ms_status ms_series_metric(const ms_store *s, uint64_t series, uint32_t *out_metric);
+/* The metric's overflow series, MS_NO_SERIES until one was needed. */
+ms_status ms_metric_overflow_series(const ms_store *s, uint32_t metric, uint32_t *out_series);
 ms_status ms_series_label(const ms_store *s, uint64_t series, uint32_t i, ms_strref *out);
 
 /* Recording: lock-free, callable from any thread without the GIL. */

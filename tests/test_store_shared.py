@@ -118,6 +118,11 @@ def test_the_creators_settings_win(backend: Backend, path: str) -> None:
     m = later.counter("c_total", "", ("k",))
     ids = {later.series(m, (k,)) for k in "abcd"}
     assert len(ids) == 3 and first.overflow_count(m) == 2  # max_series 2, then overflow
+    # Label sets a process has resolved are answered without the lock; folds never are,
+    # as each counts.
+    assert later.series(m, ("a",)) == first.series(m, ("a",))
+    later.series(m, ("c",))
+    assert first.overflow_count(m) == 3
 
 
 def test_bad_files_are_refused_clearly(backend: Backend, tmp_path: Path) -> None:

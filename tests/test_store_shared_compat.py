@@ -444,12 +444,20 @@ def test_bad_files_are_refused_and_left_alone(tmp_path: Path, py_backend: Backen
     with pytest.raises(StoreFileError) as info:
         Store.shared(str(good))
     assert info.value.problem == (
-        "a meshstats store of layout version 99; this meshstats reads version 1"
+        "a meshstats store of layout version 99; this meshstats reads version 2"
     )
-    good.write_bytes(data[:12] + (128).to_bytes(4, "little") + data[16:])
-    with pytest.raises(StoreFileError, match="layout version 1;"):
+    good.write_bytes(data[:12] + (128).to_bytes(4, "little") + data[16:])  # head size
+    with pytest.raises(StoreFileError, match="not a meshstats store"):
+        Store.shared(str(good))
+    good.write_bytes(data[:32] + (0).to_bytes(8, "little") + data[40:])  # used = 0
+    with pytest.raises(StoreFileError, match="not a meshstats store"):
         Store.shared(str(good))
     assert good.read_bytes()[:8] == data[:8]  # refused, not rewritten
+    # A creator killed after writing its head but the magic: made again, not refused.
+    half = tmp_path / "half"
+    half.write_bytes(bytes(8) + data[8:256] + bytes(65536 - 256))
+    again = Store.shared(str(half))
+    assert again.counter("c_total", "", ("k",)) == 0 and again.render().startswith(b"# HELP")
     zero_head = tmp_path / "zero"
     zero_head.write_bytes(bytes(300))  # no magic, all zero: a fresh file, made here
     Store.shared(str(zero_head)).counter("c_total")

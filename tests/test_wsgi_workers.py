@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import Backend
+from conftest import Backend, wait_until
 from embed_support import DEADLINE, listening_socket, samples, total
 
 HERE = Path(__file__).parent
@@ -50,10 +50,17 @@ def test_gunicorn_workers_share_one_store(backend: Backend, tmp_path: Path) -> N
             pid = get(port, "/pid").decode()
             pids[pid] = pids.get(pid, 0) + 1
             sent += 1
-        # Any worker's engine renders the shared store: everyone's requests.
+        # A request is recorded when its worker closes it, after the client has the body:
+        # wait for the last ones, then any worker's engine renders everyone's requests.
+        shared = backend.store.Store.shared(store_path)
+
+        def requests() -> float:
+            return total(samples(shared.render()), "istio_requests_total", response_code="200")
+
+        wait_until(lambda: requests() == sent, f"{sent} requests in the shared store")
         via_worker = samples(get(port, "/metrics"))  # rendered before it is recorded
         sent += 1
-        shared = backend.store.Store.shared(store_path)
+        wait_until(lambda: requests() == sent, "the /metrics request recorded too")
         found = samples(shared.render())
     finally:
         proc.terminate()

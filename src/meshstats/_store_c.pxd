@@ -58,6 +58,7 @@ cdef extern from "store.h" nogil:
                                    uint64_t default_max_series, uint64_t max_exposition_bytes,
                                    uint64_t reserve, ms_store **out, ms_file_problem *problem)
     int ms_store_is_shared(const ms_store *s)
+    ms_status ms_metric_overflow_series(const ms_store *s, uint32_t metric, uint32_t *out_series)
     uint64_t ms_store_repairs(const ms_store *s)
     size_t ms_store_memory(const ms_store *s)
     ms_status ms_metric_add(ms_store *s, ms_kind kind, const char *name, size_t name_len,
@@ -100,6 +101,8 @@ cdef extern from "store.h" nogil:
     ms_status ms_metric_visible_count(ms_store *s, uint32_t metric, uint64_t *out)
 
 cdef extern from "store_internal.h" nogil:
+    # The shared file's layout version (docs/store.md, "File layout").
+    const unsigned int MS_SHARED_VERSION
     # store.c's ms_inc/ms_set/ms_observe, inline: no C call per event from here.
     ms_status ms_inc_inline(ms_store *s, uint64_t series, uint64_t n)
     ms_status ms_set_inline(ms_store *s, uint64_t series, double v)
@@ -110,6 +113,7 @@ cdef class Store:
     cdef ms_store *_s
     cdef object _path  # a shared store's file, None for a private store
     cdef set _per_process  # gauges whose series get this process' pid as a last label
+    cdef dict _seen  # a shared store's (metric, values) -> series id: no lock once seen
     cdef object _spare  # the last render's bytes: reused once nobody else holds them
     cdef size_t _spare_cap  # the bytes _spare's memory can hold (at least its length)
 

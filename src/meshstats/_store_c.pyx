@@ -172,7 +172,7 @@ cdef str _file_problem(ms_file_problem problem, bytes path):
     if problem == MS_FILE_VERSION:
         with open(path, "rb") as f:
             head = f.read(12)
-        return msg.file_version(int.from_bytes(head[8:12], "little"), 1)
+        return msg.file_version(int.from_bytes(head[8:12], "little"), MS_SHARED_VERSION)
     if problem == MS_FILE_TRUNCATED:
         return msg.FILE_TRUNCATED
     return msg.FILE_NOT_A_STORE
@@ -366,6 +366,7 @@ cdef class Store:
         ms_store_free(store._s)
         store._s = s
         store._path = resolved
+        store._seen = {}
         return store
 
     @property
@@ -496,10 +497,18 @@ cdef class Store:
             self._explain_values(m, values)
         if self._per_process and m in self._per_process:
             values = (*values, str(os.getpid()))
+        cdef object key = None
+        if self._seen is not None:
+            # A shared store's lookups take a lock across processes (flock, ~3 us): a label
+            # set this process has resolved is answered from here, as ids never change.
+            key = (m, tuple(values))
+            found = self._seen.get(key)
+            if found is not None:
+                return found
         cdef Py_ssize_t n = len(values), size, i
         cdef ms_strref stack[32]
         cdef ms_strref *refs = stack
-        cdef uint32_t out = 0
+        cdef uint32_t out = 0, overflow = 0
         cdef ms_status st
         if n > 32:
             refs = <ms_strref *>PyMem_Malloc(n * sizeof(ms_strref))
@@ -524,6 +533,10 @@ cdef class Store:
         finally:
             if refs is not stack:
                 PyMem_Free(refs)
+        if key is not None:
+            ms_metric_overflow_series(self._s, m, &overflow)
+            if out != overflow:  # a fold is counted on every call: never remembered
+                self._seen[key] = out
         return out
 
     cdef int _explain_values(self, uint32_t m, object values) except -1:

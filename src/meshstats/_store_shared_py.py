@@ -90,10 +90,10 @@ __all__ = ["SharedStore", "open_shared"]
 if sys.byteorder != "little":  # pragma: no cover - the layout is little-endian
     raise ImportError("meshstats shared stores need a little-endian machine")
 
-# ---- the file layout (docs/store.md, "File layout, version 1") ---------------------------
+# ---- the file layout (docs/store.md, "File layout, version 2") ---------------------------
 
 _MAGIC = 0x3165726F74736D6D  # b"mmstore1"
-_VERSION = 1
+_VERSION = 2
 _HEAD_SIZE = 256
 _FILE_PAGE = 65536
 _NONE = 0xFFFFFFFF  # "no id" in u32 fields (MS_NO_SERIES)
@@ -106,8 +106,15 @@ _H_MAGIC, _H_VERSION, _H_RESERVE, _H_SIZE, _H_USED = 0, 8, 16, 24, 32
 _H_WRITER, _H_OVERFLOW_STRING, _H_SEED = 40, 44, 48
 _H_EXPOSITION, _H_RENDER_HINT, _H_REPAIRS = 72, 80, 88
 # Vectors (24 bytes: elem_size, dir_cap, n_pages, count as u32; dir as a ref).
-_V_METRICS, _V_SERIES, _V_STRINGS, _V_LABELSETS = 96, 120, 144, 168
+_V_METRICS, _V_SERIES = 96, 120
 _VEC_DIR_CAP, _VEC_N_PAGES, _VEC_COUNT, _VEC_DIR = 4, 8, 12, 16
+# Pools (24 bytes: dir_cap, n_pages, next, count as u32; dir as a ref) of 4-byte units in
+# pages of 4096 units; a record id is its unit offset over the pages laid end to end.
+_P_STRINGS, _P_LABELSETS = 144, 168
+_POOL_DIR_CAP, _POOL_N_PAGES, _POOL_NEXT, _POOL_COUNT, _POOL_DIR = 0, 4, 8, 12, 16
+_POOL_SHIFT = 12
+_POOL_UNITS = 1 << _POOL_SHIFT
+_POOL_GAP, _POOL_BIG = 0xFFFFFFFF, 0xFFFFFFFE
 # Tables (16 bytes: slots ref, cap, used).
 _T_STRINGS, _T_LABELSETS, _T_SERIES = 192, 208, 224
 # Metric fields (128 bytes).
@@ -364,15 +371,19 @@ def _open_locked(
     elif file_size > 0:
         raise StoreFileError(path, msg.FILE_TRUNCATED)
     magic, version, head_size, file_reserve, size, used = _HEAD_START.unpack_from(head)
-    # A file without the magic is new (or its creator died before finishing).
+    # A file without the magic is new, or its creator died before writing the magic last
+    # (it had written this version and head size): made again, under the lock.
     fresh = magic == 0
     if fresh:
-        if any(head):
+        if any(head) and (version, head_size) != (_VERSION, _HEAD_SIZE):
             raise StoreFileError(path, msg.FILE_NOT_A_STORE)
+        head = bytes(_HEAD_SIZE)
     elif magic != _MAGIC:
         raise StoreFileError(path, msg.FILE_NOT_A_STORE)
-    elif version != _VERSION or head_size != _HEAD_SIZE:
+    elif version != _VERSION:
         raise StoreFileError(path, msg.file_version(version, _VERSION))
+    elif head_size != _HEAD_SIZE or used < _HEAD_SIZE:
+        raise StoreFileError(path, msg.FILE_NOT_A_STORE)
     elif size > file_size or used > size or size > file_reserve or file_reserve % _FILE_PAGE:
         raise StoreFileError(path, msg.FILE_TRUNCATED)
     if fresh:
@@ -520,17 +531,13 @@ class SharedStore(Store):
         """head_init for a fresh file (zero but for its first page), the magic last."""
         seed = int.from_bytes(os.urandom(8), "little")
         mm = self._map.mm
+        mm[:_HEAD_SIZE] = bytes(_HEAD_SIZE)  # what a creator that died here had written
         struct.pack_into("<IIQ", mm, _H_VERSION, _VERSION, _HEAD_SIZE, reserve)
         self._st8(_H_SIZE, _FILE_PAGE)
         self._st8(_H_USED, _HEAD_SIZE)
         self._w32(_H_OVERFLOW_STRING, _NONE)
         _SETTINGS.pack_into(mm, _H_SEED, seed, default_max, budget)
-        for vec, elem_size in (
-            (_V_METRICS, 8),
-            (_V_SERIES, 16),
-            (_V_STRINGS, 8),
-            (_V_LABELSETS, 8),
-        ):
+        for vec, elem_size in ((_V_METRICS, 8), (_V_SERIES, 16)):
             self._w32(vec, elem_size)
         self._st8(_H_MAGIC, _MAGIC, _RELEASE)
         self._load_settings()
@@ -659,12 +666,92 @@ class SharedStore(Store):
         self._st4(vec + _VEC_COUNT, n + 1, _RELEASE)
         return n
 
+    # -- pools ----------------------------------------------------------------------------------
+
+    def _pool_unit(self, pool: int, unit: int) -> int:
+        """Offset of a pool's unit (a record's first, or a marker)."""
+        page = unit >> _POOL_SHIFT
+        pages = self._pages.get(pool, [])
+        if page >= len(pages):
+            dir_ref = self._ld8(pool + _POOL_DIR, _ACQUIRE)
+            mm = self._cover(dir_ref + 8 * (page + 1)).mm
+            pages = list(struct.unpack_from(f"<{page + 1}Q", mm, dir_ref))
+            self._pages[pool] = pages
+        return pages[page] + 4 * (unit & (_POOL_UNITS - 1))
+
+    def _pool_record(self, pool: int, record: int) -> int:
+        """Offset of a published record, in its page or, past a page's size, apart."""
+        at = self._pool_unit(pool, record)
+        if self._u32(at) != _POOL_BIG:
+            return at
+        ref = struct.unpack_from("<Q", self._cover(at + 12).mm, at + 4)[0]
+        self._cover(ref + 4)
+        return int(ref)
+
+    def _pool_reserve(self, pool: int, units: int) -> tuple[int, int]:
+        """pool_reserve: (record id, offset to write it at), published by _pool_publish."""
+        in_pool = 3 if units > _POOL_UNITS else units
+        dir_cap, n_pages, nxt = struct.unpack_from("<3I", self._map.mm, pool)
+        off = nxt & (_POOL_UNITS - 1)
+        if off and off + in_pool > _POOL_UNITS:  # does not fit this page's rest: a gap
+            self._w32(self._pool_unit(pool, nxt), _POOL_GAP)
+            nxt = (nxt | (_POOL_UNITS - 1)) + 1
+        if nxt + in_pool >= _NONE:
+            raise InvalidLabelsError("the shared store's label values or sets fill 16 GiB")
+        page = nxt >> _POOL_SHIFT
+        dir_ref = self._u64(pool + _POOL_DIR)
+        if page >= n_pages:
+            if page >= dir_cap:  # readers may still hold the old directory: it stays
+                cap = dir_cap * 2 if dir_cap else 4
+                grown = self._file_alloc(cap * 8, 8)
+                if page:
+                    mm = self._cover(grown + page * 8).mm
+                    mm[grown : grown + page * 8] = mm[dir_ref : dir_ref + page * 8]
+                self._st8(pool + _POOL_DIR, grown, _RELEASE)
+                dir_ref = grown
+                self._w32(pool + _POOL_DIR_CAP, cap)
+            self._w64(dir_ref + page * 8, self._file_alloc(4 * _POOL_UNITS, 16))
+            self._w32(pool + _POOL_N_PAGES, page + 1)
+            self._pages.pop(pool, None)
+        at = self._u64(dir_ref + page * 8) + 4 * (nxt & (_POOL_UNITS - 1))
+        if in_pool == units:
+            return nxt, at
+        big = self._file_alloc(4 * units, 8)
+        self._w32(at, _POOL_BIG)
+        struct.pack_into("<Q", self._cover(at + 12).mm, at + 4, big)
+        return nxt, big
+
+    def _pool_publish(self, pool: int, record: int, units: int) -> None:
+        self._w32(pool + _POOL_COUNT, self._u32(pool + _POOL_COUNT) + 1)
+        in_pool = 3 if units > _POOL_UNITS else units
+        self._st4(pool + _POOL_NEXT, record + in_pool, _RELEASE)
+
+    def _pool_records(self, pool: int, labelsets: bool) -> list[int]:
+        """pool_walk: every published record's id, in order."""
+        nxt = self._ld4(pool + _POOL_NEXT, _ACQUIRE)
+        self._grow_map()
+        ids = []
+        unit = 0
+        while unit < nxt:
+            first = self._u32(self._pool_unit(pool, unit))
+            if first == _POOL_GAP:
+                unit = (unit | (_POOL_UNITS - 1)) + 1
+                continue
+            ids.append(unit)
+            if first == _POOL_BIG:
+                unit += 3
+            elif labelsets:
+                unit += 1 + first
+            else:
+                unit += 1 + ((first & 0x7FFFFFFF) + 3) // 4
+        return ids
+
     # -- the caches of published elements ------------------------------------------------------
 
     def _string_bytes(self, string_id: int) -> bytes:
         data = self._strings.get(string_id)
         if data is None:
-            ref = self._u64(self._elem(_V_STRINGS, string_id, 8))
+            ref = self._pool_record(_P_STRINGS, string_id)
             n = self._u32(ref) & 0x7FFFFFFF
             data = bytes(self._cover(ref + 4 + n).mm[ref + 4 : ref + 4 + n])
             self._strings[string_id] = data
@@ -677,7 +764,7 @@ class SharedStore(Store):
     def _labelset(self, labelset: int) -> tuple[int, ...]:
         ids = self._labelsets.get(labelset)
         if ids is None:
-            ref = self._u64(self._elem(_V_LABELSETS, labelset, 8))
+            ref = self._pool_record(_P_LABELSETS, labelset)
             n = self._u32(ref)
             ids = struct.unpack_from(f"<{n}I", self._cover(ref + 4 + 4 * n).mm, ref + 4)
             self._labelsets[labelset] = ids
@@ -850,12 +937,14 @@ class SharedStore(Store):
         def eq(i: int) -> bool:
             return self._string_bytes(i) == data
 
-        if self._u32(_V_STRINGS + _VEC_COUNT) == _NONE:
-            raise InvalidLabelsError("the shared store holds 2**32 - 1 strings: no more")
         self._table_reserve(_T_STRINGS, self._string_rehash)
-        slot = self._pvec_reserve(_V_STRINGS)
-        self._w64(slot, self._str_copy(data))
-        string_id = self._pvec_publish(_V_STRINGS)
+        units = 1 + (len(data) + 3) // 4
+        string_id, at = self._pool_reserve(_P_STRINGS, units)
+        escape = b"\\" in data or b'"' in data or b"\n" in data
+        self._w32(at, len(data) | (0x80000000 if escape else 0))
+        mm = self._cover(at + 4 + len(data)).mm
+        mm[at + 4 : at + 4 + len(data)] = data
+        self._pool_publish(_P_STRINGS, string_id, units)
         self._strings[string_id] = data
         self._string_ids[data] = string_id
         self._table_insert(_T_STRINGS, h, eq, string_id)
@@ -884,16 +973,13 @@ class SharedStore(Store):
         def eq(i: int) -> bool:
             return self._labelset(i) == ids
 
-        if self._u32(_V_LABELSETS + _VEC_COUNT) == _NONE:
-            raise InvalidLabelsError("the shared store holds 2**32 - 1 label sets: no more")
         self._table_reserve(_T_LABELSETS, self._labelset_rehash)
-        slot = self._pvec_reserve(_V_LABELSETS)
-        at = self._file_alloc(4 * (len(ids) + 1), 4)
+        units = 1 + len(ids)
+        labelset, at = self._pool_reserve(_P_LABELSETS, units)
         struct.pack_into(
             f"<{len(ids) + 1}I", self._cover(at + 4 * len(ids) + 4).mm, at, len(ids), *ids
         )
-        self._w64(slot, at)
-        labelset = self._pvec_publish(_V_LABELSETS)
+        self._pool_publish(_P_LABELSETS, labelset, units)
         self._labelsets[labelset] = ids
         self._labelset_ids[ids] = labelset
         self._table_insert(_T_LABELSETS, h, eq, labelset)
@@ -925,11 +1011,12 @@ class SharedStore(Store):
         ``n_series`` and ``overflow_series`` may be missing, and are rebuilt from the
         vectors. Called with the lock (flock) held.
         """
-        n_strings = self._count(_V_STRINGS)
-        self._table_rebuild(_T_STRINGS, range(n_strings), self._string_rehash)
+        self._table_rebuild(_T_STRINGS, self._pool_records(_P_STRINGS, False), self._string_rehash)
         if self._u32(_H_OVERFLOW_STRING) == _NONE:
             self._w32(_H_OVERFLOW_STRING, self._string_lookup(_OVERFLOW_VALUE.encode()))
-        self._table_rebuild(_T_LABELSETS, range(self._count(_V_LABELSETS)), self._labelset_rehash)
+        self._table_rebuild(
+            _T_LABELSETS, self._pool_records(_P_LABELSETS, True), self._labelset_rehash
+        )
         n_series = self._sync_series()
         n_metrics = self._sync_metrics()
         overflow = self._u32(_H_OVERFLOW_STRING)
