@@ -3,7 +3,7 @@
     python -m pytest benchmarks --benchmark-only --benchmark-json=bench.json
     python scripts/bench_table.py bench.json
 
-Within each group every row is compared with the group's compiled meshstats row
+The spread is the interquartile range of the rounds. Within each group every row is compared with the group's compiled meshstats row
 (the test whose name contains ``meshstats_c``): "x" is how many times slower that row is,
 so a baseline row reading ``15.2x`` means meshstats (C) is 15.2 times faster.
 """
@@ -32,7 +32,10 @@ def table(data: dict[str, Any]) -> str:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for bench in data["benchmarks"]:
         groups[bench["group"] or bench["fullname"]].append(bench)
-    lines = ["| group | case | median | vs meshstats (C) | note |", "|---|---|---|---|---|"]
+    lines = [
+        "| group | case | median | spread (IQR) | vs meshstats (C) | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for group in sorted(groups):
         rows = groups[group]
         ours = [b for b in rows if "meshstats_c" in b["name"]]
@@ -43,12 +46,14 @@ def table(data: dict[str, Any]) -> str:
         )
         for bench in sorted(rows, key=lambda b: b["stats"]["median"]):
             # single-event cases run many calls per round: show the time of one call
-            median = bench["stats"]["median"] / bench.get("extra_info", {}).get(
-                "calls_per_round", 1
-            )
+            calls = bench.get("extra_info", {}).get("calls_per_round", 1)
+            median = bench["stats"]["median"] / calls
+            spread = _fmt_time(bench["stats"]["iqr"] / calls)
             ratio = f"{median / ref:.1f}x" if ref else ""
             note = ", ".join(f"{k}={v}" for k, v in bench.get("extra_info", {}).items())
-            lines.append(f"| {group} | {_name(bench)} | {_fmt_time(median)} | {ratio} | {note} |")
+            lines.append(
+                f"| {group} | {_name(bench)} | {_fmt_time(median)} | {spread} | {ratio} | {note} |"
+            )
     return "\n".join(lines)
 
 
