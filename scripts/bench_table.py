@@ -3,9 +3,10 @@
     python -m pytest benchmarks --benchmark-only --benchmark-json=bench.json
     python scripts/bench_table.py bench.json
 
-The spread is the interquartile range of the rounds. Within each group every row is compared with the group's compiled meshstats row
-(the test whose name contains ``meshstats_c``): "x" is how many times slower that row is,
-so a baseline row reading ``15.2x`` means meshstats (C) is 15.2 times faster.
+The spread is the interquartile range of the rounds. Within each group every row is
+compared with the group's compiled meshstats row (the test whose name contains
+``meshstats_c``): "x" is how many times slower that row is, so a baseline row reading
+``15.2x`` means meshstats (C) is 15.2 times faster.
 """
 
 from __future__ import annotations
