@@ -127,6 +127,11 @@ def resolve_destination_service(
         name = PASSTHROUGH_CLUSTER
     elif cluster_name in SPECIAL_CLUSTERS:
         name = cluster_name
+        # A passthrough's host, when the connection named one (a TLS ClientHello's SNI).
+        services = _istio_services(cluster_metadata)
+        if services and isinstance(services[0], Mapping):
+            if isinstance(services[0].get("host"), str):
+                host = services[0]["host"]
     else:
         services = _istio_services(cluster_metadata)
         first = services[0] if services else None

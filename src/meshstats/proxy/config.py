@@ -42,7 +42,7 @@ __all__ = [
     "parse_address", "load_registry",
 ]  # fmt: skip
 
-Protocol = Literal["tcp", "http"]
+Protocol = Literal["tcp", "http", "tls"]
 MtlsMode = Literal["strict", "permissive"]
 # "service": a destination in the sidecar's service table. The other two are Istio's
 # catch-all for destinations not in it: ALLOW_ANY forwards them (PassthroughCluster),
@@ -169,7 +169,9 @@ class OutboundConfig:
     - ``"passthrough"`` (ALLOW_ANY) forwards plainly (no TLS, no peer exchange, no peer
       headers: the destination is outside the mesh) to ``upstream``, the original
       destination, or for HTTP without ``upstream`` to the request's ``Host``; reported as
-      ``cluster_name="PassthroughCluster"`` (HTTP route ``allow_any``).
+      ``cluster_name="PassthroughCluster"`` (HTTP route ``allow_any``). With ``protocol:
+      tls`` the app's own TLS goes through untouched and the server name its ClientHello
+      asks for (SNI) is the ``destination_service``, as the Host header is for HTTP.
     - ``"blackhole"`` (REGISTRY_ONLY) refuses: HTTP gets Envoy's direct response, a 502 with
       an empty body and no response flag (route ``block_all``); TCP is closed with ``UH``
       (an upstream cluster without endpoints); reported as ``BlackHoleCluster``.
@@ -216,7 +218,15 @@ class OutboundConfig:
             raise ConfigError(
                 f"must be 'service', 'passthrough' or 'blackhole', got {mode!r}", f"{where}.mode"
             )
-        protocol = _protocol(data.get("protocol", "tcp"), f"{where}.protocol")
+        raw_protocol = data.get("protocol", "tcp")
+        if raw_protocol == "tls":  # TLS passthrough: the SNI read, the TLS not terminated
+            if mode != "passthrough":
+                raise ConfigError(
+                    "'tls' is for a passthrough listener (mode: passthrough)", f"{where}.protocol"
+                )
+            protocol: Protocol = "tls"
+        else:
+            protocol = _protocol(raw_protocol, f"{where}.protocol")
         host = data.get("service_host")
         if mode == "service":
             if not isinstance(host, str) or not host:
@@ -228,7 +238,7 @@ class OutboundConfig:
         upstream = data.get("upstream")
         if mode == "blackhole" and upstream is not None:
             raise ConfigError("a blackhole listener has no upstream", f"{where}.upstream")
-        if mode == "passthrough" and protocol == "tcp" and upstream is None:
+        if mode == "passthrough" and protocol != "http" and upstream is None:
             raise ConfigError(
                 "a TCP passthrough needs the original destination", f"{where}.upstream"
             )

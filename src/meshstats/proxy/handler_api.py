@@ -53,6 +53,10 @@ class SidecarView(Protocol):
         """The client-side (``reporter="source"``) context for the peer behind ``cfg``."""
         ...
 
+    def passthrough_peer(self, cfg: OutboundConfig, sni: str, address: str | None) -> PeerContext:
+        """A TLS passthrough's context, its ClientHello's server name the destination."""
+        ...
+
     def inbound_peer(
         self,
         peer: PeerMetadata | None,

@@ -124,7 +124,7 @@ class Sidecar:
                 session_tickets=config.tls_session_resumption,
             )
             for out in config.outbound:  # certificates read now, not on a first connection
-                if out.mode == "service" and out.upstream is not None:
+                if out.mode == "service" and out.upstream is not None and out.protocol != "tls":
                     self._client_context(out.protocol, out.upstream)
         #: Idle upstream HTTP connections (to server sidecars, to the app) for reuse.
         self.upstream_pool = UpstreamPool(max_idle=config.upstream_idle_connections)
@@ -300,6 +300,18 @@ class Sidecar:
             route_name=cfg.route_name,
             peer_address=address if peer is None else None,
             cache_key=None if key is None else (cfg.cluster_name, key),
+        )
+
+    def passthrough_peer(self, cfg: OutboundConfig, sni: str, address: str | None) -> PeerContext:
+        """A TLS passthrough's context: the ClientHello's server name is the destination
+        service (``connection.requested_server_name`` too, for custom dimensions)."""
+        return self.engine.peer(
+            "outbound",
+            None,
+            cluster_name=cfg.cluster_name,
+            cluster_metadata={"filter_metadata": {"istio": {"services": [{"host": sni}]}}},
+            attributes={"connection.requested_server_name": sni},
+            peer_address=address,
         )
 
     def inbound_peer(

@@ -50,6 +50,7 @@ from ..certs import MX_ALPN, peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
 from .listener import format_address
+from .sni import read_client_hello, server_name
 
 if TYPE_CHECKING:
     from .config import OutboundConfig
@@ -197,15 +198,24 @@ async def outbound_tcp(
     address: str | None = None
     known = False
 
+    hello = b""
+    sni: str | None = None
+
     def on_peer(peer: PeerMetadata | None) -> None:
         nonlocal known
         known = True
-        conn.set_peer(sidecar.outbound_peer(cfg, peer, principal, address=address))
+        if sni is not None:  # TLS passthrough: the ClientHello named the destination
+            conn.set_peer(sidecar.passthrough_peer(cfg, sni, address))
+        else:
+            conn.set_peer(sidecar.outbound_peer(cfg, peer, principal, address=address))
 
     try:
         if cfg.upstream is None:  # no endpoint, or a blackhole
             flags = "UH"
             return
+        if cfg.protocol == "tls":
+            hello = await read_client_hello(app_reader, sidecar.config.detect_timeout)
+            sni = server_name(hello)
         try:
             up_reader, up_writer, principal, mx = await sidecar.connect(
                 cfg.upstream, "tcp", mesh=cfg.mode == "service"
@@ -214,6 +224,9 @@ async def outbound_tcp(
             flags = "UF"
             return
         address = format_address(up_writer.get_extra_info("peername"))
+        if hello:  # read to find the name; relayed first, and counted, as any app bytes
+            up_writer.write(hello)
+            conn.add_bytes(received=len(hello))
         await relay(
             sidecar,
             (up_reader, up_writer),
@@ -226,7 +239,7 @@ async def outbound_tcp(
         )
     finally:
         if not known:
-            conn.set_peer(sidecar.outbound_peer(cfg, None, principal, address=address))
+            on_peer(None)
         conn.close(response_flags=flags)
         _close(up_writer, app_writer)
 
