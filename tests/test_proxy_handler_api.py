@@ -18,11 +18,11 @@ from meshstats.proxy.handler_api import SidecarView
 PROXY = Path(meshstats.proxy.__file__).parent
 MEMBERS = {
     "config", "engine", "prefix", "mx_headers", "upstream_pool", "connect", "outbound_peer",
-    "inbound_peer",
+    "inbound_peer", "passthrough_peer",
 }  # fmt: skip
 
 
-def test_the_protocol_has_the_eight_members() -> None:
+def test_the_protocol_has_the_nine_members() -> None:
     declared = set(SidecarView.__annotations__) | {
         name for name, value in vars(SidecarView).items() if callable(value) and name[0] != "_"
     }
