@@ -161,16 +161,7 @@ class Sidecar:
                 self._outbound.append(listener)
                 self._listeners.append(listener)
             if config.admin_port is not None:
-                self._admin = MetricsServer(
-                    self.engine.store,
-                    config.host,
-                    config.admin_port,
-                    header_timeout=config.admin_header_timeout,
-                    write_timeout=config.admin_write_timeout,
-                    idle_timeout=config.admin_idle_timeout,
-                    max_connections=config.admin_max_connections,
-                    render_budget=config.admin_render_budget,
-                ).start()
+                self._admin = admin_server(config, self.engine.store).start()
             self.engine.start_reporting()
         except BaseException:
             await self.stop()
@@ -351,6 +342,21 @@ def _key(peer: PeerMetadata | None, given: Hashable, address: str | None) -> Has
     if peer is None:
         return "unknown"
     return json.dumps(peer.to_struct(), sort_keys=True, default=str)
+
+
+def admin_server(config: SidecarConfig, store: Store) -> MetricsServer:
+    """The admin port's server for ``store``, with the config's ``admin_*`` limits."""
+    assert config.admin_port is not None
+    return MetricsServer(
+        store,
+        config.host,
+        config.admin_port,
+        header_timeout=config.admin_header_timeout,
+        write_timeout=config.admin_write_timeout,
+        idle_timeout=config.admin_idle_timeout,
+        max_connections=config.admin_max_connections,
+        render_budget=config.admin_render_budget,
+    )
 
 
 def shared_store(config: SidecarConfig, stats: StatsConfig) -> Store | None:

@@ -27,7 +27,7 @@ from .._store import Store
 from ..engine import StatsEngine
 from ..exposition import MetricsServer
 from .config import SidecarConfig
-from .sidecar import _stats_config, shared_store
+from .sidecar import _stats_config, admin_server, shared_store
 
 __all__ = ["Supervisor", "WorkerError", "worker_config"]
 
@@ -84,16 +84,7 @@ class Supervisor:
         config = self.config
         try:
             if config.admin_port is not None:
-                self.admin = MetricsServer(
-                    self.store,
-                    config.host,
-                    config.admin_port,
-                    header_timeout=config.admin_header_timeout,
-                    write_timeout=config.admin_write_timeout,
-                    idle_timeout=config.admin_idle_timeout,
-                    max_connections=config.admin_max_connections,
-                    render_budget=config.admin_render_budget,
-                ).start()
+                self.admin = admin_server(config, self.store).start()
             for _ in range(config.workers):
                 self.workers.append(self._spawn())
             self.engine.start_reporting()
