@@ -1335,6 +1335,24 @@ typedef union cell {
     double d;
 } cell;
 
+/* Bucket search by table, for long batches over one set of bounds. A double's bits,
+ * as an unsigned key in the doubles' order (order_key), cut to the sign, the exponent and
+ * the top `mbits` mantissa bits, name a bin: a binade, or a 2**mbits-th of one. first[i]
+ * is the lowest bucket a value of bin lo + i can have, and no bin holds more than `span`
+ * bounds, so a value's bucket is first[i] plus how many of the `span` bounds from there
+ * are below it (padded with +Inf). Bins below the first bound's or past the last's act as
+ * those bins. With the default buckets (one bound per binade) it is a table load and two
+ * compares that do not depend on each other, against five dependent ones for the binary
+ * search. */
+typedef struct bins {
+    const uint32_t *first;
+    const double *padded; /* the bounds, then BINS_SPAN copies of +Inf */
+    uint64_t lo, hi;      /* bins of the first and the last bound */
+    unsigned shift;       /* 52 - mbits: a key's bin is key >> shift */
+    uint32_t span;
+    size_t bytes; /* this struct, first[] and padded[], allocated as one */
+} bins;
+
 typedef struct batch {
     ms_store *s;
     ms_kind kind;
@@ -1357,6 +1375,8 @@ typedef struct batch {
     size_t stride;
     uint64_t *deferred; /* touched index << 32 | bucket */
     size_t n_deferred, cap_deferred;
+    size_t n;   /* the batch's length */
+    bins *bins; /* for long batches: `bounds` searched by table (while uniform) */
 } batch;
 
 /* A zeroed, counted allocation (scratch must be counted like everything else). */
@@ -1373,6 +1393,7 @@ static ms_status batch_init(batch *b, ms_store *s, ms_kind kind, size_t n) {
     b->n_total = ms_series_total(s);
     b->budget = (n < SIZE_MAX / 4 ? 2 * n : SIZE_MAX / 2) + SCRATCH_SLACK;
     b->uniform = 1;
+    b->n = n;
     size_t most = n < b->n_total ? n : b->n_total; /* series the batch can touch */
     if (b->n_total == 0) return MS_OK;                /* every id is unknown */
     if ((size_t)b->n_total <= most * 2 + DENSE_SLACK) {
@@ -1396,6 +1417,7 @@ static void batch_free(batch *b) {
     ms_dealloc(s, b->t, b->cap_touched * sizeof *b->t);
     ms_dealloc(s, b->rows, b->cap_rows * sizeof *b->rows);
     ms_dealloc(s, b->deferred, b->cap_deferred * sizeof *b->deferred);
+    if (b->bins) ms_dealloc(s, b->bins, b->bins->bytes);
 }
 
 /* Touched index + 1 of a series id below n_total, 0 if not seen yet. */
@@ -1418,6 +1440,87 @@ static void map_put(batch *b, uint32_t id, uint32_t k1) {
     uint32_t i = (uint32_t)((id * 0x9e3779b97f4a7c15ULL) >> b->shift);
     while (b->table[i]) i = (i + 1) & b->mask;
     b->table[i] = (uint64_t)k1 << 32 | id;
+}
+
+static inline uint64_t order_key(double v) {
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    /* negative: all bits flipped (more negative, smaller); else the sign bit set */
+    return u ^ ((uint64_t)((int64_t)u >> 63) | (uint64_t)1 << 63);
+}
+
+static inline double key_value(uint64_t key) {
+    uint64_t u = key >> 63 ? key ^ (uint64_t)1 << 63 : ~key;
+    double v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+static inline uint32_t bucket_by_bins(const bins *t, double v) {
+    uint64_t i = order_key(v) >> t->shift;
+    i = i < t->lo ? t->lo : i;
+    i = i > t->hi ? t->hi : i;
+    uint32_t k = t->first[i - t->lo];
+    const double *p = t->padded + k;
+    for (uint32_t c = 0; c < t->span; c++) k += p[c] < v;
+    return k;
+}
+
+#define BINS_SPAN 2u      /* bounds a bin may hold: compares per element past the table */
+#define BINS_MBITS 8u     /* mantissa bits a bin may use at most */
+#define BINS_PER_VALUE 8u /* a table of at most n / 8 bins for a batch of n */
+_Static_assert(BINS_SPAN == 2, "observe_dense spells out two compares");
+
+/* first[i] for bins lo.. of `shift`: the bounds below bin i's least value (into first
+ * unless NULL). Returns the span: the most bounds between one bin's least value and the
+ * next's. Measured on these counts, not on the bounds' own bins, as -0.0 == +0.0. */
+static uint32_t bins_fill(const double *bounds, uint32_t n, uint64_t lo, size_t n_bins,
+                          unsigned shift, uint32_t *first) {
+    uint32_t k = 0, span = 0;
+    for (size_t i = 0; i < n_bins; i++) {
+        uint32_t was = k;
+        double least = key_value((lo + i) << shift);
+        while (k < n && bounds[k] < least) k++;
+        if (first) first[i] = k;
+        if (i > 0 && k - was > span) span = k - was;
+    }
+    return n - k > span ? n - k : span; /* the last bin holds the rest */
+}
+
+/* The bins for b->bounds with the fewest mantissa bits that hold at most BINS_SPAN
+ * bounds each, if that table is small next to the batch (building it is then O(n));
+ * else NULL, as on no memory: the binary search still works. */
+static bins *bins_make(batch *b) {
+    const double *bounds = b->bounds;
+    uint32_t n = b->n_bounds;
+    uint64_t kmin = order_key(bounds[0]), kmax = order_key(bounds[n - 1]);
+    for (unsigned mbits = 0; mbits <= BINS_MBITS; mbits++) {
+        unsigned shift = 52 - mbits;
+        uint64_t lo = kmin >> shift, hi = kmax >> shift;
+        if (hi - lo >= b->n / BINS_PER_VALUE) return NULL; /* finer is only bigger */
+        size_t n_bins = (size_t)(hi - lo + 1);
+        if (n > BINS_SPAN * n_bins) continue; /* some bin holds more */
+        uint32_t span = bins_fill(bounds, n, lo, n_bins, shift, NULL);
+        if (span > BINS_SPAN) continue;
+        size_t bytes = sizeof(bins) + ((size_t)n + BINS_SPAN) * sizeof(double) +
+                       n_bins * sizeof(uint32_t);
+        bins *t = scratch_calloc(b->s, 1, bytes);
+        if (!t) return NULL;
+        double *padded = (double *)(t + 1);
+        uint32_t *first = (uint32_t *)(padded + n + BINS_SPAN);
+        memcpy(padded, bounds, n * sizeof *padded);
+        for (uint32_t c = 0; c < BINS_SPAN; c++) padded[n + c] = INFINITY;
+        bins_fill(bounds, n, lo, n_bins, shift, first);
+        t->first = first;
+        t->padded = padded;
+        t->lo = lo;
+        t->hi = hi;
+        t->shift = shift;
+        t->span = span;
+        t->bytes = bytes;
+        return t;
+    }
+    return NULL;
 }
 
 /* A zeroed row of `cells` for a histogram series: counts only while the budget lasts,
@@ -1468,6 +1571,7 @@ static ms_status admit(batch *b, uint64_t id, uint32_t *k1) {
             b->bounds = bounds;
             b->n_bounds = m->n_bounds;
             b->stride = (size_t)m->n_bounds + 2;
+            if (!t->deferred) b->bins = bins_make(b);
         }
         /* Equal bounds (another metric with the same buckets) search alike. */
         if (t->deferred || m->n_bounds != b->n_bounds ||
@@ -1590,16 +1694,51 @@ ms_status ms_inc_many(ms_store *s, const uint64_t *ids, const uint64_t *amounts,
 
 /* ---- histograms ---- */
 
+/* The usual batch, from values[j]: one set of bounds searched by table, and ids in a
+ * dense map. Returns where it stopped: m, or an element it leaves to observe_chunk (a
+ * series not seen yet in this batch, an unknown id, NaN). Everything it reads is in
+ * locals, as the rows' stores could alias the batch's fields. */
+static size_t observe_dense(const batch *b, const uint64_t *ids, const double *values,
+                            size_t j, size_t m) {
+    const uint32_t *dense = b->dense;
+    uint64_t n_total = b->n_total;
+    const bins *t = b->bins;
+    const uint32_t *first = t->first;
+    const double *padded = t->padded;
+    uint64_t lo = t->lo, hi = t->hi;
+    unsigned shift = t->shift;
+    size_t stride = b->stride;
+    cell *rows = b->rows;
+    for (; j < m; j++) {
+        uint64_t id = ids[j];
+        double v = values[j];
+        if (id >= n_total) break;
+        uint32_t k1 = dense[id];
+        if (k1 == 0 || isnan(v)) break;
+        uint64_t i = order_key(v) >> shift;
+        i = i < lo ? lo : i;
+        i = i > hi ? hi : i;
+        uint32_t k = first[i - lo];
+        /* BINS_SPAN compares whatever the span: past it, a bound is not below v */
+        k += (padded[k] < v) + (padded[k + 1] < v);
+        cell *row = &rows[(size_t)(k1 - 1) * stride];
+        row[0].d += v;
+        row[1 + k].n++;
+    }
+    return j;
+}
+
 static ms_status observe_chunk(batch *b, const uint64_t *ids, const double *values, size_t m,
                                size_t at, size_t *bad) {
     ms_status st = MS_OK;
     size_t j = 0;
-    /* One set of bounds for the whole batch (the usual case): row k is at k * stride,
-     * and the bounds stay in registers. */
+    /* One set of bounds for the whole batch (the usual case): row k is at k * stride. */
     const double *bounds = b->bounds;
     uint32_t n_bounds = b->n_bounds;
     size_t stride = b->stride;
+    int fast = b->dense && b->bins;
     for (; j < m && b->uniform; j++) {
+        if (fast && (j = observe_dense(b, ids, values, j, m)) == m) break;
         uint64_t id = ids[j];
         double v = values[j];
         uint32_t k1 = id < b->n_total ? map_get(b, (uint32_t)id) : 0;
@@ -1609,6 +1748,7 @@ static ms_status observe_chunk(batch *b, const uint64_t *ids, const double *valu
             bounds = b->bounds;
             n_bounds = b->n_bounds;
             stride = b->stride;
+            fast = b->dense && b->bins;
         }
         if (isnan(v)) {
             st = MS_ERR_INVALID_SAMPLE;
@@ -1616,7 +1756,9 @@ static ms_status observe_chunk(batch *b, const uint64_t *ids, const double *valu
         }
         cell *row = &b->rows[(size_t)(k1 - 1) * stride];
         row[0].d += v;
-        row[1 + bucket_of_branchless(bounds, n_bounds, v)].n++;
+        uint32_t bucket = b->bins ? bucket_by_bins(b->bins, v)
+                                  : bucket_of_branchless(bounds, n_bounds, v);
+        row[1 + bucket].n++;
     }
     for (; j < m && st == MS_OK; j++) {
         double v = values[j];

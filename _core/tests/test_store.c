@@ -1,5 +1,6 @@
 /* Unit tests of store.c and render.c; expected bytes are written from docs/store.md. */
 #define _DEFAULT_SOURCE /* fork, truncate, pwrite for the shared-store tests */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -678,6 +679,107 @@ static void test_batch_paths(void) {
     free(counts);
     free(many);
     ms_store_free(s);
+}
+
+/* Long batches over one set of bounds find buckets by a table on the values' exponent
+ * bits (store.c, "bins"): it must agree with the binary search for every value, bounds
+ * of either sign, -0.0, subnormals, the ends of the range, many bounds per binade, and
+ * through the dense map and the hash map of series ids alike. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+static uint64_t rng_next(void) { /* splitmix64 */
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return z ^ (z >> 31);
+}
+
+static double edge_value(const double *b, uint32_t nb) {
+    static const double fixed[] = {0.0, -0.0, INFINITY, -INFINITY, DBL_MAX, -DBL_MAX,
+                                   DBL_MIN, -DBL_MIN, 5e-324, -5e-324, 1.0, -1.0};
+    uint64_t r = rng_next();
+    double bound = b[(r >> 8) % nb], v;
+    switch (r % 6) {
+    case 0: return fixed[(r >> 40) % (sizeof fixed / sizeof *fixed)];
+    case 1: return bound;
+    case 2: return nextafter(bound, INFINITY);
+    case 3: return nextafter(bound, -INFINITY);
+    case 4: /* anywhere between two bounds, or past the ends */
+        return bound + ((double)(r >> 11) / 9007199254740992.0 - 0.5) * (fabs(bound) + 1);
+    default: /* any double but NaN */
+        do {
+            uint64_t u = rng_next();
+            memcpy(&v, &u, sizeof v);
+        } while (isnan(v));
+        return v;
+    }
+}
+
+static void batch_buckets_agree(const double *b, uint32_t nb, size_t n, uint32_t extra) {
+    ms_store *s = ms_store_new(NULL, 1000000);
+    ms_strref names[] = {S("k")};
+    uint32_t hb = metric(s, MS_HISTOGRAM, "batch", "", names, 1, b, nb, 0);
+    uint32_t h1 = metric(s, MS_HISTOGRAM, "single", "", names, 1, b, nb, 0);
+    char v[32];
+    enum { SERIES = 3 };
+    uint32_t ids[SERIES], refs[SERIES];
+    for (int i = 0; i < SERIES; i++) {
+        snprintf(v, sizeof v, "v%d", i);
+        ids[i] = series1(s, hb, v);
+        refs[i] = series1(s, h1, v);
+    }
+    /* more series than twice the batch: ids go through the hash map */
+    if (extra) {
+        uint32_t c = metric(s, MS_COUNTER, "c_total", "", names, 1, NULL, 0, 0);
+        for (uint32_t i = 0; i < extra; i++) {
+            snprintf(v, sizeof v, "v%u", i);
+            series1(s, c, v);
+        }
+    }
+    uint64_t *bids = malloc(n * sizeof *bids);
+    double *values = malloc(n * sizeof *values);
+    for (size_t j = 0; j < n; j++) {
+        uint32_t k = (uint32_t)(rng_next() % SERIES);
+        bids[j] = ids[k];
+        values[j] = edge_value(b, nb);
+        CHECK(ms_observe(s, refs[k], values[j]) == MS_OK);
+    }
+    size_t bad = 99;
+    CHECK(ms_observe_many(s, bids, values, n, &bad) == MS_OK);
+    uint64_t *got = malloc((nb + 1) * sizeof *got), *want = malloc((nb + 1) * sizeof *want);
+    for (int k = 0; k < SERIES; k++) {
+        double gs = hist_sum(s, ids[k], got), ws = hist_sum(s, refs[k], want);
+        CHECK(memcmp(got, want, (nb + 1) * sizeof *got) == 0);
+        CHECK(memcmp(&gs, &ws, sizeof gs) == 0 || (isnan(gs) && isnan(ws)));
+    }
+    free(got);
+    free(want);
+    free(bids);
+    free(values);
+    ms_store_free(s);
+}
+
+static void test_batch_bucket_table(void) {
+    static const double istio[] = {0.5,    1,      5,      10,      25,      50,     100,
+                                   250,    500,    1000,   2500,    5000,    10000,  30000,
+                                   60000,  300000, 600000, 1800000, 3600000};
+    static const double signs[] = {-1000, -1, -0.5, 0, 0.25, 1, 1e300};
+    static const double zeros[] = {-0.0, 5e-324, 1e-310, DBL_MIN};
+    static const double ends[] = {-DBL_MAX, -1e-300, 1e-300, DBL_MAX};
+    static const double one[] = {0};
+    double dense[100], crowded[1000];
+    for (int i = 0; i < 100; i++) dense[i] = i + 1; /* 37 bounds in [64, 128) */
+    for (int i = 0; i < 1000; i++) crowded[i] = 1 + i * 0x1p-40; /* no table: search */
+    struct {
+        const double *b;
+        uint32_t n;
+    } sets[] = {{istio, 19}, {signs, 7}, {zeros, 4}, {ends, 4}, {one, 1}, {dense, 100},
+                {crowded, 1000}};
+    for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) {
+        batch_buckets_agree(sets[i].b, sets[i].n, 100000, 0);
+        batch_buckets_agree(sets[i].b, sets[i].n, 20, 0); /* too short for a table */
+    }
+    batch_buckets_agree(istio, 19, 2000, 10000);
+    batch_buckets_agree(signs, 7, 2000, 10000);
 }
 
 /* Scratch allocations failing: MS_ERR_NOMEM, nothing recorded, nothing leaked. */
@@ -1378,6 +1480,7 @@ int main(void) {
     test_batch_partial_sums();
     test_batch_arrays();
     test_batch_paths();
+    test_batch_bucket_table();
     test_batch_out_of_memory();
     test_expire_idle();
     test_expire_threads();
