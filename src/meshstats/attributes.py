@@ -127,9 +127,10 @@ def resolve_destination_service(
         name = PASSTHROUGH_CLUSTER
     elif cluster_name in SPECIAL_CLUSTERS:
         name = cluster_name
-        # A passthrough's host, when the connection named one (a TLS ClientHello's SNI).
+        # Istio's catch-all clusters carry no metadata; meshstats gives a TLS passthrough's
+        # the ClientHello's server name, the host when no Host header names one.
         services = _istio_services(cluster_metadata)
-        if services and isinstance(services[0], Mapping):
+        if host is None and services and isinstance(services[0], Mapping):
             if isinstance(services[0].get("host"), str):
                 host = services[0]["host"]
     else:
