@@ -15,7 +15,7 @@ from conftest import Backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshstats.errors import PeerExchangeError
+from meshstats.errors import DecoderFinishedError, PeerExchangeError
 
 MAGIC = bytes.fromhex("3d230467")
 
@@ -185,9 +185,11 @@ def test_malformed_body_is_not_mesh_with_decode_error(pe: Any, frame: bytes) -> 
 def test_feed_after_final_state_raises(pe: Any, frame: bytes, final: str) -> None:
     decoder = pe.PeerPrefixDecoder()
     assert decoder.feed(frame if final == "done" else b"HTTP") == final
-    with pytest.raises(RuntimeError):
+    message = f"feed() after the decoder finished ({final!r}): make a new decoder per connection"
+    with pytest.raises(DecoderFinishedError) as info:
         decoder.feed(b"more")
-    with pytest.raises(RuntimeError):
+    assert str(info.value) == message and isinstance(info.value, RuntimeError)
+    with pytest.raises(DecoderFinishedError):
         decoder.feed(b"")
     assert decoder.state == final
 

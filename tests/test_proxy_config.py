@@ -50,7 +50,9 @@ def test_parses_addresses_and_defaults() -> None:
     # Istio's ENABLE_100_CONTINUE_HEADERS (on since 1.23); off is Envoy's own default.
     assert cfg.proxy_100_continue is True
     assert SidecarConfig.from_mapping(_config(proxy_100_continue=False)).proxy_100_continue is False
-    md = cfg.outbound[0].cluster_metadata()["filter_metadata"]["istio"]["services"][0]
+    metadata = cfg.outbound[0].cluster_metadata()
+    assert metadata is not None
+    md = metadata["filter_metadata"]["istio"]["services"][0]
     assert md == {"host": "a.b.svc", "name": "a", "namespace": "b"}
 
 

@@ -433,3 +433,7 @@ def check_reserve(reserve: object) -> int:
     if not 65536 <= reserve < 1 << 63:
         raise InvalidArgumentError(f"reserve must be >= 65536 bytes (and < 2**63), got {reserve}")
     return reserve - reserve % 65536
+
+
+def feed_after_finish(state: str) -> str:
+    return f"feed() after the decoder finished ({state!r}): make a new decoder per connection"

@@ -23,7 +23,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memcpy
 
 from meshstats import _messages as msg
-from meshstats.errors import PeerExchangeError, PeerMetadataTypeError
+from meshstats.errors import DecoderFinishedError, PeerExchangeError, PeerMetadataTypeError
 
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
@@ -637,7 +637,7 @@ cdef class PeerPrefixDecoder:
         cdef size_t taken = 0
         cdef pe_stream_state s
         if self.state is not NEED_MORE:
-            raise RuntimeError(f"feed() after the decoder finished (state {self.state!r})")
+            raise DecoderFinishedError(msg.feed_after_finish(self.state))
         inp = _Input()
         inp.open(chunk, "chunk")
         s = pe_stream_feed(&self.st, inp.ptr, inp.size, &taken)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from . import _messages as msg
-from .errors import PeerExchangeError, PeerMetadataTypeError
+from .errors import DecoderFinishedError, PeerExchangeError, PeerMetadataTypeError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -667,7 +667,7 @@ class PeerPrefixDecoder:
     def feed(self, chunk: bytes | bytearray | memoryview) -> str:
         """Take the next bytes received; return the new state."""
         if self._state != NEED_MORE:
-            raise RuntimeError(f"feed() after the decoder finished ({self._state})")
+            raise DecoderFinishedError(msg.feed_after_finish(self._state))
         view = _as_bytes_view(chunk, "chunk")
         if not len(view):
             return NEED_MORE

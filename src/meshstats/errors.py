@@ -30,6 +30,7 @@ __all__ = [
     "ExpressionError",
     "MissingExtraError",
     "StoreFileError",
+    "DecoderFinishedError",
 ]
 
 
@@ -175,3 +176,12 @@ class StoreFileError(MeshstatsError, ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class DecoderFinishedError(MeshstatsError, RuntimeError):
+    """``PeerPrefixDecoder.feed()`` after the decoder reached ``done`` or ``not_mesh``.
+
+    >>> raise DecoderFinishedError("feed() after the decoder finished ('done')")
+    Traceback (most recent call last):
+    meshstats.errors.DecoderFinishedError: feed() after the decoder finished ('done')
+    """
