@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import queue
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -18,7 +19,16 @@ from conftest import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from embed_support import CLIENT_NODE, DEADLINE, SERVER_NODE, Sample, one, samples, total
+from embed_support import (
+    CLIENT_NODE,
+    DEADLINE,
+    SERVER_NODE,
+    Sample,
+    one,
+    samples,
+    total,
+    wait_for,
+)
 
 from meshstats import StatsEngine
 from meshstats.certs import LocalCA
@@ -52,6 +62,7 @@ class Engines:
         self.server = StatsEngine(SERVER_NODE, store=backend.store.Store(), clock=self.clock)
         self.client = StatsEngine(CLIENT_NODE, store=backend.store.Store(), clock=self.clock)
         self.seen: list[str] = []  # metadata keys the servicers saw
+        self.release = threading.Event()  # what the slow servicer waits for
 
     def client_samples(self) -> list[Sample]:
         return samples(self.client.render())
@@ -99,11 +110,17 @@ def sync_handler(engines: Engines) -> grpc.GenericRpcHandler:
     def crash(request: bytes, context: Any) -> bytes:
         raise RuntimeError("a servicer bug")
 
+    def slow(request: bytes, context: Any) -> bytes:
+        note(context)
+        engines.release.wait(DEADLINE)
+        return request
+
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
             "Deny": grpc.unary_unary_rpc_method_handler(deny),
             "Crash": grpc.unary_unary_rpc_method_handler(crash),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
             "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
@@ -202,6 +219,23 @@ def test_sync_a_status_set_or_raised_is_reported_by_both_ends(
         assert total(found, REQUESTS, grpc_response_status="2", response_code="200") == 1
     # the failed calls' status carried the server's metadata: the client knows who failed
     assert total(engines.client_samples(), REQUESTS, destination_workload="reviews-v2") == 2
+
+
+def test_sync_a_unary_future_the_client_cancels_is_reported_DC(
+    sync_pair: tuple[Engines, grpc.Channel],
+) -> None:
+    """The done callback of a cancelled future (whose exception() raises) still records."""
+    engines, channel = sync_pair
+    future = method(channel, "unary_unary", "Slow").future(b"1", timeout=DEADLINE)
+    try:
+        wait_for(lambda: bool(engines.seen), "the call reaching the servicer")
+        assert future.cancel()
+    finally:
+        engines.release.set()
+    wait_for(lambda: total(engines.client_samples(), REQUESTS) == 1, "the client's record")
+    labels = one(engines.client_samples(), REQUESTS)
+    assert (labels["response_flags"], labels["grpc_response_status"]) == ("DC", "1")
+    assert labels["response_code"] == "200"
 
 
 def test_sync_message_counts_are_reported_periodically(
