@@ -226,7 +226,8 @@ def test_sync_a_unary_future_the_client_cancels_is_reported_DC(
 ) -> None:
     """The done callback of a cancelled future (whose exception() raises) still records."""
     engines, channel = sync_pair
-    future = method(channel, "unary_unary", "Slow").future(b"1", timeout=DEADLINE)
+    slow: Any = method(channel, "unary_unary", "Slow")
+    future = slow.future(b"1", timeout=DEADLINE)
     try:
         wait_for(lambda: bool(engines.seen), "the call reaching the servicer")
         assert future.cancel()
