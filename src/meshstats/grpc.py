@@ -323,22 +323,19 @@ class _ServerCall:
         flags = None
         if code == _CANCELLED and not _active(context):
             flags = "DC"  # the client went away
-        engine = self.owner.engine
-        stream = self.stream
-        if stream is None:
-            engine.record_grpc_messages(peer, 1, responses)
-        else:
-            stream.close()
-        engine.record_request(
+        requests = 1
+        if self.stream is not None:
+            self.stream.close()  # the rest of its messages reported: none left to record
+            requests = responses = 0
+        self.owner.engine.record_grpc_call(
             peer,
-            response_code=200,
+            request_messages=requests,
+            response_messages=responses,
             grpc_status=0 if code is _OK else _STATUS[code],
             duration_ms=(_perf() - self.started) * 1000.0,
             request_bytes=self.request_bytes,
             response_bytes=self.response_bytes + self.answer[1],
             response_flags=flags,
-            protocol="grpc",
-            method="POST",
             path=self.method,
         )
 
@@ -682,12 +679,12 @@ class _ClientCall:
         peer = self.peer
         if peer is None:
             peer = self.peer = owner._peers.get(_NO_PEER) or owner._peer(_NO_PEER)
+        requests = 1
         stream = self.stream
-        if stream is None:
-            owner.engine.record_grpc_messages(peer, 1, responses, host=owner.host)
-        else:
+        if stream is not None:
             stream.set_peer(peer)
-            stream.close()
+            stream.close()  # the rest of its messages reported: none left to record
+            requests = responses = 0
         response_code, flags = 200, None
         if code is _OK:
             status = 0
@@ -697,17 +694,17 @@ class _ClientCall:
                 response_code, flags = 503, "UF"  # never reached a server: Envoy's local reply
             elif code == _CANCELLED:
                 flags = "DC"  # this side gave up on the call
-        owner.engine.record_request(
+        owner.engine.record_grpc_call(
             peer,
-            response_code=response_code,
+            request_messages=requests,
+            response_messages=responses,
             grpc_status=status,
             duration_ms=(_perf() - self.started) * 1000.0,
             request_bytes=self.request_bytes,
             response_bytes=self.response_bytes,
+            response_code=response_code,
             host=owner.host,
             response_flags=flags,
-            protocol="grpc",
-            method="POST",
             path=self.method,
         )
 
