@@ -26,13 +26,16 @@ from embed_support import (
     Sample,
     one,
     samples,
+    server_exchange,
     total,
     wait_for,
 )
 
 from meshstats import StatsEngine
+from meshstats._embed import Exchange
 from meshstats.certs import LocalCA
 from meshstats.grpc import (
+    MX_GRPC_ALIAS,
     AioIstioServerInterceptor,
     IstioClientInterceptor,
     IstioServerInterceptor,
@@ -46,6 +49,7 @@ REQUESTS = "istio_requests_total"
 pytestmark = pytest.mark.timing
 REQ_MSGS = "istio_request_messages_total"
 RESP_MSGS = "istio_response_messages_total"
+RATINGS_NODE = {"WORKLOAD_NAME": "ratings-v1", "NAMESPACE": "default"}
 
 
 class Clock:
@@ -237,6 +241,44 @@ def test_sync_a_unary_future_the_client_cancels_is_reported_DC(
     labels = one(engines.client_samples(), REQUESTS)
     assert (labels["response_flags"], labels["grpc_response_status"]) == ("DC", "1")
     assert labels["response_code"] == "200"
+
+
+def test_sync_a_unary_answer_is_read_from_the_trailing_metadata_then_the_initial(
+    backend: Backend,
+) -> None:
+    """Where each server answers: a meshstats server in the trailing metadata of a unary
+    response, Envoy in its headers (the initial metadata); with both, the trailing wins."""
+    engine = StatsEngine(CLIENT_NODE, store=backend.store.Store())
+    envoy = Exchange(StatsEngine(RATINGS_NODE))  # what a sidecar in front would answer
+    server_mx = server_exchange()
+
+    def answer(where: str) -> Callable[[bytes, Any], bytes]:
+        def behavior(request: bytes, context: Any) -> bytes:
+            if where in ("initial", "both"):
+                context.send_initial_metadata(((MX_GRPC_ALIAS, envoy.metadata),))
+            if where in ("trailing", "both"):
+                context.set_trailing_metadata(((MX_GRPC_ALIAS, server_mx.metadata),))
+            return request
+
+        return behavior
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))  # not intercepted: answers by hand
+    handlers = {w: grpc.unary_unary_rpc_method_handler(answer(w)) for w in ("initial", "both")}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{port}"), IstioClientInterceptor(engine, host=HOST)
+    )
+    try:
+        for where in ("initial", "both"):
+            assert method(channel, "unary_unary", where)(b"hi", timeout=DEADLINE) == b"hi"
+    finally:
+        channel.close()
+        server.stop(None).wait(DEADLINE)
+    found = samples(engine.render())
+    assert one(found, REQUESTS, destination_workload="ratings-v1")  # initial only: read
+    assert one(found, REQUESTS, destination_workload="reviews-v2")  # both: the trailing
 
 
 def test_sync_message_counts_are_reported_periodically(
