@@ -116,24 +116,28 @@ _CANCELLED = grpc.StatusCode.CANCELLED
 Answer = tuple[tuple[str, str], ...]
 
 
-def _handler_type() -> Callable[..., Any]:
-    """The class grpc's ``*_rpc_method_handler`` functions build, to build it directly: the
-    functions import a module on every call, which a per-call handler should not pay for."""
-    made = grpc.unary_unary_rpc_method_handler(_handler_type)
-    fields = getattr(made, "_fields", None)
-    expected = ("request_streaming", "response_streaming", "request_deserializer",
-                "response_serializer", "unary_unary", "unary_stream", "stream_unary",
-                "stream_stream")  # fmt: skip
-    if fields != expected:  # pragma: no cover - not grpcio's namedtuple: the public path
-        return lambda _rs, _ps, des, ser, uu, _us, su, _ss: (
-            grpc.unary_unary_rpc_method_handler(uu, des, ser)
-            if uu is not None
-            else grpc.stream_unary_rpc_method_handler(su, des, ser)
-        )
-    return type(made)
+class _Handler(
+    collections.namedtuple(
+        "_Handler",
+        (
+            "request_streaming",
+            "response_streaming",
+            "request_deserializer",
+            "response_serializer",
+            "unary_unary",
+            "unary_stream",
+            "stream_unary",
+            "stream_stream",
+        ),
+    ),  # fmt: skip
+    grpc.RpcMethodHandler,
+):
+    """A servicer's handler with one call's behavior, made per call: a named tuple, as
+    grpc's own, built with ``_new`` (no Python-level ``__new__``, and not through grpc's
+    ``*_rpc_method_handler`` functions, which import a module on every call)."""
 
 
-_Handler = _handler_type()
+_new = tuple.__new__
 
 
 def _message_size(message: Any, serialize: Callable[[Any], bytes] | None = None) -> int:
@@ -215,9 +219,6 @@ class _ServerCall:
         self.behavior: Any = None
         self.deserializer: Callable[[bytes], Any] | None = handler.request_deserializer
         self.serializer: Callable[[Any], bytes] | None = handler.response_serializer
-
-    def own_metadata(self) -> Answer:
-        return self.answer[0]
 
     def begin(self, context: Any) -> PeerContext:
         """The behavior starts: the peer is known (the principal needs the context)."""
@@ -393,12 +394,15 @@ class _ServerCall:
             deserialize = self.deserialize_unary if self.deserializer is not None else None
             behavior: Callable[..., Any] = self.aio_unary if aio else self.unary_unary
             # The response goes to the servicer's serializer as it is: counted by the behavior.
-            return _Handler(False, False, deserialize, self.serializer, behavior, None, None, None)
+            return _new(
+                _Handler, (False, False, deserialize, self.serializer, behavior, None, None, None)
+            )
         if handler.stream_unary is not None:
             self.behavior = handler.stream_unary
             behavior = self.aio_unary if aio else self.stream_unary
-            return _Handler(
-                True, False, self.deserialize, self.serializer, None, None, behavior, None
+            return _new(
+                _Handler,
+                (True, False, self.deserialize, self.serializer, None, None, behavior, None),
             )
         self.behavior = handler.unary_stream or handler.stream_stream
         factory = (
@@ -450,13 +454,13 @@ class _Context:
     def send_initial_metadata(self, initial_metadata: Any) -> None:
         call = self._call
         call.headers_sent = True
-        self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.own_metadata()))
+        self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.answer[0]))
 
     def ensure_headers(self) -> None:
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.own_metadata()
+            own = call.answer[0]
             if own:
                 self._context.send_initial_metadata(tuple(own))
 
@@ -473,7 +477,7 @@ class _Context:
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.own_metadata()
+            own = call.answer[0]
             if own:
                 self._context.set_trailing_metadata(self._trailing + own)
 
@@ -493,15 +497,13 @@ class _AioContext(_Context):
     async def send_initial_metadata(self, initial_metadata: Any) -> None:  # type: ignore[override]
         call = self._call
         call.headers_sent = True
-        await self._context.send_initial_metadata(
-            tuple(initial_metadata) + tuple(call.own_metadata())
-        )
+        await self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.answer[0]))
 
     async def ensure_headers(self) -> None:  # type: ignore[override]
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.own_metadata()
+            own = call.answer[0]
             if own:
                 await self._context.send_initial_metadata(tuple(own))
 
@@ -514,7 +516,7 @@ class _AioContext(_Context):
         call.code = code
         if not call.headers_sent:
             call.headers_sent = True
-            trailing_metadata = tuple(trailing_metadata) + tuple(call.own_metadata())
+            trailing_metadata = tuple(trailing_metadata) + tuple(call.answer[0])
         await self._context.abort(code, details, trailing_metadata)
 
     async def abort_with_status(self, status: Any) -> None:  # type: ignore[override]
@@ -554,10 +556,9 @@ class _ServerBase:
         )
         return _keep(self._peers, key, peer)
 
-    def _stream(self, handler: Any) -> GrpcStream | None:
-        """A streaming call's message counts, reported periodically (none for unary-unary)."""
-        if handler.unary_unary is not None:
-            return None
+    def _stream(self) -> GrpcStream:
+        """A streaming call's message counts, reported periodically (a unary-unary call has
+        none: it ends as it starts)."""
         return self.engine.grpc_stream(None, reporter="inbound")
 
 
@@ -579,7 +580,8 @@ class IstioServerInterceptor(_ServerBase, grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
-        return _ServerCall(self, details, handler, self._stream(handler)).handler(handler)
+        stream = None if handler.unary_unary is not None else self._stream()
+        return _ServerCall(self, details, handler, stream).handler(handler)
 
 
 class AioIstioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
@@ -589,7 +591,8 @@ class AioIstioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        return _ServerCall(self, details, handler, self._stream(handler)).handler(handler, aio=True)
+        stream = None if handler.unary_unary is not None else self._stream()
+        return _ServerCall(self, details, handler, stream).handler(handler, aio=True)
 
 
 # -- client side -------------------------------------------------------------------------------
