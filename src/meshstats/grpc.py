@@ -637,10 +637,10 @@ class _ClientCall:
 
     def details(self, details: Any) -> Any:
         """The call's details with :meth:`metadata` in place of the caller's."""
-        return _Details(
+        return _new(_Details, (
             details.method, details.timeout, self.metadata(details), details.credentials,
             getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def sent(self, message: Any) -> Any:
         self.request_bytes += _message_size(message)
@@ -750,7 +750,8 @@ class _Details(
     ),
     grpc.ClientCallDetails,
 ):
-    """The call's details with our metadata (a named tuple, as grpc's own: made per call)."""
+    """The call's details with our metadata: a named tuple, as grpc's own, made per call
+    with ``_new``."""
 
 
 def _aio_details(details: Any, metadata: list[tuple[str, Any]]) -> Any:
