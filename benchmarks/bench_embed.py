@@ -17,9 +17,11 @@ server interceptors both on, so the CPU time covers both ends), bare, with meshs
 interceptors (Istio's 25 labels on the request's counter and three histograms, 20 on the two
 message counters, the exchange both ways; on the compiled and on the pure-Python store), and
 with py-grpc-prometheus' (at its defaults: counters only, its latency histograms are off
-unless enabled). The whole call's CPU swings by more from round to round (gRPC core's
-threads) than an interceptor costs, so the first gRPC table is the thread CPU time spent
-inside each library's interceptors, server and client apart; the whole process's follows.
+unless enabled); and, as a floor, interceptors that only send the metadata meshstats'
+exchange sends (three entries each way) and record nothing: what gRPC itself spends on them.
+The whole call's CPU swings by more from round to round (gRPC core's threads) than an
+interceptor costs, so the first gRPC table is the thread CPU time spent inside each
+library's interceptors, server and client apart; the whole process's follows.
 
 pytest-benchmark runs the cases one after the other (``pytest benchmarks/bench_embed.py
 --benchmark-only``). For the figures, rounds interleaved (per-request CPU time, less exposed
@@ -48,9 +50,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshstats import StatsEngine
-from meshstats._embed import Exchange
+from meshstats._embed import MX_HEADER, MX_ID_HEADER, Exchange
 from meshstats.asgi import IstioMiddleware
-from meshstats.grpc import IstioClientInterceptor, IstioServerInterceptor
+from meshstats.grpc import MX_GRPC_ALIAS, IstioClientInterceptor, IstioServerInterceptor
 
 SERVER = {"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default",
           "LABELS": {"app": "reviews", "version": "v2"}}  # fmt: skip
@@ -274,6 +276,40 @@ class GrpcCase:
         self.server.stop(None).wait(60)
 
 
+class ExchangeOnlyServer(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Answers with the trailing metadata meshstats' server interceptor sends, and does
+    nothing else: what the exchange itself costs gRPC, apart from recording anything."""
+
+    def __init__(self) -> None:
+        ex = Exchange(StatsEngine(SERVER))
+        self.answer = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
+                       (MX_ID_HEADER, ex.node_id))  # fmt: skip
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        behavior, answer = handler.unary_unary, self.answer
+
+        def answered(request: Any, context: Any) -> Any:
+            context.set_trailing_metadata(answer)
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            answered, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class ExchangeOnlyClient(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Sends the metadata meshstats' client interceptor sends, and does nothing else."""
+
+    def __init__(self) -> None:
+        ex = Exchange(StatsEngine(CLIENT))
+        self.out = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
+                    (MX_ID_HEADER, ex.node_id))  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details._replace(metadata=list(self.out)), request)
+
+
 def grpc_cases(store_c: ModuleType, store_py: ModuleType) -> dict[str, GrpcCase]:
     # py-grpc-prometheus ships no types
     from py_grpc_prometheus.prometheus_client_interceptor import (  # type: ignore[import-untyped]
@@ -291,6 +327,7 @@ def grpc_cases(store_c: ModuleType, store_py: ModuleType) -> dict[str, GrpcCase]
             IstioServerInterceptor(server), IstioClientInterceptor(client, host="reviews:9080")
         )
     cases["+ py-grpc-prometheus"] = GrpcCase(PromServerInterceptor(), PromClientInterceptor())
+    cases["+ the exchange's metadata alone"] = GrpcCase(ExchangeOnlyServer(), ExchangeOnlyClient())
     return cases
 
 
@@ -332,7 +369,8 @@ def test_asgi(benchmark: Any, asgi: dict[str, AsgiCase], name: str) -> None:
 @pytest.mark.benchmark(group=GRPC_GROUP)
 @pytest.mark.parametrize("name", ["bare grpcio", "+ meshstats C interceptors",
                                   "+ meshstats pure Python interceptors",
-                                  "+ py-grpc-prometheus"])  # fmt: skip
+                                  "+ py-grpc-prometheus",
+                                  "+ the exchange's metadata alone"])  # fmt: skip
 def test_grpc(benchmark: Any, grpc_pair: dict[str, GrpcCase], name: str) -> None:
     case = grpc_pair[name]
     benchmark.extra_info["calls_per_round"] = 20
