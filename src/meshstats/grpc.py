@@ -51,7 +51,7 @@ import collections
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._embed import MX_HEADER, MX_HEADERS, MX_ID_HEADER, Exchange, service_metadata
 from .errors import MissingExtraError
@@ -197,7 +197,7 @@ class _ServerCall:
     __slots__ = (
         "owner", "started", "metadata", "metadata_id", "method", "request_bytes",
         "response_bytes", "stream", "headers_sent", "code", "answer", "behavior",
-        "deserializer", "serializer",
+        "deserializer", "serializer", "peer", "responses",
     )  # fmt: skip
 
     def __init__(
@@ -219,16 +219,18 @@ class _ServerCall:
         self.behavior: Any = None
         self.deserializer: Callable[[bytes], Any] | None = handler.request_deserializer
         self.serializer: Callable[[Any], bytes] | None = handler.response_serializer
+        self.peer: PeerContext | None = None
+        self.responses = 0  # a unary-unary call's (its stream counts a streaming one's)
 
-    def begin(self, context: Any) -> PeerContext:
+    def begin(self, context: Any) -> None:
         """The behavior starts: the peer is known (the principal needs the context)."""
         key = (self.metadata, self.metadata_id, _principal(context))
         peer = self.owner._peers.get(key)
         if peer is None:
             peer = self.owner._peer(key)
+        self.peer = peer
         if self.stream is not None:
             self.stream.set_peer(peer)
-        return peer
 
     # The (de)serializers gRPC calls: each message counted as it crosses the wire.
 
@@ -246,75 +248,60 @@ class _ServerCall:
 
     def serialize(self, message: Any) -> bytes:
         """Every response message of a streaming response. (A unary response is serialized
-        after the call is recorded: the behavior's wrapper counts it.)"""
+        after the call is recorded: :meth:`unary_response` counts it.)"""
         serialize = self.serializer
         data = serialize(message) if serialize is not None else message
         self.response_bytes += len(data) + _FRAME
         self.stream.add(response_messages=1)  # type: ignore[union-attr]
         return bytes(data)
 
-    def unary_unary(self, request: Any, context: Any) -> Any:
-        """A unary-unary call's behavior: the servicer's, counted and recorded."""
-        if self.deserializer is None:
-            self.request_bytes += len(request) + _FRAME  # raw bytes: no deserializer counted
-        peer = self.begin(context)
-        ctx = _Context(context, self)
-        failed: BaseException | None = None
-        responses = 0
-        try:
-            response = self.behavior(request, ctx)
-            ctx.ensure_trailers()
-            self.response_bytes += _message_size(response, self.serializer)
-            responses = 1
-            return response
-        except BaseException as exc:
-            failed = exc
-            ctx.ensure_trailers()  # the error status carries them
-            raise
-        finally:
-            self.finish(peer, context, failed, responses)
+    # The behaviors gRPC calls: the servicer's, in a context (``_Context``) that starts the
+    # call (the peer) and ends it (our answer in the trailing metadata, unless the initial
+    # carried it; the call recorded, a failure included).
 
-    def stream_unary(self, requests: Iterator[Any], context: Any) -> Any:
-        peer = self.begin(context)
-        ctx = _Context(context, self)
-        failed: BaseException | None = None
-        try:
-            response = self.behavior(requests, ctx)
-            ctx.ensure_trailers()
+    def unary(self, request: Any, context: Any) -> Any:
+        """A unary-unary or stream-unary call."""
+        if self.stream is None and self.deserializer is None:
+            self.request_bytes += len(request) + _FRAME  # raw bytes: no deserializer counted
+        with _Context(context, self) as ctx:
+            response = self.behavior(request, ctx)
             self.unary_response(response)
             return response
-        except BaseException as exc:
-            failed = exc
-            ctx.ensure_trailers()
-            raise
-        finally:
-            self.finish(peer, context, failed)
 
     def streaming(self, request: Any, context: Any) -> Iterator[Any]:
-        peer = self.begin(context)
-        ctx = _Context(context, self)
-        failed: BaseException | None = None
-        try:
+        with _Context(context, self) as ctx:
             for response in self.behavior(request, ctx):
                 ctx.ensure_headers()
                 yield response
-            ctx.ensure_trailers()
-        except BaseException as exc:
-            failed = exc
-            ctx.ensure_trailers()
-            raise
-        finally:
-            self.finish(peer, context, failed)
+
+    async def aio_unary(self, request: Any, context: Any) -> Any:
+        if self.stream is None and self.deserializer is None:
+            self.request_bytes += len(request) + _FRAME
+        with _AioContext(context, self) as ctx:
+            response = await self.behavior(request, ctx)
+            self.unary_response(response)
+            return response
+
+    async def aio_streaming(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        with _AioContext(context, self) as ctx:
+            result = self.behavior(request, ctx)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    await ctx.ensure_headers()
+                    yield response
+            else:  # a coroutine that writes with context.write()
+                await result
 
     def unary_response(self, response: Any) -> None:
-        """A streaming request's one response, counted into its stream."""
+        """A unary response: counted here (it is serialized after the call is recorded)."""
         self.response_bytes += _message_size(response, self.serializer)
-        self.stream.add(response_messages=1)  # type: ignore[union-attr]
+        if self.stream is None:
+            self.responses = 1
+        else:
+            self.stream.add(response_messages=1)
 
-    def finish(
-        self, peer: PeerContext, context: Any, failed: BaseException | None, responses: int = 0
-    ) -> None:
-        """The call's end: its messages (``responses``: a unary-unary call's) and the call."""
+    def finish(self, context: Any, failed: BaseException | None) -> None:
+        """The call's end: its messages and the call (``failed``: what the behavior raised)."""
         code = self.code
         if code is None:
             if failed is None:
@@ -325,12 +312,12 @@ class _ServerCall:
         flags = None
         if code == _CANCELLED and not _active(context):
             flags = "DC"  # the client went away
-        requests = 1
+        requests, responses = 1, self.responses
         if self.stream is not None:
             self.stream.close()  # the rest of its messages reported: none left to record
             requests = responses = 0
         self.owner.engine.record_grpc_call(
-            peer,
+            self.peer,  # type: ignore[arg-type]  # known: begin() ran
             request_messages=requests,
             response_messages=responses,
             grpc_status=0 if code is _OK else _STATUS[code],
@@ -341,65 +328,19 @@ class _ServerCall:
             path=self.method,
         )
 
-    # grpc.aio: the same, awaited.
-
-    async def aio_unary(self, request: Any, context: Any) -> Any:
-        """A grpc.aio unary-unary or stream-unary call's behavior."""
-        if self.stream is None and self.deserializer is None:
-            self.request_bytes += len(request) + _FRAME  # raw bytes: no deserializer counted
-        peer = self.begin(context)
-        ctx = _AioContext(context, self)
-        failed: BaseException | None = None
-        responses = 0
-        try:
-            response = await self.behavior(request, ctx)
-            ctx.ensure_trailers()
-            if self.stream is None:
-                self.response_bytes += _message_size(response, self.serializer)
-                responses = 1
-            else:
-                self.unary_response(response)
-            return response
-        except BaseException as exc:
-            failed = exc
-            ctx.ensure_trailers()
-            raise
-        finally:
-            self.finish(peer, context, failed, responses)
-
-    async def aio_streaming(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        peer = self.begin(context)
-        ctx = _AioContext(context, self)
-        failed: BaseException | None = None
-        try:
-            result = self.behavior(request, ctx)
-            if hasattr(result, "__aiter__"):
-                async for response in result:
-                    await ctx.ensure_headers()
-                    yield response
-            else:  # a coroutine that writes with context.write()
-                await result
-            ctx.ensure_trailers()
-        except BaseException as exc:
-            failed = exc
-            ctx.ensure_trailers()
-            raise
-        finally:
-            self.finish(peer, context, failed)
-
     def handler(self, handler: Any, aio: bool = False) -> Any:
         """The servicer's handler with this call's behavior and (de)serializers."""
         if handler.unary_unary is not None:
             self.behavior = handler.unary_unary
             deserialize = self.deserialize_unary if self.deserializer is not None else None
-            behavior: Callable[..., Any] = self.aio_unary if aio else self.unary_unary
+            behavior: Callable[..., Any] = self.aio_unary if aio else self.unary
             # The response goes to the servicer's serializer as it is: counted by the behavior.
             return _new(
                 _Handler, (False, False, deserialize, self.serializer, behavior, None, None, None)
             )
         if handler.stream_unary is not None:
             self.behavior = handler.stream_unary
-            behavior = self.aio_unary if aio else self.stream_unary
+            behavior = self.aio_unary if aio else self.unary
             return _new(
                 _Handler,
                 (True, False, self.deserialize, self.serializer, None, None, behavior, None),
@@ -428,6 +369,9 @@ def _active(context: Any) -> bool:
         return not context.cancelled() if hasattr(context, "cancelled") else True
 
 
+_Ctx = TypeVar("_Ctx", bound="_Context")
+
+
 class _Context:
     """The servicer's context: the exchange headers hidden, and ours answered.
 
@@ -446,6 +390,14 @@ class _Context:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+    def __enter__(self: _Ctx) -> _Ctx:
+        self._call.begin(self._context)
+        return self
+
+    def __exit__(self, kind: Any, failed: BaseException | None, traceback: Any) -> None:
+        self.ensure_trailers()  # a failed call's status carries them too
+        self._call.finish(self._context, failed)
 
     def invocation_metadata(self) -> Any:
         md = self._context.invocation_metadata()
