@@ -837,8 +837,21 @@ async def _aio_sent(call: _ClientCall, requests: Any) -> AsyncIterator[Any]:
 
 
 class _AioClientBase(_ClientBase):
-    def _details(self, call: _ClientCall, details: Any) -> Any:
-        return _aio_details(details, call.metadata(details))
+    async def intercept(
+        self, continuation: Any, details: Any, request: Any, requests: bool, responses: bool
+    ) -> Any:
+        """A call of any kind (``requests``, ``responses``: which side streams): our
+        metadata in the caller's place, every message counted, the call recorded at its
+        end (a streaming response's, when its iterator ends)."""
+        call = self._call(details, unary=not (requests or responses))
+        if not requests:
+            call.sent(request)
+        elif request is not None:  # None: the caller writes with call.write(), uncounted
+            request = _aio_sent(call, request)
+        rpc = await continuation(_aio_details(details, call.metadata(details)), request)
+        if responses:
+            return self._streaming(call, rpc)
+        return await self._unary(call, rpc)
 
     async def _unary(self, call: _ClientCall, rpc: Any) -> Any:
         try:
@@ -874,50 +887,31 @@ class _AioClientBase(_ClientBase):
         call.finish(await rpc.code(), await rpc.details())
 
 
-class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _AioKind:
+    """One call kind's ``grpc.aio`` interceptor over the base all four share."""
+
     def __init__(self, base: _AioClientBase) -> None:
         self._base = base
 
+
+class _AioUnaryUnary(_AioKind, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        base = self._base
-        call = _ClientCall(base, details, None)
-        call.request_bytes += _message_size(request)
-        return await base._unary(call, await continuation(base._details(call, details), request))
+        return await self._base.intercept(continuation, details, request, False, False)
 
 
-class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, base: _AioClientBase) -> None:
-        self._base = base
-
+class _AioStreamUnary(_AioKind, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        base = self._base
-        call = base._call(details)
-        if requests is not None:
-            requests = _aio_sent(call, requests)
-        return await base._unary(call, await continuation(base._details(call, details), requests))
+        return await self._base.intercept(continuation, details, requests, True, False)
 
 
-class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, base: _AioClientBase) -> None:
-        self._base = base
-
+class _AioUnaryStream(_AioKind, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        base = self._base
-        call = base._call(details)
-        call.sent(request)
-        return base._streaming(call, await continuation(base._details(call, details), request))
+        return await self._base.intercept(continuation, details, request, False, True)
 
 
-class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, base: _AioClientBase) -> None:
-        self._base = base
-
+class _AioStreamStream(_AioKind, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        base = self._base
-        call = base._call(details)
-        if requests is not None:
-            requests = _aio_sent(call, requests)
-        return base._streaming(call, await continuation(base._details(call, details), requests))
+        return await self._base.intercept(continuation, details, requests, True, True)
 
 
 def aio_client_interceptors(
