@@ -129,7 +129,7 @@ class _Handler(
             "stream_unary",
             "stream_stream",
         ),
-    ),  # fmt: skip
+    ),
     grpc.RpcMethodHandler,
 ):
     """A servicer's handler with one call's behavior, made per call: a named tuple, as
