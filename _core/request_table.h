@@ -11,7 +11,7 @@
  *     ms_series_block block = {.n = 1, .e = {{sid, MS_COUNTER, MS_VALUE_ONE}}};
  *     ms_rtable_put(t, &key, &block);
  *     const ms_series_block *b = ms_rtable_find(t, &key);          // NULL: resolve in Python
- *     double values[MS_N_VALUES] = {1, 12, 420, 3100};
+ *     double values[MS_N_VALUES] = {1, 12, 420, 3100};     // no messages: 0, skipped
  *     ms_record_block(store, b, values);                    // counter + histograms
  *     ms_rtable_free(t);
  *
@@ -32,7 +32,9 @@ typedef enum ms_value {
     MS_VALUE_DURATION = 1, /* NaN when the request had no completion time: skipped */
     MS_VALUE_REQUEST_BYTES = 2,
     MS_VALUE_RESPONSE_BYTES = 3,
-    MS_N_VALUES = 4
+    MS_VALUE_REQUEST_MESSAGES = 4, /* a gRPC call's message counts, recorded with it */
+    MS_VALUE_RESPONSE_MESSAGES = 5,
+    MS_N_VALUES = 6
 } ms_value;
 
 #define MS_BLOCK_MAX 8

@@ -14,14 +14,20 @@ bare and with each instrumentation at its defaults:
 
 gRPC: one unary call over loopback to a ``grpc.server`` in the same process (client and
 server interceptors both on, so the CPU time covers both ends), bare, with meshstats'
-interceptors, and with py-grpc-prometheus' (at its defaults: counters only, its latency
-histograms are off unless enabled).
+interceptors (Istio's 25 labels on the request's counter and three histograms, 20 on the two
+message counters, the exchange both ways; on the compiled and on the pure-Python store), and
+with py-grpc-prometheus' (at its defaults: counters only, its latency histograms are off
+unless enabled); and, as a floor, interceptors that only send the metadata meshstats'
+exchange sends (three entries each way) and record nothing: what gRPC itself spends on them.
+The whole call's CPU swings by more from round to round (gRPC core's threads) than an
+interceptor costs, so the first gRPC table is the thread CPU time spent inside each
+library's interceptors, server and client apart; the whole process's follows.
 
 pytest-benchmark runs the cases one after the other (``pytest benchmarks/bench_embed.py
---benchmark-only``). For the figures, rounds interleaved (per-request CPU time of the whole
-process, less exposed to a shared machine's drift)::
+--benchmark-only``). For the figures, rounds interleaved (per-request CPU time, less exposed
+to a shared machine's drift)::
 
-    PYTHONPATH=src python benchmarks/bench_embed.py --rounds 11
+    PYTHONPATH=src python benchmarks/bench_embed.py --rounds 11 [--only asgi|grpc]
 """
 
 from __future__ import annotations
@@ -44,9 +50,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshstats import StatsEngine
-from meshstats._embed import Exchange
+from meshstats._embed import MX_HEADER, MX_ID_HEADER, Exchange
 from meshstats.asgi import IstioMiddleware
-from meshstats.grpc import IstioClientInterceptor, IstioServerInterceptor
+from meshstats.grpc import MX_GRPC_ALIAS, IstioClientInterceptor, IstioServerInterceptor
 
 SERVER = {"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default",
           "LABELS": {"app": "reviews", "version": "v2"}}  # fmt: skip
@@ -141,16 +147,20 @@ def _echo(request: bytes, context: Any) -> bytes:
 
 
 class Spent:
-    """Thread CPU time spent inside one library's interceptors, both ends, per call: the
-    whole call's CPU over loopback swings by more (gRPC core's threads) than they cost."""
+    """Thread CPU time spent inside one library's interceptors, per call, the server's and
+    the client's apart: the whole call's CPU over loopback swings by more (gRPC core's
+    threads) than they cost."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.server = 0.0
+        self.client = 0.0
         self.calls = 0
 
-    def take(self) -> float:
-        per_call = self.seconds / max(self.calls, 1)
-        self.seconds, self.calls = 0.0, 0
+    def take(self) -> tuple[float, float]:
+        """(server, client) seconds per call since the last take."""
+        calls = max(self.calls, 1)
+        per_call = (self.server / calls, self.client / calls)
+        self.server, self.client, self.calls = 0.0, 0.0, 0
         return per_call
 
 
@@ -187,7 +197,7 @@ class ServerTimer(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = (
             self.inner.intercept_service(timed_app, details) if self.inner else timed_app(details)
         )
-        spent.seconds += clock() - t0 - app[0]
+        spent.server += clock() - t0 - app[0]
         app[0] = 0.0
         behavior = handler.unary_unary
 
@@ -196,7 +206,7 @@ class ServerTimer(grpc.ServerInterceptor):  # type: ignore[misc]
             try:
                 return behavior(request, context)
             finally:
-                spent.seconds += clock() - t - app[0]
+                spent.server += clock() - t - app[0]
 
         return grpc.unary_unary_rpc_method_handler(
             measured, handler.request_deserializer, handler.response_serializer
@@ -226,7 +236,7 @@ class ClientTimer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             out = self.inner.intercept_unary_unary(call, details, request)
         else:
             out = call(details, request)
-        self.spent.seconds += clock() - t0 - inside[0]
+        self.spent.client += clock() - t0 - inside[0]
         self.spent.calls += 1
         return out
 
@@ -266,7 +276,41 @@ class GrpcCase:
         self.server.stop(None).wait(60)
 
 
-def grpc_cases(store_c: ModuleType) -> dict[str, GrpcCase]:
+class ExchangeOnlyServer(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Answers with the trailing metadata meshstats' server interceptor sends, and does
+    nothing else: what the exchange itself costs gRPC, apart from recording anything."""
+
+    def __init__(self) -> None:
+        ex = Exchange(StatsEngine(SERVER))
+        self.answer = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
+                       (MX_ID_HEADER, ex.node_id))  # fmt: skip
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        behavior, answer = handler.unary_unary, self.answer
+
+        def answered(request: Any, context: Any) -> Any:
+            context.set_trailing_metadata(answer)
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            answered, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class ExchangeOnlyClient(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Sends the metadata meshstats' client interceptor sends, and does nothing else."""
+
+    def __init__(self) -> None:
+        ex = Exchange(StatsEngine(CLIENT))
+        self.out = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
+                    (MX_ID_HEADER, ex.node_id))  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details._replace(metadata=list(self.out)), request)
+
+
+def grpc_cases(store_c: ModuleType, store_py: ModuleType) -> dict[str, GrpcCase]:
     # py-grpc-prometheus ships no types
     from py_grpc_prometheus.prometheus_client_interceptor import (  # type: ignore[import-untyped]
         PromClientInterceptor,
@@ -275,15 +319,16 @@ def grpc_cases(store_c: ModuleType) -> dict[str, GrpcCase]:
         PromServerInterceptor,
     )
 
-    server = StatsEngine(SERVER, store=store_c.Store())
-    client = StatsEngine(CLIENT, store=store_c.Store())
-    return {
-        "bare grpcio": GrpcCase(None, None),
-        "+ meshstats C interceptors": GrpcCase(
+    cases = {"bare grpcio": GrpcCase(None, None)}
+    for name, store in (("meshstats C", store_c), ("meshstats pure Python", store_py)):
+        server = StatsEngine(SERVER, store=store.Store())
+        client = StatsEngine(CLIENT, store=store.Store())
+        cases[f"+ {name} interceptors"] = GrpcCase(
             IstioServerInterceptor(server), IstioClientInterceptor(client, host="reviews:9080")
-        ),
-        "+ py-grpc-prometheus": GrpcCase(PromServerInterceptor(), PromClientInterceptor()),
-    }
+        )
+    cases["+ py-grpc-prometheus"] = GrpcCase(PromServerInterceptor(), PromClientInterceptor())
+    cases["+ the exchange's metadata alone"] = GrpcCase(ExchangeOnlyServer(), ExchangeOnlyClient())
+    return cases
 
 
 # -- pytest-benchmark --------------------------------------------------------------------------
@@ -298,8 +343,8 @@ def asgi(store_c: ModuleType, store_py: ModuleType) -> Iterator[dict[str, AsgiCa
 
 
 @pytest.fixture(scope="module")
-def grpc_pair(store_c: ModuleType) -> Iterator[dict[str, GrpcCase]]:
-    cases = grpc_cases(store_c)
+def grpc_pair(store_c: ModuleType, store_py: ModuleType) -> Iterator[dict[str, GrpcCase]]:
+    cases = grpc_cases(store_c, store_py)
     yield cases
     for case in cases.values():
         case.close()
@@ -323,7 +368,9 @@ def test_asgi(benchmark: Any, asgi: dict[str, AsgiCase], name: str) -> None:
 
 @pytest.mark.benchmark(group=GRPC_GROUP)
 @pytest.mark.parametrize("name", ["bare grpcio", "+ meshstats C interceptors",
-                                  "+ py-grpc-prometheus"])  # fmt: skip
+                                  "+ meshstats pure Python interceptors",
+                                  "+ py-grpc-prometheus",
+                                  "+ the exchange's metadata alone"])  # fmt: skip
 def test_grpc(benchmark: Any, grpc_pair: dict[str, GrpcCase], name: str) -> None:
     case = grpc_pair[name]
     benchmark.extra_info["calls_per_round"] = 20
@@ -333,52 +380,80 @@ def test_grpc(benchmark: Any, grpc_pair: dict[str, GrpcCase], name: str) -> None
 # -- interleaved figures -----------------------------------------------------------------------
 
 
-def _table(title: str, runs: dict[str, Callable[[int], None]], rounds: int, n: int) -> None:
+def _table(
+    title: str,
+    runs: dict[str, Callable[[int], None]],
+    rounds: int,
+    n: int,
+    quartiles: bool = False,
+) -> None:
+    """CPU time of the whole process per request, rounds interleaved (every other round in
+    reverse order, so drift within a round weighs on no case more than another), and what
+    each case adds to the first. ``quartiles``: for many short rounds, the spread is the
+    middle half of the rounds and the ratio that of the medians (min-max and per-round
+    ratios are the outliers' then)."""
     per: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
     for r in range(rounds):
-        for name, run in runs.items():
+        for name in names if r % 2 == 0 else names[::-1]:
             start = time.process_time()
-            run(n)
+            runs[name](n)
             per[name].append((time.process_time() - start) / n)
         print(f"\r{title[:20]}: round {r + 1}/{rounds}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    names = list(runs)
     bare = per[names[0]]
-    ours = per[names[1]]
-    ours_added = [o - b for o, b in zip(ours, bare)]
+    ours_added = [o - b for o, b in zip(per[names[1]], bare)]
+    spread = "middle half" if quartiles else "min-max"
     print(f"\n{title}: {rounds} rounds of {n}, interleaved; CPU time per request")
-    print(f"{'case':<42}{'median':>10}  {'added (min-max)':>24}  {'added / meshstats C':>20}")
+    print(f"{'case':<42}{'median':>10}  {f'added ({spread})':>28}  {'added / meshstats C':>20}")
     for name in names:
         times = per[name]
-        added = [t - b for t, b in zip(times, bare)]
-        ratio = [a / o for a, o in zip(added, ours_added) if o > 0]
+        added = sorted(t - b for t, b in zip(times, bare))
+        if quartiles:
+            lo, hi = added[len(added) // 4] * 1e6, added[-1 - len(added) // 4] * 1e6
+            ours = statistics.median(ours_added)
+            ratio = [statistics.median(added) / ours] if ours > 0 else []
+        else:
+            lo, hi = added[0] * 1e6, added[-1] * 1e6
+            ratio = [a / o for a, o in zip(added, ours_added) if o > 0]
         med = statistics.median(times) * 1e6
-        lo, hi = min(added) * 1e6, max(added) * 1e6
         text = f"{statistics.median(added) * 1e6:+.1f} µs ({lo:+.1f}..{hi:+.1f})"
         rtext = f"{statistics.median(ratio):.2f}x" if name != names[0] and ratio else ""
-        print(f"{name:<42}{med:>8.1f} µs  {text:>24}  {rtext:>20}")
+        print(f"{name:<42}{med:>8.1f} µs  {text:>28}  {rtext:>20}")
 
 
 def _inside(cases: dict[str, GrpcCase], rounds: int, n: int) -> None:
-    """The interceptors' own thread CPU time per call (client and server ends together),
-    less the timing harness' (the bare case), rounds interleaved."""
-    per: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
+    """The interceptors' own thread CPU time per call, server and client ends, less the
+    timing harness' (the bare case's), rounds interleaved."""
+    per: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for r in range(rounds):
         for name, case in cases.items():
             case.spent.take()
             case.run(n)
             per[name].append(case.spent.take())
+        print(f"\rinterceptors: round {r + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
     bare = per["bare grpcio"]
-    ours = [t - b for t, b in zip(per["+ meshstats C interceptors"], bare)]
-    print(f"\n{GRPC_GROUP}: thread CPU time inside the interceptors, both ends, per call")
-    print(f"{'case':<42}{'median (min-max)':>26}  {'/ meshstats C':>14}")
-    for name, times in per.items():
-        if name == "bare grpcio":
-            continue
-        cost = [t - b for t, b in zip(times, bare)]
-        ratio = statistics.median([c / o for c, o in zip(cost, ours) if o > 0])
-        med, lo, hi = (statistics.median(cost) * 1e6, min(cost) * 1e6, max(cost) * 1e6)
-        print(f"{name:<42}{f'{med:.1f} µs ({lo:.1f}-{hi:.1f})':>26}  {ratio:>13.2f}x")
+    cost = {
+        name: [(s - bs, c - bc) for (s, c), (bs, bc) in zip(times, bare)]
+        for name, times in per.items()
+        if name != "bare grpcio"
+    }
+    ours = [s + c for s, c in cost["+ meshstats C interceptors"]]
+
+    def text(values: list[float]) -> str:
+        med, lo, hi = statistics.median(values), min(values), max(values)
+        return f"{med * 1e6:.1f} µs ({lo * 1e6:.1f}-{hi * 1e6:.1f})"
+
+    print(f"\n{GRPC_GROUP}: thread CPU time inside the interceptors per call, {rounds} rounds")
+    print(f"of {n}, interleaved; median (lowest-highest round)")
+    head = f"{'case':<40}{'both ends':>24}{'server':>24}{'client':>24}{'/ meshstats C':>15}"
+    print(head)
+    for name, pairs in cost.items():
+        both = [s + c for s, c in pairs]
+        ratio = statistics.median([b / o for b, o in zip(both, ours) if o > 0])
+        server, client = [s for s, _ in pairs], [c for _, c in pairs]
+        print(f"{name:<40}{text(both):>24}{text(server):>24}{text(client):>24}{ratio:>14.2f}x")
 
 
 def main(argv: list[str]) -> int:
@@ -390,20 +465,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--requests", type=int, default=4000, help="ASGI requests per round")
     parser.add_argument("--calls", type=int, default=1000, help="gRPC calls per round")
+    parser.add_argument("--only", choices=("asgi", "grpc"), help="one integration's table")
     args = parser.parse_args(argv)
-    asgi = asgi_cases(_store_c, _store_py)
-    for case in asgi.values():
-        case.run(200)  # warm: the middleware stacks are built on first use
-    _table(ASGI_GROUP, {k: c.run for k, c in asgi.items()}, args.rounds, args.requests)
-    cases = grpc_cases(_store_c)
-    try:
-        _table(GRPC_GROUP, {k: c.run for k, c in cases.items()}, args.rounds, args.calls)
-        _inside(cases, args.rounds, args.calls)
-    finally:
-        for grpc_case in cases.values():
-            grpc_case.close()
-        for asgi_case in asgi.values():
-            asgi_case.close()
+    if args.only != "grpc":
+        asgi = asgi_cases(_store_c, _store_py)
+        for case in asgi.values():
+            case.run(200)  # warm: the middleware stacks are built on first use
+        try:
+            _table(ASGI_GROUP, {k: c.run for k, c in asgi.items()}, args.rounds, args.requests)
+        finally:
+            for asgi_case in asgi.values():
+                asgi_case.close()
+    if args.only != "asgi":
+        cases = grpc_cases(_store_c, _store_py)
+        try:
+            _inside(cases, args.rounds, args.calls)
+            # The whole call swings by hundreds of us from batch to batch: many short
+            # batches, alternating, and their middle half.
+            batches, calls = args.rounds * 10, max(args.calls // 10, 1)
+            runs: dict[str, Callable[[int], None]] = {k: c.run for k, c in cases.items()}
+            _table(GRPC_GROUP, runs, batches, calls, quartiles=True)
+        finally:
+            for grpc_case in cases.values():
+                grpc_case.close()
     return 0
 
 

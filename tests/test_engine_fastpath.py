@@ -170,3 +170,66 @@ def test_nan_duration_raises_on_both_paths(backend: Backend) -> None:
     for _ in range(2):  # the table refuses it, the general path says what is wrong
         with pytest.raises(ValueError):
             request(engine, peer, duration_ms=math.nan)
+
+
+# -- a gRPC call: messages and request in one block ----------------------------------------
+
+grpc_call_st = st.fixed_dictionaries(
+    {
+        "response_code": st.sampled_from([200, 503]),
+        "host": st.sampled_from([None, "reviews:9080"]),
+        "response_flags": st.sampled_from([None, "DC"]),
+        "grpc_status": st.sampled_from([0, 14]),
+        "request_messages": st.integers(0, 3),
+        "response_messages": st.integers(0, 3),
+        "duration_ms": st.one_of(st.none(), st.floats(0, 10**4)),
+        "request_bytes": st.integers(0, 10**5),
+        "response_bytes": st.integers(0, 10**5),
+        # how it is recorded: in one call, or as its two parts (a plain record_request
+        # on the same key keeps a block without the message series)
+        "how": st.sampled_from(["call", "call", "parts"]),
+    }
+)
+
+
+def replay_calls(backend: Backend, calls: list[dict[str, Any]], whole: bool, fast: bool) -> bytes:
+    engine = engine_for(backend, {}, fast)
+    peer = engine.peer("inbound", REVIEWS, peer_principal="spiffe://cluster.local/ns/x/sa/y")
+    for kw in calls:
+        kw = dict(kw)
+        messages = kw.pop("request_messages"), kw.pop("response_messages")
+        if kw.pop("how") == "call" and whole:
+            engine.record_grpc_call(
+                peer, request_messages=messages[0], response_messages=messages[1], path="/a/B",
+                **kw,
+            )  # fmt: skip
+        else:
+            engine.record_grpc_messages(peer, *messages, host=kw["host"])
+            engine.record_request(peer, protocol="grpc", method="POST", path="/a/B", **kw)
+    return bytes(engine.render())
+
+
+@pytest.mark.c_extension
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(grpc_call_st, min_size=1, max_size=20))
+def test_a_grpc_call_in_one_block_is_its_two_parts(
+    c_backend: Backend, py_backend: Backend, calls: list[dict[str, Any]]
+) -> None:
+    want = replay_calls(py_backend, calls, whole=False, fast=False)
+    for backend in (c_backend, py_backend):
+        assert replay_calls(backend, calls, whole=True, fast=True) == want
+        assert replay_calls(backend, calls, whole=True, fast=False) == want
+
+
+def test_a_grpc_call_takes_one_table_record_from_the_second_call(backend: Backend) -> None:
+    engine = engine_for(backend, {})
+    peer = engine.peer("inbound", REVIEWS)
+    kw: dict[str, Any] = {"grpc_status": 0, "duration_ms": 3.0, "request_bytes": 40,
+                          "response_bytes": 90, "request_messages": 1,
+                          "response_messages": 1}  # fmt: skip
+    for _ in range(3):
+        engine.record_grpc_call(peer, **kw)
+    assert engine._request_tables.hits == 2
+    text = engine.render().decode()
+    for family in ("istio_request_messages_total", "istio_response_messages_total"):
+        assert f"{family}{{" in text and text.split(f"{family}{{")[1].split("\n")[0].endswith(" 3")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import queue
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -18,11 +19,23 @@ from conftest import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from embed_support import CLIENT_NODE, DEADLINE, SERVER_NODE, Sample, one, samples, total
+from embed_support import (
+    CLIENT_NODE,
+    DEADLINE,
+    SERVER_NODE,
+    Sample,
+    one,
+    samples,
+    server_exchange,
+    total,
+    wait_for,
+)
 
 from meshstats import StatsEngine
+from meshstats._embed import Exchange
 from meshstats.certs import LocalCA
 from meshstats.grpc import (
+    MX_GRPC_ALIAS,
     AioIstioServerInterceptor,
     IstioClientInterceptor,
     IstioServerInterceptor,
@@ -36,6 +49,7 @@ REQUESTS = "istio_requests_total"
 pytestmark = pytest.mark.timing
 REQ_MSGS = "istio_request_messages_total"
 RESP_MSGS = "istio_response_messages_total"
+RATINGS_NODE = {"WORKLOAD_NAME": "ratings-v1", "NAMESPACE": "default"}
 
 
 class Clock:
@@ -52,6 +66,7 @@ class Engines:
         self.server = StatsEngine(SERVER_NODE, store=backend.store.Store(), clock=self.clock)
         self.client = StatsEngine(CLIENT_NODE, store=backend.store.Store(), clock=self.clock)
         self.seen: list[str] = []  # metadata keys the servicers saw
+        self.release = threading.Event()  # what the slow servicer waits for
 
     def client_samples(self) -> list[Sample]:
         return samples(self.client.render())
@@ -99,11 +114,17 @@ def sync_handler(engines: Engines) -> grpc.GenericRpcHandler:
     def crash(request: bytes, context: Any) -> bytes:
         raise RuntimeError("a servicer bug")
 
+    def slow(request: bytes, context: Any) -> bytes:
+        note(context)
+        engines.release.wait(DEADLINE)
+        return request
+
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
             "Deny": grpc.unary_unary_rpc_method_handler(deny),
             "Crash": grpc.unary_unary_rpc_method_handler(crash),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
             "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
@@ -202,6 +223,62 @@ def test_sync_a_status_set_or_raised_is_reported_by_both_ends(
         assert total(found, REQUESTS, grpc_response_status="2", response_code="200") == 1
     # the failed calls' status carried the server's metadata: the client knows who failed
     assert total(engines.client_samples(), REQUESTS, destination_workload="reviews-v2") == 2
+
+
+def test_sync_a_unary_future_the_client_cancels_is_reported_DC(
+    sync_pair: tuple[Engines, grpc.Channel],
+) -> None:
+    """The done callback of a cancelled future (whose exception() raises) still records."""
+    engines, channel = sync_pair
+    slow: Any = method(channel, "unary_unary", "Slow")
+    future = slow.future(b"1", timeout=DEADLINE)
+    try:
+        wait_for(lambda: bool(engines.seen), "the call reaching the servicer")
+        assert future.cancel()
+    finally:
+        engines.release.set()
+    wait_for(lambda: total(engines.client_samples(), REQUESTS) == 1, "the client's record")
+    labels = one(engines.client_samples(), REQUESTS)
+    assert (labels["response_flags"], labels["grpc_response_status"]) == ("DC", "1")
+    assert labels["response_code"] == "200"
+
+
+def test_sync_a_unary_answer_is_read_from_the_trailing_metadata_then_the_initial(
+    backend: Backend,
+) -> None:
+    """Where each server answers: a meshstats server in the trailing metadata of a unary
+    response, Envoy in its headers (the initial metadata); with both, the trailing wins."""
+    engine = StatsEngine(CLIENT_NODE, store=backend.store.Store())
+    envoy = Exchange(StatsEngine(RATINGS_NODE))  # what a sidecar in front would answer
+    server_mx = server_exchange()
+
+    def answer(where: str) -> Callable[[bytes, Any], bytes]:
+        def behavior(request: bytes, context: Any) -> bytes:
+            if where in ("initial", "both"):
+                context.send_initial_metadata(((MX_GRPC_ALIAS, envoy.metadata),))
+            if where in ("trailing", "both"):
+                context.set_trailing_metadata(((MX_GRPC_ALIAS, server_mx.metadata),))
+            return request
+
+        return behavior
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))  # not intercepted: answers by hand
+    handlers = {w: grpc.unary_unary_rpc_method_handler(answer(w)) for w in ("initial", "both")}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{port}"), IstioClientInterceptor(engine, host=HOST)
+    )
+    try:
+        for where in ("initial", "both"):
+            assert method(channel, "unary_unary", where)(b"hi", timeout=DEADLINE) == b"hi"
+    finally:
+        channel.close()
+        server.stop(None).wait(DEADLINE)
+    found = samples(engine.render())
+    assert one(found, REQUESTS, destination_workload="ratings-v1")  # initial only: read
+    assert one(found, REQUESTS, destination_workload="reviews-v2")  # both: the trailing
 
 
 def test_sync_message_counts_are_reported_periodically(

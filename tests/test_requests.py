@@ -98,6 +98,22 @@ def test_an_unresolved_series_that_would_record_is_a_miss(backend: Backend) -> N
     assert len(table) == 1
 
 
+def test_a_grpc_calls_message_counts_need_their_entries(backend: Backend) -> None:
+    store, table, block = setup(backend)
+    msgs = store.counter("m_total", "", ("dir",))
+    sent, got = store.series(msgs, ("sent",)), store.series(msgs, ("got",))
+    table.put(200, 0, None, "grpc", HOST, block)  # a request's block alone
+    assert table.record(200, 0, None, "grpc", HOST, 1.0, 10, 10)  # no messages: fine
+    assert not table.record(200, 0, None, "grpc", HOST, 1.0, 10, 10, 1, 0)  # would drop one
+    assert store.value(block[0][0]) == 1  # the miss recorded nothing at all
+    messages = [(sent, "counter", "request_messages"), (got, "counter", "response_messages")]
+    table.put(200, 0, None, "grpc", HOST, block + messages)
+    assert table.record(200, 0, None, "grpc", HOST, 1.0, 10, 10, 3, 0)
+    assert table.record(200, 0, None, "grpc", HOST, 1.0, 10, 10, 0, 2)
+    assert (store.value(sent), store.value(got), store.value(block[0][0])) == (3, 2, 3)
+    assert not table.record(200, 0, None, "grpc", HOST, 1.0, 10, 10, 1.5, 0)  # not a count
+
+
 def test_bounds(backend: Backend) -> None:
     _, table, block = setup(backend, max_entries=2)
     assert table.put(1, None, None, "http", HOST, block)
@@ -127,8 +143,9 @@ numbers = st.one_of(
 )
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("put"), keys, st.lists(st.sampled_from(range(4)), max_size=4)),
+        st.tuples(st.just("put"), keys, st.lists(st.sampled_from(range(6)), max_size=6)),
         st.tuples(st.just("record"), keys, st.tuples(numbers, numbers, numbers)),
+        st.tuples(st.just("record"), keys, st.tuples(numbers, numbers, numbers, numbers, numbers)),
     ),
     max_size=60,
 )
@@ -144,6 +161,8 @@ def play(backend: Backend, program: list[Any]) -> tuple[list[Any], bytes, int, i
         (store.series(h, ("a",)), "histogram", "duration"),
         (store.series(g, ("a",)), "gauge", "response_bytes"),
         (-1, "histogram", "request_bytes"),
+        (store.series(c, ("m",)), "counter", "request_messages"),
+        (-1, "counter", "response_messages"),
     ]
     table = backend.requests.RequestTable(store, 8)
     out: list[Any] = []

@@ -177,6 +177,15 @@ static void test_record_block(void) {
     CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 2);
     ms_series_block wrong = {.n = 1, .e = {{sh, MS_COUNTER, MS_VALUE_ONE}}};
     CHECK(ms_record_block(s, &wrong, ev) == MS_ERR_WRONG_KIND);
+    /* a gRPC call's message counts ride in the same block: counted, 0 skipped */
+    ms_series_block grpc = {.n = 2,
+                     .e = {{sc, MS_COUNTER, MS_VALUE_REQUEST_MESSAGES},
+                           {MS_NO_SERIES, MS_COUNTER, MS_VALUE_RESPONSE_MESSAGES}}};
+    double call[MS_N_VALUES] = {1, 3, 10, 10, 2, 0};
+    CHECK(ms_record_block(s, &grpc, call) == MS_OK);
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 4);
+    call[MS_VALUE_RESPONSE_MESSAGES] = 1; /* now that one needs its series */
+    CHECK(ms_record_block(s, &grpc, call) == MS_ERR_UNKNOWN_SERIES);
     ms_store_free(s);
 }
 

@@ -47,9 +47,12 @@ class RequestTable:
         duration_ms: object,
         request_bytes: object,
         response_bytes: object,
+        request_messages: object = 0,
+        response_messages: object = 0,
     ) -> bool:
         """Record into the key's block; False when the key is unknown or not keyable, or
-        the block lacks a series this event needs."""
+        the block lacks a series this event needs (or an entry for a message count that is
+        not 0: a gRPC call's counts are recorded with it when its block carries them)."""
 
     def put(
         self,

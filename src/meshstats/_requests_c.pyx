@@ -64,6 +64,8 @@ cdef extern from "request_table.h" nogil:
     ctypedef struct ms_rtable:
         pass
     int MS_BLOCK_MAX
+    int MS_VALUE_REQUEST_MESSAGES
+    int MS_VALUE_RESPONSE_MESSAGES
     int64_t MS_NO_GRPC
     uint32_t MS_NO_SERIES
     ms_rtable *ms_rtable_new(const ms_allocator *allocator, uint32_t max_entries)
@@ -85,7 +87,8 @@ _ALLOCATOR.realloc = PyMem_RawRealloc
 _ALLOCATOR.free = PyMem_RawFree
 
 _KINDS = {"counter": MS_COUNTER, "gauge": MS_GAUGE, "histogram": MS_HISTOGRAM}
-_VALUES = {"one": 0, "duration": 1, "request_bytes": 2, "response_bytes": 3}
+_VALUES = {"one": 0, "duration": 1, "request_bytes": 2, "response_bytes": 3,
+           "request_messages": 4, "response_messages": 5}
 
 
 cdef bint _int64(object value, int64_t *out):
@@ -188,11 +191,14 @@ cdef class RequestTable:
         return ms_rtable_len(self._t)
 
     def record(self, code, grpc_status, flags, protocol, host, duration_ms, request_bytes,
-               response_bytes):
+               response_bytes, request_messages=0, response_messages=0):
         """Record one request into its key's block; False when the key is not known (or
-        the block lacks a series this event needs, or an argument is not keyable)."""
+        the block lacks a series this event needs, or an argument is not keyable).
+        ``request_messages`` / ``response_messages``: a gRPC call's message counts, recorded
+        with it when its block carries them (False when one is not 0 and it does not)."""
         cdef ms_request_key k
-        cdef double values[4]
+        cdef double values[6]
+        cdef uint32_t i
         if not _key(&k, code, grpc_status, flags, protocol, host):
             return False
         values[0] = 1.0
@@ -204,8 +210,22 @@ cdef class RequestTable:
             return False
         if not _number(request_bytes, &values[2]) or not _number(response_bytes, &values[3]):
             return False
+        if not (_number(request_messages, &values[4])
+                and _number(response_messages, &values[5])):
+            return False
         cdef const ms_series_block *block = ms_rtable_find(self._t, &k)
-        if block is NULL or ms_record_block(self._store._s, block, values) != MS_OK:
+        if block is NULL:
+            return False
+        # A message count to record needs its entry: a block kept by record_request alone
+        # (the same key, no messages) would drop it.
+        cdef unsigned int need = 0, have = 0
+        if values[4] != 0:
+            need |= 1u << MS_VALUE_REQUEST_MESSAGES
+        if values[5] != 0:
+            need |= 1u << MS_VALUE_RESPONSE_MESSAGES
+        for i in range(block.n):
+            have |= 1u << block.e[i].value
+        if need & ~have or ms_record_block(self._store._s, block, values) != MS_OK:
             return False
         self.hits += 1
         if self._counter is not None:

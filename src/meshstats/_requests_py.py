@@ -26,7 +26,8 @@ __all__ = ["RequestTable", "HitCounter", "BLOCK_MAX"]
 BLOCK_MAX = 8
 _MAX_STRING = 1024  # bytes of UTF-8 per key string, as request_table.h
 _INT64 = (-(2**63), 2**63 - 1)
-_VALUES = {"one": 0, "duration": 1, "request_bytes": 2, "response_bytes": 3}
+_VALUES = {"one": 0, "duration": 1, "request_bytes": 2, "response_bytes": 3,
+           "request_messages": 4, "response_messages": 5}  # fmt: skip
 _KINDS = ("counter", "gauge", "histogram")
 
 Block = Sequence[tuple[int, str, str]]
@@ -117,8 +118,11 @@ class RequestTable:
         duration_ms: object,
         request_bytes: object,
         response_bytes: object,
+        request_messages: object = 0,
+        response_messages: object = 0,
     ) -> bool:
-        """Record one request into its key's block; False when the key is not known."""
+        """Record one request into its key's block; False when the key is not known (the
+        block lacks an entry for a message count that is not 0, ...)."""
         key = _key(code, grpc_status, flags, protocol, host)
         if key is None:
             return False
@@ -130,12 +134,16 @@ class RequestTable:
                 return False
             duration = math.trunc(found) + 0.0
         req, resp = _number(request_bytes), _number(response_bytes)
-        if req is None or resp is None:
+        req_msgs, resp_msgs = _number(request_messages), _number(response_messages)
+        if req is None or resp is None or req_msgs is None or resp_msgs is None:
             return False
         block = self._blocks.get(key)
         if block is None:
             return False
-        values = (1.0, duration, req, resp)
+        values = (1.0, duration, req, resp, req_msgs, resp_msgs)
+        have = {value for _, _, value in block}
+        if (req_msgs != 0 and 4 not in have) or (resp_msgs != 0 and 5 not in have):
+            return False  # a block kept by record_request alone would drop the count
         # Checked first, as the compiled table does: a block is recorded whole or not at all.
         for sid, kind, value in block:
             v = values[value]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._peer_cache import PeerCache
-from ._requests import Tables
+from ._requests import BLOCK_MAX, Tables
 from ._store import Store
 from .attributes import (
     Layered,
@@ -74,6 +74,7 @@ _TCP = {
     "tcp_received_bytes_total": "received",
 }
 _EVENT_METRICS = {"http": _HTTP, "grpc": _GRPC, "tcp": _TCP}
+_MESSAGE_VALUES = frozenset(_GRPC.values())  # what a request's table block can also carry
 
 
 class StatsEngine:
@@ -416,6 +417,30 @@ class StatsEngine:
                 request_bytes, response_bytes,
             ):  # fmt: skip
                 return
+        self._resolve_request(
+            peer, response_code, duration_ms, request_bytes, response_bytes, host, grpc_status,
+            response_flags, protocol, method, path, request_protocol, headers, attributes,
+        )  # fmt: skip
+
+    def _resolve_request(
+        self,
+        peer: PeerContext,
+        response_code: int,
+        duration_ms: float | None,
+        request_bytes: int,
+        response_bytes: int,
+        host: str | None,
+        grpc_status: int | None,
+        response_flags: int | Iterable[str] | str | None,
+        protocol: str,
+        method: str | None,
+        path: str | None,
+        request_protocol: str | None,
+        headers: Mapping[str, str] | None,
+        attributes: Mapping[str, Any] | None,
+    ) -> list[tuple[int, str, Any]] | None:
+        """:meth:`record_request`'s general path: the labels resolved, the request recorded;
+        returns the block kept for the request's key in the peer's table (None: none)."""
         attrs = request_attributes(
             protocol=protocol,
             response_code=response_code,
@@ -448,9 +473,51 @@ class StatsEngine:
         if self._fast_http and attributes is None:
             # Every HTTP label this request resolved follows from the raw arguments: the
             # next request with the same ones records straight into this block.
+            table = peer._requests
             if table is None:
                 table = peer._requests = self._request_tables.new()
-            table.put(response_code, grpc_status, response_flags, protocol, host, block)
+            if table.put(response_code, grpc_status, response_flags, protocol, host, block):
+                return block
+        return None
+
+    def record_grpc_call(
+        self,
+        peer: PeerContext,
+        *,
+        request_messages: int,
+        response_messages: int,
+        grpc_status: int,
+        duration_ms: float | None,
+        request_bytes: int,
+        response_bytes: int,
+        response_code: int = 200,
+        host: str | None = None,
+        response_flags: str | None = None,
+        method: str | None = "POST",
+        path: str | None = None,
+    ) -> None:
+        """One finished gRPC call: the message counts not reported yet and the request, as
+        :meth:`record_grpc_messages` then :meth:`record_request` (``protocol="grpc"``)
+        record them, in one C call once the peer's table knows the call's key (the message
+        metrics' series join the request's block)."""
+        table = peer._requests
+        if table is not None and table.record(
+            response_code, grpc_status, response_flags, "grpc", host, duration_ms,
+            request_bytes, response_bytes, request_messages, response_messages,
+        ):  # fmt: skip
+            return
+        self.record_grpc_messages(peer, request_messages, response_messages, host=host)
+        block = self._resolve_request(
+            peer, response_code, duration_ms, request_bytes, response_bytes, host, grpc_status,
+            response_flags, "grpc", method, path, None, None, None,
+        )  # fmt: skip
+        messages = peer._grpc.get(host)
+        if block is None or messages is None or len(block) + len(messages) > BLOCK_MAX:
+            return
+        if all(sid >= 0 and value in _MESSAGE_VALUES for sid, _, value in messages):
+            peer._requests.put(
+                response_code, grpc_status, response_flags, "grpc", host, block + messages
+            )
 
     def record_grpc_messages(
         self,

@@ -21,7 +21,8 @@ reported as an Istio sidecar reports a gRPC stream.
   does): in the initial metadata of a streaming response (merged into what the servicer
   sends), in the trailing metadata of a unary one (the same batch as the message: sending
   initial metadata on its own costs a unary call about 200 us more CPU); the client reads
-  either as its peer. gRPC core swallows
+  either as its peer (for a unary response the trailing first, then the initial, where
+  Envoy answers; for a stream the initial first). gRPC core swallows
   ``x-envoy-peer-metadata`` on receipt (its CSM observability owns that header), so the
   same value also travels as ``x-meshstats-peer-metadata``, which is what a meshstats end
   reads (:data:`MX_GRPC_ALIAS`).
@@ -46,10 +47,11 @@ Needs ``pip install 'meshstats[grpc]'``.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._embed import MX_HEADER, MX_HEADERS, MX_ID_HEADER, Exchange, service_metadata
 from .errors import MissingExtraError
@@ -63,6 +65,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in the t
 if TYPE_CHECKING:
     from .connections import GrpcStream
     from .engine import StatsEngine
+    from .labels import PeerContext
 
 __all__ = [
     "IstioServerInterceptor",
@@ -108,7 +111,33 @@ def _split(metadata: Iterable[Any] | None) -> tuple[Any, Any, int]:
 
 
 _STATUS = {code: int(code.value[0]) for code in grpc.StatusCode}
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
 Answer = tuple[tuple[str, str], ...]
+
+
+class _Handler(
+    collections.namedtuple(
+        "_Handler",
+        (
+            "request_streaming",
+            "response_streaming",
+            "request_deserializer",
+            "response_serializer",
+            "unary_unary",
+            "unary_stream",
+            "stream_unary",
+            "stream_stream",
+        ),
+    ),
+    grpc.RpcMethodHandler,
+):
+    """A servicer's handler with one call's behavior, made per call: a named tuple, as
+    grpc's own, built with ``_new`` (no Python-level ``__new__``, and not through grpc's
+    ``*_rpc_method_handler`` functions, which import a module on every call)."""
+
+
+_new = tuple.__new__
 
 
 def _message_size(message: Any, serialize: Callable[[Any], bytes] | None = None) -> int:
@@ -138,112 +167,192 @@ def _principal(context: Any) -> str | None:
     return None
 
 
-class _UnaryCounts:
-    """A unary call's message counts: the call ends as it starts, so there is nothing to
-    report periodically, and it needs no :class:`~meshstats.GrpcStream` registered with the
-    engine (the bookkeeping was a fifth of what the interceptors cost per call)."""
+#: Most peer contexts an interceptor keeps by their exchange values (which come from peers).
+_MAX_PEERS = 1024
+_NO_PEER = (None, None)  # a server that sent no exchange
 
-    __slots__ = ("_engine", "peer", "_reporter", "host", "request_messages", "response_messages")
 
-    def __init__(self, engine: StatsEngine, reporter: Any, host: str | None) -> None:
-        self._engine = engine
-        self.peer: Any = None
-        self._reporter = reporter
-        self.host = host
-        self.request_messages = 0
-        self.response_messages = 0
-
-    def set_peer(self, peer: Any) -> None:
-        if self.peer is None:
-            self.peer = peer
-
-    def add(self, request_messages: int = 0, response_messages: int = 0) -> None:
-        self.request_messages += request_messages
-        self.response_messages += response_messages
-
-    def close(self) -> None:
-        engine = self._engine
-        peer = self.peer if self.peer is not None else engine.peer(self._reporter, None)
-        engine.record_grpc_messages(
-            peer, self.request_messages, self.response_messages, host=self.host
-        )
+def _keep(kept: dict[Any, PeerContext], key: Any, peer: PeerContext) -> PeerContext:
+    """Keep ``peer`` by ``key``: a peer sends the same exchange values on every call, so a
+    call finds its context in one lookup, without the exchange's and the engine's caches
+    behind it (those still answer the first call of each key). Bounded: emptied when full."""
+    if len(kept) >= _MAX_PEERS:
+        kept.clear()
+    kept[key] = peer
+    return peer
 
 
 # -- server side -------------------------------------------------------------------------------
 
 
 class _ServerCall:
-    """One call on the server: counts, sizes, the peer, and whether our metadata went out."""
+    """One call on the server: the servicer's handler, counts, sizes, the peer, and whether
+    our metadata went out.
 
-    def __init__(self, owner: _ServerBase, details: Any, unary: bool = False) -> None:
+    A unary-unary call has no :class:`~meshstats.GrpcStream` (``stream`` is ``None``): it
+    ends as it starts, so there is nothing to report periodically; its one request and its
+    one response (if the servicer returned one) are recorded at its end. Streaming kinds
+    count every message into theirs."""
+
+    __slots__ = (
+        "owner", "started", "metadata", "metadata_id", "method", "request_bytes",
+        "response_bytes", "stream", "headers_sent", "code", "answer", "behavior",
+        "deserializer", "serializer", "peer", "responses",
+    )  # fmt: skip
+
+    def __init__(
+        self, owner: _ServerBase, details: Any, handler: Any, stream: GrpcStream | None
+    ) -> None:
         self.started = _perf()
         self.owner = owner
-        self.metadata, self.metadata_id, size = _split(details.invocation_metadata)
-        self.method = _method(details)
+        found, found_id, size = _split(details.invocation_metadata)
+        self.metadata, self.metadata_id = found, found_id
+        method = details.method
+        self.method: str = method if type(method) is str else _method(details)
         self.request_bytes = size + len(self.method) + 7  # ":path"
         self.response_bytes = 0
-        # Made now: a unary request is deserialized (counted) before the behavior runs.
-        self.stream: GrpcStream | _UnaryCounts = (
-            _UnaryCounts(owner.engine, "inbound", None)
-            if unary
-            else owner.engine.grpc_stream(None, reporter="inbound")
-        )
+        self.stream = stream
         self.headers_sent = False
         self.code: Any = None  # set through the servicer's context, when it sets one
-
-    def own_metadata(self) -> tuple[tuple[str, str], ...]:
-        """What this workload answers: what the caller asked for (Istio's rule)."""
-        return self.owner._answers[self.metadata is not None, self.metadata_id is not None][0]
+        # What this workload answers (what the caller asked for: Istio's rule), its size.
+        self.answer: tuple[Answer, int] = owner._answers[found is not None, found_id is not None]
+        self.behavior: Any = None
+        self.deserializer: Callable[[bytes], Any] | None = handler.request_deserializer
+        self.serializer: Callable[[Any], bytes] | None = handler.response_serializer
+        self.peer: PeerContext | None = None
+        self.responses = 0  # a unary-unary call's (its stream counts a streaming one's)
 
     def begin(self, context: Any) -> None:
         """The behavior starts: the peer is known (the principal needs the context)."""
-        owner = self.owner
-        peer = owner.exchange.inbound(
-            self.metadata,
-            self.metadata_id,
-            principal=_principal(context),
-            cluster_metadata=owner._cluster,
-        )
-        self.stream.set_peer(peer)
+        key = (self.metadata, self.metadata_id, _principal(context))
+        peer = self.owner._peers.get(key)
+        if peer is None:
+            peer = self.owner._peer(key)
+        self.peer = peer
+        if self.stream is not None:
+            self.stream.set_peer(peer)
 
-    def count_request(self, size: int) -> None:
-        self.request_bytes += size + _FRAME
-        self.stream.add(request_messages=1)
+    # The (de)serializers gRPC calls: each message counted as it crosses the wire.
 
-    def count_response(self, size: int) -> None:
-        self.response_bytes += size + _FRAME
-        self.stream.add(response_messages=1)
+    def deserialize_unary(self, data: bytes) -> Any:
+        """A unary request (with a deserializer: without one, the behavior counts it)."""
+        self.request_bytes += len(data) + _FRAME
+        return self.deserializer(data)  # type: ignore[misc]
 
-    def unary_response(self, response: Any, serialize: Callable[[Any], bytes] | None) -> None:
-        self.count_response(_message_size(response, serialize) - _FRAME)
+    def deserialize(self, data: bytes) -> Any:
+        """Every request message of a streaming request."""
+        self.request_bytes += len(data) + _FRAME
+        self.stream.add(request_messages=1)  # type: ignore[union-attr]
+        deserialize = self.deserializer
+        return deserialize(data) if deserialize is not None else data
+
+    def serialize(self, message: Any) -> bytes:
+        """Every response message of a streaming response. (A unary response is serialized
+        after the call is recorded: :meth:`unary_response` counts it.)"""
+        serialize = self.serializer
+        data = serialize(message) if serialize is not None else message
+        self.response_bytes += len(data) + _FRAME
+        self.stream.add(response_messages=1)  # type: ignore[union-attr]
+        return bytes(data)
+
+    # The behaviors gRPC calls: the servicer's, in a context (``_Context``) that starts the
+    # call (the peer) and ends it (our answer in the trailing metadata, unless the initial
+    # carried it; the call recorded, a failure included).
+
+    def unary(self, request: Any, context: Any) -> Any:
+        """A unary-unary or stream-unary call."""
+        if self.stream is None and self.deserializer is None:
+            self.request_bytes += len(request) + _FRAME  # raw bytes: no deserializer counted
+        with _Context(context, self) as ctx:
+            response = self.behavior(request, ctx)
+            self.unary_response(response)
+            return response
+
+    def streaming(self, request: Any, context: Any) -> Iterator[Any]:
+        with _Context(context, self) as ctx:
+            for response in self.behavior(request, ctx):
+                ctx.ensure_headers()
+                yield response
+
+    async def aio_unary(self, request: Any, context: Any) -> Any:
+        if self.stream is None and self.deserializer is None:
+            self.request_bytes += len(request) + _FRAME
+        with _AioContext(context, self) as ctx:
+            response = await self.behavior(request, ctx)
+            self.unary_response(response)
+            return response
+
+    async def aio_streaming(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        with _AioContext(context, self) as ctx:
+            result = self.behavior(request, ctx)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    await ctx.ensure_headers()
+                    yield response
+            else:  # a coroutine that writes with context.write()
+                await result
+
+    def unary_response(self, response: Any) -> None:
+        """A unary response: counted here (it is serialized after the call is recorded)."""
+        self.response_bytes += _message_size(response, self.serializer)
+        if self.stream is None:
+            self.responses = 1
+        else:
+            self.stream.add(response_messages=1)
 
     def finish(self, context: Any, failed: BaseException | None) -> None:
-        stream = self.stream
+        """The call's end: its messages and the call (``failed``: what the behavior raised)."""
         code = self.code
-        if code is None and failed is not None:
-            # an exception: the status the context holds (abort_with_status), else UNKNOWN
-            code = _code_of(context) or grpc.StatusCode.UNKNOWN
-        elif code is None:
-            code = grpc.StatusCode.OK
+        if code is None:
+            if failed is None:
+                code = _OK
+            else:
+                # an exception: the status the context holds (abort_with_status), else UNKNOWN
+                code = _code_of(context) or grpc.StatusCode.UNKNOWN
         flags = None
-        if code == grpc.StatusCode.CANCELLED and not _active(context):
+        if code == _CANCELLED and not _active(context):
             flags = "DC"  # the client went away
-        stream.close()
-        peer = stream.peer
-        assert peer is not None
-        self.owner.engine.record_request(
-            peer,
-            response_code=200,
-            grpc_status=_STATUS[code],
+        requests, responses = 1, self.responses
+        if self.stream is not None:
+            self.stream.close()  # the rest of its messages reported: none left to record
+            requests = responses = 0
+        self.owner.engine.record_grpc_call(
+            self.peer,  # type: ignore[arg-type]  # known: begin() ran
+            request_messages=requests,
+            response_messages=responses,
+            grpc_status=0 if code is _OK else _STATUS[code],
             duration_ms=(_perf() - self.started) * 1000.0,
             request_bytes=self.request_bytes,
-            response_bytes=self.response_bytes
-            + self.owner._answers[self.metadata is not None, self.metadata_id is not None][1],
+            response_bytes=self.response_bytes + self.answer[1],
             response_flags=flags,
-            protocol="grpc",
-            method="POST",
             path=self.method,
         )
+
+    def handler(self, handler: Any, aio: bool = False) -> Any:
+        """The servicer's handler with this call's behavior and (de)serializers."""
+        if handler.unary_unary is not None:
+            self.behavior = handler.unary_unary
+            deserialize = self.deserialize_unary if self.deserializer is not None else None
+            behavior: Callable[..., Any] = self.aio_unary if aio else self.unary
+            # The response goes to the servicer's serializer as it is: counted by the behavior.
+            return _new(
+                _Handler, (False, False, deserialize, self.serializer, behavior, None, None, None)
+            )
+        if handler.stream_unary is not None:
+            self.behavior = handler.stream_unary
+            behavior = self.aio_unary if aio else self.unary
+            return _new(
+                _Handler,
+                (True, False, self.deserialize, self.serializer, None, None, behavior, None),
+            )
+        self.behavior = handler.unary_stream or handler.stream_stream
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
+        )
+        streaming = self.aio_streaming if aio else self.streaming
+        return factory(streaming, self.deserialize, self.serialize)
 
 
 def _code_of(context: Any) -> Any:
@@ -258,6 +367,9 @@ def _active(context: Any) -> bool:
         return bool(context.is_active())
     except Exception:  # noqa: BLE001 - grpc.aio contexts have no is_active()
         return not context.cancelled() if hasattr(context, "cancelled") else True
+
+
+_Ctx = TypeVar("_Ctx", bound="_Context")
 
 
 class _Context:
@@ -279,6 +391,14 @@ class _Context:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
+    def __enter__(self: _Ctx) -> _Ctx:
+        self._call.begin(self._context)
+        return self
+
+    def __exit__(self, kind: Any, failed: BaseException | None, traceback: Any) -> None:
+        self.ensure_trailers()  # a failed call's status carries them too
+        self._call.finish(self._context, failed)
+
     def invocation_metadata(self) -> Any:
         md = self._context.invocation_metadata()
         return tuple(m for m in md or () if m[0] not in _MX_KEYS)
@@ -286,13 +406,13 @@ class _Context:
     def send_initial_metadata(self, initial_metadata: Any) -> None:
         call = self._call
         call.headers_sent = True
-        self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.own_metadata()))
+        self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.answer[0]))
 
     def ensure_headers(self) -> None:
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.own_metadata()
+            own = call.answer[0]
             if own:
                 self._context.send_initial_metadata(tuple(own))
 
@@ -309,7 +429,7 @@ class _Context:
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.own_metadata()
+            own = call.answer[0]
             if own:
                 self._context.set_trailing_metadata(self._trailing + own)
 
@@ -329,15 +449,13 @@ class _AioContext(_Context):
     async def send_initial_metadata(self, initial_metadata: Any) -> None:  # type: ignore[override]
         call = self._call
         call.headers_sent = True
-        await self._context.send_initial_metadata(
-            tuple(initial_metadata) + tuple(call.own_metadata())
-        )
+        await self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.answer[0]))
 
     async def ensure_headers(self) -> None:  # type: ignore[override]
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.own_metadata()
+            own = call.answer[0]
             if own:
                 await self._context.send_initial_metadata(tuple(own))
 
@@ -350,34 +468,12 @@ class _AioContext(_Context):
         call.code = code
         if not call.headers_sent:
             call.headers_sent = True
-            trailing_metadata = tuple(trailing_metadata) + tuple(call.own_metadata())
+            trailing_metadata = tuple(trailing_metadata) + tuple(call.answer[0])
         await self._context.abort(code, details, trailing_metadata)
 
     async def abort_with_status(self, status: Any) -> None:  # type: ignore[override]
         self.ensure_trailers()
         await self._context.abort_with_status(status)
-
-
-def _serializers(handler: Any, call: _ServerCall) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The handler's (de)serializers, counting each message as it crosses the wire.
-
-    A unary response is serialized after the behavior returned, when the call is already
-    recorded: the behavior's wrapper counts it (:meth:`_ServerCall.unary_response`)."""
-    deserialize = handler.request_deserializer
-    serialize = handler.response_serializer
-    unary = handler.unary_unary is not None or handler.stream_unary is not None
-
-    def counted_deserialize(data: bytes) -> Any:
-        call.count_request(len(data))
-        return deserialize(data) if deserialize is not None else data
-
-    def counted_serialize(message: Any) -> bytes:
-        data = serialize(message) if serialize is not None else message
-        if not unary:
-            call.count_response(len(data))
-        return bytes(data)
-
-    return counted_deserialize, counted_serialize
 
 
 class _ServerBase:
@@ -402,6 +498,20 @@ class _ServerBase:
             for has_id in (False, True):
                 answer = (own_md if has_md else ()) + (own_id if has_id else ())
                 self._answers[has_md, has_id] = (answer, _metadata_size(answer))
+        self._peers: dict[tuple[Any, Any, str | None], PeerContext] = {}
+
+    def _peer(self, key: tuple[Any, Any, str | None]) -> PeerContext:
+        """A caller's context, kept by its exchange values and principal (see ``_keep``)."""
+        metadata, metadata_id, principal = key
+        peer = self.exchange.inbound(
+            metadata, metadata_id, principal=principal, cluster_metadata=self._cluster
+        )
+        return _keep(self._peers, key, peer)
+
+    def _stream(self) -> GrpcStream:
+        """A streaming call's message counts, reported periodically (a unary-unary call has
+        none: it ends as it starts)."""
+        return self.engine.grpc_stream(None, reporter="inbound")
 
 
 class IstioServerInterceptor(_ServerBase, grpc.ServerInterceptor):
@@ -422,72 +532,8 @@ class IstioServerInterceptor(_ServerBase, grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
-        call = _ServerCall(self, details, unary=handler.unary_unary is not None)
-        deserialize, serialize = _serializers(handler, call)
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            def unary_unary(request: Any, context: Any) -> Any:
-                call.begin(context)
-                ctx = _Context(context, call)
-                failed: BaseException | None = None
-                try:
-                    response = inner(request, ctx)
-                    ctx.ensure_trailers()
-                    call.unary_response(response, handler.response_serializer)
-                    return response
-                except BaseException as exc:
-                    failed = exc
-                    ctx.ensure_trailers()  # the error status carries them
-                    raise
-                finally:
-                    call.finish(context, failed)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            def stream_unary(requests: Iterator[Any], context: Any) -> Any:
-                call.begin(context)
-                ctx = _Context(context, call)
-                failed: BaseException | None = None
-                try:
-                    response = inner_su(requests, ctx)
-                    ctx.ensure_trailers()
-                    call.unary_response(response, handler.response_serializer)
-                    return response
-                except BaseException as exc:
-                    failed = exc
-                    ctx.ensure_trailers()
-                    raise
-                finally:
-                    call.finish(context, failed)
-
-            return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
-        behavior = handler.unary_stream or handler.stream_stream
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler
-        )
-
-        def streaming(request: Any, context: Any) -> Iterator[Any]:
-            call.begin(context)
-            ctx = _Context(context, call)
-            failed: BaseException | None = None
-            try:
-                for response in behavior(request, ctx):
-                    ctx.ensure_headers()
-                    yield response
-                ctx.ensure_trailers()
-            except BaseException as exc:
-                failed = exc
-                ctx.ensure_trailers()
-                raise
-            finally:
-                call.finish(context, failed)
-
-        return factory(streaming, deserialize, serialize)
+        stream = None if handler.unary_unary is not None else self._stream()
+        return _ServerCall(self, details, handler, stream).handler(handler)
 
 
 class AioIstioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
@@ -497,87 +543,39 @@ class AioIstioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        call = _ServerCall(self, details, unary=handler.unary_unary is not None)
-        deserialize, serialize = _serializers(handler, call)
-        if handler.unary_unary is not None or handler.stream_unary is not None:
-            inner = handler.unary_unary or handler.stream_unary
-            factory = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary is not None
-                else grpc.stream_unary_rpc_method_handler
-            )
-
-            async def unary(request: Any, context: Any) -> Any:
-                call.begin(context)
-                ctx = _AioContext(context, call)
-                failed: BaseException | None = None
-                try:
-                    response = await inner(request, ctx)
-                    ctx.ensure_trailers()
-                    call.unary_response(response, handler.response_serializer)
-                    return response
-                except BaseException as exc:
-                    failed = exc
-                    ctx.ensure_trailers()
-                    raise
-                finally:
-                    call.finish(context, failed)
-
-            return factory(unary, deserialize, serialize)
-        behavior = handler.unary_stream or handler.stream_stream
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler
-        )
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            call.begin(context)
-            ctx = _AioContext(context, call)
-            failed: BaseException | None = None
-            try:
-                result = behavior(request, ctx)
-                if hasattr(result, "__aiter__"):
-                    async for response in result:
-                        await ctx.ensure_headers()
-                        yield response
-                else:  # a coroutine that writes with context.write()
-                    await result
-                ctx.ensure_trailers()
-            except BaseException as exc:
-                failed = exc
-                ctx.ensure_trailers()
-                raise
-            finally:
-                call.finish(context, failed)
-
-        return factory(streaming, deserialize, serialize)
+        stream = None if handler.unary_unary is not None else self._stream()
+        return _ServerCall(self, details, handler, stream).handler(handler, aio=True)
 
 
 # -- client side -------------------------------------------------------------------------------
 
 
 class _ClientCall:
-    """One call from the client: counts, sizes, the peer once the server's metadata came."""
+    """One call from the client: counts, sizes, the peer once the server's metadata came.
 
-    def __init__(self, owner: _ClientBase, details: Any, unary: bool = False) -> None:
+    A unary-unary call has no :class:`~meshstats.GrpcStream` (``stream`` is ``None``): its
+    one request and its one response (if it succeeded) are recorded at its end, which comes
+    once (gRPC's done callback), so it needs no lock either."""
+
+    __slots__ = (
+        "owner", "started", "method", "stream", "request_bytes", "response_bytes", "peer",
+        "recorded", "lock",
+    )  # fmt: skip
+
+    def __init__(self, owner: _ClientBase, details: Any, stream: GrpcStream | None) -> None:
         self.started = _perf()
         self.owner = owner
-        self.method = _method(details)
-        self.stream: GrpcStream | _UnaryCounts = (
-            _UnaryCounts(owner.engine, "outbound", owner.host)
-            if unary
-            else owner.engine.grpc_stream(reporter="outbound", host=owner.host)
-        )
+        method = details.method
+        self.method: str = method if type(method) is str else _method(details)
+        self.stream = stream
         self.request_bytes = len(self.method) + 7
         self.response_bytes = 0
-        self.metadata: Any = None
-        self.metadata_id: Any = None
+        self.peer: PeerContext | None = None
         self.recorded = False
-        self.lock = threading.Lock()
+        self.lock = threading.Lock() if stream is not None else None
 
-    def details(self, details: Any) -> Any:
-        """The call's details with this workload's metadata in place of the caller's."""
+    def metadata(self, details: Any) -> list[tuple[str, Any]]:
+        """The call's metadata with this workload's exchange in place of the caller's."""
         owner = self.owner
         given = details.metadata
         if given:
@@ -587,74 +585,125 @@ class _ClientCall:
         else:
             metadata = list(owner._out)
             self.request_bytes += owner._out_size
-        return _Details(details, metadata)
+        return metadata
+
+    def details(self, details: Any) -> Any:
+        """The call's details with :meth:`metadata` in place of the caller's."""
+        return _new(_Details, (
+            details.method, details.timeout, self.metadata(details), details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        ))  # fmt: skip
 
     def sent(self, message: Any) -> Any:
         self.request_bytes += _message_size(message)
-        self.stream.add(request_messages=1)
+        if self.stream is not None:
+            self.stream.add(request_messages=1)
         return message
 
     def received(self, message: Any) -> Any:
         self.response_bytes += _message_size(message)
-        self.stream.add(response_messages=1)
+        if self.stream is not None:
+            self.stream.add(response_messages=1)
         return message
 
-    def peer_metadata(self, *metadata: Any) -> None:
-        """The server's initial (or trailing) metadata arrived: its exchange names the peer.
-        Without one there, the peer stays unknown until the call ends (:meth:`finish`)."""
-        if self.stream.peer is not None:
-            return
+    def peer_metadata(self, *metadata: Any) -> bool:
+        """The server's initial or trailing metadata arrived: the first with an exchange
+        names the peer; says whether the peer is known. Without one, the peer stays unknown
+        until the call ends (:meth:`finish`)."""
+        if self.peer is not None:
+            return True
         for md in metadata:
+            if not md:
+                continue
             found, found_id, size = _split(md)
             if found is not None or found_id is not None:
-                self.metadata, self.metadata_id = found, found_id
                 self.response_bytes += size
-                owner = self.owner
-                self.stream.set_peer(
-                    owner.exchange.outbound(found, found_id, cluster_metadata=owner._cluster)
-                )
-                return
+                key = (found, found_id)
+                self.peer = self.owner._peers.get(key) or self.owner._peer(key)
+                if self.stream is not None:
+                    self.stream.set_peer(self.peer)
+                return True
+        return False
 
-    def finish(self, code: Any, details: str | None) -> None:
-        with self.lock:
-            if self.recorded:
-                return
-            self.recorded = True
+    def finish(self, code: Any, details: str | None, responses: int = 0) -> None:
+        """The call's end (``responses``: a unary-unary call's, 1 if it succeeded)."""
+        lock = self.lock
+        if lock is not None:
+            with lock:
+                if self.recorded:
+                    return
+                self.recorded = True
         owner = self.owner
-        if self.stream.peer is None:
-            unknown = owner.exchange.outbound(None, None, cluster_metadata=owner._cluster)
-            self.stream.set_peer(unknown)
-        self.stream.close()
-        response_code, flags, status = 200, None, _STATUS[code]
-        if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (details or ""):
-            response_code, flags = 503, "UF"  # never reached a server: Envoy's local reply
-        elif code == grpc.StatusCode.CANCELLED:
-            flags = "DC"  # this side gave up on the call
-        peer = self.stream.peer
-        assert peer is not None
-        owner.engine.record_request(
+        peer = self.peer
+        if peer is None:
+            peer = self.peer = owner._peers.get(_NO_PEER) or owner._peer(_NO_PEER)
+        requests = 1
+        stream = self.stream
+        if stream is not None:
+            stream.set_peer(peer)
+            stream.close()  # the rest of its messages reported: none left to record
+            requests = responses = 0
+        response_code, flags = 200, None
+        if code is _OK:
+            status = 0
+        else:
+            status = _STATUS[code]
+            if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (details or ""):
+                response_code, flags = 503, "UF"  # never reached a server: Envoy's local reply
+            elif code == _CANCELLED:
+                flags = "DC"  # this side gave up on the call
+        owner.engine.record_grpc_call(
             peer,
-            response_code=response_code,
+            request_messages=requests,
+            response_messages=responses,
             grpc_status=status,
             duration_ms=(_perf() - self.started) * 1000.0,
             request_bytes=self.request_bytes,
             response_bytes=self.response_bytes,
+            response_code=response_code,
             host=owner.host,
             response_flags=flags,
-            protocol="grpc",
-            method="POST",
             path=self.method,
         )
 
+    def done(self, future: Any) -> None:
+        """A unary response's outcome (gRPC's done callback): the call is recorded."""
+        try:
+            # None: the call succeeded. Asked before code(): a finished blocking call answers
+            # it without taking the call's lock (code() takes it).
+            failed = future.exception()
+        except grpc.FutureCancelledError:
+            failed = future  # this side cancelled it: the call holds what came
+        if failed is None:
+            code = _OK
+            source = future
+        else:
+            code = future.code()
+            source = failed  # a failed outcome answers None; the RpcError it holds is the call
+        try:
+            # A unary response's exchange: in the trailing metadata from a meshstats server,
+            # in the initial from Envoy. The initial is read only when the trailing lacks it:
+            # each read goes through the call's lock (several frames, ~2 us a call).
+            if not self.peer_metadata(source.trailing_metadata()):
+                self.peer_metadata(source.initial_metadata())
+        except Exception:  # noqa: BLE001 - a call that failed before any metadata
+            pass
+        if failed is None:
+            self.received(future.result())
+            self.finish(code, None, 1)  # the details matter only for a failure
+        else:
+            self.finish(code, future.details())
 
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, details: Any, metadata: list[tuple[str, Any]]) -> None:
-        self.method = details.method
-        self.timeout = details.timeout
-        self.metadata = metadata
-        self.credentials = details.credentials
-        self.wait_for_ready = getattr(details, "wait_for_ready", None)
-        self.compression = getattr(details, "compression", None)
+
+class _Details(
+    collections.namedtuple(
+        "_Details",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """The call's details with our metadata: a named tuple, as grpc's own, made per call
+    with ``_new``."""
 
 
 def _aio_details(details: Any, metadata: list[tuple[str, Any]]) -> Any:
@@ -683,6 +732,17 @@ class _ClientBase:
             (MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata), (MX_ID_HEADER, ex.node_id),
         )  # fmt: skip
         self._out_size = _metadata_size(self._out)
+        self._peers: dict[tuple[Any, Any], PeerContext] = {}
+
+    def _peer(self, key: tuple[Any, Any]) -> PeerContext:
+        """A server's context, kept by its exchange values (see ``_keep``)."""
+        metadata, metadata_id = key
+        peer = self.exchange.outbound(metadata, metadata_id, cluster_metadata=self._cluster)
+        return _keep(self._peers, key, peer)
+
+    def _call(self, details: Any, unary: bool = False) -> _ClientCall:
+        stream = None if unary else self.engine.grpc_stream(reporter="outbound", host=self.host)
+        return _ClientCall(self, details, stream)
 
 
 def _sent(call: _ClientCall, requests: Iterable[Any]) -> Iterator[Any]:
@@ -717,7 +777,7 @@ class _Responses:
             call.peer_metadata(rendezvous.initial_metadata(), rendezvous.trailing_metadata())
             call.finish(rendezvous.code(), rendezvous.details())
             raise
-        if call.stream.peer is None:
+        if call.peer is None:
             call.peer_metadata(self._rendezvous.initial_metadata())
         return call.received(message)
 
@@ -744,43 +804,26 @@ class IstioClientInterceptor(
         What goes into this workload's exchange metadata.
     """
 
-    def _unary_response(self, call: _ClientCall, outcome: Any) -> Any:
-        def done(future: Any) -> None:
-            code = future.code()
-            source = future
-            if code != grpc.StatusCode.OK:
-                # A failed outcome answers None; the RpcError it holds is the call.
-                source = future.exception()
-            try:
-                call.peer_metadata(source.initial_metadata(), source.trailing_metadata())
-            except Exception:  # noqa: BLE001 - a call that failed before any metadata
-                pass
-            if code == grpc.StatusCode.OK:
-                call.received(future.result())
-                call.finish(code, None)  # the details matter only for a failure
-            else:
-                call.finish(code, future.details())
-
-        outcome.add_done_callback(done)
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = _ClientCall(self, details, None)
+        call.request_bytes += _message_size(request)
+        outcome = continuation(call.details(details), request)
+        outcome.add_done_callback(call.done)
         return outcome
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        call = _ClientCall(self, details, unary=True)
-        call.sent(request)
-        return self._unary_response(call, continuation(call.details(details), request))
-
     def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        call = _ClientCall(self, details)
+        call = self._call(details)
         outcome = continuation(call.details(details), _sent(call, requests))
-        return self._unary_response(call, outcome)
+        outcome.add_done_callback(call.done)
+        return outcome
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        call = _ClientCall(self, details)
+        call = self._call(details)
         call.sent(request)
         return _Responses(continuation(call.details(details), request), call)
 
     def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        call = _ClientCall(self, details)
+        call = self._call(details)
         return _Responses(continuation(call.details(details), _sent(call, requests)), call)
 
 
@@ -794,28 +837,43 @@ async def _aio_sent(call: _ClientCall, requests: Any) -> AsyncIterator[Any]:
 
 
 class _AioClientBase(_ClientBase):
-    def _details(self, call: _ClientCall, details: Any) -> Any:
-        return _aio_details(details, call.details(details).metadata)
+    async def intercept(
+        self, continuation: Any, details: Any, request: Any, requests: bool, responses: bool
+    ) -> Any:
+        """A call of any kind (``requests``, ``responses``: which side streams): our
+        metadata in the caller's place, every message counted, the call recorded at its
+        end (a streaming response's, when its iterator ends)."""
+        call = self._call(details, unary=not (requests or responses))
+        if not requests:
+            call.sent(request)
+        elif request is not None:  # None: the caller writes with call.write(), uncounted
+            request = _aio_sent(call, request)
+        rpc = await continuation(_aio_details(details, call.metadata(details)), request)
+        if responses:
+            return self._streaming(call, rpc)
+        return await self._unary(call, rpc)
 
     async def _unary(self, call: _ClientCall, rpc: Any) -> Any:
         try:
             response = await rpc
         except grpc.aio.AioRpcError as err:
-            call.peer_metadata(err.initial_metadata(), err.trailing_metadata())
+            call.peer_metadata(err.trailing_metadata(), err.initial_metadata())
             call.finish(err.code(), err.details())
             return rpc
         except BaseException:
-            call.finish(grpc.StatusCode.CANCELLED, None)
+            call.finish(_CANCELLED, None)
             raise
-        call.peer_metadata(await rpc.initial_metadata(), await rpc.trailing_metadata())
+        # the trailing metadata first, as the sync client (IstioClientInterceptor.done)
+        if not call.peer_metadata(await rpc.trailing_metadata()):
+            call.peer_metadata(await rpc.initial_metadata())
         call.received(response)
-        call.finish(await rpc.code(), await rpc.details())
+        call.finish(await rpc.code(), await rpc.details(), 1)
         return rpc
 
     async def _streaming(self, call: _ClientCall, rpc: Any) -> AsyncIterator[Any]:
         try:
             async for message in rpc:
-                if call.stream.peer is None:
+                if call.peer is None:
                     call.peer_metadata(await rpc.initial_metadata())
                 yield call.received(message)
         except grpc.aio.AioRpcError as err:
@@ -823,56 +881,37 @@ class _AioClientBase(_ClientBase):
             call.finish(err.code(), err.details())
             raise
         except BaseException:
-            call.finish(grpc.StatusCode.CANCELLED, None)
+            call.finish(_CANCELLED, None)
             raise
         call.peer_metadata(await rpc.initial_metadata(), await rpc.trailing_metadata())
         call.finish(await rpc.code(), await rpc.details())
 
 
-class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _AioKind:
+    """One call kind's ``grpc.aio`` interceptor over the base all four share."""
+
     def __init__(self, base: _AioClientBase) -> None:
         self._base = base
 
+
+class _AioUnaryUnary(_AioKind, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        base = self._base
-        call = _ClientCall(base, details, unary=True)
-        call.sent(request)
-        return await base._unary(call, await continuation(base._details(call, details), request))
+        return await self._base.intercept(continuation, details, request, False, False)
 
 
-class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, base: _AioClientBase) -> None:
-        self._base = base
-
+class _AioStreamUnary(_AioKind, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        base = self._base
-        call = _ClientCall(base, details)
-        if requests is not None:
-            requests = _aio_sent(call, requests)
-        return await base._unary(call, await continuation(base._details(call, details), requests))
+        return await self._base.intercept(continuation, details, requests, True, False)
 
 
-class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, base: _AioClientBase) -> None:
-        self._base = base
-
+class _AioUnaryStream(_AioKind, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        base = self._base
-        call = _ClientCall(base, details)
-        call.sent(request)
-        return base._streaming(call, await continuation(base._details(call, details), request))
+        return await self._base.intercept(continuation, details, request, False, True)
 
 
-class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, base: _AioClientBase) -> None:
-        self._base = base
-
+class _AioStreamStream(_AioKind, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        base = self._base
-        call = _ClientCall(base, details)
-        if requests is not None:
-            requests = _aio_sent(call, requests)
-        return base._streaming(call, await continuation(base._details(call, details), requests))
+        return await self._base.intercept(continuation, details, requests, True, True)
 
 
 def aio_client_interceptors(
