@@ -14,13 +14,15 @@ VENV=${MESHSTATS_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 step() { printf '\n==> %s  (%ss)\n' "$1" "$SECONDS"; }
 
-step "system packages (prometheus for promtool and the e2e scrape, clang for fuzzing)"
+step "system packages (prometheus for promtool and the e2e scrape, clang for fuzzing, libatomic1)"
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v clang >/dev/null || need+=(clang)
 [ -e /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a ] \
   || ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a >/dev/null 2>&1 \
   || need+=(libclang-rt-14-dev)
+# The pure-Python backend's shared stores take their atomics from libatomic (through ctypes).
+ldconfig -p 2>/dev/null | grep -q 'libatomic\.so\.1 ' || need+=(libatomic1)
 # Debian/Ubuntu ship `python3 -m venv` in a package of its own.
 "$PY" -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 skipped=()
@@ -33,6 +35,8 @@ if [ ${#need[@]} -gt 0 ]; then
       echo "python3 -m venv needs: sudo apt-get install python3-venv" >&2; exit 1;; esac
     command -v promtool >/dev/null || skipped+=("the e2e tests (pytest -m e2e: need prometheus)")
     command -v clang >/dev/null || skipped+=("the C core's tests built with clang")
+    case " ${need[*]} " in *" libatomic1 "*)
+      echo "the pure backend's shared-store tests need libatomic1: they will fail" >&2;; esac
     case " ${need[*]} " in *" clang "*|*" libclang-rt-14-dev "*)
       skipped+=("the libFuzzer smoke (needs clang and libclang-rt-14-dev)");; esac
     echo "not root: not installing ${need[*]} (sudo apt-get install ${need[*]} runs all)." >&2
