@@ -136,8 +136,8 @@ class GrpcFrames:
     >>> frames = GrpcFrames()
     >>> frames.feed(b"\\x00\\x00\\x00\\x00\\x03ab"), frames.feed(b"c\\x00\\x00"), frames.count
     (1, 1, 2)
-    >>> frames.feed(b"\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00"), frames.count  # 0-length ones
-    (2, 4)
+    >>> frames.feed(b"\\x00" * 8), frames.count  # the prefix's end, then an empty message
+    (1, 3)
     """
 
     __slots__ = ("count", "_left", "_prefix", "_length")
@@ -770,18 +770,19 @@ class _H2Proxy:
                     continue  # 1xx are not forwarded
                 if isinstance(event, h2.events.ResponseReceived):
                     headers = list(event.headers or [])
-                    status = _get(headers, b":status") or b"0"
-                    ex.code = int(status) if status.isdigit() else 0
                     kept, _, _ = _split(headers)
                     out = self.response_headers(kept, ex, headers)
                     if ex.grpc is not None:
                         ex.grpc.set_peer(self._peer(ex))  # periodic reports may begin
                     ended = event.stream_ended is not None
+                    await down.send_headers(ds, out, end=ended)
+                    # Recorded as sent: a downstream gone by now got nothing (0, DC).
+                    status = _get(headers, b":status") or b"0"
+                    ex.code = int(status) if status.isdigit() else 0
                     if ended:  # trailers-only
                         ex.grpc_status = _grpc_status(headers)
                     ex.response_bytes += header_size(out)
                     ex.responded = True
-                    await down.send_headers(ds, out, end=ended)
                 elif isinstance(event, h2.events.DataReceived):
                     data = event.data or b""
                     if ex.grpc is not None:
@@ -792,9 +793,9 @@ class _H2Proxy:
                     up.flush_soon()
                 elif isinstance(event, h2.events.TrailersReceived):
                     trailers = list(event.headers or [])
-                    ex.grpc_status = _grpc_status(trailers)
                     ended = True
                     await down.send_headers(ds, trailers, end=True)
+                    ex.grpc_status = _grpc_status(trailers)
                     ex.response_bytes += header_size(trailers)
                 elif isinstance(event, h2.events.StreamEnded):
                     if not ended:
