@@ -337,3 +337,32 @@ def test_long_stream_reported_periodically_then_at_its_end(certs: Certs, backend
             assert len(select(samples, REQ_MSGS)) == 1  # the same series, continued
 
     run(main())
+
+
+def test_many_concurrent_calls_share_the_connections(certs: Certs, backend: Backend) -> None:
+    n = 64
+
+    async def main() -> None:
+        async with mesh(certs, backend) as m:
+
+            def drive() -> list[bytes]:
+                with grpc.insecure_channel(m.target) as channel:
+                    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+                    pending = [unary.future(b"%d" % i, timeout=CALL_TIMEOUT) for i in range(n)]
+                    return [call.result() for call in pending]
+
+            assert await asyncio.to_thread(drive) == [b"%d" % i for i in range(n)]
+
+            async def recorded() -> bool:
+                client, server = await m.metrics()
+                return total(client, REQUESTS) == n and total(server, REQUESTS) == n
+
+            await eventually(recorded)
+            client, server = await m.metrics()
+            # One connection between the sidecars (one TLS handshake) carried every call.
+            assert m.server.tls_inbound.handshakes == 1
+        for samples, reporter in ((client, "source"), (server, "destination")):
+            assert calls(samples, reporter) == {("200", "0", "-"): n}
+            assert total(samples, REQ_MSGS) == total(samples, RESP_MSGS) == n
+
+    run(main())

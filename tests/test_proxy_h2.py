@@ -384,3 +384,36 @@ def test_app_connection_lost_is_uc(certs: Certs, backend: Backend) -> None:
         assert codes(client_samples, "source") == {("503", "-"): 1, ("200", "-"): 1}
 
     run(main())
+
+
+def test_plaintext_h2c_client_on_a_permissive_inbound_port(certs: Certs, backend: Backend) -> None:
+    """Straight to the server sidecar, h2c with prior knowledge (the preface tells it): a
+    header metadata is read for labels, never for a principal; the answer carries the
+    sidecar's own headers only when asked for, as over HTTP/1.1."""
+    evil = encode_peer_header({"WORKLOAD_NAME": "evil", "NAMESPACE": "default"}).encode()
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.server.inbound_port)
+            asked = await client.finish(
+                await client.start("/status/200", headers=[(MX, evil), (MX_ID, b"someone")])
+            )
+            plain = await client.request("/status/200")
+            await client.close()
+            assert asked.status == plain.status == 200
+            assert get(asked.headers, MX) == encode_peer_header(SERVER_NODE).encode()
+            assert get(asked.headers, MX_ID) == SERVER_ID.encode()
+            assert no_mx(plain.headers)
+            assert all(no_mx(seen.headers) for seen in app.seen)
+            _, server_samples = await m.metrics()
+        assert_labels(
+            only_labels(server_samples, "istio_requests_total", source_workload="evil"),
+            reporter="destination",
+            source_principal="unknown",
+            destination_principal=SERVER_SA,
+            connection_security_policy="none",
+            request_protocol="http",
+        )
+        assert total(server_samples, "istio_requests_total") == 2
+
+    run(main())

@@ -245,6 +245,8 @@ class H2Stream:
             if isinstance(event, h2.events.DataReceived):
                 conn.ack(self, event.flow_controlled_length)
         conn.flush_soon()
+        if not conn.streams:
+            conn.idle()
 
 
 class H2Conn:
@@ -288,9 +290,12 @@ class H2Conn:
         self._drain_lock = asyncio.Lock()
         self._initial = initial
         self._reading: asyncio.Task[None] | None = None
-        self._flush_pending = False
         self.closed = False
         self.goaway = False  # the peer takes no new streams
+        #: An upstream connection without streams for this long is closed (the pool's
+        #: ``max_idle_seconds``); None: kept.
+        self.idle_timeout: float | None = None
+        self._idle: asyncio.TimerHandle | None = None
 
     def start(self) -> H2Conn:
         self.h2.initiate_connection()
@@ -398,6 +403,9 @@ class H2Conn:
             return
         self.closed = True
         self.goaway = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         for stream in list(self.streams.values()):
             stream.push(Terminated())
         self._arrived.set()
@@ -420,8 +428,17 @@ class H2Conn:
             return False
         return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
 
+    def idle(self) -> None:
+        """The last stream ended: an upstream connection closes if none comes in time."""
+        if self.idle_timeout is not None and self._idle is None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(self.idle_timeout, self.close)
+
     def open(self, headers: Headers, *, end_stream: bool) -> H2Stream:
         """Open a stream with a request's headers (client role)."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         stream_id = self.h2.get_next_available_stream_id()
         stream = self.streams[stream_id] = H2Stream(self, stream_id)
         self.h2.send_headers(stream_id, headers, end_stream=end_stream)

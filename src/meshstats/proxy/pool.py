@@ -107,6 +107,7 @@ class UpstreamPool:
                     self.reused += 1
                     return conn
             conn = await open_()
+            conn.idle_timeout = self.max_idle_seconds  # closed when unused this long
             conns.append(conn)
             return conn
 
