@@ -11,6 +11,8 @@ The app (:class:`H2App`) answers by path:
 - ``/reset-before``: resets the stream (``code`` from ``?code=``, default CANCEL) before
   any response; ``/reset-after``: sends 200 headers and 5 bytes, then resets;
 - ``/hang``: never answers (until the stream is reset);
+- ``/noread``: never answers, and never hands back the window of the body it receives (an
+  app that does not read);
 - ``/headers``: 200, with peer-exchange headers of its own (an app trying to speak for its
   sidecar).
 """
@@ -64,6 +66,8 @@ class _Peer:
         self.conn = h2.connection.H2Connection(config)
         self.changed = asyncio.Event()  # any event: waiters re-check their condition
         self.closed = False
+        self.sent_data = 0  # DATA bytes sent by send()
+        self.blocked = asyncio.Event()  # set while send() waits for window
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -104,11 +108,14 @@ class _Peer:
             window = min(self.conn.local_flow_control_window(stream_id), len(view))
             window = min(window, self.conn.max_outbound_frame_size)
             if window <= 0:
+                self.blocked.set()
                 await self.wait()
                 if self.closed:
                     raise ConnectionError("closed")
                 continue
+            self.blocked.clear()
             self.conn.send_data(stream_id, bytes(view[:window]))
+            self.sent_data += window
             view = view[window:]
             self.flush()
             await self.writer.drain()
@@ -146,7 +153,8 @@ class H2App(_Peer):
         elif isinstance(event, h2.events.DataReceived):
             seen = self.requests[event.stream_id]
             seen.body += event.data or b""
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if get(seen.headers, b":path") != b"/noread":
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.TrailersReceived):
             self.requests[event.stream_id].trailers = list(event.headers or [])
         elif isinstance(event, h2.events.StreamEnded):
@@ -192,7 +200,7 @@ class H2App(_Peer):
                 self.flush()
                 await self.writer.drain()
                 conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
-            elif route == "/hang":
+            elif route in ("/hang", "/noread"):
                 return
             elif route == "/headers":
                 conn.send_headers(

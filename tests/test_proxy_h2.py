@@ -86,7 +86,11 @@ def engine(config: SidecarConfig, backend: Backend) -> StatsEngine:
 
 @asynccontextmanager
 async def mesh(
-    certs: Certs, app_port: int, backend: Backend, **settings: Any
+    certs: Certs,
+    app_port: int,
+    backend: Backend,
+    client_settings: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Mesh]:
     inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
     server_cfg = SidecarConfig(
@@ -103,7 +107,7 @@ async def mesh(
         client_cfg = SidecarConfig(
             node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
         )
-        client_cfg = dataclasses.replace(client_cfg, **settings)
+        client_cfg = dataclasses.replace(client_cfg, **{**settings, **(client_settings or {})})
         async with Sidecar(client_cfg, engine=engine(client_cfg, backend)) as client:
             yield Mesh(client, server)
 
@@ -415,5 +419,150 @@ def test_plaintext_h2c_client_on_a_permissive_inbound_port(certs: Certs, backend
             request_protocol="http",
         )
         assert total(server_samples, "istio_requests_total") == 2
+
+    run(main())
+
+
+def test_an_app_that_does_not_read_holds_the_client_back(certs: Certs, backend: Backend) -> None:
+    """Flow control the other way: the client can send at most the app's window and one
+    stream window per sidecar; then it resets its stream (DC on both sidecars, the app's
+    stream reset too)."""
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            stream = client.conn.get_next_available_stream_id()
+            upload = asyncio.ensure_future(
+                client.start("/noread", method="POST", body=big_body(4 * 1024 * 1024))
+            )
+
+            async def client_waits() -> bool:
+                return (
+                    client.blocked.is_set()
+                    and len(app.seen) == 1
+                    and len(app.seen[0].body) == STREAM_WINDOW  # the app's whole window
+                )
+
+            await eventually(client_waits)
+            assert client.sent_data <= 3 * STREAM_WINDOW
+            client.reset(stream)
+            upload.cancel()
+            await asyncio.gather(upload, return_exceptions=True)
+
+            async def app_saw_reset() -> bool:
+                return app.seen[0].reset is not None
+
+            await eventually(app_saw_reset)
+            assert (await client.request("/status/200")).status == 200  # the connection lives
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return (
+                    codes(client_samples, "source")
+                    == codes(server_samples, "destination")
+                    == {("0", "DC"): 1, ("200", "-"): 1}
+                )
+
+            await eventually(recorded)
+
+    run(main())
+
+
+def test_stream_idle_timeout(certs: Certs, backend: Backend) -> None:
+    """No frame either way for ``stream_idle_timeout``: Envoy's 408 ``SI`` before the
+    response, a reset after it. The server sidecar waits longer, so the client sidecar's
+    timeout is the one that fires (the server sidecar sees its stream reset: DC)."""
+
+    async def main() -> None:
+        short = {"stream_idle_timeout": 0.3}
+        async with (
+            h2_app() as app,
+            mesh(certs, app.port, backend, client_settings=short) as m,
+        ):
+            client = await H2Client.connect(m.port)
+            reply = await client.request("/hang")
+            assert reply.status == 408 and bytes(reply.body) == b"stream timeout"
+
+            async def app_saw_reset() -> bool:
+                return len(app.seen) == 1 and app.seen[0].reset is not None
+
+            await eventually(app_saw_reset)
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return codes(client_samples, "source") == {("408", "SI"): 1} and codes(
+                    server_samples, "destination"
+                ) == {("0", "DC"): 1}
+
+            await eventually(recorded)
+
+    run(main())
+
+
+def test_client_connection_lost_mid_stream_is_dc(certs: Certs, backend: Backend) -> None:
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            await client.start("/hang")
+            await client.start("/hang")
+
+            async def app_has_them() -> bool:
+                return len(app.seen) == 2
+
+            await eventually(app_has_them)
+            client.writer.transport.abort()
+
+            async def app_saw_resets() -> bool:
+                return all(seen.reset is not None for seen in app.seen)
+
+            await eventually(app_saw_resets)
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return (
+                    codes(client_samples, "source")
+                    == codes(server_samples, "destination")
+                    == {("0", "DC"): 2}
+                )
+
+            await eventually(recorded)
+            assert len(app.connections) == 1  # the app's connection is not the client's
+
+    run(main())
+
+
+def test_upstream_lost_while_a_slow_client_holds_the_response(
+    certs: Certs, backend: Backend
+) -> None:
+    """The app dies while its response waits for a client that does not read: each sidecar
+    resets its downstream stream at once (it does not wait for window that would carry
+    nothing): UC at the server sidecar, UR (its upstream reset the stream) at the client's."""
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port, auto_ack=False)
+            stream = await client.start(f"/big/{4 * 1024 * 1024}")
+
+            async def app_waits() -> bool:
+                return app.blocked.is_set() and app.sent[0] > STREAM_WINDOW
+
+            await eventually(app_waits)
+            app.connections[0].writer.transport.abort()
+            reply = await client.finish(stream)  # without reading: the reset arrives
+            assert reply.status == 200
+            assert reply.reset == h2.errors.ErrorCodes.INTERNAL_ERROR
+            assert len(reply.body) < 4 * 1024 * 1024
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return codes(server_samples, "destination") == {("200", "UC"): 1} and codes(
+                    client_samples, "source"
+                ) == {("200", "UR"): 1}
+
+            await eventually(recorded)
 
     run(main())

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -212,7 +213,9 @@ def _grpc_status(headers: Headers) -> int | None:
 class H2Stream:
     """One stream of an :class:`H2Conn`: the events the peer sent on it, in order."""
 
-    __slots__ = ("conn", "id", "_events", "_ready", "window", "gone")
+    __slots__ = (
+        "conn", "id", "_events", "_ready", "window", "gone", "ended", "error", "on_gone"
+    )  # fmt: skip
 
     def __init__(self, conn: H2Conn, stream_id: int) -> None:
         self.conn = conn
@@ -221,13 +224,31 @@ class H2Stream:
         self._ready = asyncio.Event()
         self.window = asyncio.Event()  # set when the send window may have grown
         self.gone = False  # reset by the peer, or the connection ended
+        self.ended = False  # the peer ended its side (END_STREAM)
+        #: Why it is gone: the peer's RST_STREAM error code, or None (connection lost).
+        self.error: int | None = None
+        #: Called when the stream goes (wakes whoever sends on the stream it is relayed to).
+        self.on_gone: Callable[[], None] | None = None
+
+    @property
+    def broken(self) -> bool:
+        """Gone before its time: any reset of a downstream stream, and a reset of an
+        upstream stream before the response ended (a server may reset a stream whose
+        response is complete, to stop the request: RFC 9113 §8.1)."""
+        return self.gone and not (self.ended and self.conn.client)
 
     def push(self, event: h2.events.Event) -> None:
         self._events.append(event)
         self._ready.set()
-        if isinstance(event, (h2.events.StreamReset, Terminated)):
+        if isinstance(event, h2.events.StreamEnded):
+            self.ended = True
+        elif isinstance(event, (h2.events.StreamReset, Terminated)) and not self.gone:
             self.gone = True
+            if isinstance(event, h2.events.StreamReset):
+                self.error = int(event.error_code or 0)
             self.window.set()
+            if self.on_gone is not None:
+                self.on_gone()
 
     async def next(self) -> h2.events.Event:
         while not self._events:
@@ -445,18 +466,40 @@ class H2Conn:
         self._write()
         return stream
 
-    async def send_headers(self, stream: H2Stream, headers: Headers, *, end: bool) -> None:
-        if stream.gone:
+    async def send_headers(
+        self,
+        stream: H2Stream,
+        headers: Headers,
+        *,
+        end: bool,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        """Send headers (or trailers, ``end``). ``on_end`` runs once the frame that ends the
+        stream is written, before waiting for the socket: a stream is recorded before its
+        client can have seen it end, so a scrape that follows always counts it."""
+        if stream.gone or self.closed:
             raise StreamGone
         try:
             self.h2.send_headers(stream.id, headers, end_stream=end)
         except h2.exceptions.StreamClosedError:
             raise StreamGone from None
         self._write()
+        if end and on_end is not None:
+            on_end()
         await self._drain()
 
-    async def send_data(self, stream: H2Stream, data: bytes, *, end: bool = False) -> None:
-        """Send ``data`` within the peer's windows (waiting for them to open)."""
+    async def send_data(
+        self,
+        stream: H2Stream,
+        data: bytes,
+        *,
+        end: bool = False,
+        on_end: Callable[[], None] | None = None,
+        watch: H2Stream | None = None,
+    ) -> None:
+        """Send ``data`` within the peer's windows (waiting for them to open); ``end`` and
+        ``on_end`` as for :meth:`send_headers`. Waiting for window ends (StreamGone) when
+        ``watch``, the stream the data comes from, breaks (see :attr:`H2Stream.on_gone`)."""
         view = memoryview(data)
         h2conn = self.h2
         while True:
@@ -469,6 +512,8 @@ class H2Conn:
                     except h2.exceptions.StreamClosedError:
                         raise StreamGone from None
                     self._write()
+                    if on_end is not None:
+                        on_end()
                     await self._drain()
                 return
             try:
@@ -477,6 +522,8 @@ class H2Conn:
                 raise StreamGone from None
             size = min(window, h2conn.max_outbound_frame_size, len(view))
             if size <= 0:
+                if watch is not None and watch.broken:
+                    raise StreamGone  # what would wait for window has nowhere to go now
                 stream.window.clear()
                 await stream.window.wait()
                 continue
@@ -487,6 +534,8 @@ class H2Conn:
                 raise StreamGone from None
             view = view[size:]
             self._write()
+            if last and on_end is not None:
+                on_end()
             await self._drain()
             if last:
                 return
@@ -556,6 +605,7 @@ class _Exchange:
     grpc: GrpcStream | None = None
     responded: bool = False  # response headers sent downstream
     request_done: bool = False
+    recorded: bool = False
     request_frames: GrpcFrames = field(default_factory=GrpcFrames)
     response_frames: GrpcFrames = field(default_factory=GrpcFrames)
 
@@ -658,6 +708,8 @@ class _H2Proxy:
             try:
                 up = await self.upstream(ex)
                 us = up.open(out, end_stream=False)
+                # Either side going wakes a send to the other that waits for window.
+                ds.on_gone, us.on_gone = us.window.set, ds.window.set
             except UpstreamError as failed:
                 await self._local_reply(ds, ex, failed.code, failed.flag)
                 return
@@ -749,9 +801,11 @@ class _H2Proxy:
                 if ex.grpc is not None:
                     ex.grpc.add(request_messages=ex.request_frames.feed(data))
                 try:
-                    await up.send_data(us, data)
+                    await up.send_data(us, data, watch=ds)
                 except StreamGone:
-                    return
+                    if ds.broken:
+                        raise _Downstream from None
+                    return  # the upstream went: the response side reports it
                 down.ack(ds, event.flow_controlled_length)
                 down.flush_soon()
             elif isinstance(event, h2.events.TrailersReceived):
@@ -779,6 +833,13 @@ class _H2Proxy:
         loop = asyncio.get_running_loop()
         up, down = us.conn, ds.conn
         ended = False
+
+        def done(last: Callable[[], None] | None) -> None:
+            """The response's last frame is written: account for it, and record now."""
+            if last is not None:
+                last()
+            self._record(ex)
+
         while True:
             event = await us.next()
             ex.last = loop.time()
@@ -792,37 +853,51 @@ class _H2Proxy:
                     if ex.grpc is not None:
                         ex.grpc.set_peer(self._peer(ex))  # periodic reports may begin
                     ended = event.stream_ended is not None
-                    await down.send_headers(ds, out, end=ended)
-                    # Recorded as sent: a downstream gone by now got nothing (0, DC).
-                    status = _get(headers, b":status") or b"0"
-                    ex.code = int(status) if status.isdigit() else 0
-                    if ended:  # trailers-only
-                        ex.grpc_status = _grpc_status(headers)
-                    ex.response_bytes += header_size(out)
-                    ex.responded = True
+
+                    def sent(headers: Headers = headers, out: Headers = out) -> None:
+                        # Only once sent: a downstream gone by now got nothing (0, DC).
+                        status = _get(headers, b":status") or b"0"
+                        ex.code = int(status) if status.isdigit() else 0
+                        if ended:  # trailers-only
+                            ex.grpc_status = _grpc_status(headers)
+                        ex.response_bytes += header_size(out)
+                        ex.responded = True
+
+                    if ended:
+                        await down.send_headers(ds, out, end=True, on_end=lambda: done(sent))
+                    else:
+                        await down.send_headers(ds, out, end=False)
+                        sent()
                 elif isinstance(event, h2.events.DataReceived):
                     data = event.data or b""
                     if ex.grpc is not None:
                         ex.grpc.add(response_messages=ex.response_frames.feed(data))
-                    await down.send_data(ds, data)
+                    await down.send_data(ds, data, watch=us)
                     ex.response_bytes += len(data)
                     up.ack(us, event.flow_controlled_length)
                     up.flush_soon()
                 elif isinstance(event, h2.events.TrailersReceived):
                     trailers = list(event.headers or [])
                     ended = True
-                    await down.send_headers(ds, trailers, end=True)
-                    ex.grpc_status = _grpc_status(trailers)
-                    ex.response_bytes += header_size(trailers)
+
+                    def trailed(trailers: Headers = trailers) -> None:
+                        ex.grpc_status = _grpc_status(trailers)
+                        ex.response_bytes += header_size(trailers)
+
+                    await down.send_headers(ds, trailers, end=True, on_end=lambda: done(trailed))
                 elif isinstance(event, h2.events.StreamEnded):
                     if not ended:
-                        await down.send_data(ds, b"", end=True)
+                        await down.send_data(ds, b"", end=True, on_end=lambda: done(None))
                     return
                 elif isinstance(event, h2.events.StreamReset):
                     raise _Upstream("UR", event.error_code or h2.errors.ErrorCodes.CANCEL)
                 elif isinstance(event, Terminated):
                     raise _Upstream("UC", h2.errors.ErrorCodes.INTERNAL_ERROR)
             except StreamGone:
+                if us.broken:  # the upstream went while its data waited for window
+                    if us.error is None:
+                        raise _Upstream("UC", h2.errors.ErrorCodes.INTERNAL_ERROR) from None
+                    raise _Upstream("UR", us.error or h2.errors.ErrorCodes.CANCEL) from None
                 raise _Downstream from None
 
     async def _local_reply(self, ds: H2Stream, ex: _Exchange, code: int, flag: str | None) -> None:
@@ -848,15 +923,18 @@ class _H2Proxy:
             ]
         headers = self.response_headers(headers, ex, None)
         down = ds.conn
+
+        def record() -> None:
+            self._record(ex)
+
         try:
             if ex.grpc is not None or not body:
                 ex.response_bytes += header_size(headers)
-                await down.send_headers(ds, headers, end=True)
+                await down.send_headers(ds, headers, end=True, on_end=record)
             else:
                 await down.send_headers(ds, headers, end=False)
-                ex.response_bytes += header_size(headers)
-                await down.send_data(ds, body, end=True)
-                ex.response_bytes += len(body)
+                ex.response_bytes += header_size(headers) + len(body)
+                await down.send_data(ds, body, end=True, on_end=record)
         except StreamGone:
             ex.flags = "DC"
             return
@@ -872,6 +950,10 @@ class _H2Proxy:
         return self._peer_ctx
 
     def _record(self, ex: _Exchange) -> None:
+        """Record the stream, once (when its last frame went out, else when it ended)."""
+        if ex.recorded:
+            return
+        ex.recorded = True
         elapsed = (asyncio.get_running_loop().time() - ex.started) * 1000.0
         peer = self._peer(ex)
         grpc_status = ex.grpc_status
