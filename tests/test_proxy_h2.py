@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +62,14 @@ SERVER_MX = len(MX) + len(encode_peer_header(SERVER_NODE)) + len(MX_ID) + len(SE
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(autouse=True)
+def no_handler_failed(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """A relay that fails unexpectedly is logged, and the traffic may still look right."""
+    yield
+    failures = [r for r in caplog.records if r.name == "meshstats.proxy" and r.levelno >= 40]
+    assert not failures, [r.getMessage() for r in failures]
 
 
 @dataclass

@@ -74,7 +74,7 @@ from .http import (
     outbound_http,
     peer_from_headers,
 )
-from .listener import format_address
+from .listener import format_address, log
 
 if TYPE_CHECKING:
     from ..connections import GrpcStream
@@ -461,8 +461,8 @@ class H2Conn:
             self._idle.cancel()
             self._idle = None
         stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, headers, end_stream=end_stream)  # may refuse
         stream = self.streams[stream_id] = H2Stream(self, stream_id)
-        self.h2.send_headers(stream_id, headers, end_stream=end_stream)
         self._write()
         return stream
 
@@ -610,6 +610,13 @@ class _Exchange:
     response_frames: GrpcFrames = field(default_factory=GrpcFrames)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A stream's relay failed unexpectedly (a bug): say so, as the listener does for a
+    connection handler (the connection and its other streams go on)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("HTTP/2 stream relay failed", exc_info=task.exception())
+
+
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
@@ -673,7 +680,9 @@ class _H2Proxy:
                 item = accept.result()
                 if item is None:
                     break
-                tasks.add(asyncio.ensure_future(self.relay(*item)))
+                task = asyncio.ensure_future(self.relay(*item))
+                task.add_done_callback(_log_failure)
+                tasks.add(task)
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 tasks.clear()
