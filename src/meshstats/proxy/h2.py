@@ -250,6 +250,11 @@ class H2Stream:
             if self.on_gone is not None:
                 self.on_gone()
 
+    def ends_next(self) -> bool:
+        """Whether the next event is the end of the peer's side (no DATA or trailers
+        before it: a request without a body)."""
+        return bool(self._events) and isinstance(self._events[0], h2.events.StreamEnded)
+
     async def next(self) -> h2.events.Event:
         while not self._events:
             self._ready.clear()
@@ -716,7 +721,11 @@ class _H2Proxy:
             out = self.request_headers(kept, ex)
             try:
                 up = await self.upstream(ex)
-                us = up.open(out, end_stream=False)
+                # A request without a body (its END_STREAM came with the headers) goes
+                # upstream the same way: one HEADERS frame.
+                ended = ds.ends_next() and not ex.request_done
+                us = up.open(out, end_stream=ended)
+                ex.request_done = ex.request_done or ended
                 # Either side going wakes a send to the other that waits for window.
                 ds.on_gone, us.on_gone = us.window.set, ds.window.set
             except UpstreamError as failed:
