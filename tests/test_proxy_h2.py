@@ -574,3 +574,23 @@ def test_upstream_lost_while_a_slow_client_holds_the_response(
             await eventually(recorded)
 
     run(main())
+
+
+def test_concurrent_large_streams_interleave_intact(certs: Certs, backend: Backend) -> None:
+    """Twenty echoes of 200 KB at once on one connection: every body crosses every window
+    (stream and connection) many times, interleaved, and arrives whole on its own stream."""
+    bodies = [bytes([i]) * 7 + big_body(200_000 + i) for i in range(20)]
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            sends = [client.start("/echo", method="POST", body=body) for body in bodies]
+            ids = await asyncio.gather(*sends)
+            replies = [await client.finish(i) for i in ids]
+            await client.close()
+            assert [bytes(r.body) for r in replies] == bodies
+            client_samples, server_samples = await m.metrics()
+        for samples, reporter in ((client_samples, "source"), (server_samples, "destination")):
+            assert codes(samples, reporter) == {("200", "-"): 20}
+
+    run(main())
