@@ -67,6 +67,7 @@ class _Peer:
         self.changed = asyncio.Event()  # any event: waiters re-check their condition
         self.closed = False
         self.sent_data = 0  # DATA bytes sent by send()
+        self.reset_streams: set[int] = set()  # streams the peer reset
         self.blocked = asyncio.Event()  # set while send() waits for window
 
     def flush(self) -> None:
@@ -85,6 +86,8 @@ class _Peer:
                 except h2.exceptions.ProtocolError:
                     break
                 for event in events:
+                    if isinstance(event, h2.events.StreamReset):
+                        self.reset_streams.add(event.stream_id)
                     self.on_event(event)
                 self.flush()
                 self.changed.set()
@@ -102,9 +105,12 @@ class _Peer:
         await self.changed.wait()
 
     async def send(self, stream_id: int, data: bytes, end: bool) -> None:
-        """Send within the peer's window, waiting for it to open."""
+        """Send within the peer's window, waiting for it to open; stops if the peer resets
+        the stream (what it answered before then stands)."""
         view = memoryview(data)
         while view:
+            if stream_id in self.reset_streams:
+                return
             window = min(self.conn.local_flow_control_window(stream_id), len(view))
             window = min(window, self.conn.max_outbound_frame_size)
             if window <= 0:
@@ -119,7 +125,7 @@ class _Peer:
             view = view[window:]
             self.flush()
             await self.writer.drain()
-        if end:
+        if end and stream_id not in self.reset_streams:
             self.conn.end_stream(stream_id)
             self.flush()
 

@@ -37,6 +37,7 @@ from proxy_support import (
     Sample,
     assert_labels,
     eventually,
+    free_port,
     make_certs,
     only_labels,
     run,
@@ -372,5 +373,47 @@ def test_many_concurrent_calls_share_the_connections(certs: Certs, backend: Back
         for samples, reporter in ((client, "source"), (server, "destination")):
             assert calls(samples, reporter) == {("200", "0", "-"): n}
             assert total(samples, REQ_MSGS) == total(samples, RESP_MSGS) == n
+
+    run(main())
+
+
+@pytest.mark.parametrize("flag", ["UF", "UH"])
+def test_no_upstream_is_a_trailers_only_unavailable(
+    certs: Certs, backend: Backend, flag: str
+) -> None:
+    """Envoy's local reply to a gRPC request: ``:status`` 200, ``grpc-status`` 14, the
+    reason in ``grpc-message``; recorded as Envoy records it (200, 14, the flag)."""
+    upstream = ("127.0.0.1", free_port()) if flag == "UF" else None
+
+    async def main() -> None:
+        out = OutboundConfig(port=0, upstream=upstream, service_host=SERVICE_HOST, protocol="http")
+        cfg = SidecarConfig(
+            node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
+        )
+        async with Sidecar(cfg, engine=engine(cfg, backend)) as client:
+
+            def call() -> grpc.RpcError:
+                with grpc.insecure_channel(f"127.0.0.1:{client.outbound_ports[0]}") as channel:
+                    try:
+                        channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=CALL_TIMEOUT)
+                    except grpc.RpcError as failed:
+                        return failed
+                raise AssertionError("the call succeeded")
+
+            failed = await asyncio.to_thread(call)
+            samples = await scrape(client.admin_url)
+        assert failed.code() == grpc.StatusCode.UNAVAILABLE
+        reason = "no healthy upstream" if flag == "UH" else "connection failure"
+        assert reason in failed.details()
+        assert calls(samples, "source") == {("200", "14", flag): 1}
+        assert_labels(
+            only_labels(samples, REQUESTS),
+            request_protocol="grpc",
+            destination_workload="unknown",
+            destination_service=SERVICE_HOST,
+        )
+        # Answered on the request's headers: its body was never relayed, nor counted (as
+        # Envoy's filter chain stops decoding a stream its router has answered).
+        assert total(samples, REQ_MSGS) == total(samples, RESP_MSGS) == 0
 
     run(main())

@@ -594,3 +594,31 @@ def test_concurrent_large_streams_interleave_intact(certs: Certs, backend: Backe
             assert codes(samples, reporter) == {("200", "-"): 20}
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "flag"), [("service", 503, "UH"), ("blackhole", 502, "-")]
+)
+def test_no_upstream_and_blackhole(
+    certs: Certs, backend: Backend, mode: str, code: int, flag: str
+) -> None:
+    async def main() -> None:
+        out = OutboundConfig(port=0, upstream=None, service_host=SERVICE_HOST, protocol="http")
+        if mode == "blackhole":
+            out = OutboundConfig(port=0, upstream=None, protocol="http", mode="blackhole")
+        cfg = SidecarConfig(
+            node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
+        )
+        async with Sidecar(cfg, engine=engine(cfg, backend)) as sidecar:
+            client = await H2Client.connect(sidecar.outbound_ports[0])
+            replies = [
+                await client.request("/"),
+                await client.request("/", method="POST", body=b"x" * 100_000),
+            ]
+            await client.close()
+            samples = await scrape(sidecar.admin_url)
+        assert [r.status for r in replies] == [code, code]
+        assert bytes(replies[0].body) == (b"no healthy upstream" if flag == "UH" else b"")
+        assert codes(samples, "source") == {(str(code), flag): 2}
+
+    run(main())
