@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshstats.certs import (
     ALPN_DOWNSTREAM_WITH_MXC,
+    ALPN_H2,
     ALPN_HTTP11,
     ALPN_IN_MESH_WITH_MXC,
     MX_ALPN,
@@ -138,7 +139,8 @@ async def _handshake(
 
 
 @pytest.mark.parametrize(
-    ("client_alpn", "expected"), [(ALPN_IN_MESH_WITH_MXC, MX_ALPN), (ALPN_HTTP11, "http/1.1")]
+    ("client_alpn", "expected"),
+    [(ALPN_IN_MESH_WITH_MXC, MX_ALPN), (ALPN_HTTP11, "http/1.1"), (ALPN_H2, "h2")],
 )
 def test_mutual_tls_identities_and_alpn(
     ca: LocalCA, tmp_path: Path, client_alpn: tuple[str, ...], expected: str

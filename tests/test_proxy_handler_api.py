@@ -31,7 +31,7 @@ def test_the_protocol_has_the_nine_members() -> None:
 
 def test_the_handlers_use_nothing_else() -> None:
     used = set()
-    for name in ("http.py", "tcp.py"):
+    for name in ("http.py", "h2.py", "tcp.py"):
         used |= set(re.findall(r"\bsidecar\.(\w+)", (PROXY / name).read_text()))
     assert used == MEMBERS
 

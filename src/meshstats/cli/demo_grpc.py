@@ -1,8 +1,8 @@
 """The demo's gRPC edge: productpage asks "recommendations", a grpcio service, over mTLS.
 
-The demo's sidecars speak HTTP/1.1 and TCP, not HTTP/2, so this edge is what Istio calls
-proxyless gRPC: productpage's app talks to the gRPC server directly, and meshstats'
-interceptors report each call as an Istio sidecar reports a gRPC stream. The client's
+This edge does not go through the demo's sidecars (which carry HTTP/2 and gRPC as well): it
+is what Istio calls proxyless gRPC. productpage's app talks to the gRPC server directly, and
+meshstats' interceptors report each call as an Istio sidecar reports a gRPC stream. The client's
 interceptors record into productpage's sidecar engine (its calls show on productpage's
 metrics port, ``reporter="source"``); the server has an engine of its own and a metrics
 port (``reporter="destination"``). ``ForProduct`` is a server-streaming call: one request

@@ -14,8 +14,10 @@
 ``docs/proxy.md`` for what happens on the wire and which metrics are recorded.
 
 Modules, one concern each: :mod:`.config` (what to listen on), :mod:`.listener` (accepting,
-mTLS or plaintext), :mod:`.tcp` (prefix exchange and relay), :mod:`.http` (h11, header
-exchange), :mod:`.sidecar` (wiring them to a stats engine and an admin port).
+mTLS or plaintext), :mod:`.tcp` (prefix exchange and relay), :mod:`.http` (HTTP/1.1 with h11,
+header exchange), :mod:`.h2` (HTTP/2 and gRPC with h2, and which codec a connection speaks),
+:mod:`.pool` (upstream connections kept or shared), :mod:`.sidecar` (wiring them to a stats
+engine and an admin port).
 """
 
 from __future__ import annotations

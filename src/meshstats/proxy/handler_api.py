@@ -36,7 +36,11 @@ class SidecarView(Protocol):
     upstream_pool: UpstreamPool
 
     async def connect(
-        self, address: tuple[str, int], protocol: Literal["tcp", "http"], *, mesh: bool = True
+        self,
+        address: tuple[str, int],
+        protocol: Literal["tcp", "http", "h2"],
+        *,
+        mesh: bool = True,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None, bool]:
         """Open a connection upstream: streams, the server's principal, whether MX was chosen."""
         ...

@@ -82,7 +82,17 @@ if TYPE_CHECKING:
     from .config import Address, OutboundConfig
     from .handler_api import SidecarView as Sidecar  # only what handlers may use
 
-__all__ = ["MX_HEADER", "MX_ID_HEADER", "HttpStream", "outbound_http", "inbound_http"]
+__all__ = [
+    "LOCAL_REPLY_BODIES",
+    "MX_HEADER",
+    "MX_ID_HEADER",
+    "HttpStream",
+    "host_address",
+    "inbound_http",
+    "no_zero",
+    "outbound_http",
+    "peer_from_headers",
+]
 
 MX_HEADER = b"x-envoy-peer-metadata"
 MX_ID_HEADER = b"x-envoy-peer-metadata-id"
@@ -104,12 +114,14 @@ CHUNK = 1 << 16
 BODY_EVENTS_PER_STEP = 256
 
 # Envoy's local reply bodies.
-_BODIES = {
+LOCAL_REPLY_BODIES = {
     "UH": b"no healthy upstream",
     "UF": b"upstream connect error or disconnect/reset before headers. "
     b"reset reason: connection failure",
     "UC": b"upstream connect error or disconnect/reset before headers. "
     b"reset reason: connection termination",
+    # An HTTP/2 upstream resetting its stream before the response headers (proxy/h2.py).
+    "UR": b"upstream connect error or disconnect/reset before headers. reset reason: remote reset",
     "UT": b"upstream request timeout",
     "SI": b"stream timeout",
 }
@@ -166,11 +178,16 @@ class HttpStream:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         role: type[h11.CLIENT] | type[h11.SERVER],
+        initial: bytes = b"",
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(role)
-        self.fed = 0
+        # Bytes already read from the connection (the first ones, read to tell HTTP/1.1
+        # from HTTP/2): parsed as if they had just arrived.
+        self.fed = len(initial)
+        if initial:
+            self.conn.receive_data(initial)
         self.sent = 0
         # The raw bytes of the message head being read (see keep_next_head): h11 merges
         # repeated Content-Length fields, and the framing checks must see them as sent.
@@ -272,7 +289,7 @@ class _Exchange:
     tunnel_sent: int = 0  # ... and to downstream
 
 
-def _off(timeout: float) -> float | None:
+def no_zero(timeout: float) -> float | None:
     """A configured timeout for asyncio: 0 means none."""
     return timeout if timeout > 0 else None
 
@@ -333,7 +350,7 @@ def framing_problem(request: h11.Request, head: bytes) -> str | None:
     return None
 
 
-def _peer_from_headers(metadata: bytes | None, metadata_id: bytes | None) -> PeerMetadata | None:
+def peer_from_headers(metadata: bytes | None, metadata_id: bytes | None) -> PeerMetadata | None:
     """The peer a metadata header names; ``None`` when absent or undecodable."""
     if metadata is None:
         return None
@@ -467,7 +484,7 @@ class _Proxy:
         try:
             # A connection waiting for its next request (or a head trickling in) is closed
             # after idle_timeout, as Envoy's connection idle timeout does; nothing to record.
-            event = await down.next_event(_off(self.config.idle_timeout))
+            event = await down.next_event(no_zero(self.config.idle_timeout))
         except asyncio.TimeoutError:  # TimeoutError from 3.11, its own class in 3.10
             return False
         except (h11.RemoteProtocolError, OSError) as exc:
@@ -660,7 +677,7 @@ class _Proxy:
         upgraded streams). Each direction holds at most one read (CHUNK) at a time."""
         down = self.down
         loop = asyncio.get_running_loop()
-        idle = _off(self.config.stream_idle_timeout)
+        idle = no_zero(self.config.stream_idle_timeout)
         last = loop.time()
 
         async def pump(src: HttpStream, dst: HttpStream, upward: bool) -> None:
@@ -792,7 +809,7 @@ class _Proxy:
         (``ex`` given): failing to read it is the upstream's (``UC``), failing to write it
         means the client went away (``DC``).
         """
-        idle = _off(self.config.stream_idle_timeout)
+        idle = no_zero(self.config.stream_idle_timeout)
         while True:
             try:
                 event = await src.next_body_event(idle)
@@ -836,7 +853,7 @@ class _Proxy:
 
     async def _local_reply(self, code: int, flag: str | None, ex: _Exchange) -> None:
         ex.code, ex.flags = code, flag
-        body = _BODIES.get(flag or "", b"")
+        body = LOCAL_REPLY_BODIES.get(flag or "", b"")
         headers: Headers = [
             (b"content-type", b"text/plain"),
             (b"content-length", str(len(body)).encode()),
@@ -951,7 +968,7 @@ class _Outbound(_Proxy):
     def peer(self, ex: _Exchange) -> PeerContext:
         return self.sidecar.outbound_peer(
             self.cfg,
-            _peer_from_headers(ex.metadata, ex.metadata_id),
+            peer_from_headers(ex.metadata, ex.metadata_id),
             self.principal,
             cache_key=(ex.metadata, ex.metadata_id),
             address=self.address,
@@ -1000,7 +1017,7 @@ class _Inbound(_Proxy):
 
     def peer(self, ex: _Exchange) -> PeerContext:
         return self.sidecar.inbound_peer(
-            _peer_from_headers(ex.metadata, ex.metadata_id),
+            peer_from_headers(ex.metadata, ex.metadata_id),
             self.principal,
             cache_key=(ex.metadata, ex.metadata_id),
             address=self.address,
@@ -1037,13 +1054,18 @@ async def outbound_http(
     cfg: OutboundConfig,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    initial: bytes = b"",
 ) -> None:
-    """Serve one app connection on an outbound HTTP listener."""
-    await _Outbound(sidecar, HttpStream(reader, writer, h11.SERVER), cfg).serve()
+    """Serve one HTTP/1.1 app connection on an outbound HTTP listener (``initial``: its
+    first bytes, already read)."""
+    await _Outbound(sidecar, HttpStream(reader, writer, h11.SERVER, initial), cfg).serve()
 
 
 async def inbound_http(
-    sidecar: Sidecar, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    sidecar: Sidecar,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    initial: bytes = b"",
 ) -> None:
-    """Serve one downstream connection on the inbound HTTP listener."""
-    await _Inbound(sidecar, HttpStream(reader, writer, h11.SERVER)).serve()
+    """Serve one HTTP/1.1 downstream connection on the inbound HTTP listener."""
+    await _Inbound(sidecar, HttpStream(reader, writer, h11.SERVER, initial)).serve()

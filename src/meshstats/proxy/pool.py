@@ -19,8 +19,9 @@ sent, nothing received).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,10 @@ class UpstreamPool:
         #: Connections handed out again, and parked ones found unusable and closed.
         self.reused = 0
         self.discarded = 0
+        # HTTP/2 connections are not parked but shared: every stream to a target uses one
+        # of them at once (see shared()).
+        self._shared: dict[Hashable, list[Any]] = {}
+        self._opening: dict[Hashable, asyncio.Lock] = {}
 
     def take(self, target: Hashable) -> Pooled | None:
         """A usable idle connection to ``target``, or None."""
@@ -86,12 +91,36 @@ class UpstreamPool:
         pooled.since = now
         idle.append(pooled)
 
+    async def shared(self, target: Hashable, open_: Callable[[], Awaitable[Any]]) -> Any:
+        """A shared (HTTP/2) connection to ``target`` with room for one more stream, as
+        Envoy's HTTP/2 pools keep one connection per upstream for all streams: an open one
+        (``has_room()``), else a new one from ``open_()`` (which may raise). One connection
+        is opened at a time per target, so a burst of streams shares it."""
+        lock = self._opening.get(target)
+        if lock is None:
+            lock = self._opening[target] = asyncio.Lock()
+        async with lock:
+            conns = self._shared.setdefault(target, [])
+            conns[:] = [conn for conn in conns if not conn.closed]
+            for conn in conns:
+                if conn.has_room():
+                    self.reused += 1
+                    return conn
+            conn = await open_()
+            conn.idle_timeout = self.max_idle_seconds  # closed when unused this long
+            conns.append(conn)
+            return conn
+
     def __len__(self) -> int:
         return sum(len(idle) for idle in self._idle.values())
 
     def close(self) -> None:
-        """Close every parked connection."""
+        """Close every parked and every shared connection."""
         for idle in self._idle.values():
             for pooled in idle:
                 pooled.stream.close()
         self._idle.clear()
+        for conns in self._shared.values():
+            for conn in conns:
+                conn.close()
+        self._shared.clear()

@@ -39,6 +39,7 @@ from .._peer_exchange import encode_peer_header, encode_peer_prefix
 from .._store import Store
 from ..certs import (
     ALPN_DOWNSTREAM_WITH_MXC,
+    ALPN_H2,
     ALPN_HTTP11,
     ALPN_IN_MESH_WITH_MXC,
     MX_ALPN,
@@ -54,7 +55,8 @@ from ..engine import PeerContext, StatsEngine
 from ..exposition import MetricsServer
 from ..peer_metadata import PeerMetadata
 from .config import Address, OutboundConfig, SidecarConfig, load_registry
-from .http import MX_HEADER, MX_ID_HEADER, inbound_http, outbound_http
+from .h2 import inbound_auto, outbound_auto
+from .http import MX_HEADER, MX_ID_HEADER
 from .listener import STREAM_LIMIT, Listener, TlsCounters
 from .pool import UpstreamPool
 from .tcp import inbound_tcp, outbound_tcp
@@ -126,6 +128,8 @@ class Sidecar:
             for out in config.outbound:  # certificates read now, not on a first connection
                 if out.mode == "service" and out.upstream is not None and out.protocol != "tls":
                     self._client_context(out.protocol, out.upstream)
+                    if out.protocol == "http":  # HTTP/2 offers another ALPN list
+                        self._client_context("h2", out.upstream)
         #: Idle upstream HTTP connections (to server sidecars, to the app) for reuse.
         self.upstream_pool = UpstreamPool(max_idle=config.upstream_idle_connections)
         self._listeners: list[Listener] = []
@@ -139,7 +143,7 @@ class Sidecar:
         config = self.config
         try:
             if config.inbound is not None:
-                handler = inbound_http if config.inbound.protocol == "http" else inbound_tcp
+                handler = inbound_auto if config.inbound.protocol == "http" else inbound_tcp
                 sidecar = self
 
                 async def inbound(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -171,7 +175,7 @@ class Sidecar:
     def _outbound_handler(
         self, out: OutboundConfig
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        handler = outbound_http if out.protocol == "http" else outbound_tcp
+        handler = outbound_auto if out.protocol == "http" else outbound_tcp
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await handler(self, out, reader, writer)
@@ -223,9 +227,17 @@ class Sidecar:
     # -- used by the protocol handlers -----------------------------------------------------
 
     async def connect(
-        self, address: tuple[str, int], protocol: Literal["tcp", "http"], *, mesh: bool = True
+        self,
+        address: tuple[str, int],
+        protocol: Literal["tcp", "http", "h2"],
+        *,
+        mesh: bool = True,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None, bool]:
         """Open a connection to a remote sidecar (mTLS when this sidecar has a certificate).
+
+        ``protocol`` picks the ALPN offered, as Istio's sidecars offer it: TCP with the
+        metadata exchange (``istio-peer-exchange, istio``), HTTP/1.1 (``istio-http/1.1,
+        istio, http/1.1``) or HTTP/2 (``istio-h2, istio, h2``).
 
         Returns the streams, the server's verified principal and whether both sides chose
         ``istio-peer-exchange``. ``mesh=False`` (a passthrough destination) connects in
@@ -252,7 +264,7 @@ class Sidecar:
         return reader, writer, peer_principal(ssl_object), mx
 
     def _client_context(
-        self, protocol: Literal["tcp", "http"], address: Address
+        self, protocol: Literal["tcp", "http", "h2"], address: Address
     ) -> ssl.SSLContext | None:
         """The client TLS context for ``address``: one per upstream with session resumption
         (a session belongs to one server), one per protocol without; None without certs."""
@@ -263,7 +275,7 @@ class Sidecar:
         key = (protocol, address if resume else None)
         context = self._client_ssl.get(key)
         if context is None:
-            alpn = ALPN_HTTP11 if protocol == "http" else ALPN_IN_MESH_WITH_MXC
+            alpn = {"http": ALPN_HTTP11, "h2": ALPN_H2}.get(protocol, ALPN_IN_MESH_WITH_MXC)
             make = resuming_client_context if resume else client_context
             context = self._client_ssl[key] = make(cert_dir, alpn)
         return context

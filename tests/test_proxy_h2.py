@@ -1,0 +1,624 @@
+"""HTTP/2 through two real sidecars: an h2c client -> client sidecar -> mTLS h2 -> server
+sidecar -> h2c app, on both backends.
+
+What is checked: the codec each hop chose (ALPN ``h2`` between the sidecars, the preface on
+the plaintext sides), many streams on one connection each way, the peer-exchange headers
+added, read and stripped per stream as for HTTP/1.1, trailers both ways, byte-identical
+bodies larger than every window, exact sizes (Envoy's: headers + DATA + trailers), flow
+control end to end (a client that reads nothing holds the app back), and resets mapped to
+Envoy's response flags. The app and the client (``h2_support``) drive the ``h2`` state
+machine themselves: no relay code of the sidecar's is shared. Nothing waits on a clock:
+each step waits for the frames it needs (``eventually`` polls with a generous deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import h2.errors
+import pytest
+from conftest import Backend
+from h2_support import AppServer, H2Client, Headers, big_body, get, start_h2_app
+from proxy_support import (
+    CLIENT_ID,
+    CLIENT_NODE,
+    CLIENT_SA,
+    SERVER_ID,
+    SERVER_NODE,
+    SERVER_SA,
+    SERVICE_HOST,
+    Certs,
+    Sample,
+    assert_labels,
+    eventually,
+    free_port,
+    make_certs,
+    only_labels,
+    run,
+    scrape,
+    select,
+    total,
+)
+
+from meshstats import StatsEngine, encode_peer_header
+from meshstats.certs import principal_of
+from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW
+
+pytestmark = pytest.mark.timing
+
+MX = b"x-envoy-peer-metadata"
+MX_ID = b"x-envoy-peer-metadata-id"
+CLIENT_MX = len(MX) + len(encode_peer_header(CLIENT_NODE)) + len(MX_ID) + len(CLIENT_ID)
+SERVER_MX = len(MX) + len(encode_peer_header(SERVER_NODE)) + len(MX_ID) + len(SERVER_ID)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(autouse=True)
+def no_handler_failed(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """A relay that fails unexpectedly is logged, and the traffic may still look right."""
+    yield
+    failures = [r for r in caplog.records if r.name == "meshstats.proxy" and r.levelno >= 40]
+    assert not failures, [r.getMessage() for r in failures]
+
+
+@dataclass
+class Mesh:
+    client: Sidecar
+    server: Sidecar
+
+    @property
+    def port(self) -> int:
+        return self.client.outbound_ports[0]
+
+    async def metrics(self) -> tuple[list[Sample], list[Sample]]:
+        return await scrape(self.client.admin_url), await scrape(self.server.admin_url)
+
+
+def engine(config: SidecarConfig, backend: Backend) -> StatsEngine:
+    assert config.cert_dir is not None
+    return StatsEngine(
+        config.node, store=backend.store.Store(), local_principal=principal_of(config.cert_dir)
+    )
+
+
+@asynccontextmanager
+async def mesh(
+    certs: Certs,
+    app_port: int,
+    backend: Backend,
+    client_settings: dict[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Mesh]:
+    inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
+    server_cfg = SidecarConfig(
+        node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server, inbound=inbound
+    )
+    server_cfg = dataclasses.replace(server_cfg, **settings)
+    async with Sidecar(server_cfg, engine=engine(server_cfg, backend)) as server:
+        out = OutboundConfig(
+            port=0,
+            upstream=("127.0.0.1", server.inbound_port),
+            service_host=SERVICE_HOST,
+            protocol="http",
+        )
+        client_cfg = SidecarConfig(
+            node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
+        )
+        client_cfg = dataclasses.replace(client_cfg, **{**settings, **(client_settings or {})})
+        async with Sidecar(client_cfg, engine=engine(client_cfg, backend)) as client:
+            yield Mesh(client, server)
+
+
+@asynccontextmanager
+async def h2_app() -> AsyncIterator[AppServer]:
+    app = await start_h2_app()
+    try:
+        yield app
+    finally:
+        app.server.close()
+        for conn in app.connections:
+            conn.writer.close()
+        await app.server.wait_closed()
+
+
+def codes(samples: list[Sample], reporter: str) -> dict[tuple[str, str], float]:
+    """Requests by (response_code, response_flags)."""
+    out: dict[tuple[str, str], float] = {}
+    for _, labels, value in select(samples, "istio_requests_total", reporter=reporter):
+        key = (labels["response_code"], labels["response_flags"])
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+def no_mx(headers: Headers) -> bool:
+    return get(headers, MX) is None and get(headers, MX_ID) is None
+
+
+def size(headers: Headers) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
+
+
+# -- plain requests -----------------------------------------------------------------------------
+
+
+def test_many_streams_one_connection_headers_exchanged_and_stripped(
+    certs: Certs, backend: Backend
+) -> None:
+    paths = ["/status/200"] * 30 + ["/status/404"] * 5 + ["/status/503"] * 4 + ["/headers"]
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            spoof: Headers = [(MX, encode_peer_header({"WORKLOAD_NAME": "evil"}).encode())]
+            ids = [await client.start(p, headers=spoof + [(MX_ID, b"evil")]) for p in paths]
+            replies = [await client.finish(i) for i in ids]
+            await client.close()
+            assert [r.status for r in replies] == [int(p.split("/")[-1]) for p in paths[:-1]] + [
+                200
+            ]
+            assert replies[0].body == b"status 200"
+            assert all(no_mx(r.headers) for r in replies)  # the app's own /headers too
+            assert len(app.seen) == len(paths)
+            assert all(no_mx(seen.headers) for seen in app.seen)
+            assert all(get(s.headers, b":authority") == b"reviews:9080" for s in app.seen)
+            # Every stream on one connection, each hop: client -> client sidecar (one),
+            # client sidecar -> server sidecar (one TLS handshake), server sidecar -> app.
+            assert len(app.connections) == 1
+            assert m.server.tls_inbound.handshakes == 1
+
+            expected = {("200", "-"): 31, ("404", "-"): 5, ("503", "-"): 4}
+            client_samples, server_samples = await m.metrics()
+            assert codes(client_samples, "source") == expected
+            assert codes(server_samples, "destination") == expected
+            for samples, reporter, policy in (
+                (client_samples, "source", "unknown"),
+                (server_samples, "destination", "mutual_tls"),
+            ):
+                labels = only_labels(samples, "istio_requests_total", response_code="404")
+                assert_labels(
+                    labels,
+                    reporter=reporter,
+                    source_workload="productpage-v1",
+                    source_principal=CLIENT_SA,
+                    destination_workload="reviews-v2",
+                    destination_app="reviews",
+                    destination_principal=SERVER_SA,
+                    request_protocol="http",
+                    response_flags="-",
+                    connection_security_policy=policy,
+                )
+                assert total(samples, "istio_request_duration_milliseconds_count") == len(paths)
+            assert_labels(
+                only_labels(client_samples, "istio_requests_total", response_code="404"),
+                destination_service=SERVICE_HOST,
+                destination_service_name="reviews",
+            )
+
+    run(main())
+
+
+def test_bodies_trailers_and_exact_sizes(certs: Certs, backend: Backend) -> None:
+    big = big_body(3 * CONNECTION_WINDOW // 2 + 12_345)  # larger than every window
+    trailers: Headers = [(b"x-checksum", hashlib.sha256(big).hexdigest().encode())]
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            post: Headers = [(b"content-type", b"application/octet-stream")]
+            first = await client.start("/echo", method="POST", body=big, headers=post)
+            second = await client.start(
+                "/echo", method="POST", body=b"small", headers=post, trailers=trailers
+            )
+            one, two = await client.finish(first), await client.finish(second)
+            await client.close()
+            assert one.status == 200 and bytes(one.body) == big and one.trailers == []
+            assert bytes(two.body) == b"small"
+            assert two.trailers == trailers + [(b"x-echo-trailer", b"yes")]
+            assert app.seen[1].trailers == trailers  # request trailers reached the app
+            client_samples, server_samples = await m.metrics()
+
+        requests = [app.seen[0], app.seen[1]]
+        # Envoy's sizes: headers (pseudo-headers included) + DATA + trailers, as received
+        # from (request) and sent to (response) the downstream of each sidecar.
+        sent_heads = [size(s.headers) for s in requests]  # what the app got = sent by the
+        # client, minus nothing: the client sent no exchange headers
+        request_total = sum(sent_heads) + len(big) + 5 + size(trailers)
+        response_heads = size([(b":status", b"200")]) * 2
+        response_total = (
+            response_heads + len(big) + 5 + size(trailers) + len(b"x-echo-trailer") + len(b"yes")
+        )
+        assert total(client_samples, "istio_request_bytes_sum") == request_total
+        assert total(client_samples, "istio_response_bytes_sum") == response_total
+        assert total(server_samples, "istio_request_bytes_sum") == request_total + 2 * CLIENT_MX
+        assert total(server_samples, "istio_response_bytes_sum") == response_total + 2 * SERVER_MX
+
+    run(main())
+
+
+def test_a_client_that_does_not_read_holds_the_app_back(certs: Certs, backend: Backend) -> None:
+    """Flow control end to end: no sidecar acknowledges DATA it has not passed on, so the
+    app can send at most the windows of the three hops before it must wait."""
+    n = 4 * 1024 * 1024
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port, auto_ack=False)
+            stream = await client.start(f"/big/{n}")
+
+            async def app_waits() -> bool:
+                return app.blocked.is_set() and app.sent[0] > STREAM_WINDOW
+
+            await eventually(app_waits)
+            # The client's window, and one stream window held by each sidecar.
+            assert app.sent[0] <= 3 * STREAM_WINDOW
+            client.consume()
+            reply = await client.finish(stream)
+            await client.close()
+            assert reply.status == 200 and bytes(reply.body) == big_body(n)
+
+    run(main())
+
+
+def test_app_down_gives_503_uf(certs: Certs, backend: Backend) -> None:
+    async def main() -> None:
+        async with mesh(certs, free_port(), backend) as m:
+            client = await H2Client.connect(m.port)
+            replies = [await client.request("/") for _ in range(2)]
+            await client.close()
+            assert [r.status for r in replies] == [503, 503]
+            assert b"connection failure" in bytes(replies[0].body)
+            client_samples, server_samples = await m.metrics()
+        assert codes(server_samples, "destination") == {("503", "UF"): 2}
+        # The client sidecar got a 503 from its upstream: no flag of its own.
+        assert codes(client_samples, "source") == {("503", "-"): 2}
+        assert_labels(
+            only_labels(client_samples, "istio_requests_total"),
+            destination_workload="reviews-v2",
+        )
+
+    run(main())
+
+
+def test_http11_and_h2_on_the_same_ports(certs: Certs, backend: Backend) -> None:
+    """An HTTP/1.1 client still gets HTTP/1.1 (and its app HTTP/1.1): the codec is picked
+    per connection."""
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            reader, writer = await asyncio.open_connection("127.0.0.1", m.port)
+            writer.write(b"GET /status/200 HTTP/1.1\r\nHost: reviews:9080\r\n\r\n")
+            # The h2c app cannot read HTTP/1.1: the server sidecar relays HTTP/1.1 to it,
+            # which it refuses (its h2 state machine wants the preface) -> 503 UC.
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 503 ")
+            client = await H2Client.connect(m.port)
+            assert (await client.request("/status/200")).status == 200
+            await client.close()
+
+    run(main())
+
+
+# -- resets -------------------------------------------------------------------------------------
+
+
+def test_downstream_reset_is_dc_and_resets_upstream(certs: Certs, backend: Backend) -> None:
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            stream = await client.start("/hang")
+
+            async def app_has_it() -> bool:
+                return len(app.seen) == 1
+
+            await eventually(app_has_it)
+            client.reset(stream)
+
+            async def app_saw_reset() -> bool:
+                return app.seen[0].reset is not None
+
+            await eventually(app_saw_reset)
+            assert app.seen[0].reset == h2.errors.ErrorCodes.CANCEL
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return (
+                    total(client_samples, "istio_requests_total") == 1
+                    and total(server_samples, "istio_requests_total") == 1
+                )
+
+            await eventually(recorded)
+            # The connection goes on.
+            assert (await client.request("/status/200")).status == 200
+            await client.close()
+            client_samples, server_samples = await m.metrics()
+        assert codes(client_samples, "source") == {("0", "DC"): 1, ("200", "-"): 1}
+        assert codes(server_samples, "destination") == {("0", "DC"): 1, ("200", "-"): 1}
+
+    run(main())
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_upstream_reset_is_ur(certs: Certs, backend: Backend, when: str) -> None:
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            reply = await client.request(f"/reset-{when}")
+            assert (await client.request("/status/200")).status == 200
+            await client.close()
+            client_samples, server_samples = await m.metrics()
+            assert len(app.connections) == 1  # a reset stream is not a broken connection
+        if when == "before":
+            # Envoy's local reply: 503 UR from the server sidecar, an ordinary 503 to the
+            # client sidecar.
+            assert reply.status == 503 and b"reset" in bytes(reply.body)
+            assert codes(server_samples, "destination") == {("503", "UR"): 1, ("200", "-"): 1}
+            assert codes(client_samples, "source") == {("503", "-"): 1, ("200", "-"): 1}
+        else:
+            # Headers and 5 bytes went through, then the stream was reset on each hop.
+            assert reply.status == 200 and bytes(reply.body) == b"hello"
+            assert reply.reset == h2.errors.ErrorCodes.INTERNAL_ERROR
+            assert codes(server_samples, "destination") == {("200", "UR"): 1, ("200", "-"): 1}
+            assert codes(client_samples, "source") == {("200", "UR"): 1, ("200", "-"): 1}
+
+    run(main())
+
+
+def test_app_connection_lost_is_uc(certs: Certs, backend: Backend) -> None:
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            stream = await client.start("/hang")
+
+            async def app_has_it() -> bool:
+                return len(app.seen) == 1
+
+            await eventually(app_has_it)
+            app.connections[0].writer.transport.abort()  # the app dies
+            reply = await client.finish(stream)
+            assert reply.status == 503
+            # A new connection to the app for the next stream.
+            assert (await client.request("/status/200")).status == 200
+            await client.close()
+            client_samples, server_samples = await m.metrics()
+        assert codes(server_samples, "destination") == {("503", "UC"): 1, ("200", "-"): 1}
+        assert codes(client_samples, "source") == {("503", "-"): 1, ("200", "-"): 1}
+
+    run(main())
+
+
+def test_plaintext_h2c_client_on_a_permissive_inbound_port(certs: Certs, backend: Backend) -> None:
+    """Straight to the server sidecar, h2c with prior knowledge (the preface tells it): a
+    header metadata is read for labels, never for a principal; the answer carries the
+    sidecar's own headers only when asked for, as over HTTP/1.1."""
+    evil = encode_peer_header({"WORKLOAD_NAME": "evil", "NAMESPACE": "default"}).encode()
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.server.inbound_port)
+            asked = await client.finish(
+                await client.start("/status/200", headers=[(MX, evil), (MX_ID, b"someone")])
+            )
+            plain = await client.request("/status/200")
+            await client.close()
+            assert asked.status == plain.status == 200
+            assert get(asked.headers, MX) == encode_peer_header(SERVER_NODE).encode()
+            assert get(asked.headers, MX_ID) == SERVER_ID.encode()
+            assert no_mx(plain.headers)
+            assert all(no_mx(seen.headers) for seen in app.seen)
+            _, server_samples = await m.metrics()
+        assert_labels(
+            only_labels(server_samples, "istio_requests_total", source_workload="evil"),
+            reporter="destination",
+            source_principal="unknown",
+            destination_principal=SERVER_SA,
+            connection_security_policy="none",
+            request_protocol="http",
+        )
+        assert total(server_samples, "istio_requests_total") == 2
+
+    run(main())
+
+
+def test_an_app_that_does_not_read_holds_the_client_back(certs: Certs, backend: Backend) -> None:
+    """Flow control the other way: the client can send at most the app's window and one
+    stream window per sidecar; then it resets its stream (DC on both sidecars, the app's
+    stream reset too)."""
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            stream = client.conn.get_next_available_stream_id()
+            upload = asyncio.ensure_future(
+                client.start("/noread", method="POST", body=big_body(4 * 1024 * 1024))
+            )
+
+            async def client_waits() -> bool:
+                return (
+                    client.blocked.is_set()
+                    and len(app.seen) == 1
+                    and len(app.seen[0].body) == STREAM_WINDOW  # the app's whole window
+                )
+
+            await eventually(client_waits)
+            assert client.sent_data <= 3 * STREAM_WINDOW
+            client.reset(stream)
+            upload.cancel()
+            await asyncio.gather(upload, return_exceptions=True)
+
+            async def app_saw_reset() -> bool:
+                return app.seen[0].reset is not None
+
+            await eventually(app_saw_reset)
+            assert (await client.request("/status/200")).status == 200  # the connection lives
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return (
+                    codes(client_samples, "source")
+                    == codes(server_samples, "destination")
+                    == {("0", "DC"): 1, ("200", "-"): 1}
+                )
+
+            await eventually(recorded)
+
+    run(main())
+
+
+def test_stream_idle_timeout(certs: Certs, backend: Backend) -> None:
+    """No frame either way for ``stream_idle_timeout``: Envoy's 408 ``SI`` before the
+    response, a reset after it. The server sidecar waits longer, so the client sidecar's
+    timeout is the one that fires (the server sidecar sees its stream reset: DC)."""
+
+    async def main() -> None:
+        short = {"stream_idle_timeout": 0.3}
+        async with (
+            h2_app() as app,
+            mesh(certs, app.port, backend, client_settings=short) as m,
+        ):
+            client = await H2Client.connect(m.port)
+            reply = await client.request("/hang")
+            assert reply.status == 408 and bytes(reply.body) == b"stream timeout"
+
+            async def app_saw_reset() -> bool:
+                return len(app.seen) == 1 and app.seen[0].reset is not None
+
+            await eventually(app_saw_reset)
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return codes(client_samples, "source") == {("408", "SI"): 1} and codes(
+                    server_samples, "destination"
+                ) == {("0", "DC"): 1}
+
+            await eventually(recorded)
+
+    run(main())
+
+
+def test_client_connection_lost_mid_stream_is_dc(certs: Certs, backend: Backend) -> None:
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            await client.start("/hang")
+            await client.start("/hang")
+
+            async def app_has_them() -> bool:
+                return len(app.seen) == 2
+
+            await eventually(app_has_them)
+            client.writer.transport.abort()
+
+            async def app_saw_resets() -> bool:
+                return all(seen.reset is not None for seen in app.seen)
+
+            await eventually(app_saw_resets)
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return (
+                    codes(client_samples, "source")
+                    == codes(server_samples, "destination")
+                    == {("0", "DC"): 2}
+                )
+
+            await eventually(recorded)
+            assert len(app.connections) == 1  # the app's connection is not the client's
+
+    run(main())
+
+
+def test_upstream_lost_while_a_slow_client_holds_the_response(
+    certs: Certs, backend: Backend
+) -> None:
+    """The app dies while its response waits for a client that does not read: each sidecar
+    resets its downstream stream at once (it does not wait for window that would carry
+    nothing): UC at the server sidecar, UR (its upstream reset the stream) at the client's."""
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port, auto_ack=False)
+            stream = await client.start(f"/big/{4 * 1024 * 1024}")
+
+            async def app_waits() -> bool:
+                return app.blocked.is_set() and app.sent[0] > STREAM_WINDOW
+
+            await eventually(app_waits)
+            app.connections[0].writer.transport.abort()
+            reply = await client.finish(stream)  # without reading: the reset arrives
+            assert reply.status == 200
+            assert reply.reset == h2.errors.ErrorCodes.INTERNAL_ERROR
+            assert len(reply.body) < 4 * 1024 * 1024
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return codes(server_samples, "destination") == {("200", "UC"): 1} and codes(
+                    client_samples, "source"
+                ) == {("200", "UR"): 1}
+
+            await eventually(recorded)
+
+    run(main())
+
+
+def test_concurrent_large_streams_interleave_intact(certs: Certs, backend: Backend) -> None:
+    """Twenty echoes of 200 KB at once on one connection: every body crosses every window
+    (stream and connection) many times, interleaved, and arrives whole on its own stream."""
+    bodies = [bytes([i]) * 7 + big_body(200_000 + i) for i in range(20)]
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            sends = [client.start("/echo", method="POST", body=body) for body in bodies]
+            ids = await asyncio.gather(*sends)
+            replies = [await client.finish(i) for i in ids]
+            await client.close()
+            assert [bytes(r.body) for r in replies] == bodies
+            client_samples, server_samples = await m.metrics()
+        for samples, reporter in ((client_samples, "source"), (server_samples, "destination")):
+            assert codes(samples, reporter) == {("200", "-"): 20}
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "flag"), [("service", 503, "UH"), ("blackhole", 502, "-")]
+)
+def test_no_upstream_and_blackhole(
+    certs: Certs, backend: Backend, mode: str, code: int, flag: str
+) -> None:
+    async def main() -> None:
+        out = OutboundConfig(port=0, upstream=None, service_host=SERVICE_HOST, protocol="http")
+        if mode == "blackhole":
+            out = OutboundConfig(port=0, upstream=None, protocol="http", mode="blackhole")
+        cfg = SidecarConfig(
+            node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
+        )
+        async with Sidecar(cfg, engine=engine(cfg, backend)) as sidecar:
+            client = await H2Client.connect(sidecar.outbound_ports[0])
+            replies = [
+                await client.request("/"),
+                await client.request("/", method="POST", body=b"x" * 100_000),
+            ]
+            await client.close()
+            samples = await scrape(sidecar.admin_url)
+        assert [r.status for r in replies] == [code, code]
+        assert bytes(replies[0].body) == (b"no healthy upstream" if flag == "UH" else b"")
+        assert codes(samples, "source") == {(str(code), flag): 2}
+
+    run(main())
