@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.request
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from conftest import Backend
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshstats.certs import LocalCA
+from meshstats import StatsEngine
+from meshstats.certs import LocalCA, principal_of
+from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
 
 T = TypeVar("T")
 
@@ -130,3 +135,57 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+# -- two sidecars and an app -----------------------------------------------------------------
+
+
+@dataclass
+class Mesh:
+    client: Sidecar
+    server: Sidecar
+
+    @property
+    def port(self) -> int:
+        return self.client.outbound_ports[0]
+
+    async def metrics(self) -> tuple[list[Sample], list[Sample]]:
+        return await scrape(self.client.admin_url), await scrape(self.server.admin_url)
+
+
+def engine(config: SidecarConfig, backend: Backend) -> StatsEngine:
+    """An engine on ``backend``'s store, for a sidecar with this config."""
+    assert config.cert_dir is not None
+    return StatsEngine(
+        config.node, store=backend.store.Store(), local_principal=principal_of(config.cert_dir)
+    )
+
+
+@asynccontextmanager
+async def mesh(
+    certs: Certs,
+    app_port: int,
+    backend: Backend,
+    client_settings: dict[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Mesh]:
+    """A client sidecar -> server sidecar -> app, both sidecars with ``settings`` (the client
+    also with ``client_settings``, which win)."""
+    inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
+    server_cfg = SidecarConfig(
+        node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server, inbound=inbound
+    )
+    server_cfg = dataclasses.replace(server_cfg, **settings)
+    async with Sidecar(server_cfg, engine=engine(server_cfg, backend)) as server:
+        out = OutboundConfig(
+            port=0,
+            upstream=("127.0.0.1", server.inbound_port),
+            service_host=SERVICE_HOST,
+            protocol="http",
+        )
+        client_cfg = SidecarConfig(
+            node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
+        )
+        client_cfg = dataclasses.replace(client_cfg, **{**settings, **(client_settings or {})})
+        async with Sidecar(client_cfg, engine=engine(client_cfg, backend)) as client:
+            yield Mesh(client, server)

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from conftest import Backend
@@ -44,17 +42,15 @@ from proxy_support import (
     eventually,
     free_port,
     make_certs,
+    mesh,
     only_labels,
     run,
-    scrape,
     select,
     start_app,
     total,
 )
 
-from meshstats import StatsEngine, encode_peer_header
-from meshstats.certs import principal_of
-from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+from meshstats import encode_peer_header
 
 pytestmark = pytest.mark.timing
 
@@ -183,55 +179,6 @@ async def app_server() -> AsyncIterator[tuple[App, int]]:
 
 
 # -- the mesh -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Mesh:
-    client: Sidecar
-    server: Sidecar
-
-    @property
-    def port(self) -> int:
-        return self.client.outbound_ports[0]
-
-    async def metrics(self) -> tuple[list[Sample], list[Sample]]:
-        return await scrape(self.client.admin_url), await scrape(self.server.admin_url)
-
-
-def engine(config: SidecarConfig, backend: Backend) -> StatsEngine:
-    assert config.cert_dir is not None
-    return StatsEngine(
-        config.node, store=backend.store.Store(), local_principal=principal_of(config.cert_dir)
-    )
-
-
-@asynccontextmanager
-async def mesh(
-    certs: Certs,
-    app_port: int,
-    backend: Backend,
-    client_settings: dict[str, Any] | None = None,
-    **settings: Any,
-) -> AsyncIterator[Mesh]:
-    """A client sidecar -> server sidecar -> app, both sidecars with ``settings``."""
-    inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
-    server_cfg = SidecarConfig(
-        node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server, inbound=inbound
-    )
-    server_cfg = dataclasses.replace(server_cfg, **settings)
-    async with Sidecar(server_cfg, engine=engine(server_cfg, backend)) as server:
-        out = OutboundConfig(
-            port=0,
-            upstream=("127.0.0.1", server.inbound_port),
-            service_host=SERVICE_HOST,
-            protocol="http",
-        )
-        client_cfg = SidecarConfig(
-            node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
-        )
-        client_cfg = dataclasses.replace(client_cfg, **settings, **(client_settings or {}))
-        async with Sidecar(client_cfg, engine=engine(client_cfg, backend)) as client:
-            yield Mesh(client, server)
 
 
 # -- a raw client -------------------------------------------------------------------------------

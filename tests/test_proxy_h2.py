@@ -14,12 +14,9 @@ each step waits for the frames it needs (``eventually`` polls with a generous de
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import h2.errors
 import pytest
@@ -36,9 +33,11 @@ from proxy_support import (
     Certs,
     Sample,
     assert_labels,
+    engine,
     eventually,
     free_port,
     make_certs,
+    mesh,
     only_labels,
     run,
     scrape,
@@ -46,9 +45,8 @@ from proxy_support import (
     total,
 )
 
-from meshstats import StatsEngine, encode_peer_header
-from meshstats.certs import principal_of
-from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+from meshstats import encode_peer_header
+from meshstats.proxy import OutboundConfig, Sidecar, SidecarConfig
 from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW
 
 pytestmark = pytest.mark.timing
@@ -70,54 +68,6 @@ def no_handler_failed(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     failures = [r for r in caplog.records if r.name == "meshstats.proxy" and r.levelno >= 40]
     assert not failures, [r.getMessage() for r in failures]
-
-
-@dataclass
-class Mesh:
-    client: Sidecar
-    server: Sidecar
-
-    @property
-    def port(self) -> int:
-        return self.client.outbound_ports[0]
-
-    async def metrics(self) -> tuple[list[Sample], list[Sample]]:
-        return await scrape(self.client.admin_url), await scrape(self.server.admin_url)
-
-
-def engine(config: SidecarConfig, backend: Backend) -> StatsEngine:
-    assert config.cert_dir is not None
-    return StatsEngine(
-        config.node, store=backend.store.Store(), local_principal=principal_of(config.cert_dir)
-    )
-
-
-@asynccontextmanager
-async def mesh(
-    certs: Certs,
-    app_port: int,
-    backend: Backend,
-    client_settings: dict[str, Any] | None = None,
-    **settings: Any,
-) -> AsyncIterator[Mesh]:
-    inbound = InboundConfig(port=0, app=("127.0.0.1", app_port), protocol="http")
-    server_cfg = SidecarConfig(
-        node=SERVER_NODE, node_id=SERVER_ID, cert_dir=certs.server, inbound=inbound
-    )
-    server_cfg = dataclasses.replace(server_cfg, **settings)
-    async with Sidecar(server_cfg, engine=engine(server_cfg, backend)) as server:
-        out = OutboundConfig(
-            port=0,
-            upstream=("127.0.0.1", server.inbound_port),
-            service_host=SERVICE_HOST,
-            protocol="http",
-        )
-        client_cfg = SidecarConfig(
-            node=CLIENT_NODE, node_id=CLIENT_ID, cert_dir=certs.client, outbound=(out,)
-        )
-        client_cfg = dataclasses.replace(client_cfg, **{**settings, **(client_settings or {})})
-        async with Sidecar(client_cfg, engine=engine(client_cfg, backend)) as client:
-            yield Mesh(client, server)
 
 
 @asynccontextmanager
