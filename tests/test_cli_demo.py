@@ -56,6 +56,7 @@ SENT = 60  # requests into the gateway; a multiple of 3, so each reviews version
 DB_QUERIES = 10  # per mongodb connection: ratings' 39 queries take 4 connections, 3 closed
 GATEWAY_SA = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 PRODUCTPAGE_SA = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+RECOMMENDATIONS_SA = "spiffe://cluster.local/ns/default/sa/bookinfo-recommendations"
 HTTP_SERVERS = (PRODUCTPAGE, DETAILS, *REVIEWS, RATINGS)
 
 
@@ -101,7 +102,8 @@ def grpc_view(mesh: DemoMesh, side: Workload, reporter: str) -> dict[str, Any]:
             )
             calls[key] += value
             peer = ("source_workload", "source_principal", "connection_security_policy",
-                    "destination_service")  # fmt: skip
+                    "destination_service", "destination_principal",
+                    "response_flags")  # fmt: skip
             peers.add(tuple(labels[k] for k in peer))
     messages = {
         family: total(
@@ -135,6 +137,8 @@ async def exact_traffic(backend: Backend) -> dict[str, Any]:
         assert isinstance(echo, EchoApp)
         assert mesh.recommendations is not None and mesh.recommender is not None
         rec, asked = mesh.recommendations, mesh.recommender
+        inbound = mesh.sidecars[RECOMMENDATIONS.name].config.inbound
+        assert inbound is not None
         return {
             "served": served,
             "answered": Counter(mesh.client.answered),
@@ -144,6 +148,11 @@ async def exact_traffic(backend: Backend) -> dict[str, Any]:
                 "client": (dict(asked.answered), asked.messages_out, asked.messages_in),
                 "server": (rec.served, rec.messages_in, rec.messages_out),
             },
+            # productpage's client calls its own sidecar; recommendations has one in front
+            "grpc_sidecars": (
+                asked.address == ("127.0.0.1", mesh.sidecars[PRODUCTPAGE.name].outbound_ports[-1]),
+                inbound.app == ("127.0.0.1", rec.port),
+            ),
             "grpc": {
                 "source": grpc_view(mesh, PRODUCTPAGE, "source"),
                 "destination": grpc_view(mesh, RECOMMENDATIONS, "destination"),
@@ -245,8 +254,10 @@ def test_every_edge_counts_what_the_apps_exchanged(backend: Backend) -> None:
         assert tcp[side, reporter, "sent_bytes"] == read
     assert got["principals"] == {"spiffe://cluster.local/ns/default/sa/bookinfo-ratings"}
 
-    # gRPC: one server-streaming call per page; both interceptors count every call and
-    # message the apps counted, as Istio reports gRPC (HTTP 200, the gRPC status apart).
+    # gRPC, through both sidecars: one server-streaming call per page; productpage's sidecar
+    # (source) and recommendations' (destination) count every call and message the apps
+    # counted, once (no interceptor on either app records them a second time), as Envoy
+    # reports gRPC (HTTP 200, the gRPC status from the trailers).
     answered, sent, received = got["grpc_app"]["client"]
     assert answered == {"OK": SENT} and (sent, received) == (SENT, RECOMMENDED * SENT)
     assert got["grpc_app"]["server"] == (SENT, SENT, RECOMMENDED * SENT)
@@ -254,14 +265,17 @@ def test_every_edge_counts_what_the_apps_exchanged(backend: Backend) -> None:
         view = got["grpc"][reporter]
         assert view["calls"] == Counter({("200", "0", "grpc"): SENT}), reporter
         assert view["messages"] == {"request": SENT, "response": RECOMMENDED * SENT}, reporter
-    # The server's principal for its caller comes from productpage's verified certificate;
-    # a client interceptor cannot see the server's certificate (security policy unknown).
+    # Each sidecar knows the other end by its verified certificate (mTLS between the
+    # sidecars); as in Istio, only the destination reports the security policy.
     assert got["grpc"]["destination"]["peers"] == {
-        (PRODUCTPAGE.name, PRODUCTPAGE_SA, "mutual_tls", RECOMMENDATIONS.service_host)
-    }
+        (PRODUCTPAGE.name, PRODUCTPAGE_SA, "mutual_tls", RECOMMENDATIONS.service_host,
+         RECOMMENDATIONS_SA, "-")
+    }  # fmt: skip
     assert got["grpc"]["source"]["peers"] == {
-        (PRODUCTPAGE.name, PRODUCTPAGE_SA, "unknown", RECOMMENDATIONS.service_host)
-    }
+        (PRODUCTPAGE.name, PRODUCTPAGE_SA, "unknown", RECOMMENDATIONS.service_host,
+         RECOMMENDATIONS_SA, "-")
+    }  # fmt: skip
+    assert got["grpc_sidecars"] == (True, True)
 
 
 def test_the_grpc_edge_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,10 +2,10 @@
 ports, and its answers (Istio's dashboard queries included) match the traffic this test sent.
 
 Per backend, a :class:`~meshstats.cli.demo.DemoMesh` (an ingress gateway, apps behind mTLS
-sidecars, a gRPC service with meshstats' interceptors, each engine's store from that
-backend) runs on an event loop in a background thread; one Prometheus scrapes all eighteen
-metrics ports (jobs ``c-istio-ingressgateway``, ..., ``py-recommendations-v1``). Traffic,
-always through the gateway into productpage:
+sidecars, a grpcio service among them whose calls the sidecars carry over HTTP/2, each
+engine's store from that backend) runs on an event loop in a background thread; one
+Prometheus scrapes all eighteen metrics ports (jobs ``c-istio-ingressgateway``, ...,
+``py-recommendations-v1``). Traffic, always through the gateway into productpage:
 
 - phase 1, ``PHASE1`` requests, sent and recorded before Prometheus starts;
 - phase 2, twice as many, once every target has been scraped with phase 1.
@@ -69,6 +69,8 @@ IN_FLIGHT = 4
 #: Queries per mongodb connection: phase 1's 39 ratings queries are 3 whole connections,
 #: so the connection counters double in phase 2 like every other series.
 DB_QUERIES = 13
+PRODUCTPAGE_SA = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+RECOMMENDATIONS_SA = "spiffe://cluster.local/ns/default/sa/bookinfo-recommendations"
 HTTP_WORKLOADS = (PRODUCTPAGE, DETAILS, *REVIEWS, RATINGS)  # behind a sidecar, served HTTP
 #: Who calls each service through its client sidecar (reporter="source").
 CALLERS = {
@@ -124,7 +126,7 @@ class AppCounts:
     def requests(self) -> dict[Key, float]:
         """Istio's request counts as both reporters must show them, from the apps' counts:
         every HTTP service is called through a proxy (productpage through the gateway), the
-        gRPC service by productpage's interceptors (HTTP status 200, whatever gRPC says)."""
+        gRPC service through productpage's sidecar (HTTP status 200, whatever gRPC says)."""
         out: dict[Key, float] = defaultdict(float)
         for workload in HTTP_WORKLOADS:
             served = self.served[workload.name]
@@ -395,8 +397,8 @@ def test_request_counts_exact_per_service_code_and_reporter(
 
 
 def test_each_reporter_is_the_right_proxy(prom: PrometheusServer, side: Side) -> None:
-    """reporter=source comes from the caller's proxy (the gateway, a client sidecar,
-    productpage's gRPC interceptors), destination from the callee's."""
+    """reporter=source comes from the caller's proxy (the gateway, a client sidecar; for
+    gRPC too), destination from the callee's."""
     result = prom.query(
         f"sum by (job, reporter, source_workload, destination_workload) "
         f'(istio_requests_total{{job=~"{side.backend}-.*"}})',
@@ -470,8 +472,10 @@ def test_tcp_bytes_and_connections_exact(prom: PrometheusServer, side: Side) -> 
 
 
 def test_grpc_calls_and_messages_exact(prom: PrometheusServer, side: Side) -> None:
-    """Both ends of the gRPC edge: calls as Istio reports gRPC (protocol grpc, HTTP 200, the
-    gRPC status apart), every message each app counted, exactly, and in phase 2's window."""
+    """Both ends of the gRPC edge, each a sidecar: calls as Envoy reports gRPC (protocol
+    grpc, HTTP 200, the gRPC status from the trailers, no response flag), every message each
+    app counted, exactly, and in phase 2's window; each sidecar names the other end by its
+    verified certificate, and only the destination reports the mTLS policy (as Istio)."""
     counts, phase2 = side.phases[1], side.phases[1] - side.phases[0]
     ends = (
         (PRODUCTPAGE, "source", counts.grpc_client, phase2.grpc_client),
@@ -483,15 +487,17 @@ def test_grpc_calls_and_messages_exact(prom: PrometheusServer, side: Side) -> No
         selector = (
             f'{{job="{job}",reporter="{reporter}",destination_workload="recommendations-v1"}}'
         )
+        labels = ("request_protocol", "response_code", "grpc_response_status",
+                  "response_flags", "source_principal", "destination_principal",
+                  "connection_security_policy")  # fmt: skip
         by_status = by_labels(
-            prom.query(
-                "sum by (request_protocol, response_code, grpc_response_status) "
-                f"(istio_requests_total{selector})",
-                at,
-            ),
-            "request_protocol", "response_code", "grpc_response_status",
-        )  # fmt: skip
-        assert by_status == {("grpc", "200", "0"): calls}, reporter
+            prom.query(f"sum by ({', '.join(labels)}) (istio_requests_total{selector})", at),
+            *labels,
+        )
+        policy = "mutual_tls" if reporter == "destination" else "unknown"
+        assert by_status == {
+            ("grpc", "200", "0", "-", PRODUCTPAGE_SA, RECOMMENDATIONS_SA, policy): calls
+        }, reporter
         for family, total, phase2_total in (
             ("request", requests, requests2),
             ("response", responses, responses2),
@@ -731,3 +737,82 @@ def test_kiali_outgoing_edges(prom: PrometheusServer, side: Side) -> None:
     # as many gRPC calls as details requests (one each per page), rounded to 0.001 by Kiali
     assert grpc == pytest.approx(details, abs=0.002) and grpc > 0
     assert {k[2] for k in outgoing} == {"http", "grpc"}
+
+
+# Istio's service dashboard (verbatim from shared/reference/istio-dashboards.md, section 2)
+SERVICE_VOLUME = (
+    'round(sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service"}'
+    "[$__rate_interval])), 0.001)"
+)
+SERVICE_SUCCESS = (
+    'sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service",'
+    'response_code!~"5.*"}[$__rate_interval])) / (sum(irate(istio_requests_total'
+    '{reporter=~"$qrep",destination_service="$service"}[$__rate_interval])) or on () vector(1))'
+)
+SERVICE_SERVER_VOLUME = (
+    'round(sum(irate(istio_requests_total{reporter="destination",destination_service="$service"}'
+    "[$__rate_interval])), 0.001)"
+)
+SERVICE_INCOMING_MTLS = (
+    'round(sum(irate(istio_requests_total{connection_security_policy="mutual_tls",'
+    'destination_service="$service",reporter=~"$qrep",source_workload=~"$srcwl",'
+    'source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
+    " source_workload_namespace, response_code), 0.001)"
+)
+SERVICE_INCOMING_PLAIN = (
+    'round(sum(irate(istio_requests_total{connection_security_policy!="mutual_tls",'
+    ' destination_service="$service", reporter=~"$qrep", source_workload=~"$srcwl",'
+    ' source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
+    " source_workload_namespace, response_code), 0.001)"
+)
+#: Kiali's incoming edges (K2), filled as KIALI_OUTGOING is.
+KIALI_INCOMING = (
+    'round(sum(rate(istio_requests_total{reporter="destination",'
+    f'destination_workload_namespace="$ns"}} [600s])) by ({KIALI_GROUP_BY}) > 0,0.001)'
+)
+
+
+def test_service_dashboard_and_kiali_over_the_grpc_edge(prom: PrometheusServer, side: Side) -> None:
+    """recommendations' service dashboard and Kiali's incoming edges over the series the two
+    sidecars report for the gRPC edge: both reporters' volume, every call a success, the
+    calls from productpage over mTLS as the server's sidecar saw them (the client sidecar's,
+    as Istio's, say ``unknown``: the panel's non-mTLS twin shows them), and the edge as
+    Kiali draws it, gRPC status and all."""
+    pattern = f"{side.backend}-.*"
+    host = RECOMMENDATIONS.service_host
+    # irate reads the last two scrapes: at a job's t2 (the first scrape with everything)
+    # they differ; later, with the traffic over, they are equal and irate says 0.
+    at = {
+        "source": side.t2[side.job(PRODUCTPAGE)],
+        "destination": side.t2[side.job(RECOMMENDATIONS)],
+    }
+    at["source|destination"] = max(at.values())
+
+    def ask(template: str, qrep: str = "destination") -> list[Result]:
+        promql = fill(template, __rate_interval="1m", service=host, qrep=qrep, srcwl=".*",
+                      srcns=".*")  # fmt: skip
+        return prom.query(
+            scoped(promql, pattern).replace(f'job="{pattern}"', f'job=~"{pattern}"'), at[qrep]
+        )
+
+    for qrep in ("source", "destination", "source|destination"):
+        assert scalar(ask(SERVICE_VOLUME, qrep)) > 0, qrep
+        assert scalar(ask(SERVICE_SUCCESS, qrep)) == 1.0, qrep  # every call answered OK
+    assert scalar(ask(SERVICE_SERVER_VOLUME)) > 0
+    caller = ("productpage-v1", "default", "200")
+    by_source = ("source_workload", "source_workload_namespace", "response_code")
+    assert list(by_labels(ask(SERVICE_INCOMING_MTLS), *by_source)) == [caller]
+    assert ask(SERVICE_INCOMING_PLAIN) == []
+    assert ask(SERVICE_INCOMING_MTLS, "source") == []
+    assert list(by_labels(ask(SERVICE_INCOMING_PLAIN, "source"), *by_source)) == [caller]
+
+    job = side.job(RECOMMENDATIONS)
+    result = prom.query(scoped(fill(KIALI_INCOMING, ns="default"), job), side.t2[job])
+    labels = ("source_workload", "destination_workload", "destination_service",
+              "request_protocol", "response_code", "grpc_response_status",
+              "response_flags")  # fmt: skip
+    for r in result:  # every label Kiali requires is there
+        assert set(KIALI_GROUP_BY.split(",")) <= set(r["metric"])
+    edges = by_labels(result, *labels)
+    assert list(edges) == [("productpage-v1", "recommendations-v1", host, "grpc", "200", "0", "-")]
+    assert list(edges.values())[0] > 0

@@ -3,7 +3,7 @@
 >>> import asyncio
 >>> from meshstats.cli.demo import DemoMesh
 >>> async def main() -> int:
-...     async with DemoMesh(admin_port=0) as mesh:   # a gateway, 8 apps, 7 sidecars, mTLS
+...     async with DemoMesh(admin_port=0) as mesh:   # a gateway, 8 apps, 8 sidecars, mTLS
 ...         status, _ = await mesh.client.get(mesh.entry, "/productpage", "productpage:9080")
 ...         await mesh.settle()                      # every proxy has recorded it
 ...         return status
@@ -19,13 +19,12 @@ without an app, in ``istio-system``, that reports its calls as Istio's gateway d
 and, round robin, reviews v1, v2 and v3 through its client sidecar; reviews v2 and v3 call
 ratings; ratings queries a line-oriented TCP "mongodb" on a connection it retires after
 ``db_queries_per_connection`` queries. productpage also asks "recommendations", a grpcio
-server, over gRPC directly (the sidecars do not speak HTTP/2: Istio's proxyless gRPC),
-with meshstats' interceptors on both ends (:mod:`meshstats.cli.demo_grpc`); without
-grpcio that edge is left out.
+server, over gRPC through the sidecars as well: its client speaks h2c to productpage's
+sidecar, mTLS h2 goes between the sidecars, h2c to the server
+(:mod:`meshstats.cli.demo_grpc`); without grpcio that edge is left out.
 
 The table is what the *client* side recorded (``reporter="source"``: the gateway's and the
-sidecars' outbound listeners, productpage's gRPC interceptors), beside what each calling app
-counted itself.
+sidecars' outbound listeners), beside what each calling app counted itself.
 """
 
 from __future__ import annotations
@@ -52,9 +51,7 @@ from .demo_apps import Address, Answer, EchoApp, HttpApp, HttpClient, TcpLine
 if TYPE_CHECKING:
     import h11
 
-    from ..certs import LocalCA
     from ..engine import StatsEngine
-    from ..exposition import MetricsServer
     from ..proxy import Sidecar
     from .demo_grpc import Recommendations, RecommendationsClient
 
@@ -143,9 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Workload:
     """One workload: its identity, its service and how its app behaves.
 
-    ``protocol`` is ``"http"`` or ``"tcp"`` for an app behind a sidecar, ``"grpc"`` for a
-    gRPC service without one (its own interceptors report), ``"gateway"`` for a proxy
-    without an app (the ingress gateway).
+    ``protocol`` is how the app behind its sidecar speaks: ``"http"``, ``"tcp"`` or
+    ``"grpc"`` (a grpcio server, reached over HTTP/2; the sidecars' listeners are HTTP
+    ones for it, as Istio's are for a ``grpc`` port); ``"gateway"`` is a proxy without an
+    app (the ingress gateway).
     """
 
     name: str
@@ -217,7 +215,7 @@ SHOWN = (GATEWAY, PRODUCTPAGE, DETAILS, *REVIEWS, RATINGS, MONGODB, RECOMMENDATI
 #: Who calls whom through its client sidecar (the gateway: its one route).
 CALLS: dict[str, tuple[Workload, ...]] = {
     GATEWAY.name: (PRODUCTPAGE,),
-    PRODUCTPAGE.name: (DETAILS, *REVIEWS),
+    PRODUCTPAGE.name: (DETAILS, *REVIEWS, RECOMMENDATIONS),
     REVIEWS[1].name: (RATINGS,),
     REVIEWS[2].name: (RATINGS,),
     RATINGS.name: (MONGODB,),
@@ -358,7 +356,6 @@ class DemoMesh:
         self.client = HttpClient()
         self.recommendations: Recommendations | None = None
         self.recommender: RecommendationsClient | None = None
-        self._grpc_admin: MetricsServer | None = None
         self._certs: tempfile.TemporaryDirectory[str] | None = None
         # (client, server) -> the client sidecar's outbound address the client app calls
         self._upstream: dict[tuple[str, str], Address] = {}
@@ -378,6 +375,12 @@ class DemoMesh:
         """This mesh's rows of :data:`EDGES`."""
         return tuple((c, s) for c, s in EDGES if s.protocol != "grpc" or self.has_grpc)
 
+    def callees(self, workload: Workload) -> tuple[Workload, ...]:
+        """Whom ``workload`` calls through its sidecar in this mesh (:data:`CALLS`)."""
+        return tuple(
+            w for w in CALLS.get(workload.name, ()) if w.protocol != "grpc" or self.has_grpc
+        )
+
     @property
     def entry(self) -> Address:
         return ("127.0.0.1", self.sidecars[GATEWAY.name].outbound_ports[0])
@@ -390,20 +393,10 @@ class DemoMesh:
     def metrics_urls(self) -> dict[str, str]:
         """Where each workload's metrics are served (``/stats/prometheus`` and ``/metrics``
         below it), by workload name in :data:`SHOWN` order."""
-        urls = {}
-        for workload in self.workloads:
-            if workload.protocol == "grpc":
-                assert self._grpc_admin is not None
-                urls[workload.name] = self._grpc_admin.url
-            else:
-                urls[workload.name] = self.sidecars[workload.name].admin_url
-        return urls
+        return {w.name: self.sidecars[w.name].admin_url for w in self.workloads}
 
     def engine(self, workload: Workload) -> StatsEngine:
-        """The engine that records for ``workload`` (its sidecar's, or the gRPC server's)."""
-        if workload.protocol == "grpc":
-            assert self.recommendations is not None
-            return self.recommendations.engine
+        """The engine that records for ``workload``: its sidecar's."""
         return self.sidecars[workload.name].engine
 
     async def start(self) -> DemoMesh:
@@ -413,33 +406,35 @@ class DemoMesh:
         ca = LocalCA.create(TRUST_DOMAIN)
         try:
             for workload in WORKLOADS:
-                if workload.protocol == "grpc":
-                    if self.has_grpc:
-                        await self._start_grpc(workload, ca)
+                if workload.protocol == "grpc" and not self.has_grpc:
                     continue
                 cert = ca.issue(workload.namespace, workload.service_account)
                 cert_dir = cert.write(Path(self._certs.name) / workload.name)
+                app_port = None
                 app = None
-                if workload.protocol != "gateway":
+                if workload.protocol == "grpc":
+                    assert self._grpc is not None
+                    self.recommendations = self._grpc.Recommendations(
+                        items=RECOMMENDED, latency_ms=workload.latency_ms
+                    )
+                    app_port = (await self.recommendations.start()).port
+                elif workload.protocol != "gateway":
                     app = self.apps[workload.name] = await self._start_app(workload)
-                sidecar = await self._start_sidecar(
-                    workload, app.port if app is not None else None, cert_dir
-                )
+                    app_port = app.port
+                sidecar = await self._start_sidecar(workload, app_port, cert_dir)
                 self.sidecars[workload.name] = sidecar
-                for callee, port in zip(CALLS.get(workload.name, ()), sidecar.outbound_ports):
+                for callee, port in zip(self.callees(workload), sidecar.outbound_ports):
                     address = ("127.0.0.1", port)
                     self._upstream[workload.name, callee.name] = address
-                    if isinstance(app, HttpApp):
+                    if callee.protocol == "grpc":
+                        # productpage's grpcio client calls its own sidecar (h2c), as the
+                        # HTTP calls do
+                        assert self._grpc is not None
+                        self.recommender = self._grpc.RecommendationsClient(
+                            address, authority=f"{callee.app}:{callee.port}"
+                        )
+                    elif isinstance(app, HttpApp):
                         app.upstreams.setdefault(callee.app, []).append(address)
-                if workload is PRODUCTPAGE and self.recommendations is not None:
-                    assert self._grpc is not None
-                    self.recommender = self._grpc.RecommendationsClient(
-                        sidecar.engine,  # productpage's calls show on its sidecar's port
-                        ("127.0.0.1", self.recommendations.port),
-                        cert,
-                        service_host=RECOMMENDATIONS.service_host,
-                        authority=f"{RECOMMENDATIONS.app}:{RECOMMENDATIONS.port}",
-                    )
             if self.sidecars[RATINGS.name].outbound_ports:
                 self.db.address = ("127.0.0.1", self.sidecars[RATINGS.name].outbound_ports[0])
         except BaseException:
@@ -484,7 +479,7 @@ class DemoMesh:
                 protocol="tcp" if callee.protocol == "tcp" else "http",
                 service_port=callee.port,
             )
-            for callee in CALLS.get(workload.name, ())
+            for callee in self.callees(workload)
         )
         inbound = None
         if app_port is not None:
@@ -518,33 +513,6 @@ class DemoMesh:
                 raise PortInUseError(config.admin_port, workload.name) from exc
             raise
 
-    async def _start_grpc(self, workload: Workload, ca: LocalCA) -> None:
-        """The gRPC server, its engine and its metrics port (no sidecar in front)."""
-        from ..engine import StatsEngine
-        from ..exposition import MetricsServer
-
-        assert self._grpc is not None
-        cert = self._grpc.serving_cert(
-            ca, workload.namespace, workload.service_account, workload.service_host
-        )
-        store = self.store_factory() if self.store_factory is not None else None
-        engine = StatsEngine(workload.node_metadata(), store=store, local_principal=cert.principal)
-        self.recommendations = self._grpc.Recommendations(
-            engine,
-            service_host=workload.service_host,
-            items=RECOMMENDED,
-            latency_ms=workload.latency_ms,
-        )
-        port = self._metrics_port(workload)
-        try:
-            self._grpc_admin = MetricsServer(engine.store, "127.0.0.1", port).start()
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE and port:
-                raise PortInUseError(port, workload.name) from exc
-            raise
-        await self.recommendations.start(cert)
-        engine.start_reporting()  # message counts of long streams, every 5 s
-
     async def stop(self) -> None:
         """Stop everything started: clients, then proxies, then apps (nothing left open)."""
         await self.client.close()
@@ -559,11 +527,7 @@ class DemoMesh:
             await sidecar.stop()
         if self.recommendations is not None:
             await self.recommendations.close()
-            self.recommendations.engine.stop_reporting()
             self.recommendations = None
-        if self._grpc_admin is not None:
-            self._grpc_admin.stop()
-            self._grpc_admin = None
         for app in self.apps.values():
             await app.close()
         self.sidecars.clear()
@@ -591,8 +555,8 @@ class DemoMesh:
 
     def edge_stats(self, client: Workload, server: Workload) -> EdgeStats:
         """The client side's view of one edge (``reporter="source"``: the client's sidecar,
-        whose engine productpage's gRPC interceptors share), and what the calling app
-        counted (for the gateway: :attr:`client`, the traffic from outside)."""
+        or the gateway), and what the calling app counted (for the gateway: :attr:`client`,
+        the traffic from outside)."""
         stats = EdgeStats(client.name, server.name, server.protocol)
         if client is GATEWAY:
             stats.app_requests = self.client.count(self.entry)
@@ -658,7 +622,7 @@ class DemoMesh:
         return total
 
     def recorded_everything(self) -> bool:
-        """Whether every proxy and interceptor has recorded everything the apps counted:
+        """Whether every proxy has recorded everything the apps counted:
         each request, gRPC message and closed TCP connection, on both sides where the demo
         cannot otherwise tell (a server sidecar records a close after its client's does)."""
         for edge in self.edges():
@@ -875,8 +839,8 @@ async def _main(args: argparse.Namespace, out: TextIO) -> int:
         print(f"meshstats demo: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        apps = sum(1 for w in mesh.workloads if w.protocol in ("http", "tcp"))
-        grpc_note = " and a gRPC service" if mesh.has_grpc else ""
+        apps = sum(1 for w in mesh.workloads if w.protocol != "gateway")
+        grpc_note = " (one of them a gRPC service)" if mesh.has_grpc else ""
         print(
             f"mesh up: an ingress gateway, {apps} apps behind mTLS sidecars{grpc_note}; "
             f"traffic through the gateway into productpage for {args.duration:g} s, "
@@ -897,8 +861,8 @@ async def _main(args: argparse.Namespace, out: TextIO) -> int:
         backend = "compiled" if HAS_EXTENSION else "pure-Python (MESHSTATS_NO_EXTENSIONS)"
         print(
             '\nEvery number but "app saw" and "(app ...)" is what the client side recorded '
-            "(reporter=source:\nthe gateway, the client sidecars, productpage's gRPC "
-            "interceptors); those two are what the calling\napp counted itself. 4xx: every "
+            "(reporter=source:\nthe gateway and the client sidecars, gRPC included); those two "
+            "are what the calling\napp counted itself. 4xx: every "
             f"{NOT_FOUND_EVERY}th page is for a product details does not know.  backend: "
             f"{backend}",
             file=out,

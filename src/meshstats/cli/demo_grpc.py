@@ -1,13 +1,19 @@
-"""The demo's gRPC edge: productpage asks "recommendations", a grpcio service, over mTLS.
+"""The demo's gRPC edge: productpage asks "recommendations", a grpcio service, through sidecars.
 
-This edge does not go through the demo's sidecars (which carry HTTP/2 and gRPC as well): it
-is what Istio calls proxyless gRPC. productpage's app talks to the gRPC server directly, and
-meshstats' interceptors report each call as an Istio sidecar reports a gRPC stream. The client's
-interceptors record into productpage's sidecar engine (its calls show on productpage's
-metrics port, ``reporter="source"``); the server has an engine of its own and a metrics
-port (``reporter="destination"``). ``ForProduct`` is a server-streaming call: one request
-message, :attr:`Recommendations.items` response messages, so
-``istio_request_messages_total`` and ``istio_response_messages_total`` differ.
+As in a mesh: productpage's grpcio client calls its own sidecar's outbound listener in
+plaintext (h2c with prior knowledge, what ``grpc.aio.insecure_channel`` sends), which carries
+the call over mTLS h2 to recommendations' sidecar, which calls the grpcio server over h2c.
+The sidecars report the edge as Envoy does (``request_protocol="grpc"``,
+``grpc_response_status`` from the trailers, the message counters from the length-prefixed
+frames): ``reporter="source"`` on productpage's metrics port, ``reporter="destination"`` on
+recommendations'. ``ForProduct`` is a server-streaming call: one request message,
+:attr:`Recommendations.items` response messages, so ``istio_request_messages_total`` and
+``istio_response_messages_total`` differ.
+
+Neither end has meshstats' gRPC interceptors (:mod:`meshstats.grpc`, for proxyless gRPC):
+they would record the same calls a second time into series the sidecars already report on
+the same metrics ports. What the apps count themselves (calls, messages) is plain Python
+counters here, shown beside the sidecars' numbers.
 
 Importing this module needs grpcio (``pip install 'meshstats[grpc]'``); without it the
 import raises :class:`~meshstats.errors.MissingExtraError` and the demo leaves the edge out.
@@ -16,68 +22,32 @@ import raises :class:`~meshstats.errors.MissingExtraError` and the demo leaves t
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import grpc
-import grpc.aio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from ..errors import MissingExtraError
 
-from ..grpc import AioIstioServerInterceptor, aio_client_interceptors
+try:
+    import grpc
+    import grpc.aio
+except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+    raise MissingExtraError("grpc", "grpc") from exc
 
 if TYPE_CHECKING:
-    from ..certs import LocalCA, WorkloadCert
-    from ..engine import StatsEngine
     from .demo_apps import Address
 
-__all__ = ["Recommendations", "RecommendationsClient", "serving_cert", "SERVICE", "METHOD"]
+__all__ = ["Recommendations", "RecommendationsClient", "SERVICE", "METHOD"]
 
 SERVICE = "bookinfo.Recommendations"
 METHOD = f"/{SERVICE}/ForProduct"
 
 
-def serving_cert(ca: LocalCA, namespace: str, service_account: str, dns: str) -> WorkloadCert:
-    """A workload certificate that also names ``dns``: gRPC's client checks the target's
-    name against a DNS SAN, which workload certificates (a URI SAN only, as Istio's) lack.
-    The SPIFFE URI SAN is still there, so the server's principal is the usual one."""
-    from ..certs import WorkloadCert
-
-    principal = ca.principal(namespace, service_account)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(min(now + datetime.timedelta(hours=24), ca.cert.not_valid_after_utc))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(dns), x509.UniformResourceIdentifier(principal)]
-            ),
-            critical=True,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return WorkloadCert(
-        principal, cert.public_bytes(serialization.Encoding.PEM), key_pem, ca.cert_pem
-    )
-
-
 class Recommendations:
     """The gRPC service: ``ForProduct(product)`` waits ``latency_ms``, then streams ``items``
-    recommendations back. It asks for client certificates (mTLS), so the server's
-    ``source_principal`` is the caller's verified SPIFFE id.
+    recommendations back. Plaintext on loopback: its sidecar's inbound listener calls it
+    over h2c and terminates the caller's mTLS, as an Istio sidecar does for its app.
 
     A ``grpc.aio`` server on the demo's event loop: with grpcio's blocking API instead (a
     server thread pool, client calls on threads) a demo page cost 9.3-10.2 ms of CPU against
@@ -86,16 +56,7 @@ class Recommendations:
     :attr:`messages_out` the messages it read and wrote.
     """
 
-    def __init__(
-        self,
-        engine: StatsEngine,
-        *,
-        service_host: str,
-        items: int = 3,
-        latency_ms: float = 0.0,
-    ) -> None:
-        self.engine = engine
-        self.service_host = service_host
+    def __init__(self, *, items: int = 3, latency_ms: float = 0.0) -> None:
         self.items = items
         self.latency_ms = latency_ms
         self.port = 0
@@ -104,18 +65,13 @@ class Recommendations:
         self.messages_out = 0
         self._server: grpc.aio.Server | None = None
 
-    async def start(self, cert: WorkloadCert, host: str = "127.0.0.1") -> Recommendations:
-        server = grpc.aio.server(
-            interceptors=[AioIstioServerInterceptor(self.engine, service_host=self.service_host)]
-        )
+    async def start(self, host: str = "127.0.0.1") -> Recommendations:
+        server = grpc.aio.server()
         handler = grpc.unary_stream_rpc_method_handler(self._for_product)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, {"ForProduct": handler}),)
         )
-        credentials = grpc.ssl_server_credentials(
-            [(cert.key_pem, cert.cert_pem)], root_certificates=cert.ca_pem, require_client_auth=True
-        )
-        self.port = server.add_secure_port(f"{host}:0", credentials)
+        self.port = server.add_insecure_port(f"{host}:0")
         self._server = server
         await server.start()
         return self
@@ -137,33 +93,22 @@ class Recommendations:
 
 
 class RecommendationsClient:
-    """productpage's side: one mTLS ``grpc.aio`` channel, its calls reported into ``engine``.
+    """productpage's side: one plaintext ``grpc.aio`` channel to ``address``, its own
+    sidecar's outbound listener for recommendations, with ``authority`` as ``:authority``
+    (the service's name, not the loopback address a sidecar happens to listen on).
 
     :attr:`answered` counts the finished calls by gRPC status name (``"OK"``, ...),
     :attr:`messages_out` and :attr:`messages_in` the messages sent and received.
     """
 
-    def __init__(
-        self,
-        engine: StatsEngine,
-        address: Address,
-        cert: WorkloadCert,
-        *,
-        service_host: str,
-        authority: str,
-        timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, address: Address, *, authority: str, timeout: float = 30.0) -> None:
         self.answered: Counter[str] = Counter()
         self.messages_out = 0
         self.messages_in = 0
         self.timeout = timeout
-        credentials = grpc.ssl_channel_credentials(cert.ca_pem, cert.key_pem, cert.cert_pem)
-        self._channel = grpc.aio.secure_channel(
-            f"{address[0]}:{address[1]}",
-            credentials,
-            # The server's certificate names the service, not the loopback address.
-            options=[("grpc.ssl_target_name_override", service_host)],
-            interceptors=aio_client_interceptors(engine, host=authority, service_host=service_host),
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(
+            f"{address[0]}:{address[1]}", options=[("grpc.default_authority", authority)]
         )
         self._for_product = self._channel.unary_stream(METHOD)
 
