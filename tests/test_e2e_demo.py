@@ -780,11 +780,22 @@ def test_service_dashboard_and_kiali_over_the_grpc_edge(prom: PrometheusServer, 
     Kiali draws it, gRPC status and all."""
     pattern = f"{side.backend}-.*"
     host = RECOMMENDATIONS.service_host
-    # irate reads the last two scrapes: at a job's t2 (the first scrape with everything)
-    # they differ; later, with the traffic over, they are equal and irate says 0.
+
+    def settled(workload: Workload, reporter: str) -> float:
+        """The first scrape of ``workload`` with the edge's final count: irate reads the last
+        two scrapes, which differ there (later, with the traffic over, irate says 0)."""
+        job = side.job(workload)
+        (series,) = prom.query(  # one series: every call has the same labels
+            f'istio_requests_total{{job="{job}",reporter="{reporter}",'
+            f'destination_workload="{RECOMMENDATIONS.name}"}}[5m]',
+            max(side.t2.values()),
+        )
+        final = series["values"][-1][1]
+        return min(float(ts) for ts, value in series["values"] if value == final)
+
     at = {
-        "source": side.t2[side.job(PRODUCTPAGE)],
-        "destination": side.t2[side.job(RECOMMENDATIONS)],
+        "source": settled(PRODUCTPAGE, "source"),
+        "destination": settled(RECOMMENDATIONS, "destination"),
     }
     at["source|destination"] = max(at.values())
 
