@@ -55,7 +55,7 @@ rm -rf dist src/*.egg-info
 "$VENV/bin/python" -m build --sdist --outdir dist . >/dev/null
 SDIST=$(ls dist/meshstats-*.tar.gz)
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$SDIST"
-"$VENV/bin/python" -m pip install -q "meshstats[test,bench,dev,asgi,wsgi,httpx,aiohttp,grpc] @ file://$ROOT/$SDIST"
+"$VENV/bin/python" -m pip install -q "meshstats[test,bench,dev,asgi,wsgi,httpx,aiohttp,grpc,uvloop] @ file://$ROOT/$SDIST"
 "$VENV/bin/python" -c 'import meshstats, sys; print("HAS_EXTENSION =", meshstats.HAS_EXTENSION); sys.exit(0 if meshstats.HAS_EXTENSION else 1)'
 
 step "lint: ruff and mypy --strict"
