@@ -49,7 +49,7 @@ from .._peer_exchange import DONE, NOT_MESH, PeerPrefixDecoder
 from ..certs import MX_ALPN, peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
-from .listener import format_address
+from .listener import peer_address
 from .sni import read_client_hello, server_name
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ async def outbound_tcp(
         except (OSError, asyncio.TimeoutError):
             flags = "UF"
             return
-        address = format_address(up_writer.get_extra_info("peername"))
+        address = peer_address(up_writer)
         if hello:  # read to find the name; relayed first, and counted, as any app bytes
             up_writer.write(hello)
             conn.add_bytes(received=len(hello))
@@ -257,7 +257,7 @@ async def inbound_tcp(
     # client may be no mesh peer at all, and would receive bytes it never asked for.
     mx_tls = ssl_object is not None and ssl_object.selected_alpn_protocol() == MX_ALPN
     read_plain = ssl_object is None and sidecar.config.plaintext_exchange
-    address = format_address(down_writer.get_extra_info("peername"))
+    address = peer_address(down_writer)
     flags: str | None = None
     app_writer: asyncio.StreamWriter | None = None
     known = False
