@@ -91,7 +91,7 @@ step "pytest: the pure-Python leg (MESHSTATS_NO_EXTENSIONS=1)"
 MESHSTATS_NO_EXTENSIONS=1 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "${select[@]}"
 
 # The sidecar's behaviour tests on uvloop's event loop (the sidecar's default when installed).
-# Only the HTTP/1.1 and TCP relays: about 15 s; `pytest --event-loop uvloop tests/test_proxy_*.py`
+# Only the HTTP/1.1 and TCP relays: about 5 s; `pytest --event-loop uvloop tests/test_proxy_*.py`
 # runs them all.
 step "pytest: the sidecar on uvloop (HTTP/1.1 and TCP relays)"
 "$VENV/bin/python" -m pytest tests/test_proxy_http.py tests/test_proxy_tcp.py tests/test_loop.py \
