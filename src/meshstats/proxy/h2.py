@@ -74,7 +74,7 @@ from .http import (
     outbound_http,
     peer_from_headers,
 )
-from .listener import log, peer_address
+from .listener import log, peer_address, write
 
 if TYPE_CHECKING:
     from ..connections import GrpcStream
@@ -335,7 +335,7 @@ class H2Conn:
     def _write(self) -> None:
         data = self.h2.data_to_send()
         if data and not self.closed:
-            self.writer.write(data)
+            write(self.writer, data)
 
     async def _drain(self) -> None:
         if self.closed:

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..certs import outlived_certificate
 
-__all__ = ["Handler", "Listener", "TlsCounters", "format_address", "peer_address"]
+__all__ = ["Handler", "Listener", "TlsCounters", "format_address", "peer_address", "write"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -66,6 +66,18 @@ def peer_address(writer: asyncio.StreamWriter) -> str | None:
         return format_address(writer.get_extra_info("peername"))
     except AttributeError:
         return None
+
+
+def write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """``writer.write(data)``, dropped once the transport is closing, as asyncio's loop does.
+
+    asyncio drops bytes written to a connection the peer has closed or reset, and the next
+    ``drain()`` raises ``ConnectionResetError``; uvloop's plain TCP transport raises
+    ``RuntimeError`` from ``write()`` itself once its handle is closed, which the relays
+    would not take for a peer gone. One behaviour on both loops.
+    """
+    if not writer.transport.is_closing():
+        writer.write(data)
 
 
 class _Downstream(asyncio.StreamWriter):
