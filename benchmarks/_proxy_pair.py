@@ -7,8 +7,10 @@ pair's client sidecar), then serves until its stdin closes. Each line ``engine``
 is answered with one JSON line, ``{"ns": ..., "calls": ...}``: the thread CPU time the "on"
 pair's two engines spent in ``record_request`` so far, and how many calls that was; a line
 ``lag`` with ``{"worst_s": ...}``, the longest the event loop was held since the last ``lag``;
-a line ``counts`` with what the app served and what the "on" pair's two sidecars recorded
-(``istio_requests_total`` summed per reporter), for load runs that compare them.
+a line ``loop`` with ``{"loop": ...}``, the event loop it runs on (``MESHSTATS_EVENT_LOOP``,
+default ``asyncio``); a line ``counts`` with what the app served and what the "on" pair's two
+sidecars recorded (``istio_requests_total`` summed per reporter), for load runs that compare
+them.
 
 Both pairs are identical (same certificates, nodes, listeners, h11 relaying, peer-metadata
 headers both ways, peer contexts resolved once per connection) except that the "off" pair's
@@ -29,12 +31,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from meshstats import _loop
 from meshstats.certs import LocalCA, principal_of
 from meshstats.cli.demo_apps import HttpApp
 from meshstats.engine import StatsEngine
@@ -138,6 +142,9 @@ def _counts() -> dict[str, float]:
     return totals
 
 
+LOOP_KIND = ["?"]  # "asyncio" or "uvloop": the running loop's package, set by main()
+
+
 def _answer_until_eof() -> None:
     bracket = _bracket_ns()
     for line in sys.stdin:
@@ -148,6 +155,8 @@ def _answer_until_eof() -> None:
             print(json.dumps({"worst_s": LAG.take()}), flush=True)
         elif line.strip() == "counts":
             print(json.dumps(_counts()), flush=True)
+        elif line.strip() == "loop":
+            print(json.dumps({"loop": LOOP_KIND[0]}), flush=True)
 
 
 def add_series(engine: StatsEngine, n: int) -> None:
@@ -204,6 +213,7 @@ async def main() -> None:
     parser.add_argument("--threaded-admin", action="store_true")
     parser.add_argument("--admin-variant", action="append", default=[], type=json.loads)
     args = parser.parse_args()
+    LOOP_KIND[0] = type(asyncio.get_running_loop()).__module__.split(".")[0]
     with tempfile.TemporaryDirectory(prefix="meshstats-bench-") as tmp:
         ca = LocalCA.create("cluster.local")
         server_dir = ca.issue("default", "reviews").write(Path(tmp) / "server")
@@ -241,4 +251,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The standard loop unless MESHSTATS_EVENT_LOOP names one (bench_proxy.py --loops), so a
+    # figure does not change with whether uvloop happens to be installed.
+    _loop.run(main(), _loop.choose({_loop.ENV: os.environ.get(_loop.ENV, "asyncio")}))

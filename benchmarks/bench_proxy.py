@@ -13,6 +13,12 @@ For a figure with rounds interleaved (less exposed to a shared machine's drift):
 
     python benchmarks/bench_proxy.py --rounds 7 --requests 3000
 
+The event loop's share (issue 14.5), CPU per request per sidecar on each loop, side by side::
+
+    python benchmarks/bench_proxy.py --loops asyncio,uvloop --rounds 7 --requests 3000
+
+(the app and the sidecars run on the standard loop unless ``--loops`` names another).
+
 That figure also reports the engine's own share, measured inside the sidecars: the thread
 CPU time of every ``record_request`` of the "on" pair (``_proxy_pair.Timed``), per request
 and as a share of the server process's CPU time per request. Two throughputs differ by
@@ -114,6 +120,13 @@ class Pair:
         self.process.stdin.flush()
         return float(json.loads(self.process.stdout.readline())["worst_s"])
 
+    def loop_kind(self) -> str:
+        """The event loop the pair runs on: ``"asyncio"`` or ``"uvloop"``."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("loop\n")
+        self.process.stdin.flush()
+        return str(json.loads(self.process.stdout.readline())["loop"])
+
     def counts(self) -> dict[str, float]:
         """Requests the app served, and the "on" pair's ``istio_requests_total`` per reporter
         (``source``: the client sidecar, ``destination``: the server sidecar)."""
@@ -200,13 +213,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(Path(meshstats.__file__).resolve().parent.parent)}
 
 
-def start_pair(*options: str) -> Pair:
+def start_pair(*options: str, loop: str | None = None) -> Pair:
+    """``loop``: the event loop of the app and sidecars (``MESHSTATS_EVENT_LOOP``; by default
+    the standard one)."""
+    env = _env() if loop is None else {**_env(), "MESHSTATS_EVENT_LOOP": loop}
     process = subprocess.Popen(
         [sys.executable, str(HERE / "_proxy_pair.py"), *options],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=env,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -466,6 +482,68 @@ def storm_main(args: argparse.Namespace) -> None:
 # -- interleaved figure -----------------------------------------------------------------------
 
 
+def loops_main(args: argparse.Namespace, loops: list[str]) -> None:
+    """CPU per request per sidecar on each event loop (``--loops asyncio,uvloop``), one pair
+    process per loop, rounds interleaved (each round starts with another loop).
+
+    Per sidecar = (the pair process's CPU per request through two sidecars - the app's
+    alone, ``direct``) / 2, from the same round of the same process, so the app's own loop
+    cost cancels out. Telemetry on (``on``) and off (``off``) both.
+    """
+    pairs = {name: start_pair(loop=name) for name in loops}
+    # µs of the pair process's CPU per request, per loop and mode
+    cpu: dict[str, dict[str, list[float]]] = {name: {mode: [] for mode in MODES} for name in loops}
+    rates: dict[str, list[float]] = {name: [] for name in loops}  # req/s through "on"
+    try:
+        for name, pair in pairs.items():
+            if pair.loop_kind() != name:
+                raise AssertionError(f"asked for {name}, the pair runs {pair.loop_kind()}")
+        print(
+            f"compiled core: {meshstats.HAS_EXTENSION}; {args.requests} requests over "
+            f"{args.connections} keep-alive connections per case, HTTP/1.1 over mTLS; "
+            f"loops {', '.join(loops)} and modes interleaved"
+        )
+        for i in range(args.rounds):
+            line = []
+            order = loops[i % len(loops) :] + loops[: i % len(loops)]
+            for name in order:
+                pair = pairs[name]
+                for mode in MODES:
+                    start, used = time.perf_counter(), cpu_seconds(pair.process.pid)
+                    pair.send(mode, args.requests, args.connections)
+                    spent = cpu_seconds(pair.process.pid) - used
+                    cpu[name][mode].append(spent / args.requests * 1e6)
+                    if mode == "on":
+                        rates[name].append(args.requests / (time.perf_counter() - start))
+                c = {mode: cpu[name][mode][-1] for mode in MODES}
+                line.append(
+                    f"{name}: app {c['direct']:.0f} µs, per sidecar off "
+                    f"{(c['off'] - c['direct']) / 2:.0f} on {(c['on'] - c['direct']) / 2:.0f} µs"
+                )
+            print(f"round {i + 1}: " + " | ".join(line), flush=True)
+    finally:
+        for pair in pairs.values():
+            pair.close()
+
+    def per_sidecar(name: str, mode: str) -> list[float]:
+        return [(m - d) / 2 for m, d in zip(cpu[name][mode], cpu[name]["direct"])]
+
+    print("CPU per request, median of rounds (lowest–highest round):")
+    for name in loops:
+        print(
+            f"  {name}: per sidecar, telemetry on {_spread(per_sidecar(name, 'on'))} µs, "
+            f"off {_spread(per_sidecar(name, 'off'))} µs; the app alone "
+            f"{_spread(cpu[name]['direct'])} µs; through both sidecars (on) "
+            f"{_spread(rates[name])} req/s"
+        )
+    base = loops[0]
+    for name in loops[1:]:
+        ratio = [
+            n / b for n, b in zip(per_sidecar(name, "on"), per_sidecar(base, "on"), strict=True)
+        ]
+        print(f"  {name} / {base}, per sidecar (on), same round: {_spread(ratio, '.2f')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--rounds", type=int, default=7)
@@ -502,7 +580,17 @@ def main() -> None:
     parser.add_argument(
         "--plain-scrapes", action="store_true", help="scrapers ask for text, without gzip"
     )
+    parser.add_argument(
+        "--loops",
+        default=None,
+        metavar="LOOP,LOOP",
+        help="compare event loops for the app and sidecars, e.g. asyncio,uvloop: CPU per "
+        "request per sidecar on each, side by side (default: the standard loop only)",
+    )
     args = parser.parse_args()
+    if args.loops:
+        loops_main(args, [name.strip() for name in args.loops.split(",") if name.strip()])
+        return
     if args.scrapers:
         scrape_case(args)
         return

@@ -55,7 +55,7 @@ rm -rf dist src/*.egg-info
 "$VENV/bin/python" -m build --sdist --outdir dist . >/dev/null
 SDIST=$(ls dist/meshstats-*.tar.gz)
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$SDIST"
-"$VENV/bin/python" -m pip install -q "meshstats[test,bench,dev,asgi,wsgi,httpx,aiohttp,grpc] @ file://$ROOT/$SDIST"
+"$VENV/bin/python" -m pip install -q "meshstats[test,bench,dev,asgi,wsgi,httpx,aiohttp,grpc,uvloop] @ file://$ROOT/$SDIST"
 "$VENV/bin/python" -c 'import meshstats, sys; print("HAS_EXTENSION =", meshstats.HAS_EXTENSION); sys.exit(0 if meshstats.HAS_EXTENSION else 1)'
 
 step "lint: ruff and mypy --strict"
@@ -89,6 +89,13 @@ step "pytest: compiled and pure-Python backends side by side"
 
 step "pytest: the pure-Python leg (MESHSTATS_NO_EXTENSIONS=1)"
 MESHSTATS_NO_EXTENSIONS=1 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "${select[@]}"
+
+# The sidecar's behaviour tests on uvloop's event loop (the sidecar's default when installed).
+# The HTTP/1.1 and TCP relays, and peers that go away (where the two loops differed): about
+# 8 s; `pytest --event-loop uvloop tests/test_proxy_*.py` runs them all.
+step "pytest: the sidecar on uvloop (HTTP/1.1 and TCP relays, downstream faults)"
+"$VENV/bin/python" -m pytest tests/test_proxy_http.py tests/test_proxy_tcp.py \
+  tests/test_proxy_downstream.py tests/test_loop.py -q -p no:cacheprovider --event-loop uvloop
 
 step "benchmarks, once each as a smoke test (timings are for 'pytest benchmarks')"
 "$VENV/bin/python" -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable

@@ -14,6 +14,7 @@ compiled module is an error, never a silent skip.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run only the pure-Python backend",
     )
+    parser.addoption(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default=None,
+        help="the loop the sidecar tests run on (default: asyncio, or MESHSTATS_TEST_EVENT_LOOP)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    loop = config.getoption("--event-loop")
+    if loop is not None:
+        # proxy_support.run() reads the first; sidecars the tests start as processes, the second.
+        os.environ["MESHSTATS_TEST_EVENT_LOOP"] = loop
+        os.environ["MESHSTATS_EVENT_LOOP"] = loop
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    loop = os.environ.get("MESHSTATS_TEST_EVENT_LOOP", "asyncio")
+    return f"event loop of proxy_support.run(): {loop}"
 
 
 def _c_disabled(config: pytest.Config) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 from conftest import Backend
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshstats import StatsEngine
+from meshstats import StatsEngine, _loop
 from meshstats.certs import LocalCA, principal_of
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
 
@@ -40,10 +41,14 @@ SERVICE_HOST = "reviews.default.svc.cluster.local"
 
 # Every test body runs under this bound, so a proxy bug fails a test instead of hanging it.
 TEST_TIMEOUT = 120.0
+TEST_LOOP_ENV = "MESHSTATS_TEST_EVENT_LOOP"
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = TEST_TIMEOUT) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    # The standard loop unless `pytest --event-loop uvloop` (or MESHSTATS_TEST_EVENT_LOOP)
+    # asks for uvloop: the behaviour tests are the same on both.
+    loop = os.environ.get(TEST_LOOP_ENV, "asyncio")
+    return _loop.run(asyncio.wait_for(coro, timeout), _loop.choose({_loop.ENV: loop}))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from proxy_support import make_certs
 
+from meshstats import _loop
 from meshstats.errors import ConfigError
 from meshstats.proxy import Sidecar, SidecarConfig
 
@@ -149,6 +150,7 @@ def _drive(proc: subprocess.Popen[str]) -> None:
         with urllib.request.urlopen(admin, timeout=10) as resp:
             assert b"istio_build" in resp.read()
         assert lines[-1] == "principal spiffe://cluster.local/ns/default/sa/reviews"
+        assert lines[-2] == f"event loop {_loop.choose()}"  # uvloop when installed
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

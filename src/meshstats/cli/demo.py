@@ -910,7 +910,15 @@ def run(args: argparse.Namespace) -> int:
     # grpcio's core logs at INFO on stderr (a GOAWAY as the mesh stops, say), which would
     # cut through the progress bar; its warnings and errors still show.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from .. import _loop
+    from ..errors import ConfigError
+
     try:
-        return asyncio.run(_main(args, sys.stdout))
+        loop = _loop.choose()  # uvloop when installed, unless MESHSTATS_EVENT_LOOP says no
+    except ConfigError as exc:
+        print(f"meshstats demo: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _loop.run(_main(args, sys.stdout), loop)
     except KeyboardInterrupt:
         return 0

@@ -17,10 +17,12 @@ app, ``productpage-sidecar.yaml`` calling it; the README's "Run a sidecar" runs 
     gateway: false                   # true: destination_service from the requested host
 
 Run it with ``meshstats sidecar --config sidecar.yaml``. Once listening it prints one line
-per listener (``inbound 127.0.0.1:15006 -> 127.0.0.1:9080 http``, ...), then serves until
-SIGINT/SIGTERM (or ``--duration`` seconds). Exit status: 0 after a clean stop, 1 for a bad
-config, a missing certificate (naming ``cert_dir``) or a port that cannot be bound (naming
-the address and the config field), 2 for a usage error.
+per listener (``inbound 127.0.0.1:15006 -> 127.0.0.1:9080 http``, ...) and the event loop
+(``event loop uvloop``: uvloop when it is installed, ``MESHSTATS_EVENT_LOOP=asyncio`` forces
+the standard one), then serves until SIGINT/SIGTERM (or ``--duration`` seconds). Exit
+status: 0 after a clean stop, 1 for a bad config, a missing certificate (naming
+``cert_dir``) or a port that cannot be bound (naming the address and the config field), 2
+for a usage error.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from .. import _loop
     from ..errors import MeshstatsError
     from ..proxy import Sidecar, SidecarConfig
 
     worker = args.worker_of is not None
     try:
+        # uvloop when installed, unless MESHSTATS_EVENT_LOOP says otherwise; workers inherit
+        # the environment, so they choose the same.
+        loop_name = _loop.choose()
         config = SidecarConfig.from_file(args.config)
         if config.workers > 1 and not worker:
             return _supervise(config, args)
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             _describe(config, (inbound, sidecar.outbound_ports))
             if config.admin_port is not None:
                 print(f"admin {sidecar.admin_url}/stats/prometheus")
+            print(f"event loop {loop_name}")
             print(f"principal {sidecar.local_principal or '(none: plaintext)'}", flush=True)
             try:
                 await asyncio.wait_for(stop.wait(), args.duration)
@@ -97,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             await sidecar.stop()
         return 0
 
-    return asyncio.run(serve())
+    return _loop.run(serve(), loop_name)
 
 
 def _describe(config: SidecarConfig, ports: tuple[int | None, list[int]]) -> None:
@@ -118,6 +125,7 @@ def _describe(config: SidecarConfig, ports: tuple[int | None, list[int]]) -> Non
 
 def _supervise(config: SidecarConfig, args: argparse.Namespace) -> int:
     """``workers: N``: N processes on the listener ports, one shared store, one admin port."""
+    from .. import _loop
     from ..certs import principal_of
     from ..proxy.workers import Supervisor, WorkerError
 
@@ -134,6 +142,7 @@ def _supervise(config: SidecarConfig, args: argparse.Namespace) -> int:
             print(f"admin {supervisor.admin.url}/stats/prometheus")
         pids = " ".join(str(p.pid) for p in supervisor.workers)
         print(f"workers {config.workers} (pids {pids}), store {supervisor.store_path}")
+        print(f"event loop {_loop.choose()} (in each worker)")
         principal = principal_of(config.cert_dir) if config.cert_dir else None
         print(f"principal {principal or '(none: plaintext)'}", flush=True)
         supervisor.run(args.duration)

@@ -74,7 +74,7 @@ from .http import (
     outbound_http,
     peer_from_headers,
 )
-from .listener import format_address, log
+from .listener import log, peer_address, write
 
 if TYPE_CHECKING:
     from ..connections import GrpcStream
@@ -335,7 +335,7 @@ class H2Conn:
     def _write(self) -> None:
         data = self.h2.data_to_send()
         if data and not self.closed:
-            self.writer.write(data)
+            write(self.writer, data)
 
     async def _drain(self) -> None:
         if self.closed:
@@ -1025,7 +1025,7 @@ class _Outbound(_H2Proxy):
             if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
                 writer.close()  # a server that does not speak HTTP/2
                 raise UpstreamError("UF")
-            address = format_address(writer.get_extra_info("peername"))
+            address = peer_address(writer)
             return H2Conn(reader, writer, client=True, principal=principal, address=address).start()
 
         up: H2Conn = await sidecar.upstream_pool.shared(("h2", "outbound", target, mesh), connect)
@@ -1063,7 +1063,7 @@ class _Inbound(_H2Proxy):
     def __init__(self, sidecar: Sidecar, down: H2Conn) -> None:
         super().__init__(sidecar, down)
         self.principal = peer_principal(down.writer.get_extra_info("ssl_object"))
-        self.address = format_address(down.writer.get_extra_info("peername"))
+        self.address = peer_address(down.writer)
 
     def downstream_peer(self, ex: _Exchange) -> None:
         ex.principal, ex.address = self.principal, self.address

@@ -74,7 +74,7 @@ from .._peer_exchange import decode_peer_header
 from ..certs import peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
-from .listener import format_address
+from .listener import peer_address, write
 from .pool import Pooled
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ class HttpStream:
     async def send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
         if data:
-            self.writer.write(data)
+            write(self.writer, data)
             self.sent += len(data)
             await self.writer.drain()
 
@@ -687,7 +687,7 @@ class _Proxy:
                 data = await src.reader.read(CHUNK)
             while data:
                 last = loop.time()
-                dst.writer.write(data)
+                write(dst.writer, data)
                 if upward:
                     ex.tunnel_received += len(data)
                 else:
@@ -884,7 +884,7 @@ class _Proxy:
                     len(reason),
                     reason,
                 )
-                self.down.writer.write(data)
+                write(self.down.writer, data)
                 self.down.sent += len(data)
                 await self.down.writer.drain()
             except OSError:
@@ -947,7 +947,7 @@ class _Outbound(_Proxy):
             )
         except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamError("UF") from exc
-        self.address = format_address(writer.get_extra_info("peername"))
+        self.address = peer_address(writer)
         return HttpStream(reader, writer, h11.CLIENT)
 
     def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
@@ -979,7 +979,7 @@ class _Inbound(_Proxy):
     def __init__(self, sidecar: Sidecar, down: HttpStream) -> None:
         super().__init__(sidecar, down)
         self.principal = peer_principal(down.writer.get_extra_info("ssl_object"))
-        self.address = format_address(down.writer.get_extra_info("peername"))
+        self.address = peer_address(down.writer)
 
     def pool_key(self) -> Hashable:
         inbound = self.sidecar.config.inbound

@@ -32,10 +32,11 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..certs import outlived_certificate
 
-__all__ = ["Handler", "Listener", "TlsCounters", "format_address"]
+__all__ = ["Handler", "Listener", "TlsCounters", "format_address", "peer_address", "write"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -52,6 +53,55 @@ def format_address(peername: object) -> str | None:
         ip, port = peername[0], peername[1]
         return f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}"
     return None
+
+
+def peer_address(writer: asyncio.StreamWriter) -> str | None:
+    """:func:`format_address` of a connection's peer; None when unknown.
+
+    asyncio reads the peer name once, when the connection is made; uvloop asks the socket on
+    every call and raises ``AttributeError`` once the transport has closed (a peer that reset
+    first), so a closed upstream connection is "unknown" there rather than a failure.
+    """
+    try:
+        return format_address(writer.get_extra_info("peername"))
+    except AttributeError:
+        return None
+
+
+def write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """``writer.write(data)``, dropped once the transport is closing, as asyncio's loop does.
+
+    asyncio drops bytes written to a connection the peer has closed or reset, and the next
+    ``drain()`` raises ``ConnectionResetError``; uvloop's plain TCP transport raises
+    ``RuntimeError`` from ``write()`` itself once its handle is closed, which the relays
+    would not take for a peer gone. One behaviour on both loops.
+    """
+    if not writer.transport.is_closing():
+        writer.write(data)
+
+
+class _Downstream(asyncio.StreamWriter):
+    """A downstream connection's writer that keeps the peer name ``accept()`` returned.
+
+    The client's address picks its registry entry even when it reset before the sidecar
+    looked (uvloop cannot ask a closed socket; see :func:`peer_address`).
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        protocol: asyncio.StreamReaderProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+        peername: object,
+    ) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self._peername = peername
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peername
+        return super().get_extra_info(name, default)
 
 
 @dataclass
@@ -167,16 +217,16 @@ class Listener:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _ = await loop.sock_accept(self._sock)
+                conn, peername = await loop.sock_accept(self._sock)
             except OSError as exc:  # e.g. EMFILE: keep serving the connections we have
                 log.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            task = loop.create_task(self._serve(conn))
+            task = loop.create_task(self._serve(conn, peername))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, conn: socket.socket) -> None:
+    async def _serve(self, conn: socket.socket, peername: object) -> None:
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -201,7 +251,7 @@ class Listener:
             log.info("refused a resumed TLS session: the client's certificate has expired")
             transport.abort()
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        writer = _Downstream(transport, protocol, reader, loop, peername)
         try:
             await self._handler(reader, writer)
         except (OSError, asyncio.IncompleteReadError) as exc:

@@ -49,7 +49,7 @@ from .._peer_exchange import DONE, NOT_MESH, PeerPrefixDecoder
 from ..certs import MX_ALPN, peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
-from .listener import format_address
+from .listener import peer_address, write
 from .sni import read_client_hello, server_name
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ async def _pump(
         chunk = await src.read(CHUNK)
         if not chunk:
             break
-        dst.write(chunk)
+        write(dst, chunk)
         count(len(chunk))
         await dst.drain()
     return _pass_eof(dst)
@@ -153,7 +153,7 @@ async def relay(
     local_reader, local_writer = local
     loop = asyncio.get_running_loop()
     if send_prefix:
-        peer_writer.write(sidecar.prefix)  # our first bytes, ahead of any relayed ones
+        write(peer_writer, sidecar.prefix)  # our first bytes, ahead of any relayed ones
     # The local side's bytes flow at once; only the peer's direction waits for its prefix.
     tasks = {loop.create_task(_pump(local_reader, peer_writer, to_peer))}
     try:
@@ -162,7 +162,7 @@ async def relay(
             got = await read_peer_prefix(peer_reader, sidecar.config.exchange_timeout)
             on_peer(got.peer)
             if got.forward:
-                local_writer.write(got.forward)
+                write(local_writer, got.forward)
                 to_local(len(got.forward))
                 await local_writer.drain()
             back = (
@@ -223,9 +223,9 @@ async def outbound_tcp(
         except (OSError, asyncio.TimeoutError):
             flags = "UF"
             return
-        address = format_address(up_writer.get_extra_info("peername"))
+        address = peer_address(up_writer)
         if hello:  # read to find the name; relayed first, and counted, as any app bytes
-            up_writer.write(hello)
+            write(up_writer, hello)
             conn.add_bytes(received=len(hello))
         await relay(
             sidecar,
@@ -257,7 +257,7 @@ async def inbound_tcp(
     # client may be no mesh peer at all, and would receive bytes it never asked for.
     mx_tls = ssl_object is not None and ssl_object.selected_alpn_protocol() == MX_ALPN
     read_plain = ssl_object is None and sidecar.config.plaintext_exchange
-    address = format_address(down_writer.get_extra_info("peername"))
+    address = peer_address(down_writer)
     flags: str | None = None
     app_writer: asyncio.StreamWriter | None = None
     known = False
