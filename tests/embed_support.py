@@ -10,10 +10,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from conftest import wait_until
-from prometheus_client.parser import text_string_to_metric_families
+from proxy_support import Sample, samples, select, total
+from proxy_support import only_labels as one
 
 from meshstats import StatsEngine
 from meshstats._embed import Exchange
+
+__all__ = [
+    "CLIENT_NODE", "DEADLINE", "SERVER_NODE", "SERVICE_HOST", "Sample", "client_headers",
+    "listening_socket", "one", "raw_exchange", "samples", "select", "server_exchange", "total",
+    "uvicorn_server", "wait_for",
+]  # fmt: skip
 
 CLIENT_NODE: dict[str, Any] = {
     "NAME": "productpage-v1-abc",
@@ -30,8 +37,6 @@ SERVER_NODE: dict[str, Any] = {
 SERVICE_HOST = "reviews.default.svc.cluster.local"
 DEADLINE = 60.0
 
-Sample = tuple[str, dict[str, str], float]
-
 
 def client_headers() -> dict[str, str]:
     """What a client sidecar (or meshstats' client hooks) sends for productpage-v1."""
@@ -41,31 +46,6 @@ def client_headers() -> dict[str, str]:
 
 def server_exchange() -> Exchange:
     return Exchange(StatsEngine(SERVER_NODE))
-
-
-def samples(text: bytes | str) -> list[Sample]:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return [
-        (s.name, dict(s.labels), float(s.value))
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    ]
-
-
-def select(found: list[Sample], name: str, **labels: str) -> list[Sample]:
-    return [s for s in found if s[0] == name and all(s[1].get(k) == v for k, v in labels.items())]
-
-
-def total(found: list[Sample], name: str, **labels: str) -> float:
-    return sum(s[2] for s in select(found, name, **labels))
-
-
-def one(found: list[Sample], name: str, **labels: str) -> dict[str, str]:
-    """The label set of the one series of ``name`` matching ``labels`` (asserts one)."""
-    matched = select(found, name, **labels)
-    assert len(matched) == 1, f"{name}{labels}: {len(matched)} series: {matched}"
-    return matched[0][1]
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:

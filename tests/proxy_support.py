@@ -104,7 +104,13 @@ async def scrape(admin_url: str) -> list[Sample]:
         with urllib.request.urlopen(admin_url + "/stats/prometheus", timeout=10) as resp:
             return str(resp.read().decode("utf-8"))
 
-    text = await asyncio.to_thread(fetch)
+    return samples(await asyncio.to_thread(fetch))
+
+
+def samples(text: bytes | str) -> list[Sample]:
+    """Every sample of a text exposition, parsed by prometheus_client."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
     return [
         (s.name, dict(s.labels), float(s.value))
         for family in text_string_to_metric_families(text)
