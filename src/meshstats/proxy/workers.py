@@ -59,7 +59,6 @@ class Supervisor:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.replaced = 0
         self._events: queue.Queue[tuple[str, subprocess.Popen[bytes] | None]] = queue.Queue()
-        self._stopping = False
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -122,7 +121,6 @@ class Supervisor:
                 timer.cancel()
 
     def stop(self) -> None:
-        self._stopping = True
         workers, self.workers = self.workers, []
         for proc in workers:
             if proc.poll() is None:
