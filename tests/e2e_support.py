@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import Backend
+from prometheus_server import Result
 
 from meshstats._backend import extensions_disabled
 
@@ -243,3 +244,95 @@ class RecordingProxy:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# -- Istio's dashboard queries, and reading their results ----------------------------------
+
+
+def by_labels(result: list[Result], *labels: str) -> dict[tuple[str, ...], float]:
+    out = {}
+    for r in result:
+        key = tuple(r["metric"].get(label, "") for label in labels)
+        assert key not in out, f"two series for {key}: {result}"
+        out[key] = float(r["value"][1])
+    return out
+
+
+def scalar(result: list[Result]) -> float:
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
+
+
+COUNTS_BY = "sum by (destination_service, response_code, reporter) ({selector})"
+
+
+MESH_SUCCESS_RATE = (
+    'sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."}'
+    "[$__rate_interval])) / sum (rate(istio_requests_total"
+    '{reporter=~"source|waypoint"}[$__rate_interval]))'
+)
+
+
+MESH_4XX = (
+    'round(sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code=~"4.."}'
+    "[$__rate_interval])), 0.01)or vector(0)"
+)
+
+
+MESH_WORKLOAD_QUANTILE = (
+    "label_join(histogram_quantile($q, sum by (le,destination_workload,"
+    "destination_workload_namespace) (rate(istio_request_duration_milliseconds_bucket"
+    '{reporter=~"source|waypoint"}[$__rate_interval]))), "destination_workload_var", ".",'
+    ' "destination_workload", "destination_workload_namespace")'
+)
+
+
+MESH_WORKLOAD_SUCCESS = (
+    "label_join(sum by (destination_workload,destination_workload_namespace) (rate("
+    'istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."}[$__rate_interval]))'
+    "/sum by (destination_workload,destination_workload_namespace) (rate(istio_requests_total"
+    '{reporter=~"source|waypoint"}[$__rate_interval])), "destination_workload_var", ".",'
+    ' "destination_workload", "destination_workload_namespace")'
+)
+
+
+MESH_TCP = (
+    "label_join(sum by (destination_workload,destination_workload_namespace,destination_service)"
+    ' (rate(istio_tcp_$dir_bytes_total{reporter=~"source|waypoint"}[$__rate_interval])),'
+    ' "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")'
+)
+
+
+SERVICE_VOLUME = (
+    'round(sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service"}'
+    "[$__rate_interval])), 0.001)"
+)
+
+
+SERVICE_SUCCESS = (
+    'sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service",'
+    'response_code!~"5.*"}[$__rate_interval])) / (sum(irate(istio_requests_total'
+    '{reporter=~"$qrep",destination_service="$service"}[$__rate_interval])) or on () vector(1))'
+)
+
+
+SERVICE_SERVER_VOLUME = (
+    'round(sum(irate(istio_requests_total{reporter="destination",destination_service="$service"}'
+    "[$__rate_interval])), 0.001)"
+)
+
+
+SERVICE_INCOMING_MTLS = (
+    'round(sum(irate(istio_requests_total{connection_security_policy="mutual_tls",'
+    'destination_service="$service",reporter=~"$qrep",source_workload=~"$srcwl",'
+    'source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
+    " source_workload_namespace, response_code), 0.001)"
+)
+
+
+SERVICE_INCOMING_PLAIN = (
+    'round(sum(irate(istio_requests_total{connection_security_policy!="mutual_tls",'
+    ' destination_service="$service", reporter=~"$qrep", source_workload=~"$srcwl",'
+    ' source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
+    " source_workload_namespace, response_code), 0.001)"
+)

@@ -40,7 +40,25 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import Backend
-from e2e_support import BACKEND_PARAMS, enabled_backends, module_backend, scoped
+from e2e_support import (
+    BACKEND_PARAMS,
+    COUNTS_BY,
+    MESH_4XX,
+    MESH_SUCCESS_RATE,
+    MESH_TCP,
+    MESH_WORKLOAD_QUANTILE,
+    MESH_WORKLOAD_SUCCESS,
+    SERVICE_INCOMING_MTLS,
+    SERVICE_INCOMING_PLAIN,
+    SERVICE_SERVER_VOLUME,
+    SERVICE_SUCCESS,
+    SERVICE_VOLUME,
+    by_labels,
+    enabled_backends,
+    module_backend,
+    scalar,
+    scoped,
+)
 from prometheus_server import PrometheusServer, Result
 
 from meshstats import DEFAULT_BUCKETS
@@ -330,20 +348,6 @@ def prom(run: Run) -> PrometheusServer:
     return run.prom
 
 
-def by_labels(result: list[Result], *labels: str) -> dict[tuple[str, ...], float]:
-    out = {}
-    for r in result:
-        key = tuple(r["metric"].get(label, "") for label in labels)
-        assert key not in out, f"two series for {key}: {result}"
-        out[key] = float(r["value"][1])
-    return out
-
-
-def scalar(result: list[Result]) -> float:
-    assert len(result) == 1, result
-    return float(result[0]["value"][1])
-
-
 # -- the traffic the test sent, as the apps saw it ---------------------------------------------
 
 
@@ -370,8 +374,6 @@ def test_the_apps_saw_the_traffic_we_sent(side: Side) -> None:
 
 
 # -- exact counts --------------------------------------------------------------------------------
-
-COUNTS_BY = "sum by (destination_service, response_code, reporter) ({selector})"
 
 
 def test_request_counts_exact_per_service_code_and_reporter(
@@ -547,37 +549,10 @@ def test_histogram_quantile_is_in_the_right_bucket(prom: PrometheusServer, side:
 MESH_VOLUME = (
     'round(sum (rate(istio_requests_total{reporter=~"source|waypoint"}[$__rate_interval])), 0.01)'
 )
-MESH_SUCCESS_RATE = (
-    'sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."}'
-    "[$__rate_interval])) / sum (rate(istio_requests_total"
-    '{reporter=~"source|waypoint"}[$__rate_interval]))'
-)
-MESH_4XX = (
-    'round(sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code=~"4.."}'
-    "[$__rate_interval])), 0.01)or vector(0)"
-)
 MESH_5XX = MESH_4XX.replace('"4.."', '"5.."')
 MESH_WORKLOAD_REQUESTS = (
     "label_join(sum by (destination_workload,destination_workload_namespace,destination_service)"
     ' (rate(istio_requests_total{reporter=~"source|waypoint"}[$__rate_interval])),'
-    ' "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")'
-)
-MESH_WORKLOAD_SUCCESS = (
-    "label_join(sum by (destination_workload,destination_workload_namespace) (rate("
-    'istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."}[$__rate_interval]))'
-    "/sum by (destination_workload,destination_workload_namespace) (rate(istio_requests_total"
-    '{reporter=~"source|waypoint"}[$__rate_interval])), "destination_workload_var", ".",'
-    ' "destination_workload", "destination_workload_namespace")'
-)
-MESH_WORKLOAD_QUANTILE = (
-    "label_join(histogram_quantile($q, sum by (le,destination_workload,"
-    "destination_workload_namespace) (rate(istio_request_duration_milliseconds_bucket"
-    '{reporter=~"source|waypoint"}[$__rate_interval]))), "destination_workload_var", ".",'
-    ' "destination_workload", "destination_workload_namespace")'
-)
-MESH_TCP = (
-    "label_join(sum by (destination_workload,destination_workload_namespace,destination_service)"
-    ' (rate(istio_tcp_$dir_bytes_total{reporter=~"source|waypoint"}[$__rate_interval])),'
     ' "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")'
 )
 
@@ -739,32 +714,6 @@ def test_kiali_outgoing_edges(prom: PrometheusServer, side: Side) -> None:
     assert {k[2] for k in outgoing} == {"http", "grpc"}
 
 
-# Istio's service dashboard (verbatim from shared/reference/istio-dashboards.md, section 2)
-SERVICE_VOLUME = (
-    'round(sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service"}'
-    "[$__rate_interval])), 0.001)"
-)
-SERVICE_SUCCESS = (
-    'sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service",'
-    'response_code!~"5.*"}[$__rate_interval])) / (sum(irate(istio_requests_total'
-    '{reporter=~"$qrep",destination_service="$service"}[$__rate_interval])) or on () vector(1))'
-)
-SERVICE_SERVER_VOLUME = (
-    'round(sum(irate(istio_requests_total{reporter="destination",destination_service="$service"}'
-    "[$__rate_interval])), 0.001)"
-)
-SERVICE_INCOMING_MTLS = (
-    'round(sum(irate(istio_requests_total{connection_security_policy="mutual_tls",'
-    'destination_service="$service",reporter=~"$qrep",source_workload=~"$srcwl",'
-    'source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
-    " source_workload_namespace, response_code), 0.001)"
-)
-SERVICE_INCOMING_PLAIN = (
-    'round(sum(irate(istio_requests_total{connection_security_policy!="mutual_tls",'
-    ' destination_service="$service", reporter=~"$qrep", source_workload=~"$srcwl",'
-    ' source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
-    " source_workload_namespace, response_code), 0.001)"
-)
 #: Kiali's incoming edges (K2), filled as KIALI_OUTGOING is.
 KIALI_INCOMING = (
     'round(sum(rate(istio_requests_total{reporter="destination",'

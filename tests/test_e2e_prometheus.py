@@ -38,7 +38,26 @@ from typing import Any
 
 import pytest
 from conftest import Backend
-from e2e_support import BACKEND_PARAMS, PhaseGate, enabled_backends, module_backend, scoped
+from e2e_support import (
+    BACKEND_PARAMS,
+    COUNTS_BY,
+    MESH_4XX,
+    MESH_SUCCESS_RATE,
+    MESH_TCP,
+    MESH_WORKLOAD_QUANTILE,
+    MESH_WORKLOAD_SUCCESS,
+    SERVICE_INCOMING_MTLS,
+    SERVICE_INCOMING_PLAIN,
+    SERVICE_SERVER_VOLUME,
+    SERVICE_SUCCESS,
+    SERVICE_VOLUME,
+    PhaseGate,
+    by_labels,
+    enabled_backends,
+    module_backend,
+    scalar,
+    scoped,
+)
 from exposition_support import text_samples
 from prometheus_server import PrometheusServer, Result
 
@@ -391,20 +410,6 @@ def prom(mesh: Mesh) -> PrometheusServer:
 # -- reading answers -------------------------------------------------------------------------
 
 
-def by_labels(result: list[Result], *labels: str) -> dict[tuple[str, ...], float]:
-    out = {}
-    for r in result:
-        key = tuple(r["metric"].get(label, "") for label in labels)
-        assert key not in out, f"two series for {key}: {result}"
-        out[key] = float(r["value"][1])
-    return out
-
-
-def scalar(result: list[Result]) -> float:
-    assert len(result) == 1, result
-    return float(result[0]["value"][1])
-
-
 def fill(template: str, **variables: str) -> str:
     """Grafana's substitution: ``$name`` -> value (longest names first, so none clips another)."""
     for name in sorted(variables, key=len, reverse=True):
@@ -444,8 +449,6 @@ def test_targets_up_and_every_sample_ingested(
 
 
 # -- exact counts ------------------------------------------------------------------------------
-
-COUNTS_BY = "sum by (destination_service, response_code, reporter) ({selector})"
 
 
 def test_request_counts_exact_per_service_code_and_reporter(
@@ -505,15 +508,6 @@ def test_histogram_counts_and_sums_exact(prom: PrometheusServer, deployment: Dep
 MESH_TRAFFIC_VOLUME = (
     'round(sum (rate(istio_requests_total{reporter=~"source|waypoint"}[$__rate_interval])), 0.01)'
 )
-MESH_SUCCESS_RATE = (
-    'sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."}'
-    "[$__rate_interval])) / sum (rate(istio_requests_total"
-    '{reporter=~"source|waypoint"}[$__rate_interval]))'
-)
-MESH_4XX = (
-    'round(sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code=~"4.."}'
-    "[$__rate_interval])), 0.01)or vector(0)"
-)
 MESH_5XX = (
     'round(sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code=~"5.."}'
     "[$__rate_interval])), 0.01)or vector(0)"
@@ -521,24 +515,6 @@ MESH_5XX = (
 MESH_WORKLOAD_RATE = (
     "label_join(sum by (destination_workload,destination_workload_namespace,destination_service)"
     ' (rate(istio_requests_total{reporter=~"source|waypoint"}[$__rate_interval])),'
-    ' "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")'
-)
-MESH_WORKLOAD_QUANTILE = (
-    "label_join(histogram_quantile($q, sum by (le,destination_workload,"
-    "destination_workload_namespace) (rate(istio_request_duration_milliseconds_bucket"
-    '{reporter=~"source|waypoint"}[$__rate_interval]))), "destination_workload_var", ".",'
-    ' "destination_workload", "destination_workload_namespace")'
-)
-MESH_WORKLOAD_SUCCESS = (
-    "label_join(sum by (destination_workload,destination_workload_namespace) (rate("
-    'istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."}[$__rate_interval]))'
-    "/sum by (destination_workload,destination_workload_namespace) (rate(istio_requests_total"
-    '{reporter=~"source|waypoint"}[$__rate_interval])), "destination_workload_var", ".",'
-    ' "destination_workload", "destination_workload_namespace")'
-)
-MESH_TCP = (
-    "label_join(sum by (destination_workload,destination_workload_namespace,destination_service)"
-    ' (rate(istio_tcp_$dir_bytes_total{reporter=~"source|waypoint"}[$__rate_interval])),'
     ' "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")'
 )
 RATE_INTERVAL = "1m"
@@ -634,15 +610,6 @@ def test_latency_quantile_lies_in_its_bucket(
 
 # -- Istio Service Dashboard (irate: exact between the two phase scrapes) -----------------------
 
-SERVICE_VOLUME = (
-    'round(sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service"}'
-    "[$__rate_interval])), 0.001)"
-)
-SERVICE_SUCCESS = (
-    'sum(irate(istio_requests_total{reporter=~"$qrep",destination_service="$service",'
-    'response_code!~"5.*"}[$__rate_interval])) / (sum(irate(istio_requests_total'
-    '{reporter=~"$qrep",destination_service="$service"}[$__rate_interval])) or on () vector(1))'
-)
 SERVICE_DURATION = (
     "(histogram_quantile($q, sum(irate(istio_request_duration_milliseconds_bucket"
     '{reporter=~"$qrep",destination_service="$service"}[$__rate_interval])) by (le)) / 1000)'
@@ -652,22 +619,6 @@ SERVICE_DURATION = (
 SERVICE_TCP_RECEIVED = (
     'sum(irate(istio_tcp_received_bytes_total{reporter=~"$qrep", destination_service="$service"}'
     "[$__rate_interval]))"
-)
-SERVICE_SERVER_VOLUME = (
-    'round(sum(irate(istio_requests_total{reporter="destination",destination_service="$service"}'
-    "[$__rate_interval])), 0.001)"
-)
-SERVICE_INCOMING_MTLS = (
-    'round(sum(irate(istio_requests_total{connection_security_policy="mutual_tls",'
-    'destination_service="$service",reporter=~"$qrep",source_workload=~"$srcwl",'
-    'source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
-    " source_workload_namespace, response_code), 0.001)"
-)
-SERVICE_INCOMING_PLAIN = (
-    'round(sum(irate(istio_requests_total{connection_security_policy!="mutual_tls",'
-    ' destination_service="$service", reporter=~"$qrep", source_workload=~"$srcwl",'
-    ' source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload,'
-    " source_workload_namespace, response_code), 0.001)"
 )
 SERVICE_TCP_SENT_TO_INCOMING = (
     'round(sum(irate(istio_tcp_sent_bytes_total{connection_security_policy="mutual_tls",'
