@@ -17,6 +17,11 @@ The event loop's share (issue 14.5), CPU per request per sidecar on each loop, s
 
     python benchmarks/bench_proxy.py --loops asyncio,uvloop --rounds 7 --requests 3000
 
+and the same against the code before a change (another checkout, its ``src/``), each loop
+both ways, rounds interleaved::
+
+    python benchmarks/bench_proxy.py --loops asyncio,uvloop --before ../before/src
+
 (the app and the sidecars run on the standard loop unless ``--loops`` names another).
 
 That figure also reports the engine's own share, measured inside the sidecars: the thread
@@ -209,14 +214,19 @@ def settle(pid: int, deadline: float = 20.0) -> None:
             return
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(Path(meshstats.__file__).resolve().parent.parent)}
+def _env(src: str | None = None) -> dict[str, str]:
+    """The environment of a server process: meshstats from this checkout, or from ``src``
+    (another checkout's ``src/``: the code before a change, measured in the same run)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": src or str(Path(meshstats.__file__).resolve().parent.parent),
+    }
 
 
-def start_pair(*options: str, loop: str | None = None) -> Pair:
+def start_pair(*options: str, loop: str | None = None, src: str | None = None) -> Pair:
     """``loop``: the event loop of the app and sidecars (``MESHSTATS_EVENT_LOOP``; by default
-    the standard one)."""
-    env = _env() if loop is None else {**_env(), "MESHSTATS_EVENT_LOOP": loop}
+    the standard one); ``src``: see :func:`_env`."""
+    env = _env(src) if loop is None else {**_env(src), "MESHSTATS_EVENT_LOOP": loop}
     process = subprocess.Popen(
         [sys.executable, str(HERE / "_proxy_pair.py"), *options],
         stdin=subprocess.PIPE,
@@ -482,21 +492,27 @@ def storm_main(args: argparse.Namespace) -> None:
 # -- interleaved figure -----------------------------------------------------------------------
 
 
-def loops_main(args: argparse.Namespace, loops: list[str]) -> None:
+def loops_main(args: argparse.Namespace, loops: list[str], before: str | None = None) -> None:
     """CPU per request per sidecar on each event loop (``--loops asyncio,uvloop``), one pair
-    process per loop, rounds interleaved (each round starts with another loop).
+    process per loop, rounds interleaved (each round starts with another loop). With
+    ``before`` (another checkout's ``src/``), each loop also runs that code, as
+    ``<loop>@before``: today's stack against a change, side by side in one run.
 
     Per sidecar = (the pair process's CPU per request through two sidecars - the app's
     alone, ``direct``) / 2, from the same round of the same process, so the app's own loop
     cost cancels out. Telemetry on (``on``) and off (``off``) both.
     """
-    pairs = {name: start_pair(loop=name) for name in loops}
+    stacks = {name: (name, None) for name in loops}
+    if before is not None:
+        stacks.update({f"{name}@before": (name, before) for name in loops})
+    pairs = {label: start_pair(loop=loop, src=src) for label, (loop, src) in stacks.items()}
+    loops = list(stacks)
     # µs of the pair process's CPU per request, per loop and mode
     cpu: dict[str, dict[str, list[float]]] = {name: {mode: [] for mode in MODES} for name in loops}
     rates: dict[str, list[float]] = {name: [] for name in loops}  # req/s through "on"
     try:
         for name, pair in pairs.items():
-            if pair.loop_kind() != name:
+            if pair.loop_kind() != stacks[name][0]:
                 raise AssertionError(f"asked for {name}, the pair runs {pair.loop_kind()}")
         print(
             f"compiled core: {meshstats.HAS_EXTENSION}; {args.requests} requests over "
@@ -536,8 +552,11 @@ def loops_main(args: argparse.Namespace, loops: list[str]) -> None:
             f"{_spread(cpu[name]['direct'])} µs; through both sidecars (on) "
             f"{_spread(rates[name])} req/s"
         )
-    base = loops[0]
-    for name in loops[1:]:
+    # Each stack against the first, and with --before each loop against its own before.
+    pairs_compared = [(name, loops[0]) for name in loops[1:]]
+    if before is not None:
+        pairs_compared = [(name, f"{name}@before") for name in loops if "@" not in name]
+    for name, base in pairs_compared:
         ratio = [
             n / b for n, b in zip(per_sidecar(name, "on"), per_sidecar(base, "on"), strict=True)
         ]
@@ -587,9 +606,16 @@ def main() -> None:
         help="compare event loops for the app and sidecars, e.g. asyncio,uvloop: CPU per "
         "request per sidecar on each, side by side (default: the standard loop only)",
     )
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="with --loops: also run each loop on another checkout's src/ (the code before a "
+        "change), rounds interleaved, and give each loop's ratio to it",
+    )
     args = parser.parse_args()
     if args.loops:
-        loops_main(args, [name.strip() for name in args.loops.split(",") if name.strip()])
+        loops = [name.strip() for name in args.loops.split(",") if name.strip()]
+        loops_main(args, loops, args.before)
         return
     if args.scrapers:
         scrape_case(args)

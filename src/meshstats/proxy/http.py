@@ -74,7 +74,8 @@ from .._peer_exchange import decode_peer_header
 from ..certs import peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
-from .listener import peer_address, write
+from .interrupt import Interrupted, Interruptible
+from .listener import Watched, peer_address, write
 from .pool import Pooled
 
 if TYPE_CHECKING:
@@ -182,6 +183,8 @@ class HttpStream:
     ) -> None:
         self.reader = reader
         self.writer = writer
+        # A connection the sidecar accepted can be watched while the relay waits upstream.
+        self.watched: Watched | None = getattr(writer, "watched", None)
         self.conn = h11.Connection(role)
         # Bytes already read from the connection (the first ones, read to tell HTTP/1.1
         # from HTTP/2): parsed as if they had just arrived.
@@ -199,6 +202,11 @@ class HttpStream:
     @property
     def consumed(self) -> int:
         return self.fed - len(self.conn.trailing_data[0])
+
+    def unread(self) -> bool:
+        """Bytes arrived that this stream has not read from its reader yet (a connection
+        the sidecar accepted; False for others)."""
+        return self.watched is not None and self.watched.received > self.fed
 
     def keep_next_head(self) -> None:
         """Keep the raw bytes of the next request or response head in :attr:`last_head`."""
@@ -220,8 +228,14 @@ class HttpStream:
                     self.last_head = bytes(self._head[: self.consumed - self._head_from])
                     self._head = None
                 return event
-            read = self.reader.read(CHUNK)
-            data = await (read if idle is None else asyncio.wait_for(read, idle))
+            if idle is None:
+                data = await self.reader.read(CHUNK)
+            else:
+                try:
+                    with Interruptible(idle):
+                        data = await self.reader.read(CHUNK)
+                except Interrupted:
+                    raise asyncio.TimeoutError from None
             self.fed += len(data)
             if self._head is not None:  # bounded: h11 refuses heads over 16 KiB
                 self._head += data
@@ -725,74 +739,56 @@ class _Proxy:
             raise DownstreamError(0, "DC") from None
 
     async def _response(self, up: HttpStream, *, until_continue: bool = False) -> Any:
-        """The upstream's response head, while watching the downstream: a client that goes
-        away resets the upstream stream (``0``/``DC``), as Envoy does. ``request_timeout``
-        gives ``504``/``UT``, ``stream_idle_timeout`` ``408``/``SI``.
-
-        1xx are skipped, except the 101 that accepts an upgrade (an InformationalResponse
+        """The upstream's response head (for an accepted upgrade, an InformationalResponse
         is returned; the upstream's h11 has switched protocols) and, ``until_continue``, a
         100: then it is returned too, or None as soon as the downstream sends body bytes
         without waiting for it.
+
+        Meanwhile the downstream is watched: a client that goes away (FIN or reset) resets
+        the upstream stream (``0``/``DC``), as Envoy does. ``request_timeout`` gives
+        ``504``/``UT``, ``stream_idle_timeout`` ``408``/``SI``. Bytes the client sends
+        meanwhile (a pipelined request) wait in its reader, which stops reading the socket
+        when full.
         """
         loop = asyncio.get_running_loop()
         cfg = self.config
+        watched = self.down.watched
+        assert watched is not None  # a downstream: accepted by the sidecar's listener
+        if watched.ended:
+            raise DownstreamError(0, "DC")
+        if until_continue and self.down.unread():
+            return None  # the client sent its body without waiting
+        waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
         deadline = loop.time() + cfg.request_timeout if cfg.request_timeout > 0 else None
-
-        async def head() -> Any:
-            while True:
-                response = await up.next_event()
-                if not isinstance(response, h11.InformationalResponse):
-                    return response
-                if response.status_code == 101 and up.conn.their_state is h11.SWITCHED_PROTOCOL:
-                    return response
-                if until_continue and response.status_code == 100:
-                    return response
-                # any other 1xx is not forwarded
-
-        pending = asyncio.ensure_future(head())
-        watch = asyncio.ensure_future(self._watch_downstream(until_data=until_continue))
+        if deadline is not None:
+            waits.append(cfg.request_timeout)
         try:
-            while True:
-                waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
-                if deadline is not None:
-                    waits.append(max(0.0, deadline - loop.time()))
-                done, _ = await asyncio.wait(
-                    {pending, watch},
-                    timeout=min(waits) if waits else None,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if pending in done:
-                    return pending.result()
-                if watch in done:
-                    watch.result()  # raises DownstreamError: the client went away
-                    return None  # (until_continue) the client sent its body without waiting
-                if deadline is not None and loop.time() >= deadline:
-                    raise UpstreamError("UT", 504)
-                raise UpstreamError("SI", 408)
-        finally:
-            for task in (pending, watch):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(pending, watch, return_exceptions=True)
+            with Interruptible(min(waits) if waits else None) as wait:
 
-    async def _watch_downstream(self, *, until_data: bool = False) -> None:
-        """Read the downstream while its response is awaited; raises DownstreamError on
-        its EOF or reset (Envoy closes on a downstream FIN too), returns only ``until_data``
-        as soon as bytes arrive. Pipelined requests (or the bytes a client sends after an
-        upgrade request) go to h11's buffer, up to one CHUNK, then reading stops."""
-        down = self.down
-        while len(down.conn.trailing_data[0]) < CHUNK:
-            try:
-                data = await down.reader.read(CHUNK)
-            except OSError:
+                def downstream(what: str) -> None:
+                    if until_continue or what != "data":
+                        wait.fire(what)
+
+                watched.watcher = downstream
+                while True:
+                    response = await up.next_event()
+                    if not isinstance(response, h11.InformationalResponse):
+                        return response
+                    if response.status_code == 101 and up.conn.their_state is h11.SWITCHED_PROTOCOL:
+                        return response
+                    if until_continue and response.status_code == 100:
+                        return response
+                    # any other 1xx is not forwarded
+        except Interrupted as why:
+            if why.reason == "data":
+                return None  # (until_continue) the client sent its body without waiting
+            if why.reason != "timeout":
                 raise DownstreamError(0, "DC") from None
-            if not data:
-                raise DownstreamError(0, "DC")
-            down.fed += len(data)
-            down.conn.receive_data(data)
-            if until_data:
-                return
-        await asyncio.Event().wait()  # enough buffered: wait for the cancel
+            if deadline is not None and loop.time() >= deadline:
+                raise UpstreamError("UT", 504) from None
+            raise UpstreamError("SI", 408) from None
+        finally:
+            watched.watcher = None
 
     async def _body(
         self,

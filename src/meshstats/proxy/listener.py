@@ -36,7 +36,15 @@ from typing import Any
 
 from ..certs import outlived_certificate
 
-__all__ = ["Handler", "Listener", "TlsCounters", "format_address", "peer_address", "write"]
+__all__ = [
+    "Handler",
+    "Listener",
+    "TlsCounters",
+    "Watched",
+    "format_address",
+    "peer_address",
+    "write",
+]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -80,8 +88,42 @@ def write(writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
 
 
+class Watched(asyncio.StreamReaderProtocol):
+    """A downstream connection's protocol that tells :attr:`watcher` (when set) of bytes
+    arriving (``"data"``), the peer's FIN (``"eof"``) or the connection lost (``"lost"``).
+
+    A relay waiting for its upstream learns this way that its client went away, without a
+    task reading the downstream meanwhile (see :mod:`.interrupt`). :attr:`ended` says the
+    FIN or the loss came already; :attr:`received` counts the bytes that arrived.
+    """
+
+    watcher: Callable[[str], None] | None = None
+    ended = False
+    received = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.received += len(data)
+        if self.watcher is not None:
+            self.watcher("data")
+
+    def eof_received(self) -> bool:
+        keep_open = bool(super().eof_received())
+        self.ended = True
+        if self.watcher is not None:
+            self.watcher("eof")
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.ended = True
+        if self.watcher is not None:
+            self.watcher("lost")
+
+
 class _Downstream(asyncio.StreamWriter):
-    """A downstream connection's writer that keeps the peer name ``accept()`` returned.
+    """A downstream connection's writer that keeps the peer name ``accept()`` returned, and
+    its :class:`Watched` protocol (:attr:`watched`).
 
     The client's address picks its registry entry even when it reset before the sidecar
     looked (uvloop cannot ask a closed socket; see :func:`peer_address`).
@@ -90,13 +132,14 @@ class _Downstream(asyncio.StreamWriter):
     def __init__(
         self,
         transport: asyncio.WriteTransport,
-        protocol: asyncio.StreamReaderProtocol,
+        protocol: Watched,
         reader: asyncio.StreamReader,
         loop: asyncio.AbstractEventLoop,
         peername: object,
     ) -> None:
         super().__init__(transport, protocol, reader, loop)
         self._peername = peername
+        self.watched = protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
@@ -235,7 +278,7 @@ class Listener:
             if self._detect:
                 use_tls = await self._peek(conn) == _TLS_HANDSHAKE
             reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-            protocol = asyncio.StreamReaderProtocol(reader)
+            protocol = Watched(reader)
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol,
                 conn,
