@@ -1,4 +1,4 @@
-"""HTTP/1.1 through two sidecars, parsed by h11: Istio's header exchange and request metrics.
+"""HTTP/1.1 through two sidecars (codec: :mod:`.h1`): Istio's header exchange and request metrics.
 
 The client sidecar (outbound) sets ``x-envoy-peer-metadata`` (base64 of its node Struct,
 computed once) and ``x-envoy-peer-metadata-id`` on every request, replacing whatever the
@@ -34,7 +34,7 @@ Framing follows RFC 9112 strictly, as Envoy does: a request with both ``Content-
 and ``Transfer-Encoding``, more than one ``Content-Length`` (even equal ones), or
 ``Transfer-Encoding`` on HTTP/1.0 is answered 400, one with a transfer coding other than a
 final ``chunked`` 501, and each is recorded as Envoy records it (that code, flag ``DPE``) and
-the connection closed; so is a request h11 cannot parse (431 for a head over 16 KiB).
+the connection closed; so is a request that does not parse (431 for a head over 16 KiB).
 Neither header is ever forwarded as received: each hop gets one framing header for the
 framing the sidecar itself parsed (``transfer-encoding: chunked`` or one
 ``content-length``), so no app or client behind a sidecar can read a body differently from
@@ -42,9 +42,9 @@ how the sidecar framed it (request smuggling). A response with both headers is f
 the chunked coding and forwarded without its ``Content-Length`` (§6.3).
 
 Requests on one downstream connection are relayed one at a time over one upstream
-connection, reused while both ends keep it alive; pipelined requests wait in h11's buffer and
+connection, reused while both ends keep it alive; pipelined requests wait in the reader's buffer and
 are answered in order. Hop-by-hop headers (``connection``, ``keep-alive``,
-``proxy-connection``, ``upgrade``, ``te``) are not forwarded; h11 frames each hop itself
+``proxy-connection``, ``upgrade``, ``te``) are not forwarded; the codec frames each hop itself
 (``content-length`` or chunked).
 
 Upgrades: a ``websocket`` upgrade (the one type Istio enables) is forwarded with its
@@ -68,12 +68,11 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import h11
-
 from .._peer_exchange import decode_peer_header
 from ..certs import peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
+from . import h1
 from .interrupt import Interrupted, Interruptible
 from .listener import Watched, peer_address, write
 from .pool import Pooled
@@ -105,13 +104,12 @@ _STRIP = _HOP_BY_HOP | _FRAMING | {MX_HEADER, MX_ID_HEADER}
 # refused with 403, as Envoy refuses an upgrade its route does not allow; ``h2c`` is not an
 # upgrade at all to Envoy's HTTP/1 codec, which drops its headers and serves the request.
 UPGRADE_TYPES = frozenset({b"websocket"})
-# A server's view of a client that asked to switch protocols, before the answer (h11 defines
-# it beside the other states but leaves it out of its __all__).
-_MIGHT_SWITCH = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+# A server's view of a client that asked to switch protocols, before the answer.
+_MIGHT_SWITCH = h1.MIGHT_SWITCH_PROTOCOL
 CHUNK = 1 << 16
-# Most body events merged in one relay step. h11 spends a few µs per event, so a read full of
-# one-byte chunks (about 11,000 in 64 KiB) would hold the event loop for tens of ms; capped,
-# a step is about a millisecond and other connections get the loop between steps.
+# Most body events merged in one relay step. The codec spends a µs or so per event, so a
+# read full of one-byte chunks (about 11,000 in 64 KiB) would hold the event loop for
+# milliseconds; capped, a step is short and other connections get the loop between steps.
 BODY_EVENTS_PER_STEP = 256
 
 # Envoy's local reply bodies.
@@ -167,9 +165,9 @@ class UpstreamError(Exception):
 
 
 class HttpStream:
-    """One HTTP/1.1 connection: an h11 state machine over asyncio streams, counting bytes.
+    """One HTTP/1.1 connection: an :mod:`.h1` codec over asyncio streams, counting bytes.
 
-    ``consumed`` is the number of bytes h11 has parsed into events so far (bytes received
+    ``consumed`` is the number of bytes the codec has parsed into events so far (bytes received
     but not yet parsed, e.g. a pipelined request, are not counted); ``sent`` the number
     written. Their differences across one request give its exact wire size.
     """
@@ -178,30 +176,30 @@ class HttpStream:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        role: type[h11.CLIENT] | type[h11.SERVER],
+        role: h1.Role,
         initial: bytes = b"",
     ) -> None:
         self.reader = reader
         self.writer = writer
         # A connection the sidecar accepted can be watched while the relay waits upstream.
         self.watched: Watched | None = getattr(writer, "watched", None)
-        self.conn = h11.Connection(role)
+        self.conn = h1.Connection(role)
         # Bytes already read from the connection (the first ones, read to tell HTTP/1.1
         # from HTTP/2): parsed as if they had just arrived.
         self.fed = len(initial)
         if initial:
             self.conn.receive_data(initial)
         self.sent = 0
-        # The raw bytes of the message head being read (see keep_next_head): h11 merges
+        # The raw bytes of the message head being read (see keep_next_head): the codec merges
         # repeated Content-Length fields, and the framing checks must see them as sent.
         self._head: bytearray | None = None
         self._head_from = 0
         self.last_head = b""
-        self._held: Any = None  # an event next_body_event took from h11 ahead of time
+        self._held: Any = None  # an event next_body_event took from the codec ahead of time
 
     @property
     def consumed(self) -> int:
-        return self.fed - len(self.conn.trailing_data[0])
+        return self.fed - self.conn.unparsed()
 
     def unread(self) -> bool:
         """Bytes arrived that this stream has not read from its reader yet (a connection
@@ -215,16 +213,16 @@ class HttpStream:
         self.last_head = b""
 
     async def next_event(self, idle: float | None = None) -> Any:
-        """The next h11 event, reading from the socket as needed (EOF included); a read
+        """The next codec event, reading from the socket as needed (EOF included); a read
         that waits more than ``idle`` seconds raises ``asyncio.TimeoutError``.
 
-        An event h11 already holds is returned without yielding to the loop: the request
+        An event the codec already holds is returned without yielding to the loop: the request
         is recorded before anyone who saw its response end can scrape.
         """
         while True:
             event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                if self._head is not None and isinstance(event, (h11.Request, h11.Response)):
+            if event is not h1.NEED_DATA:
+                if self._head is not None and isinstance(event, (h1.Request, h1.Response)):
                     self.last_head = bytes(self._head[: self.consumed - self._head_from])
                     self._head = None
                 return event
@@ -237,11 +235,11 @@ class HttpStream:
                 except Interrupted:
                     raise asyncio.TimeoutError from None
             self.fed += len(data)
-            if self._head is not None:  # bounded: h11 refuses heads over 16 KiB
+            if self._head is not None:  # bounded: the codec refuses heads over 16 KiB
                 self._head += data
             self.conn.receive_data(data)
 
-    async def send(self, event: h11.Event) -> None:
+    async def send(self, event: h1.Event) -> None:
         data = self.conn.send(event)
         if data:
             write(self.writer, data)
@@ -249,7 +247,7 @@ class HttpStream:
             await self.writer.drain()
 
     async def next_body_event(self, idle: float | None = None) -> Any:
-        """:meth:`next_event` for a body: the Data events h11 already holds come merged into
+        """:meth:`next_event` for a body: the Data events the codec already holds come merged into
         one (up to CHUNK bytes or BODY_EVENTS_PER_STEP events), so a body sent as many tiny
         chunks (1 MB as 174,762 of them) costs one relay step per few hundred chunks, not one
         per chunk, and no step holds the loop for long."""
@@ -257,18 +255,18 @@ class HttpStream:
             event, self._held = self._held, None
             return event
         event = await self.next_event(idle)
-        if not isinstance(event, h11.Data):
+        if not isinstance(event, h1.Data):
             return event
         parts, size = [event.data], len(event.data)
         while size < CHUNK and len(parts) < BODY_EVENTS_PER_STEP:
             more = self.conn.next_event()
-            if not isinstance(more, h11.Data):
-                if more is not h11.NEED_DATA:
+            if not isinstance(more, h1.Data):
+                if more is not h1.NEED_DATA:
                     self._held = more  # the end of the message: returned next
                 break
             parts.append(more.data)
             size += len(more.data)
-        return event if len(parts) == 1 else h11.Data(data=b"".join(parts))
+        return event if len(parts) == 1 else h1.Data(data=b"".join(parts))
 
     @property
     def holds_event(self) -> bool:
@@ -277,7 +275,7 @@ class HttpStream:
 
     def reusable(self) -> bool:
         """Both sides finished a cycle and neither asked to close: start the next one."""
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+        if self.conn.our_state is h1.DONE and self.conn.their_state is h1.DONE:
             self.conn.start_next_cycle()
             return True
         return False
@@ -310,7 +308,7 @@ def no_zero(timeout: float) -> float | None:
 
 def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
     """Headers to forward, plus the two peer values: without hop-by-hop and peer-exchange
-    headers, and with the framing headers replaced by the one h11 framed the body by."""
+    headers, and with the framing headers replaced by the one the codec framed the body by."""
     kept: Headers = []
     metadata = metadata_id = length = None
     chunked = False
@@ -321,9 +319,9 @@ def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
         elif name == MX_ID_HEADER:
             metadata_id = value
         elif name == b"transfer-encoding":
-            chunked = True  # h11 accepts only (a final) chunked, and frames by it
+            chunked = True  # the codec accepts only (a final) chunked, and frames by it
         elif name == b"content-length":
-            length = value  # h11 merged equal repeats and refused differing ones
+            length = value  # the codec merged equal repeats and refused differing ones
         elif name not in _STRIP:
             kept.append((raw_name, value))
     if chunked:
@@ -333,12 +331,12 @@ def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
     return kept, metadata, metadata_id
 
 
-def framing_problem(request: h11.Request, head: bytes) -> str | None:
+def framing_problem(request: h1.Request, head: bytes) -> str | None:
     r"""Why a request's framing is ambiguous (RFC 9112 §6.1, §6.3), or None.
 
-    ``head`` is the request head as received (h11 has merged repeated fields by then).
+    ``head`` is the request head as received (the codec has merged repeated fields by then).
 
-    >>> req = h11.Request(method="POST", target="/", headers=[("host", "a")])
+    >>> req = h1.Request(method="POST", target="/", headers=[("host", "a")])
     >>> framing_problem(req, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n"
     ...                      b"Transfer-Encoding: chunked\r\n\r\n")
     'both Content-Length and Transfer-Encoding'
@@ -376,18 +374,16 @@ def peer_from_headers(metadata: bytes | None, metadata_id: bytes | None) -> Peer
         return None
 
 
-def _has_body(request: h11.Request) -> bool:
+def _has_body(request: h1.Request) -> bool:
     """Whether the request's framing announces a body (a chunked one may still be empty)."""
     length = _header(request.headers, b"content-length")
     chunked = _header(request.headers, b"transfer-encoding") is not None
     return chunked or (length is not None and length.strip() != "0")
 
 
-def _header(headers: Any, name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+def _header(headers: h1.Headers, name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def upgrade_of(headers: Any) -> bytes | None:
@@ -411,7 +407,7 @@ def upgrade_of(headers: Any) -> bytes | None:
     return value if value and b"upgrade" in tokens else None
 
 
-def upgrade_of_response(response: h11.InformationalResponse) -> bytes:
+def upgrade_of_response(response: h1.InformationalResponse) -> bytes:
     """The protocol a 101 switches to (its ``Upgrade`` header; empty if it named none)."""
     for name, value in response.headers:
         if name == b"upgrade":
@@ -442,7 +438,7 @@ class _Proxy:
 
     # -- hooks -------------------------------------------------------------------------------
 
-    async def connect(self, request: h11.Request, *, fresh: bool = False) -> HttpStream:
+    async def connect(self, request: h1.Request, *, fresh: bool = False) -> HttpStream:
         """A connection to the request's upstream: an idle one from the pool unless
         ``fresh`` (sets :attr:`up_reused`, and the peer's principal and address)."""
         raise NotImplementedError
@@ -460,7 +456,7 @@ class _Proxy:
         stream: HttpStream = pooled.stream
         return stream
 
-    def upstream_for(self, request: h11.Request) -> object:
+    def upstream_for(self, request: h1.Request) -> object:
         """Where this request goes; a change closes the upstream connection and reconnects."""
         return None
 
@@ -482,7 +478,7 @@ class _Proxy:
         finally:
             up, self.up = self.up, None
             if up is not None:
-                if up.conn.our_state is h11.IDLE and up.conn.their_state is h11.IDLE:
+                if up.conn.our_state is h1.IDLE and up.conn.their_state is h1.IDLE:
                     # Between requests: the next downstream connection can use it.
                     pooled = Pooled(up, self.principal, self.address)
                     self.sidecar.upstream_pool.give(self.pool_key(), pooled)
@@ -501,15 +497,15 @@ class _Proxy:
             event = await down.next_event(no_zero(self.config.idle_timeout))
         except asyncio.TimeoutError:  # TimeoutError from 3.11, its own class in 3.10
             return False
-        except (h11.RemoteProtocolError, OSError) as exc:
+        except (h1.RemoteProtocolError, OSError) as exc:
             # A head that does not parse is recorded as Envoy records it; a client gone
             # before its head was complete made no request (Envoy records none either).
             if _downstream_error(down, exc).flag == "DPE":
-                # h11's hint, as Envoy answers: 431 for a head over 16 KiB, 501 for a transfer
+                # The codec's hint, as Envoy answers: 431 for a head over 16 KiB, 501 for a transfer
                 # coding other than chunked, else 400.
                 await self._reject(None, ex, getattr(exc, "error_status_hint", 400))
             return False
-        if not isinstance(event, h11.Request):
+        if not isinstance(event, h1.Request):
             return False  # ConnectionClosed
         ex.started = loop.time()
         kept, ex.metadata, ex.metadata_id = _split(event.headers)
@@ -557,7 +553,7 @@ class _Proxy:
                 ex.code, ex.flags = broke.code, broke.flag
                 self._record(event, ex)
             return False
-        except (h11.ProtocolError, OSError):
+        except (h1.ProtocolError, OSError):
             # The response had begun: nothing sane can follow on this connection.
             self._record(event, ex)
             return False
@@ -567,7 +563,7 @@ class _Proxy:
             self.up = None
         return down.reusable()
 
-    async def _exchange(self, request: h11.Request, headers: Headers, ex: _Exchange) -> None:
+    async def _exchange(self, request: h1.Request, headers: Headers, ex: _Exchange) -> None:
         down = self.down
         try:
             target = self.upstream_for(request)
@@ -581,7 +577,7 @@ class _Proxy:
             fed = up.fed
             try:
                 await up.send(
-                    h11.Request(method=request.method, target=request.target, headers=headers)
+                    h1.Request(method=request.method, target=request.target, headers=headers)
                 )
                 response = None
                 if down.conn.they_are_waiting_for_100_continue:
@@ -591,7 +587,7 @@ class _Proxy:
                         await self._continue([])
                     else:
                         first = await self._response(up, until_continue=True)
-                        if isinstance(first, h11.InformationalResponse):
+                        if isinstance(first, h1.InformationalResponse):
                             await self._continue(_informational(first.headers))
                         else:
                             # None: the client went ahead with its body. A final answer
@@ -601,7 +597,7 @@ class _Proxy:
                 if response is None:
                     await self._body(down, up, downstream=down)
                     response = await self._response(up)
-            except (OSError, h11.ProtocolError) as exc:
+            except (OSError, h1.ProtocolError) as exc:
                 if not (self.up_reused and up.fed == fed and not _has_body(request)):
                     raise UpstreamError("UC") from exc
                 # A pooled connection the peer closed as we took it (its idle timeout):
@@ -613,13 +609,13 @@ class _Proxy:
                 self.up_target = target
                 try:
                     await up.send(
-                        h11.Request(method=request.method, target=request.target, headers=headers)
+                        h1.Request(method=request.method, target=request.target, headers=headers)
                     )
-                    await up.send(h11.EndOfMessage())
+                    await up.send(h1.EndOfMessage())
                     response = await self._response(up)
-                except (OSError, h11.ProtocolError) as again:
+                except (OSError, h1.ProtocolError) as again:
                     raise UpstreamError("UC") from again
-            if not isinstance(response, (h11.Response, h11.InformationalResponse)):
+            if not isinstance(response, (h1.Response, h1.InformationalResponse)):
                 raise UpstreamError("UC")
         except UpstreamError as failed:
             if self.up is not None:
@@ -629,14 +625,14 @@ class _Proxy:
                 await self._drain_request(down)  # (else there is no body coming: closed)
             await self._local_reply(failed.code, failed.flag, ex)
             return
-        if isinstance(response, h11.InformationalResponse):  # 101: the upgrade was accepted
+        if isinstance(response, h1.InformationalResponse):  # 101: the upgrade was accepted
             await self._switch(response, ex)
             return
         kept, _, _ = _split(response.headers)
         ex.code = response.status_code
         out = self._closing(self.response_headers(kept, ex, response), ex)
         try:
-            await down.send(h11.Response(status_code=response.status_code, headers=out,
+            await down.send(h1.Response(status_code=response.status_code, headers=out,
                                          reason=response.reason))  # fmt: skip
         except OSError:
             ex.flags = "DC"  # the client went away before its response: recorded as its own
@@ -655,11 +651,11 @@ class _Proxy:
         state = self.down.conn.their_state
         if state is _MIGHT_SWITCH and ex.upgrade is None:
             return headers
-        if state not in (h11.DONE, h11.MUST_CLOSE):
+        if state not in (h1.DONE, h1.MUST_CLOSE):
             headers.append((b"connection", b"close"))
         return headers
 
-    async def _switch(self, response: h11.InformationalResponse, ex: _Exchange) -> None:
+    async def _switch(self, response: h1.InformationalResponse, ex: _Exchange) -> None:
         """Relay the upstream's 101 (its peer headers exchanged as on any response), then
         tunnel bytes both ways until either side closes. The request is recorded once, by
         the caller, after the tunnel: ``101``, its duration the tunnel's."""
@@ -673,7 +669,7 @@ class _Proxy:
         ex.code = 101
         try:
             await self.down.send(
-                h11.InformationalResponse(status_code=101, headers=out, reason=response.reason)
+                h1.InformationalResponse(status_code=101, headers=out, reason=response.reason)
             )
         except BaseException as exc:
             up.close()
@@ -734,13 +730,13 @@ class _Proxy:
         """Tell a client waiting to send its body to go on (a client gone is its own fault,
         not the upstream's)."""
         try:
-            await self.down.send(h11.InformationalResponse(status_code=100, headers=headers))
+            await self.down.send(h1.InformationalResponse(status_code=100, headers=headers))
         except OSError:
             raise DownstreamError(0, "DC") from None
 
     async def _response(self, up: HttpStream, *, until_continue: bool = False) -> Any:
         """The upstream's response head (for an accepted upgrade, an InformationalResponse
-        is returned; the upstream's h11 has switched protocols) and, ``until_continue``, a
+        is returned; the upstream's codec has switched protocols) and, ``until_continue``, a
         100: then it is returned too, or None as soon as the downstream sends body bytes
         without waiting for it.
 
@@ -772,9 +768,9 @@ class _Proxy:
                 watched.watcher = downstream
                 while True:
                     response = await up.next_event()
-                    if not isinstance(response, h11.InformationalResponse):
+                    if not isinstance(response, h1.InformationalResponse):
                         return response
-                    if response.status_code == 101 and up.conn.their_state is h11.SWITCHED_PROTOCOL:
+                    if response.status_code == 101 and up.conn.their_state is h1.SWITCHED_PROTOCOL:
                         return response
                     if until_continue and response.status_code == 100:
                         return response
@@ -809,7 +805,7 @@ class _Proxy:
         while True:
             try:
                 event = await src.next_body_event(idle)
-                if isinstance(event, h11.Data) and not src.holds_event:
+                if isinstance(event, h1.Data) and not src.holds_event:
                     # More body to read: let other connections run between blocks, so a
                     # fast sender of a huge body cannot hold the loop. (Not after the last
                     # block: the request is recorded before anyone can scrape.)
@@ -820,20 +816,20 @@ class _Proxy:
                 if ex is not None:
                     ex.flags = "SI"  # the response had begun: the stream is cut
                 raise OSError("stream idle timeout") from None
-            except (OSError, h11.ProtocolError) as exc:
+            except (OSError, h1.ProtocolError) as exc:
                 if downstream is not None:
                     raise _downstream_error(downstream, exc) from None
                 if ex is not None:
                     ex.flags = "UC"  # Envoy: upstream connection termination, after headers
                 raise
             try:
-                if isinstance(event, h11.Data):
-                    await dst.send(h11.Data(data=event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    await dst.send(h11.EndOfMessage(headers=list(event.headers.raw_items())))
+                if isinstance(event, h1.Data):
+                    await dst.send(h1.Data(data=event.data))
+                elif isinstance(event, h1.EndOfMessage):
+                    await dst.send(h1.EndOfMessage(headers=list(event.headers.raw_items())))
                     return
                 else:
-                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
+                    raise h1.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
             except OSError:
                 if ex is not None:
                     ex.flags = "DC"
@@ -841,10 +837,10 @@ class _Proxy:
 
     async def _drain_request(self, down: HttpStream) -> None:
         """Read what is left of the request body, so that the connection can go on."""
-        while down.conn.their_state is h11.SEND_BODY:
+        while down.conn.their_state is h1.SEND_BODY:
             try:
                 await down.next_event()
-            except (OSError, h11.ProtocolError) as exc:
+            except (OSError, h1.ProtocolError) as exc:
                 raise _downstream_error(down, exc) from None
 
     async def _local_reply(self, code: int, flag: str | None, ex: _Exchange) -> None:
@@ -855,13 +851,13 @@ class _Proxy:
             (b"content-length", str(len(body)).encode()),
         ]
         headers = self._closing(self.response_headers(headers, ex, None), ex)
-        await self.down.send(h11.Response(status_code=code, headers=headers))
-        await self.down.send(h11.Data(data=body))
-        await self.down.send(h11.EndOfMessage())
+        await self.down.send(h1.Response(status_code=code, headers=headers))
+        await self.down.send(h1.Data(data=body))
+        await self.down.send(h1.EndOfMessage())
 
     async def _reject(
         self,
-        request: h11.Request | None,
+        request: h1.Request | None,
         ex: _Exchange,
         code: int = 400,
         flag: str = "DPE",
@@ -871,9 +867,9 @@ class _Proxy:
         ``DPE`` for a downstream protocol error, ``SI`` for a stream idle timeout).
         ``request`` is None when it did not even parse."""
         ex.code, ex.flags = code, flag
-        if self.down.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.down.conn.our_state in (h1.IDLE, h1.SEND_RESPONSE):
             reason = _REASONS.get(code, b"Bad Request")
-            try:  # written raw: after a parse error h11 may refuse to send for us
+            try:  # written raw: after a parse error the codec may refuse to send for us
                 data = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
                     code,
                     reason,
@@ -887,13 +883,13 @@ class _Proxy:
                 pass
         self._record(request, ex)
 
-    def _record(self, request: h11.Request | None, ex: _Exchange) -> None:
+    def _record(self, request: h1.Request | None, ex: _Exchange) -> None:
         down = self.down
         elapsed = (asyncio.get_running_loop().time() - ex.started) * 1000.0
         key = (ex.metadata, ex.metadata_id, self.principal, self.address)
         if key != self._peer_key or self._peer_ctx is None:
             self._peer_key, self._peer_ctx = key, self.peer(ex)
-        headers = request.headers if request is not None else []
+        headers = request.headers if request is not None else h1.Headers([])
         self.sidecar.engine.record_request(
             self._peer_ctx,
             response_code=ex.code,
@@ -916,7 +912,7 @@ class _Outbound(_Proxy):
         super().__init__(sidecar, down)
         self.cfg = cfg
 
-    def upstream_for(self, request: h11.Request) -> Address | None:
+    def upstream_for(self, request: h1.Request) -> Address | None:
         cfg = self.cfg
         if cfg.mode == "passthrough" and cfg.upstream is None:
             return host_address(_header(request.headers, b"host"))
@@ -925,7 +921,7 @@ class _Outbound(_Proxy):
     def pool_key(self) -> Hashable:
         return ("outbound", self.up_target, self.cfg.mode == "service")
 
-    async def connect(self, request: h11.Request, *, fresh: bool = False) -> HttpStream:
+    async def connect(self, request: h1.Request, *, fresh: bool = False) -> HttpStream:
         cfg = self.cfg
         self.principal = self.address = None
         if cfg.mode == "blackhole":
@@ -944,7 +940,7 @@ class _Outbound(_Proxy):
         except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamError("UF") from exc
         self.address = peer_address(writer)
-        return HttpStream(reader, writer, h11.CLIENT)
+        return HttpStream(reader, writer, h1.CLIENT)
 
     def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
         # Whatever the app claimed is dropped; the sidecar speaks for it. The peer is the
@@ -981,7 +977,7 @@ class _Inbound(_Proxy):
         inbound = self.sidecar.config.inbound
         return ("inbound", inbound.app if inbound is not None else None)
 
-    async def connect(self, request: h11.Request, *, fresh: bool = False) -> HttpStream:
+    async def connect(self, request: h1.Request, *, fresh: bool = False) -> HttpStream:
         inbound = self.sidecar.config.inbound
         assert inbound is not None
         # The app's connection carries no identity: principal and address stay the
@@ -998,7 +994,7 @@ class _Inbound(_Proxy):
             )
         except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamError("UF") from exc
-        return HttpStream(reader, writer, h11.CLIENT)
+        return HttpStream(reader, writer, h1.CLIENT)
 
     def request_headers(self, kept: Headers, ex: _Exchange) -> Headers:
         return kept  # the peer's headers were read into ex and never reach the app
@@ -1054,7 +1050,7 @@ async def outbound_http(
 ) -> None:
     """Serve one HTTP/1.1 app connection on an outbound HTTP listener (``initial``: its
     first bytes, already read)."""
-    await _Outbound(sidecar, HttpStream(reader, writer, h11.SERVER, initial), cfg).serve()
+    await _Outbound(sidecar, HttpStream(reader, writer, h1.SERVER, initial), cfg).serve()
 
 
 async def inbound_http(
@@ -1064,4 +1060,4 @@ async def inbound_http(
     initial: bytes = b"",
 ) -> None:
     """Serve one HTTP/1.1 downstream connection on the inbound HTTP listener."""
-    await _Inbound(sidecar, HttpStream(reader, writer, h11.SERVER, initial)).serve()
+    await _Inbound(sidecar, HttpStream(reader, writer, h1.SERVER, initial)).serve()

@@ -1,0 +1,772 @@
+"""A lean HTTP/1.1 codec for the sidecar's relay: h11's events and states, a fraction of its cost.
+
+>>> server = Connection(SERVER)
+>>> server.receive_data(b"GET /ratings HTTP/1.1\\r\\nHost: ratings\\r\\n\\r\\n")
+>>> request = server.next_event()
+>>> request.method, request.target, request.headers.get(b"host")
+(b'GET', b'/ratings', b'ratings')
+>>> server.next_event()
+EndOfMessage(headers=[])
+>>> server.send(Response(status_code=204, headers=[]))
+b'HTTP/1.1 204 \\r\\n\\r\\n'
+
+The relay (:mod:`.http`) was written against h11, and h11 was about 40 % of a sidecar's CPU
+per request: a general state machine that validates every header of every event it sends,
+with several Python calls per state change. This module keeps h11's events, state names and
+methods (the subset the relay uses, with the same meaning), and parses the same grammar
+(RFC 9112 as h11 reads it: the request line, status line and field lines by the same ABNF,
+``LF`` or ``CRLF`` line ends, at most 16 KiB of an incomplete head, ``Host`` required on
+HTTP/1.1 requests, ``Content-Length`` values merged when equal and refused when not, only a
+final ``chunked`` transfer coding, a chunk's data followed by exactly ``CRLF``). One
+difference, stricter: an obsolete line fold (a field line starting with whitespace) is
+refused rather than unfolded (RFC 9112 §5.2 allows either; a sidecar passes none on).
+tests/test_proxy_h1_codec.py checks the parse against h11's on generated messages.
+
+Sending frames as h11 frames: the one framing header the relay chose, ``Transfer-Encoding:
+chunked`` added to a response that has neither (``Connection: close`` instead for an HTTP/1.0
+client), ``Connection: close`` when either side ended keep-alive, ``Host`` written first.
+Nothing is validated on the way out: every header the relay sends was parsed here or built
+by the sidecar itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+__all__ = [
+    "CLIENT",
+    "CLOSED",
+    "DONE",
+    "ERROR",
+    "IDLE",
+    "MIGHT_SWITCH_PROTOCOL",
+    "MUST_CLOSE",
+    "NEED_DATA",
+    "PAUSED",
+    "SEND_BODY",
+    "SEND_RESPONSE",
+    "SERVER",
+    "SWITCHED_PROTOCOL",
+    "Connection",
+    "ConnectionClosed",
+    "Data",
+    "EndOfMessage",
+    "Headers",
+    "InformationalResponse",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Request",
+    "Response",
+    "Role",
+]
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+Role = _Sentinel  # CLIENT or SERVER
+CLIENT: Final = _Sentinel("CLIENT")
+SERVER: Final = _Sentinel("SERVER")
+IDLE: Final = _Sentinel("IDLE")
+SEND_RESPONSE: Final = _Sentinel("SEND_RESPONSE")
+SEND_BODY: Final = _Sentinel("SEND_BODY")
+DONE: Final = _Sentinel("DONE")
+MUST_CLOSE: Final = _Sentinel("MUST_CLOSE")
+CLOSED: Final = _Sentinel("CLOSED")
+ERROR: Final = _Sentinel("ERROR")
+MIGHT_SWITCH_PROTOCOL: Final = _Sentinel("MIGHT_SWITCH_PROTOCOL")
+SWITCHED_PROTOCOL: Final = _Sentinel("SWITCHED_PROTOCOL")
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+PAUSED: Final = _Sentinel("PAUSED")
+
+
+class ProtocolError(Exception):
+    """A message that breaks HTTP/1.1; ``error_status_hint`` is the status to answer with."""
+
+    def __init__(self, msg: str, error_status_hint: int = 400) -> None:
+        super().__init__(msg)
+        self.error_status_hint = error_status_hint
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something that is not HTTP/1.1 (or that this codec refuses)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The relay tried to send something the connection's state does not allow."""
+
+
+HeaderList = list[tuple[bytes, bytes]]
+
+
+class Headers:
+    """A message's fields: iterating gives ``(lowercase name, value)``, :meth:`raw_items`
+    the names as received (or as given)."""
+
+    __slots__ = ("_raw", "_lower")
+
+    def __init__(self, raw: HeaderList, lower: HeaderList | None = None) -> None:
+        self._raw = raw
+        self._lower = lower
+
+    def _lowered(self) -> HeaderList:
+        if self._lower is None:
+            self._lower = [(name.lower(), value) for name, value in self._raw]
+        return self._lower
+
+    def __iter__(self) -> Any:
+        return iter(self._lowered())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return repr(self._raw)
+
+    def raw_items(self) -> HeaderList:
+        return self._raw
+
+    def get(self, name: bytes) -> bytes | None:
+        """The first value of the (lowercase) ``name``; None when absent."""
+        for key, value in self._lowered():
+            if key == name:
+                return value
+        return None
+
+    def tokens(self, name: bytes) -> list[bytes]:
+        """The comma-separated, lowercased values of every ``name`` field."""
+        out = []
+        for key, value in self._lowered():
+            if key == name:
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token:
+                        out.append(token)
+        return out
+
+
+def _headers(headers: Headers | HeaderList) -> Headers:
+    return headers if isinstance(headers, Headers) else Headers(headers)
+
+
+class Request:
+    __slots__ = ("method", "target", "headers", "http_version")
+
+    def __init__(
+        self,
+        *,
+        method: bytes,
+        target: bytes,
+        headers: Headers | HeaderList,
+        http_version: bytes = b"1.1",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = _headers(headers)
+        self.http_version = http_version
+
+    def __repr__(self) -> str:
+        return f"Request(method={self.method!r}, target={self.target!r}, headers={self.headers!r})"
+
+
+class _Head:
+    __slots__ = ("status_code", "headers", "reason", "http_version")
+
+    def __init__(
+        self,
+        *,
+        status_code: int,
+        headers: Headers | HeaderList,
+        reason: bytes = b"",
+        http_version: bytes = b"1.1",
+    ) -> None:
+        self.status_code = status_code
+        self.headers = _headers(headers)
+        self.reason = reason
+        self.http_version = http_version
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status_code={self.status_code}, headers={self.headers!r})"
+
+
+class Response(_Head):
+    __slots__ = ()
+
+
+class InformationalResponse(_Head):
+    __slots__ = ()
+
+
+class Data:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Data(data={self.data[:32]!r}{'...' if len(self.data) > 32 else ''})"
+
+
+class EndOfMessage:
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: Headers | HeaderList | None = None) -> None:
+        self.headers = _headers(headers if headers is not None else [])
+
+    def __repr__(self) -> str:
+        return f"EndOfMessage(headers={self.headers!r})"
+
+
+class ConnectionClosed:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ConnectionClosed()"
+
+
+Event = Request | Response | InformationalResponse | Data | EndOfMessage | ConnectionClosed
+
+# -- grammar (RFC 9112 as h11 reads it) ------------------------------------------------------
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_VCHAR_OBS = rb"[^\x00\s]"  # a visible character or obs-text
+_FIELD_VALUE = rb"(?:%s+(?:[ \t]+%s+)*)?" % (_VCHAR_OBS, _VCHAR_OBS)
+_FIELD_LINE = rb"%s:[ \t]*%s[ \t]*" % (_TOKEN, _FIELD_VALUE)
+# A whole field section (each line ending in LF or CRLF), checked by one regex call.
+_FIELDS = re.compile(rb"(?:%s\r?\n)*" % _FIELD_LINE)
+_REQUEST_LINE = re.compile(rb"(%s) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])" % _TOKEN)
+_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|%s)*))?" % _VCHAR_OBS)
+_HEAD_END = re.compile(rb"\n\r?\n")
+_CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
+_CONTENT_LENGTH = re.compile(rb"[0-9]+")
+_CONTENT_LENGTH_MAX_DIGITS = 20
+MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
+_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+
+
+def _fields(block: bytes) -> tuple[HeaderList, HeaderList]:
+    """The raw and lowercased fields of a field section (its lines, each with its line end),
+    validated; :class:`RemoteProtocolError` when a line does not parse."""
+    if _FIELDS.fullmatch(block) is None:
+        raise RemoteProtocolError(f"illegal header line in {block[:256]!r}")
+    raw: HeaderList = []
+    lower: HeaderList = []
+    for line in block.split(b"\n")[:-1]:
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t\r")
+        raw.append((name, value))
+        lower.append((name.lower(), value))
+    return raw, lower
+
+
+def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int]:
+    """How a message's body is framed, after h11's normalization: ``("chunked", 0)``,
+    ``("content-length", n)`` or ``("none", 0)`` when it names neither. Equal repeats of
+    ``Content-Length`` (as fields or a list) are merged into the first field, in place;
+    anything else that could be read two ways is refused."""
+    length: bytes | None = None
+    chunked = False
+    repeats: list[int] = []
+    for i, (name, value) in enumerate(lower):
+        if name == b"content-length":
+            values = {part.strip() for part in value.split(b",")}
+            if len(values) != 1:
+                raise RemoteProtocolError("conflicting Content-Length headers")
+            single = values.pop()
+            if (
+                _CONTENT_LENGTH.fullmatch(single) is None
+                or len(single) > _CONTENT_LENGTH_MAX_DIGITS
+            ):
+                raise RemoteProtocolError("bad Content-Length")
+            if length is not None:
+                if single != length:
+                    raise RemoteProtocolError("conflicting Content-Length headers")
+                repeats.append(i)
+            length = single
+            if single != value:
+                lower[i] = (name, single)
+                raw[i] = (raw[i][0], single)
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise RemoteProtocolError("multiple Transfer-Encoding headers", 501)
+            if value.lower() != b"chunked":
+                raise RemoteProtocolError("Only Transfer-Encoding: chunked is supported", 501)
+            chunked = True
+            if value != b"chunked":
+                lower[i] = (name, b"chunked")
+                raw[i] = (raw[i][0], b"chunked")
+    for i in reversed(repeats):
+        del lower[i], raw[i]
+    if chunked:
+        return "chunked", 0
+    if length is not None:
+        return "content-length", int(length)
+    return "none", 0
+
+
+def _keep_alive(headers: Headers, http_version: bytes) -> bool:
+    return b"close" not in headers.tokens(b"connection") and http_version >= b"1.1"
+
+
+# -- the connection -----------------------------------------------------------------------------
+
+
+class Connection:
+    """One end of an HTTP/1.1 connection (``role``: :data:`CLIENT` or :data:`SERVER`): bytes
+    in (:meth:`receive_data`), events out (:meth:`next_event`), events in (:meth:`send`),
+    bytes out. States and their meaning as h11's (``our_state``, ``their_state``)."""
+
+    def __init__(self, role: _Sentinel) -> None:
+        self.our_role = role
+        self.their_role = SERVER if role is CLIENT else CLIENT
+        self._buf = bytearray()
+        self._pos = 0  # parsed up to here
+        self._closed = False  # the peer's EOF came
+        self.our_state: _Sentinel = IDLE
+        self.their_state: _Sentinel = IDLE
+        self._keep_alive = True
+        self._request_method: bytes | None = None
+        self.their_http_version: bytes | None = None
+        self._switch_proposed = False  # the request asked to upgrade (or was a CONNECT)
+        self.they_are_waiting_for_100_continue = False
+        # The body being read: "content-length" (_remaining bytes left), "chunked", "close"
+        # (read until EOF); for chunked, the bytes left in the current chunk, or -1 while
+        # the chunk's CRLF is due, or -2 while reading the trailer section.
+        self._reading: str | None = None
+        self._remaining = 0
+        self._chunk = 0
+        # What we are writing: "content-length" (_out_remaining bytes left) or "chunked"
+        self._writing: str | None = None
+        self._out_remaining = 0
+
+    # -- receiving ------------------------------------------------------------------------
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """Bytes received but not parsed yet, and whether the peer's EOF came."""
+        return bytes(self._buf[self._pos :]), self._closed
+
+    def unparsed(self) -> int:
+        """How many received bytes are not parsed yet (``len(trailing_data[0])``)."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; ``b""`` is its EOF."""
+        if not data:
+            self._closed = True
+            return
+        if self._closed:
+            raise RuntimeError("received close, then received more data?")
+        if self._pos and self._pos == len(self._buf):
+            self._buf = bytearray(data)
+            self._pos = 0
+        else:
+            if self._pos > 65536:
+                del self._buf[: self._pos]
+                self._pos = 0
+            self._buf += data
+
+    def next_event(self) -> Any:
+        """The next event, :data:`NEED_DATA`, or :data:`PAUSED` (their message is done and
+        this cycle is not over, or the protocol switched)."""
+        if self.their_state is ERROR:
+            raise RemoteProtocolError("Can't receive data when peer state is ERROR")
+        try:
+            event = self._next()
+        except ProtocolError as exc:
+            self.their_state = ERROR
+            if isinstance(exc, RemoteProtocolError):
+                raise
+            raise RemoteProtocolError(str(exc), exc.error_status_hint) from None
+        if event is NEED_DATA and self.unparsed() > MAX_INCOMPLETE_EVENT_SIZE:
+            self.their_state = ERROR
+            raise RemoteProtocolError("Receive buffer too long", 431)
+        return event
+
+    def _next(self) -> Any:
+        state = self.their_state
+        if state is SEND_BODY:
+            return self._body()
+        if state is IDLE and (self.our_role is SERVER or self.our_state is not IDLE):
+            return self._head()
+        if state is MIGHT_SWITCH_PROTOCOL or state is SWITCHED_PROTOCOL:
+            return PAUSED
+        if self._pos < len(self._buf):
+            if state is DONE:
+                return PAUSED
+            raise RemoteProtocolError("Got data when expecting EOF")
+        if self._closed:
+            self.their_state = CLOSED
+            return ConnectionClosed()
+        return NEED_DATA
+
+    def _head(self) -> Any:
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            if self._closed:
+                if self.our_role is CLIENT:
+                    raise RemoteProtocolError("peer closed connection before its response")
+                self.their_state = CLOSED
+                return ConnectionClosed()
+            return NEED_DATA
+        if buf[pos] == 0x0A or buf[pos : pos + 2] == b"\r\n":
+            raise RemoteProtocolError("no request line received")
+        found = _HEAD_END.search(buf, pos)
+        if found is None:
+            if buf[pos] < 0x21:
+                raise RemoteProtocolError("illegal request line")
+            if self._closed:
+                raise RemoteProtocolError("peer unexpectedly closed connection")
+            return NEED_DATA
+        end = found.end()
+        head = bytes(buf[pos:end])
+        self._pos = end
+        first_end = head.find(b"\n")
+        first = head[:first_end]
+        if first.endswith(b"\r"):
+            first = first[:-1]
+        # The field lines, each with its line end (the blank line's is left out).
+        raw, lower = _fields(head[first_end + 1 : -1 if head.endswith(b"\n\n") else -2])
+        if self.our_role is SERVER:
+            return self._request(first, raw, lower)
+        return self._response(first, raw, lower)
+
+    def _request(self, line: bytes, raw: HeaderList, lower: HeaderList) -> Request:
+        match = _REQUEST_LINE.fullmatch(line)
+        if match is None:
+            raise RemoteProtocolError(f"illegal request line: {line[:256]!r}")
+        method, target, version = match.group(1, 2, 3)
+        framing, length = _framing(lower, raw)
+        headers = Headers(raw, lower)
+        hosts = sum(1 for name, _ in lower if name == b"host")
+        if hosts > 1:
+            raise RemoteProtocolError("Found multiple Host: headers")
+        if version == b"1.1" and hosts == 0:
+            raise RemoteProtocolError("Missing mandatory Host: header")
+        request = Request(method=method, target=target, headers=headers, http_version=version)
+        self._request_method = method
+        self.their_http_version = version
+        if method == b"CONNECT" or headers.tokens(b"upgrade"):
+            self._switch_proposed = True
+        if not _keep_alive(headers, version):
+            self._keep_alive = False
+        if version >= b"1.1" and b"100-continue" in headers.tokens(b"expect"):
+            self.they_are_waiting_for_100_continue = True
+        self.our_state = SEND_RESPONSE
+        self._start_body(framing if framing != "none" else "content-length", length)
+        return request
+
+    def _response(self, line: bytes, raw: HeaderList, lower: HeaderList) -> Any:
+        match = _STATUS_LINE.fullmatch(line)
+        if match is None:
+            raise RemoteProtocolError(f"illegal status line: {line[:256]!r}")
+        version, code_digits, reason = match.group(1, 2, 3)
+        status = int(code_digits)
+        framing, length = _framing(lower, raw)
+        self.their_http_version = version
+        if status < 200:
+            info = InformationalResponse(
+                status_code=status, headers=Headers(raw, lower), reason=reason or b"",
+                http_version=version,
+            )  # fmt: skip
+            if status == 101:
+                if not self._switch_proposed:
+                    raise RemoteProtocolError("101 Switching Protocols without an upgrade asked")
+                self.their_state = self.our_state = SWITCHED_PROTOCOL
+            return info
+        headers = Headers(raw, lower)
+        response = Response(
+            status_code=status, headers=headers, reason=reason or b"", http_version=version
+        )
+        if not _keep_alive(headers, version):
+            self._keep_alive = False
+            self._done_to_close()
+        method = self._request_method
+        if status in (204, 304) or method == b"HEAD":
+            framing, length = "content-length", 0
+        elif method == b"CONNECT" and 200 <= status < 300:
+            framing, length = "content-length", 0
+            if self._switch_proposed:
+                self.their_state = self.our_state = SWITCHED_PROTOCOL
+                return response
+        elif framing == "none":
+            framing = "close"
+        # A final answer other than a switch: no switch now (h11 drops the proposal).
+        self._switch_proposed = False
+        if self.our_state is MIGHT_SWITCH_PROTOCOL:
+            self.our_state = DONE if self._keep_alive else MUST_CLOSE
+        self._start_body(framing, length)
+        return response
+
+    def _start_body(self, framing: str, length: int) -> None:
+        self.their_state = SEND_BODY
+        self._reading = framing
+        self._remaining = length
+        self._chunk = 0
+
+    def _body(self) -> Any:
+        reading = self._reading
+        buf, pos = self._buf, self._pos
+        if reading == "content-length":
+            if self._remaining == 0:
+                return self._message_end(EndOfMessage())
+            available = len(buf) - pos
+            if available == 0:
+                if self._closed:
+                    raise RemoteProtocolError(
+                        "peer closed connection without sending complete message body"
+                    )
+                return NEED_DATA
+            take = min(available, self._remaining)
+            self._pos = pos + take
+            self._remaining -= take
+            return Data(bytes(buf[pos : pos + take]))
+        if reading == "close":
+            if pos < len(buf):
+                self._pos = len(buf)
+                return Data(bytes(buf[pos:]))
+            if self._closed:
+                self._keep_alive = False
+                return self._message_end(EndOfMessage())
+            return NEED_DATA
+        return self._chunked()
+
+    def _chunked(self) -> Any:
+        buf, pos = self._buf, self._pos
+        chunk = self._chunk
+        if chunk == -2:  # the trailer section
+            if pos == len(buf):
+                return self._starved()
+            if buf[pos : pos + 2] == b"\r\n" or buf[pos : pos + 1] == b"\n":
+                self._pos = pos + (2 if buf[pos] == 0x0D else 1)
+                return self._message_end(EndOfMessage())
+            found = _HEAD_END.search(buf, pos)
+            if found is None:
+                return self._starved()
+            block = bytes(buf[pos : found.end()])
+            self._pos = found.end()
+            raw, lower = _fields(block[: -1 if block.endswith(b"\n\n") else -2])
+            _framing(lower, raw)
+            return self._message_end(EndOfMessage(Headers(raw, lower)))
+        if chunk == -1:  # the CRLF after a chunk's data
+            got = bytes(buf[pos : pos + 2])
+            if got != b"\r\n"[: len(got)]:
+                raise RemoteProtocolError(f"malformed chunk footer: {got!r}")
+            if len(got) < 2:
+                return self._starved()
+            pos += 2
+            self._pos = pos
+            chunk = self._chunk = 0
+        if chunk == 0:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return self._starved()
+            line = bytes(buf[pos : eol + 2])
+            match = _CHUNK_HEADER.fullmatch(line)
+            if match is None:
+                raise RemoteProtocolError(f"illegal chunk header: {line[:64]!r}")
+            self._pos = pos = eol + 2
+            chunk = int(match.group(1), 16)
+            if chunk == 0:
+                self._chunk = -2
+                return self._chunked()
+            self._chunk = chunk
+        available = len(buf) - pos
+        if available == 0:
+            return self._starved()
+        take = min(available, chunk)
+        self._pos = pos + take
+        self._chunk = chunk - take if take < chunk else -1
+        return Data(bytes(buf[pos : pos + take]))
+
+    def _starved(self) -> Any:
+        if self._closed:
+            raise RemoteProtocolError(
+                "peer closed connection without sending complete message body "
+                "(incomplete chunked read)"
+            )
+        return NEED_DATA
+
+    def _message_end(self, event: EndOfMessage) -> EndOfMessage:
+        self._reading = None
+        if self.our_role is SERVER:
+            self.they_are_waiting_for_100_continue = False
+            if self._switch_proposed and self.our_state is not SWITCHED_PROTOCOL:
+                self.their_state = MIGHT_SWITCH_PROTOCOL
+                return event
+        self.their_state = DONE if self._keep_alive else MUST_CLOSE
+        return event
+
+    def _done_to_close(self) -> None:
+        if self.our_state is DONE:
+            self.our_state = MUST_CLOSE
+        if self.their_state is DONE:
+            self.their_state = MUST_CLOSE
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, event: Any) -> bytes:
+        """The bytes that carry ``event`` to the peer."""
+        kind = type(event)
+        if kind is Data:
+            return self._send_data(event.data)
+        if kind is EndOfMessage:
+            return self._send_end(event)
+        if kind is Response:
+            return self._send_response(event)
+        if kind is Request:
+            return self._send_request(event)
+        if kind is InformationalResponse:
+            return self._send_informational(event)
+        raise LocalProtocolError(f"cannot send {kind.__name__}")
+
+    def _send_request(self, request: Request) -> bytes:
+        if self.our_role is not CLIENT or self.our_state is not IDLE:
+            raise LocalProtocolError(f"cannot send a request in state {self.our_state}")
+        headers = request.headers
+        lower = headers._lowered()
+        framing, length = _framing(lower, headers.raw_items())
+        self._request_method = request.method
+        if request.method == b"CONNECT" or headers.tokens(b"upgrade"):
+            self._switch_proposed = True
+        if not _keep_alive(headers, request.http_version):
+            self._keep_alive = False
+        self._writing = "chunked" if framing == "chunked" else "content-length"
+        self._out_remaining = length
+        self.our_state = SEND_BODY
+        return b"%s %s HTTP/1.1\r\n%s" % (request.method, request.target, _write_fields(headers))
+
+    def _send_informational(self, info: InformationalResponse) -> bytes:
+        if self.our_role is not SERVER or self.our_state is not SEND_RESPONSE:
+            raise LocalProtocolError(f"cannot send a 1xx in state {self.our_state}")
+        self.they_are_waiting_for_100_continue = False
+        if info.status_code == 101 and self.their_state is MIGHT_SWITCH_PROTOCOL:
+            self.our_state = self.their_state = SWITCHED_PROTOCOL
+        return b"HTTP/1.1 %d %s\r\n%s" % (
+            info.status_code,
+            info.reason,
+            _write_fields(info.headers),
+        )
+
+    def _send_response(self, response: Response) -> bytes:
+        if self.our_role is not SERVER or self.our_state is not SEND_RESPONSE:
+            raise LocalProtocolError(f"cannot send a response in state {self.our_state}")
+        self.they_are_waiting_for_100_continue = False
+        status = response.status_code
+        raw = list(response.headers.raw_items())
+        headers = Headers(raw)
+        framing, length = _framing(headers._lowered(), raw)
+        method = self._request_method
+        # As h11: the headers say "close" when keep-alive had already ended or the body
+        # can only end with the connection; a response's own "close" is sent as it is.
+        need_close = not self._keep_alive
+        no_body = status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300)
+        if framing != "content-length" and not no_body:
+            # Chunked, or no length: chunked for an HTTP/1.1 client (one framing header,
+            # written last), else the end of the connection marks the body's end.
+            raw = [(n, v) for n, v in raw if n.lower() not in _FRAMING_FIELDS]
+            if self.their_http_version is not None and self.their_http_version >= b"1.1":
+                raw.append((b"Transfer-Encoding", b"chunked"))
+                framing = "chunked"
+            else:
+                framing = "none"
+                need_close = need_close or method != b"HEAD"
+            headers = Headers(raw)
+        if need_close:
+            self._keep_alive = False
+            tokens = set(headers.tokens(b"connection"))
+            tokens.discard(b"keep-alive")
+            tokens.add(b"close")
+            raw = [(n, v) for n, v in raw if n.lower() != b"connection"]
+            raw.append((b"Connection", b", ".join(sorted(tokens))))
+            headers = Headers(raw)
+        if not _keep_alive(headers, response.http_version):
+            self._keep_alive = False
+        if not self._keep_alive:
+            self._done_to_close()
+        if status in (204, 304) or method == b"HEAD":
+            self._writing, self._out_remaining = "content-length", 0
+        elif method == b"CONNECT" and 200 <= status < 300 and self._switch_proposed:
+            self.our_state = self.their_state = SWITCHED_PROTOCOL
+            return b"HTTP/1.1 %d %s\r\n%s" % (status, response.reason, _write_fields(headers))
+        elif framing == "chunked":
+            self._writing = "chunked"
+        elif framing == "content-length":
+            self._writing, self._out_remaining = "content-length", length
+        else:
+            self._writing = "close"
+        self._switch_proposed = False  # a final answer other than a switch: none now
+        if self.their_state is MIGHT_SWITCH_PROTOCOL:
+            self.their_state = DONE if self._keep_alive else MUST_CLOSE
+        self.our_state = SEND_BODY
+        return b"HTTP/1.1 %d %s\r\n%s" % (status, response.reason, _write_fields(headers))
+
+    def _send_data(self, data: bytes) -> bytes:
+        if self.our_state is not SEND_BODY:
+            raise LocalProtocolError(f"cannot send data in state {self.our_state}")
+        if self.our_role is CLIENT:
+            self.they_are_waiting_for_100_continue = False
+        if self._writing == "content-length":
+            if len(data) > self._out_remaining:
+                raise LocalProtocolError("Too much data for declared Content-Length")
+            self._out_remaining -= len(data)
+            return data
+        if self._writing == "chunked":
+            return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+        return data
+
+    def _send_end(self, end: EndOfMessage) -> bytes:
+        if self.our_state is not SEND_BODY:
+            raise LocalProtocolError(f"cannot end a message in state {self.our_state}")
+        out = b""
+        if self._writing == "content-length":
+            if self._out_remaining:
+                raise LocalProtocolError("Too little data for declared Content-Length")
+        elif self._writing == "chunked":
+            out = b"0\r\n" + _write_fields(end.headers)
+        elif self._writing == "close":
+            self._keep_alive = False
+        self._writing = None
+        if self.our_role is CLIENT and self._switch_proposed:
+            self.our_state = MIGHT_SWITCH_PROTOCOL
+        else:
+            self.our_state = DONE if self._keep_alive else MUST_CLOSE
+            if not self._keep_alive:
+                self._done_to_close()
+        return out
+
+    # -- cycles -----------------------------------------------------------------------------
+
+    def start_next_cycle(self) -> None:
+        """Both sides are :data:`DONE`: the connection is ready for its next request."""
+        if self.our_state is not DONE or self.their_state is not DONE:
+            raise LocalProtocolError(
+                f"not in a reusable state: ours {self.our_state}, theirs {self.their_state}"
+            )
+        self.our_state = self.their_state = IDLE
+        self._request_method = None
+        self._switch_proposed = False
+        self.they_are_waiting_for_100_continue = False
+
+
+def _write_fields(headers: Headers) -> bytes:
+    """A field section on the wire, ``Host`` first (as h11 writes it), and its blank line."""
+    raw = headers.raw_items()
+    parts = []
+    for name, value in raw:
+        if name.lower() == b"host":
+            parts.append(b"%s: %s\r\n" % (name, value))
+    for name, value in raw:
+        if name.lower() != b"host":
+            parts.append(b"%s: %s\r\n" % (name, value))
+    parts.append(b"\r\n")
+    return b"".join(parts)
