@@ -159,7 +159,12 @@ def _headers(headers: Headers | HeaderList) -> Headers:
 
 
 class Request:
-    __slots__ = ("method", "target", "headers", "http_version")
+    """A request head. ``content_lengths``: how many ``Content-Length`` values a received
+    request carried before they were merged (fields and list members; 0 when none, and on a
+    request built to be sent), for a relay that refuses what another parser could read
+    differently."""
+
+    __slots__ = ("method", "target", "headers", "http_version", "content_lengths")
 
     def __init__(
         self,
@@ -173,6 +178,7 @@ class Request:
         self.target = target
         self.headers = _headers(headers)
         self.http_version = http_version
+        self.content_lengths = 0
 
     def __repr__(self) -> str:
         return f"Request(method={self.method!r}, target={self.target!r}, headers={self.headers!r})"
@@ -268,16 +274,19 @@ def _fields(block: bytes) -> tuple[HeaderList, HeaderList]:
     return raw, lower
 
 
-def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int]:
+def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int, int]:
     """How a message's body is framed, after h11's normalization: ``("chunked", 0)``,
-    ``("content-length", n)`` or ``("none", 0)`` when it names neither. Equal repeats of
-    ``Content-Length`` (as fields or a list) are merged into the first field, in place;
-    anything else that could be read two ways is refused."""
+    ``("content-length", n)`` or ``("none", 0)`` when it names neither, and how many
+    ``Content-Length`` values it carried. Equal repeats of ``Content-Length`` (as fields or
+    a list) are merged into the first field, in place; anything else that could be read two
+    ways is refused."""
     length: bytes | None = None
     chunked = False
     repeats: list[int] = []
+    lengths = 0
     for i, (name, value) in enumerate(lower):
         if name == b"content-length":
+            lengths += 1 + value.count(b",")
             values = {part.strip() for part in value.split(b",")}
             if len(values) != 1:
                 raise RemoteProtocolError("conflicting Content-Length headers")
@@ -307,10 +316,10 @@ def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int]:
     for i in reversed(repeats):
         del lower[i], raw[i]
     if chunked:
-        return "chunked", 0
+        return "chunked", 0, lengths
     if length is not None:
-        return "content-length", int(length)
-    return "none", 0
+        return "content-length", int(length), lengths
+    return "none", 0, lengths
 
 
 def _keep_alive(headers: Headers, http_version: bytes) -> bool:
@@ -445,7 +454,7 @@ class Connection:
         if match is None:
             raise RemoteProtocolError(f"illegal request line: {line[:256]!r}")
         method, target, version = match.group(1, 2, 3)
-        framing, length = _framing(lower, raw)
+        framing, length, lengths = _framing(lower, raw)
         headers = Headers(raw, lower)
         hosts = sum(1 for name, _ in lower if name == b"host")
         if hosts > 1:
@@ -453,6 +462,7 @@ class Connection:
         if version == b"1.1" and hosts == 0:
             raise RemoteProtocolError("Missing mandatory Host: header")
         request = Request(method=method, target=target, headers=headers, http_version=version)
+        request.content_lengths = lengths
         self._request_method = method
         self.their_http_version = version
         if method == b"CONNECT" or headers.tokens(b"upgrade"):
@@ -471,7 +481,7 @@ class Connection:
             raise RemoteProtocolError(f"illegal status line: {line[:256]!r}")
         version, code_digits, reason = match.group(1, 2, 3)
         status = int(code_digits)
-        framing, length = _framing(lower, raw)
+        framing, length, _ = _framing(lower, raw)
         self.their_http_version = version
         if status < 200:
             info = InformationalResponse(
@@ -555,7 +565,7 @@ class Connection:
             block = bytes(buf[pos : found.end()])
             self._pos = found.end()
             raw, lower = _fields(block[: -1 if block.endswith(b"\n\n") else -2])
-            _framing(lower, raw)
+            _framing(lower, raw)  # refused there as in a head
             return self._message_end(EndOfMessage(Headers(raw, lower)))
         if chunk == -1:  # the CRLF after a chunk's data
             got = bytes(buf[pos : pos + 2])
@@ -634,7 +644,7 @@ class Connection:
             raise LocalProtocolError(f"cannot send a request in state {self.our_state}")
         headers = request.headers
         lower = headers._lowered()
-        framing, length = _framing(lower, headers.raw_items())
+        framing, length, _ = _framing(lower, headers.raw_items())
         self._request_method = request.method
         if request.method == b"CONNECT" or headers.tokens(b"upgrade"):
             self._switch_proposed = True
@@ -664,7 +674,7 @@ class Connection:
         status = response.status_code
         raw = list(response.headers.raw_items())
         headers = Headers(raw)
-        framing, length = _framing(headers._lowered(), raw)
+        framing, length, _ = _framing(headers._lowered(), raw)
         method = self._request_method
         # As h11: the headers say "close" when keep-alive had already ended or the body
         # can only end with the connection; a response's own "close" is sent as it is.

@@ -190,12 +190,10 @@ class HttpStream:
         if initial:
             self.conn.receive_data(initial)
         self.sent = 0
-        # The raw bytes of the message head being read (see keep_next_head): the codec merges
-        # repeated Content-Length fields, and the framing checks must see them as sent.
-        self._head: bytearray | None = None
-        self._head_from = 0
-        self.last_head = b""
         self._held: Any = None  # an event next_body_event took from the codec ahead of time
+        # Bytes sent with flush=False, written together by the next flush: a response's head
+        # and body in one write (one TLS record, one system call) instead of two.
+        self._pending: list[bytes] = []
 
     @property
     def consumed(self) -> int:
@@ -205,12 +203,6 @@ class HttpStream:
         """Bytes arrived that this stream has not read from its reader yet (a connection
         the sidecar accepted; False for others)."""
         return self.watched is not None and self.watched.received > self.fed
-
-    def keep_next_head(self) -> None:
-        """Keep the raw bytes of the next request or response head in :attr:`last_head`."""
-        self._head = bytearray(self.conn.trailing_data[0])
-        self._head_from = self.consumed
-        self.last_head = b""
 
     async def next_event(self, idle: float | None = None) -> Any:
         """The next codec event, reading from the socket as needed (EOF included); a read
@@ -222,9 +214,6 @@ class HttpStream:
         while True:
             event = self.conn.next_event()
             if event is not h1.NEED_DATA:
-                if self._head is not None and isinstance(event, (h1.Request, h1.Response)):
-                    self.last_head = bytes(self._head[: self.consumed - self._head_from])
-                    self._head = None
                 return event
             if idle is None:
                 data = await self.reader.read(CHUNK)
@@ -235,26 +224,54 @@ class HttpStream:
                 except Interrupted:
                     raise asyncio.TimeoutError from None
             self.fed += len(data)
-            if self._head is not None:  # bounded: the codec refuses heads over 16 KiB
-                self._head += data
             self.conn.receive_data(data)
 
-    async def send(self, event: h1.Event) -> None:
+    async def send(self, event: h1.Event, *, flush: bool = True) -> None:
+        """Send ``event``; with ``flush=False`` its bytes wait for the next :meth:`flush`
+        (or flushing send), which the relay does before it waits for anything."""
         data = self.conn.send(event)
         if data:
-            write(self.writer, data)
-            self.sent += len(data)
-            await self.writer.drain()
+            self._pending.append(data)
+        if flush and self._pending:
+            await self.flush()
+
+    @property
+    def pending(self) -> bool:
+        """Bytes sent with ``flush=False`` are waiting to be written."""
+        return bool(self._pending)
+
+    async def flush(self) -> None:
+        """Write what was sent with ``flush=False`` (``OSError`` when the peer is gone)."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        write(self.writer, data)
+        self.sent += len(data)
+        await self.writer.drain()
+
+    def ready(self) -> bool:
+        """The next event can be had without reading the socket (it is parsed and held);
+        False as well when the bytes there do not parse (the next read says so)."""
+        if self._held is None:
+            try:
+                event = self.conn.next_event()
+            except h1.ProtocolError:
+                return False
+            if event is h1.NEED_DATA:
+                return False
+            self._held = event
+        return True
 
     async def next_body_event(self, idle: float | None = None) -> Any:
-        """:meth:`next_event` for a body: the Data events the codec already holds come merged into
-        one (up to CHUNK bytes or BODY_EVENTS_PER_STEP events), so a body sent as many tiny
-        chunks (1 MB as 174,762 of them) costs one relay step per few hundred chunks, not one
-        per chunk, and no step holds the loop for long."""
+        """:meth:`next_event` for a body: the Data events the codec already holds come merged
+        into one (up to CHUNK bytes or BODY_EVENTS_PER_STEP events), so a body sent as many
+        tiny chunks (1 MB as 174,762 of them) costs one relay step per few hundred chunks, not
+        one per chunk, and no step holds the loop for long."""
         if self._held is not None:
             event, self._held = self._held, None
-            return event
-        event = await self.next_event(idle)
+        else:
+            event = await self.next_event(idle)
         if not isinstance(event, h1.Data):
             return event
         parts, size = [event.data], len(event.data)
@@ -331,33 +348,26 @@ def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
     return kept, metadata, metadata_id
 
 
-def framing_problem(request: h1.Request, head: bytes) -> str | None:
+def framing_problem(request: h1.Request) -> str | None:
     r"""Why a request's framing is ambiguous (RFC 9112 §6.1, §6.3), or None.
 
-    ``head`` is the request head as received (the codec has merged repeated fields by then).
-
-    >>> req = h1.Request(method="POST", target="/", headers=[("host", "a")])
-    >>> framing_problem(req, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n"
-    ...                      b"Transfer-Encoding: chunked\r\n\r\n")
+    >>> conn = h1.Connection(h1.SERVER)
+    >>> conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+    ...                   b"Transfer-Encoding: chunked\r\n\r\n")
+    >>> framing_problem(conn.next_event())
     'both Content-Length and Transfer-Encoding'
-    >>> framing_problem(req, b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+    >>> conn = h1.Connection(h1.SERVER)
+    >>> conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n")
+    >>> framing_problem(conn.next_event())
     'more than one Content-Length'
     """
-    lengths = codings = 0
-    for line in head.split(b"\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        name = name.strip().lower()
-        if name == b"content-length":
-            lengths += 1 + value.count(b",")
-        elif name == b"transfer-encoding":
-            codings += 1
-    if lengths and codings:
+    lengths = request.content_lengths  # as received: the codec has merged equal ones
+    coded = request.headers.get(b"transfer-encoding") is not None
+    if lengths and coded:
         return "both Content-Length and Transfer-Encoding"
     if lengths > 1:
         return "more than one Content-Length"
-    if codings and request.http_version == b"1.0":
+    if coded and request.http_version == b"1.0":
         return "Transfer-Encoding on HTTP/1.0"
     return None
 
@@ -490,7 +500,6 @@ class _Proxy:
         down = self.down
         loop = asyncio.get_running_loop()
         ex = _Exchange(loop.time(), down.consumed, down.sent)
-        down.keep_next_head()
         try:
             # A connection waiting for its next request (or a head trickling in) is closed
             # after idle_timeout, as Envoy's connection idle timeout does; nothing to record.
@@ -513,7 +522,7 @@ class _Proxy:
             # Envoy's default (Istio: ISTIO_META_HTTP10 off): HTTP/1.0 is not served.
             await self._reject(event, ex, 426)
             return False
-        if framing_problem(event, down.last_head) is not None:
+        if framing_problem(event) is not None:
             # Ambiguous framing: two parsers could read two different requests here.
             await self._reject(event, ex)
             return False
@@ -577,7 +586,8 @@ class _Proxy:
             fed = up.fed
             try:
                 await up.send(
-                    h1.Request(method=request.method, target=request.target, headers=headers)
+                    h1.Request(method=request.method, target=request.target, headers=headers),
+                    flush=False,
                 )
                 response = None
                 if down.conn.they_are_waiting_for_100_continue:
@@ -631,12 +641,11 @@ class _Proxy:
         kept, _, _ = _split(response.headers)
         ex.code = response.status_code
         out = self._closing(self.response_headers(kept, ex, response), ex)
-        try:
-            await down.send(h1.Response(status_code=response.status_code, headers=out,
-                                         reason=response.reason))  # fmt: skip
-        except OSError:
-            ex.flags = "DC"  # the client went away before its response: recorded as its own
-            raise
+        # Written with the body's first bytes (see _body), or before _body waits for them.
+        await down.send(
+            h1.Response(status_code=response.status_code, headers=out, reason=response.reason),
+            flush=False,
+        )
         await self._body(up, down, ex=ex)
 
     @property
@@ -746,6 +755,7 @@ class _Proxy:
         meanwhile (a pipelined request) wait in its reader, which stops reading the socket
         when full.
         """
+        await up.flush()  # the request's head, when it went out without a body
         loop = asyncio.get_running_loop()
         cfg = self.config
         watched = self.down.watched
@@ -803,6 +813,14 @@ class _Proxy:
         """
         idle = no_zero(self.config.stream_idle_timeout)
         while True:
+            if dst.pending and not src.ready():
+                # Nothing more to relay without waiting: what was sent goes out first.
+                try:
+                    await dst.flush()
+                except OSError:
+                    if ex is not None:
+                        ex.flags = "DC"
+                    raise
             try:
                 event = await src.next_body_event(idle)
                 if isinstance(event, h1.Data) and not src.holds_event:
@@ -824,9 +842,9 @@ class _Proxy:
                 raise
             try:
                 if isinstance(event, h1.Data):
-                    await dst.send(h1.Data(data=event.data))
+                    await dst.send(event, flush=False)
                 elif isinstance(event, h1.EndOfMessage):
-                    await dst.send(h1.EndOfMessage(headers=list(event.headers.raw_items())))
+                    await dst.send(event)  # with its trailers
                     return
                 else:
                     raise h1.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
@@ -851,8 +869,8 @@ class _Proxy:
             (b"content-length", str(len(body)).encode()),
         ]
         headers = self._closing(self.response_headers(headers, ex, None), ex)
-        await self.down.send(h1.Response(status_code=code, headers=headers))
-        await self.down.send(h1.Data(data=body))
+        await self.down.send(h1.Response(status_code=code, headers=headers), flush=False)
+        await self.down.send(h1.Data(data=body), flush=False)
         await self.down.send(h1.EndOfMessage())
 
     async def _reject(
