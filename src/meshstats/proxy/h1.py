@@ -118,13 +118,13 @@ class Headers:
         self._raw = raw
         self._lower = lower
 
-    def _lowered(self) -> HeaderList:
+    def lowered(self) -> HeaderList:
         if self._lower is None:
             self._lower = [(name.lower(), value) for name, value in self._raw]
         return self._lower
 
     def __iter__(self) -> Any:
-        return iter(self._lowered())
+        return iter(self.lowered())
 
     def __len__(self) -> int:
         return len(self._raw)
@@ -137,7 +137,7 @@ class Headers:
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of the (lowercase) ``name``; None when absent."""
-        for key, value in self._lowered():
+        for key, value in self.lowered():
             if key == name:
                 return value
         return None
@@ -145,7 +145,7 @@ class Headers:
     def tokens(self, name: bytes) -> list[bytes]:
         """The comma-separated, lowercased values of every ``name`` field."""
         out = []
-        for key, value in self._lowered():
+        for key, value in self.lowered():
             if key == name:
                 for token in value.lower().split(b","):
                     token = token.strip()
@@ -259,32 +259,72 @@ MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
-def _fields(block: bytes) -> tuple[HeaderList, HeaderList]:
+# Fields the codec itself reads: their positions are noted while the section is split.
+_NOTED = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"host"}
+)
+Noted = dict[bytes, list[int]]
+
+
+def _fields(block: bytes) -> tuple[HeaderList, HeaderList, Noted]:
     """The raw and lowercased fields of a field section (its lines, each with its line end),
-    validated; :class:`RemoteProtocolError` when a line does not parse."""
+    validated, and where the fields the codec reads are; :class:`RemoteProtocolError` when
+    a line does not parse."""
     if _FIELDS.fullmatch(block) is None:
         raise RemoteProtocolError(f"illegal header line in {block[:256]!r}")
     raw: HeaderList = []
     lower: HeaderList = []
-    for line in block.split(b"\n")[:-1]:
+    noted: Noted = {}
+    for i, line in enumerate(block.split(b"\n")[:-1]):
         name, _, value = line.partition(b":")
         value = value.strip(b" \t\r")
+        lname = name.lower()
         raw.append((name, value))
-        lower.append((name.lower(), value))
-    return raw, lower
+        lower.append((lname, value))
+        if lname in _NOTED:
+            if lname in noted:
+                noted[lname].append(i)
+            else:
+                noted[lname] = [i]
+    return raw, lower, noted
 
 
-def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int, int]:
+def _note(lower: HeaderList) -> Noted:
+    """:func:`_fields`' notes for fields that did not come from the parser."""
+    noted: Noted = {}
+    for i, (name, _) in enumerate(lower):
+        if name in _NOTED:
+            noted.setdefault(name, []).append(i)
+    return noted
+
+
+def _tokens(lower: HeaderList, noted: Noted, name: bytes) -> list[bytes]:
+    """The comma-separated, lowercased values of every noted ``name`` field."""
+    out = []
+    for i in noted.get(name, ()):
+        for token in lower[i][1].lower().split(b","):
+            token = token.strip()
+            if token:
+                out.append(token)
+    return out
+
+
+def _framing(lower: HeaderList, raw: HeaderList, noted: Noted) -> tuple[str, int, int]:
     """How a message's body is framed, after h11's normalization: ``("chunked", 0)``,
     ``("content-length", n)`` or ``("none", 0)`` when it names neither, and how many
     ``Content-Length`` values it carried. Equal repeats of ``Content-Length`` (as fields or
     a list) are merged into the first field, in place; anything else that could be read two
-    ways is refused."""
+    ways is refused (the first problem in field order, as h11 reports it)."""
+    lengths_at = noted.get(b"content-length", [])
+    codings_at = noted.get(b"transfer-encoding", [])
+    if not lengths_at and not codings_at:
+        return "none", 0, 0
     length: bytes | None = None
     chunked = False
     repeats: list[int] = []
     lengths = 0
-    for i, (name, value) in enumerate(lower):
+    for i in sorted(lengths_at + codings_at):
+        name, value = lower[i]
         if name == b"content-length":
             lengths += 1 + value.count(b",")
             values = {part.strip() for part in value.split(b",")}
@@ -304,7 +344,7 @@ def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int, int]:
             if single != value:
                 lower[i] = (name, single)
                 raw[i] = (raw[i][0], single)
-        elif name == b"transfer-encoding":
+        else:
             if chunked:
                 raise RemoteProtocolError("multiple Transfer-Encoding headers", 501)
             if value.lower() != b"chunked":
@@ -313,7 +353,7 @@ def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int, int]:
             if value != b"chunked":
                 lower[i] = (name, b"chunked")
                 raw[i] = (raw[i][0], b"chunked")
-    for i in reversed(repeats):
+    for i in reversed(repeats):  # (the notes are stale from here on)
         del lower[i], raw[i]
     if chunked:
         return "chunked", 0, lengths
@@ -322,8 +362,8 @@ def _framing(lower: HeaderList, raw: HeaderList) -> tuple[str, int, int]:
     return "none", 0, lengths
 
 
-def _keep_alive(headers: Headers, http_version: bytes) -> bool:
-    return b"close" not in headers.tokens(b"connection") and http_version >= b"1.1"
+def _keep_alive(lower: HeaderList, noted: Noted, http_version: bytes) -> bool:
+    return http_version >= b"1.1" and b"close" not in _tokens(lower, noted, b"connection")
 
 
 # -- the connection -----------------------------------------------------------------------------
@@ -444,19 +484,22 @@ class Connection:
         if first.endswith(b"\r"):
             first = first[:-1]
         # The field lines, each with its line end (the blank line's is left out).
-        raw, lower = _fields(head[first_end + 1 : -1 if head.endswith(b"\n\n") else -2])
+        raw, lower, noted = _fields(head[first_end + 1 : -1 if head.endswith(b"\n\n") else -2])
         if self.our_role is SERVER:
-            return self._request(first, raw, lower)
-        return self._response(first, raw, lower)
+            return self._request(first, raw, lower, noted)
+        return self._response(first, raw, lower, noted)
 
-    def _request(self, line: bytes, raw: HeaderList, lower: HeaderList) -> Request:
+    def _request(self, line: bytes, raw: HeaderList, lower: HeaderList, noted: Noted) -> Request:
         match = _REQUEST_LINE.fullmatch(line)
         if match is None:
             raise RemoteProtocolError(f"illegal request line: {line[:256]!r}")
         method, target, version = match.group(1, 2, 3)
-        framing, length, lengths = _framing(lower, raw)
+        hosts = len(noted.get(b"host", ()))
+        upgrade = _tokens(lower, noted, b"upgrade")
+        keep_alive = _keep_alive(lower, noted, version)
+        expects = _tokens(lower, noted, b"expect") if version >= b"1.1" else []
+        framing, length, lengths = _framing(lower, raw, noted)
         headers = Headers(raw, lower)
-        hosts = sum(1 for name, _ in lower if name == b"host")
         if hosts > 1:
             raise RemoteProtocolError("Found multiple Host: headers")
         if version == b"1.1" and hosts == 0:
@@ -465,23 +508,24 @@ class Connection:
         request.content_lengths = lengths
         self._request_method = method
         self.their_http_version = version
-        if method == b"CONNECT" or headers.tokens(b"upgrade"):
+        if method == b"CONNECT" or upgrade:
             self._switch_proposed = True
-        if not _keep_alive(headers, version):
+        if not keep_alive:
             self._keep_alive = False
-        if version >= b"1.1" and b"100-continue" in headers.tokens(b"expect"):
+        if b"100-continue" in expects:
             self.they_are_waiting_for_100_continue = True
         self.our_state = SEND_RESPONSE
         self._start_body(framing if framing != "none" else "content-length", length)
         return request
 
-    def _response(self, line: bytes, raw: HeaderList, lower: HeaderList) -> Any:
+    def _response(self, line: bytes, raw: HeaderList, lower: HeaderList, noted: Noted) -> Any:
         match = _STATUS_LINE.fullmatch(line)
         if match is None:
             raise RemoteProtocolError(f"illegal status line: {line[:256]!r}")
         version, code_digits, reason = match.group(1, 2, 3)
         status = int(code_digits)
-        framing, length, _ = _framing(lower, raw)
+        keep_alive = _keep_alive(lower, noted, version)
+        framing, length, _ = _framing(lower, raw, noted)
         self.their_http_version = version
         if status < 200:
             info = InformationalResponse(
@@ -497,7 +541,7 @@ class Connection:
         response = Response(
             status_code=status, headers=headers, reason=reason or b"", http_version=version
         )
-        if not _keep_alive(headers, version):
+        if not keep_alive:
             self._keep_alive = False
             self._done_to_close()
         method = self._request_method
@@ -564,8 +608,8 @@ class Connection:
                 return self._starved()
             block = bytes(buf[pos : found.end()])
             self._pos = found.end()
-            raw, lower = _fields(block[: -1 if block.endswith(b"\n\n") else -2])
-            _framing(lower, raw)  # refused there as in a head
+            raw, lower, noted = _fields(block[: -1 if block.endswith(b"\n\n") else -2])
+            _framing(lower, raw, noted)  # refused there as in a head
             return self._message_end(EndOfMessage(Headers(raw, lower)))
         if chunk == -1:  # the CRLF after a chunk's data
             got = bytes(buf[pos : pos + 2])
@@ -643,12 +687,14 @@ class Connection:
         if self.our_role is not CLIENT or self.our_state is not IDLE:
             raise LocalProtocolError(f"cannot send a request in state {self.our_state}")
         headers = request.headers
-        lower = headers._lowered()
-        framing, length, _ = _framing(lower, headers.raw_items())
-        self._request_method = request.method
-        if request.method == b"CONNECT" or headers.tokens(b"upgrade"):
+        lower = headers.lowered()
+        noted = _note(lower)
+        if request.method == b"CONNECT" or _tokens(lower, noted, b"upgrade"):
             self._switch_proposed = True
-        if not _keep_alive(headers, request.http_version):
+        keep_alive = _keep_alive(lower, noted, request.http_version)
+        framing, length, _ = _framing(lower, headers.raw_items(), noted)
+        self._request_method = request.method
+        if not keep_alive:
             self._keep_alive = False
         self._writing = "chunked" if framing == "chunked" else "content-length"
         self._out_remaining = length
@@ -674,7 +720,8 @@ class Connection:
         status = response.status_code
         raw = list(response.headers.raw_items())
         headers = Headers(raw)
-        framing, length, _ = _framing(headers._lowered(), raw)
+        lower = headers.lowered()
+        framing, length, _ = _framing(lower, raw, _note(lower))
         method = self._request_method
         # As h11: the headers say "close" when keep-alive had already ended or the body
         # can only end with the connection; a response's own "close" is sent as it is.
@@ -699,7 +746,8 @@ class Connection:
             raw = [(n, v) for n, v in raw if n.lower() != b"connection"]
             raw.append((b"Connection", b", ".join(sorted(tokens))))
             headers = Headers(raw)
-        if not _keep_alive(headers, response.http_version):
+        lower = headers.lowered()
+        if not _keep_alive(lower, _note(lower), response.http_version):
             self._keep_alive = False
         if not self._keep_alive:
             self._done_to_close()
@@ -770,13 +818,14 @@ class Connection:
 
 def _write_fields(headers: Headers) -> bytes:
     """A field section on the wire, ``Host`` first (as h11 writes it), and its blank line."""
-    raw = headers.raw_items()
-    parts = []
-    for name, value in raw:
-        if name.lower() == b"host":
-            parts.append(b"%s: %s\r\n" % (name, value))
-    for name, value in raw:
-        if name.lower() != b"host":
-            parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    first = []
+    rest = []
+    for name, value in headers.raw_items():
+        if len(name) == 4 and name.lower() == b"host":
+            first.append(b"%s: %s\r\n" % (name, value))
+        else:
+            rest.append(b"%s: %s\r\n" % (name, value))
+    if first:
+        rest = first + rest
+    rest.append(b"\r\n")
+    return b"".join(rest)

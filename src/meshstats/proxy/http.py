@@ -329,8 +329,7 @@ def _split(headers: Any) -> tuple[Headers, bytes | None, bytes | None]:
     kept: Headers = []
     metadata = metadata_id = length = None
     chunked = False
-    for raw_name, value in headers.raw_items():
-        name = raw_name.lower()
+    for (raw_name, value), (name, _) in zip(headers.raw_items(), headers.lowered()):
         if name == MX_HEADER:
             metadata = value
         elif name == MX_ID_HEADER:
@@ -528,7 +527,11 @@ class _Proxy:
             return False
         # Envoy takes CONNECT for an upgrade of its own type, which Istio's sidecar
         # listeners do not enable: refused below as any other type.
-        upgrade = b"CONNECT" if event.method == b"CONNECT" else upgrade_of(event.headers)
+        upgrade = None
+        if event.method == b"CONNECT":
+            upgrade = b"CONNECT"
+        elif event.headers.get(b"upgrade") is not None:
+            upgrade = upgrade_of(event.headers)
         if upgrade is not None and upgrade.lower() == b"h2c":
             # Envoy's HTTP/1 codec serves an h2c upgrade request as an ordinary request.
             kept = [(name, value) for name, value in kept if name.lower() != b"http2-settings"]
