@@ -318,10 +318,13 @@ def test_responses_parse_as_h11_parses_them(
     agree(ours, theirs, message)
 
 
-def test_an_incomplete_head_over_16_kib_is_refused_with_431() -> None:
+@pytest.mark.parametrize("eof", [False, True])
+def test_an_incomplete_head_over_16_kib_is_refused_with_431(eof: bool) -> None:
     for mod in (h1, h11):
         conn = mod.Connection(mod.SERVER)
         conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 17000)
+        if eof:
+            conn.receive_data(b"")
         with pytest.raises(mod.RemoteProtocolError) as info:
             conn.next_event()
         assert info.value.error_status_hint == 431

@@ -473,9 +473,9 @@ class Connection:
         if found is None:
             if buf[pos] < 0x21:
                 raise RemoteProtocolError("illegal request line")
-            if self._closed:
+            if self._closed and self.unparsed() <= MAX_INCOMPLETE_EVENT_SIZE:
                 raise RemoteProtocolError("peer unexpectedly closed connection")
-            return NEED_DATA
+            return NEED_DATA  # (next_event refuses it with 431 when over the limit)
         end = found.end()
         head = bytes(buf[pos:end])
         self._pos = end
