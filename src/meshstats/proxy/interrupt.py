@@ -22,7 +22,9 @@ cancellation into :class:`Interrupted` with the reason. A cancellation it did no
 The callbacks run on the event loop while the task is suspended, and they are disarmed on
 leaving the block before anything else can run, so the cancellation always lands on an
 ``await`` inside the block (asyncio throws it in at the suspended ``await`` even when the
-awaited future finished in the same loop iteration).
+awaited future finished in the same loop iteration). On Python 3.10, which has no
+``Task.uncancel()``, an outside cancellation that comes in the same loop turn as an
+interruption is taken for the interruption.
 """
 
 from __future__ import annotations
