@@ -18,7 +18,8 @@ interceptors (Istio's 25 labels on the request's counter and three histograms, 2
 message counters, the exchange both ways; on the compiled and on the pure-Python store), and
 with py-grpc-prometheus' (at its defaults: counters only, its latency histograms are off
 unless enabled); and, as a floor, interceptors that only send the metadata meshstats'
-exchange sends (three entries each way) and record nothing: what gRPC itself spends on them.
+exchange sends once both ends have met (the alias alone each way) and record nothing: what
+gRPC itself spends on it.
 The whole call's CPU swings by more from round to round (gRPC core's threads) than an
 interceptor costs, so the first gRPC table is the thread CPU time spent inside each
 library's interceptors, server and client apart; the whole process's follows.
@@ -50,7 +51,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshstats import StatsEngine
-from meshstats._embed import MX_HEADER, MX_ID_HEADER, Exchange
+from meshstats._embed import Exchange
 from meshstats.asgi import IstioMiddleware
 from meshstats.grpc import MX_GRPC_ALIAS, IstioClientInterceptor, IstioServerInterceptor
 
@@ -277,13 +278,13 @@ class GrpcCase:
 
 
 class ExchangeOnlyServer(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Answers with the trailing metadata meshstats' server interceptor sends, and does
-    nothing else: what the exchange itself costs gRPC, apart from recording anything."""
+    """Answers with the trailing metadata meshstats' server interceptor sends a meshstats
+    client it has met (the alias alone), and does nothing else: what the exchange itself
+    costs gRPC, apart from recording anything."""
 
     def __init__(self) -> None:
         ex = Exchange(StatsEngine(SERVER))
-        self.answer = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
-                       (MX_ID_HEADER, ex.node_id))  # fmt: skip
+        self.answer = ((MX_GRPC_ALIAS, ex.metadata),)
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
@@ -299,12 +300,12 @@ class ExchangeOnlyServer(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 class ExchangeOnlyClient(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Sends the metadata meshstats' client interceptor sends, and does nothing else."""
+    """Sends the metadata meshstats' client interceptor sends a meshstats server it has met
+    (the alias alone), and does nothing else."""
 
     def __init__(self) -> None:
         ex = Exchange(StatsEngine(CLIENT))
-        self.out = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
-                    (MX_ID_HEADER, ex.node_id))  # fmt: skip
+        self.out = ((MX_GRPC_ALIAS, ex.metadata),)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(details._replace(metadata=list(self.out)), request)
