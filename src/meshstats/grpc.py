@@ -290,10 +290,19 @@ class _ServerCall:
         """A unary-unary or stream-unary call."""
         if self.stream is None and self.deserializer is None:
             self.request_bytes += len(request) + _FRAME  # raw bytes: no deserializer counted
-        with _Context(context, self) as ctx:
+        # _Context's with-block spelled out: two Python frames fewer on every unary call.
+        ctx = _Context(context, self)
+        self.begin(context)
+        try:
             response = self.behavior(request, ctx)
-            self.unary_response(response)
-            return response
+        except BaseException as failed:
+            ctx.ensure_trailers()  # a failed call's status carries them too
+            self.finish(context, failed)
+            raise
+        self.unary_response(response)
+        ctx.ensure_trailers()
+        self.finish(context, None)
+        return response
 
     def streaming(self, request: Any, context: Any) -> Iterator[Any]:
         with _Context(context, self) as ctx:
@@ -712,10 +721,14 @@ class _ClientCall:
 
     def done(self, future: Any) -> None:
         """A unary response's outcome (gRPC's done callback): the call is recorded."""
+        failed: Any = None
         try:
-            # None: the call succeeded. Asked before code(): a finished blocking call answers
-            # it without taking the call's lock (code() takes it).
-            failed = future.exception()
+            # The response, or the failure it raises: one question, not exception() then
+            # result(). Asked before code(): a finished blocking call answers it without
+            # taking the call's lock (code() takes it).
+            response = future.result()
+        except grpc.RpcError as err:
+            failed = err  # a failed outcome raises the RpcError it holds: the call
         except grpc.FutureCancelledError:
             failed = future  # this side cancelled it: the call holds what came
         if failed is None:
@@ -723,7 +736,7 @@ class _ClientCall:
             source = future
         else:
             code = future.code()
-            source = failed  # a failed outcome answers None; the RpcError it holds is the call
+            source = failed
         try:
             # A unary response's exchange: in the trailing metadata from a meshstats server,
             # in the initial from Envoy. The initial is read only when the trailing lacks it:
@@ -733,7 +746,7 @@ class _ClientCall:
         except Exception:  # noqa: BLE001 - a call that failed before any metadata
             pass
         if failed is None:
-            self.received(future.result())
+            self.received(response)
             self.finish(code, None, 1)  # the details matter only for a failure
         else:
             self.finish(code, future.details())
