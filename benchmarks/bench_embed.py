@@ -18,7 +18,8 @@ interceptors (Istio's 25 labels on the request's counter and three histograms, 2
 message counters, the exchange both ways; on the compiled and on the pure-Python store), and
 with py-grpc-prometheus' (at its defaults: counters only, its latency histograms are off
 unless enabled); and, as a floor, interceptors that only send the metadata meshstats'
-exchange sends (three entries each way) and record nothing: what gRPC itself spends on them.
+exchange sends once both ends have met (the alias alone each way) and record nothing: what
+gRPC itself spends on it.
 The whole call's CPU swings by more from round to round (gRPC core's threads) than an
 interceptor costs, so the first gRPC table is the thread CPU time spent inside each
 library's interceptors, server and client apart; the whole process's follows.
@@ -28,12 +29,17 @@ pytest-benchmark runs the cases one after the other (``pytest benchmarks/bench_e
 to a shared machine's drift)::
 
     PYTHONPATH=src python benchmarks/bench_embed.py --rounds 11 [--only asgi|grpc]
+
+``--grpc-compare FILE`` adds one more gRPC case: another version of ``meshstats/grpc.py``
+(``git show main:src/meshstats/grpc.py > /tmp/grpc_main.py``), for a before/after measured
+in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -50,7 +56,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshstats import StatsEngine
-from meshstats._embed import MX_HEADER, MX_ID_HEADER, Exchange
+from meshstats._embed import Exchange
 from meshstats.asgi import IstioMiddleware
 from meshstats.grpc import MX_GRPC_ALIAS, IstioClientInterceptor, IstioServerInterceptor
 
@@ -277,13 +283,13 @@ class GrpcCase:
 
 
 class ExchangeOnlyServer(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Answers with the trailing metadata meshstats' server interceptor sends, and does
-    nothing else: what the exchange itself costs gRPC, apart from recording anything."""
+    """Answers with the trailing metadata meshstats' server interceptor sends a meshstats
+    client it has met (the alias alone), and does nothing else: what the exchange itself
+    costs gRPC, apart from recording anything."""
 
     def __init__(self) -> None:
         ex = Exchange(StatsEngine(SERVER))
-        self.answer = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
-                       (MX_ID_HEADER, ex.node_id))  # fmt: skip
+        self.answer = ((MX_GRPC_ALIAS, ex.metadata),)
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
@@ -299,18 +305,34 @@ class ExchangeOnlyServer(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 class ExchangeOnlyClient(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Sends the metadata meshstats' client interceptor sends, and does nothing else."""
+    """Sends the metadata meshstats' client interceptor sends a meshstats server it has met
+    (the alias alone), and does nothing else."""
 
     def __init__(self) -> None:
         ex = Exchange(StatsEngine(CLIENT))
-        self.out = ((MX_HEADER, ex.metadata), (MX_GRPC_ALIAS, ex.metadata),
-                    (MX_ID_HEADER, ex.node_id))  # fmt: skip
+        self.out = ((MX_GRPC_ALIAS, ex.metadata),)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(details._replace(metadata=list(self.out)), request)
 
 
-def grpc_cases(store_c: ModuleType, store_py: ModuleType) -> dict[str, GrpcCase]:
+def load_grpc_module(path: str) -> ModuleType:
+    """Another version of ``meshstats/grpc.py`` (``git show <rev>:src/meshstats/grpc.py``),
+    loaded beside this one inside the package, for a before/after in one run: a change's
+    effect is smaller than the drift between two runs on a shared machine."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("meshstats._grpc_compared", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def grpc_cases(
+    store_c: ModuleType, store_py: ModuleType, compared: str | None = None
+) -> dict[str, GrpcCase]:
     # py-grpc-prometheus ships no types
     from py_grpc_prometheus.prometheus_client_interceptor import (  # type: ignore[import-untyped]
         PromClientInterceptor,
@@ -325,6 +347,14 @@ def grpc_cases(store_c: ModuleType, store_py: ModuleType) -> dict[str, GrpcCase]
         client = StatsEngine(CLIENT, store=store.Store())
         cases[f"+ {name} interceptors"] = GrpcCase(
             IstioServerInterceptor(server), IstioClientInterceptor(client, host="reviews:9080")
+        )
+    if compared is not None:  # the C store, as the first meshstats case
+        other = load_grpc_module(compared)
+        server = StatsEngine(SERVER, store=store_c.Store())
+        client = StatsEngine(CLIENT, store=store_c.Store())
+        cases[f"+ meshstats C, {os.path.basename(compared)}"] = GrpcCase(
+            other.IstioServerInterceptor(server),
+            other.IstioClientInterceptor(client, host="reviews:9080"),
         )
     cases["+ py-grpc-prometheus"] = GrpcCase(PromServerInterceptor(), PromClientInterceptor())
     cases["+ the exchange's metadata alone"] = GrpcCase(ExchangeOnlyServer(), ExchangeOnlyClient())
@@ -466,6 +496,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=4000, help="ASGI requests per round")
     parser.add_argument("--calls", type=int, default=1000, help="gRPC calls per round")
     parser.add_argument("--only", choices=("asgi", "grpc"), help="one integration's table")
+    parser.add_argument(
+        "--grpc-compare", metavar="GRPC_PY", help="another meshstats/grpc.py, as one more case"
+    )
     args = parser.parse_args(argv)
     if args.only != "grpc":
         asgi = asgi_cases(_store_c, _store_py)
@@ -477,7 +510,7 @@ def main(argv: list[str]) -> int:
             for asgi_case in asgi.values():
                 asgi_case.close()
     if args.only != "asgi":
-        cases = grpc_cases(_store_c, _store_py)
+        cases = grpc_cases(_store_c, _store_py, args.grpc_compare)
         try:
             _inside(cases, args.rounds, args.calls)
             # The whole call swings by hundreds of us from batch to batch: many short

@@ -529,3 +529,191 @@ def test_aio_message_counts_are_reported_periodically(backend: Backend) -> None:
         assert total(found, REQ_MSGS) == 3 and total(found, RESP_MSGS) == 3
         assert total(found, REQUESTS, grpc_response_status="0") == 1
     assert one(engines.client_samples(), REQ_MSGS)["destination_workload"] == "reviews-v2"
+
+
+# -- the exchange's form on the wire: what each kind of peer sends and reads -------------------
+
+
+def h2_unary(port: int, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
+    """One unary gRPC call over raw HTTP/2 (h2c), as an Envoy sidecar makes it: gRPC core
+    on this end keeps nothing from us. The response's headers and trailers, merged."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    conn.send_headers(1, [
+        (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", HOST),
+        ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", "h2"), *headers,
+    ])  # fmt: skip
+    conn.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+    answered: dict[str, str] = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        sock.sendall(conn.data_to_send())
+        ended = False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection before answering"
+            for event in conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    answered.update((str(k), str(v)) for k, v in event.headers)
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(conn.data_to_send())
+    return answered
+
+
+def test_sync_the_server_answers_each_caller_in_the_form_it_reads(backend: Backend) -> None:
+    """An Envoy caller (x-envoy-peer-metadata and -id; gRPC core keeps the first from us)
+    gets Istio's headers; a meshstats client that knows this server (the alias alone) gets
+    the alias alone; one still learning (both) gets both; a caller that did not ask, none."""
+    engines = Engines(backend)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(2), interceptors=[IstioServerInterceptor(engines.server)]
+    )
+    server.add_generic_rpc_handlers((sync_handler(engines),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ours, caller = server_exchange(), Exchange(StatsEngine(CLIENT_NODE))
+    envoy = [
+        ("x-envoy-peer-metadata", caller.metadata),
+        ("x-envoy-peer-metadata-id", caller.node_id),
+    ]
+    alias = [(MX_GRPC_ALIAS, caller.metadata)]
+    exchange = ("x-envoy-peer-metadata", "x-envoy-peer-metadata-id", MX_GRPC_ALIAS)
+    try:
+        answers = {
+            name: {k: v for k, v in h2_unary(port, f"/{SERVICE}/Unary", sent).items()
+                   if k in exchange}
+            for name, sent in (("envoy", envoy), ("lean", alias), ("learning", envoy + alias),
+                               ("none", []))
+        }  # fmt: skip
+    finally:
+        server.stop(None).wait(DEADLINE)
+    istio = {"x-envoy-peer-metadata": ours.metadata, "x-envoy-peer-metadata-id": ours.node_id}
+    assert answers["envoy"] == istio
+    assert answers["lean"] == {MX_GRPC_ALIAS: ours.metadata}
+    assert answers["learning"] == istio | {MX_GRPC_ALIAS: ours.metadata}
+    assert answers["none"] == {}
+    assert engines.seen and not [k for k in engines.seen if k in exchange]
+    # the alias named the caller, with or without the id
+    assert total(engines.server_samples(), REQUESTS, source_workload="productpage-v1") == 2
+
+
+class Sent(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Inside IstioClientInterceptor: the exchange keys each call carries to the wire."""
+
+    def __init__(self) -> None:
+        self.keys: list[set[str]] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.keys.append({key for key, _ in details.metadata or ()})
+        return continuation(details, request)
+
+
+FULL = {"x-envoy-peer-metadata", "x-envoy-peer-metadata-id", MX_GRPC_ALIAS}
+
+
+@pytest.mark.parametrize("istio_headers", ["auto", "always"])
+def test_sync_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
+    backend: Backend, istio_headers: str
+) -> None:
+    """Istio's headers go out until a meshstats server has answered (the alias), then the
+    alias alone; no answer sends them again on the next call, and an Istio server's answer
+    (Envoy's id without the alias) for good. ``istio_headers="always"``: always."""
+    engine = StatsEngine(CLIENT_NODE, store=backend.store.Store())
+    server_mx, envoy = server_exchange(), Exchange(StatsEngine(RATINGS_NODE))
+
+    def meshstats(request: bytes, context: Any) -> bytes:
+        context.set_trailing_metadata(((MX_GRPC_ALIAS, server_mx.metadata),))
+        return request
+
+    def istio(request: bytes, context: Any) -> bytes:  # Envoy answers in the headers
+        context.send_initial_metadata((("x-envoy-peer-metadata", envoy.metadata),
+                                       ("x-envoy-peer-metadata-id", envoy.node_id)))  # fmt: skip
+        return request
+
+    def plain(request: bytes, context: Any) -> bytes:
+        return request
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))  # not intercepted: answers by hand
+    handlers = {f.__name__: grpc.unary_unary_rpc_method_handler(f)
+                for f in (meshstats, istio, plain)}  # fmt: skip
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sent = Sent()
+    channel = grpc.intercept_channel(
+        grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), sent),
+        IstioClientInterceptor(engine, host=HOST, istio_headers=istio_headers),
+    )
+    calls = ["meshstats", "meshstats", "plain", "meshstats", "meshstats", "istio", "meshstats",
+             "meshstats"]  # fmt: skip
+    try:
+        for name in calls:
+            assert method(channel, "unary_unary", name)(b"hi", timeout=DEADLINE) == b"hi"
+    finally:
+        channel.close()
+        server.stop(None).wait(DEADLINE)
+    lean = {MX_GRPC_ALIAS}
+    if istio_headers == "always":
+        assert sent.keys == [FULL] * len(calls)
+    else:
+        assert sent.keys == [FULL, lean, lean, FULL, lean, lean, FULL, FULL]
+    found = samples(engine.render())
+    assert total(found, REQUESTS, destination_workload="reviews-v2") == 6  # lean or not
+    # Envoy's metadata gRPC core keeps from us, and no answer: an unknown destination
+    assert total(found, REQUESTS, destination_workload="unknown") == 2
+
+
+def test_a_client_takes_istio_headers_auto_or_always(backend: Backend) -> None:
+    engine = StatsEngine(CLIENT_NODE, store=backend.store.Store())
+    with pytest.raises(ValueError, match="istio_headers must be 'auto' or 'always'"):
+        IstioClientInterceptor(engine, istio_headers="never")
+    with pytest.raises(ValueError, match="istio_headers"):
+        aio_client_interceptors(engine, istio_headers="sometimes")
+
+
+class AioSent(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """:class:`Sent` for ``grpc.aio`` (after meshstats' in the channel's list)."""
+
+    def __init__(self) -> None:
+        self.keys: list[set[str]] = []
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.keys.append({key for key, _ in details.metadata or ()})
+        return await continuation(details, request)
+
+
+def test_aio_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
+    backend: Backend,
+) -> None:
+    engines = Engines(backend)
+    sent = AioSent()
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=[AioIstioServerInterceptor(engines.server)])
+        server.add_generic_rpc_handlers((aio_handler(engines),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        interceptors = [*aio_client_interceptors(engines.client, host=HOST), sent]
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", interceptors=interceptors
+            ) as channel:
+                for _ in range(3):
+                    assert await method(channel, "unary_unary", "Unary")(b"hi") == b"hi"
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), DEADLINE))
+    assert sent.keys == [FULL, {MX_GRPC_ALIAS}, {MX_GRPC_ALIAS}]
+    for found in (engines.client_samples(), engines.server_samples()):
+        labels = one(found, REQUESTS)  # one series: the lean calls found the same peers
+        assert (labels["source_workload"], labels["destination_workload"]) == (
+            "productpage-v1", "reviews-v2",
+        )  # fmt: skip
+        assert total(found, REQUESTS) == 3
