@@ -348,6 +348,13 @@ def grpc_cases(
         cases[f"+ {name} interceptors"] = GrpcCase(
             IstioServerInterceptor(server), IstioClientInterceptor(client, host="reviews:9080")
         )
+    # The opt-in lean exchange between meshstats ends (one metadata entry each way).
+    server = StatsEngine(SERVER, store=store_c.Store())
+    client = StatsEngine(CLIENT, store=store_c.Store())
+    cases["+ meshstats C interceptors, istio_headers='auto'"] = GrpcCase(
+        IstioServerInterceptor(server),
+        IstioClientInterceptor(client, host="reviews:9080", istio_headers="auto"),
+    )
     if compared is not None:  # the C store, as the first meshstats case
         other = load_grpc_module(compared)
         server = StatsEngine(SERVER, store=store_c.Store())
@@ -398,6 +405,7 @@ def test_asgi(benchmark: Any, asgi: dict[str, AsgiCase], name: str) -> None:
 
 @pytest.mark.benchmark(group=GRPC_GROUP)
 @pytest.mark.parametrize("name", ["bare grpcio", "+ meshstats C interceptors",
+                                  "+ meshstats C interceptors, istio_headers='auto'",
                                   "+ meshstats pure Python interceptors",
                                   "+ py-grpc-prometheus",
                                   "+ the exchange's metadata alone"])  # fmt: skip

@@ -617,13 +617,15 @@ class Sent(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 FULL = {"x-envoy-peer-metadata", "x-envoy-peer-metadata-id", MX_GRPC_ALIAS}
 
 
-@pytest.mark.parametrize("istio_headers", ["auto", "always"])
+@pytest.mark.parametrize("istio_headers", ["auto", "always", None])
 def test_sync_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
-    backend: Backend, istio_headers: str
+    backend: Backend, istio_headers: str | None
 ) -> None:
-    """Istio's headers go out until a meshstats server has answered (the alias), then the
-    alias alone; no answer sends them again on the next call, and an Istio server's answer
-    (Envoy's id without the alias) for good. ``istio_headers="always"``: always."""
+    """With ``istio_headers="auto"``, Istio's headers go out until a meshstats server has
+    answered (the alias), then the alias alone; no answer sends them again on the next call,
+    and an Istio server's answer (Envoy's id without the alias) for good. ``"always"`` and
+    the default (None): always."""
+    opt_in = {} if istio_headers is None else {"istio_headers": istio_headers}
     engine = StatsEngine(CLIENT_NODE, store=backend.store.Store())
     server_mx, envoy = server_exchange(), Exchange(StatsEngine(RATINGS_NODE))
 
@@ -648,7 +650,7 @@ def test_sync_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
     sent = Sent()
     channel = grpc.intercept_channel(
         grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), sent),
-        IstioClientInterceptor(engine, host=HOST, istio_headers=istio_headers),
+        IstioClientInterceptor(engine, host=HOST, **opt_in),
     )
     calls = ["meshstats", "meshstats", "plain", "meshstats", "meshstats", "istio", "meshstats",
              "meshstats"]  # fmt: skip
@@ -659,10 +661,10 @@ def test_sync_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
         channel.close()
         server.stop(None).wait(DEADLINE)
     lean = {MX_GRPC_ALIAS}
-    if istio_headers == "always":
-        assert sent.keys == [FULL] * len(calls)
-    else:
+    if istio_headers == "auto":
         assert sent.keys == [FULL, lean, lean, FULL, lean, lean, FULL, FULL]
+    else:
+        assert sent.keys == [FULL] * len(calls)
     found = samples(engine.render())
     assert total(found, REQUESTS, destination_workload="reviews-v2") == 6  # lean or not
     # Envoy's metadata gRPC core keeps from us, and no answer: an unknown destination
@@ -688,10 +690,13 @@ class AioSent(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return await continuation(details, request)
 
 
+@pytest.mark.parametrize("istio_headers", ["auto", None])
 def test_aio_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
-    backend: Backend,
+    backend: Backend, istio_headers: str | None
 ) -> None:
+    """With ``istio_headers="auto"``; by default (None) Istio's headers go on every call."""
     engines = Engines(backend)
+    opt_in = {} if istio_headers is None else {"istio_headers": istio_headers}
     sent = AioSent()
 
     async def main() -> None:
@@ -699,7 +704,7 @@ def test_aio_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
         server.add_generic_rpc_handlers((aio_handler(engines),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        interceptors = [*aio_client_interceptors(engines.client, host=HOST), sent]
+        interceptors = [*aio_client_interceptors(engines.client, host=HOST, **opt_in), sent]
         try:
             async with grpc.aio.insecure_channel(
                 f"127.0.0.1:{port}", interceptors=interceptors
@@ -710,7 +715,10 @@ def test_aio_a_client_sends_the_alias_alone_once_a_meshstats_server_answered(
             await server.stop(None)
 
     asyncio.run(asyncio.wait_for(main(), DEADLINE))
-    assert sent.keys == [FULL, {MX_GRPC_ALIAS}, {MX_GRPC_ALIAS}]
+    if istio_headers == "auto":
+        assert sent.keys == [FULL, {MX_GRPC_ALIAS}, {MX_GRPC_ALIAS}]
+    else:
+        assert sent.keys == [FULL, FULL, FULL]
     for found in (engines.client_samples(), engines.server_samples()):
         labels = one(found, REQUESTS)  # one series: the lean calls found the same peers
         assert (labels["source_workload"], labels["destination_workload"]) == (

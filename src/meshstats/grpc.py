@@ -27,9 +27,11 @@ reported as an Istio sidecar reports a gRPC stream.
   same value also travels as ``x-meshstats-peer-metadata``, which is what a meshstats end
   reads (:data:`MX_GRPC_ALIAS`).
 - Each metadata entry costs gRPC itself CPU on both ends (more than the interceptors' own
-  work on it), so once both ends are meshstats they exchange the alias alone, one entry
-  each way instead of three. The client sends Istio's two headers and the alias until a
-  server answers with the alias, then the alias alone (``istio_headers="auto"``). A call
+  work on it), so a client may opt in to a leaner exchange once both ends are meshstats:
+  the alias alone, one entry each way instead of three (``istio_headers="auto"``; the
+  default, ``"always"``, sends Istio's headers on every call, as an Istio client does).
+  With it, the client sends Istio's two headers and the alias until a server answers with
+  the alias, then the alias alone. A call
   answered without any exchange sends all three again on the next call (the server may be
   an Envoy that a lean request did not ask), and an Istio answer (Envoy's ``-id`` without
   the alias: gRPC core keeps Envoy's metadata from us) makes every later request on that
@@ -38,12 +40,12 @@ reported as an Istio sidecar reports a gRPC stream.
   with the alias and the id (a client still learning, or behind its own sidecar); Istio's
   headers to a request with the id alone (an Envoy caller).
 
-  Where this departs from Istio: a meshstats client whose channel has met only meshstats
+  Why it is not the default: a client in that mode whose channel has met only meshstats
   servers stops sending Istio's headers, so an Envoy that cannot be told apart from a
   meshstats server (one in front of a meshstats server, which answers with the alias)
   sees no caller metadata and labels the caller unknown; so does an Envoy endpoint joining
   the channel, for the calls it gets before one that carries Istio's headers has been
-  answered. ``istio_headers="always"`` on the client sends Istio's headers on every call.
+  answered. Only a mesh with no Envoy between meshstats ends should turn it on.
 - At the call's end: ``istio_requests_total`` and the three histograms with
   ``request_protocol="grpc"``, ``response_code="200"`` (the HTTP status of every gRPC
   response) and ``grpc_response_status`` (the status code's number). A client whose call
@@ -779,7 +781,7 @@ class _ClientBase:
         service_host: str | None = None,
         node_id: str | None = None,
         additional_labels: Iterable[str] = (),
-        istio_headers: str = "auto",
+        istio_headers: str = "always",
     ) -> None:
         self.engine = engine
         self.host = host
@@ -883,10 +885,12 @@ class IstioClientInterceptor(
     node_id, additional_labels:
         What goes into this workload's exchange metadata.
     istio_headers:
-        ``"auto"`` (the default): once a meshstats server has answered on this channel, and
-        no Istio one has, requests carry only ``x-meshstats-peer-metadata``; ``"always"``:
-        every request also carries ``x-envoy-peer-metadata`` and ``-id``, for an Envoy that
-        cannot be told apart from here (a meshstats server behind its own sidecar).
+        ``"always"`` (the default): every request carries ``x-envoy-peer-metadata`` and
+        ``-id`` (and the alias), as an Istio client's do; ``"auto"``: once a meshstats server
+        has answered on this channel, and no Istio one has, requests carry only
+        ``x-meshstats-peer-metadata`` (one metadata entry instead of three; only where no
+        Envoy sits between meshstats ends: a meshstats server behind its own sidecar would
+        label the caller unknown).
     """
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -1006,7 +1010,7 @@ def aio_client_interceptors(
     service_host: str | None = None,
     node_id: str | None = None,
     additional_labels: Iterable[str] = (),
-    istio_headers: str = "auto",
+    istio_headers: str = "always",
 ) -> list[Any]:
     """The ``grpc.aio`` twin of :class:`IstioClientInterceptor` (same parameters): four
     interceptors, one per call kind, for ``grpc.aio.insecure_channel(target,
