@@ -619,7 +619,7 @@ def loops_main(args: argparse.Namespace, loops: list[str], before: str | None = 
         print(f"  {name} / {base}, per sidecar (on), same round: {_spread(ratio, '.2f')}")
 
 
-def h2_main(args: argparse.Namespace, streams: list[int]) -> None:
+def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = None) -> None:
     """HTTP/2 on one connection against HTTP/1.1 on ``args.connections`` (issue 14.5), in
     one pair process, every case in every round, each round starting with another case.
 
@@ -630,23 +630,30 @@ def h2_main(args: argparse.Namespace, streams: list[int]) -> None:
     alone in the same round, halved); and how busy each side was (CPU time / wall time):
     the pair process near 100 % of a core means the sidecars limit, the load client (this
     process) near 100 % that it does, and the figure says nothing about the sidecars.
+
+    With ``before`` (another checkout's ``src/``), a second pair process runs that code and
+    its HTTP/2 cases join the rounds (``... @before``), for a change's effect in one run.
     """
-    pair = start_pair("--h2")
-    pid, me = pair.process.pid, os.getpid()
-    # label -> (protocol, mode, connections or streams); "direct" cases are the app alone.
-    cases: dict[str, tuple[str, str, int]] = {
-        "h1 app": ("h1", "direct", args.connections),
-        f"h1 {args.connections} conns": ("h1", "on", args.connections),
+    pairs = {"": start_pair("--h2")}
+    if before is not None:
+        pairs["@before"] = start_pair("--h2", src=before)
+    me = os.getpid()
+    h1 = f"h1 {args.connections} conns"
+    # label -> (pair, protocol, mode, connections or streams); "direct": the app alone.
+    cases: dict[str, tuple[str, str, str, int]] = {
+        "h1 app": ("", "h1", "direct", args.connections),
+        h1: ("", "h1", "on", args.connections),
     }
-    for n in streams:
-        cases[f"h2 app x{n}"] = ("h2", "direct_h2", n)
-        cases[f"h2 1 conn x{n}"] = ("h2", "h2", n)
+    for at in pairs:
+        for n in streams:
+            cases[f"h2 app x{n}{at}"] = (at, "h2", "direct_h2", n)
+            cases[f"h2 1 conn x{n}{at}"] = (at, "h2", "h2", n)
     rate: dict[str, list[float]] = {label: [] for label in cases}
     pair_cpu: dict[str, list[float]] = {label: [] for label in cases}  # µs per request
     pair_busy: dict[str, list[float]] = {label: [] for label in cases}  # share of a core
     load_busy: dict[str, list[float]] = {label: [] for label in cases}
     labels = list(cases)
-    served = pair.counts()
+    served = {at: pair.counts() for at, pair in pairs.items()}
     try:
         print(
             f"compiled core: {meshstats.HAS_EXTENSION}; {args.requests} GETs per case and "
@@ -654,10 +661,13 @@ def h2_main(args: argparse.Namespace, streams: list[int]) -> None:
             f"{args.connections} keep-alive connections, HTTP/2 over one connection with "
             f"{', '.join(map(str, streams))} streams in flight (h2c to the client sidecar, "
             f"h2 over mTLS, h2c to the app); cases interleaved"
+            + (f"; @before: {before}" if before else "")
         )
         for i in range(args.rounds):
             for label in labels[i % len(labels) :] + labels[: i % len(labels)]:
-                protocol, mode, n = cases[label]
+                at, protocol, mode, n = cases[label]
+                pair = pairs[at]
+                pid = pair.process.pid
                 start = time.perf_counter()
                 used, mine = cpu_seconds(pid), cpu_seconds(me)
                 if protocol == "h1":
@@ -670,55 +680,69 @@ def h2_main(args: argparse.Namespace, streams: list[int]) -> None:
                 pair_cpu[label].append(spent / args.requests * 1e6)
                 pair_busy[label].append(spent / wall)
                 load_busy[label].append(spent_here / wall)
-            h1 = f"h1 {args.connections} conns"
             line = [f"{h1} {rate[h1][-1]:.0f}/s ({pair_cpu[h1][-1]:.0f} µs)"] + [
-                f"h2 x{n} {rate[f'h2 1 conn x{n}'][-1]:.0f}/s "
-                f"({pair_cpu[f'h2 1 conn x{n}'][-1]:.0f} µs, "
-                f"{rate[f'h2 1 conn x{n}'][-1] / rate[h1][-1]:.2f}x)"
+                f"h2 x{n}{at} {rate[f'h2 1 conn x{n}{at}'][-1]:.0f}/s "
+                f"({pair_cpu[f'h2 1 conn x{n}{at}'][-1]:.0f} µs, "
+                f"{rate[f'h2 1 conn x{n}{at}'][-1] / rate[h1][-1]:.2f}x)"
+                for at in pairs
                 for n in streams
             ]
             print(f"round {i + 1}: " + " | ".join(line), flush=True)
-        after = pair.counts()
+        after = {at: pair.counts() for at, pair in pairs.items()}
     finally:
-        pair.close()
-    # Every request reached the app (the load clients also check each status): the h2 ones
-    # over the server sidecar's one shared h2c connection, and one of the load client's.
-    h2_sent = args.requests * args.rounds * len(streams) * 2
-    if after["h2_app"] - served["h2_app"] != h2_sent:
-        raise AssertionError(f"the h2c app served {after['h2_app'] - served['h2_app']}")
-    print(
-        f"the h2c app accepted {after['h2_app_connections']:.0f} connections (the load "
-        "client's and the server sidecar's)"
-    )
+        for pair in pairs.values():
+            pair.close()
+    # Every request reached the app (the load client also checks each status): the h2 ones
+    # over the server sidecar's shared h2c connection, and the load client's own.
+    for at in pairs:
+        sent = args.requests * args.rounds * len(streams) * 2
+        got = after[at]["h2_app"] - served[at]["h2_app"]
+        if got != sent:
+            raise AssertionError(f"the h2c app{at} served {got} of {sent}")
+        print(
+            f"the h2c app{at} accepted {after[at]['h2_app_connections']:.0f} connections (the "
+            "load client's and the server sidecar's)"
+        )
 
-    def per_sidecar(label: str, app: str) -> list[float]:
-        return [(p - a) / 2 for p, a in zip(pair_cpu[label], pair_cpu[app], strict=True)]
+    def app_of(label: str) -> str:
+        at, protocol, _, n = cases[label]
+        return "h1 app" if protocol == "h1" else f"h2 app x{n}{at}"
+
+    def per_sidecar(label: str) -> list[float]:
+        return [(p - a) / 2 for p, a in zip(pair_cpu[label], pair_cpu[app_of(label)], strict=True)]
+
+    def ratio(a: list[float], b: list[float]) -> str:
+        return _spread([y / x for x, y in zip(a, b, strict=True)], ".2f")
 
     print("median of rounds (lowest–highest round); CPU per request of the pair process:")
-    h1 = f"h1 {args.connections} conns"
-    for label, (protocol, mode, n) in cases.items():
+    for label, (_, _, mode, _) in cases.items():
         text = (
             f"  {label}: {_spread(rate[label])} req/s, {_spread(pair_cpu[label])} µs; busy: "
             f"pair process {_spread([100 * b for b in pair_busy[label]])} %, load client "
             f"{_spread([100 * b for b in load_busy[label]])} %"
         )
-        if mode != "direct" and mode != "direct_h2":
-            app = "h1 app" if protocol == "h1" else f"h2 app x{n}"
-            text += f"; per sidecar {_spread(per_sidecar(label, app))} µs"
+        if mode not in ("direct", "direct_h2"):
+            text += f"; per sidecar {_spread(per_sidecar(label))} µs"
         print(text)
-    for n in streams:
-        h2 = f"h2 1 conn x{n}"
-        ratio = [b / a for a, b in zip(rate[h1], rate[h2], strict=True)]
-        cpu_ratio = [
-            b / a for a, b in zip(per_sidecar(h1, "h1 app"), per_sidecar(h2, f"h2 app x{n}"))
-        ]
-        verdict = "met" if statistics.median(ratio) >= 1 else "NOT met"
-        print(
-            f"HTTP/2 one connection x{n} / HTTP/1.1 {args.connections} connections, same "
-            f"round: req/s {_spread(ratio, '.2f')}, CPU per request per sidecar "
-            f"{_spread(cpu_ratio, '.2f')}; target (h2 per connection >= h1 with "
-            f"{args.connections}): {verdict}"
-        )
+    for at in pairs:
+        for n in streams:
+            h2 = f"h2 1 conn x{n}{at}"
+            ratios = [b / a for a, b in zip(rate[h1], rate[h2], strict=True)]
+            verdict = "met" if statistics.median(ratios) >= 1 else "NOT met"
+            print(
+                f"HTTP/2 one connection x{n}{at} / HTTP/1.1 {args.connections} connections, "
+                f"same round: req/s {_spread(ratios, '.2f')}, CPU per request per sidecar "
+                f"{ratio(per_sidecar(h1), per_sidecar(h2))}; target (h2 per connection >= h1 "
+                f"with {args.connections}): {verdict}"
+            )
+    if before is not None:
+        for n in streams:
+            now, then = f"h2 1 conn x{n}", f"h2 1 conn x{n}@before"
+            print(
+                f"HTTP/2 x{n}, this checkout / @before, same round: req/s "
+                f"{ratio(rate[then], rate[now])}, CPU per request per sidecar "
+                f"{ratio(per_sidecar(then), per_sidecar(now))}"
+            )
 
 
 def main() -> None:
@@ -768,7 +792,8 @@ def main() -> None:
         "--before",
         metavar="SRC",
         help="with --loops: also run each loop on another checkout's src/ (the code before a "
-        "change), rounds interleaved, and give each loop's ratio to it",
+        "change), rounds interleaved, and give each loop's ratio to it; with --h2: the "
+        "HTTP/2 cases on it too",
     )
     parser.add_argument(
         "--h2",
@@ -784,7 +809,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.h2:
-        h2_main(args, [int(n) for n in args.streams.split(",") if n.strip()])
+        h2_main(args, [int(n) for n in args.streams.split(",") if n.strip()], args.before)
         return
     if args.loops:
         loops = [name.strip() for name in args.loops.split(",") if name.strip()]

@@ -115,6 +115,11 @@ class Terminated(h2.events.Event):
         self.error_code = error_code
 
 
+class DownstreamGone(h2.events.Event):
+    """Put in an upstream stream's events when the stream it relays for goes, so that a
+    relay waiting for the response learns it without a task watching the downstream."""
+
+
 class StreamGone(Exception):
     """The stream can take nothing more: reset by the peer, or its connection is gone."""
 
@@ -299,7 +304,12 @@ class H2Conn:
         self.client = client
         self.principal = principal  # the peer's verified identity, for an upstream
         self.address = address
-        config = h2.config.H2Configuration(client_side=client, header_encoding=None)
+        # What a sidecar sends is what h2 validated as it arrived on the other connection
+        # (validate_inbound_headers stays on), or its own headers: validating it again on
+        # the way out was a tenth of a stream's cost for nothing.
+        config = h2.config.H2Configuration(
+            client_side=client, header_encoding=None, validate_outbound_headers=False
+        )
         self.h2 = h2.connection.H2Connection(config)
         settings: dict[h2.settings.SettingCodes, int] = {
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
@@ -439,14 +449,21 @@ class H2Conn:
 
     # -- the API -------------------------------------------------------------------------------
 
-    async def accept(self) -> tuple[H2Stream, h2.events.RequestReceived] | None:
-        """The next stream a client opened; None once the connection is over."""
+    async def accept(
+        self, stop: Callable[[], bool] | None = None
+    ) -> tuple[H2Stream, h2.events.RequestReceived] | None:
+        """The next stream a client opened; None once the connection is over, or when
+        ``stop()`` is true with none waiting (checked again on :meth:`wake`)."""
         while not self._incoming:
-            if self.closed or self.goaway:
+            if self.closed or self.goaway or (stop is not None and stop()):
                 return None
             self._arrived.clear()
             await self._arrived.wait()
         return self._incoming.popleft()
+
+    def wake(self) -> None:
+        """Have :meth:`accept` check its ``stop`` again."""
+        self._arrived.set()
 
     def has_room(self) -> bool:
         """Whether a new stream may be opened now (the peer's stream limit)."""
@@ -615,6 +632,14 @@ class _Exchange:
     response_frames: GrpcFrames = field(default_factory=GrpcFrames)
 
 
+def _downstream_gone(us: H2Stream) -> Callable[[], None]:
+    def gone() -> None:
+        us.window.set()
+        us.push(DownstreamGone())
+
+    return gone
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A stream's relay failed unexpectedly (a bug): say so, as the listener does for a
     connection handler (the connection and its other streams go on)."""
@@ -662,36 +687,47 @@ class _H2Proxy:
         down = self.down.start()
         tasks: set[asyncio.Task[None]] = set()
         idle = no_zero(self.sidecar.config.idle_timeout)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        idled = False
+
+        # A connection without streams is closed after idle_timeout (Envoy's connection
+        # idle timeout); with streams open it waits for them. A timer armed when the last
+        # stream ends, rather than waiting on every open stream's task for each new one,
+        # which costs as much as there are streams open, per stream.
+        def close_idle() -> None:
+            nonlocal idled
+            idled = True
+            down.wake()
+
+        def arm() -> None:
+            nonlocal timer
+            if idle is not None and not tasks and timer is None:
+                timer = loop.call_later(idle, close_idle)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            arm()
+
         try:
+            arm()
             while True:
-                accept = asyncio.ensure_future(down.accept())
-                try:
-                    # A connection without streams is closed after idle_timeout (Envoy's
-                    # connection idle timeout); with streams open it waits for them.
-                    while True:
-                        done, _ = await asyncio.wait(
-                            {accept, *tasks},
-                            timeout=None if tasks else idle,
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                        tasks -= done
-                        if accept in done or not done:
-                            break
-                finally:
-                    if not accept.done():
-                        accept.cancel()
-                if not accept.done() or accept.cancelled():
-                    break  # idle
-                item = accept.result()
+                item = await down.accept(lambda: idled)
                 if item is None:
                     break
-                task = asyncio.ensure_future(self.relay(*item))
+                idled = False  # a stream came as the timer went: not idle after all
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
+                task = loop.create_task(self.relay(*item))
                 task.add_done_callback(_log_failure)
+                task.add_done_callback(finished)
                 tasks.add(task)
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-                tasks.clear()
         finally:
+            if timer is not None:
+                timer.cancel()
             for task in tasks:
                 task.cancel()
             if tasks:
@@ -726,8 +762,11 @@ class _H2Proxy:
                 ended = ds.ends_next() and not ex.request_done
                 us = up.open(out, end_stream=ended)
                 ex.request_done = ex.request_done or ended
-                # Either side going wakes a send to the other that waits for window.
-                ds.on_gone, us.on_gone = us.window.set, ds.window.set
+                # Either side going wakes a send to the other that waits for window; the
+                # downstream going also ends a wait for the response (see _exchange).
+                ds.on_gone, us.on_gone = _downstream_gone(us), ds.window.set
+                if ds.gone:  # before it was watched
+                    ds.on_gone()
             except UpstreamError as failed:
                 await self._local_reply(ds, ex, failed.code, failed.flag)
                 return
@@ -753,9 +792,12 @@ class _H2Proxy:
         cfg = self.sidecar.config
         idle = no_zero(cfg.stream_idle_timeout)
         deadline = ex.started + cfg.request_timeout if cfg.request_timeout > 0 else None
-        request = asyncio.ensure_future(self._request(ds, us, ex))
+        # A request that ended with its headers (a GET) has nothing more to relay: no task
+        # for it (a task, its wake-ups and its cancellation were a good part of a stream's
+        # cost); its downstream resetting reaches _response as DownstreamGone.
+        request = None if ex.request_done else asyncio.ensure_future(self._request(ds, us, ex))
         response = asyncio.ensure_future(self._response(ds, us, ex))
-        pending = {request, response}
+        pending: set[asyncio.Future[None]] = {response} if request is None else {request, response}
         try:
             while response in pending:
                 waits = [] if idle is None else [ex.last + idle - loop.time()]
@@ -766,7 +808,7 @@ class _H2Proxy:
                     timeout=max(0.0, min(waits)) if waits else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if request in done:
+                if request is not None and request in done:
                     failed = request.exception()
                     if isinstance(failed, _Downstream):
                         raise failed
@@ -794,17 +836,24 @@ class _H2Proxy:
                 ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
                 us.conn.reset(us, h2.errors.ErrorCodes.NO_ERROR)
         except _Upstream as broke:
-            request.cancel()
+            if request is not None:
+                request.cancel()
             ex.flags = broke.flag
             if ex.responded:
                 ds.conn.reset(ds, broke.code)
             else:
                 await self._local_reply(ds, ex, 503, broke.flag)
         finally:
-            for task in (request, response):
+            tasks = [response] if request is None else [request, response]
+            for task in tasks:
                 if not task.done():
                     task.cancel()
-            await asyncio.gather(request, response, return_exceptions=True)
+            if not all(task.done() for task in tasks):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            else:  # what gather would do, without its round trips through the loop
+                for task in tasks:
+                    if not task.cancelled():
+                        task.exception()
 
     async def _request(self, ds: H2Stream, us: H2Stream, ex: _Exchange) -> None:
         """Downstream -> upstream: DATA, trailers, the end."""
@@ -911,6 +960,8 @@ class _H2Proxy:
                     raise _Upstream("UR", event.error_code or h2.errors.ErrorCodes.CANCEL)
                 elif isinstance(event, Terminated):
                     raise _Upstream("UC", h2.errors.ErrorCodes.INTERNAL_ERROR)
+                elif isinstance(event, DownstreamGone):
+                    raise _Downstream
             except StreamGone:
                 if us.broken:  # the upstream went while its data waited for window
                     if us.error is None:
