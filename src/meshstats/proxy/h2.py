@@ -60,6 +60,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
@@ -101,6 +102,8 @@ MAX_STREAMS = 100
 STREAM_WINDOW = 65_535
 #: The connection window: every stream's window at once, so none starves the others.
 CONNECTION_WINDOW = STREAM_WINDOW * MAX_STREAMS
+# DATA frames smaller than this are written with the other frames of the loop's pass.
+_COALESCE_BELOW = 4096
 # The read loop stops reading (waits for the peer to read) past this much unsent output:
 # what a peer that floods PINGs or SETTINGS without reading the answers can cost.
 _OUTPUT_LIMIT = 1 << 20
@@ -205,6 +208,27 @@ def _split(headers: Headers) -> tuple[Headers, bytes | None, bytes | None]:
     return kept, metadata, metadata_id
 
 
+_NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization"))
+
+
+def _secure(headers: Headers) -> Headers:
+    """``headers`` with credentials never indexed by HPACK, as h2's outbound normalisation
+    marks them (turned off, see :class:`H2Conn`): ``authorization`` and
+    ``proxy-authorization``, and a ``cookie`` under 20 bytes (rules from nghttp2 and
+    Firefox), so that a compression oracle cannot guess them."""
+    for name, value in headers:
+        if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20):
+            break
+    else:
+        return headers
+    return [
+        hpack.NeverIndexedHeaderTuple(name, value)
+        if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20)
+        else (name, value)
+        for name, value in headers
+    ]
+
+
 def _grpc_status(headers: Headers) -> int | None:
     value = _get(headers, b"grpc-status")
     if value is None or not value.strip().isdigit():
@@ -306,9 +330,15 @@ class H2Conn:
         self.address = address
         # What a sidecar sends is what h2 validated as it arrived on the other connection
         # (validate_inbound_headers stays on), or its own headers: validating it again on
-        # the way out was a tenth of a stream's cost for nothing.
+        # the way out cost each stream's headers four more passes for nothing.
         config = h2.config.H2Configuration(
-            client_side=client, header_encoding=None, validate_outbound_headers=False
+            client_side=client,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            # The other connection's inbound validation already refused what h2's outbound
+            # normalisation would fix (upper case, surrounding whitespace, connection
+            # headers): only its never-indexed marking is left to do, in _secure().
+            normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config)
         settings: dict[h2.settings.SettingCodes, int] = {
@@ -332,20 +362,35 @@ class H2Conn:
         #: ``max_idle_seconds``); None: kept.
         self.idle_timeout: float | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._flush_due = False
 
     def start(self) -> H2Conn:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)
         self._write()
-        self._reading = asyncio.get_running_loop().create_task(self._read_loop())
+        self._loop = asyncio.get_running_loop()
+        self._reading = self._loop.create_task(self._read_loop())
         return self
 
     # -- output --------------------------------------------------------------------------------
 
     def _write(self) -> None:
+        """Write what h2 has queued, now."""
         data = self.h2.data_to_send()
         if data and not self.closed:
             write(self.writer, data)
+
+    def _write_soon(self) -> None:
+        """Write what h2 has queued once the loop has run the callbacks ready now: the
+        frames of every stream that moved in this pass go out in one TLS record and one
+        send (a write per frame was several per stream, each through TLS)."""
+        if not self._flush_due and not self.closed:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self._write()
 
     async def _drain(self) -> None:
         if self.closed:
@@ -359,8 +404,7 @@ class H2Conn:
 
     def flush_soon(self) -> None:
         """Write what h2 has queued (window updates), without waiting."""
-        if not self.closed:
-            self._write()
+        self._write_soon()
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -381,7 +425,7 @@ class H2Conn:
                 data = b""
                 for event in events:
                     self._dispatch(event)
-                self._write()
+                self._write_soon()  # with what the streams woken now will send
                 transport = self.writer.transport
                 if transport.get_write_buffer_size() > _OUTPUT_LIMIT:
                     await self._drain()
@@ -437,6 +481,7 @@ class H2Conn:
     def _terminate(self) -> None:
         if self.closed:
             return
+        self._write()  # what is queued goes before the close
         self.closed = True
         self.goaway = True
         if self._idle is not None:
@@ -483,9 +528,9 @@ class H2Conn:
             self._idle.cancel()
             self._idle = None
         stream_id = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(stream_id, headers, end_stream=end_stream)  # may refuse
+        self.h2.send_headers(stream_id, _secure(headers), end_stream=end_stream)  # may refuse
         stream = self.streams[stream_id] = H2Stream(self, stream_id)
-        self._write()
+        self._write_soon()
         return stream
 
     async def send_headers(
@@ -502,10 +547,10 @@ class H2Conn:
         if stream.gone or self.closed:
             raise StreamGone
         try:
-            self.h2.send_headers(stream.id, headers, end_stream=end)
+            self.h2.send_headers(stream.id, _secure(headers), end_stream=end)
         except h2.exceptions.StreamClosedError:
             raise StreamGone from None
-        self._write()
+        self._write_soon()
         if end and on_end is not None:
             on_end()
         await self._drain()
@@ -533,7 +578,7 @@ class H2Conn:
                         h2conn.end_stream(stream.id)
                     except h2.exceptions.StreamClosedError:
                         raise StreamGone from None
-                    self._write()
+                    self._write_soon()
                     if on_end is not None:
                         on_end()
                     await self._drain()
@@ -555,7 +600,12 @@ class H2Conn:
             except h2.exceptions.StreamClosedError:
                 raise StreamGone from None
             view = view[size:]
-            self._write()
+            # A small frame waits for the others of this pass; a large one goes now, so
+            # that the drain below sees it (the socket's backpressure, as before).
+            if size < _COALESCE_BELOW:
+                self._write_soon()
+            else:
+                self._write()
             if last and on_end is not None:
                 on_end()
             await self._drain()
@@ -575,7 +625,7 @@ class H2Conn:
             self.h2.reset_stream(stream.id, code)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return
-        self._write()
+        self._write_soon()
 
     def close(self) -> None:
         """GOAWAY, then close (streams still open see :class:`Terminated`)."""
