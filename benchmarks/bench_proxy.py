@@ -41,8 +41,10 @@ the sidecars relay it over HTTP/2 (h2 over mTLS, h2c to an h2c app answering the
 body). Each app alone is a case too, so that CPU per request per sidecar can be given.
 Every case runs in every round, each round starting with another; reported: requests per
 second, CPU per request, how busy the pair process and the load client were (which one
-limits), and the HTTP/2 / HTTP/1.1 ratio of each round. ``MESHSTATS_PROFILE=<file>``
-runs the pair process under cProfile (not for figures: see ``_proxy_pair.py``).
+limits), and the HTTP/2 / HTTP/1.1 ratio of each round. ``--before ../before/src`` adds
+the HTTP/2 cases of another checkout (a second pair process) to the same rounds, with
+their ratio to this one's. ``MESHSTATS_PROFILE=<file>`` runs the pair process under
+cProfile (not for figures: see ``_proxy_pair.py``).
 
 Under ``--benchmark-disable`` (CI's smoke run) each case sends ``SMOKE_REQUESTS`` once
 (the HTTP/2 case too: one connection, ``STREAMS[0]`` streams at once).
