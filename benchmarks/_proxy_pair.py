@@ -24,12 +24,24 @@ client workloads and response codes), and adds ``"admin"`` to the JSON line;
 server (``_threaded_admin.py``), as ``"admin_threaded"``, for a before/after in one run;
 each ``--admin-variant '{"render_niceness": 0}'`` one more :class:`~meshstats.MetricsServer`
 of that store with those arguments, as ``"admin_variant_<i>"``.
+
+``--h2`` adds an h2c app (``_h2_peers.H2App``, the same answers as the HTTP/1.1 app) as
+``"direct_h2"``, and a third pair in front of it, identical to the "on" pair, as ``"h2"``:
+a client that speaks h2c to its outbound port is relayed over HTTP/2 all the way (the
+sidecars pick the codec by preface and ALPN, as Envoy's ``codec_type: AUTO``), and the app
+must then speak h2c, which the HTTP/1.1 app does not. ``counts`` then also gives what the
+h2c app served and how many connections it accepted (``h2_app``, ``h2_app_connections``).
+
+With ``MESHSTATS_PROFILE=<file>`` the whole process runs under cProfile, written to that
+file when it stops: where the pair's CPU time goes (cProfile slows it, so figures from such
+a run are not throughput figures).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import sys
@@ -46,6 +58,7 @@ from meshstats.exposition import MetricsServer
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _h2_peers import start_h2_app  # noqa: E402 - a sibling, not a package
 from _threaded_admin import ThreadedMetricsServer  # noqa: E402 - a sibling, not a package
 
 CLIENT_NODE = {
@@ -132,6 +145,9 @@ def _counts() -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     totals = {"app": float(sum(COUNTED["app"].served.values()))}
+    if "h2_app" in COUNTED:
+        totals["h2_app"] = float(sum(COUNTED["h2_app"].values()))
+        totals["h2_app_connections"] = float(COUNTED["h2_app_connections"][0])
     for sidecar in COUNTED["sidecars"]:
         text = sidecar.engine.store.render().decode()
         for family in text_string_to_metric_families(text):
@@ -212,6 +228,7 @@ async def main() -> None:
     parser.add_argument("--admin-series", type=int, default=0)
     parser.add_argument("--threaded-admin", action="store_true")
     parser.add_argument("--admin-variant", action="append", default=[], type=json.loads)
+    parser.add_argument("--h2", action="store_true")
     args = parser.parse_args()
     LOOP_KIND[0] = type(asyncio.get_running_loop()).__module__.split(".")[0]
     with tempfile.TemporaryDirectory(prefix="meshstats-bench-") as tmp:
@@ -224,6 +241,13 @@ async def main() -> None:
         off = await start_pair(False, app.port, server_dir, client_dir)
         ports = {"direct": app.port, "on": on[0].outbound_ports[0], "off": off[0].outbound_ports[0]}
         COUNTED.update(app=app, sidecars=on)
+        h2_pair: list[Sidecar] = []
+        h2_server: asyncio.Server | None = None
+        if args.h2:
+            h2_server, h2_port, served, accepted = await start_h2_app("reviews")
+            h2_pair = await start_pair(True, h2_port, server_dir, client_dir)
+            ports.update(direct_h2=h2_port, h2=h2_pair[0].outbound_ports[0])
+            COUNTED.update(h2_app=served, h2_app_connections=accepted)
         extra: list[ThreadedMetricsServer | MetricsServer] = []
         if admin:
             store = on[1].engine.store
@@ -245,12 +269,23 @@ async def main() -> None:
             monitor.cancel()
             for server in extra:
                 server.stop()
-            for sidecar in on + off:
+            for sidecar in on + off + h2_pair:
                 await sidecar.stop()
             await app.close()
+            if h2_server is not None:
+                h2_server.close()
 
 
 if __name__ == "__main__":
     # The standard loop unless MESHSTATS_EVENT_LOOP names one (bench_proxy.py --loops), so a
     # figure does not change with whether uvloop happens to be installed.
-    _loop.run(main(), _loop.choose({_loop.ENV: os.environ.get(_loop.ENV, "asyncio")}))
+    loop = _loop.choose({_loop.ENV: os.environ.get(_loop.ENV, "asyncio")})
+    profile_to = os.environ.get("MESHSTATS_PROFILE")
+    if profile_to:
+        # Thread CPU time, not wall time: on a shared machine the wall clock bills the time
+        # the process waited for a core to whatever call it was preempted in (a send(), say).
+        profiler = cProfile.Profile(time.thread_time)
+        profiler.runcall(_loop.run, main(), loop)
+        profiler.dump_stats(profile_to)
+    else:
+        _loop.run(main(), loop)

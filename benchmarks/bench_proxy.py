@@ -29,7 +29,25 @@ CPU time of every ``record_request`` of the "on" pair (``_proxy_pair.Timed``), p
 and as a share of the server process's CPU time per request. Two throughputs differ by
 more from round to round than telemetry costs, so this is the figure that shows the cost.
 
-Under ``--benchmark-disable`` (CI's smoke run) each case sends ``SMOKE_REQUESTS`` once.
+**HTTP/2 on one connection** against HTTP/1.1 on 16 (issue 14.5: "HTTP/2 throughput per
+connection at least that of HTTP/1.1 with 16 connections")::
+
+    python benchmarks/bench_proxy.py --h2 --rounds 7 --requests 3000 --streams 16,64
+
+In one pair process (``_proxy_pair.py --h2``): the HTTP/1.1 case above ("on"), and per
+``--streams`` entry one h2c connection (prior knowledge, ``_h2_peers.H2Load``) to a third
+pair's client sidecar carrying the same number of GETs with that many streams in flight;
+the sidecars relay it over HTTP/2 (h2 over mTLS, h2c to an h2c app answering the same
+body). Each app alone is a case too, so that CPU per request per sidecar can be given.
+Every case runs in every round, each round starting with another; reported: requests per
+second, CPU per request, how busy the pair process and the load client were (which one
+limits), and the HTTP/2 / HTTP/1.1 ratio of each round. ``--before ../before/src`` adds
+the HTTP/2 cases of another checkout (a second pair process) to the same rounds, with
+their ratio to this one's. ``MESHSTATS_PROFILE=<file>`` runs the pair process under
+cProfile (not for figures: see ``_proxy_pair.py``).
+
+Under ``--benchmark-disable`` (CI's smoke run) each case sends ``SMOKE_REQUESTS`` once
+(the HTTP/2 case too: one connection, ``STREAMS[0]`` streams at once).
 
 **Connection storm** (``--storm N``): the cost of a *new* connection, not of a request.
 N clients each open a new connection to the client sidecar, send one request with
@@ -83,11 +101,18 @@ import meshstats
 from meshstats.certs import LocalCA
 from meshstats.cli.demo_apps import HttpApp, HttpClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _h2_peers import H2Load  # noqa: E402 - a sibling, not a package
+
 REQUESTS = 2000
 SMOKE_REQUESTS = 64
 CONNECTIONS = 16
 HERE = Path(__file__).resolve().parent
 MODES = ("direct", "off", "on")
+#: With --h2: the h2c app alone, and through a pair like "on" (see ``_proxy_pair.py``).
+H2_MODES = ("direct_h2", "h2")
+#: Streams in flight on the one HTTP/2 connection (--streams).
+STREAMS = (16, 64)
 
 
 @dataclass
@@ -98,6 +123,8 @@ class Pair:
     ports: dict[str, int]
     loop: asyncio.AbstractEventLoop
     clients: dict[str, HttpClient]
+    #: With ``start_pair("--h2")``: one h2c connection each to "h2" and "direct_h2".
+    h2: dict[str, H2Load] = field(default_factory=dict)
 
     def send(
         self,
@@ -109,6 +136,10 @@ class Pair:
         self.loop.run_until_complete(
             _send(self.clients[mode], self.ports[mode], requests, connections, latencies)
         )
+
+    def send_h2(self, mode: str, requests: int, streams: int) -> None:
+        """``requests`` GETs on the one HTTP/2 connection to ``mode``, ``streams`` at once."""
+        self.loop.run_until_complete(self.h2[mode].run("/reviews/0", requests, streams))
 
     def engine_time(self) -> tuple[float, int]:
         """CPU seconds the "on" pair's engines spent in ``record_request``, and the calls."""
@@ -143,6 +174,9 @@ class Pair:
     def close(self) -> None:
         for client in self.clients.values():
             self.loop.run_until_complete(client.close())
+        for load in self.h2.values():
+            load.close()
+            self.loop.run_until_complete(asyncio.wait_for(load.lost, 5))
         self.loop.close()
         if self.process.stdin is not None:
             self.process.stdin.close()  # the server's signal to stop
@@ -243,12 +277,17 @@ def start_pair(*options: str, loop: str | None = None, src: str | None = None) -
     for mode in MODES:
         pair.clients[mode] = HttpClient()
         pair.send(mode, CONNECTIONS)  # open every connection, resolve peers: warm
+    for mode in H2_MODES if "h2" in pair.ports else ():
+        pair.h2[mode] = pair.loop.run_until_complete(
+            H2Load.connect(pair.ports[mode], "reviews:9080")
+        )
+        pair.send_h2(mode, CONNECTIONS, CONNECTIONS)  # the same warm-up
     return pair
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    started = start_pair()
+    started = start_pair("--h2")
     yield started
     started.close()
 
@@ -269,6 +308,25 @@ def test_proxy_requests(benchmark: Any, pair: Pair, mode: str) -> None:
     benchmark.extra_info["req_per_s"] = round(requests / median)
     if mode == "on" and "off" in _medians:
         benchmark.extra_info["loss_pct"] = round(100 * (1 - _medians["off"] / median), 2)
+
+
+@pytest.mark.benchmark(
+    group=f"proxy: {REQUESTS} requests, HTTP/2 over one connection, {STREAMS[0]} streams"
+)
+def test_proxy_h2_one_connection(benchmark: Any, pair: Pair) -> None:
+    """HTTP/2 through the same sidecars on one connection; ``h2_over_h1``: its req/s over
+    the "on" case's (HTTP/1.1, 16 connections) when that ran first in this session."""
+    requests = SMOKE_REQUESTS if benchmark.disabled else REQUESTS
+    benchmark.extra_info["requests_per_round"] = requests
+    benchmark.pedantic(
+        pair.send_h2, args=("h2", requests, STREAMS[0]), rounds=5, iterations=1, warmup_rounds=1
+    )
+    if benchmark.stats is None:  # --benchmark-disable
+        return
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["req_per_s"] = round(requests / median)
+    if "on" in _medians:
+        benchmark.extra_info["h2_over_h1"] = round(_medians["on"] / median, 3)
 
 
 # -- connection storm -------------------------------------------------------------------------
@@ -502,7 +560,7 @@ def loops_main(args: argparse.Namespace, loops: list[str], before: str | None = 
     alone, ``direct``) / 2, from the same round of the same process, so the app's own loop
     cost cancels out. Telemetry on (``on``) and off (``off``) both.
     """
-    stacks = {name: (name, None) for name in loops}
+    stacks: dict[str, tuple[str, str | None]] = {name: (name, None) for name in loops}
     if before is not None:
         stacks.update({f"{name}@before": (name, before) for name in loops})
     pairs = {label: start_pair(loop=loop, src=src) for label, (loop, src) in stacks.items()}
@@ -563,6 +621,132 @@ def loops_main(args: argparse.Namespace, loops: list[str], before: str | None = 
         print(f"  {name} / {base}, per sidecar (on), same round: {_spread(ratio, '.2f')}")
 
 
+def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = None) -> None:
+    """HTTP/2 on one connection against HTTP/1.1 on ``args.connections`` (issue 14.5), in
+    one pair process, every case in every round, each round starting with another case.
+
+    Cases: the HTTP/1.1 app alone and through the "on" pair (``args.connections`` keep-alive
+    connections, as the default figure), and per entry of ``streams`` the h2c app alone and
+    through the "h2" pair (one connection, that many streams in flight). Per case: requests
+    per second; the pair process's CPU per request, and per sidecar (minus the same app's
+    alone in the same round, halved); and how busy each side was (CPU time / wall time):
+    the pair process near 100 % of a core means the sidecars limit, the load client (this
+    process) near 100 % that it does, and the figure says nothing about the sidecars.
+
+    With ``before`` (another checkout's ``src/``), a second pair process runs that code and
+    its HTTP/2 cases join the rounds (``... @before``), for a change's effect in one run.
+    """
+    pairs = {"": start_pair("--h2")}
+    if before is not None:
+        pairs["@before"] = start_pair("--h2", src=before)
+    me = os.getpid()
+    h1 = f"h1 {args.connections} conns"
+    # label -> (pair, protocol, mode, connections or streams); "direct": the app alone.
+    cases: dict[str, tuple[str, str, str, int]] = {
+        "h1 app": ("", "h1", "direct", args.connections),
+        h1: ("", "h1", "on", args.connections),
+    }
+    for at in pairs:
+        for n in streams:
+            cases[f"h2 app x{n}{at}"] = (at, "h2", "direct_h2", n)
+            cases[f"h2 1 conn x{n}{at}"] = (at, "h2", "h2", n)
+    rate: dict[str, list[float]] = {label: [] for label in cases}
+    pair_cpu: dict[str, list[float]] = {label: [] for label in cases}  # µs per request
+    pair_busy: dict[str, list[float]] = {label: [] for label in cases}  # share of a core
+    load_busy: dict[str, list[float]] = {label: [] for label in cases}
+    labels = list(cases)
+    served = {at: pair.counts() for at, pair in pairs.items()}
+    try:
+        print(
+            f"compiled core: {meshstats.HAS_EXTENSION}; {args.requests} GETs per case and "
+            f"round through a client and a server sidecar (mTLS, telemetry on): HTTP/1.1 over "
+            f"{args.connections} keep-alive connections, HTTP/2 over one connection with "
+            f"{', '.join(map(str, streams))} streams in flight (h2c to the client sidecar, "
+            f"h2 over mTLS, h2c to the app); cases interleaved"
+            + (f"; @before: {before}" if before else "")
+        )
+        for i in range(args.rounds):
+            for label in labels[i % len(labels) :] + labels[: i % len(labels)]:
+                at, protocol, mode, n = cases[label]
+                pair = pairs[at]
+                pid = pair.process.pid
+                start = time.perf_counter()
+                used, mine = cpu_seconds(pid), cpu_seconds(me)
+                if protocol == "h1":
+                    pair.send(mode, args.requests, n)
+                else:
+                    pair.send_h2(mode, args.requests, n)
+                wall = time.perf_counter() - start
+                spent, spent_here = cpu_seconds(pid) - used, cpu_seconds(me) - mine
+                rate[label].append(args.requests / wall)
+                pair_cpu[label].append(spent / args.requests * 1e6)
+                pair_busy[label].append(spent / wall)
+                load_busy[label].append(spent_here / wall)
+            line = [f"{h1} {rate[h1][-1]:.0f}/s ({pair_cpu[h1][-1]:.0f} µs)"] + [
+                f"h2 x{n}{at} {rate[f'h2 1 conn x{n}{at}'][-1]:.0f}/s "
+                f"({pair_cpu[f'h2 1 conn x{n}{at}'][-1]:.0f} µs, "
+                f"{rate[f'h2 1 conn x{n}{at}'][-1] / rate[h1][-1]:.2f}x)"
+                for at in pairs
+                for n in streams
+            ]
+            print(f"round {i + 1}: " + " | ".join(line), flush=True)
+        after = {at: pair.counts() for at, pair in pairs.items()}
+    finally:
+        for pair in pairs.values():
+            pair.close()
+    # Every request reached the app (the load client also checks each status): the h2 ones
+    # over the server sidecar's shared h2c connection, and the load client's own.
+    for at in pairs:
+        sent = args.requests * args.rounds * len(streams) * 2
+        got = after[at]["h2_app"] - served[at]["h2_app"]
+        if got != sent:
+            raise AssertionError(f"the h2c app{at} served {got} of {sent}")
+        print(
+            f"the h2c app{at} accepted {after[at]['h2_app_connections']:.0f} connections (the "
+            "load client's and the server sidecar's)"
+        )
+
+    def app_of(label: str) -> str:
+        at, protocol, _, n = cases[label]
+        return "h1 app" if protocol == "h1" else f"h2 app x{n}{at}"
+
+    def per_sidecar(label: str) -> list[float]:
+        return [(p - a) / 2 for p, a in zip(pair_cpu[label], pair_cpu[app_of(label)], strict=True)]
+
+    def ratio(a: list[float], b: list[float]) -> str:
+        return _spread([y / x for x, y in zip(a, b, strict=True)], ".2f")
+
+    print("median of rounds (lowest–highest round); CPU per request of the pair process:")
+    for label, (_, _, mode, _) in cases.items():
+        text = (
+            f"  {label}: {_spread(rate[label])} req/s, {_spread(pair_cpu[label])} µs; busy: "
+            f"pair process {_spread([100 * b for b in pair_busy[label]])} %, load client "
+            f"{_spread([100 * b for b in load_busy[label]])} %"
+        )
+        if mode not in ("direct", "direct_h2"):
+            text += f"; per sidecar {_spread(per_sidecar(label))} µs"
+        print(text)
+    for at in pairs:
+        for n in streams:
+            h2 = f"h2 1 conn x{n}{at}"
+            ratios = [b / a for a, b in zip(rate[h1], rate[h2], strict=True)]
+            verdict = "met" if statistics.median(ratios) >= 1 else "NOT met"
+            print(
+                f"HTTP/2 one connection x{n}{at} / HTTP/1.1 {args.connections} connections, "
+                f"same round: req/s {_spread(ratios, '.2f')}, CPU per request per sidecar "
+                f"{ratio(per_sidecar(h1), per_sidecar(h2))}; target (h2 per connection >= h1 "
+                f"with {args.connections}): {verdict}"
+            )
+    if before is not None:
+        for n in streams:
+            now, then = f"h2 1 conn x{n}", f"h2 1 conn x{n}@before"
+            print(
+                f"HTTP/2 x{n}, this checkout / @before, same round: req/s "
+                f"{ratio(rate[then], rate[now])}, CPU per request per sidecar "
+                f"{ratio(per_sidecar(then), per_sidecar(now))}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--rounds", type=int, default=7)
@@ -610,9 +794,25 @@ def main() -> None:
         "--before",
         metavar="SRC",
         help="with --loops: also run each loop on another checkout's src/ (the code before a "
-        "change), rounds interleaved, and give each loop's ratio to it",
+        "change), rounds interleaved, and give each loop's ratio to it; with --h2: the "
+        "HTTP/2 cases on it too",
+    )
+    parser.add_argument(
+        "--h2",
+        action="store_true",
+        help="HTTP/2 over one connection against HTTP/1.1 over --connections, same pair "
+        "process, rounds interleaved (issue 14.5)",
+    )
+    parser.add_argument(
+        "--streams",
+        default=",".join(map(str, STREAMS)),
+        metavar="N,N",
+        help="with --h2: streams in flight on the HTTP/2 connection, one case each",
     )
     args = parser.parse_args()
+    if args.h2:
+        h2_main(args, [int(n) for n in args.streams.split(",") if n.strip()], args.before)
+        return
     if args.loops:
         loops = [name.strip() for name in args.loops.split(",") if name.strip()]
         loops_main(args, loops, args.before)

@@ -60,6 +60,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
@@ -101,6 +102,8 @@ MAX_STREAMS = 100
 STREAM_WINDOW = 65_535
 #: The connection window: every stream's window at once, so none starves the others.
 CONNECTION_WINDOW = STREAM_WINDOW * MAX_STREAMS
+# DATA frames smaller than this are written with the other frames of the loop's pass.
+_COALESCE_BELOW = 4096
 # The read loop stops reading (waits for the peer to read) past this much unsent output:
 # what a peer that floods PINGs or SETTINGS without reading the answers can cost.
 _OUTPUT_LIMIT = 1 << 20
@@ -113,6 +116,11 @@ class Terminated(h2.events.Event):
 
     def __init__(self, error_code: int | None = None) -> None:
         self.error_code = error_code
+
+
+class DownstreamGone(h2.events.Event):
+    """Put in an upstream stream's events when the stream it relays for goes, so that a
+    relay waiting for the response learns it without a task watching the downstream."""
 
 
 class StreamGone(Exception):
@@ -198,6 +206,27 @@ def _split(headers: Headers) -> tuple[Headers, bytes | None, bytes | None]:
         else:
             kept.append((name, value))
     return kept, metadata, metadata_id
+
+
+_NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization"))
+
+
+def _secure(headers: Headers) -> Headers:
+    """``headers`` with credentials never indexed by HPACK, as h2's outbound normalisation
+    marks them (turned off, see :class:`H2Conn`): ``authorization`` and
+    ``proxy-authorization``, and a ``cookie`` under 20 bytes (rules from nghttp2 and
+    Firefox), so that a compression oracle cannot guess them."""
+    for name, value in headers:
+        if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20):
+            break
+    else:
+        return headers
+    return [
+        hpack.NeverIndexedHeaderTuple(name, value)
+        if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20)
+        else (name, value)
+        for name, value in headers
+    ]
 
 
 def _grpc_status(headers: Headers) -> int | None:
@@ -299,7 +328,18 @@ class H2Conn:
         self.client = client
         self.principal = principal  # the peer's verified identity, for an upstream
         self.address = address
-        config = h2.config.H2Configuration(client_side=client, header_encoding=None)
+        # What a sidecar sends is what h2 validated as it arrived on the other connection
+        # (validate_inbound_headers stays on), or its own headers: validating it again on
+        # the way out cost each stream's headers four more passes for nothing.
+        config = h2.config.H2Configuration(
+            client_side=client,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            # The other connection's inbound validation already refused what h2's outbound
+            # normalisation would fix (upper case, surrounding whitespace, connection
+            # headers): only its never-indexed marking is left to do, in _secure().
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config)
         settings: dict[h2.settings.SettingCodes, int] = {
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
@@ -322,20 +362,35 @@ class H2Conn:
         #: ``max_idle_seconds``); None: kept.
         self.idle_timeout: float | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._flush_due = False
 
     def start(self) -> H2Conn:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)
         self._write()
-        self._reading = asyncio.get_running_loop().create_task(self._read_loop())
+        self._loop = asyncio.get_running_loop()
+        self._reading = self._loop.create_task(self._read_loop())
         return self
 
     # -- output --------------------------------------------------------------------------------
 
     def _write(self) -> None:
+        """Write what h2 has queued, now."""
         data = self.h2.data_to_send()
         if data and not self.closed:
             write(self.writer, data)
+
+    def _write_soon(self) -> None:
+        """Write what h2 has queued once the loop has run the callbacks ready now: the
+        frames of every stream that moved in this pass go out in one TLS record and one
+        send (a write per frame was several per stream, each through TLS)."""
+        if not self._flush_due and not self.closed:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self._write()
 
     async def _drain(self) -> None:
         if self.closed:
@@ -349,8 +404,7 @@ class H2Conn:
 
     def flush_soon(self) -> None:
         """Write what h2 has queued (window updates), without waiting."""
-        if not self.closed:
-            self._write()
+        self._write_soon()
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -371,7 +425,7 @@ class H2Conn:
                 data = b""
                 for event in events:
                     self._dispatch(event)
-                self._write()
+                self._write_soon()  # with what the streams woken now will send
                 transport = self.writer.transport
                 if transport.get_write_buffer_size() > _OUTPUT_LIMIT:
                     await self._drain()
@@ -427,6 +481,7 @@ class H2Conn:
     def _terminate(self) -> None:
         if self.closed:
             return
+        self._write()  # what is queued goes before the close
         self.closed = True
         self.goaway = True
         if self._idle is not None:
@@ -439,14 +494,21 @@ class H2Conn:
 
     # -- the API -------------------------------------------------------------------------------
 
-    async def accept(self) -> tuple[H2Stream, h2.events.RequestReceived] | None:
-        """The next stream a client opened; None once the connection is over."""
+    async def accept(
+        self, stop: Callable[[], bool] | None = None
+    ) -> tuple[H2Stream, h2.events.RequestReceived] | None:
+        """The next stream a client opened; None once the connection is over, or when
+        ``stop()`` is true with none waiting (checked again on :meth:`wake`)."""
         while not self._incoming:
-            if self.closed or self.goaway:
+            if self.closed or self.goaway or (stop is not None and stop()):
                 return None
             self._arrived.clear()
             await self._arrived.wait()
         return self._incoming.popleft()
+
+    def wake(self) -> None:
+        """Have :meth:`accept` check its ``stop`` again."""
+        self._arrived.set()
 
     def has_room(self) -> bool:
         """Whether a new stream may be opened now (the peer's stream limit)."""
@@ -466,9 +528,9 @@ class H2Conn:
             self._idle.cancel()
             self._idle = None
         stream_id = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(stream_id, headers, end_stream=end_stream)  # may refuse
+        self.h2.send_headers(stream_id, _secure(headers), end_stream=end_stream)  # may refuse
         stream = self.streams[stream_id] = H2Stream(self, stream_id)
-        self._write()
+        self._write_soon()
         return stream
 
     async def send_headers(
@@ -485,10 +547,10 @@ class H2Conn:
         if stream.gone or self.closed:
             raise StreamGone
         try:
-            self.h2.send_headers(stream.id, headers, end_stream=end)
+            self.h2.send_headers(stream.id, _secure(headers), end_stream=end)
         except h2.exceptions.StreamClosedError:
             raise StreamGone from None
-        self._write()
+        self._write_soon()
         if end and on_end is not None:
             on_end()
         await self._drain()
@@ -516,7 +578,7 @@ class H2Conn:
                         h2conn.end_stream(stream.id)
                     except h2.exceptions.StreamClosedError:
                         raise StreamGone from None
-                    self._write()
+                    self._write_soon()
                     if on_end is not None:
                         on_end()
                     await self._drain()
@@ -538,7 +600,12 @@ class H2Conn:
             except h2.exceptions.StreamClosedError:
                 raise StreamGone from None
             view = view[size:]
-            self._write()
+            # A small frame waits for the others of this pass; a large one goes now, so
+            # that the drain below sees it (the socket's backpressure, as before).
+            if size < _COALESCE_BELOW:
+                self._write_soon()
+            else:
+                self._write()
             if last and on_end is not None:
                 on_end()
             await self._drain()
@@ -558,7 +625,7 @@ class H2Conn:
             self.h2.reset_stream(stream.id, code)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return
-        self._write()
+        self._write_soon()
 
     def close(self) -> None:
         """GOAWAY, then close (streams still open see :class:`Terminated`)."""
@@ -615,6 +682,14 @@ class _Exchange:
     response_frames: GrpcFrames = field(default_factory=GrpcFrames)
 
 
+def _downstream_gone(us: H2Stream) -> Callable[[], None]:
+    def gone() -> None:
+        us.window.set()
+        us.push(DownstreamGone())
+
+    return gone
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A stream's relay failed unexpectedly (a bug): say so, as the listener does for a
     connection handler (the connection and its other streams go on)."""
@@ -662,36 +737,47 @@ class _H2Proxy:
         down = self.down.start()
         tasks: set[asyncio.Task[None]] = set()
         idle = no_zero(self.sidecar.config.idle_timeout)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        idled = False
+
+        # A connection without streams is closed after idle_timeout (Envoy's connection
+        # idle timeout); with streams open it waits for them. A timer armed when the last
+        # stream ends, rather than waiting on every open stream's task for each new one,
+        # which costs as much as there are streams open, per stream.
+        def close_idle() -> None:
+            nonlocal idled
+            idled = True
+            down.wake()
+
+        def arm() -> None:
+            nonlocal timer
+            if idle is not None and not tasks and timer is None:
+                timer = loop.call_later(idle, close_idle)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            arm()
+
         try:
+            arm()
             while True:
-                accept = asyncio.ensure_future(down.accept())
-                try:
-                    # A connection without streams is closed after idle_timeout (Envoy's
-                    # connection idle timeout); with streams open it waits for them.
-                    while True:
-                        done, _ = await asyncio.wait(
-                            {accept, *tasks},
-                            timeout=None if tasks else idle,
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                        tasks -= done
-                        if accept in done or not done:
-                            break
-                finally:
-                    if not accept.done():
-                        accept.cancel()
-                if not accept.done() or accept.cancelled():
-                    break  # idle
-                item = accept.result()
+                item = await down.accept(lambda: idled)
                 if item is None:
                     break
-                task = asyncio.ensure_future(self.relay(*item))
+                idled = False  # a stream came as the timer went: not idle after all
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
+                task = loop.create_task(self.relay(*item))
                 task.add_done_callback(_log_failure)
+                task.add_done_callback(finished)
                 tasks.add(task)
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-                tasks.clear()
         finally:
+            if timer is not None:
+                timer.cancel()
             for task in tasks:
                 task.cancel()
             if tasks:
@@ -726,8 +812,11 @@ class _H2Proxy:
                 ended = ds.ends_next() and not ex.request_done
                 us = up.open(out, end_stream=ended)
                 ex.request_done = ex.request_done or ended
-                # Either side going wakes a send to the other that waits for window.
-                ds.on_gone, us.on_gone = us.window.set, ds.window.set
+                # Either side going wakes a send to the other that waits for window; the
+                # downstream going also ends a wait for the response (see _exchange).
+                ds.on_gone, us.on_gone = _downstream_gone(us), ds.window.set
+                if ds.gone:  # before it was watched
+                    ds.on_gone()
             except UpstreamError as failed:
                 await self._local_reply(ds, ex, failed.code, failed.flag)
                 return
@@ -753,9 +842,12 @@ class _H2Proxy:
         cfg = self.sidecar.config
         idle = no_zero(cfg.stream_idle_timeout)
         deadline = ex.started + cfg.request_timeout if cfg.request_timeout > 0 else None
-        request = asyncio.ensure_future(self._request(ds, us, ex))
+        # A request that ended with its headers (a GET) has nothing more to relay: no task
+        # for it (a task, its wake-ups and its cancellation were a good part of a stream's
+        # cost); its downstream resetting reaches _response as DownstreamGone.
+        request = None if ex.request_done else asyncio.ensure_future(self._request(ds, us, ex))
         response = asyncio.ensure_future(self._response(ds, us, ex))
-        pending = {request, response}
+        pending: set[asyncio.Future[None]] = {response} if request is None else {request, response}
         try:
             while response in pending:
                 waits = [] if idle is None else [ex.last + idle - loop.time()]
@@ -766,7 +858,7 @@ class _H2Proxy:
                     timeout=max(0.0, min(waits)) if waits else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if request in done:
+                if request is not None and request in done:
                     failed = request.exception()
                     if isinstance(failed, _Downstream):
                         raise failed
@@ -794,17 +886,24 @@ class _H2Proxy:
                 ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
                 us.conn.reset(us, h2.errors.ErrorCodes.NO_ERROR)
         except _Upstream as broke:
-            request.cancel()
+            if request is not None:
+                request.cancel()
             ex.flags = broke.flag
             if ex.responded:
                 ds.conn.reset(ds, broke.code)
             else:
                 await self._local_reply(ds, ex, 503, broke.flag)
         finally:
-            for task in (request, response):
+            tasks = [response] if request is None else [request, response]
+            for task in tasks:
                 if not task.done():
                     task.cancel()
-            await asyncio.gather(request, response, return_exceptions=True)
+            if not all(task.done() for task in tasks):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            else:  # what gather would do, without its round trips through the loop
+                for task in tasks:
+                    if not task.cancelled():
+                        task.exception()
 
     async def _request(self, ds: H2Stream, us: H2Stream, ex: _Exchange) -> None:
         """Downstream -> upstream: DATA, trailers, the end."""
@@ -911,6 +1010,8 @@ class _H2Proxy:
                     raise _Upstream("UR", event.error_code or h2.errors.ErrorCodes.CANCEL)
                 elif isinstance(event, Terminated):
                     raise _Upstream("UC", h2.errors.ErrorCodes.INTERNAL_ERROR)
+                elif isinstance(event, DownstreamGone):
+                    raise _Downstream
             except StreamGone:
                 if us.broken:  # the upstream went while its data waited for window
                     if us.error is None:
