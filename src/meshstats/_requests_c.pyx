@@ -28,6 +28,8 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_
 from libc.math cimport NAN, isfinite, trunc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
+from meshstats.attributes import is_grpc_content_type
+
 from meshstats._store_c cimport (
     MS_COUNTER, MS_ERR_NOMEM, MS_GAUGE, MS_HISTOGRAM, MS_OK, Store, ms_allocator,
     ms_status, ms_store, ms_strref,
@@ -75,7 +77,7 @@ cdef extern from "request_table.h" nogil:
     ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series_block *b)
     ms_status ms_record_block(ms_store *s, const ms_series_block *b, const double *values)
 
-__all__ = ["RequestTable", "HitCounter", "BLOCK_MAX"]
+__all__ = ["RequestTable", "HitCounter", "BLOCK_MAX", "record_request"]
 
 #: Most series one request's block can hold (the standard HTTP metrics need 4).
 BLOCK_MAX = MS_BLOCK_MAX
@@ -196,6 +198,12 @@ cdef class RequestTable:
         the block lacks a series this event needs, or an argument is not keyable).
         ``request_messages`` / ``response_messages``: a gRPC call's message counts, recorded
         with it when its block carries them (False when one is not 0 and it does not)."""
+        return self._record(code, grpc_status, flags, protocol, host, duration_ms,
+                            request_bytes, response_bytes, request_messages, response_messages)
+
+    cdef bint _record(self, code, grpc_status, flags, protocol, host, duration_ms,
+                      request_bytes, response_bytes, request_messages,
+                      response_messages) except -1:
         cdef ms_request_key k
         cdef double values[6]
         cdef uint32_t i
@@ -252,3 +260,37 @@ cdef class RequestTable:
         if st == MS_ERR_NOMEM:
             raise MemoryError("cannot grow a RequestTable")
         return st == MS_OK
+
+
+def record_request(self, peer, *, response_code=0, duration_ms=None, request_bytes=0,
+                   response_bytes=0, host=None, grpc_status=None, response_flags=None,
+                   protocol=None, content_type=None, method=None, path=None,
+                   request_protocol=None, headers=None, attributes=None):
+    """One finished HTTP or gRPC request, as the access-log callback sees it.
+
+    ``duration_ms`` is truncated to whole milliseconds as Envoy does (``None``: no
+    completion time, the duration histogram is skipped). ``request_bytes`` and
+    ``response_bytes`` are wire bytes (headers and body). ``protocol`` is ``"http"`` or
+    ``"grpc"``; by default gRPC is detected from ``content_type``.
+    """
+    # StatsEngine.record_request, compiled (engine.py has the same code in Python, used
+    # with the pure backend). Why: in a live sidecar every call finds its code and data
+    # evicted by the request's other work, and a Python frame, its bytecode and the
+    # attribute and method lookups on the way to the table cost more cold than the
+    # recording itself; here the keywords are parsed in C and the compiled table is
+    # called directly.
+    if protocol is None:
+        protocol = "grpc" if content_type and is_grpc_content_type(content_type) else "http"
+    table = peer._requests
+    if table is not None and attributes is None:
+        if type(table) is RequestTable:
+            if (<RequestTable>table)._record(response_code, grpc_status, response_flags,
+                                             protocol, host, duration_ms, request_bytes,
+                                             response_bytes, 0, 0):
+                return None
+        elif table.record(response_code, grpc_status, response_flags, protocol, host,
+                          duration_ms, request_bytes, response_bytes):
+            return None
+    self._resolve_request(peer, response_code, duration_ms, request_bytes, response_bytes,
+                          host, grpc_status, response_flags, protocol, method, path,
+                          request_protocol, headers, attributes)
