@@ -153,14 +153,15 @@ class Timed(StatsEngine):
             if kind == 0:
                 Timed.ns += spent
         elif kind == 2:
-            start = time.perf_counter_ns()
+            clock = time.perf_counter_ns  # as the empty bracket reads it: no lookup inside
+            start = clock()
             _RECORD(
                 self, peer, response_code=response_code, duration_ms=duration_ms,
                 request_bytes=request_bytes, response_bytes=response_bytes, host=host,
                 response_flags=response_flags, method=method, path=path,
                 content_type=content_type,
             )  # fmt: skip
-            spent = time.perf_counter_ns() - start
+            spent = clock() - start
         else:
             clock = time.thread_time_ns if kind == 3 else time.perf_counter_ns
             start = clock()
