@@ -219,6 +219,40 @@ def test_the_compiled_record_request_raises_what_the_python_one_does(
         assert errors[0] == errors[1], kw
 
 
+@pytest.mark.c_extension
+def test_the_compiled_record_request_follows_the_peer_type(c_backend: Backend) -> None:
+    # It reads the table from PeerContext's slot while the type is unchanged: a subclass,
+    # and a class changed after the slot was read, must give what the attribute gives.
+    from meshstats.labels import PeerContext
+
+    class Peer(PeerContext):
+        __slots__ = ()
+
+    engine = engine_for(c_backend, {})
+    plain, sub = engine.peer("outbound", REVIEWS), engine.peer("inbound", REVIEWS)
+    sub.__class__ = Peer
+    for _ in range(3):  # the types alternate: each lookup replaces the other's
+        request(engine, plain)
+        request(engine, sub)
+    assert engine._request_tables.hits == 4
+    # No table through the attribute now (and none kept): the general path.
+    slot = "_requests"  # (through setattr: mypy refuses a class attribute over a slot)
+    setattr(Peer, slot, property(lambda self: None, lambda self, value: None))
+    request(engine, sub)
+    assert engine._request_tables.hits == 4
+    delattr(Peer, slot)
+    request(engine, sub)  # the slot again
+    request(engine, plain)
+    assert engine._request_tables.hits == 6
+    text = engine.render().decode()
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("istio_requests_total{")
+    )
+    assert total == 9
+
+
 def test_nan_duration_raises_on_both_paths(backend: Backend) -> None:
     engine = engine_for(backend, {})
     peer = engine.peer("outbound", REVIEWS)

@@ -28,6 +28,9 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_
 from libc.math cimport NAN, isfinite, trunc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
+from cpython.object cimport PyObject, PyTypeObject
+from types import MemberDescriptorType
+
 from meshstats.attributes import is_grpc_content_type
 
 from meshstats._store_c cimport (
@@ -36,12 +39,37 @@ from meshstats._store_c cimport (
 )
 
 cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    PyTypeObject *Py_TYPE(object o)
     bint PyLong_CheckExact(object o)
     bint PyFloat_CheckExact(object o)
     bint PyUnicode_CheckExact(object o)
     double PyFloat_AS_DOUBLE(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+
+cdef extern from *:
+    """
+    #ifndef Py_T_OBJECT_EX /* before 3.12: PyMemberDef's fields and the T_ names live here */
+    #include "structmember.h"
+    #define Py_T_OBJECT_EX T_OBJECT_EX
+    #endif
+
+    /* A type's version tag, 0 while it has none valid (a type just modified: CPython 3.11
+     * clears a flag, later versions the tag itself). */
+    static inline unsigned int meshstats_type_version(PyTypeObject *tp) {
+    #ifdef Py_TPFLAGS_VALID_VERSION_TAG
+        if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) return 0;
+    #endif
+        return tp->tp_version_tag;
+    }
+    """
+    int Py_T_OBJECT_EX
+    unsigned int meshstats_type_version(PyTypeObject *tp)
 
 cdef extern from "request_table.h" nogil:
     ctypedef enum ms_flags_kind:
@@ -262,6 +290,37 @@ cdef class RequestTable:
         return st == MS_OK
 
 
+# Where the peer context's table lives: the exact type whose __slots__ member "_requests"
+# was last looked up, its version tag then, and the member's offset in its instances. A
+# live sidecar finds the generic attribute lookup's lines (the type's method cache entry,
+# the descriptor, its member definition) evicted on every request; this reads the slot
+# directly while the type is unchanged, as CPython's own LOAD_ATTR_SLOT does (a changed
+# type gets a new version tag, so a stale offset is never used). Called with the GIL held
+# (the module is not free-threading compatible): the three change together.
+cdef PyTypeObject *_peer_type = NULL
+cdef unsigned int _peer_version = 0
+cdef Py_ssize_t _peer_offset = 0
+
+
+cdef inline object _table_of(object peer):
+    """``peer._requests``."""
+    global _peer_type, _peer_version, _peer_offset
+    cdef PyTypeObject *tp = Py_TYPE(peer)
+    cdef PyObject *value
+    if tp == _peer_type and _peer_version != 0 and meshstats_type_version(tp) == _peer_version:
+        value = (<PyObject **>((<char *><PyObject *>peer) + _peer_offset))[0]
+        if value is not NULL:
+            return <object>value
+    descr = getattr(type(peer), "_requests", None)  # (gives the type a version tag)
+    _peer_type = NULL
+    if (type(descr) is MemberDescriptorType
+            and (<PyMemberDescrObject *><PyObject *>descr).d_member.type == Py_T_OBJECT_EX):
+        _peer_type = tp
+        _peer_version = meshstats_type_version(tp)
+        _peer_offset = (<PyMemberDescrObject *><PyObject *>descr).d_member.offset
+    return peer._requests  # unset or not a slot: what the attribute lookup says
+
+
 def record_request(self, peer, *, response_code=0, duration_ms=None, request_bytes=0,
                    response_bytes=0, host=None, grpc_status=None, response_flags=None,
                    protocol=None, content_type=None, method=None, path=None,
@@ -277,11 +336,11 @@ def record_request(self, peer, *, response_code=0, duration_ms=None, request_byt
     # with the pure backend). Why: in a live sidecar every call finds its code and data
     # evicted by the request's other work, and a Python frame, its bytecode and the
     # attribute and method lookups on the way to the table cost more cold than the
-    # recording itself; here the keywords are parsed in C and the compiled table is
-    # called directly.
+    # recording itself; here the keywords are parsed in C, the table is read from the
+    # peer's slot and called directly.
     if protocol is None:
         protocol = "grpc" if content_type and is_grpc_content_type(content_type) else "http"
-    table = peer._requests
+    table = _table_of(peer)
     if table is not None and attributes is None:
         if type(table) is RequestTable:
             if (<RequestTable>table)._record(response_code, grpc_status, response_flags,
