@@ -104,6 +104,8 @@ cdef extern from "request_table.h" nogil:
     const ms_series_block *ms_rtable_find(const ms_rtable *t, const ms_request_key *key)
     ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series_block *b)
     ms_status ms_record_block(ms_store *s, const ms_series_block *b, const double *values)
+    ms_status ms_rtable_record(ms_rtable *t, ms_store *s, const ms_request_key *key,
+                               const double *values, uint32_t needed)
 
 __all__ = ["RequestTable", "HitCounter", "BLOCK_MAX", "record_request"]
 
@@ -234,7 +236,6 @@ cdef class RequestTable:
                       response_messages) except -1:
         cdef ms_request_key k
         cdef double values[6]
-        cdef uint32_t i
         if not _key(&k, code, grpc_status, flags, protocol, host):
             return False
         values[0] = 1.0
@@ -249,19 +250,14 @@ cdef class RequestTable:
         if not (_number(request_messages, &values[4])
                 and _number(response_messages, &values[5])):
             return False
-        cdef const ms_series_block *block = ms_rtable_find(self._t, &k)
-        if block is NULL:
-            return False
         # A message count to record needs its entry: a block kept by record_request alone
         # (the same key, no messages) would drop it.
-        cdef unsigned int need = 0, have = 0
+        cdef unsigned int need = 0
         if values[4] != 0:
             need |= 1u << MS_VALUE_REQUEST_MESSAGES
         if values[5] != 0:
             need |= 1u << MS_VALUE_RESPONSE_MESSAGES
-        for i in range(block.n):
-            have |= 1u << block.e[i].value
-        if need & ~have or ms_record_block(self._store._s, block, values) != MS_OK:
+        if ms_rtable_record(self._t, self._store._s, &k, values, need) != MS_OK:
             return False
         self.hits += 1
         if self._counter is not None:
