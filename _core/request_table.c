@@ -39,6 +39,7 @@ struct ms_rtable {
     uint32_t cap; /* a power of two, kept at least twice count */
     rslot *slots;
     size_t memory;
+    rslot *last; /* the slot ms_rtable_record found last (NULL: none; a grow moves slots) */
 };
 
 static void *std_malloc(size_t n) { return malloc(n); }
@@ -142,6 +143,7 @@ static ms_status grow(ms_rtable *t) {
     t->a.free(t->slots);
     t->memory += (size_t)(cap - t->cap) * sizeof(rslot);
     t->slots = slots;
+    t->last = NULL;
     t->cap = cap;
     return MS_OK;
 }
@@ -300,8 +302,14 @@ static ms_status record_resolved(const rslot *slot, const double values[MS_N_VAL
 
 ms_status ms_rtable_record(ms_rtable *t, ms_store *s, const ms_request_key *key,
                            const double values[MS_N_VALUES], uint32_t needed) {
-    rslot *slot = probe(t->slots, t->cap, key_hash(key), key);
-    if (!slot->hash) return MS_ERR_UNKNOWN_SERIES;
+    /* A peer's requests mostly repeat its last key: compared first, it spares the hash (a
+     * multiply per key byte). */
+    rslot *slot = t->last;
+    if (!slot || !key_eq(&slot->key, key)) {
+        slot = probe(t->slots, t->cap, key_hash(key), key);
+        if (!slot->hash) return MS_ERR_UNKNOWN_SERIES;
+        t->last = slot;
+    }
     if (needed & ~slot->values) return MS_ERR_UNKNOWN_SERIES;
     if (slot->n_resolved) return record_resolved(slot, values);
     ms_status st = ms_record_block(s, &slot->block, values);
