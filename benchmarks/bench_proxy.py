@@ -19,10 +19,14 @@ The event loop's share (issue 14.5), CPU per request per sidecar on each loop, s
 
 (the app and the sidecars run on the standard loop unless ``--loops`` names another).
 
-That figure also reports the engine's own share, measured inside the sidecars: the thread
-CPU time of every ``record_request`` of the "on" pair (``_proxy_pair.Timed``), per request
-and as a share of the server process's CPU time per request. Two throughputs differ by
-more from round to round than telemetry costs, so this is the figure that shows the cost.
+That figure also reports the engine's own share, measured inside the sidecars, per request
+per sidecar (issue 9): each ``record_request`` of the "on" pair timed as the proxy calls it
+by ``perf_counter_ns``, less an empty bracket read in the same live process, and, for
+comparison, the figure this benchmark printed before (thread CPU time around a wrapper's
+``super()`` call, less a tight loop's bracket), which bills the engine for its own
+measurement; ``engine_main`` says why, and ``--compare-src PATH`` measures another
+checkout's code in the same run. Two throughputs differ by more from round to round than
+telemetry costs, so these are the figures that show the cost.
 
 Under ``--benchmark-disable`` (CI's smoke run) each case sends ``SMOKE_REQUESTS`` once.
 
