@@ -8,9 +8,26 @@
 
 #include "store_internal.h"
 
+/* A block entry as pointers into the store, for ms_rtable_record: the series (its word
+ * carries the expiry flags), its sample slots and, for a histogram, its bounds. A series
+ * never moves and its slot ref never changes (store_internal.h), so once an entry's id is
+ * known to be a series of its kind, these stay right for the store's life. */
+typedef struct rentry {
+    ms_series *series; /* NULL: MS_NO_SERIES */
+    ms_atomic_u64 *slots;
+    const double *bounds;
+    uint32_t n_bounds;
+    uint8_t kind, value;
+} rentry;
+
 typedef struct rslot {
     uint64_t hash; /* 0: empty (real hashes are forced non-zero) */
     ms_request_key key; /* its strings point into text */
+    /* What ms_rtable_record reads, next to the key: the block resolved (n_resolved 0: not
+     * yet, or the block names an id that is not a series of its kind), and which values
+     * its entries record (a bit per ms_value). */
+    uint32_t n_resolved, values;
+    rentry r[MS_BLOCK_MAX];
     char *text;
     size_t text_len;
     ms_series_block block;
@@ -22,6 +39,7 @@ struct ms_rtable {
     uint32_t cap; /* a power of two, kept at least twice count */
     rslot *slots;
     size_t memory;
+    rslot *last; /* the slot ms_rtable_record found last (NULL: none; a grow moves slots) */
 };
 
 static void *std_malloc(size_t n) { return malloc(n); }
@@ -79,7 +97,8 @@ ms_rtable *ms_rtable_new(const ms_allocator *allocator, uint32_t max_entries) {
     if (!t) return NULL;
     t->a = a;
     t->max_entries = max_entries;
-    t->cap = 16;
+    /* Small: most peers see a few keys, and a slot with its resolved entries is ~440 bytes. */
+    t->cap = 4;
     t->slots = a.calloc(t->cap, sizeof(rslot));
     if (!t->slots) {
         a.free(t);
@@ -124,6 +143,7 @@ static ms_status grow(ms_rtable *t) {
     t->a.free(t->slots);
     t->memory += (size_t)(cap - t->cap) * sizeof(rslot);
     t->slots = slots;
+    t->last = NULL;
     t->cap = cap;
     return MS_OK;
 }
@@ -153,12 +173,19 @@ static ms_status own_strings(ms_rtable *t, ms_request_key *key, char **text, siz
     return MS_OK;
 }
 
+static void set_block(rslot *s, const ms_series_block *block) {
+    s->block = *block;
+    s->n_resolved = 0; /* resolved again by the next record */
+    s->values = 0;
+    for (uint32_t i = 0; i < block->n; i++) s->values |= 1u << block->e[i].value;
+}
+
 ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series_block *block) {
     if (block->n > MS_BLOCK_MAX) return MS_ERR_INVALID_SAMPLE;
     uint64_t hash = key_hash(key);
     rslot *s = probe(t->slots, t->cap, hash, key);
     if (s->hash) { /* replace the block: a series was created since */
-        s->block = *block;
+        set_block(s, block);
         return MS_OK;
     }
     if (t->count >= t->max_entries) return MS_ERR_LIMIT;
@@ -179,7 +206,7 @@ ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series
     s->key = owned;
     s->text = text;
     s->text_len = text_len;
-    s->block = *block;
+    set_block(s, block);
     t->count++;
     t->memory += text_len;
     return MS_OK;
@@ -213,4 +240,79 @@ ms_status ms_record_block(ms_store *s, const ms_series_block *block, const doubl
         if (st != MS_OK) return st;
     }
     return MS_OK;
+}
+
+/* The slot's block as pointers; n_resolved stays 0 when an entry's id is not a series of
+ * its kind (ms_record_block then says so on every record, as before). */
+static void resolve(const ms_store *st, rslot *slot) {
+    const ms_series_block *b = &slot->block;
+    for (uint32_t i = 0; i < b->n; i++) {
+        const ms_block_entry *e = &b->e[i];
+        rentry *r = &slot->r[i];
+        *r = (rentry){.kind = e->kind, .value = e->value};
+        if (e->series == MS_NO_SERIES) continue;
+        ms_status status = MS_OK;
+        r->series = ms_series_of_kind((ms_store *)st, e->series, (ms_kind)e->kind, &status);
+        if (!r->series) return;
+        r->slots = ms_series_slots(st, r->series);
+        if (e->kind == MS_HISTOGRAM) {
+            const ms_metric *m = ms_metric_at(st, r->series->metric_kind >> 2);
+            r->bounds = ms_metric_bounds(st, m);
+            r->n_bounds = m->n_bounds;
+        }
+    }
+    slot->n_resolved = b->n;
+}
+
+/* ms_record_block over resolved entries: the same checks, then the same updates, with no
+ * walk from the store's head to each series and metric. */
+static ms_status record_resolved(const rslot *slot, const double values[MS_N_VALUES]) {
+    for (uint32_t i = 0; i < slot->n_resolved; i++) {
+        const rentry *e = &slot->r[i];
+        double v = values[e->value];
+        if (e->kind == MS_COUNTER) {
+            if (v == 0) continue;
+            if (!(v > 0) || v != floor(v) || v >= 18446744073709551616.0)
+                return MS_ERR_INVALID_SAMPLE;
+        } else if (isnan(v)) {
+            continue;
+        }
+        if (!e->series) return MS_ERR_UNKNOWN_SERIES;
+    }
+    for (uint32_t i = 0; i < slot->n_resolved; i++) {
+        const rentry *e = &slot->r[i];
+        double v = values[e->value];
+        if (e->kind == MS_COUNTER) {
+            if (v == 0) continue;
+            ms_mark_active(e->series);
+            ms_atomic_add_u64(e->slots, (uint64_t)v);
+        } else if (isnan(v)) {
+            continue;
+        } else if (e->kind == MS_HISTOGRAM) {
+            ms_mark_active(e->series);
+            ms_atomic_add_u64(&e->slots[ms_bucket_of(e->bounds, e->n_bounds, v)], 1);
+            ms_atomic_add_double(&e->slots[e->n_bounds + 1], v);
+        } else {
+            ms_mark_active(e->series);
+            ms_atomic_store_double(e->slots, v);
+        }
+    }
+    return MS_OK;
+}
+
+ms_status ms_rtable_record(ms_rtable *t, ms_store *s, const ms_request_key *key,
+                           const double values[MS_N_VALUES], uint32_t needed) {
+    /* A peer's requests mostly repeat its last key: compared first, it spares the hash (a
+     * multiply per key byte). */
+    rslot *slot = t->last;
+    if (!slot || !key_eq(&slot->key, key)) {
+        slot = probe(t->slots, t->cap, key_hash(key), key);
+        if (!slot->hash) return MS_ERR_UNKNOWN_SERIES;
+        t->last = slot;
+    }
+    if (needed & ~slot->values) return MS_ERR_UNKNOWN_SERIES;
+    if (slot->n_resolved) return record_resolved(slot, values);
+    ms_status st = ms_record_block(s, &slot->block, values);
+    if (st == MS_OK) resolve(s, slot);
+    return st;
 }

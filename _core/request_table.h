@@ -92,4 +92,15 @@ ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series
  * MS_ERR_WRONG_KIND, checked per entry). */
 ms_status ms_record_block(ms_store *s, const ms_series_block *block, const double values[MS_N_VALUES]);
 
+/* ms_rtable_find and ms_record_block in one call, for the key's block: MS_OK, recorded;
+ * MS_ERR_UNKNOWN_SERIES, nothing recorded, when the key is not in the table or its block
+ * has no entry for a value whose bit (1 << ms_value) is in `needed`; otherwise what
+ * ms_record_block says. Same results as those two calls, but after the block's first
+ * successful record it records through pointers kept in the table (resolved again after a
+ * put replaces the block): a live sidecar finds the store's directories and metric
+ * records evicted from the caches on every request, and this skips them. `s` must be the
+ * store the block's ids belong to, the same on every call. */
+ms_status ms_rtable_record(ms_rtable *t, ms_store *s, const ms_request_key *key,
+                           const double values[MS_N_VALUES], uint32_t needed);
+
 #endif

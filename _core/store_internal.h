@@ -295,6 +295,15 @@ static inline ms_atomic_u64 *ms_record_slots(const ms_store *s, ms_series *r) {
     return ms_word_slots(s, word);
 }
 
+/* ms_record_slots for a caller that keeps the slots pointer itself: the series marked
+ * ACTIVE (and no longer HIDDEN). */
+static inline void ms_mark_active(ms_series *r) {
+    uint64_t word = ms_series_word(r);
+    if (!(word & MS_SERIES_ACTIVE))
+        atomic_store_explicit(&r->slots_flags, (word & ~MS_SERIES_HIDDEN) | MS_SERIES_ACTIVE,
+                              memory_order_relaxed);
+}
+
 static inline ms_status ms_inc_inline(ms_store *s, uint64_t series, uint64_t n) {
     ms_status st = MS_OK;
     ms_series *r = ms_series_of_kind(s, series, MS_COUNTER, &st);

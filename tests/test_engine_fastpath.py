@@ -6,6 +6,7 @@ on both backends; configs whose labels read more take the general path every tim
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshstats import StatsEngine
+from meshstats.engine import _PY_RECORD_REQUEST
 
 LOCAL = {"WORKLOAD_NAME": "productpage-v1", "NAMESPACE": "default", "LABELS": {"app": "pp"}}
 REVIEWS = {"WORKLOAD_NAME": "reviews-v2", "NAMESPACE": "default", "LABELS": {"app": "reviews"}}
@@ -140,14 +142,25 @@ requests_st = st.lists(keyed_st, min_size=1, max_size=4).flatmap(
 )
 
 
-def replay(backend: Backend, config: dict[str, Any], reqs: list[Any], fast: bool) -> bytes:
+def replay(
+    backend: Backend,
+    config: dict[str, Any],
+    reqs: list[Any],
+    fast: bool,
+    method: Callable[..., None] | None = None,
+) -> bytes:
+    """What ``reqs`` render to; ``method``: record with it instead of the engine's own
+    ``record_request`` (called as an unbound method)."""
     engine = engine_for(backend, config, fast)
     peers = [
         engine.peer("outbound", REVIEWS, cluster_metadata=CLUSTER_MD),
         engine.peer("inbound", REVIEWS, peer_principal="spiffe://cluster.local/ns/x/sa/y"),
     ]
     for i, kw in enumerate(reqs):
-        engine.record_request(peers[i % 2], **kw)
+        if method is None:
+            engine.record_request(peers[i % 2], **kw)
+        else:
+            method(engine, peers[i % 2], **kw)
     return bytes(engine.render())
 
 
@@ -161,6 +174,83 @@ def test_fast_and_general_paths_agree_on_both_backends(
     assert replay(py_backend, config, reqs, fast=True) == want
     assert replay(c_backend, config, reqs, fast=True) == want
     assert replay(c_backend, config, reqs, fast=False) == want
+
+
+@pytest.mark.c_extension
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FAST_CONFIGS + SLOW_CONFIGS[:1]), requests_st)
+def test_the_compiled_record_request_is_the_python_one(
+    c_backend: Backend, py_backend: Backend, config: dict[str, Any], reqs: list[Any]
+) -> None:
+    # With the extension built, StatsEngine.record_request is _requests_c.record_request;
+    # engine.py's Python method runs only under MESHSTATS_NO_EXTENSIONS. Both stores: the
+    # compiled method calls a pure store's tables through their Python API.
+    from meshstats import _requests_c
+
+    assert StatsEngine.record_request is _requests_c.record_request
+    for backend in (c_backend, py_backend):
+        want = replay(backend, config, reqs, fast=True, method=_PY_RECORD_REQUEST)
+        assert replay(backend, config, reqs, fast=True) == want
+
+
+@pytest.mark.c_extension
+def test_the_compiled_record_request_raises_what_the_python_one_does(
+    c_backend: Backend,
+) -> None:
+    from meshstats import _requests_c
+
+    bad: list[dict[str, Any]] = [
+        {"duration_ms": math.nan},  # the general path's ValueError
+        {"nonsense": 1},  # an unknown keyword
+        {"response_code": "200"},  # not keyable: the general path decides
+    ]
+    for kw in bad:
+        errors: list[type[Exception] | None] = []
+        for method in (_PY_RECORD_REQUEST, _requests_c.record_request):
+            engine = engine_for(c_backend, {})
+            peer = engine.peer("outbound", REVIEWS)
+            method(engine, peer, response_code=200, duration_ms=1.0)  # the key's table
+            try:
+                method(engine, peer, **({"response_code": 200} | kw))
+            except Exception as exc:  # noqa: BLE001 - compared, not handled
+                errors.append(type(exc))
+            else:
+                errors.append(None)
+        assert errors[0] == errors[1], kw
+
+
+@pytest.mark.c_extension
+def test_the_compiled_record_request_follows_the_peer_type(c_backend: Backend) -> None:
+    # It reads the table from PeerContext's slot while the type is unchanged: a subclass,
+    # and a class changed after the slot was read, must give what the attribute gives.
+    from meshstats.labels import PeerContext
+
+    class Peer(PeerContext):
+        __slots__ = ()
+
+    engine = engine_for(c_backend, {})
+    plain, sub = engine.peer("outbound", REVIEWS), engine.peer("inbound", REVIEWS)
+    sub.__class__ = Peer
+    for _ in range(3):  # the types alternate: each lookup replaces the other's
+        request(engine, plain)
+        request(engine, sub)
+    assert engine._request_tables.hits == 4
+    # No table through the attribute now (and none kept): the general path.
+    slot = "_requests"  # (through setattr: mypy refuses a class attribute over a slot)
+    setattr(Peer, slot, property(lambda self: None, lambda self, value: None))
+    request(engine, sub)
+    assert engine._request_tables.hits == 4
+    delattr(Peer, slot)
+    request(engine, sub)  # the slot again
+    request(engine, plain)
+    assert engine._request_tables.hits == 6
+    text = engine.render().decode()
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("istio_requests_total{")
+    )
+    assert total == 9
 
 
 def test_nan_duration_raises_on_both_paths(backend: Backend) -> None:

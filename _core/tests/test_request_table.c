@@ -189,11 +189,99 @@ static void test_record_block(void) {
     ms_store_free(s);
 }
 
+/* ms_rtable_record: what ms_rtable_find + ms_record_block give, on every call, including
+ * those that go through the block's resolved pointers after its first record. */
+static void test_record_through_the_table(void) {
+    ms_store *s = ms_store_new(NULL, 100);
+    ms_rtable *t = ms_rtable_new(&counting, 10);
+    uint32_t c, h, sc, sh, sh2;
+    ms_strref names[] = {S("k")}, v1[] = {S("v")}, v2[] = {S("w")};
+    double bounds[] = {10, 100};
+    CHECK(ms_metric_add(s, MS_COUNTER, "r_total", 7, "", 0, names, 1, NULL, 0, 0, &c) == MS_OK);
+    CHECK(ms_metric_add(s, MS_HISTOGRAM, "d", 1, "", 0, names, 1, bounds, 2, 0, &h) == MS_OK);
+    CHECK(ms_series_get(s, c, v1, 1, &sc) == MS_OK);
+    CHECK(ms_series_get(s, h, v1, 1, &sh) == MS_OK);
+    CHECK(ms_series_get(s, h, v2, 1, &sh2) == MS_OK);
+    ms_request_key k = key(200, "reviews:9080"), other = key(404, NULL);
+    ms_series_block b = {.n = 2,
+                         .e = {{sc, MS_COUNTER, MS_VALUE_ONE},
+                               {sh, MS_HISTOGRAM, MS_VALUE_DURATION}}};
+    double ev[MS_N_VALUES] = {1, 12, 420, 3100};
+    CHECK(ms_rtable_record(t, s, &k, ev, 0) == MS_ERR_UNKNOWN_SERIES); /* no key yet */
+    CHECK(ms_rtable_put(t, &k, &b) == MS_OK);
+    CHECK(ms_rtable_record(t, s, &other, ev, 0) == MS_ERR_UNKNOWN_SERIES);
+    /* a message count the block has no entry for: refused, nothing recorded */
+    CHECK(ms_rtable_record(t, s, &k, ev, 1u << MS_VALUE_REQUEST_MESSAGES) ==
+          MS_ERR_UNKNOWN_SERIES);
+    uint64_t n = 99, counts[3];
+    double sum;
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 0);
+    for (int i = 0; i < 3; i++) { /* the first resolves, the next two use it */
+        ev[MS_VALUE_DURATION] = i == 1 ? NAN : 50.0 * i + 5; /* 5, skipped, 105 */
+        CHECK(ms_rtable_record(t, s, &k, ev, 0) == MS_OK);
+    }
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 3);
+    CHECK(ms_histogram_value(s, sh, counts, &sum) == MS_OK);
+    CHECK(counts[0] == 1 && counts[1] == 0 && counts[2] == 1 && sum == 110);
+    /* the same checks as ms_record_block, whole block or nothing */
+    double bad[MS_N_VALUES] = {1.5, 1, NAN, 0};
+    CHECK(ms_rtable_record(t, s, &k, bad, 0) == MS_ERR_INVALID_SAMPLE);
+    bad[0] = -1;
+    CHECK(ms_rtable_record(t, s, &k, bad, 0) == MS_ERR_INVALID_SAMPLE);
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 3);
+    CHECK(ms_histogram_value(s, sh, counts, &sum) == MS_OK && sum == 110);
+    /* a record marks the series active again after an expiry sweep hid it */
+    CHECK(ms_expire_idle(s) == 0); /* every series was active: now not */
+    CHECK(ms_expire_idle(s) == 3); /* hidden */
+    int visible = 1;
+    CHECK(ms_series_visible(s, sc, &visible) == MS_OK && !visible);
+    ev[MS_VALUE_DURATION] = 1;
+    CHECK(ms_rtable_record(t, s, &k, ev, 0) == MS_OK);
+    CHECK(ms_series_visible(s, sc, &visible) == MS_OK && visible);
+    CHECK(ms_series_visible(s, sh, &visible) == MS_OK && visible);
+    CHECK(ms_series_visible(s, sh2, &visible) == MS_OK && !visible);
+    /* a block put over it is resolved again: the new series gets the next record */
+    b.e[1].series = sh2;
+    CHECK(ms_rtable_put(t, &k, &b) == MS_OK);
+    ev[MS_VALUE_DURATION] = 1000;
+    CHECK(ms_rtable_record(t, s, &k, ev, 0) == MS_OK);
+    CHECK(ms_rtable_record(t, s, &k, ev, 0) == MS_OK);
+    CHECK(ms_histogram_value(s, sh2, counts, &sum) == MS_OK);
+    CHECK(counts[2] == 2 && sum == 2000);
+    CHECK(ms_histogram_value(s, sh, counts, &sum) == MS_OK && sum == 111);
+    /* an id of the wrong kind, skipped by the first record (no duration), is still
+     * refused by every later one that needs it, as ms_record_block refuses it */
+    ms_series_block wrong = {.n = 2,
+                             .e = {{sc, MS_COUNTER, MS_VALUE_ONE},
+                                   {sc, MS_HISTOGRAM, MS_VALUE_DURATION}}};
+    CHECK(ms_rtable_put(t, &other, &wrong) == MS_OK);
+    ev[MS_VALUE_DURATION] = NAN;
+    CHECK(ms_rtable_record(t, s, &other, ev, 0) == MS_OK);
+    ev[MS_VALUE_DURATION] = 3;
+    for (int i = 0; i < 2; i++) CHECK(ms_rtable_record(t, s, &other, ev, 0) == MS_ERR_WRONG_KIND);
+    /* the table grown under the last key found: still found, in its new place */
+    char host[16];
+    for (int i = 0; i < 6; i++) {
+        snprintf(host, sizeof host, "h%d", i);
+        ms_request_key more = key(200, host);
+        CHECK(ms_rtable_put(t, &more, &b) == MS_OK);
+    }
+    CHECK(ms_rtable_record(t, s, &other, ev, 0) == MS_ERR_WRONG_KIND);
+    CHECK(ms_rtable_record(t, s, &k, ev, 0) == MS_OK);
+    /* 7 records with k, 4 with other: ms_record_block checks kinds per entry as it records
+     * (request_table.h), so other's counter entry counts even when the next is refused */
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 11);
+    ms_rtable_free(t);
+    ms_store_free(s);
+    CHECK(live_bytes == 0);
+}
+
 int main(void) {
     test_keys_tell_apart_every_field();
     test_put_replaces_and_grows();
     test_bounds();
     test_record_block();
+    test_record_through_the_table();
     if (failures) {
         fprintf(stderr, "%d request_table checks failed\n", failures);
         return 1;

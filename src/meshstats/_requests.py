@@ -7,15 +7,20 @@ compiled store's C pointer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from . import _requests_py
 from ._backend import load
 from ._requests_py import BLOCK_MAX
 
-__all__ = ["BLOCK_MAX", "Tables"]
+__all__ = ["BLOCK_MAX", "COMPILED_RECORD_REQUEST", "Tables"]
 
 _impl, COMPILED = load("_requests_c", "_requests_py")
+
+#: ``StatsEngine.record_request`` compiled (``_requests_c.record_request``), which the engine
+#: uses in place of its Python method; None with the pure backend.
+COMPILED_RECORD_REQUEST: Callable[..., None] | None = _impl.record_request if COMPILED else None
 
 
 class Tables:

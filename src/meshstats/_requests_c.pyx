@@ -28,18 +28,48 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_
 from libc.math cimport NAN, isfinite, trunc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
+from cpython.object cimport PyObject, PyTypeObject
+from types import MemberDescriptorType
+
+from meshstats.attributes import is_grpc_content_type
+
 from meshstats._store_c cimport (
     MS_COUNTER, MS_ERR_NOMEM, MS_GAUGE, MS_HISTOGRAM, MS_OK, Store, ms_allocator,
     ms_status, ms_store, ms_strref,
 )
 
 cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    PyTypeObject *Py_TYPE(object o)
     bint PyLong_CheckExact(object o)
     bint PyFloat_CheckExact(object o)
     bint PyUnicode_CheckExact(object o)
     double PyFloat_AS_DOUBLE(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+
+cdef extern from *:
+    """
+    #ifndef Py_T_OBJECT_EX /* before 3.12: PyMemberDef's fields and the T_ names live here */
+    #include "structmember.h"
+    #define Py_T_OBJECT_EX T_OBJECT_EX
+    #endif
+
+    /* A type's version tag, 0 while it has none valid (a type just modified: CPython 3.11
+     * clears a flag, later versions the tag itself). */
+    static inline unsigned int meshstats_type_version(PyTypeObject *tp) {
+    #ifdef Py_TPFLAGS_VALID_VERSION_TAG
+        if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) return 0;
+    #endif
+        return tp->tp_version_tag;
+    }
+    """
+    int Py_T_OBJECT_EX
+    unsigned int meshstats_type_version(PyTypeObject *tp)
 
 cdef extern from "request_table.h" nogil:
     ctypedef enum ms_flags_kind:
@@ -74,8 +104,10 @@ cdef extern from "request_table.h" nogil:
     const ms_series_block *ms_rtable_find(const ms_rtable *t, const ms_request_key *key)
     ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series_block *b)
     ms_status ms_record_block(ms_store *s, const ms_series_block *b, const double *values)
+    ms_status ms_rtable_record(ms_rtable *t, ms_store *s, const ms_request_key *key,
+                               const double *values, uint32_t needed)
 
-__all__ = ["RequestTable", "HitCounter", "BLOCK_MAX"]
+__all__ = ["RequestTable", "HitCounter", "BLOCK_MAX", "record_request"]
 
 #: Most series one request's block can hold (the standard HTTP metrics need 4).
 BLOCK_MAX = MS_BLOCK_MAX
@@ -173,12 +205,14 @@ cdef class RequestTable:
 
     cdef ms_rtable *_t
     cdef Store _store
+    cdef ms_store *_s  # _store's, kept here: one object fewer to reach per record
     cdef HitCounter _counter
     cdef readonly uint64_t hits
 
     def __cinit__(self, Store store not None, uint32_t max_entries=4096,
                   HitCounter counter=None):
         self._store = store
+        self._s = store._s
         self._counter = counter
         self._t = ms_rtable_new(&_ALLOCATOR, max_entries)
         if self._t is NULL:
@@ -196,9 +230,14 @@ cdef class RequestTable:
         the block lacks a series this event needs, or an argument is not keyable).
         ``request_messages`` / ``response_messages``: a gRPC call's message counts, recorded
         with it when its block carries them (False when one is not 0 and it does not)."""
+        return self._record(code, grpc_status, flags, protocol, host, duration_ms,
+                            request_bytes, response_bytes, request_messages, response_messages)
+
+    cdef bint _record(self, code, grpc_status, flags, protocol, host, duration_ms,
+                      request_bytes, response_bytes, request_messages,
+                      response_messages) except -1:
         cdef ms_request_key k
         cdef double values[6]
-        cdef uint32_t i
         if not _key(&k, code, grpc_status, flags, protocol, host):
             return False
         values[0] = 1.0
@@ -213,19 +252,14 @@ cdef class RequestTable:
         if not (_number(request_messages, &values[4])
                 and _number(response_messages, &values[5])):
             return False
-        cdef const ms_series_block *block = ms_rtable_find(self._t, &k)
-        if block is NULL:
-            return False
         # A message count to record needs its entry: a block kept by record_request alone
         # (the same key, no messages) would drop it.
-        cdef unsigned int need = 0, have = 0
+        cdef unsigned int need = 0
         if values[4] != 0:
             need |= 1u << MS_VALUE_REQUEST_MESSAGES
         if values[5] != 0:
             need |= 1u << MS_VALUE_RESPONSE_MESSAGES
-        for i in range(block.n):
-            have |= 1u << block.e[i].value
-        if need & ~have or ms_record_block(self._store._s, block, values) != MS_OK:
+        if ms_rtable_record(self._t, self._s, &k, values, need) != MS_OK:
             return False
         self.hits += 1
         if self._counter is not None:
@@ -252,3 +286,68 @@ cdef class RequestTable:
         if st == MS_ERR_NOMEM:
             raise MemoryError("cannot grow a RequestTable")
         return st == MS_OK
+
+
+# Where the peer context's table lives: the exact type whose __slots__ member "_requests"
+# was last looked up, its version tag then, and the member's offset in its instances. A
+# live sidecar finds the generic attribute lookup's lines (the type's method cache entry,
+# the descriptor, its member definition) evicted on every request; this reads the slot
+# directly while the type is unchanged, as CPython's own LOAD_ATTR_SLOT does (a changed
+# type gets a new version tag, so a stale offset is never used). Called with the GIL held
+# (the module is not free-threading compatible): the three change together.
+cdef PyTypeObject *_peer_type = NULL
+cdef unsigned int _peer_version = 0
+cdef Py_ssize_t _peer_offset = 0
+
+
+cdef inline object _table_of(object peer):
+    """``peer._requests``."""
+    global _peer_type, _peer_version, _peer_offset
+    cdef PyTypeObject *tp = Py_TYPE(peer)
+    cdef PyObject *value
+    if tp == _peer_type and _peer_version != 0 and meshstats_type_version(tp) == _peer_version:
+        value = (<PyObject **>((<char *><PyObject *>peer) + _peer_offset))[0]
+        if value is not NULL:
+            return <object>value
+    descr = getattr(type(peer), "_requests", None)  # (gives the type a version tag)
+    _peer_type = NULL
+    if (type(descr) is MemberDescriptorType
+            and (<PyMemberDescrObject *><PyObject *>descr).d_member.type == Py_T_OBJECT_EX):
+        _peer_type = tp
+        _peer_version = meshstats_type_version(tp)
+        _peer_offset = (<PyMemberDescrObject *><PyObject *>descr).d_member.offset
+    return peer._requests  # unset or not a slot: what the attribute lookup says
+
+
+def record_request(self, peer, *, response_code=0, duration_ms=None, request_bytes=0,
+                   response_bytes=0, host=None, grpc_status=None, response_flags=None,
+                   protocol=None, content_type=None, method=None, path=None,
+                   request_protocol=None, headers=None, attributes=None):
+    """One finished HTTP or gRPC request, as the access-log callback sees it.
+
+    ``duration_ms`` is truncated to whole milliseconds as Envoy does (``None``: no
+    completion time, the duration histogram is skipped). ``request_bytes`` and
+    ``response_bytes`` are wire bytes (headers and body). ``protocol`` is ``"http"`` or
+    ``"grpc"``; by default gRPC is detected from ``content_type``.
+    """
+    # StatsEngine.record_request, compiled (engine.py has the same code in Python, used
+    # with the pure backend). Why: in a live sidecar every call finds its code and data
+    # evicted by the request's other work, and a Python frame, its bytecode and the
+    # attribute and method lookups on the way to the table cost more cold than the
+    # recording itself; here the keywords are parsed in C, the table is read from the
+    # peer's slot and called directly.
+    if protocol is None:
+        protocol = "grpc" if content_type and is_grpc_content_type(content_type) else "http"
+    table = _table_of(peer)
+    if table is not None and attributes is None:
+        if type(table) is RequestTable:
+            if (<RequestTable>table)._record(response_code, grpc_status, response_flags,
+                                             protocol, host, duration_ms, request_bytes,
+                                             response_bytes, 0, 0):
+                return None
+        elif table.record(response_code, grpc_status, response_flags, protocol, host,
+                          duration_ms, request_bytes, response_bytes):
+            return None
+    self._resolve_request(peer, response_code, duration_ms, request_bytes, response_bytes,
+                          host, grpc_status, response_flags, protocol, method, path,
+                          request_protocol, headers, attributes)
