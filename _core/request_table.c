@@ -212,19 +212,23 @@ ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series
     return MS_OK;
 }
 
+/* What an entry of ``kind`` does with ``v``: 1 records it, 0 skips it (a counter's 0, a NaN
+ * observation: nothing to record), -1 refuses it (a counter takes whole counts below 2^64). */
+static inline int entry_takes(uint8_t kind, double v) {
+    if (kind == MS_COUNTER) {
+        if (v == 0) return 0;
+        return (v > 0 && v == floor(v) && v < 18446744073709551616.0) ? 1 : -1;
+    }
+    return isnan(v) ? 0 : 1;
+}
+
 ms_status ms_record_block(ms_store *s, const ms_series_block *block, const double values[MS_N_VALUES]) {
     /* Check first, so that a block is recorded whole or not at all. */
     for (uint32_t i = 0; i < block->n; i++) {
         const ms_block_entry *e = &block->e[i];
-        double v = values[e->value];
-        if (e->kind == MS_COUNTER) {
-            if (v == 0) continue;
-            if (!(v > 0) || v != floor(v) || v >= 18446744073709551616.0)
-                return MS_ERR_INVALID_SAMPLE;
-        } else if (isnan(v)) {
-            continue;
-        }
-        if (e->series == MS_NO_SERIES) return MS_ERR_UNKNOWN_SERIES;
+        int takes = entry_takes(e->kind, values[e->value]);
+        if (takes < 0) return MS_ERR_INVALID_SAMPLE;
+        if (takes > 0 && e->series == MS_NO_SERIES) return MS_ERR_UNKNOWN_SERIES;
     }
     for (uint32_t i = 0; i < block->n; i++) {
         const ms_block_entry *e = &block->e[i];
@@ -269,15 +273,9 @@ static void resolve(const ms_store *st, rslot *slot) {
 static ms_status record_resolved(const rslot *slot, const double values[MS_N_VALUES]) {
     for (uint32_t i = 0; i < slot->n_resolved; i++) {
         const rentry *e = &slot->r[i];
-        double v = values[e->value];
-        if (e->kind == MS_COUNTER) {
-            if (v == 0) continue;
-            if (!(v > 0) || v != floor(v) || v >= 18446744073709551616.0)
-                return MS_ERR_INVALID_SAMPLE;
-        } else if (isnan(v)) {
-            continue;
-        }
-        if (!e->series) return MS_ERR_UNKNOWN_SERIES;
+        int takes = entry_takes(e->kind, values[e->value]);
+        if (takes < 0) return MS_ERR_INVALID_SAMPLE;
+        if (takes > 0 && !e->series) return MS_ERR_UNKNOWN_SERIES;
     }
     for (uint32_t i = 0; i < slot->n_resolved; i++) {
         const rentry *e = &slot->r[i];
