@@ -14,7 +14,7 @@ on (``MESHSTATS_EVENT_LOOP``, default ``asyncio``); a line ``counts`` with what 
 served and what the "on" pair's two sidecars recorded (``istio_requests_total`` summed per
 reporter), for load runs that compare them.
 
-The pairs are identical (same certificates, nodes, listeners, h11 relaying, peer-metadata
+The pairs are identical (same certificates, nodes, listeners, HTTP/1.1 relaying, peer-metadata
 headers both ways, peer contexts resolved once per connection) except that the "off" pair's
 engines record nothing: :class:`Silent` replaces ``record_request`` with a no-op. That is
 what "telemetry off" means in the figures: the cost of the stats, not of the exchange. The

@@ -7,7 +7,8 @@ loop, so they share one core, as one proxy process would); the load comes from t
 (h11, the same client the demo's apps use). A round is one batch; time per round gives
 requests per second, and ``extra_info`` carries ``req_per_s`` and, on the "on" case, the
 loss against the "off" case's median (``loss_pct``). Off means the engines record nothing;
-everything else (TLS, h11, the peer-metadata headers) is the same (see ``_proxy_pair.py``).
+everything else (TLS, the HTTP/1.1 relay, the peer-metadata headers) is the same (see
+``_proxy_pair.py``).
 
 For a figure with rounds interleaved (less exposed to a shared machine's drift)::
 

@@ -10,7 +10,7 @@
 - ``Expect: 100-continue``: a client that waits for the 100 gets it, from the app (Istio's
   ``proxy_100_continue``, the default) or from the sidecar (Envoy's own default).
 
-The app and the clients are raw asyncio sockets (no parser shared with the sidecar's h11),
+The app and the clients are raw asyncio sockets (no parser shared with the sidecar's codec),
 on the test's event loop with the sidecars. Every sidecar records into a store of the
 backend under test. Nothing waits on a clock: each step waits for the bytes it needs, and
 the one timeout test retries until a tunnel is up, then waits for the timeout to close it.

@@ -32,7 +32,7 @@ __all__ = ["Pooled", "UpstreamPool"]
 class Pooled:
     """An idle upstream connection and what was learnt when it was opened."""
 
-    stream: Any  # an HttpStream in the h11 IDLE state on both sides
+    stream: Any  # an HttpStream in the IDLE state on both sides
     principal: str | None  # the upstream's verified identity (mTLS), if any
     address: str | None  # its ip:port
     since: float = 0.0  # when it was parked (the pool's clock)
