@@ -16,8 +16,9 @@
 Modules, one concern each: :mod:`.config` (what to listen on), :mod:`.listener` (accepting,
 mTLS or plaintext), :mod:`.tcp` (prefix exchange and relay), :mod:`.http` (the HTTP/1.1 relay
 and header exchange) on :mod:`.h1` (its codec) and :mod:`.interrupt` (its waits), :mod:`.h2`
-(HTTP/2 and gRPC with h2, and which codec a connection speaks), :mod:`.pool` (upstream connections kept or shared), :mod:`.sidecar` (wiring them to a stats
-engine and an admin port).
+(HTTP/2 and gRPC with h2, and which codec a connection speaks), :mod:`.pool` (upstream
+connections kept or shared), :mod:`.sidecar` (wiring them to a stats engine and an admin
+port).
 """
 
 from __future__ import annotations
