@@ -759,7 +759,6 @@ class _Proxy:
         when full.
         """
         await up.flush()  # the request's head, when it went out without a body
-        loop = asyncio.get_running_loop()
         cfg = self.config
         watched = self.down.watched
         assert watched is not None  # a downstream: accepted by the sidecar's listener
@@ -768,11 +767,14 @@ class _Proxy:
         if until_continue and self.down.unread():
             return None  # the client sent its body without waiting
         waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
-        deadline = loop.time() + cfg.request_timeout if cfg.request_timeout > 0 else None
-        if deadline is not None:
+        if cfg.request_timeout > 0:
             waits.append(cfg.request_timeout)
+        timeout = min(waits) if waits else None
+        # Which timeout the one timer stands for, decided now: comparing the loop's clock with
+        # a deadline when it fires is not exact (uvloop rounds timers to milliseconds).
+        request_timed_out = cfg.request_timeout > 0 and timeout == cfg.request_timeout
         try:
-            with Interruptible(min(waits) if waits else None) as wait:
+            with Interruptible(timeout) as wait:
 
                 def downstream(what: str) -> None:
                     if until_continue or what != "data":
@@ -793,7 +795,7 @@ class _Proxy:
                 return None  # (until_continue) the client sent its body without waiting
             if why.reason != "timeout":
                 raise DownstreamError(0, "DC") from None
-            if deadline is not None and loop.time() >= deadline:
+            if request_timed_out:
                 raise UpstreamError("UT", 504) from None
             raise UpstreamError("SI", 408) from None
         finally:
