@@ -294,6 +294,9 @@ class HttpStream:
         """Both sides finished a cycle and neither asked to close: start the next one."""
         if self.conn.our_state is h1.DONE and self.conn.their_state is h1.DONE:
             self.conn.start_next_cycle()
+            # A body event parsed ahead (ready(), next_body_event) of a message that ended
+            # another way (its relay failed, its rest was drained) is not the next one's.
+            self._held = None
             return True
         return False
 
