@@ -142,17 +142,6 @@ class Headers:
                 return value
         return None
 
-    def tokens(self, name: bytes) -> list[bytes]:
-        """The comma-separated, lowercased values of every ``name`` field."""
-        out = []
-        for key, value in self.lowered():
-            if key == name:
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token:
-                        out.append(token)
-        return out
-
 
 def _headers(headers: Headers | HeaderList) -> Headers:
     return headers if isinstance(headers, Headers) else Headers(headers)
@@ -721,7 +710,11 @@ class Connection:
         raw = list(response.headers.raw_items())
         headers = Headers(raw)
         lower = headers.lowered()
-        framing, length, _ = _framing(lower, raw, _note(lower))
+        noted = _note(lower)
+        # (read before _framing, which may drop repeated fields and so move the others)
+        connection = _tokens(lower, noted, b"connection")
+        keep_alive = _keep_alive(lower, noted, response.http_version)
+        framing, length, _ = _framing(lower, raw, noted)
         method = self._request_method
         # As h11: the headers say "close" when keep-alive had already ended or the body
         # can only end with the connection; a response's own "close" is sent as it is.
@@ -739,23 +732,21 @@ class Connection:
                 need_close = need_close or method != b"HEAD"
             headers = Headers(raw)
         if need_close:
-            self._keep_alive = False
-            tokens = set(headers.tokens(b"connection"))
+            tokens = set(connection)
             tokens.discard(b"keep-alive")
             tokens.add(b"close")
             raw = [(n, v) for n, v in raw if n.lower() != b"connection"]
             raw.append((b"Connection", b", ".join(sorted(tokens))))
             headers = Headers(raw)
-        lower = headers.lowered()
-        if not _keep_alive(lower, _note(lower), response.http_version):
+        if need_close or not keep_alive:
             self._keep_alive = False
-        if not self._keep_alive:
             self._done_to_close()
+        head = b"HTTP/1.1 %d %s\r\n%s" % (status, response.reason, _write_fields(headers))
         if status in (204, 304) or method == b"HEAD":
             self._writing, self._out_remaining = "content-length", 0
         elif method == b"CONNECT" and 200 <= status < 300 and self._switch_proposed:
             self.our_state = self.their_state = SWITCHED_PROTOCOL
-            return b"HTTP/1.1 %d %s\r\n%s" % (status, response.reason, _write_fields(headers))
+            return head
         elif framing == "chunked":
             self._writing = "chunked"
         elif framing == "content-length":
@@ -766,7 +757,7 @@ class Connection:
         if self.their_state is MIGHT_SWITCH_PROTOCOL:
             self.their_state = DONE if self._keep_alive else MUST_CLOSE
         self.our_state = SEND_BODY
-        return b"HTTP/1.1 %d %s\r\n%s" % (status, response.reason, _write_fields(headers))
+        return head
 
     def _send_data(self, data: bytes) -> bytes:
         if self.our_state is not SEND_BODY:
