@@ -330,6 +330,35 @@ def test_an_incomplete_head_over_16_kib_is_refused_with_431(eof: bool) -> None:
         assert info.value.error_status_hint == 431
 
 
+def test_a_refusal_says_at_which_byte_of_the_connection() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    conn = h1.Connection(h1.SERVER)
+    conn.receive_data(head + b"2\r\nhi\r\nzz\r\n")
+    assert isinstance(conn.next_event(), h1.Request)
+    assert isinstance(conn.next_event(), h1.Data)
+    with pytest.raises(h1.RemoteProtocolError) as info:
+        conn.next_event()  # the chunk's CRLF, then a chunk header that is not hex
+    assert info.value.offset == len(head) + 5
+    assert f"at byte {len(head) + 5}" in str(info.value)
+    # a bad head after 40,000 bytes the connection has already dropped from its buffer
+    conn = h1.Connection(h1.SERVER)
+    body = b"x" * 40_000
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40000\r\n\r\n")
+    first = len(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40000\r\n\r\n")
+    assert isinstance(conn.next_event(), h1.Request)
+    for part in (body[:20_000], body[20_000:]):
+        conn.receive_data(part)
+        assert isinstance(conn.next_event(), h1.Data)
+    assert isinstance(conn.next_event(), h1.EndOfMessage)
+    conn.send(h1.Response(status_code=204, headers=[]))
+    conn.send(h1.EndOfMessage())
+    conn.start_next_cycle()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n")
+    with pytest.raises(h1.RemoteProtocolError) as info:
+        conn.next_event()
+    assert info.value.offset == first + len(body)
+
+
 def test_a_long_value_that_fails_late_is_refused() -> None:
     """A field value of alternating words that breaks only at its end: refused (the regex
     over the field section must not backtrack without end; pytest-timeout guards it)."""

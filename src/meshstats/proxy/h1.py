@@ -90,7 +90,11 @@ PAUSED: Final = _Sentinel("PAUSED")
 
 
 class ProtocolError(Exception):
-    """A message that breaks HTTP/1.1; ``error_status_hint`` is the status to answer with."""
+    """A message that breaks HTTP/1.1; ``error_status_hint`` is the status to answer with,
+    ``offset`` (for what was received) the byte of the connection where the part that broke
+    it starts (a head, a chunk header, a chunk's end), also named in the message."""
+
+    offset: int | None = None
 
     def __init__(self, msg: str, error_status_hint: int = 400) -> None:
         super().__init__(msg)
@@ -368,6 +372,7 @@ class Connection:
         self.their_role = SERVER if role is CLIENT else CLIENT
         self._buf = bytearray()
         self._pos = 0  # parsed up to here
+        self._dropped = 0  # bytes of the connection dropped from the front of _buf
         self._closed = False  # the peer's EOF came
         self.our_state: _Sentinel = IDLE
         self.their_state: _Sentinel = IDLE
@@ -405,11 +410,13 @@ class Connection:
         if self._closed:
             raise RuntimeError("received close, then received more data?")
         if self._pos and self._pos == len(self._buf):
+            self._dropped += self._pos
             self._buf = bytearray(data)
             self._pos = 0
         else:
             if self._pos > 65536:
                 del self._buf[: self._pos]
+                self._dropped += self._pos
                 self._pos = 0
             self._buf += data
 
@@ -418,17 +425,23 @@ class Connection:
         this cycle is not over, or the protocol switched)."""
         if self.their_state is ERROR:
             raise RemoteProtocolError("Can't receive data when peer state is ERROR")
+        start = self._pos
         try:
             event = self._next()
         except ProtocolError as exc:
             self.their_state = ERROR
-            if isinstance(exc, RemoteProtocolError):
-                raise
-            raise RemoteProtocolError(str(exc), exc.error_status_hint) from None
+            # Where the step that broke started (a head, or the body's next piece; a
+            # chunk's CRLF and the next chunk header are one step), on the connection.
+            raise self._at(RemoteProtocolError(str(exc), exc.error_status_hint), start) from None
         if event is NEED_DATA and self.unparsed() > MAX_INCOMPLETE_EVENT_SIZE:
             self.their_state = ERROR
-            raise RemoteProtocolError("Receive buffer too long", 431)
+            raise self._at(RemoteProtocolError("Receive buffer too long", 431), self._pos)
         return event
+
+    def _at(self, exc: ProtocolError, pos: int) -> ProtocolError:
+        exc.offset = self._dropped + pos
+        exc.args = (f"{exc.args[0]} (at byte {exc.offset})",)
+        return exc
 
     def _next(self) -> Any:
         state = self.their_state
