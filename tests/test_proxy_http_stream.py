@@ -64,6 +64,26 @@ def test_a_body_event_held_ahead_does_not_outlive_its_message() -> None:
     assert asyncio.run(main()) == ["bye", "EndOfMessage"]
 
 
+def test_a_body_that_breaks_while_parsed_ahead_is_refused_with_its_own_error() -> None:
+    async def main() -> tuple[bool, int | None, str]:
+        head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        stream, _, client = await _connected(head + b"zz\r\n")
+        await stream.next_event()
+        ready = stream.ready()  # the chunk header does not parse: nothing ready
+        try:
+            await stream.next_body_event()
+        except h1.RemoteProtocolError as exc:
+            failed: h1.RemoteProtocolError = exc
+        stream.close()
+        client.close()
+        return ready, failed.offset, str(failed)
+
+    ready, offset, message = asyncio.run(main())
+    head_size = len(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert not ready
+    assert offset == head_size and "illegal chunk header" in message
+
+
 def test_sends_wait_for_the_flush_and_go_out_in_one_write() -> None:
     async def main() -> tuple[bytes, int]:
         stream, reader, client = await _connected(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -252,16 +252,18 @@ class HttpStream:
 
     def ready(self) -> bool:
         """The next event can be had without reading the socket (it is parsed and held);
-        False as well when the bytes there do not parse (the next read says so)."""
+        False as well when the bytes there do not parse: the error is held, and the next
+        :meth:`next_body_event` raises it (its message and offset kept)."""
         if self._held is None:
             try:
                 event = self.conn.next_event()
-            except h1.ProtocolError:
+            except h1.ProtocolError as exc:
+                self._held = exc
                 return False
             if event is h1.NEED_DATA:
                 return False
             self._held = event
-        return True
+        return not isinstance(self._held, h1.ProtocolError)
 
     async def next_body_event(self, idle: float | None = None) -> Any:
         """:meth:`next_event` for a body: the Data events the codec already holds come merged
@@ -270,6 +272,8 @@ class HttpStream:
         one per chunk, and no step holds the loop for long."""
         if self._held is not None:
             event, self._held = self._held, None
+            if isinstance(event, h1.ProtocolError):
+                raise event
         else:
             event = await self.next_event(idle)
         if not isinstance(event, h1.Data):
