@@ -534,9 +534,13 @@ def test_aio_message_counts_are_reported_periodically(backend: Backend) -> None:
 # -- the exchange's form on the wire: what each kind of peer sends and reads -------------------
 
 
-def h2_unary(port: int, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
+EXCHANGE = ("x-envoy-peer-metadata", "x-envoy-peer-metadata-id", MX_GRPC_ALIAS)
+
+
+def h2_unary(port: int, path: str, headers: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
     """One unary gRPC call over raw HTTP/2 (h2c), as an Envoy sidecar makes it: gRPC core
-    on this end keeps nothing from us. The response's headers and trailers, merged."""
+    on this end keeps nothing from us. The exchange entries of the response's headers (a
+    trailers-only response's included: Envoy reads those) and of its trailers, apart."""
     import socket
 
     import h2.config
@@ -551,7 +555,7 @@ def h2_unary(port: int, path: str, headers: list[tuple[str, str]]) -> dict[str, 
         ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", "h2"), *headers,
     ])  # fmt: skip
     conn.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
-    answered: dict[str, str] = {}
+    answered: dict[str, dict[str, str]] = {"headers": {}, "trailers": {}}
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
         sock.sendall(conn.data_to_send())
         ended = False
@@ -560,7 +564,12 @@ def h2_unary(port: int, path: str, headers: list[tuple[str, str]]) -> dict[str, 
             assert data, "the server closed the connection before answering"
             for event in conn.receive_data(data):
                 if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-                    answered.update((str(k), str(v)) for k, v in event.headers)
+                    where = (
+                        "headers" if isinstance(event, h2.events.ResponseReceived) else "trailers"
+                    )
+                    answered[where].update(
+                        (str(k), str(v)) for k, v in event.headers if k in EXCHANGE
+                    )
                 ended = ended or isinstance(event, h2.events.StreamEnded)
             sock.sendall(conn.data_to_send())
     return answered
@@ -569,7 +578,10 @@ def h2_unary(port: int, path: str, headers: list[tuple[str, str]]) -> dict[str, 
 def test_sync_the_server_answers_each_caller_in_the_form_it_reads(backend: Backend) -> None:
     """An Envoy caller (x-envoy-peer-metadata and -id; gRPC core keeps the first from us)
     gets Istio's headers; a meshstats client that knows this server (the alias alone) gets
-    the alias alone; one still learning (both) gets both; a caller that did not ask, none."""
+    the alias alone; one still learning (both), or behind its own sidecar, gets both where
+    that sidecar reads them (a failure's trailers-only response: headers), and the alias
+    alone in trailers that follow a message (no Envoy reads those); a caller that did not
+    ask, none."""
     engines = Engines(backend)
     server = grpc.server(
         futures.ThreadPoolExecutor(2), interceptors=[IstioServerInterceptor(engines.server)]
@@ -583,24 +595,31 @@ def test_sync_the_server_answers_each_caller_in_the_form_it_reads(backend: Backe
         ("x-envoy-peer-metadata-id", caller.node_id),
     ]
     alias = [(MX_GRPC_ALIAS, caller.metadata)]
-    exchange = ("x-envoy-peer-metadata", "x-envoy-peer-metadata-id", MX_GRPC_ALIAS)
+    callers = (("envoy", envoy), ("lean", alias), ("learning", envoy + alias), ("none", []))
     try:
         answers = {
-            name: {k: v for k, v in h2_unary(port, f"/{SERVICE}/Unary", sent).items()
-                   if k in exchange}
-            for name, sent in (("envoy", envoy), ("lean", alias), ("learning", envoy + alias),
-                               ("none", []))
-        }  # fmt: skip
+            (name, method): h2_unary(port, f"/{SERVICE}/{method}", sent)
+            for name, sent in callers
+            for method in ("Unary", "Fail")
+        }
     finally:
         server.stop(None).wait(DEADLINE)
     istio = {"x-envoy-peer-metadata": ours.metadata, "x-envoy-peer-metadata-id": ours.node_id}
-    assert answers["envoy"] == istio
-    assert answers["lean"] == {MX_GRPC_ALIAS: ours.metadata}
-    assert answers["learning"] == istio | {MX_GRPC_ALIAS: ours.metadata}
-    assert answers["none"] == {}
-    assert engines.seen and not [k for k in engines.seen if k in exchange]
-    # the alias named the caller, with or without the id
-    assert total(engines.server_samples(), REQUESTS, source_workload="productpage-v1") == 2
+    ours_alias = {MX_GRPC_ALIAS: ours.metadata}
+    nothing: dict[str, str] = {}
+    # a unary response: headers, the message, then trailers with the answer
+    assert answers["envoy", "Unary"] == {"headers": nothing, "trailers": istio}
+    assert answers["lean", "Unary"] == {"headers": nothing, "trailers": ours_alias}
+    assert answers["learning", "Unary"] == {"headers": nothing, "trailers": ours_alias}
+    assert answers["none", "Unary"] == {"headers": nothing, "trailers": nothing}
+    # a failure before any message: trailers-only, which Envoy reads as the headers
+    assert answers["envoy", "Fail"] == {"headers": istio, "trailers": nothing}
+    assert answers["lean", "Fail"] == {"headers": ours_alias, "trailers": nothing}
+    assert answers["learning", "Fail"] == {"headers": istio | ours_alias, "trailers": nothing}
+    assert answers["none", "Fail"] == {"headers": nothing, "trailers": nothing}
+    assert engines.seen and not [k for k in engines.seen if k in EXCHANGE]
+    # the alias named the caller, with or without the id, on both methods
+    assert total(engines.server_samples(), REQUESTS, source_workload="productpage-v1") == 4
 
 
 class Sent(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]

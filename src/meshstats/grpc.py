@@ -20,7 +20,10 @@ reported as an Istio sidecar reports a gRPC stream.
   (``context.invocation_metadata()``) and answers with its own (only when asked, as Istio
   does): in the initial metadata of a streaming response (merged into what the servicer
   sends), in the trailing metadata of a unary one (the same batch as the message: sending
-  initial metadata on its own costs a unary call about 200 us more CPU); the client reads
+  initial metadata on its own costs a unary call about 200 us more CPU; no Envoy reads
+  trailers that follow a message, so there a caller that sent the alias gets the alias
+  alone, while a failure's trailers-only response, which Envoy reads as headers, carries
+  the whole answer); the client reads
   either as its peer (for a unary response the trailing first, then the initial, where
   Envoy answers; for a stream the initial first). gRPC core swallows
   ``x-envoy-peer-metadata`` on receipt (its CSM observability owns that header), so the
@@ -71,7 +74,7 @@ import collections
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._embed import MX_HEADER, MX_HEADERS, MX_ID_HEADER, Exchange, service_metadata
 from .errors import MissingExtraError
@@ -139,6 +142,15 @@ _STATUS = {code: int(code.value[0]) for code in grpc.StatusCode}
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 Answer = tuple[tuple[str, str], ...]
+
+
+class _Reply(NamedTuple):
+    """What the server answers a caller: the entries, their size, and the reply in trailers
+    that follow a message, when it differs (see ``_ServerBase``)."""
+
+    entries: Answer
+    size: int
+    after_message: _Reply | None = None
 
 
 class _Handler(
@@ -241,8 +253,8 @@ class _ServerCall:
         self.headers_sent = False
         self.code: Any = None  # set through the servicer's context, when it sets one
         # What this workload answers (the caller asked: Istio's rule; in the form the caller
-        # reads, see _ServerBase), and its size.
-        self.answer: tuple[Answer, int] = owner._answers[
+        # reads, see _ServerBase), its size, and its form in the trailers after a message.
+        self.answer: _Reply = owner._answers[
             alias is not None, found_id is not None or istio is not None
         ]
         self.behavior: Any = None
@@ -331,8 +343,14 @@ class _ServerCall:
                 await result
 
     def unary_response(self, response: Any) -> None:
-        """A unary response: counted here (it is serialized after the call is recorded)."""
+        """A unary response: counted here (it is serialized after the call is recorded).
+        Our answer, not sent yet, goes in trailers that follow a message: only what a
+        trailer reader reads (see ``_ServerBase``)."""
         self.response_bytes += _message_size(response, self.serializer)
+        after = self.answer.after_message
+        # (a status other than OK may go as trailers-only: headers, which Envoy reads)
+        if after is not None and not self.headers_sent and self.code in (None, _OK):
+            self.answer = after
         if self.stream is None:
             self.responses = 1
         else:
@@ -361,7 +379,7 @@ class _ServerCall:
             grpc_status=0 if code is _OK else _STATUS[code],
             duration_ms=(_perf() - self.started) * 1000.0,
             request_bytes=self.request_bytes,
-            response_bytes=self.response_bytes + self.answer[1],
+            response_bytes=self.response_bytes + self.answer.size,
             response_flags=flags,
             path=self.method,
         )
@@ -444,13 +462,13 @@ class _Context:
     def send_initial_metadata(self, initial_metadata: Any) -> None:
         call = self._call
         call.headers_sent = True
-        self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.answer[0]))
+        self._context.send_initial_metadata(tuple(initial_metadata) + call.answer.entries)
 
     def ensure_headers(self) -> None:
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.answer[0]
+            own = call.answer.entries
             if own:
                 self._context.send_initial_metadata(tuple(own))
 
@@ -467,7 +485,7 @@ class _Context:
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.answer[0]
+            own = call.answer.entries
             if own:
                 self._context.set_trailing_metadata(self._trailing + own)
 
@@ -487,13 +505,14 @@ class _AioContext(_Context):
     async def send_initial_metadata(self, initial_metadata: Any) -> None:  # type: ignore[override]
         call = self._call
         call.headers_sent = True
-        await self._context.send_initial_metadata(tuple(initial_metadata) + tuple(call.answer[0]))
+        entries = tuple(initial_metadata) + call.answer.entries
+        await self._context.send_initial_metadata(entries)
 
     async def ensure_headers(self) -> None:  # type: ignore[override]
         call = self._call
         if not call.headers_sent:
             call.headers_sent = True
-            own = call.answer[0]
+            own = call.answer.entries
             if own:
                 await self._context.send_initial_metadata(tuple(own))
 
@@ -506,7 +525,7 @@ class _AioContext(_Context):
         call.code = code
         if not call.headers_sent:
             call.headers_sent = True
-            trailing_metadata = tuple(trailing_metadata) + tuple(call.answer[0])
+            trailing_metadata = tuple(trailing_metadata) + tuple(call.answer.entries)
         await self._context.abort(code, details, trailing_metadata)
 
     async def abort_with_status(self, status: Any) -> None:  # type: ignore[override]
@@ -527,7 +546,7 @@ class _ServerBase:
         self.exchange = Exchange(engine, node_id=node_id, additional_labels=additional_labels)
         self._cluster = service_metadata(service_host)
         md, node_id = self.exchange.metadata, self.exchange.node_id
-        # (the alias came, Istio's header or id came) -> (the answer, its size), made once.
+        # (the alias came, Istio's header or id came) -> the reply, made once.
         # The answer is in the form the caller reads, which the request's keys tell apart:
         # - the alias alone: a meshstats client that has met a meshstats server on this
         #   channel (IstioClientInterceptor's lean requests), which reads only the alias;
@@ -542,8 +561,20 @@ class _ServerBase:
             (True, True): ((MX_HEADER, md), (MX_GRPC_ALIAS, md), (MX_ID_HEADER, node_id)),
             (False, True): ((MX_HEADER, md), (MX_ID_HEADER, node_id)),
         }
-        self._answers: dict[tuple[bool, bool], tuple[Answer, int]] = {
-            key: (answer, _metadata_size(answer)) for key, answer in answers.items()
+        # Trailers that follow a message (a unary response's) are read by no Envoy: Istio's
+        # filter reads response headers only, which a trailers-only response (a failure
+        # before any message) is. So a caller that sent the alias, and reads it, gets the
+        # alias alone there: a sidecar of its own could not read Istio's headers in them,
+        # and each entry costs gRPC (more than this interceptor's own work on it).
+        alias_only = answers[True, False]
+        after = _Reply(alias_only, _metadata_size(alias_only))
+        self._answers: dict[tuple[bool, bool], _Reply] = {
+            (alias, asked): _Reply(
+                answer,
+                _metadata_size(answer),
+                after if alias and answer != alias_only else None,
+            )
+            for (alias, asked), answer in answers.items()
         }
         self._peers: dict[tuple[Any, Any, str | None], PeerContext] = {}
 
