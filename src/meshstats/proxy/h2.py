@@ -64,6 +64,7 @@ import hpack
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
+from . import h2_rules
 from .http import (
     LOCAL_REPLY_BODIES,
     MX_HEADER,
@@ -78,6 +79,8 @@ from .http import (
 from .listener import log, peer_address, write
 
 if TYPE_CHECKING:
+    import hyperframe.frame  # h2's own dependency, named for the frame types
+
     from ..connections import GrpcStream
     from ..engine import PeerContext
     from .config import OutboundConfig
@@ -239,6 +242,60 @@ def _grpc_status(headers: Headers) -> int | None:
 # -- one HTTP/2 connection -----------------------------------------------------------------------
 
 
+_KINDS: dict[type[h2.events.Event], int] = {
+    h2.events.RequestReceived: h2_rules.REQUEST,
+    h2.events.ResponseReceived: h2_rules.RESPONSE,
+    h2.events.InformationalResponseReceived: h2_rules.RESPONSE,
+    h2.events.TrailersReceived: h2_rules.TRAILERS,
+}
+
+
+class _CheckedConnection(h2.connection.H2Connection):
+    """h2's connection with its inbound header checks done by :func:`.h2_rules.checked`,
+    in one pass instead of h2's chain of generators, at the same point: inside
+    :meth:`receive_data`, as the HEADERS frame is processed, so a refused block is the
+    same connection error (GOAWAY with PROTOCOL_ERROR, nothing after it processed)."""
+
+    def _receive_headers_frame(
+        self, frame: hyperframe.frame.HeadersFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        frames, events = super()._receive_headers_frame(frame)
+        for event in events:
+            kind = _KINDS.get(type(event))
+            if kind is not None:
+                event.headers = h2_rules.checked(event.headers, kind)  # type: ignore[attr-defined]
+                break  # one header block per frame; the rest are its END_STREAM, PRIORITY
+        return frames, events
+
+
+def _connection(client: bool) -> h2.connection.H2Connection:
+    """The h2 state machine of one connection, client or server side."""
+    config = h2.config.H2Configuration(
+        client_side=client,
+        header_encoding=None,
+        # What a sidecar sends is what was checked as it arrived on the other connection,
+        # or its own headers: checking it again on the way out cost each stream's headers
+        # four more passes for nothing.
+        validate_outbound_headers=False,
+        # The other connection's inbound checks already refused what h2's outbound
+        # normalisation would fix (upper case, surrounding whitespace, connection
+        # headers): only its never-indexed marking is left to do, in _secure().
+        normalize_outbound_headers=False,
+        # Done by _CheckedConnection, in one pass.
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+    )
+    conn = _CheckedConnection(config)
+    settings: dict[h2.settings.SettingCodes, int] = {
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 16,
+    }
+    if client:
+        settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+    conn.local_settings = h2.settings.Settings(client=client, initial_values=settings)
+    return conn
+
+
 class H2Stream:
     """One stream of an :class:`H2Conn`: the events the peer sent on it, in order."""
 
@@ -328,26 +385,7 @@ class H2Conn:
         self.client = client
         self.principal = principal  # the peer's verified identity, for an upstream
         self.address = address
-        # What a sidecar sends is what h2 validated as it arrived on the other connection
-        # (validate_inbound_headers stays on), or its own headers: validating it again on
-        # the way out cost each stream's headers four more passes for nothing.
-        config = h2.config.H2Configuration(
-            client_side=client,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            # The other connection's inbound validation already refused what h2's outbound
-            # normalisation would fix (upper case, surrounding whitespace, connection
-            # headers): only its never-indexed marking is left to do, in _secure().
-            normalize_outbound_headers=False,
-        )
-        self.h2 = h2.connection.H2Connection(config)
-        settings: dict[h2.settings.SettingCodes, int] = {
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 16,
-        }
-        if client:
-            settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
-        self.h2.local_settings = h2.settings.Settings(client=client, initial_values=settings)
+        self.h2 = _connection(client)
         self.streams: dict[int, H2Stream] = {}
         self._incoming: collections.deque[tuple[H2Stream, h2.events.RequestReceived]] = (
             collections.deque()
