@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -895,9 +896,12 @@ class _H2Proxy:
         # A request that ended with its headers (a GET) has nothing more to relay: no task
         # for it (a task, its wake-ups and its cancellation were a good part of a stream's
         # cost); its downstream resetting reaches _response as DownstreamGone.
-        request = None if ex.request_done else asyncio.ensure_future(self._request(ds, us, ex))
+        if ex.request_done:
+            await self._response_only(ds, us, ex, idle, deadline)
+            return
+        request = asyncio.ensure_future(self._request(ds, us, ex))
         response = asyncio.ensure_future(self._response(ds, us, ex))
-        pending: set[asyncio.Future[None]] = {response} if request is None else {request, response}
+        pending: set[asyncio.Future[None]] = {request, response}
         try:
             while response in pending:
                 waits = [] if idle is None else [ex.last + idle - loop.time()]
@@ -908,7 +912,7 @@ class _H2Proxy:
                     timeout=max(0.0, min(waits)) if waits else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if request is not None and request in done:
+                if request in done:
                     failed = request.exception()
                     if isinstance(failed, _Downstream):
                         raise failed
@@ -920,31 +924,20 @@ class _H2Proxy:
                     break
                 now = loop.time()
                 if deadline is not None and not ex.responded and now >= deadline:
-                    us.conn.reset(us)
-                    await self._local_reply(ds, ex, 504, "UT")
+                    await self._timed_out(ds, us, ex, "UT")
                     return
                 if idle is not None and now - ex.last >= idle:
-                    us.conn.reset(us)
-                    if ex.responded:
-                        ex.flags = "SI"
-                        ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
-                    else:
-                        await self._local_reply(ds, ex, 408, "SI")
+                    await self._timed_out(ds, us, ex, "SI")
                     return
             # The response ended. A request still being sent is cut (RFC 9113 §8.1).
             if not ex.request_done:
                 ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
                 us.conn.reset(us, h2.errors.ErrorCodes.NO_ERROR)
         except _Upstream as broke:
-            if request is not None:
-                request.cancel()
-            ex.flags = broke.flag
-            if ex.responded:
-                ds.conn.reset(ds, broke.code)
-            else:
-                await self._local_reply(ds, ex, 503, broke.flag)
+            request.cancel()
+            await self._upstream_broke(ds, ex, broke)
         finally:
-            tasks = [response] if request is None else [request, response]
+            tasks = [request, response]
             for task in tasks:
                 if not task.done():
                     task.cancel()
@@ -954,6 +947,78 @@ class _H2Proxy:
                 for task in tasks:
                     if not task.cancelled():
                         task.exception()
+
+    async def _response_only(
+        self,
+        ds: H2Stream,
+        us: H2Stream,
+        ex: _Exchange,
+        idle: float | None,
+        deadline: float | None,
+    ) -> None:
+        """:meth:`_exchange` for a request that ended with its headers: the response is
+        relayed in this task, not one of its own, and the timeouts are a timer that
+        cancels it (a task and an ``asyncio.wait`` per stream were a good part of its
+        cost). Which timeout, and when, as :meth:`_exchange` decides."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        flag: str | None = None  # the timeout that cancelled the task
+        timer: asyncio.TimerHandle | None = None
+
+        def check() -> None:
+            nonlocal flag, timer
+            now = loop.time()
+            if deadline is not None and not ex.responded and now >= deadline:
+                flag = "UT"
+            elif idle is not None and now - ex.last >= idle:
+                flag = "SI"
+            else:
+                timer = loop.call_at(due(), check)
+                return
+            timer = None
+            task.cancel()
+
+        def due() -> float:
+            waits = [] if idle is None else [ex.last + idle]
+            if deadline is not None and not ex.responded:
+                waits.append(deadline)
+            return min(waits)
+
+        if idle is not None or deadline is not None:
+            timer = loop.call_at(due(), check)
+        try:
+            await self._response(ds, us, ex)
+        except asyncio.CancelledError:
+            if flag is None:
+                raise
+            # Ours: anyone else's cancellation still stands.
+            if sys.version_info >= (3, 11) and task.uncancel() > 0:
+                raise
+            await self._timed_out(ds, us, ex, flag)
+        except _Upstream as broke:
+            await self._upstream_broke(ds, ex, broke)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _timed_out(self, ds: H2Stream, us: H2Stream, ex: _Exchange, flag: str) -> None:
+        """The request's deadline (``UT``) or the stream's idle timeout (``SI``) passed."""
+        us.conn.reset(us)
+        if flag == "UT":
+            await self._local_reply(ds, ex, 504, "UT")
+        elif ex.responded:
+            ex.flags = "SI"
+            ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
+        else:
+            await self._local_reply(ds, ex, 408, "SI")
+
+    async def _upstream_broke(self, ds: H2Stream, ex: _Exchange, broke: _Upstream) -> None:
+        ex.flags = broke.flag
+        if ex.responded:
+            ds.conn.reset(ds, broke.code)
+        else:
+            await self._local_reply(ds, ex, 503, broke.flag)
 
     async def _request(self, ds: H2Stream, us: H2Stream, ex: _Exchange) -> None:
         """Downstream -> upstream: DATA, trailers, the end."""
