@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack
+import hpack.hpack
+import hyperframe.frame  # h2's own dependency: its frames
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
@@ -80,8 +83,6 @@ from .http import (
 from .listener import log, peer_address, write
 
 if TYPE_CHECKING:
-    import hyperframe.frame  # h2's own dependency, named for the frame types
-
     from ..connections import GrpcStream
     from ..engine import PeerContext
     from .config import OutboundConfig
@@ -255,7 +256,39 @@ class _CheckedConnection(h2.connection.H2Connection):
     """h2's connection with its inbound header checks done by :func:`.h2_rules.checked`,
     in one pass instead of h2's chain of generators, at the same point: inside
     :meth:`receive_data`, as the HEADERS frame is processed, so a refused block is the
-    same connection error (GOAWAY with PROTOCOL_ERROR, nothing after it processed)."""
+    same connection error (GOAWAY with PROTOCOL_ERROR, nothing after it processed).
+    (PUSH_PROMISE, whose block h2 would check too, is refused before: a client sidecar
+    turns push off and a server never takes one.)"""
+
+    def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[h2.events.Event]:
+        # h2's own, less its first line: a trace log call whose argument, the frame's
+        # repr(), is built for every frame received even though the logger drops it (~7%
+        # of h2's work per relayed stream). tests/test_proxy_h2_rules.py checks that the
+        # rest is still h2's, line for line.
+        events: list[h2.events.Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except h2.exceptions.StreamClosedError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = hyperframe.frame.RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except h2.exceptions.StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = hyperframe.frame.RstStreamFrame(e.stream_id)
+                f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise h2.exceptions.StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
 
     def _receive_headers_frame(
         self, frame: hyperframe.frame.HeadersFrame
@@ -269,8 +302,28 @@ class _CheckedConnection(h2.connection.H2Connection):
         return frames, events
 
 
+class _Silent:
+    """Stands in for hpack's logger while that drops debug records: hpack logs each field
+    it encodes or decodes at debug level, and a dropped record still cost two calls (~7%
+    of h2's work per relayed stream). ``"".format`` is a C call taking any arguments."""
+
+    debug = "".format
+
+
+_HPACK_LOG = hpack.hpack.log
+_SILENT = _Silent()
+
+
+def _quiet_hpack() -> None:
+    """hpack's logger, or :class:`_Silent` when it would drop debug records: decided again
+    for every new connection, so that turning hpack's debug logging on takes effect."""
+    enabled = _HPACK_LOG.isEnabledFor(logging.DEBUG)
+    hpack.hpack.log = _HPACK_LOG if enabled else _SILENT  # type: ignore[assignment]
+
+
 def _connection(client: bool) -> h2.connection.H2Connection:
     """The h2 state machine of one connection, client or server side."""
+    _quiet_hpack()
     config = h2.config.H2Configuration(
         client_side=client,
         header_encoding=None,
