@@ -68,7 +68,7 @@ import hyperframe.frame  # h2's own dependency: its frames
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
-from . import h2_rules
+from . import h2_hpack, h2_rules
 from .http import (
     LOCAL_REPLY_BODIES,
     MX_HEADER,
@@ -259,6 +259,14 @@ class _CheckedConnection(h2.connection.H2Connection):
     same connection error (GOAWAY with PROTOCOL_ERROR, nothing after it processed).
     (PUSH_PROMISE, whose block h2 would check too, is refused before: a client sidecar
     turns push off and a server never takes one.)"""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        # The same decoder, faster for indexed fields (see .h2_hpack), with h2's limits.
+        decoder = h2_hpack.Decoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
 
     def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[h2.events.Event]:
         # h2's own, less its first line: a trace log call whose argument, the frame's

@@ -1,0 +1,89 @@
+"""The sidecar's HPACK decoder against hpack's: the same blocks, the same fields, the same
+failures, the same table afterwards.
+
+Two decoders are fed the same header blocks in turn, as the two ends of a connection
+would: blocks from hpack's encoder (literals and indexes, never-indexed fields, Huffman
+or not, table size changes), and the same blocks cut short or with bytes flipped. After
+each block both must have produced equal fields (value and class) or both failed, and
+both tables must hold the same entries.
+"""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshstats.proxy.h2_hpack import Decoder
+
+Header = tuple[bytes, bytes]
+
+_NAMES = [b":method", b":path", b":status", b"content-type", b"x-a", b"cookie", b"accept"]
+names = st.one_of(st.sampled_from(_NAMES), st.binary(min_size=1, max_size=12))
+values = st.one_of(st.sampled_from([b"", b"GET", b"/", b"200", b"x" * 40]), st.binary(max_size=60))
+
+
+@st.composite
+def fields(draw: st.DrawFn) -> Header:
+    name, value = draw(names), draw(values)
+    return NeverIndexedHeaderTuple(name, value) if draw(st.booleans()) else (name, value)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[bytes]:
+    """Header blocks an encoder sends in turn, some then damaged."""
+    encoder = hpack.Encoder()
+    blocks: list[bytes] = []
+    pool = draw(st.lists(fields(), min_size=1, max_size=6))  # repeated: indexes appear
+    for _ in range(draw(st.integers(1, 8))):
+        if draw(st.integers(0, 6)) == 0:
+            encoder.header_table_size = draw(st.sampled_from([0, 64, 256, 4096]))
+        block = draw(st.lists(st.one_of(st.sampled_from(pool), fields()), max_size=8))
+        data = encoder.encode(block, huffman=draw(st.booleans()))
+        damage = draw(st.integers(0, 5))
+        if damage == 0 and data:
+            data = data[: draw(st.integers(0, len(data) - 1))]
+        elif damage == 1 and data:
+            at = draw(st.integers(0, len(data) - 1))
+            data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1 :]
+        blocks.append(data)
+    return blocks
+
+
+def _outcome(decoder: hpack.Decoder, data: bytes) -> object:
+    try:
+        got = decoder.decode(data, raw=True)
+    except (hpack.HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
+        return ("refused", isinstance(exc, hpack.OversizedHeaderListError))
+    return [(type(h), h[0], h[1]) for h in got]
+
+
+@pytest.mark.parametrize("limit", [1 << 16, 200])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=streams())
+def test_decodes_as_hpack(limit: int, blocks: list[bytes]) -> None:
+    theirs, ours = hpack.Decoder(), Decoder()
+    theirs.max_header_list_size = ours.max_header_list_size = limit
+    for data in blocks:
+        expected = _outcome(theirs, data)
+        assert _outcome(ours, data) == expected
+        if isinstance(expected, tuple):
+            return  # a connection error: the connection, and its table, are over
+        assert list(ours.header_table.dynamic_entries) == list(theirs.header_table.dynamic_entries)
+        assert ours.header_table_size == theirs.header_table_size
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=st.binary(max_size=40))
+def test_random_bytes_as_hpack(data: bytes) -> None:
+    assert _outcome(Decoder(), data) == _outcome(hpack.Decoder(), data)
+
+
+def test_indexed_fields_are_header_tuples() -> None:
+    encoder, decoder = hpack.Encoder(), Decoder()
+    decoder.decode(encoder.encode([(b"x-a", b"1")]), raw=True)  # learns the entry
+    got = decoder.decode(encoder.encode([(b":method", b"GET"), (b"x-a", b"1")]), raw=True)
+    assert got == [(b":method", b"GET"), (b"x-a", b"1")]
+    assert all(type(h) is HeaderTuple for h in got)
