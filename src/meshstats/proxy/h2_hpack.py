@@ -9,6 +9,12 @@ size updates, and every error) to hpack's own code, in the same order, with the 
 limits: the same blocks decode to the same fields and fail the same way, which
 ``tests/test_proxy_h2_hpack.py`` checks against hpack's decoder.
 
+An indexed field comes out as the table's own ``(name, value)`` tuple rather than a new
+:class:`hpack.HeaderTuple`: to hpack and h2 a plain tuple is an indexable field, as a
+``HeaderTuple`` is, and each ``HeaderTuple`` cost a Python call to make here and another
+when h2 copied it on the way out (``utf8_encode_headers``). A never-indexed field is
+never an indexed one, and keeps its class.
+
 >>> import hpack
 >>> block = hpack.Encoder().encode([(b":method", b"GET"), (b"x-a", b"1")])
 >>> Decoder().decode(block, raw=True)
@@ -22,7 +28,6 @@ from typing import Any
 import hpack
 import hpack.hpack
 from hpack.exceptions import HPACKDecodingError, InvalidTableIndex, OversizedHeaderListError
-from hpack.struct import HeaderTuple
 from hpack.table import HeaderTable
 
 __all__ = ["Decoder"]
@@ -40,7 +45,7 @@ class Decoder(hpack.Decoder):
         log = hpack.hpack.log  # hpack's records, if its debug logging is on
         log.debug("Decoding %s", data)
         view = memoryview(data)
-        headers: list[HeaderTuple] = []
+        headers: list[tuple[bytes, bytes]] = []
         dynamic = self.header_table.dynamic_entries
         limit = self.max_header_list_size
         inflated = 0
@@ -50,13 +55,13 @@ class Decoder(hpack.Decoder):
             if 0x80 < current < 0xFF:  # indexed, the index (1-126) in this byte
                 index = current - 0x81
                 if index < _STATIC_LENGTH:
-                    name, value = _STATIC[index]
+                    header = _STATIC[index]
                 else:
                     index -= _STATIC_LENGTH
                     if index >= len(dynamic):
                         raise InvalidTableIndex(f"Invalid table index {current - 0x80}")
-                    name, value = dynamic[index]
-                header = HeaderTuple(name, value)
+                    header = dynamic[index]
+                name, value = header
                 log.debug("Decoded %s, consumed %d", header, 1)
                 at += 1
             else:
