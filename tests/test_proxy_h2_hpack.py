@@ -16,7 +16,7 @@ from hpack import NeverIndexedHeaderTuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshstats.proxy.h2_hpack import Decoder
+from meshstats.proxy.h2_hpack import Decoder, Encoder
 
 Header = tuple[bytes, bytes]
 
@@ -90,3 +90,29 @@ def test_indexed_fields_are_the_tables_tuples() -> None:
     assert all(type(h) is tuple for h in got)
     never = decoder.decode(encoder.encode([NeverIndexedHeaderTuple(b"x-b", b"2")]), raw=True)
     assert type(never[0]) is NeverIndexedHeaderTuple
+
+
+@st.composite
+def lists(draw: st.DrawFn) -> list[tuple[int | None, list[Header], bool]]:
+    """Header lists an encoder is given in turn (each after a table size change or not,
+    Huffman or not), drawn from a few fields so that the table holds some of them."""
+    pool = draw(st.lists(fields(), min_size=1, max_size=6))
+    return [
+        (
+            draw(st.one_of(st.none(), st.sampled_from([0, 64, 256, 4096]))),
+            draw(st.lists(st.one_of(st.sampled_from(pool), fields()), max_size=8)),
+            draw(st.booleans()),
+        )
+        for _ in range(draw(st.integers(1, 8)))
+    ]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(turns=lists())
+def test_encodes_as_hpack(turns: list[tuple[int | None, list[Header], bool]]) -> None:
+    theirs, ours = hpack.Encoder(), Encoder()
+    for size, block, huffman in turns:
+        if size is not None:
+            theirs.header_table_size = ours.header_table_size = size
+        assert ours.encode(block, huffman=huffman) == theirs.encode(block, huffman=huffman)
+        assert list(ours.header_table.dynamic_entries) == list(theirs.header_table.dynamic_entries)

@@ -267,6 +267,7 @@ class _CheckedConnection(h2.connection.H2Connection):
         decoder.max_header_list_size = self.decoder.max_header_list_size
         decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
         self.decoder = decoder
+        self.encoder = h2_hpack.Encoder()  # h2 sets nothing on its own before SETTINGS
 
     def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[h2.events.Event]:
         # h2's own, less its first line: a trace log call whose argument, the frame's
