@@ -459,6 +459,64 @@ def test_stream_idle_timeout(certs: Certs, backend: Backend) -> None:
     run(main())
 
 
+def test_request_timeout(certs: Certs, backend: Backend) -> None:
+    """No response within ``request_timeout``: Envoy's 504 ``UT``, the upstream stream reset
+    (the server sidecar sees its downstream go: DC)."""
+
+    async def main() -> None:
+        short = {"request_timeout": 0.3}
+        async with (
+            h2_app() as app,
+            mesh(certs, app.port, backend, client_settings=short) as m,
+        ):
+            client = await H2Client.connect(m.port)
+            reply = await client.request("/hang")
+            assert reply.status == 504 and bytes(reply.body) == b"upstream request timeout"
+
+            async def app_saw_reset() -> bool:
+                return len(app.seen) == 1 and app.seen[0].reset is not None
+
+            await eventually(app_saw_reset)
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, server_samples = await m.metrics()
+                return codes(client_samples, "source") == {("504", "UT"): 1} and codes(
+                    server_samples, "destination"
+                ) == {("0", "DC"): 1}
+
+            await eventually(recorded)
+
+    run(main())
+
+
+def test_stream_idle_timeout_after_the_response_began(certs: Certs, backend: Backend) -> None:
+    """The response's headers went downstream, then nothing moves (a client that does not
+    read): the downstream stream is reset (NO_ERROR) and recorded with its status and
+    ``SI``."""
+
+    async def main() -> None:
+        short = {"stream_idle_timeout": 0.3}
+        async with (
+            h2_app() as app,
+            mesh(certs, app.port, backend, client_settings=short) as m,
+        ):
+            client = await H2Client.connect(m.port, auto_ack=False)
+            stream = await client.start(f"/big/{4 * 1024 * 1024}")
+            reply = await client.finish(stream)
+            assert reply.status == 200
+            assert reply.reset == h2.errors.ErrorCodes.NO_ERROR
+            await client.close()
+
+            async def recorded() -> bool:
+                client_samples, _ = await m.metrics()
+                return codes(client_samples, "source") == {("200", "SI"): 1}
+
+            await eventually(recorded)
+
+    run(main())
+
+
 def test_client_connection_lost_mid_stream_is_dc(certs: Certs, backend: Backend) -> None:
     async def main() -> None:
         async with h2_app() as app, mesh(certs, app.port, backend) as m:

@@ -50,6 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -61,9 +64,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack
+import hpack.hpack
+import hyperframe.frame  # h2's own dependency: its frames
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
+from . import h2_hpack, h2_rules
 from .http import (
     LOCAL_REPLY_BODIES,
     MX_HEADER,
@@ -183,8 +189,13 @@ class GrpcFrames:
 
 
 def header_size(headers: Headers) -> int:
-    """Envoy's ``HeaderMap::byteSize()``: names and values, HPACK-decoded."""
-    return sum(len(name) + len(value) for name, value in headers)
+    """Envoy's ``HeaderMap::byteSize()``: names and values, HPACK-decoded.
+
+    >>> header_size([(b":status", b"200"), (b"x-a", b"")])
+    13
+    """
+    # Every length in C (a generator was a Python frame step per field, twice a stream).
+    return sum(map(len, itertools.chain.from_iterable(headers)))
 
 
 def _get(headers: Headers, name: bytes) -> bytes | None:
@@ -237,6 +248,121 @@ def _grpc_status(headers: Headers) -> int | None:
 
 
 # -- one HTTP/2 connection -----------------------------------------------------------------------
+
+
+_KINDS: dict[type[h2.events.Event], int] = {
+    h2.events.RequestReceived: h2_rules.REQUEST,
+    h2.events.ResponseReceived: h2_rules.RESPONSE,
+    h2.events.InformationalResponseReceived: h2_rules.RESPONSE,
+    h2.events.TrailersReceived: h2_rules.TRAILERS,
+}
+
+
+class _CheckedConnection(h2.connection.H2Connection):
+    """h2's connection with its inbound header checks done by :func:`.h2_rules.checked`,
+    in one pass instead of h2's chain of generators, at the same point: inside
+    :meth:`receive_data`, as the HEADERS frame is processed, so a refused block is the
+    same connection error (GOAWAY with PROTOCOL_ERROR, nothing after it processed).
+    (PUSH_PROMISE, whose block h2 would check too, is refused before: a client sidecar
+    turns push off and a server never takes one.)"""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        # The same decoder, faster for indexed fields (see .h2_hpack), with h2's limits.
+        decoder = h2_hpack.Decoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
+        self.encoder = h2_hpack.Encoder()  # h2 sets nothing on its own before SETTINGS
+
+    def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[h2.events.Event]:
+        # h2's own, less its first line: a trace log call whose argument, the frame's
+        # repr(), is built for every frame received even though the logger drops it (~7%
+        # of h2's work per relayed stream). tests/test_proxy_h2_rules.py checks that the
+        # rest is still h2's, line for line.
+        events: list[h2.events.Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except h2.exceptions.StreamClosedError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = hyperframe.frame.RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except h2.exceptions.StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = hyperframe.frame.RstStreamFrame(e.stream_id)
+                f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise h2.exceptions.StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
+
+    def _receive_headers_frame(
+        self, frame: hyperframe.frame.HeadersFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        frames, events = super()._receive_headers_frame(frame)
+        for event in events:
+            kind = _KINDS.get(type(event))
+            if kind is not None:
+                event.headers = h2_rules.checked(event.headers, kind)  # type: ignore[attr-defined]
+                break  # one header block per frame; the rest are its END_STREAM, PRIORITY
+        return frames, events
+
+
+class _Silent:
+    """Stands in for hpack's logger while that drops debug records: hpack logs each field
+    it encodes or decodes at debug level, and a dropped record still cost two calls (~7%
+    of h2's work per relayed stream). ``"".format`` is a C call taking any arguments."""
+
+    debug = "".format
+
+
+_HPACK_LOG = hpack.hpack.log
+_SILENT = _Silent()
+
+
+def _quiet_hpack() -> None:
+    """hpack's logger, or :class:`_Silent` when it would drop debug records: decided again
+    for every new connection, so that turning hpack's debug logging on takes effect."""
+    enabled = _HPACK_LOG.isEnabledFor(logging.DEBUG)
+    hpack.hpack.log = _HPACK_LOG if enabled else _SILENT  # type: ignore[assignment]
+
+
+def _connection(client: bool) -> h2.connection.H2Connection:
+    """The h2 state machine of one connection, client or server side."""
+    _quiet_hpack()
+    config = h2.config.H2Configuration(
+        client_side=client,
+        header_encoding=None,
+        # What a sidecar sends is what was checked as it arrived on the other connection,
+        # or its own headers: checking it again on the way out cost each stream's headers
+        # four more passes for nothing.
+        validate_outbound_headers=False,
+        # The other connection's inbound checks already refused what h2's outbound
+        # normalisation would fix (upper case, surrounding whitespace, connection
+        # headers): only its never-indexed marking is left to do, in _secure().
+        normalize_outbound_headers=False,
+        # Done by _CheckedConnection, in one pass.
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+    )
+    conn = _CheckedConnection(config)
+    settings: dict[h2.settings.SettingCodes, int] = {
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 16,
+    }
+    if client:
+        settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+    conn.local_settings = h2.settings.Settings(client=client, initial_values=settings)
+    return conn
 
 
 class H2Stream:
@@ -304,6 +430,22 @@ class H2Stream:
             conn.idle()
 
 
+_TO_STREAM, _NEW_STREAM, _WINDOW, _SETTINGS, _GOAWAY = range(5)
+#: What the read loop does with each event h2 hands it (others: nothing).
+_ROUTES: dict[type[h2.events.Event], int] = {
+    h2.events.ResponseReceived: _TO_STREAM,
+    h2.events.InformationalResponseReceived: _TO_STREAM,
+    h2.events.DataReceived: _TO_STREAM,
+    h2.events.TrailersReceived: _TO_STREAM,
+    h2.events.StreamEnded: _TO_STREAM,
+    h2.events.StreamReset: _TO_STREAM,
+    h2.events.RequestReceived: _NEW_STREAM,
+    h2.events.WindowUpdated: _WINDOW,
+    h2.events.RemoteSettingsChanged: _SETTINGS,
+    h2.events.ConnectionTerminated: _GOAWAY,
+}
+
+
 class H2Conn:
     """An HTTP/2 connection, either role, over asyncio streams.
 
@@ -328,26 +470,7 @@ class H2Conn:
         self.client = client
         self.principal = principal  # the peer's verified identity, for an upstream
         self.address = address
-        # What a sidecar sends is what h2 validated as it arrived on the other connection
-        # (validate_inbound_headers stays on), or its own headers: validating it again on
-        # the way out cost each stream's headers four more passes for nothing.
-        config = h2.config.H2Configuration(
-            client_side=client,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            # The other connection's inbound validation already refused what h2's outbound
-            # normalisation would fix (upper case, surrounding whitespace, connection
-            # headers): only its never-indexed marking is left to do, in _secure().
-            normalize_outbound_headers=False,
-        )
-        self.h2 = h2.connection.H2Connection(config)
-        settings: dict[h2.settings.SettingCodes, int] = {
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 16,
-        }
-        if client:
-            settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
-        self.h2.local_settings = h2.settings.Settings(client=client, initial_values=settings)
+        self.h2 = _connection(client)
         self.streams: dict[int, H2Stream] = {}
         self._incoming: collections.deque[tuple[H2Stream, h2.events.RequestReceived]] = (
             collections.deque()
@@ -435,31 +558,23 @@ class H2Conn:
             self._terminate()
 
     def _dispatch(self, event: h2.events.Event) -> None:
-        stream_id = getattr(event, "stream_id", None)
-        if isinstance(event, h2.events.RequestReceived):
-            assert stream_id is not None
-            stream = self.streams[stream_id] = H2Stream(self, stream_id)
-            self._incoming.append((stream, event))
-            self._arrived.set()
-        elif isinstance(
-            event,
-            (
-                h2.events.ResponseReceived,
-                h2.events.InformationalResponseReceived,
-                h2.events.DataReceived,
-                h2.events.TrailersReceived,
-                h2.events.StreamEnded,
-                h2.events.StreamReset,
-            ),
-        ):
-            assert stream_id is not None
+        # By the event's class, in a dict: an isinstance chain per event cost more.
+        route = _ROUTES.get(type(event))
+        if route is _TO_STREAM:
+            stream_id: int = event.stream_id  # type: ignore[attr-defined]
             found = self.streams.get(stream_id)
             if found is None:  # a stream whose relay is over
-                if isinstance(event, h2.events.DataReceived):
+                if type(event) is h2.events.DataReceived:
                     self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 return
             found.push(event)
-        elif isinstance(event, h2.events.WindowUpdated):
+        elif route is _NEW_STREAM:
+            assert isinstance(event, h2.events.RequestReceived) and event.stream_id is not None
+            stream = self.streams[event.stream_id] = H2Stream(self, event.stream_id)
+            self._incoming.append((stream, event))
+            self._arrived.set()
+        elif route is _WINDOW:
+            assert isinstance(event, h2.events.WindowUpdated)
             if event.stream_id:
                 found = self.streams.get(event.stream_id)
                 if found is not None:
@@ -467,10 +582,11 @@ class H2Conn:
             else:
                 for found in self.streams.values():
                     found.window.set()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
+        elif route is _SETTINGS:
             for found in self.streams.values():  # the initial window may have changed
                 found.window.set()
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        elif route is _GOAWAY:
+            assert isinstance(event, h2.events.ConnectionTerminated)
             self.goaway = True
             last = event.last_stream_id or 0
             for found in list(self.streams.values()):
@@ -514,7 +630,10 @@ class H2Conn:
         """Whether a new stream may be opened now (the peer's stream limit)."""
         if self.closed or self.goaway:
             return False
-        return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+        limit = self.h2.remote_settings.max_concurrent_streams
+        # Every stream h2 counts as open is one of ours until its relay discards it, which
+        # is after h2 closed it: so fewer of ours is room, without h2 walking its streams.
+        return len(self.streams) < limit or self.h2.open_outbound_streams < limit
 
     def idle(self) -> None:
         """The last stream ended: an upstream connection closes if none comes in time."""
@@ -845,9 +964,12 @@ class _H2Proxy:
         # A request that ended with its headers (a GET) has nothing more to relay: no task
         # for it (a task, its wake-ups and its cancellation were a good part of a stream's
         # cost); its downstream resetting reaches _response as DownstreamGone.
-        request = None if ex.request_done else asyncio.ensure_future(self._request(ds, us, ex))
+        if ex.request_done:
+            await self._response_only(ds, us, ex, idle, deadline)
+            return
+        request = asyncio.ensure_future(self._request(ds, us, ex))
         response = asyncio.ensure_future(self._response(ds, us, ex))
-        pending: set[asyncio.Future[None]] = {response} if request is None else {request, response}
+        pending: set[asyncio.Future[None]] = {request, response}
         try:
             while response in pending:
                 waits = [] if idle is None else [ex.last + idle - loop.time()]
@@ -858,7 +980,7 @@ class _H2Proxy:
                     timeout=max(0.0, min(waits)) if waits else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if request is not None and request in done:
+                if request in done:
                     failed = request.exception()
                     if isinstance(failed, _Downstream):
                         raise failed
@@ -870,31 +992,20 @@ class _H2Proxy:
                     break
                 now = loop.time()
                 if deadline is not None and not ex.responded and now >= deadline:
-                    us.conn.reset(us)
-                    await self._local_reply(ds, ex, 504, "UT")
+                    await self._timed_out(ds, us, ex, "UT")
                     return
                 if idle is not None and now - ex.last >= idle:
-                    us.conn.reset(us)
-                    if ex.responded:
-                        ex.flags = "SI"
-                        ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
-                    else:
-                        await self._local_reply(ds, ex, 408, "SI")
+                    await self._timed_out(ds, us, ex, "SI")
                     return
             # The response ended. A request still being sent is cut (RFC 9113 §8.1).
             if not ex.request_done:
                 ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
                 us.conn.reset(us, h2.errors.ErrorCodes.NO_ERROR)
         except _Upstream as broke:
-            if request is not None:
-                request.cancel()
-            ex.flags = broke.flag
-            if ex.responded:
-                ds.conn.reset(ds, broke.code)
-            else:
-                await self._local_reply(ds, ex, 503, broke.flag)
+            request.cancel()
+            await self._upstream_broke(ds, ex, broke)
         finally:
-            tasks = [response] if request is None else [request, response]
+            tasks = [request, response]
             for task in tasks:
                 if not task.done():
                     task.cancel()
@@ -905,10 +1016,86 @@ class _H2Proxy:
                     if not task.cancelled():
                         task.exception()
 
+    async def _response_only(
+        self,
+        ds: H2Stream,
+        us: H2Stream,
+        ex: _Exchange,
+        idle: float | None,
+        deadline: float | None,
+    ) -> None:
+        """:meth:`_exchange` for a request that ended with its headers: the response is
+        relayed in this task, not one of its own, and the timeouts are a timer that
+        cancels it (a task and an ``asyncio.wait`` per stream were a good part of its
+        cost). Which timeout, and when, as :meth:`_exchange` decides."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        flag: str | None = None  # the timeout that cancelled the task
+        timer: asyncio.TimerHandle | None = None
+
+        def check() -> None:
+            nonlocal flag, timer
+            now = loop.time()
+            if deadline is not None and not ex.responded and now >= deadline:
+                flag = "UT"
+            elif idle is not None and now - ex.last >= idle:
+                flag = "SI"
+            else:
+                timer = loop.call_at(due(), check)
+                return
+            timer = None
+            task.cancel()
+
+        def due() -> float:
+            waits = [] if idle is None else [ex.last + idle]
+            if deadline is not None and not ex.responded:
+                waits.append(deadline)
+            return min(waits)
+
+        if idle is not None or deadline is not None:
+            timer = loop.call_at(due(), check)
+        try:
+            await self._response(ds, us, ex)
+        except asyncio.CancelledError:
+            if flag is None:
+                raise
+            # Ours: anyone else's cancellation still stands.
+            if sys.version_info >= (3, 11) and task.uncancel() > 0:
+                raise
+            await self._timed_out(ds, us, ex, flag)
+        except _Upstream as broke:
+            await self._upstream_broke(ds, ex, broke)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _timed_out(self, ds: H2Stream, us: H2Stream, ex: _Exchange, flag: str) -> None:
+        """The request's deadline (``UT``) or the stream's idle timeout (``SI``) passed."""
+        us.conn.reset(us)
+        if flag == "UT":
+            await self._local_reply(ds, ex, 504, "UT")
+        elif ex.responded:
+            ex.flags = "SI"
+            ds.conn.reset(ds, h2.errors.ErrorCodes.NO_ERROR)
+        else:
+            await self._local_reply(ds, ex, 408, "SI")
+
+    async def _upstream_broke(self, ds: H2Stream, ex: _Exchange, broke: _Upstream) -> None:
+        ex.flags = broke.flag
+        if ex.responded:
+            ds.conn.reset(ds, broke.code)
+        else:
+            await self._local_reply(ds, ex, 503, broke.flag)
+
     async def _request(self, ds: H2Stream, us: H2Stream, ex: _Exchange) -> None:
         """Downstream -> upstream: DATA, trailers, the end."""
         loop = asyncio.get_running_loop()
         up, down = us.conn, ds.conn
+
+        def done() -> None:
+            ex.request_done = True
+
         while True:
             event = await ds.next()
             ex.last = loop.time()
@@ -917,8 +1104,11 @@ class _H2Proxy:
                 ex.request_bytes += len(data)
                 if ex.grpc is not None:
                     ex.grpc.add(request_messages=ex.request_frames.feed(data))
+                # The body's last DATA frame ends the stream upstream too, rather than an
+                # empty DATA frame after it: one frame less to make, send and read.
+                last = not ex.request_done and ds.ends_next()
                 try:
-                    await up.send_data(us, data, watch=ds)
+                    await up.send_data(us, data, end=last, on_end=done, watch=ds)
                 except StreamGone:
                     if ds.broken:
                         raise _Downstream from None
@@ -989,8 +1179,19 @@ class _H2Proxy:
                     data = event.data or b""
                     if ex.grpc is not None:
                         ex.grpc.add(response_messages=ex.response_frames.feed(data))
-                    await down.send_data(ds, data, watch=us)
-                    ex.response_bytes += len(data)
+                    if not ended and us.ends_next():
+                        # The last DATA frame ends the stream downstream too (see _request).
+                        ended = True
+
+                        def counted(size: int = len(data)) -> None:
+                            ex.response_bytes += size
+
+                        await down.send_data(
+                            ds, data, end=True, on_end=lambda: done(counted), watch=us
+                        )
+                    else:
+                        await down.send_data(ds, data, watch=us)
+                        ex.response_bytes += len(data)
                     up.ack(us, event.flow_controlled_length)
                     up.flush_soon()
                 elif isinstance(event, h2.events.TrailersReceived):

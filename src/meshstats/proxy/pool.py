@@ -97,6 +97,14 @@ class UpstreamPool:
         (``has_room()``), else a new one from ``open_()`` (which may raise). One connection
         is opened at a time per target, so a burst of streams shares it."""
         lock = self._opening.get(target)
+        if lock is None or not lock.locked():
+            # Nobody is opening one: the connection the lock's holder would pick, without
+            # taking the lock (an asyncio.Lock per stream was ~2% of a relayed stream). The
+            # closed ones are dropped from the list the next time one is opened.
+            for conn in self._shared.get(target, ()):
+                if not conn.closed and conn.has_room():
+                    self.reused += 1
+                    return conn
         if lock is None:
             lock = self._opening[target] = asyncio.Lock()
         async with lock:
