@@ -11,10 +11,7 @@ plain random bytes.
 
 from __future__ import annotations
 
-import ast
-import inspect
 import logging
-import textwrap
 
 import h2.config
 import h2.connection
@@ -28,7 +25,7 @@ from hpack import HeaderTuple, NeverIndexedHeaderTuple
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from meshstats.proxy.h2 import _CheckedConnection, _connection
+from meshstats.proxy.h2 import _connection
 from meshstats.proxy.h2_rules import REQUEST, RESPONSE, TRAILERS, checked
 
 Header = tuple[bytes, bytes]
@@ -237,45 +234,6 @@ def test_a_good_block_arrives_as_with_h2() -> None:
     got = [(n, v, getattr(h, "indexable", True)) for h in request.headers for n, v in (h,)]
     assert got == _h2(block, REQUEST)
     assert got[-1] == (b"cookie", b"a=1; b=2", False)
-
-
-class _Unqualified(ast.NodeTransformer):
-    """``h2.exceptions.X``, ``hyperframe.frame.X`` -> ``X``: how h2's module names them."""
-
-    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        module = node.value
-        if (
-            isinstance(module, ast.Attribute)
-            and isinstance(module.value, ast.Name)
-            and module.value.id in ("h2", "hyperframe")
-        ):
-            return ast.copy_location(ast.Name(id=node.attr, ctx=node.ctx), node)
-        return self.generic_visit(node)
-
-
-def _body(function: object) -> str:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))  # type: ignore[arg-type]
-    (node,) = tree.body
-    assert isinstance(node, ast.FunctionDef)
-    kept = [
-        statement
-        for statement in node.body
-        if not (  # the docstring, and the trace call the override leaves out
-            isinstance(statement, ast.Expr)
-            and (isinstance(statement.value, ast.Constant) or "trace" in ast.dump(statement.value))
-        )
-    ]
-    return "\n".join(ast.dump(_Unqualified().visit(statement)) for statement in kept)
-
-
-def test_receive_frame_is_h2s_without_its_trace() -> None:
-    """The connection's ``_receive_frame`` is a copy of h2's, less its trace call (whose
-    argument, ``repr(frame)``, costs whether or not anything is logged): a new h2 that
-    changes the original fails here, to be copied again."""
-    ours = _CheckedConnection._receive_frame
-    theirs = h2.connection.H2Connection._receive_frame
-    assert ours is not theirs
-    assert _body(ours) == _body(theirs)
 
 
 def test_hpack_logs_again_once_its_debug_logging_is_on() -> None:

@@ -275,36 +275,6 @@ class _CheckedConnection(h2.connection.H2Connection):
         self.decoder = decoder
         self.encoder = h2_hpack.Encoder()  # h2 sets nothing on its own before SETTINGS
 
-    def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[h2.events.Event]:
-        # h2's own, less its first line: a trace log call whose argument, the frame's
-        # repr(), is built for every frame received even though the logger drops it (~7%
-        # of h2's work per relayed stream). tests/test_proxy_h2_rules.py checks that the
-        # rest is still h2's, line for line.
-        events: list[h2.events.Event]
-        try:
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
-        except h2.exceptions.StreamClosedError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = hyperframe.frame.RstStreamFrame(e.stream_id)
-                f.error_code = e.error_code
-                self._prepare_for_sending([f])
-                events = e._events
-            else:
-                raise
-        except h2.exceptions.StreamIDTooLowError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = hyperframe.frame.RstStreamFrame(e.stream_id)
-                f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
-                self._prepare_for_sending([f])
-                events = []
-            elif self._stream_is_closed_by_end(e.stream_id):
-                raise h2.exceptions.StreamClosedError(e.stream_id) from e
-            else:
-                raise
-        else:
-            self._prepare_for_sending(frames)
-        return events
-
     def _receive_headers_frame(
         self, frame: hyperframe.frame.HeadersFrame
     ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
