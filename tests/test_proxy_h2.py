@@ -427,20 +427,30 @@ def test_an_app_that_does_not_read_holds_the_client_back(certs: Certs, backend: 
     run(main())
 
 
-def test_stream_idle_timeout(certs: Certs, backend: Backend) -> None:
-    """No frame either way for ``stream_idle_timeout``: Envoy's 408 ``SI`` before the
-    response, a reset after it. The server sidecar waits longer, so the client sidecar's
-    timeout is the one that fires (the server sidecar sees its stream reset: DC)."""
+@pytest.mark.parametrize(
+    ("setting", "status", "body", "flag"),
+    [
+        ("stream_idle_timeout", 408, b"stream timeout", "SI"),
+        ("request_timeout", 504, b"upstream request timeout", "UT"),
+    ],
+)
+def test_a_timeout_before_the_response(
+    certs: Certs, backend: Backend, setting: str, status: int, body: bytes, flag: str
+) -> None:
+    """No frame either way for ``stream_idle_timeout`` (Envoy's 408 ``SI``), or no response
+    within ``request_timeout`` (504 ``UT``), from an app that never answers: the upstream
+    stream is reset. The server sidecar waits longer, so the client sidecar's timeout is the
+    one that fires (the server sidecar sees its downstream go: DC)."""
 
     async def main() -> None:
-        short = {"stream_idle_timeout": 0.3}
+        short = {setting: 0.3}
         async with (
             h2_app() as app,
             mesh(certs, app.port, backend, client_settings=short) as m,
         ):
             client = await H2Client.connect(m.port)
             reply = await client.request("/hang")
-            assert reply.status == 408 and bytes(reply.body) == b"stream timeout"
+            assert reply.status == status and bytes(reply.body) == body
 
             async def app_saw_reset() -> bool:
                 return len(app.seen) == 1 and app.seen[0].reset is not None
@@ -450,38 +460,7 @@ def test_stream_idle_timeout(certs: Certs, backend: Backend) -> None:
 
             async def recorded() -> bool:
                 client_samples, server_samples = await m.metrics()
-                return codes(client_samples, "source") == {("408", "SI"): 1} and codes(
-                    server_samples, "destination"
-                ) == {("0", "DC"): 1}
-
-            await eventually(recorded)
-
-    run(main())
-
-
-def test_request_timeout(certs: Certs, backend: Backend) -> None:
-    """No response within ``request_timeout``: Envoy's 504 ``UT``, the upstream stream reset
-    (the server sidecar sees its downstream go: DC)."""
-
-    async def main() -> None:
-        short = {"request_timeout": 0.3}
-        async with (
-            h2_app() as app,
-            mesh(certs, app.port, backend, client_settings=short) as m,
-        ):
-            client = await H2Client.connect(m.port)
-            reply = await client.request("/hang")
-            assert reply.status == 504 and bytes(reply.body) == b"upstream request timeout"
-
-            async def app_saw_reset() -> bool:
-                return len(app.seen) == 1 and app.seen[0].reset is not None
-
-            await eventually(app_saw_reset)
-            await client.close()
-
-            async def recorded() -> bool:
-                client_samples, server_samples = await m.metrics()
-                return codes(client_samples, "source") == {("504", "UT"): 1} and codes(
+                return codes(client_samples, "source") == {(str(status), flag): 1} and codes(
                     server_samples, "destination"
                 ) == {("0", "DC"): 1}
 
