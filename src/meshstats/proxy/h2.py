@@ -52,7 +52,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -81,6 +80,7 @@ from .http import (
     outbound_http,
     peer_from_headers,
 )
+from .interrupt import Interrupted, Interruptible
 from .listener import log, peer_address, write
 
 if TYPE_CHECKING:
@@ -996,26 +996,11 @@ class _H2Proxy:
     ) -> None:
         """:meth:`_exchange` for a request that ended with its headers: the response is
         relayed in this task, not one of its own, and the timeouts are a timer that
-        cancels it (a task and an ``asyncio.wait`` per stream were a good part of its
-        cost). Which timeout, and when, as :meth:`_exchange` decides."""
+        interrupts it (:class:`.Interruptible`; a task and an ``asyncio.wait`` per stream
+        were a good part of its cost). Which timeout, and when, as :meth:`_exchange`
+        decides."""
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        flag: str | None = None  # the timeout that cancelled the task
         timer: asyncio.TimerHandle | None = None
-
-        def check() -> None:
-            nonlocal flag, timer
-            now = loop.time()
-            if deadline is not None and not ex.responded and now >= deadline:
-                flag = "UT"
-            elif idle is not None and now - ex.last >= idle:
-                flag = "SI"
-            else:
-                timer = loop.call_at(due(), check)
-                return
-            timer = None
-            task.cancel()
 
         def due() -> float:
             waits = [] if idle is None else [ex.last + idle]
@@ -1023,17 +1008,24 @@ class _H2Proxy:
                 waits.append(deadline)
             return min(waits)
 
-        if idle is not None or deadline is not None:
-            timer = loop.call_at(due(), check)
+        def check() -> None:
+            nonlocal timer
+            now = loop.time()
+            timer = None
+            if deadline is not None and not ex.responded and now >= deadline:
+                wait.fire("UT")
+            elif idle is not None and now - ex.last >= idle:
+                wait.fire("SI")
+            else:  # a frame moved meanwhile: the stream's idle clock starts again
+                timer = loop.call_at(due(), check)
+
         try:
-            await self._response(ds, us, ex)
-        except asyncio.CancelledError:
-            if flag is None:
-                raise
-            # Ours: anyone else's cancellation still stands.
-            if sys.version_info >= (3, 11) and task.uncancel() > 0:
-                raise
-            await self._timed_out(ds, us, ex, flag)
+            with Interruptible() as wait:
+                if idle is not None or deadline is not None:
+                    timer = loop.call_at(due(), check)
+                await self._response(ds, us, ex)
+        except Interrupted as why:
+            await self._timed_out(ds, us, ex, why.reason)
         except _Upstream as broke:
             await self._upstream_broke(ds, ex, broke)
         finally:
