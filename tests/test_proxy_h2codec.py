@@ -29,7 +29,7 @@ from hyperframe.frame import Frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW, _connection
+from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW, _h2_connection
 from meshstats.proxy.h2codec import Connection
 
 _EXAMPLES = int(os.environ.get("MESHSTATS_H2CODEC_EXAMPLES", "300"))
@@ -45,7 +45,7 @@ Subject = Any  # h2's H2Connection or the codec's Connection: the same API
 
 def _pair(client: bool) -> tuple[Subject, Subject]:
     """h2 as the relay configured it, and the codec, each started as H2Conn starts one."""
-    pair: tuple[Subject, Subject] = (_connection(client), Connection(client=client))
+    pair: tuple[Subject, Subject] = (_h2_connection(client), Connection(client=client))
     for conn in pair:
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)
