@@ -204,8 +204,10 @@ class _Duo:
 
 # -- scripts: a real h2 peer and the pair under test, turn by turn ------------------------------
 
-_NAMES = st.sampled_from([b"x-a", b"x-b", b"cookie", b"authorization", b"content-type", b"te"])
-_VALUES = st.sampled_from([b"1", b"v", b"a" * 40, b"trailers", b"application/grpc", b""])
+_NAMES = st.sampled_from(
+    [b"x-a", b"x-b", b"cookie", b"authorization", b"content-type", b"te", b"content-length"]
+)
+_VALUES = st.sampled_from([b"1", b"v", b"a" * 40, b"trailers", b"application/grpc", b"", b"100"])
 _FIELDS = st.lists(st.tuples(_NAMES, _VALUES), max_size=4)
 _SIZES = st.sampled_from([0, 1, 5, 100, 4096, 16_384, 16_385, 40_000, 70_000])
 
@@ -533,3 +535,38 @@ def test_a_bad_preface_is_refused_without_goaway(client: bool) -> None:
     duo = _Duo(client)
     duo.receive(b"GET / HTTP/1.1\r\n\r\n", [])
     duo.check_output()
+
+
+@pytest.mark.parametrize("client", [False, True])
+def test_one_stream_past_the_limit_is_refused_alike(client: bool) -> None:
+    """A peer opening more streams than our SETTINGS_MAX_CONCURRENT_STREAMS (100)."""
+    duo = _Duo(client)
+    peer = _peer(not client)
+    peer.receive_data(duo.opening)
+    duo.receive(peer.data_to_send(), [])
+    encoder = hpack.Encoder()
+    first = 2 if client else 1  # the peer's own stream ids: a request or a push, alike
+    frames = [
+        _frame(0x1, 0x4, stream_id, encoder.encode(_request([])))
+        for stream_id in range(first, first + 2 * 101, 2)
+    ]
+    duo.receive(b"".join(frames), [9 * 50])
+    duo.check_output()
+    assert duo.dead
+
+
+@pytest.mark.parametrize("client", [False, True])
+def test_data_past_the_window_and_a_shrunk_window_alike(client: bool) -> None:
+    """DATA beyond the stream window, after SETTINGS_INITIAL_WINDOW_SIZE moved it: both
+    refuse it the same way; and a window change reaches an open stream alike."""
+    duo = _Duo(client)
+    preface = b"" if client else _PREFACE
+    opening = _frame(0x4, 0, 0, (0x4).to_bytes(2, "big") + (1000).to_bytes(4, "big"))
+    stream_id = 2 if client else 1
+    request = _frame(0x1, 0x4, stream_id, _BLOCK)
+    data = _frame(0x0, 0, stream_id, b"x" * 16_000) * 5
+    duo.receive(preface + opening + request, [])
+    duo.check_output()
+    duo.receive(data, [100, 20_000])
+    duo.check_output()
+    assert duo.dead
