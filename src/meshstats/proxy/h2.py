@@ -1,7 +1,7 @@
 """HTTP/2 through two sidecars: streams, flow control, gRPC.
 
 Each connection's state machine is :mod:`.h2codec`, which behaves as the ``h2`` library's
-``H2Connection`` (its events and exceptions are h2's) at a third of its cost; h2 itself
+``H2Connection`` (its events and exceptions are h2's) at under half its cost; h2 itself
 is kept only as the reference the codec is tested against (:func:`_h2_connection`).
 
 Which codec a connection speaks is decided as Envoy's ``codec_type: AUTO`` decides it: the
@@ -336,7 +336,7 @@ def _quiet_hpack() -> None:
 
 def _connection(client: bool) -> h2codec.Connection:
     """The state machine of one connection, client or server side: :mod:`.h2codec`,
-    which behaves as :func:`_h2_connection` does at a third of its cost."""
+    which behaves as :func:`_h2_connection` does at under half its cost."""
     _quiet_hpack()
     return h2codec.Connection(client=client)
 

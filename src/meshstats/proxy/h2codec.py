@@ -29,7 +29,12 @@ Settings are the relay's (:func:`.h2._connection`): at most 100 concurrent inbou
 streams, header lists up to 64 KiB, push refused. Received header blocks are checked by
 :func:`.h2_rules.checked` (h2's inbound rules, in one pass); what is sent is not checked
 again (it was checked as it arrived on the other connection) and is HPACK-encoded without
-Huffman coding, which costs less CPU than it saves bytes on a sidecar's links.
+Huffman coding: cheaper in CPU, and the few bytes it adds are a header block's, once per
+stream, on links that are local or between nodes.
+
+One difference, on the sending side: an empty header block (trailers without fields, as a
+peer may send them) goes out as a HEADERS frame with an empty fragment, where h2 fails
+with an ``IndexError`` after changing the stream's state.
 """
 
 from __future__ import annotations
