@@ -1,4 +1,8 @@
-"""HTTP/2 through two sidecars, with the ``h2`` library: streams, flow control, gRPC.
+"""HTTP/2 through two sidecars: streams, flow control, gRPC.
+
+Each connection's state machine is :mod:`.h2codec`, which behaves as the ``h2`` library's
+``H2Connection`` (its events and exceptions are h2's) at under half its cost; h2 itself
+is kept only as the reference the codec is tested against (:func:`_h2_connection`).
 
 Which codec a connection speaks is decided as Envoy's ``codec_type: AUTO`` decides it: the
 protocol TLS negotiated (ALPN ``h2`` or ``http/1.1``) when there is one, else the first
@@ -68,7 +72,7 @@ import hyperframe.frame  # h2's own dependency: its frames
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
-from . import h2_hpack, h2_rules
+from . import h2_hpack, h2_rules, h2codec
 from .http import (
     LOCAL_REPLY_BODIES,
     MX_HEADER,
@@ -259,7 +263,8 @@ _KINDS: dict[type[h2.events.Event], int] = {
 
 
 class _CheckedConnection(h2.connection.H2Connection):
-    """h2's connection with its inbound header checks done by :func:`.h2_rules.checked`,
+    """(The reference for :mod:`.h2codec`, see :func:`_h2_connection`.) h2's connection
+    with its inbound header checks done by :func:`.h2_rules.checked`,
     in one pass instead of h2's chain of generators, at the same point: inside
     :meth:`receive_data`, as the HEADERS frame is processed, so a refused block is the
     same connection error (GOAWAY with PROTOCOL_ERROR, nothing after it processed).
@@ -306,8 +311,16 @@ def _quiet_hpack() -> None:
     hpack.hpack.log = _HPACK_LOG if enabled else _SILENT  # type: ignore[assignment]
 
 
-def _connection(client: bool) -> h2.connection.H2Connection:
-    """The h2 state machine of one connection, client or server side."""
+def _connection(client: bool) -> h2codec.Connection:
+    """The state machine of one connection, client or server side: :mod:`.h2codec`,
+    which behaves as :func:`_h2_connection` does at under half its cost."""
+    _quiet_hpack()
+    return h2codec.Connection(client=client)
+
+
+def _h2_connection(client: bool) -> h2.connection.H2Connection:
+    """The ``h2`` library's state machine as the relay used it before :mod:`.h2codec`:
+    kept as the reference ``tests/test_proxy_h2codec.py`` holds the codec to."""
     _quiet_hpack()
     config = h2.config.H2Configuration(
         client_side=client,
@@ -401,7 +414,7 @@ class H2Stream:
 
 
 _TO_STREAM, _NEW_STREAM, _WINDOW, _SETTINGS, _GOAWAY = range(5)
-#: What the read loop does with each event h2 hands it (others: nothing).
+#: What the read loop does with each event the codec hands it (others: nothing).
 _ROUTES: dict[type[h2.events.Event], int] = {
     h2.events.ResponseReceived: _TO_STREAM,
     h2.events.InformationalResponseReceived: _TO_STREAM,
@@ -419,7 +432,7 @@ _ROUTES: dict[type[h2.events.Event], int] = {
 class H2Conn:
     """An HTTP/2 connection, either role, over asyncio streams.
 
-    A read loop feeds the ``h2`` state machine and hands each stream its events
+    A read loop feeds the state machine (:mod:`.h2codec`) and hands each stream its events
     (:meth:`H2Stream.next`); a server's new streams come from :meth:`accept`. Sending
     respects the peer's windows (:meth:`send_data` waits for WINDOW_UPDATE); what is
     received is acknowledged only when the caller says it was consumed (:meth:`ack`).
@@ -468,13 +481,13 @@ class H2Conn:
     # -- output --------------------------------------------------------------------------------
 
     def _write(self) -> None:
-        """Write what h2 has queued, now."""
+        """Write what the codec has queued, now."""
         data = self.h2.data_to_send()
         if data and not self.closed:
             write(self.writer, data)
 
     def _write_soon(self) -> None:
-        """Write what h2 has queued once the loop has run the callbacks ready now: the
+        """Write what the codec has queued once the loop has run the callbacks ready now: the
         frames of every stream that moved in this pass go out in one TLS record and one
         send (a write per frame was several per stream, each through TLS)."""
         if not self._flush_due and not self.closed:
@@ -496,7 +509,7 @@ class H2Conn:
             raise StreamGone from None
 
     def flush_soon(self) -> None:
-        """Write what h2 has queued (window updates), without waiting."""
+        """Write what the codec has queued (window updates), without waiting."""
         self._write_soon()
 
     # -- input ---------------------------------------------------------------------------------
