@@ -929,6 +929,19 @@ class Connection:
         event.headers = headers
         return events
 
+    def _live(
+        self, stream_id: int, frame: str, gone: type[h2.exceptions.NoSuchStreamError]
+    ) -> _Stream | None:
+        """The stream a WINDOW_UPDATE or RST_STREAM names; None when there is nothing to do
+        (forgotten with ``gone`` raised, or closed); a connection error for an idle one."""
+        try:
+            stream = self._stream(stream_id)
+        except gone:
+            return None
+        if stream.state == _IDLE:
+            raise stream.invalid(frame)
+        return None if stream.state == _CLOSED else stream
+
     def _on_window_update(self, stream_id: int, increment: int) -> list[h2.events.Event]:
         self._move(_RECV_WINDOW_UPDATE)
         if not stream_id:
@@ -937,13 +950,8 @@ class Connection:
                 raise h2.exceptions.FlowControlError("Window increment past 2^31-1")
             self.outbound_flow_control_window = window
             return [h2.events.WindowUpdated(stream_id=0, delta=increment)]
-        try:
-            stream = self._stream(stream_id)
-        except h2.exceptions.StreamClosedError:
-            return []
-        if stream.state == _IDLE:
-            raise stream.invalid("RECV_WINDOW_UPDATE")
-        if stream.state == _CLOSED:
+        stream = self._live(stream_id, "RECV_WINDOW_UPDATE", h2.exceptions.StreamClosedError)
+        if stream is None:
             return []
         window = stream.send_window + increment
         if window > _LARGEST_WINDOW:  # a stream error: that stream is reset
@@ -1000,13 +1008,8 @@ class Connection:
 
     def _on_rst_stream(self, stream_id: int, code: int) -> list[h2.events.Event]:
         self._move(_RECV_RST_STREAM)
-        try:
-            stream = self._stream(stream_id)
-        except h2.exceptions.NoSuchStreamError:
-            return []
-        if stream.state == _IDLE:
-            raise stream.invalid("RECV_RST_STREAM")
-        if stream.state == _CLOSED:
+        stream = self._live(stream_id, "RECV_RST_STREAM", h2.exceptions.NoSuchStreamError)
+        if stream is None:
             return []
         stream.close(_BY_RECV_RST)
         return [h2.events.StreamReset(stream_id=stream_id, error_code=_error_code(code))]
