@@ -658,20 +658,26 @@ class Connection:
         return data[seen:]
 
     def _receive_frames(self, events: list[h2.events.Event]) -> None:
+        # Frames are read at an offset and the buffer cut once: cutting it per frame moved
+        # the rest of a read's bytes again for every small frame in it.
         buffer = self._input
-        while len(buffer) >= 9:
-            length = buffer[0] << 16 | buffer[1] << 8 | buffer[2]
-            kind, flags = buffer[3], buffer[4]
-            stream_id = int.from_bytes(buffer[5:9], "big") & 0x7FFF_FFFF
-            if (stream_id == 0 and kind in _NEEDS_STREAM) or (stream_id and kind in _NO_STREAM):
-                raise _ProtocolError("Received frame with invalid header")
-            if len(buffer) < 9 + length:
-                return  # an oversized frame is refused once it is all here, as by h2
-            if length > _MAX_INBOUND_FRAME:
-                raise h2.exceptions.FrameTooLargeError(f"Received overlong frame: {length}")
-            body = bytes(buffer[9 : 9 + length])
-            del buffer[: 9 + length]
-            self._receive_frame(kind, flags, stream_id, body, events)
+        at, size = 0, len(buffer)
+        try:
+            while size - at >= 9:
+                length = buffer[at] << 16 | buffer[at + 1] << 8 | buffer[at + 2]
+                kind, flags = buffer[at + 3], buffer[at + 4]
+                stream_id = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFF_FFFF
+                if (stream_id == 0 and kind in _NEEDS_STREAM) or (stream_id and kind in _NO_STREAM):
+                    raise _ProtocolError("Received frame with invalid header")
+                if size - at < 9 + length:
+                    return  # an oversized frame is refused once it is all here, as by h2
+                if length > _MAX_INBOUND_FRAME:
+                    raise h2.exceptions.FrameTooLargeError(f"Received overlong frame: {length}")
+                body = bytes(buffer[at + 9 : at + 9 + length])
+                at += 9 + length
+                self._receive_frame(kind, flags, stream_id, body, events)
+        finally:
+            del buffer[:at]
 
     def _receive_frame(
         self, kind: int, flags: int, stream_id: int, body: bytes, events: list[h2.events.Event]
