@@ -137,7 +137,12 @@ class H2Load(asyncio.Protocol):
     time: each response that ends opens the next request's stream, in the same write."""
 
     def __init__(self, authority: bytes) -> None:
-        self.conn = h2.connection.H2Connection(_config(client=True))
+        import os
+        if os.environ.get("FASTLOAD"):
+            from meshstats.proxy import h2codec
+            self.conn = h2codec.Connection(client=True)
+        else:
+            self.conn = h2.connection.H2Connection(_config(client=True))
         self.transport: asyncio.Transport | None = None
         self.authority = authority
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -158,9 +163,10 @@ class H2Load(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         # No server push: the client reads only the responses it asked for.
-        self.conn.local_settings = h2.settings.Settings(
-            client=True, initial_values={h2.settings.SettingCodes.ENABLE_PUSH: 0}
-        )
+        if not hasattr(self.conn, "_local"):
+            self.conn.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.ENABLE_PUSH: 0}
+            )
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
 
