@@ -14,6 +14,8 @@ each step waits for the frames it needs (``eventually`` polls with a generous de
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -154,6 +156,44 @@ def test_many_streams_one_connection_headers_exchanged_and_stripped(
                 destination_service=SERVICE_HOST,
                 destination_service_name="reviews",
             )
+
+    run(main())
+
+
+def test_relayed_streams_leave_no_reference_cycles(certs: Certs, backend: Backend) -> None:
+    """A stream's objects go as it ends (reference counting), not at the cycle collector's
+    next pass: a cycle per stream (a timer closure that held itself, and with it the
+    stream's exchange) made the collector a fifth of a sidecar's CPU under HTTP/2 load.
+    GETs (relayed in one task, with its timeouts) and POSTs (a task each way)."""
+    post: Headers = [(b"content-type", b"application/octet-stream")]
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+
+            async def streams(n: int) -> None:
+                ids = [await client.start("/status/200") for _ in range(n)]
+                ids += [
+                    await client.start("/echo", method="POST", body=b"x" * 100, headers=post)
+                    for _ in range(n)
+                ]
+                assert [(await client.finish(i)).status for i in ids] == [200] * (2 * n)
+
+            await streams(3)  # connections, pools and caches: made once, kept
+            gc.collect()
+            gc.disable()
+            try:
+                await streams(20)
+                gc.set_debug(gc.DEBUG_SAVEALL)
+                found = gc.collect()
+                kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            await client.close()
+            # 40 streams through two sidecars: a cycle per stream would be hundreds.
+            assert found < 40, kinds.most_common(12)
 
     run(main())
 
