@@ -1,12 +1,22 @@
 """The HTTP/2 ends of ``bench_proxy.py --h2``: an h2c app (prior knowledge) and a load
-client that keeps N streams in flight on one connection, both on the ``h2`` state machine
-directly (none of the sidecar's relay code), as ``asyncio.Protocol``s.
+client that keeps N streams in flight on one connection, as ``asyncio.Protocol``s. The app
+runs on the ``h2`` state machine directly (none of the sidecar's code), so every relayed
+stream is read and answered by an independent HTTP/2 implementation.
 
 Protocols rather than streams, and one write per batch of events, because both run in the
 measured processes: the app beside the sidecars (its cost is subtracted with its own
 ``direct`` figure, as the HTTP/1.1 app's is), the client in the load process, which must
-not be what limits the throughput. Header validation is off on both for the same reason:
-the sidecars between them validate what crosses them.
+not be what limits the throughput. Header validation is off on the app for the same
+reason: the sidecars validate what crosses them.
+
+The load client runs by default on the relay's own codec (``meshstats.proxy.h2codec``,
+held to h2 by ``tests/test_proxy_h2codec.py``), as the HTTP/1.1 load client is the demo's
+``HttpClient``. On one connection the client is a stage in series with the sidecars, not
+beside them as 16 HTTP/1.1 connections are: a batch of responses arrives together, and
+the sidecars wait while the client reads it and opens the next streams. On h2 that took
+~115 µs a stream and left the pair process 15 % idle (December 2026: pair 85 % busy, load
+client 17 %; on the codec 90–92 % and 9–11 %). ``client="h2"`` keeps h2's client for that
+comparison (``bench_proxy.py --h2-client h2``).
 
 The app answers every request as the HTTP/1.1 bench app (``HttpApp``) does: 200, JSON
 ``{"service": ..., "path": ...}``, ``content-type`` and ``content-length``; so both
@@ -25,6 +35,8 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+
+from meshstats.proxy import h2codec
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -136,13 +148,18 @@ class H2Load(asyncio.Protocol):
     """One h2c connection (prior knowledge) that sends GETs, ``streams`` in flight at a
     time: each response that ends opens the next request's stream, in the same write."""
 
-    def __init__(self, authority: bytes) -> None:
-        import os
-        if os.environ.get("FASTLOAD"):
-            from meshstats.proxy import h2codec
-            self.conn = h2codec.Connection(client=True)
-        else:
+    def __init__(self, authority: bytes, client: str = "relay") -> None:
+        self.conn: h2.connection.H2Connection | h2codec.Connection
+        if client == "relay":
+            self.conn = h2codec.Connection(client=True)  # a client that takes no push
+        elif client == "h2":
             self.conn = h2.connection.H2Connection(_config(client=True))
+            # No server push: the client reads only the responses it asked for.
+            self.conn.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.ENABLE_PUSH: 0}
+            )
+        else:
+            raise ValueError(f"client {client!r}: 'relay' or 'h2'")
         self.transport: asyncio.Transport | None = None
         self.authority = authority
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -153,20 +170,16 @@ class H2Load(asyncio.Protocol):
         self.answered = 0
 
     @classmethod
-    async def connect(cls, port: int, authority: str) -> H2Load:
+    async def connect(cls, port: int, authority: str, client: str = "relay") -> H2Load:
+        """``client``: the HTTP/2 implementation, ``"relay"`` or ``"h2"`` (see the module)."""
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_connection(
-            lambda: cls(authority.encode()), "127.0.0.1", port
+            lambda: cls(authority.encode(), client), "127.0.0.1", port
         )
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        # No server push: the client reads only the responses it asked for.
-        if not hasattr(self.conn, "_local"):
-            self.conn.local_settings = h2.settings.Settings(
-                client=True, initial_values={h2.settings.SettingCodes.ENABLE_PUSH: 0}
-            )
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
 

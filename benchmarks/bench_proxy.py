@@ -263,9 +263,12 @@ def _env(src: str | None = None) -> dict[str, str]:
     }
 
 
-def start_pair(*options: str, loop: str | None = None, src: str | None = None) -> Pair:
+def start_pair(
+    *options: str, loop: str | None = None, src: str | None = None, h2_client: str = "relay"
+) -> Pair:
     """``loop``: the event loop of the app and sidecars (``MESHSTATS_EVENT_LOOP``; by default
-    the standard one); ``src``: see :func:`_env`."""
+    the standard one); ``src``: see :func:`_env`; ``h2_client``: the HTTP/2 load client's
+    implementation (``_h2_peers.H2Load``)."""
     env = _env(src) if loop is None else {**_env(src), "MESHSTATS_EVENT_LOOP": loop}
     process = subprocess.Popen(
         [sys.executable, str(HERE / "_proxy_pair.py"), *options],
@@ -285,7 +288,7 @@ def start_pair(*options: str, loop: str | None = None, src: str | None = None) -
         pair.send(mode, CONNECTIONS)  # open every connection, resolve peers: warm
     for mode in H2_MODES if "h2" in pair.ports else ():
         pair.h2[mode] = pair.loop.run_until_complete(
-            H2Load.connect(pair.ports[mode], "reviews:9080")
+            H2Load.connect(pair.ports[mode], "reviews:9080", h2_client)
         )
         pair.send_h2(mode, CONNECTIONS, CONNECTIONS)  # the same warm-up
     return pair
@@ -627,7 +630,12 @@ def loops_main(args: argparse.Namespace, loops: list[str], before: str | None = 
         print(f"  {name} / {base}, per sidecar (on), same round: {_spread(ratio, '.2f')}")
 
 
-def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = None) -> None:
+def h2_main(
+    args: argparse.Namespace,
+    streams: list[int],
+    before: str | None = None,
+    loops: list[str] | None = None,
+) -> None:
     """HTTP/2 on one connection against HTTP/1.1 on ``args.connections`` (issue 14.5), in
     one pair process, every case in every round, each round starting with another case.
 
@@ -641,18 +649,34 @@ def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = N
 
     With ``before`` (another checkout's ``src/``), a second pair process runs that code and
     its HTTP/2 cases join the rounds (``... @before``), for a change's effect in one run.
+    With ``loops`` (``--loops asyncio,uvloop``), a pair process per event loop, each with
+    all the cases (``... @uvloop``); ``@before`` runs on the first. ``--h2-client`` picks
+    the load client's HTTP/2 implementation (``_h2_peers``).
     """
-    pairs = {"": start_pair("--h2")}
+    client = args.h2_client
+    on_loop: dict[str, str | None] = (
+        {"": None} if not loops else {f"@{name}": name for name in loops}
+    )
+    pairs = {at: start_pair("--h2", loop=name, h2_client=client) for at, name in on_loop.items()}
+    for at, name in on_loop.items():
+        if name is not None and pairs[at].loop_kind() != name:
+            raise AssertionError(f"asked for {name}, the pair runs {pairs[at].loop_kind()}")
+    first = next(iter(pairs))
     if before is not None:
-        pairs["@before"] = start_pair("--h2", src=before)
+        on_loop["@before"] = on_loop[first]
+        pairs["@before"] = start_pair("--h2", loop=on_loop[first], src=before, h2_client=client)
     me = os.getpid()
-    h1 = f"h1 {args.connections} conns"
+
+    def h1_of(at: str) -> str:
+        """The HTTP/1.1 case an HTTP/2 case of pair ``at`` is held against."""
+        return f"h1 {args.connections} conns{first if at == '@before' else at}"
+
     # label -> (pair, protocol, mode, connections or streams); "direct": the app alone.
-    cases: dict[str, tuple[str, str, str, int]] = {
-        "h1 app": ("", "h1", "direct", args.connections),
-        h1: ("", "h1", "on", args.connections),
-    }
+    cases: dict[str, tuple[str, str, str, int]] = {}
     for at in pairs:
+        if at != "@before":
+            cases[f"h1 app{at}"] = (at, "h1", "direct", args.connections)
+            cases[h1_of(at)] = (at, "h1", "on", args.connections)
         for n in streams:
             cases[f"h2 app x{n}{at}"] = (at, "h2", "direct_h2", n)
             cases[f"h2 1 conn x{n}{at}"] = (at, "h2", "h2", n)
@@ -668,7 +692,7 @@ def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = N
             f"round through a client and a server sidecar (mTLS, telemetry on): HTTP/1.1 over "
             f"{args.connections} keep-alive connections, HTTP/2 over one connection with "
             f"{', '.join(map(str, streams))} streams in flight (h2c to the client sidecar, "
-            f"h2 over mTLS, h2c to the app); cases interleaved"
+            f"h2 over mTLS, h2c to the app); load client on {client}; cases interleaved"
             + (f"; @before: {before}" if before else "")
         )
         for i in range(args.rounds):
@@ -688,10 +712,13 @@ def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = N
                 pair_cpu[label].append(spent / args.requests * 1e6)
                 pair_busy[label].append(spent / wall)
                 load_busy[label].append(spent_here / wall)
-            line = [f"{h1} {rate[h1][-1]:.0f}/s ({pair_cpu[h1][-1]:.0f} µs)"] + [
+            line = [
+                f"{h1} {rate[h1][-1]:.0f}/s ({pair_cpu[h1][-1]:.0f} µs)"
+                for h1 in dict.fromkeys(map(h1_of, pairs))
+            ] + [
                 f"h2 x{n}{at} {rate[f'h2 1 conn x{n}{at}'][-1]:.0f}/s "
                 f"({pair_cpu[f'h2 1 conn x{n}{at}'][-1]:.0f} µs, "
-                f"{rate[f'h2 1 conn x{n}{at}'][-1] / rate[h1][-1]:.2f}x)"
+                f"{rate[f'h2 1 conn x{n}{at}'][-1] / rate[h1_of(at)][-1]:.2f}x)"
                 for at in pairs
                 for n in streams
             ]
@@ -714,7 +741,7 @@ def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = N
 
     def app_of(label: str) -> str:
         at, protocol, _, n = cases[label]
-        return "h1 app" if protocol == "h1" else f"h2 app x{n}{at}"
+        return f"h1 app{at}" if protocol == "h1" else f"h2 app x{n}{at}"
 
     def per_sidecar(label: str) -> list[float]:
         return [(p - a) / 2 for p, a in zip(pair_cpu[label], pair_cpu[app_of(label)], strict=True)]
@@ -733,6 +760,7 @@ def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = N
             text += f"; per sidecar {_spread(per_sidecar(label))} µs"
         print(text)
     for at in pairs:
+        h1 = h1_of(at)
         for n in streams:
             h2 = f"h2 1 conn x{n}{at}"
             ratios = [b / a for a, b in zip(rate[h1], rate[h2], strict=True)]
@@ -745,7 +773,7 @@ def h2_main(args: argparse.Namespace, streams: list[int], before: str | None = N
             )
     if before is not None:
         for n in streams:
-            now, then = f"h2 1 conn x{n}", f"h2 1 conn x{n}@before"
+            now, then = f"h2 1 conn x{n}{first}", f"h2 1 conn x{n}@before"
             print(
                 f"HTTP/2 x{n}, this checkout / @before, same round: req/s "
                 f"{ratio(rate[then], rate[now])}, CPU per request per sidecar "
@@ -821,9 +849,17 @@ def main() -> None:
         metavar="N,N",
         help="with --h2: streams in flight on the HTTP/2 connection, one case each",
     )
+    parser.add_argument(
+        "--h2-client",
+        choices=("relay", "h2"),
+        default="relay",
+        help="with --h2: the load client's HTTP/2, the relay's codec (default) or the h2 "
+        "library (see _h2_peers.py)",
+    )
     args = parser.parse_args()
     if args.h2:
-        h2_main(args, [int(n) for n in args.streams.split(",") if n.strip()], args.before)
+        loops = [name.strip() for name in (args.loops or "").split(",") if name.strip()]
+        h2_main(args, [int(n) for n in args.streams.split(",") if n.strip()], args.before, loops)
         return
     if args.loops:
         loops = [name.strip() for name in args.loops.split(",") if name.strip()]
