@@ -315,6 +315,16 @@ async def start_pair(
     return [client, server]
 
 
+def _tune_gc() -> None:
+    """The collector's settings ``meshstats sidecar`` makes once its sidecar is up; a
+    ``--before`` checkout that predates them runs with Python's own, as its CLI did."""
+    try:
+        from meshstats._gc import tune_for_serving
+    except ImportError:
+        return
+    tune_for_serving()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--admin-series", type=int, default=0)
@@ -357,6 +367,7 @@ async def main() -> None:
             for i, kwargs in enumerate(args.admin_variant):
                 extra.append(MetricsServer(store, **kwargs).start())
                 ports[f"admin_variant_{i}"] = extra[-1].port
+        _tune_gc()
         print(json.dumps(ports), flush=True)
         monitor = asyncio.create_task(LAG.run())
         try:

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .. import _loop
+    from .. import _gc, _loop
     from ..errors import MeshstatsError
     from ..proxy import Sidecar, SidecarConfig
 
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"meshstats sidecar: {_listen_error(config, exc)}", file=sys.stderr)
             return 1
+        _gc.tune_for_serving()  # this process is ours: set up, it only serves from now on
         if worker:
             print("ready", flush=True)
             await stop.wait()
