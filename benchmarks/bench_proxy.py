@@ -107,7 +107,7 @@ from meshstats.certs import LocalCA
 from meshstats.cli.demo_apps import HttpApp, HttpClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _h2_peers import H2Load  # noqa: E402 - a sibling, not a package
+from _h2_peers import CLIENTS, H2Load  # noqa: E402 - a sibling, not a package
 
 REQUESTS = 2000
 SMOKE_REQUESTS = 64
@@ -264,7 +264,7 @@ def _env(src: str | None = None) -> dict[str, str]:
 
 
 def start_pair(
-    *options: str, loop: str | None = None, src: str | None = None, h2_client: str = "relay"
+    *options: str, loop: str | None = None, src: str | None = None, h2_client: str = "lean"
 ) -> Pair:
     """``loop``: the event loop of the app and sidecars (``MESHSTATS_EVENT_LOOP``; by default
     the standard one); ``src``: see :func:`_env`; ``h2_client``: the HTTP/2 load client's
@@ -288,7 +288,7 @@ def start_pair(
         pair.send(mode, CONNECTIONS)  # open every connection, resolve peers: warm
     for mode in H2_MODES if "h2" in pair.ports else ():
         pair.h2[mode] = pair.loop.run_until_complete(
-            H2Load.connect(pair.ports[mode], "reviews:9080", h2_client)
+            CLIENTS[h2_client].connect(pair.ports[mode], "reviews:9080")
         )
         pair.send_h2(mode, CONNECTIONS, CONNECTIONS)  # the same warm-up
     return pair
@@ -851,10 +851,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--h2-client",
-        choices=("relay", "h2"),
-        default="relay",
-        help="with --h2: the load client's HTTP/2, the relay's codec (default) or the h2 "
-        "library (see _h2_peers.py)",
+        choices=tuple(CLIENTS),
+        default="lean",
+        help="with --h2: the load client, a lean one written for the bench (default) or the "
+        "h2 library's (see _h2_peers.py)",
     )
     args = parser.parse_args()
     if args.h2:
