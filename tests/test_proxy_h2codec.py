@@ -7,7 +7,8 @@ code, and answer with the same frames (compared after decoding: HPACK bytes diff
 h2 Huffman-codes and the codec does not). Input comes from a real h2 peer running
 generated scripts (requests or responses, bodies split across frames, trailers, resets,
 window updates, settings changes, pings, GOAWAY), cut anywhere, and then the same bytes
-mutated and spliced with hostile frames.
+mutated and spliced with hostile frames. One deliberate difference: an oversized frame is
+refused on its header, not once h2 would have buffered all of it (see ``_Duo.oversized``).
 
 ``MESHSTATS_H2CODEC_EXAMPLES`` raises the example counts for a long run.
 """
@@ -41,6 +42,8 @@ _SETTINGS = settings(
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 Subject = Any  # h2's H2Connection or the codec's Connection: the same API
+_FRAME_SIZE_ERROR = 6
+_OVERSIZED = ("raised", ("FrameTooLargeError", _FRAME_SIZE_ERROR))
 
 
 def _pair(client: bool) -> tuple[Subject, Subject]:
@@ -173,7 +176,12 @@ class _Duo:
             start = cut
             if not piece:
                 continue
-            outcome = self.both("receive_data", piece)
+            theirs = _outcome(lambda: self.ours_is_h2.receive_data(piece))  # noqa: B023
+            outcome = _outcome(lambda: self.ours.receive_data(piece))  # noqa: B023
+            if outcome == _OVERSIZED and theirs[0] == "returned":
+                self.oversized(data[cut:])
+                return
+            assert outcome == theirs, ("receive_data", piece)
             if outcome[0] == "raised":
                 self.dead = True
                 return
@@ -181,6 +189,24 @@ class _Duo:
             for event in events:
                 self.note(event)
             self.check_state()
+
+    def oversized(self, rest: bytes) -> None:
+        """The one deliberate difference: a frame that announces more than our
+        SETTINGS_MAX_FRAME_SIZE (16,384) is refused on its 9-byte header, where h2 buffers
+        it (up to 16 MiB) and refuses it once all of it has arrived. h2 must refuse it too
+        when the rest of the input completes it, with the same error and GOAWAY; when the
+        input ends first, h2 is still waiting and the codec has sent that GOAWAY."""
+        later = _outcome(lambda: self.ours_is_h2.receive_data(rest)) if rest else None
+        ours = self.frames[1].feed(self.ours.data_to_send())
+        theirs = self.frames[0].feed(self.ours_is_h2.data_to_send())
+        if later is not None and later[0] == "raised":
+            assert later == _OVERSIZED
+            assert ours == theirs
+        else:
+            goaway = ours[-1]
+            assert isinstance(goaway, tuple) and goaway[0] == 0x7  # GOAWAY
+            assert int.from_bytes(goaway[3][4:8], "big") == _FRAME_SIZE_ERROR
+        self.dead = True
 
     def note(self, event: tuple[str, list[tuple[str, object]]]) -> None:
         name, attrs = event
@@ -528,6 +554,21 @@ def test_hostile_frames_are_refused_alike(
     request = _frame(0x1, 0x4, 1, _BLOCK) if not client else b""
     duo.receive(preface + opening + request + b"".join(frames), cuts)
     duo.check_output()
+
+
+@pytest.mark.parametrize("client", [False, True])
+@pytest.mark.parametrize("arrived", [0, 100, 16_384, 16_385])
+def test_an_oversized_frame_is_refused_on_its_header(client: bool, arrived: int) -> None:
+    """A peer announcing a DATA frame over our SETTINGS_MAX_FRAME_SIZE gets GOAWAY
+    FRAME_SIZE_ERROR as soon as the frame's header is in: nothing of it is buffered (h2
+    waits for all of it first, and refuses it then: ``_Duo.oversized`` checks both)."""
+    duo = _Duo(client)
+    start = (b"" if client else _PREFACE) + _frame(0x4, 0, 0, b"")
+    start += b"" if client else _frame(0x1, 0x4, 1, _BLOCK)
+    header = (16_385).to_bytes(3, "big") + bytes((0x0, 0)) + (1).to_bytes(4, "big")
+    duo.receive(start + header + b"x" * arrived, [len(start) + len(header)])
+    assert duo.dead
+    assert len(duo.ours._input) <= len(header)  # what is buffered: the header at most
 
 
 @pytest.mark.parametrize("client", [False, True])

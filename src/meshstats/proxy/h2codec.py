@@ -32,9 +32,12 @@ again (it was checked as it arrived on the other connection) and is HPACK-encode
 Huffman coding: cheaper in CPU, and the few bytes it adds are a header block's, once per
 stream, on links that are local or between nodes.
 
-One difference, on the sending side: an empty header block (trailers without fields, as a
-peer may send them) goes out as a HEADERS frame with an empty fragment, where h2 fails
-with an ``IndexError`` after changing the stream's state.
+Two differences. On the sending side, an empty header block (trailers without fields, as
+a peer may send them) goes out as a HEADERS frame with an empty fragment, where h2 fails
+with an ``IndexError`` after changing the stream's state. On the receiving side, a frame
+that announces more than our SETTINGS_MAX_FRAME_SIZE is refused (GOAWAY FRAME_SIZE_ERROR)
+on its 9-byte header, where h2 buffers up to 16 MiB of it first and then refuses it: a
+peer could otherwise make every connection hold that much.
 """
 
 from __future__ import annotations
@@ -669,10 +672,13 @@ class Connection:
                 stream_id = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFF_FFFF
                 if (stream_id == 0 and kind in _NEEDS_STREAM) or (stream_id and kind in _NO_STREAM):
                     raise _ProtocolError("Received frame with invalid header")
-                if size - at < 9 + length:
-                    return  # an oversized frame is refused once it is all here, as by h2
                 if length > _MAX_INBOUND_FRAME:
+                    # Refused on its header, where h2 buffers the frame (up to 16 MiB) and
+                    # refuses it once it is all there: a peer could make every connection
+                    # hold that much. (The differential test knows this difference.)
                     raise h2.exceptions.FrameTooLargeError(f"Received overlong frame: {length}")
+                if size - at < 9 + length:
+                    return
                 body = bytes(buffer[at + 9 : at + 9 + length])
                 at += 9 + length
                 self._receive_frame(kind, flags, stream_id, body, events)
