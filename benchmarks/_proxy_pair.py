@@ -31,7 +31,7 @@ each ``--admin-variant '{"render_niceness": 0}'`` one more :class:`~meshstats.Me
 of that store with those arguments, as ``"admin_variant_<i>"``.
 
 ``--h2`` adds an h2c app (``_h2_peers.H2App``, the same answers as the HTTP/1.1 app) as
-``"direct_h2"``, and a third pair in front of it, identical to the "on" pair, as ``"h2"``:
+``"direct_h2"``, and a fourth pair in front of it, identical to the "plain" pair, as ``"h2"``:
 a client that speaks h2c to its outbound port is relayed over HTTP/2 all the way (the
 sidecars pick the codec by preface and ALPN, as Envoy's ``codec_type: AUTO``), and the app
 must then speak h2c, which the HTTP/1.1 app does not. ``counts`` then also gives what the
