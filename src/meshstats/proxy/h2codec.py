@@ -49,7 +49,6 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-import hpack
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from . import h2_hpack, h2_rules
@@ -360,7 +359,7 @@ class Connection:
         self._closed: dict[int, int] = {}  # stream id -> how it closed, once pruned
         self.highest_inbound_stream_id = 0
         self.highest_outbound_stream_id = 0
-        self._encoder = hpack.Encoder()
+        self._encoder = h2_hpack.Encoder()  # hpack's, a table hit in one step
         self._decoder = h2_hpack.Decoder()
         self._decoder.max_header_list_size = _MAX_HEADER_LIST
         self._decoder.max_allowed_table_size = 4096
