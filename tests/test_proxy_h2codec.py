@@ -26,11 +26,12 @@ import h2.exceptions
 import h2.settings
 import hpack
 import pytest
+from h2_reference import h2_connection
 from hyperframe.frame import Frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW, _h2_connection
+from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW
 from meshstats.proxy.h2codec import Connection
 
 _EXAMPLES = int(os.environ.get("MESHSTATS_H2CODEC_EXAMPLES", "300"))
@@ -48,7 +49,7 @@ _OVERSIZED = ("raised", ("FrameTooLargeError", _FRAME_SIZE_ERROR))
 
 def _pair(client: bool) -> tuple[Subject, Subject]:
     """h2 as the relay configured it, and the codec, each started as H2Conn starts one."""
-    pair: tuple[Subject, Subject] = (_h2_connection(client), Connection(client=client))
+    pair: tuple[Subject, Subject] = (h2_connection(client), Connection(client=client))
     for conn in pair:
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)

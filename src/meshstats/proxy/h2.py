@@ -2,7 +2,7 @@
 
 Each connection's state machine is :mod:`.h2codec`, which behaves as the ``h2`` library's
 ``H2Connection`` (its events and exceptions are h2's) at under half its cost; h2 itself
-is kept only as the reference the codec is tested against (:func:`_h2_connection`).
+is kept only as the reference the codec is tested against (``tests/h2_reference.py``).
 
 Which codec a connection speaks is decided as Envoy's ``codec_type: AUTO`` decides it: the
 protocol TLS negotiated (ALPN ``h2`` or ``http/1.1``) when there is one, else the first
@@ -68,11 +68,10 @@ import h2.exceptions
 import h2.settings
 import hpack
 import hpack.hpack
-import hyperframe.frame  # h2's own dependency: its frames
 
 from ..attributes import is_grpc_content_type
 from ..certs import peer_principal
-from . import h2_hpack, h2_rules, h2codec
+from . import h2codec
 from .http import (
     LOCAL_REPLY_BODIES,
     MX_HEADER,
@@ -254,44 +253,6 @@ def _grpc_status(headers: Headers) -> int | None:
 # -- one HTTP/2 connection -----------------------------------------------------------------------
 
 
-_KINDS: dict[type[h2.events.Event], int] = {
-    h2.events.RequestReceived: h2_rules.REQUEST,
-    h2.events.ResponseReceived: h2_rules.RESPONSE,
-    h2.events.InformationalResponseReceived: h2_rules.RESPONSE,
-    h2.events.TrailersReceived: h2_rules.TRAILERS,
-}
-
-
-class _CheckedConnection(h2.connection.H2Connection):
-    """(The reference for :mod:`.h2codec`, see :func:`_h2_connection`.) h2's connection
-    with its inbound header checks done by :func:`.h2_rules.checked`,
-    in one pass instead of h2's chain of generators, at the same point: inside
-    :meth:`receive_data`, as the HEADERS frame is processed, so a refused block is the
-    same connection error (GOAWAY with PROTOCOL_ERROR, nothing after it processed).
-    (PUSH_PROMISE, whose block h2 would check too, is refused before: a client sidecar
-    turns push off and a server never takes one.)"""
-
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        super().__init__(config)
-        # The same decoder, faster for indexed fields (see .h2_hpack), with h2's limits.
-        decoder = h2_hpack.Decoder()
-        decoder.max_header_list_size = self.decoder.max_header_list_size
-        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
-        self.decoder = decoder
-        self.encoder = h2_hpack.Encoder()  # h2 sets nothing on its own before SETTINGS
-
-    def _receive_headers_frame(
-        self, frame: hyperframe.frame.HeadersFrame
-    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
-        frames, events = super()._receive_headers_frame(frame)
-        for event in events:
-            kind = _KINDS.get(type(event))
-            if kind is not None:
-                event.headers = h2_rules.checked(event.headers, kind)  # type: ignore[attr-defined]
-                break  # one header block per frame; the rest are its END_STREAM, PRIORITY
-        return frames, events
-
-
 class _Silent:
     """Stands in for hpack's logger while that drops debug records: hpack logs each field
     it encodes or decodes at debug level, and a dropped record still cost two calls (~7%
@@ -313,39 +274,10 @@ def _quiet_hpack() -> None:
 
 def _connection(client: bool) -> h2codec.Connection:
     """The state machine of one connection, client or server side: :mod:`.h2codec`,
-    which behaves as :func:`_h2_connection` does at under half its cost."""
+    which behaves as h2 configured as the relay had it (``tests/h2_reference.py``) at
+    under half its cost."""
     _quiet_hpack()
     return h2codec.Connection(client=client)
-
-
-def _h2_connection(client: bool) -> h2.connection.H2Connection:
-    """The ``h2`` library's state machine as the relay used it before :mod:`.h2codec`:
-    kept as the reference ``tests/test_proxy_h2codec.py`` holds the codec to."""
-    _quiet_hpack()
-    config = h2.config.H2Configuration(
-        client_side=client,
-        header_encoding=None,
-        # What a sidecar sends is what was checked as it arrived on the other connection,
-        # or its own headers: checking it again on the way out cost each stream's headers
-        # four more passes for nothing.
-        validate_outbound_headers=False,
-        # The other connection's inbound checks already refused what h2's outbound
-        # normalisation would fix (upper case, surrounding whitespace, connection
-        # headers): only its never-indexed marking is left to do, in _secure().
-        normalize_outbound_headers=False,
-        # Done by _CheckedConnection, in one pass.
-        validate_inbound_headers=False,
-        normalize_inbound_headers=False,
-    )
-    conn = _CheckedConnection(config)
-    settings: dict[h2.settings.SettingCodes, int] = {
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 16,
-    }
-    if client:
-        settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
-    conn.local_settings = h2.settings.Settings(client=client, initial_values=settings)
-    return conn
 
 
 class H2Stream:
