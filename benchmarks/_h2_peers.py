@@ -28,7 +28,7 @@ import asyncio
 import json
 import struct
 from collections import Counter
-from typing import cast
+from typing import TypeVar, cast
 
 import h2.config
 import h2.connection
@@ -143,6 +143,9 @@ async def start_h2_app(name: str) -> tuple[asyncio.Server, int, Counter[int], li
     return server, int(server.sockets[0].getsockname()[1]), served, connections
 
 
+_Load = TypeVar("_Load", bound="H2Load")
+
+
 class H2Load(asyncio.Protocol):
     """One h2c connection (prior knowledge) that sends GETs, ``streams`` in flight at a
     time: each response that ends opens the next request's stream, in the same write.
@@ -160,7 +163,7 @@ class H2Load(asyncio.Protocol):
         self.answered = 0
 
     @classmethod
-    async def connect(cls, port: int, authority: str) -> H2Load:
+    async def connect(cls: type[_Load], port: int, authority: str) -> _Load:
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_connection(
             lambda: cls(authority.encode()), "127.0.0.1", port
@@ -180,16 +183,23 @@ class H2Load(asyncio.Protocol):
         """``requests`` GETs of ``path``, ``streams`` at a time; raises if one is not 200."""
         if self.transport is None or self._done is not None:
             raise ConnectionError("connection closed or busy")
-        self._path = path.encode()
+        self._prepare(path.encode())
         self._left = requests
         self._done = asyncio.get_running_loop().create_future()
         for _ in range(min(streams, requests)):
             self._start()
-        self.transport.write(self.conn.data_to_send())
+        self._flush()
         try:
             await self._done
         finally:
             self._done = None
+
+    def _prepare(self, path: bytes) -> None:
+        self._path = path
+
+    def _flush(self) -> None:
+        if self.transport is not None:
+            self.transport.write(self.conn.data_to_send())
 
     def _start(self) -> None:
         self._left -= 1
@@ -289,35 +299,16 @@ class LeanLoad(H2Load):
         self._received = 0  # flow-controlled bytes since the last WINDOW_UPDATE
         self._out: list[bytes] = []
 
-    @classmethod
-    async def connect(cls, port: int, authority: str) -> LeanLoad:
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(
-            lambda: cls(authority.encode()), "127.0.0.1", port
-        )
-        return protocol
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         settings = struct.pack(">HIHI", 0x2, 0, 0x4, _WINDOW)  # ENABLE_PUSH 0, window
         update = (_WINDOW - 65_535).to_bytes(4, "big")
         self.transport.write(_PREFACE + _frame(_SETTINGS, 0, 0, settings) + _frame(8, 0, 0, update))
 
-    async def run(self, path: str, requests: int, streams: int) -> None:
-        if self.transport is None or self._done is not None:
-            raise ConnectionError("connection closed or busy")
+    def _prepare(self, path: bytes) -> None:
         # :method GET and :scheme http from the static table, :path and :authority as
         # literals without indexing (RFC 7541 §6.2.2), so the block never changes.
-        self._block = b"\x82\x86" + _literal(4, path.encode()) + _literal(1, self.authority)
-        self._left = requests
-        self._done = asyncio.get_running_loop().create_future()
-        for _ in range(min(streams, requests)):
-            self._start()
-        self._flush()
-        try:
-            await self._done
-        finally:
-            self._done = None
+        self._block = b"\x82\x86" + _literal(4, path) + _literal(1, self.authority)
 
     def _start(self) -> None:
         self._left -= 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import gc
 import os
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -162,6 +164,23 @@ class Mesh:
 
     async def metrics(self) -> tuple[list[Sample], list[Sample]]:
         return await scrape(self.client.admin_url), await scrape(self.server.admin_url)
+
+
+async def left_to_the_collector(work: Callable[[], Awaitable[object]]) -> tuple[int, str]:
+    """How many objects ``work`` leaves in reference cycles (what only the cycle collector
+    would free), with the collector off meanwhile; and the commonest kinds among them."""
+    gc.collect()
+    gc.disable()
+    try:
+        await work()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        found = gc.collect()
+        kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    return found, str(kinds.most_common(12))
 
 
 def engine(config: SidecarConfig, backend: Backend) -> StatsEngine:
