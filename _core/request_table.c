@@ -223,12 +223,16 @@ static inline int entry_takes(uint8_t kind, double v) {
 }
 
 ms_status ms_record_block(ms_store *s, const ms_series_block *block, const double values[MS_N_VALUES]) {
-    /* Check first, so that a block is recorded whole or not at all. */
+    /* Check first, so that a block is recorded whole or not at all: an id unknown to this
+     * store or of another kind too (series only ever grow in number, and keep their kind). */
     for (uint32_t i = 0; i < block->n; i++) {
         const ms_block_entry *e = &block->e[i];
         int takes = entry_takes(e->kind, values[e->value]);
         if (takes < 0) return MS_ERR_INVALID_SAMPLE;
-        if (takes > 0 && e->series == MS_NO_SERIES) return MS_ERR_UNKNOWN_SERIES;
+        if (takes == 0) continue;
+        if (e->series == MS_NO_SERIES) return MS_ERR_UNKNOWN_SERIES;
+        ms_status st = MS_OK;
+        if (!ms_series_of_kind(s, e->series, (ms_kind)e->kind, &st)) return st;
     }
     for (uint32_t i = 0; i < block->n; i++) {
         const ms_block_entry *e = &block->e[i];

@@ -86,10 +86,10 @@ ms_status ms_rtable_put(ms_rtable *t, const ms_request_key *key, const ms_series
 
 /* Record one event into every series of the block: counters add values[e.value] (skipped
  * when 0), histograms observe it (skipped when NaN, which marks an absent duration).
- * MS_ERR_UNKNOWN_SERIES, before recording anything, when an entry that would record has no
- * series yet; MS_ERR_INVALID_SAMPLE, likewise, for a negative or non-integral counter
- * amount; otherwise what the store says (an id of another store: MS_ERR_UNKNOWN_SERIES or
- * MS_ERR_WRONG_KIND, checked per entry). */
+ * Whole or not at all: before recording anything, MS_ERR_UNKNOWN_SERIES when an entry that
+ * would record has no series yet or an id this store does not hold, MS_ERR_WRONG_KIND when
+ * its id is a series of another kind, MS_ERR_INVALID_SAMPLE for a negative or non-integral
+ * counter amount. */
 ms_status ms_record_block(ms_store *s, const ms_series_block *block, const double values[MS_N_VALUES]);
 
 /* ms_rtable_find and ms_record_block in one call, for the key's block: MS_OK, recorded;

@@ -98,6 +98,21 @@ def test_an_unresolved_series_that_would_record_is_a_miss(backend: Backend) -> N
     assert len(table) == 1
 
 
+@pytest.mark.parametrize("bad", ["another kind", "another store"])
+def test_a_block_with_a_wrong_id_records_nothing(backend: Backend, bad: str) -> None:
+    """Whole or not at all: an id of another kind or one this store does not hold makes
+    the record a miss before anything is recorded, on both backends (the compiled table
+    recorded the entries before it, then said no: the general path would count them
+    again)."""
+    store, table, block = setup(backend)
+    wrong = block[0][0] if bad == "another kind" else 10**6
+    table.put(200, None, None, "http", HOST, [block[0], (wrong, "histogram", "duration")])
+    assert not table.record(200, None, None, "http", HOST, 5.0, 0, 0)
+    assert store.value(block[0][0]) == 0 and table.hits == 0
+    assert table.record(200, None, None, "http", HOST, None, 0, 0)  # no duration: not needed
+    assert store.value(block[0][0]) == 1
+
+
 def test_a_grpc_calls_message_counts_need_their_entries(backend: Backend) -> None:
     store, table, block = setup(backend)
     msgs = store.counter("m_total", "", ("dir",))
@@ -143,7 +158,7 @@ numbers = st.one_of(
 )
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("put"), keys, st.lists(st.sampled_from(range(6)), max_size=6)),
+        st.tuples(st.just("put"), keys, st.lists(st.sampled_from(range(8)), max_size=8)),
         st.tuples(st.just("record"), keys, st.tuples(numbers, numbers, numbers)),
         st.tuples(st.just("record"), keys, st.tuples(numbers, numbers, numbers, numbers, numbers)),
     ),
@@ -163,6 +178,8 @@ def play(backend: Backend, program: list[Any]) -> tuple[list[Any], bytes, int, i
         (-1, "histogram", "request_bytes"),
         (store.series(c, ("m",)), "counter", "request_messages"),
         (-1, "counter", "response_messages"),
+        (store.series(c, ("b",)), "histogram", "duration"),  # a series of another kind
+        (10**6, "counter", "one"),  # an id the store does not hold
     ]
     table = backend.requests.RequestTable(store, 8)
     out: list[Any] = []

@@ -268,9 +268,9 @@ static void test_record_through_the_table(void) {
     }
     CHECK(ms_rtable_record(t, s, &other, ev, 0) == MS_ERR_WRONG_KIND);
     CHECK(ms_rtable_record(t, s, &k, ev, 0) == MS_OK);
-    /* 7 records with k, 4 with other: ms_record_block checks kinds per entry as it records
-     * (request_table.h), so other's counter entry counts even when the next is refused */
-    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 11);
+    /* 7 records with k, 4 with other, of which only the first (no duration) recorded:
+     * a refused block records nothing, its counter entry included (request_table.h) */
+    CHECK(ms_counter_value(s, sc, &n) == MS_OK && n == 8);
     ms_rtable_free(t);
     ms_store_free(s);
     CHECK(live_bytes == 0);

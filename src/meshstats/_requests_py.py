@@ -33,6 +33,12 @@ _KINDS = ("counter", "gauge", "histogram")
 Block = Sequence[tuple[int, str, str]]
 
 
+def _holds(store: Any, sid: int, kind: str) -> bool:
+    """Whether ``store`` (the pure one, a sibling module's) holds series ``sid`` of ``kind``."""
+    kinds: bytearray = store._kind
+    return sid < len(kinds) and kinds[sid] == _KINDS.index(kind)
+
+
 def _int64(value: object) -> bool:
     return type(value) is int and _INT64[0] <= value <= _INT64[1]
 
@@ -144,7 +150,9 @@ class RequestTable:
         have = {value for _, _, value in block}
         if (req_msgs != 0 and 4 not in have) or (resp_msgs != 0 and 5 not in have):
             return False  # a block kept by record_request alone would drop the count
-        # Checked first, as the compiled table does: a block is recorded whole or not at all.
+        # Checked first, as the compiled table does: a block is recorded whole or not at all,
+        # an id the store does not hold or of another kind included.
+        store = self._store
         for sid, kind, value in block:
             v = values[value]
             if kind == "counter":
@@ -154,9 +162,8 @@ class RequestTable:
                     return False
             elif math.isnan(v):
                 continue
-            if sid < 0:
+            if sid < 0 or not _holds(store, sid, kind):
                 return False
-        store = self._store
         for sid, kind, value in block:
             v = values[value]
             if kind == "counter":
