@@ -4,6 +4,7 @@ what it refuses, its bounds, and that the two implementations agree call for cal
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,10 @@ from hypothesis import strategies as st
 HOST = "reviews:9080"
 
 
-def setup(backend: Backend, max_entries: int = 4096) -> tuple[Any, Any, list[tuple[int, str, str]]]:
-    store = backend.store.Store()
+def setup(
+    backend: Backend, max_entries: int = 4096, store: Any = None
+) -> tuple[Any, Any, list[tuple[int, str, str]]]:
+    store = backend.store.Store() if store is None else store
     req = store.counter("r_total", "", ("code",))
     dur = store.histogram("d", "", ("code",), buckets=(10.0, 100.0))
     size = store.histogram("s", "", ("code",), buckets=(100.0, 1000.0))
@@ -98,13 +101,17 @@ def test_an_unresolved_series_that_would_record_is_a_miss(backend: Backend) -> N
     assert len(table) == 1
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("bad", ["another kind", "another store"])
-def test_a_block_with_a_wrong_id_records_nothing(backend: Backend, bad: str) -> None:
+def test_a_block_with_a_wrong_id_records_nothing(
+    backend: Backend, bad: str, shared: bool, tmp_path: Path
+) -> None:
     """Whole or not at all: an id of another kind or one this store does not hold makes
-    the record a miss before anything is recorded, on both backends (the compiled table
-    recorded the entries before it, then said no: the general path would count them
-    again)."""
-    store, table, block = setup(backend)
+    the record a miss before anything is recorded, on both backends and in a shared store
+    (the compiled table recorded the entries before it, then said no: the general path
+    would count them again)."""
+    kept = backend.store.Store.shared(str(tmp_path / "s.store")) if shared else None
+    store, table, block = setup(backend, store=kept)
     wrong = block[0][0] if bad == "another kind" else 10**6
     table.put(200, None, None, "http", HOST, [block[0], (wrong, "histogram", "duration")])
     assert not table.record(200, None, None, "http", HOST, 5.0, 0, 0)

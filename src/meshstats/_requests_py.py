@@ -20,6 +20,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import InvalidSampleError, UnknownSeriesError
+
 __all__ = ["RequestTable", "HitCounter", "BLOCK_MAX"]
 
 #: Most series one request's block can hold (the standard HTTP metrics need 4).
@@ -34,9 +36,14 @@ Block = Sequence[tuple[int, str, str]]
 
 
 def _holds(store: Any, sid: int, kind: str) -> bool:
-    """Whether ``store`` (the pure one, a sibling module's) holds series ``sid`` of ``kind``."""
-    kinds: bytearray = store._kind
-    return sid < len(kinds) and kinds[sid] == _KINDS.index(kind)
+    """Whether ``store`` holds series ``sid`` of ``kind``: the pure stores' own check (the
+    slow path of their recorders, which a shared store also syncs its series for), its
+    error taken for no. The pure table is only ever given a pure store."""
+    try:
+        store._series_arg(sid, _KINDS.index(kind), "record")
+    except (UnknownSeriesError, InvalidSampleError):
+        return False
+    return True
 
 
 def _int64(value: object) -> bool:
