@@ -6,9 +6,13 @@ would: blocks from hpack's encoder (literals and indexes, never-indexed fields, 
 or not, table size changes), and the same blocks cut short or with bytes flipped. After
 each block both must have produced equal fields (value, and indexable or not) or both
 failed, and both tables must hold the same entries.
+
+500 examples per test in CI; ``MESHSTATS_H2_HPACK_EXAMPLES`` raises them for a long run.
 """
 
 from __future__ import annotations
+
+import os
 
 import hpack
 import pytest
@@ -19,6 +23,7 @@ from hypothesis import strategies as st
 from meshstats.proxy.h2_hpack import Decoder, Encoder
 
 Header = tuple[bytes, bytes]
+_EXAMPLES = int(os.environ.get("MESHSTATS_H2_HPACK_EXAMPLES", "500"))
 
 _NAMES = [b":method", b":path", b":status", b"content-type", b"x-a", b"cookie", b"accept"]
 names = st.one_of(st.sampled_from(_NAMES), st.binary(min_size=1, max_size=12))
@@ -62,7 +67,7 @@ def _outcome(decoder: hpack.Decoder, data: bytes) -> object:
 
 
 @pytest.mark.parametrize("limit", [1 << 16, 200])
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks=streams())
 def test_decodes_as_hpack(limit: int, blocks: list[bytes]) -> None:
     theirs, ours = hpack.Decoder(), Decoder()
@@ -76,7 +81,7 @@ def test_decodes_as_hpack(limit: int, blocks: list[bytes]) -> None:
         assert ours.header_table_size == theirs.header_table_size
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=_EXAMPLES, deadline=None)
 @given(data=st.binary(max_size=40))
 def test_random_bytes_as_hpack(data: bytes) -> None:
     assert _outcome(Decoder(), data) == _outcome(hpack.Decoder(), data)
@@ -107,7 +112,7 @@ def lists(draw: st.DrawFn) -> list[tuple[int | None, list[Header], bool]]:
     ]
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(turns=lists())
 def test_encodes_as_hpack(turns: list[tuple[int | None, list[Header], bool]]) -> None:
     theirs, ours = hpack.Encoder(), Encoder()
