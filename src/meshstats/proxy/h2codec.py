@@ -152,16 +152,10 @@ def _is_informational(headers: Iterable[Header]) -> bool:
     return False
 
 
-def _method(headers: Iterable[Header]) -> bytes | None:
+def _pseudo(headers: Iterable[Header], wanted: bytes) -> bytes | None:
+    """The value of one pseudo-header (``:method``, ``:authority``), or None."""
     for name, value in headers:
-        if name == b":method":
-            return value
-    return None
-
-
-def _authority(headers: Iterable[Header]) -> bytes | None:
-    for name, value in headers:
-        if name == b":authority":
+        if name == wanted:
             return value
     return None
 
@@ -455,6 +449,12 @@ class Connection:
     def _queue(self, kind: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
         self._output += _frame(kind, flags, stream_id, payload)
 
+    def _queue_reset(self, stream_id: int, error_code: int) -> None:
+        self._queue(_RST_STREAM, 0, stream_id, int(error_code).to_bytes(4, "big"))
+
+    def _queue_window_update(self, stream_id: int, increment: int) -> None:
+        self._queue(_WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
+
     def _terminate(self, error_code: int) -> None:
         self._move(_SEND_GOAWAY)
         payload = (self.highest_inbound_stream_id << 32 | int(error_code)).to_bytes(8, "big")
@@ -534,8 +534,8 @@ class Connection:
         if stream.trailers_sent and not end_stream:
             raise _ProtocolError("Trailers must have END_STREAM set")
         if stream.client and stream.authority is None:
-            stream.authority = _authority(headers)
-        stream.request_method = _method(headers)
+            stream.authority = _pseudo(headers, b":authority")
+        stream.request_method = _pseudo(headers, b":method")
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
             flags = _END_HEADERS if i == last else 0
@@ -590,7 +590,7 @@ class Connection:
         self._move(_SEND_WINDOW_UPDATE)
         if stream_id is None:
             self._inbound.open(increment)
-            self._queue(_WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
+            self._queue_window_update(0, increment)
             return
         stream = self.streams[stream_id]
         if stream.state == _CLOSED:
@@ -598,7 +598,7 @@ class Connection:
         if stream.state == _IDLE:
             raise stream.invalid("SEND_WINDOW_UPDATE")
         stream.inbound.open(increment)
-        self._queue(_WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
+        self._queue_window_update(stream_id, increment)
 
     def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
         if stream_id <= 0:
@@ -607,7 +607,7 @@ class Connection:
             raise ValueError(f"Cannot acknowledge negative data {acknowledged_size}")
         increment = self._inbound.consume(acknowledged_size)
         if increment:
-            self._queue(_WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
+            self._queue_window_update(0, increment)
         try:
             stream = self._stream(stream_id)
         except h2.exceptions.StreamClosedError:
@@ -615,13 +615,13 @@ class Connection:
         if stream.open:
             increment = stream.inbound.consume(acknowledged_size)
             if increment:
-                self._queue(_WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
+                self._queue_window_update(stream_id, increment)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         self._move(_SEND_RST_STREAM)
         stream = self._stream(stream_id)
         self._stream_sends_reset(stream)
-        self._queue(_RST_STREAM, 0, stream_id, int(error_code).to_bytes(4, "big"))
+        self._queue_reset(stream_id, error_code)
 
     def _stream_sends_reset(self, stream: _Stream) -> None:
         if stream.state == _CLOSED:
@@ -631,9 +631,7 @@ class Connection:
         stream.close(_BY_SEND_RST)
 
     def close_connection(self, error_code: int = 0) -> None:
-        self._move(_SEND_GOAWAY)
-        payload = (self.highest_inbound_stream_id << 32 | int(error_code)).to_bytes(8, "big")
-        self._queue(_GOAWAY, 0, 0, payload)
+        self._terminate(error_code)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -745,12 +743,12 @@ class Connection:
         except h2.exceptions.StreamClosedError as error:
             if self._closed_by(error.stream_id) not in (_BY_SEND_RST, _BY_RECV_RST):
                 raise
-            self._queue(_RST_STREAM, 0, error.stream_id, int(error.error_code).to_bytes(4, "big"))
+            self._queue_reset(error.stream_id, error.error_code)
             events += error._events
         except h2.exceptions.StreamIDTooLowError as error:
             closed_by = self._closed_by(error.stream_id)
             if closed_by in (_BY_SEND_RST, _BY_RECV_RST):
-                self._queue(_RST_STREAM, 0, error.stream_id, _CODE_STREAM_CLOSED)
+                self._queue_reset(error.stream_id, _Codes.STREAM_CLOSED)
             elif closed_by in (_BY_SEND_END, _BY_RECV_END):
                 raise h2.exceptions.StreamClosedError(error.stream_id) from error
             else:
@@ -830,8 +828,8 @@ class Connection:
             # error), and hands the connection window back at once.
             increment = self._inbound.consume(flow_length)
             if increment:
-                self._queue(_WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
-            self._queue(_RST_STREAM, 0, error.stream_id, int(error.error_code).to_bytes(4, "big"))
+                self._queue_window_update(0, increment)
+            self._queue_reset(error.stream_id, error.error_code)
             return list(error._events)
 
     def _stream_receives_data(
@@ -967,7 +965,7 @@ class Connection:
         window = stream.send_window + increment
         if window > _LARGEST_WINDOW:  # a stream error: that stream is reset
             stream.close(_BY_SEND_RST)
-            self._queue(_RST_STREAM, 0, stream_id, _CODE_FLOW_CONTROL)
+            self._queue_reset(stream_id, _Codes.FLOW_CONTROL_ERROR)
             return [
                 h2.events.StreamReset(
                     stream_id=stream_id,
@@ -1057,24 +1055,12 @@ class Connection:
             stream = self._stream(stream_id)
         except h2.exceptions.NoSuchStreamError:
             return []
-        if (
-            origin
-            or stream.client is False
-            or stream.headers_received
-            or stream.state
-            in (
-                _IDLE,
-                _CLOSED,
-            )
-        ):
+        closed = stream.state in (_IDLE, _CLOSED)
+        if origin or stream.client is False or stream.headers_received or closed:
             return []
         available = h2.events.AlternativeServiceAvailable()
         available.origin, available.field_value = stream.authority, value
         return [available]
-
-
-_CODE_STREAM_CLOSED: Final = int(_Codes.STREAM_CLOSED).to_bytes(4, "big")
-_CODE_FLOW_CONTROL: Final = int(_Codes.FLOW_CONTROL_ERROR).to_bytes(4, "big")
 
 
 def _parse_priority(body: bytes) -> tuple[int, bool, int]:
