@@ -26,6 +26,8 @@ EXTENSIONS: list[tuple[str, str, list[str]]] = [
     ),
     # Records through store_internal.h's inline calls into the store's memory: no store.c.
     ("meshstats._requests_c", "src/meshstats/_requests_c.pyx", ["_core/request_table.c"]),
+    # The sidecar's HTTP/1.1 heads: the grammar in C, the lists built by the glue.
+    ("meshstats._h1_head_c", "src/meshstats/_h1_head_c.pyx", ["_core/h1_head.c"]),
     # Python objects only (contexts in a dict): compiled for the argument parsing, no _core.
     ("meshstats._peer_cache_c", "src/meshstats/_peer_cache_c.pyx", []),
 ]

@@ -32,6 +32,7 @@ class Backend:
     peer_exchange: ModuleType
     requests: ModuleType
     peer_cache: ModuleType
+    h1_head: ModuleType
 
     def __str__(self) -> str:
         return self.name
@@ -45,6 +46,7 @@ def _load(name: str) -> Backend:
         peer_exchange=importlib.import_module(f"meshstats._peer_exchange{suffix}"),
         requests=importlib.import_module(f"meshstats._requests{suffix}"),
         peer_cache=importlib.import_module(f"meshstats._peer_cache{suffix}"),
+        h1_head=importlib.import_module(f"meshstats._h1_head{suffix}"),
     )
 
 

@@ -12,18 +12,35 @@ line (h11 unfolds it, the codec refuses it), is checked as such.
 
 What the codec writes is checked the other way round: h11 parses it back to the events sent,
 and for the messages the relay sends the bytes are h11's own.
+
+Every test here runs with each backend's head parser (``meshstats._h1_head``: the grammar in
+C, or its pure-Python twin); tests/test_h1_head.py holds the two to each other directly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import h11
 import pytest
+from conftest import Backend
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from meshstats.proxy import h1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def head_parser(backend: Backend) -> Iterator[None]:
+    """The codec parses heads with ``backend``'s parser for the module's tests."""
+    saved = h1.parse_head, h1.parse_fields
+    h1.parse_head, h1.parse_fields = backend.h1_head.parse_head, backend.h1_head.parse_fields
+    try:
+        yield
+    finally:
+        h1.parse_head, h1.parse_fields = saved
+
 
 # -- generating messages -----------------------------------------------------------------------
 

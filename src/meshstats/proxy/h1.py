@@ -34,6 +34,8 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+from .._h1_head import NOTED, parse_fields, parse_head
+
 __all__ = [
     "CLIENT",
     "CLOSED",
@@ -234,59 +236,31 @@ class ConnectionClosed:
 
 Event = Request | Response | InformationalResponse | Data | EndOfMessage | ConnectionClosed
 
-# -- grammar (RFC 9112 as h11 reads it) ------------------------------------------------------
+# -- grammar (RFC 9112 as h11 reads it: meshstats._h1_head, compiled or not) -----------------
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_VCHAR_OBS = rb"[^\x00\s]"  # a visible character or obs-text
-_FIELD_VALUE = rb"(?:%s+(?:[ \t]+%s+)*)?" % (_VCHAR_OBS, _VCHAR_OBS)
-_FIELD_LINE = rb"%s:[ \t]*%s[ \t]*" % (_TOKEN, _FIELD_VALUE)
-# A whole field section (each line ending in LF or CRLF), checked by one regex call.
-_FIELDS = re.compile(rb"(?:%s\r?\n)*" % _FIELD_LINE)
-_REQUEST_LINE = re.compile(rb"(%s) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])" % _TOKEN)
-_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|%s)*))?" % _VCHAR_OBS)
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _CONTENT_LENGTH = re.compile(rb"[0-9]+")
 _CONTENT_LENGTH_MAX_DIGITS = 20
 MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
-
-
-# Fields the codec itself reads: their positions are noted while the section is split.
-_NOTED = frozenset(
-    {b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"host"}
-)
 Noted = dict[bytes, list[int]]
 
 
 def _fields(block: bytes) -> tuple[HeaderList, HeaderList, Noted]:
     """The raw and lowercased fields of a field section (its lines, each with its line end),
-    validated, and where the fields the codec reads are; :class:`RemoteProtocolError` when
-    a line does not parse."""
-    if _FIELDS.fullmatch(block) is None:
-        raise RemoteProtocolError(f"illegal header line in {block[:256]!r}")
-    raw: HeaderList = []
-    lower: HeaderList = []
-    noted: Noted = {}
-    for i, line in enumerate(block.split(b"\n")[:-1]):
-        name, _, value = line.partition(b":")
-        value = value.strip(b" \t\r")
-        lname = name.lower()
-        raw.append((name, value))
-        lower.append((lname, value))
-        if lname in _NOTED:
-            if lname in noted:
-                noted[lname].append(i)
-            else:
-                noted[lname] = [i]
-    return raw, lower, noted
+    validated, and where the fields the codec reads are (:data:`NOTED`)."""
+    try:
+        return parse_fields(block)
+    except ValueError as exc:
+        raise RemoteProtocolError(str(exc)) from None
 
 
 def _note(lower: HeaderList) -> Noted:
     """:func:`_fields`' notes for fields that did not come from the parser."""
     noted: Noted = {}
     for i, (name, _) in enumerate(lower):
-        if name in _NOTED:
+        if name in NOTED:
             noted.setdefault(name, []).append(i)
     return noted
 
@@ -481,21 +455,24 @@ class Connection:
         end = found.end()
         head = bytes(buf[pos:end])
         self._pos = end
-        first_end = head.find(b"\n")
-        first = head[:first_end]
-        if first.endswith(b"\r"):
-            first = first[:-1]
-        # The field lines, each with its line end (the blank line's is left out).
-        raw, lower, noted = _fields(head[first_end + 1 : -1 if head.endswith(b"\n\n") else -2])
-        if self.our_role is SERVER:
-            return self._request(first, raw, lower, noted)
-        return self._response(first, raw, lower, noted)
+        request = self.our_role is SERVER
+        try:
+            first, second, third, raw, lower, noted = parse_head(head, request)
+        except ValueError as exc:
+            raise RemoteProtocolError(str(exc)) from None
+        if request:
+            return self._request(first, second, third, raw, lower, noted)  # type: ignore[arg-type]
+        return self._response(first, second, third, raw, lower, noted)  # type: ignore[arg-type]
 
-    def _request(self, line: bytes, raw: HeaderList, lower: HeaderList, noted: Noted) -> Request:
-        match = _REQUEST_LINE.fullmatch(line)
-        if match is None:
-            raise RemoteProtocolError(f"illegal request line: {line[:256]!r}")
-        method, target, version = match.group(1, 2, 3)
+    def _request(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        raw: HeaderList,
+        lower: HeaderList,
+        noted: Noted,
+    ) -> Request:
         hosts = len(noted.get(b"host", ()))
         upgrade = _tokens(lower, noted, b"upgrade")
         keep_alive = _keep_alive(lower, noted, version)
@@ -520,18 +497,21 @@ class Connection:
         self._start_body(framing if framing != "none" else "content-length", length)
         return request
 
-    def _response(self, line: bytes, raw: HeaderList, lower: HeaderList, noted: Noted) -> Any:
-        match = _STATUS_LINE.fullmatch(line)
-        if match is None:
-            raise RemoteProtocolError(f"illegal status line: {line[:256]!r}")
-        version, code_digits, reason = match.group(1, 2, 3)
-        status = int(code_digits)
+    def _response(
+        self,
+        version: bytes,
+        status: int,
+        reason: bytes,
+        raw: HeaderList,
+        lower: HeaderList,
+        noted: Noted,
+    ) -> Any:
         keep_alive = _keep_alive(lower, noted, version)
         framing, length, _ = _framing(lower, raw, noted)
         self.their_http_version = version
         if status < 200:
             info = InformationalResponse(
-                status_code=status, headers=Headers(raw, lower), reason=reason or b"",
+                status_code=status, headers=Headers(raw, lower), reason=reason,
                 http_version=version,
             )  # fmt: skip
             if status == 101:
@@ -541,7 +521,7 @@ class Connection:
             return info
         headers = Headers(raw, lower)
         response = Response(
-            status_code=status, headers=headers, reason=reason or b"", http_version=version
+            status_code=status, headers=headers, reason=reason, http_version=version
         )
         if not keep_alive:
             self._keep_alive = False

@@ -1,0 +1,17 @@
+"""HTTP/1.1 heads split into fields and checked, compiled; the same API as ``_h1_head_py``.
+
+>>> parse_head(b"GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n", True)[:3]
+(b'GET', b'/', b'1.1')
+"""
+
+__all__ = ["NOTED", "parse_fields", "parse_head"]
+
+HeaderList = list[tuple[bytes, bytes]]
+Noted = dict[bytes, list[int]]
+
+NOTED: frozenset[bytes]
+
+def parse_fields(block: bytes) -> tuple[HeaderList, HeaderList, Noted]: ...
+def parse_head(
+    head: bytes, request: bool
+) -> tuple[bytes, bytes | int, bytes, HeaderList, HeaderList, Noted]: ...

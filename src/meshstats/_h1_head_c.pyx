@@ -1,0 +1,193 @@
+"""HTTP/1.1 heads split into fields and checked, compiled; the same API as ``_h1_head_py``.
+
+>>> parse_head(b"GET /ratings HTTP/1.1\\r\\nHost: ratings\\r\\n\\r\\n", True)
+(b'GET', b'/ratings', b'1.1', [(b'Host', b'ratings')], [(b'host', b'ratings')], {b'host': [0]})
+
+The grammar is checked and the head split by ``_core/h1_head.c``; this glue only builds the
+lists. Compiled because the pure twin's regular expression over every byte of the field
+section, and the split of each line, were the largest part of the codec's cost per request.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
+
+__all__ = ["NOTED", "parse_fields", "parse_head"]
+
+
+cdef extern from "h1_head.h" nogil:
+    ctypedef enum h1_status:
+        H1_OK
+        H1_BAD_FIELD_LINE
+        H1_BAD_START_LINE
+        H1_TOO_MANY_FIELDS
+        H1_BAD_HEAD
+
+    ctypedef struct h1_range:
+        size_t at
+        size_t len
+
+    ctypedef struct h1_field:
+        h1_range name
+        h1_range value
+
+    ctypedef struct h1_head:
+        h1_range part[3]
+        size_t fields
+        h1_range start_line
+        h1_range field_section
+
+    size_t h1_max_fields(const uint8_t *head, size_t len)
+    h1_status h1_parse_fields(const uint8_t *buf, size_t at, size_t end, h1_field *fields,
+                              size_t max_fields, size_t *count)
+    h1_status h1_parse_head(const uint8_t *head, size_t len, int request, h1_head *out,
+                            h1_field *fields, size_t max_fields)
+
+
+cdef bytes _HOST = b"host"
+cdef bytes _EXPECT = b"expect"
+cdef bytes _UPGRADE = b"upgrade"
+cdef bytes _CONNECTION = b"connection"
+cdef bytes _CONTENT_LENGTH = b"content-length"
+cdef bytes _TRANSFER_ENCODING = b"transfer-encoding"
+
+#: Fields the codec itself reads: where they are is noted while the section is split.
+NOTED = frozenset({_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _UPGRADE, _EXPECT, _HOST})
+
+cdef enum:
+    _ON_STACK = 64  # heads with up to this many lines are split without a malloc
+
+
+cdef inline object _noted(const char *lname, size_t n):
+    """The NOTED name ``lname`` is (the shared object), or None."""
+    cdef bytes known
+    if n == 4:
+        known = _HOST
+    elif n == 6:
+        known = _EXPECT
+    elif n == 7:
+        known = _UPGRADE
+    elif n == 10:
+        known = _CONNECTION
+    elif n == 14:
+        known = _CONTENT_LENGTH
+    elif n == 17:
+        known = _TRANSFER_ENCODING
+    else:
+        return None
+    if memcmp(PyBytes_AS_STRING(known), lname, n) == 0:
+        return known
+    return None
+
+
+cdef tuple _split(const char *buf, h1_field *fields, size_t count):
+    """``(raw, lower, noted)`` of ``count`` parsed fields of ``buf``."""
+    cdef list raw = []
+    cdef list lower = []
+    cdef dict noted = {}
+    cdef size_t i, j, n
+    cdef const char *name
+    cdef char *out
+    cdef bint upper
+    cdef bytes raw_name, value
+    cdef object lname, known
+    for i in range(count):
+        name = buf + fields[i].name.at
+        n = fields[i].name.len
+        raw_name = PyBytes_FromStringAndSize(name, n)
+        value = PyBytes_FromStringAndSize(buf + fields[i].value.at, fields[i].value.len)
+        upper = False
+        for j in range(n):
+            if 65 <= name[j] <= 90:  # A-Z
+                upper = True
+                break
+        if upper:
+            lname = PyBytes_FromStringAndSize(NULL, n)
+            out = PyBytes_AS_STRING(lname)
+            for j in range(n):
+                out[j] = name[j] + 32 if 65 <= name[j] <= 90 else name[j]
+        else:
+            lname = raw_name
+        known = _noted(PyBytes_AS_STRING(lname), n)
+        if known is not None:
+            lname = known
+            if known in noted:
+                (<list>noted[known]).append(i)
+            else:
+                noted[known] = [i]
+        raw.append((raw_name, value))
+        lower.append((lname, value))
+    return raw, lower, noted
+
+
+cdef inline bytes _slice(const char *buf, h1_range r):
+    return PyBytes_FromStringAndSize(buf + r.at, r.len)
+
+
+def parse_fields(bytes block not None):
+    """The raw and lowercased fields of a field section (its lines, each with its line end),
+    and where the :data:`NOTED` ones are (lowercase name: indices)."""
+    cdef const char *buf = PyBytes_AS_STRING(block)
+    cdef size_t size = <size_t>PyBytes_GET_SIZE(block)
+    cdef h1_field on_stack[_ON_STACK]
+    cdef h1_field *fields = on_stack
+    cdef size_t room = h1_max_fields(<const uint8_t *>buf, size)
+    cdef size_t count = 0
+    cdef h1_status status
+    if room > _ON_STACK:
+        fields = <h1_field *>malloc(room * sizeof(h1_field))
+        if fields == NULL:
+            raise MemoryError()
+    try:
+        status = h1_parse_fields(<const uint8_t *>buf, 0, size, fields, room, &count)
+        if status != H1_OK:
+            raise ValueError(f"illegal header line in {block[:256]!r}")
+        return _split(buf, fields, count)
+    finally:
+        if fields != on_stack:
+            free(fields)
+
+
+def parse_head(bytes head not None, bint request):
+    """A complete head (up to and with its blank line) as ``(method, target, version, raw,
+    lower, noted)`` for a request, ``(version, status, reason, ...)`` for a response (the
+    reason ``b""`` when it has none); the field section is checked before the start line."""
+    cdef const char *buf = PyBytes_AS_STRING(head)
+    cdef size_t size = <size_t>PyBytes_GET_SIZE(head)
+    cdef h1_field on_stack[_ON_STACK]
+    cdef h1_field *fields = on_stack
+    cdef size_t room = h1_max_fields(<const uint8_t *>buf, size)
+    cdef h1_head parsed
+    cdef h1_status status
+    cdef const char *digits
+    if room > _ON_STACK:
+        fields = <h1_field *>malloc(room * sizeof(h1_field))
+        if fields == NULL:
+            raise MemoryError()
+    try:
+        status = h1_parse_head(<const uint8_t *>buf, size, request, &parsed, fields, room)
+        if status == H1_BAD_HEAD:
+            raise ValueError(f"not a complete head: {head[:256]!r}")
+        if status != H1_OK and status != H1_BAD_START_LINE:
+            section = _slice(buf, parsed.field_section)
+            raise ValueError(f"illegal header line in {section[:256]!r}")
+        if status == H1_BAD_START_LINE:
+            line = _slice(buf, parsed.start_line)
+            kind = "request" if request else "status"
+            raise ValueError(f"illegal {kind} line: {line[:256]!r}")
+        raw, lower, noted = _split(buf, fields, parsed.fields)
+        if request:
+            return (
+                _slice(buf, parsed.part[0]), _slice(buf, parsed.part[1]),
+                _slice(buf, parsed.part[2]), raw, lower, noted,
+            )
+        digits = buf + parsed.part[1].at
+        status_code = (digits[0] - 48) * 100 + (digits[1] - 48) * 10 + (digits[2] - 48)
+        return (
+            _slice(buf, parsed.part[0]), status_code, _slice(buf, parsed.part[2]),
+            raw, lower, noted,
+        )
+    finally:
+        if fields != on_stack:
+            free(fields)
