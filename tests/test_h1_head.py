@@ -118,6 +118,37 @@ def test_the_backends_agree_on_heads_that_parse(
     assert ours == py_backend.h1_head.parse_head(head, request)
 
 
+FIELDS_TO_SEND = st.lists(
+    st.tuples(
+        st.sampled_from([b"Host", b"HOST", b"host", b"hosts", b"Content-Length", b"UPGRADE",
+                         b"Connection", b"expect", b"Transfer-Encoding", b"X-Y", b"ho\xd3t"]),
+        st.binary(max_size=12),
+    ),
+    max_size=10,
+)  # fmt: skip
+
+
+@pytest.mark.c_extension
+@SETTINGS
+@given(FIELDS_TO_SEND)
+def test_the_backends_note_and_write_fields_alike(
+    c_backend: Backend, py_backend: Backend, raw: list[tuple[bytes, bytes]]
+) -> None:
+    assert c_backend.h1_head.note_fields(raw) == py_backend.h1_head.note_fields(raw)
+    assert c_backend.h1_head.write_fields(raw) == py_backend.h1_head.write_fields(raw)
+
+
+def test_fields_to_send_are_written_host_first(backend: Backend) -> None:
+    raw = [(b"X-Y", b"1"), (b"Host", b"a"), (b"connection", b"close"), (b"HOST", b"b")]
+    assert backend.h1_head.write_fields(raw) == (
+        b"Host: a\r\nHOST: b\r\nX-Y: 1\r\nconnection: close\r\n\r\n"
+    )
+    assert backend.h1_head.write_fields([]) == b"\r\n"
+    lower, noted = backend.h1_head.note_fields(raw)
+    assert lower == [(b"x-y", b"1"), (b"host", b"a"), (b"connection", b"close"), (b"host", b"b")]
+    assert noted == {b"host": [1, 3], b"connection": [2]}
+
+
 def test_a_head_splits_into_its_parts(backend: Backend) -> None:
     head = (
         b"POST /reviews/0?x=1 HTTP/1.1\r\nHost: reviews:9080\r\nX-Trace:  a  b \t\r\n"

@@ -13,7 +13,7 @@ line (h11 unfolds it, the codec refuses it), is checked as such.
 What the codec writes is checked the other way round: h11 parses it back to the events sent,
 and for the messages the relay sends the bytes are h11's own.
 
-Every test here runs with each backend's head parser (``meshstats._h1_head``: the grammar in
+Every test here runs with each backend's head parser and writer (``meshstats._h1_head``: in
 C, or its pure-Python twin); tests/test_h1_head.py holds the two to each other directly.
 """
 
@@ -34,12 +34,15 @@ from meshstats.proxy import h1
 @pytest.fixture(scope="module", autouse=True)
 def head_parser(backend: Backend) -> Iterator[None]:
     """The codec parses heads with ``backend``'s parser for the module's tests."""
-    saved = h1.parse_head, h1.parse_fields
-    h1.parse_head, h1.parse_fields = backend.h1_head.parse_head, backend.h1_head.parse_fields
+    names = ("parse_head", "parse_fields", "note_fields", "write_fields")
+    saved = {name: getattr(h1, name) for name in names}
+    for name in names:
+        setattr(h1, name, getattr(backend.h1_head, name))
     try:
         yield
     finally:
-        h1.parse_head, h1.parse_fields = saved
+        for name, function in saved.items():
+            setattr(h1, name, function)
 
 
 # -- generating messages -----------------------------------------------------------------------

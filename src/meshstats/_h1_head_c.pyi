@@ -4,7 +4,7 @@
 (b'GET', b'/', b'1.1')
 """
 
-__all__ = ["NOTED", "parse_fields", "parse_head"]
+__all__ = ["NOTED", "note_fields", "parse_fields", "parse_head", "write_fields"]
 
 HeaderList = list[tuple[bytes, bytes]]
 Noted = dict[bytes, list[int]]
@@ -15,3 +15,5 @@ def parse_fields(block: bytes) -> tuple[HeaderList, HeaderList, Noted]: ...
 def parse_head(
     head: bytes, request: bool
 ) -> tuple[bytes, bytes | int, bytes, HeaderList, HeaderList, Noted]: ...
+def note_fields(raw: HeaderList) -> tuple[HeaderList, Noted]: ...
+def write_fields(raw: HeaderList) -> bytes: ...

@@ -11,9 +11,9 @@ section, and the split of each line, were the largest part of the codec's cost p
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
-__all__ = ["NOTED", "parse_fields", "parse_head"]
+__all__ = ["NOTED", "note_fields", "parse_fields", "parse_head", "write_fields"]
 
 
 cdef extern from "h1_head.h" nogil:
@@ -191,3 +191,84 @@ def parse_head(bytes head not None, bint request):
     finally:
         if fields != on_stack:
             free(fields)
+
+
+cdef inline bytes _lowercase(bytes name):
+    """``name.lower()``, or ``name`` itself when it has no capital."""
+    cdef const char *text = PyBytes_AS_STRING(name)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), j
+    cdef char *out
+    for j in range(n):
+        if 65 <= text[j] <= 90:
+            break
+    else:
+        return name
+    lowered = PyBytes_FromStringAndSize(NULL, n)
+    out = PyBytes_AS_STRING(lowered)
+    for j in range(n):
+        out[j] = text[j] + 32 if 65 <= text[j] <= 90 else text[j]
+    return lowered
+
+
+def note_fields(list raw not None):
+    """Fields to be sent, lowercased, and where the :data:`NOTED` ones are."""
+    cdef list lower = []
+    cdef dict noted = {}
+    cdef Py_ssize_t i
+    cdef bytes lname
+    for i in range(len(raw)):
+        name, value = raw[i]
+        lname = _lowercase(name if type(name) is bytes else bytes(name))
+        known = _noted(PyBytes_AS_STRING(lname), <size_t>PyBytes_GET_SIZE(lname))
+        if known is not None:
+            lname = known
+            if known in noted:
+                (<list>noted[known]).append(i)
+            else:
+                noted[known] = [i]
+        lower.append((lname, value))
+    return lower, noted
+
+
+cdef inline bint _is_host(bytes name):
+    cdef const char *text = PyBytes_AS_STRING(name)
+    return (
+        PyBytes_GET_SIZE(name) == 4 and (text[0] | 32) == 104 and (text[1] | 32) == 111
+        and (text[2] | 32) == 115 and (text[3] | 32) == 116
+    )  # h, o, s, t in either case
+
+
+cdef inline char *_put(char *out, bytes name, bytes value):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), m = PyBytes_GET_SIZE(value)
+    memcpy(out, PyBytes_AS_STRING(name), n)
+    out[n] = 58  # ":"
+    out[n + 1] = 32
+    memcpy(out + n + 2, PyBytes_AS_STRING(value), m)
+    out[n + 2 + m] = 13
+    out[n + 3 + m] = 10
+    return out + n + 4 + m
+
+
+def write_fields(list raw not None):
+    """A field section on the wire, ``Host`` first (as h11 writes it), and its blank line."""
+    cdef Py_ssize_t size = 2, i
+    cdef list names = [], values = []
+    cdef bytes name, value
+    for i in range(len(raw)):
+        item_name, item_value = raw[i]
+        name = item_name if type(item_name) is bytes else bytes(item_name)
+        value = item_value if type(item_value) is bytes else bytes(item_value)
+        names.append(name)
+        values.append(value)
+        size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+    wire = PyBytes_FromStringAndSize(NULL, size)
+    cdef char *out = PyBytes_AS_STRING(wire)
+    for i in range(len(names)):
+        if _is_host(<bytes>names[i]):
+            out = _put(out, <bytes>names[i], <bytes>values[i])
+    for i in range(len(names)):
+        if not _is_host(<bytes>names[i]):
+            out = _put(out, <bytes>names[i], <bytes>values[i])
+    out[0] = 13
+    out[1] = 10
+    return wire

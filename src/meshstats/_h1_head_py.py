@@ -5,6 +5,14 @@ r"""HTTP/1.1 heads split into fields and checked, in Python; the same API as ``_
 >>> parse_head(b"HTTP/1.1 404 Not Found\r\n\r\n", False)
 (b'1.1', 404, b'Not Found', [], [], {})
 
+For what the relay sends, :func:`note_fields` and :func:`write_fields` (not checked: every
+field sent was parsed here or built by the sidecar):
+
+>>> note_fields([(b"Host", b"a"), (b"X-Y", b"b")])
+([(b'host', b'a'), (b'x-y', b'b')], {b'host': [0]})
+>>> write_fields([(b"X-Y", b"b"), (b"Host", b"a")])
+b'Host: a\r\nX-Y: b\r\n\r\n'
+
 The grammar is RFC 9112's as h11 reads it (``_core/h1_head.h`` spells it out); the
 meaning (framing, keep-alive, ``Host``) is the codec's, in ``proxy/h1.py``. What does not
 parse raises ``ValueError`` with the message the codec gives its ``RemoteProtocolError``.
@@ -14,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["NOTED", "parse_fields", "parse_head"]
+__all__ = ["NOTED", "note_fields", "parse_fields", "parse_head", "write_fields"]
 
 HeaderList = list[tuple[bytes, bytes]]
 Noted = dict[bytes, list[int]]
@@ -81,3 +89,28 @@ def parse_head(
         raise ValueError(f"illegal status line: {first[:256]!r}")
     version, code_digits, reason = match.group(1, 2, 3)
     return version, int(code_digits), reason or b"", raw, lower, noted
+
+
+def note_fields(raw: HeaderList) -> tuple[HeaderList, Noted]:
+    """Fields to be sent, lowercased, and where the :data:`NOTED` ones are."""
+    lower = [(name.lower(), value) for name, value in raw]
+    noted: Noted = {}
+    for i, (name, _) in enumerate(lower):
+        if name in NOTED:
+            noted.setdefault(name, []).append(i)
+    return lower, noted
+
+
+def write_fields(raw: HeaderList) -> bytes:
+    """A field section on the wire, ``Host`` first (as h11 writes it), and its blank line."""
+    first = []
+    rest = []
+    for name, value in raw:
+        if len(name) == 4 and name.lower() == b"host":
+            first.append(b"%s: %s\r\n" % (name, value))
+        else:
+            rest.append(b"%s: %s\r\n" % (name, value))
+    if first:
+        rest = first + rest
+    rest.append(b"\r\n")
+    return b"".join(rest)

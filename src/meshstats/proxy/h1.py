@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from .._h1_head import NOTED, parse_fields, parse_head
+from .._h1_head import note_fields, parse_fields, parse_head, write_fields
 
 __all__ = [
     "CLIENT",
@@ -249,20 +249,11 @@ Noted = dict[bytes, list[int]]
 
 def _fields(block: bytes) -> tuple[HeaderList, HeaderList, Noted]:
     """The raw and lowercased fields of a field section (its lines, each with its line end),
-    validated, and where the fields the codec reads are (:data:`NOTED`)."""
+    validated, and where the fields the codec reads are (``meshstats._h1_head.NOTED``)."""
     try:
         return parse_fields(block)
     except ValueError as exc:
         raise RemoteProtocolError(str(exc)) from None
-
-
-def _note(lower: HeaderList) -> Noted:
-    """:func:`_fields`' notes for fields that did not come from the parser."""
-    noted: Noted = {}
-    for i, (name, _) in enumerate(lower):
-        if name in NOTED:
-            noted.setdefault(name, []).append(i)
-    return noted
 
 
 def _tokens(lower: HeaderList, noted: Noted, name: bytes) -> list[bytes]:
@@ -669,8 +660,7 @@ class Connection:
         if self.our_role is not CLIENT or self.our_state is not IDLE:
             raise LocalProtocolError(f"cannot send a request in state {self.our_state}")
         headers = request.headers
-        lower = headers.lowered()
-        noted = _note(lower)
+        lower, noted = note_fields(headers.raw_items())
         if request.method == b"CONNECT" or _tokens(lower, noted, b"upgrade"):
             self._switch_proposed = True
         keep_alive = _keep_alive(lower, noted, request.http_version)
@@ -701,9 +691,8 @@ class Connection:
         self.they_are_waiting_for_100_continue = False
         status = response.status_code
         raw = list(response.headers.raw_items())
-        headers = Headers(raw)
-        lower = headers.lowered()
-        noted = _note(lower)
+        lower, noted = note_fields(raw)
+        headers = Headers(raw, lower)
         # (read before _framing, which may drop repeated fields and so move the others)
         connection = _tokens(lower, noted, b"connection")
         keep_alive = _keep_alive(lower, noted, response.http_version)
@@ -801,15 +790,4 @@ class Connection:
 
 
 def _write_fields(headers: Headers) -> bytes:
-    """A field section on the wire, ``Host`` first (as h11 writes it), and its blank line."""
-    first = []
-    rest = []
-    for name, value in headers.raw_items():
-        if len(name) == 4 and name.lower() == b"host":
-            first.append(b"%s: %s\r\n" % (name, value))
-        else:
-            rest.append(b"%s: %s\r\n" % (name, value))
-    if first:
-        rest = first + rest
-    rest.append(b"\r\n")
-    return b"".join(rest)
+    return write_fields(headers.raw_items())
