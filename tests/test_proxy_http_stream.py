@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy_support import run
+
 from meshstats.proxy import h1
 from meshstats.proxy.http import HttpStream
 
@@ -105,3 +107,36 @@ def test_sends_wait_for_the_flush_and_go_out_in_one_write() -> None:
     data, sent = asyncio.run(main())
     assert data == b"HTTP/1.1 200 \r\ncontent-length: 2\r\n\r\nok"
     assert sent == len(data)
+
+
+def test_a_flush_waits_for_a_peer_that_does_not_read() -> None:
+    """Flow control: bytes written that the peer has not read hold the relay back. A flush
+    that has handed everything to the socket returns at once (it skips ``drain()``); one
+    that could not waits until the peer reads, so no relay buffers a body without bound."""
+
+    async def main() -> tuple[bool, int, int]:
+        stream, received, client = await _connected(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await stream.next_event()
+        await stream.next_event()
+        # Far more than the kernel's buffers on both ends of a loopback connection hold.
+        body = b"x" * (48 << 20)
+        head = h1.Response(status_code=200, headers=[(b"content-length", b"%d" % len(body))])
+        await stream.send(head, flush=False)
+        await stream.send(h1.Data(data=body), flush=False)
+        flushing = asyncio.ensure_future(stream.flush())
+        await asyncio.sleep(0)
+        held_back = not flushing.done()
+        got = 0
+        while not flushing.done() or got < stream.sent:
+            data = await received.read(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        await flushing
+        stream.close()
+        client.close()
+        return held_back, got, stream.sent
+
+    held_back, got, sent = run(main())
+    assert held_back
+    assert got == sent > 48 << 20

@@ -181,6 +181,7 @@ class HttpStream:
     ) -> None:
         self.reader = reader
         self.writer = writer
+        self.transport = writer.transport
         # A connection the sidecar accepted can be watched while the relay waits upstream.
         self.watched: Watched | None = getattr(writer, "watched", None)
         self.conn = h1.Connection(role)
@@ -246,9 +247,15 @@ class HttpStream:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
-        write(self.writer, data)
+        transport = self.transport
+        if not transport.is_closing():  # (else dropped, as listener.write drops it)
+            transport.write(data)
         self.sent += len(data)
-        await self.writer.drain()
+        if transport.is_closing() or transport.get_write_buffer_size():
+            # drain() raises for a lost connection and waits while the peer reads slowly
+            # (the protocol is paused only with bytes in the buffer). With every byte handed
+            # to the socket and the transport open it would only return: skipped.
+            await self.writer.drain()
 
     def ready(self) -> bool:
         """The next event can be had without reading the socket (it is parsed and held);
