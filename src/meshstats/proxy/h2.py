@@ -57,7 +57,7 @@ import collections
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import h2.config
@@ -691,7 +691,7 @@ class _Upstream(Exception):
         self.code = code
 
 
-@dataclass
+@dataclass(slots=True)
 class _Exchange:
     started: float
     last: float  # the last time anything moved (stream_idle_timeout)
@@ -712,8 +712,9 @@ class _Exchange:
     responded: bool = False  # response headers sent downstream
     request_done: bool = False
     recorded: bool = False
-    request_frames: GrpcFrames = field(default_factory=GrpcFrames)
-    response_frames: GrpcFrames = field(default_factory=GrpcFrames)
+    # gRPC's message counters, made only for a gRPC stream (with ``grpc``).
+    request_frames: GrpcFrames | None = None
+    response_frames: GrpcFrames | None = None
 
 
 class _StreamTimer:
@@ -886,6 +887,7 @@ class _H2Proxy:
                 host=ex.host,
                 reporter="inbound" if self.reporter == "inbound" else "outbound",
             )
+            ex.request_frames, ex.response_frames = GrpcFrames(), GrpcFrames()
         us: H2Stream | None = None
         try:
             out = self.request_headers(kept, ex)
@@ -1038,7 +1040,7 @@ class _H2Proxy:
             if isinstance(event, h2.events.DataReceived):
                 data = event.data or b""
                 ex.request_bytes += len(data)
-                if ex.grpc is not None:
+                if ex.grpc is not None and ex.request_frames is not None:
                     ex.grpc.add(request_messages=ex.request_frames.feed(data))
                 # The body's last DATA frame ends the stream upstream too, rather than an
                 # empty DATA frame after it: one frame less to make, send and read.
@@ -1113,7 +1115,7 @@ class _H2Proxy:
                         sent()
                 elif isinstance(event, h2.events.DataReceived):
                     data = event.data or b""
-                    if ex.grpc is not None:
+                    if ex.grpc is not None and ex.response_frames is not None:
                         ex.grpc.add(response_messages=ex.response_frames.feed(data))
                     if not ended and us.ends_next():
                         # The last DATA frame ends the stream downstream too (see _request).
