@@ -94,18 +94,56 @@ class Decoder(hpack.Decoder):
 
 class Encoder(hpack.Encoder):
     """:class:`hpack.Encoder`, faster for a field the table holds (name and value) at an
-    index below 127: its one byte, without hpack's two calls to make it. Every other field
-    goes through hpack's own :meth:`~hpack.Encoder.add`, which searches the table again.
+    index below 127: its one byte, without hpack's calls to find and make it.
+
+    The bytes of such fields are kept while the table stays as it is (an index names a
+    field only for one state of the table): any field that is not a hit, which may add to
+    the table and evict from it, and any change of the table's size forget them all.
+    Between two sidecars, nearly every block is hits only, and is then one dictionary
+    lookup a field. Every other field goes through hpack's own :meth:`~hpack.Encoder.add`;
+    the blocks and the table are hpack's, which ``tests/test_proxy_h2_hpack.py`` checks.
 
     >>> Encoder().encode([(b":method", b"GET")]) == hpack.Encoder().encode([(b":method", b"GET")])
     True
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hits: dict[tuple[bytes, bytes], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        if self.header_table.resized or isinstance(headers, dict):
+            # A size change (announced at the block's start; a smaller table evicts) or a
+            # dict (hpack's own reordering): hpack's way, the indexes forgotten.
+            self._hits.clear()
+            return bytes(super().encode(headers, huffman))
+        hits = self._hits
+        out = []
+        for header in headers:
+            # A plain or Header tuple of two bytes values equals its key; a never-indexed
+            # one too, and a hit is sent as its index, sensitive or not, as hpack sends it.
+            try:
+                piece = hits.get(header)
+            except TypeError:  # (not hashable: a list, a bytearray value)
+                piece = None
+            if piece is None:
+                sensitive = (
+                    not header.indexable
+                    if isinstance(header, hpack.HeaderTuple)
+                    else len(header) > 2 and bool(header[2])
+                )
+                field = (hpack.hpack._to_bytes(header[0]), hpack.hpack._to_bytes(header[1]))
+                piece = self.add(field, sensitive, huffman)
+            out.append(piece)
+        return b"".join(out)
 
     def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
         name, value = to_add
         match = self.header_table.search(name, value)
         # hpack sends a field the table holds as its index, sensitive or not.
         if match is not None and match[2] is not None and match[0] < 127:
-            hpack.hpack.log.debug("Encoded %s as index %d", name, match[0])
-            return _INDEXED[match[0]]
-        return super().add(to_add, sensitive, huffman)
+            piece = _INDEXED[match[0]]
+            self._hits[(name, value)] = piece
+            return piece
+        self._hits.clear()  # the table may change
+        return bytes(super().add(to_add, sensitive, huffman))
