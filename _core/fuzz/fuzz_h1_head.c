@@ -12,14 +12,7 @@
 #include <string.h>
 
 #include "h1_head.h"
-
-#define REQUIRE(cond)                                                          \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "fuzz invariant failed at %d: %s\n", __LINE__, #cond); \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "require.h"
 
 static int tchar(uint8_t c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||

@@ -16,16 +16,9 @@
 #include <string.h>
 
 #include "peer_exchange.h"
+#include "require.h"
 
 #define FUZZ_MAX 65536u
-
-#define REQUIRE(cond)                                                          \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "fuzz invariant failed at %d: %s\n", __LINE__, #cond); \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
 
 /* Token stream sanity: containers nest, END indexes match, references stay in bounds. */
 static void check_tokens(const pe_tokens *t, size_t data_len) {

@@ -81,48 +81,53 @@ cdef inline object _noted(const char *lname, size_t n):
     return None
 
 
+cdef inline bytes _slice(const char *buf, h1_range r):
+    return PyBytes_FromStringAndSize(buf + r.at, r.len)
+
+
+cdef inline bytes _lowercase(bytes name):
+    """``name.lower()``, or ``name`` itself when it has no capital."""
+    cdef const char *text = PyBytes_AS_STRING(name)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), j
+    cdef char *out
+    for j in range(n):
+        if 65 <= text[j] <= 90:
+            break
+    else:
+        return name
+    lowered = PyBytes_FromStringAndSize(NULL, n)
+    out = PyBytes_AS_STRING(lowered)
+    for j in range(n):
+        out[j] = text[j] + 32 if 65 <= text[j] <= 90 else text[j]
+    return lowered
+
+
+cdef inline bytes _note(dict noted, bytes lname, Py_ssize_t i):
+    """Note field ``i`` when ``lname`` is a NOTED name; the name to keep (NOTED's own object
+    for those)."""
+    known = _noted(PyBytes_AS_STRING(lname), <size_t>PyBytes_GET_SIZE(lname))
+    if known is None:
+        return lname
+    if known in noted:
+        (<list>noted[known]).append(i)
+    else:
+        noted[known] = [i]
+    return <bytes>known
+
+
 cdef tuple _split(const char *buf, h1_field *fields, size_t count):
     """``(raw, lower, noted)`` of ``count`` parsed fields of ``buf``."""
     cdef list raw = []
     cdef list lower = []
     cdef dict noted = {}
-    cdef size_t i, j, n
-    cdef const char *name
-    cdef char *out
-    cdef bint upper
+    cdef size_t i
     cdef bytes raw_name, value
-    cdef object lname, known
     for i in range(count):
-        name = buf + fields[i].name.at
-        n = fields[i].name.len
-        raw_name = PyBytes_FromStringAndSize(name, n)
-        value = PyBytes_FromStringAndSize(buf + fields[i].value.at, fields[i].value.len)
-        upper = False
-        for j in range(n):
-            if 65 <= name[j] <= 90:  # A-Z
-                upper = True
-                break
-        if upper:
-            lname = PyBytes_FromStringAndSize(NULL, n)
-            out = PyBytes_AS_STRING(lname)
-            for j in range(n):
-                out[j] = name[j] + 32 if 65 <= name[j] <= 90 else name[j]
-        else:
-            lname = raw_name
-        known = _noted(PyBytes_AS_STRING(lname), n)
-        if known is not None:
-            lname = known
-            if known in noted:
-                (<list>noted[known]).append(i)
-            else:
-                noted[known] = [i]
+        raw_name = _slice(buf, fields[i].name)
+        value = _slice(buf, fields[i].value)
         raw.append((raw_name, value))
-        lower.append((lname, value))
+        lower.append((_note(noted, _lowercase(raw_name), i), value))
     return raw, lower, noted
-
-
-cdef inline bytes _slice(const char *buf, h1_range r):
-    return PyBytes_FromStringAndSize(buf + r.at, r.len)
 
 
 def parse_fields(bytes block not None):
@@ -193,40 +198,15 @@ def parse_head(bytes head not None, bint request):
             free(fields)
 
 
-cdef inline bytes _lowercase(bytes name):
-    """``name.lower()``, or ``name`` itself when it has no capital."""
-    cdef const char *text = PyBytes_AS_STRING(name)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), j
-    cdef char *out
-    for j in range(n):
-        if 65 <= text[j] <= 90:
-            break
-    else:
-        return name
-    lowered = PyBytes_FromStringAndSize(NULL, n)
-    out = PyBytes_AS_STRING(lowered)
-    for j in range(n):
-        out[j] = text[j] + 32 if 65 <= text[j] <= 90 else text[j]
-    return lowered
-
-
 def note_fields(list raw not None):
     """Fields to be sent, lowercased, and where the :data:`NOTED` ones are."""
     cdef list lower = []
     cdef dict noted = {}
     cdef Py_ssize_t i
-    cdef bytes lname
     for i in range(len(raw)):
         name, value = raw[i]
         lname = _lowercase(name if type(name) is bytes else bytes(name))
-        known = _noted(PyBytes_AS_STRING(lname), <size_t>PyBytes_GET_SIZE(lname))
-        if known is not None:
-            lname = known
-            if known in noted:
-                (<list>noted[known]).append(i)
-            else:
-                noted[known] = [i]
-        lower.append((lname, value))
+        lower.append((_note(noted, lname, i), value))
     return lower, noted
 
 
