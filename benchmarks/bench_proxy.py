@@ -615,13 +615,23 @@ def loops_main(args: argparse.Namespace, loops: list[str], before: str | None = 
     def per_sidecar(name: str, mode: str) -> list[float]:
         return [(m - d) / 2 for m, d in zip(cpu[name][mode], cpu[name]["direct"])]
 
+    def per_sidecar_pooled(name: str, mode: str) -> list[float]:
+        # Against the app's median over every round of every stack on this loop (its code is
+        # the same in all): a round's own app figure swings as much as a sidecar costs.
+        app = statistics.median(
+            d for other in loops if other.split("@")[0] == name.split("@")[0]
+            for d in cpu[other]["direct"]
+        )  # fmt: skip
+        return [(m - app) / 2 for m in cpu[name][mode]]
+
     print("CPU per request, median of rounds (lowest–highest round):")
     for name in loops:
         print(
             f"  {name}: per sidecar, telemetry on {_spread(per_sidecar(name, 'on'))} µs, "
             f"off {_spread(per_sidecar(name, 'off'))} µs; the app alone "
             f"{_spread(cpu[name]['direct'])} µs; through both sidecars (on) "
-            f"{_spread(rates[name])} req/s"
+            f"{_spread(rates[name])} req/s; per sidecar (on) against the app's median over "
+            f"all rounds on this loop {_spread(per_sidecar_pooled(name, 'on'))} µs"
         )
     # Each stack against the first, and with --before each loop against its own before.
     pairs_compared = [(name, loops[0]) for name in loops[1:]]
@@ -632,6 +642,11 @@ def loops_main(args: argparse.Namespace, loops: list[str], before: str | None = 
             n / b for n, b in zip(per_sidecar(name, "on"), per_sidecar(base, "on"), strict=True)
         ]
         print(f"  {name} / {base}, per sidecar (on), same round: {_spread(ratio, '.2f')}")
+        pair_ratio = [n / b for n, b in zip(cpu[name]["on"], cpu[base]["on"], strict=True)]
+        print(
+            f"  {name} / {base}, the pair process's CPU per request through both sidecars "
+            f"and the app (on), same round: {_spread(pair_ratio, '.2f')}"
+        )
 
 
 def h2_main(
