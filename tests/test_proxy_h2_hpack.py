@@ -21,7 +21,7 @@ from hpack import NeverIndexedHeaderTuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshstats.proxy.h2_hpack import Decoder, Encoder
+from meshstats.proxy.h2_hpack import KNOWN_BLOCK_SIZE, KNOWN_BLOCKS, Decoder, Encoder
 
 Header = tuple[bytes, bytes]
 _EXAMPLES = int(os.environ.get("MESHSTATS_H2_HPACK_EXAMPLES", "500"))
@@ -86,6 +86,36 @@ def test_decodes_as_hpack(limit: int, blocks: list[bytes]) -> None:
 @given(data=st.binary(max_size=40))
 def test_random_bytes_as_hpack(data: bytes) -> None:
     assert _outcome(Decoder(), data) == _outcome(hpack.Decoder(), data)
+
+
+def test_a_block_kept_decoded_is_forgotten_when_the_table_changes() -> None:
+    encoder, ours, theirs = hpack.Encoder(), Decoder(), hpack.Decoder()
+
+    def both(data: bytes) -> object:
+        outcome = _outcome(ours, data)
+        assert outcome == _outcome(theirs, data)
+        return outcome
+
+    both(encoder.encode([(b"x-a", b"1")]))  # learnt: x-a at index 62
+    again = encoder.encode([(b"x-a", b"1")])
+    assert again == b"\xbe"
+    assert both(again) == both(again) == [(True, b"x-a", b"1")]  # (the second one kept)
+    both(encoder.encode([(b"x-b", b"2")]))  # x-b at 62 now, x-a at 63
+    assert both(again) == [(True, b"x-b", b"2")]
+    ours.header_table_size = theirs.header_table_size = 0  # the table emptied by hand
+    assert both(again) == ("refused", False)
+
+
+def test_blocks_kept_decoded_are_bounded() -> None:
+    decoder = Decoder()
+    static = range(0x81, 0x81 + 61)
+    for a in static:
+        for b in static:
+            decoder.decode(bytes([a, b]), raw=True)  # 3,721 different blocks of indexes
+            assert len(decoder._known) <= KNOWN_BLOCKS
+    long = bytes([0x82]) * (KNOWN_BLOCK_SIZE + 1)
+    assert decoder.decode(long, raw=True) == [(b":method", b"GET")] * len(long)
+    assert long not in decoder._known
 
 
 def test_indexed_fields_are_the_tables_tuples() -> None:

@@ -36,14 +36,46 @@ _STATIC = HeaderTable.STATIC_TABLE
 _STATIC_LENGTH = len(_STATIC)
 # An indexed field whose index fits the first byte (RFC 7541 §6.1), by index.
 _INDEXED = [bytes([0x80 | index]) for index in range(127)]
+#: Blocks of one-byte indexes the decoder keeps decoded, and the longest it keeps.
+KNOWN_BLOCKS = 256
+KNOWN_BLOCK_SIZE = 64
+_DEFAULT_LIST_LIMIT = hpack.hpack.DEFAULT_MAX_HEADER_LIST_SIZE
 
 
 class Decoder(hpack.Decoder):
-    """:class:`hpack.Decoder`, faster for indexed fields when ``raw`` (as h2 calls it)."""
+    """:class:`hpack.Decoder`, faster for indexed fields when ``raw`` (as h2 calls it).
+
+    A block made only of one-byte indexes (between sidecars, nearly every block once the
+    table is warm) changes nothing in the table, so while the table stays as it is the
+    same bytes decode to the same fields: such blocks are kept (at most
+    :data:`KNOWN_BLOCKS`, each at most :data:`KNOWN_BLOCK_SIZE` bytes, so no peer grows
+    them), and forgotten whenever a block holds anything else (which may change the table)
+    or the table's size is set.
+    """
+
+    def __init__(
+        self, max_header_list_size: int = hpack.hpack.DEFAULT_MAX_HEADER_LIST_SIZE
+    ) -> None:
+        super().__init__(max_header_list_size)
+        self._known: dict[bytes, tuple[tuple[tuple[bytes, bytes], ...], int]] = {}
+
+    @property
+    def header_table_size(self) -> int:
+        return int(self.header_table.maxsize)
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._known.clear()
+        self.header_table.maxsize = value
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         if not raw:
+            self._known.clear()
             return super().decode(data, raw)
+        known = self._known.get(data) if type(data) is bytes else None
+        if known is not None and known[1] <= self.max_header_list_size:
+            self._assert_valid_table_size()
+            return list(known[0])
         log = hpack.hpack.log  # hpack's records, if its debug logging is on
         log.debug("Decoding %s", data)
         view = memoryview(data)
@@ -51,6 +83,7 @@ class Decoder(hpack.Decoder):
         dynamic = self.header_table.dynamic_entries
         limit = self.max_header_list_size
         inflated = 0
+        indexed_only = True
         at, size = 0, len(data)
         while at < size:
             current = data[at]
@@ -67,6 +100,9 @@ class Decoder(hpack.Decoder):
                 log.debug("Decoded %s, consumed %d", header, 1)
                 at += 1
             else:
+                # Anything but a one-byte index may change the table (or is an error).
+                self._known.clear()
+                indexed_only = False
                 if current & 0x80:  # index 0 (an error) or one of 127 and more
                     found, consumed = self._decode_indexed(view[at:])
                 elif current & 0x40:
@@ -89,6 +125,10 @@ class Decoder(hpack.Decoder):
                 msg = f"A header list larger than {limit} has been received"
                 raise OversizedHeaderListError(msg)
         self._assert_valid_table_size()
+        if indexed_only and size <= KNOWN_BLOCK_SIZE and type(data) is bytes:
+            if len(self._known) >= KNOWN_BLOCKS:
+                self._known.clear()
+            self._known[data] = (tuple(headers), inflated)
         return headers
 
 
