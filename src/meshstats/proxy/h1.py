@@ -277,6 +277,11 @@ def _framing(lower: HeaderList, raw: HeaderList, noted: Noted) -> tuple[str, int
     codings_at = noted.get(b"transfer-encoding", [])
     if not lengths_at and not codings_at:
         return "none", 0, 0
+    if not codings_at and len(lengths_at) == 1:
+        # The common case, one plain length: what the loop below would find, sooner.
+        value = lower[lengths_at[0]][1]
+        if value.isdigit() and len(value) <= _CONTENT_LENGTH_MAX_DIGITS:
+            return "content-length", int(value), 1
     length: bytes | None = None
     chunked = False
     repeats: list[int] = []
