@@ -8,11 +8,13 @@ the sidecars run on the test's event loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import http.client
 import os
 import socket
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from proxy_support import (
 
 from meshstats import encode_peer_header
 from meshstats.proxy import InboundConfig, OutboundConfig, Sidecar, SidecarConfig
+from meshstats.proxy import http as http_relay
+from meshstats.proxy.interrupt import Deadline
 
 pytestmark = pytest.mark.timing
 
@@ -298,6 +302,40 @@ def test_relayed_requests_leave_no_reference_cycles(certs: Certs) -> None:
                 assert found < 40, kinds
 
     run(main())
+
+
+def test_a_closed_connection_leaves_no_timer_armed(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each relay keeps one timer armed from request to request (``interrupt.Deadline``);
+    the loop would hold it, and the relay with it, up to the idle timeout (an hour), had the
+    relay not cancelled it as its connection ended. Once the sidecars stopped, none is
+    armed."""
+    made: weakref.WeakSet[Deadline] = weakref.WeakSet()
+    created = [0]
+
+    class Counted(Deadline):
+        __slots__ = ("__weakref__",)
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            super().__init__(loop)
+            made.add(self)
+            created[0] += 1
+
+    monkeypatch.setattr(http_relay, "Deadline", Counted)
+
+    async def main() -> list[bool]:
+        with http_app() as (_, app_port):
+            async with mesh(certs, app_port) as m:
+                for _ in range(3):  # three client connections, the upstream one reused
+                    await asyncio.to_thread(requests, m.port, [("GET", "/status/200", None, {})])
+        # Each relay made one (so the test counts the right class): three client-side, one
+        # or more server-side.
+        assert created[0] >= 4
+        gc.collect()
+        return [deadline.armed for deadline in made]
+
+    assert not any(run(main()))
 
 
 def test_chunked_and_large_bodies_byte_identical(certs: Certs) -> None:

@@ -4,17 +4,20 @@ The relay waits for its upstream's answer in one of these while the downstream's
 may fire it (the client went away); a cancellation it did not cause (the sidecar stopping)
 must pass through untouched, and the task must stay usable after an interruption. Nothing
 here waits on a clock: the timeouts are 0 s (the timer fires on the loop's next turn) and
-the events are scheduled with ``call_soon``.
+the events are scheduled with ``call_soon``; a :class:`Deadline`'s rules are checked on a
+clock and timers moved by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 
-from meshstats.proxy.interrupt import Interrupted, Interruptible
+from meshstats.proxy.interrupt import Deadline, Interrupted, Interruptible
 
 
 async def _never() -> None:
@@ -125,3 +128,114 @@ def test_outside_a_task_it_says_so() -> None:
     with pytest.raises(RuntimeError):  # no running loop, no task
         with Interruptible():
             pass
+
+
+# -- Deadline: one timer for a task's successive waits ------------------------------------------
+
+
+class _Handle:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self._when, self.callback, self.cancelled = when, callback, False
+
+    def when(self) -> float:
+        return self._when
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Clock:
+    """A loop's time and timers, moved by hand: the handles are called by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.handles: list[_Handle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
+        self.handles.append(_Handle(when, callback))
+        return self.handles[-1]
+
+    def armed(self) -> list[float]:
+        return [h.when() for h in self.handles if not h.cancelled]
+
+    def fire(self) -> None:
+        """The armed handle's time has come: the loop calls it (and forgets it)."""
+        (handle,) = [h for h in self.handles if not h.cancelled]
+        handle.cancelled = True
+        self.now = max(self.now, handle.when())
+        handle.callback()
+
+
+class _Wait:
+    """What a Deadline calls: an Interruptible's ``fire``."""
+
+    def __init__(self) -> None:
+        self.fired: list[str] = []
+
+    def fire(self, reason: str) -> None:
+        self.fired.append(reason)
+
+
+def _deadline() -> tuple[Any, _Clock]:
+    """A Deadline on a clock moved by hand (typed Any: it is given stand-ins)."""
+    clock = _Clock()
+    deadline: Any = Deadline(cast(asyncio.AbstractEventLoop, clock))
+    return deadline, clock
+
+
+def test_a_deadline_keeps_its_timer_from_wait_to_wait() -> None:
+    deadline, clock = _deadline()
+    first, second = _Wait(), _Wait()
+    deadline.watch(first, 300)
+    deadline.unwatch(first)
+    clock.now += 1
+    deadline.watch(second, 3600)  # later than the armed handle: kept
+    assert clock.armed() == [1300.0] and len(clock.handles) == 1
+    clock.fire()  # at the first wait's deadline: the second is not due
+    assert second.fired == [] and clock.armed() == [4601.0]  # armed again for the second
+    deadline.unwatch(second)
+    deadline.watch(first, 5)  # sooner than the armed handle: moved
+    assert clock.armed() == [1305.0]
+    clock.fire()
+    assert first.fired == ["timeout"] and second.fired == []
+
+
+def test_a_deadline_with_no_wait_under_way_lapses_and_the_next_wait_arms_it() -> None:
+    deadline, clock = _deadline()
+    wait, other = _Wait(), _Wait()
+    deadline.watch(wait, 10)
+    deadline.unwatch(other)  # not the wait under way: no effect
+    clock.fire()
+    assert wait.fired == ["timeout"]
+    deadline.watch(other, 10)
+    deadline.unwatch(other)
+    clock.fire()
+    assert other.fired == [] and clock.armed() == []  # lapsed, not armed again
+    deadline.watch(other, 10)
+    assert clock.armed() == [1030.0]
+    deadline.close()
+    assert clock.armed() == []
+
+
+def test_waits_on_a_deadline_are_interrupted_on_the_real_loop() -> None:
+    """Each wait gets its own timeout through the shared timer; a wait that ends in time
+    leaves nothing that interrupts the next one."""
+
+    async def main() -> list[str]:
+        deadline = Deadline(asyncio.get_running_loop())
+        outcomes = []
+        for timeout in (3600.0, 0.0, 3600.0, 0.0):
+            try:
+                with Interruptible(timeout, deadline) as wait:
+                    if timeout:  # ends at once, by an event
+                        asyncio.get_running_loop().call_soon(wait.fire, "data")
+                    await _never()
+            except Interrupted as why:
+                outcomes.append(why.reason)
+        deadline.close()
+        return outcomes
+
+    assert asyncio.run(main()) == ["data", "timeout", "data", "timeout"]

@@ -73,7 +73,7 @@ from ..certs import peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
 from . import h1
-from .interrupt import Interrupted, Interruptible
+from .interrupt import Deadline, Interrupted, Interruptible
 from .listener import Watched, peer_address, write
 from .pool import Pooled
 
@@ -205,9 +205,10 @@ class HttpStream:
         the sidecar accepted; False for others)."""
         return self.watched is not None and self.watched.received > self.fed
 
-    async def next_event(self, idle: float | None = None) -> Any:
+    async def next_event(self, idle: float | None = None, deadline: Deadline | None = None) -> Any:
         """The next codec event, reading from the socket as needed (EOF included); a read
-        that waits more than ``idle`` seconds raises ``asyncio.TimeoutError``.
+        that waits more than ``idle`` seconds raises ``asyncio.TimeoutError`` (timed by the
+        relay's ``deadline`` when given).
 
         An event the codec already holds is returned without yielding to the loop: the request
         is recorded before anyone who saw its response end can scrape.
@@ -220,7 +221,7 @@ class HttpStream:
                 data = await self.reader.read(CHUNK)
             else:
                 try:
-                    with Interruptible(idle):
+                    with Interruptible(idle, deadline):
                         data = await self.reader.read(CHUNK)
                 except Interrupted:
                     raise asyncio.TimeoutError from None
@@ -272,7 +273,9 @@ class HttpStream:
             self._held = event
         return not isinstance(self._held, h1.ProtocolError)
 
-    async def next_body_event(self, idle: float | None = None) -> Any:
+    async def next_body_event(
+        self, idle: float | None = None, deadline: Deadline | None = None
+    ) -> Any:
         """:meth:`next_event` for a body: the Data events the codec already holds come merged
         into one (up to CHUNK bytes or BODY_EVENTS_PER_STEP events), so a body sent as many
         tiny chunks (1 MB as 174,762 of them) costs one relay step per few hundred chunks, not
@@ -282,7 +285,7 @@ class HttpStream:
             if isinstance(event, h1.ProtocolError):
                 raise event
         else:
-            event = await self.next_event(idle)
+            event = await self.next_event(idle, deadline)
         if not isinstance(event, h1.Data):
             return event
         parts, size = [event.data], len(event.data)
@@ -452,6 +455,8 @@ class _Proxy:
         self.down = down
         # Looked up once: on 3.11 each get_running_loop() is a getpid() system call too.
         self.loop = asyncio.get_running_loop()
+        # Every timed wait of this connection's relay, on one timer (closed by serve()).
+        self.deadline = Deadline(self.loop)
         self.up: HttpStream | None = None
         self.principal: str | None = None  # the upstream's (outbound) / downstream's (inbound)
         self.address: str | None = None  # the same peer's ip:port, for the workload registry
@@ -501,6 +506,7 @@ class _Proxy:
             while await self.one_request():
                 pass
         finally:
+            self.deadline.close()
             up, self.up = self.up, None
             if up is not None:
                 if up.conn.our_state is h1.IDLE and up.conn.their_state is h1.IDLE:
@@ -518,7 +524,7 @@ class _Proxy:
         try:
             # A connection waiting for its next request (or a head trickling in) is closed
             # after idle_timeout, as Envoy's connection idle timeout does; nothing to record.
-            event = await down.next_event(no_zero(self.config.idle_timeout))
+            event = await down.next_event(no_zero(self.config.idle_timeout), self.deadline)
         except asyncio.TimeoutError:  # TimeoutError from 3.11, its own class in 3.10
             return False
         except (h1.RemoteProtocolError, OSError) as exc:
@@ -790,7 +796,7 @@ class _Proxy:
         # a deadline when it fires is not exact (uvloop rounds timers to milliseconds).
         request_timed_out = cfg.request_timeout > 0 and timeout == cfg.request_timeout
         try:
-            with Interruptible(timeout) as wait:
+            with Interruptible(timeout, self.deadline) as wait:
 
                 def downstream(what: str) -> None:
                     if until_continue or what != "data":
@@ -843,7 +849,7 @@ class _Proxy:
                         ex.flags = "DC"
                     raise
             try:
-                event = await src.next_body_event(idle)
+                event = await src.next_body_event(idle, self.deadline)
                 if isinstance(event, h1.Data) and not src.holds_event:
                     # More body to read: let other connections run between blocks, so a
                     # fast sender of a huge body cannot hold the loop. (Not after the last

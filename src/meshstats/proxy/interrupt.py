@@ -25,6 +25,12 @@ leaving the block before anything else can run, so the cancellation always lands
 awaited future finished in the same loop iteration). On Python 3.10, which has no
 ``Task.uncancel()``, an outside cancellation that comes in the same loop turn as an
 interruption is taken for the interruption.
+
+A task that waits again and again (a keep-alive connection's relay: the next request, the
+upstream's answer, a body's next bytes) can give its blocks one :class:`Deadline`: its
+timer handle stays armed from wait to wait and is moved only when a wait's deadline comes
+sooner, instead of a handle armed and cancelled per wait (about 2.5 µs each on the standard
+loop, twice a request).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
-__all__ = ["Interruptible", "Interrupted"]
+__all__ = ["Deadline", "Interruptible", "Interrupted"]
 
 
 class Interrupted(Exception):
@@ -47,21 +53,27 @@ class Interruptible:
     """A block whose ``await`` ends with :class:`Interrupted` after ``timeout`` seconds
     (reason ``"timeout"``; None: no deadline) or as soon as :meth:`fire` is called."""
 
-    __slots__ = ("_task", "_timer", "reason", "_timeout")
+    __slots__ = ("_task", "_timer", "reason", "_timeout", "_deadline")
 
-    def __init__(self, timeout: float | None = None) -> None:
+    def __init__(self, timeout: float | None = None, deadline: Deadline | None = None) -> None:
         self._timeout = timeout
+        self._deadline = deadline  # the task's own timer, if it has one (else a handle here)
         self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.reason: str | None = None
 
     def __enter__(self) -> Interruptible:
-        task = asyncio.current_task()
+        deadline = self._deadline
+        # (Given the loop, current_task() need not look it up: a getpid() call on 3.11.)
+        task = asyncio.current_task(deadline.loop if deadline is not None else None)
         if task is None:
             raise RuntimeError("Interruptible needs a running task")
         self._task = task
         if self._timeout is not None:
-            self._timer = task.get_loop().call_later(self._timeout, self.fire, "timeout")
+            if deadline is not None:
+                deadline.watch(self, self._timeout)
+            else:
+                self._timer = task.get_loop().call_later(self._timeout, self.fire, "timeout")
         return self
 
     def fire(self, reason: str) -> None:
@@ -80,6 +92,8 @@ class Interruptible:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        elif self._deadline is not None:
+            self._deadline.unwatch(self)
         if self.reason is None or task is None:
             return
         if kind is not None and issubclass(kind, asyncio.CancelledError):
@@ -87,3 +101,62 @@ class Interruptible:
             if uncancel is not None and uncancel() > 0:
                 return  # someone else cancelled the task too: theirs goes on
             raise Interrupted(self.reason) from None
+
+
+class Deadline:
+    """One timer handle for the successive :class:`Interruptible` waits of one task, each
+    with its own timeout.
+
+    The handle stays armed when a wait ends. When it fires, a wait still under way whose
+    deadline has come is interrupted; one whose deadline lies later (a wait that began
+    after the handle was armed) gets the handle armed again for it; with no wait under way
+    it just lapses, and the next wait arms it. A wait whose deadline comes sooner than the
+    armed one moves the handle. :meth:`close` cancels it: until then the loop holds this
+    object (up to the longest timeout), so the task closes it when it ends.
+    """
+
+    __slots__ = ("loop", "_handle", "_at", "_wait")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        self._wait: Interruptible | None = None
+
+    def watch(self, wait: Interruptible, timeout: float) -> None:
+        """Interrupt ``wait`` (reason ``"timeout"``) ``timeout`` seconds from now, unless
+        :meth:`unwatch` comes first."""
+        loop = self.loop
+        at = loop.time() + timeout
+        self._at, self._wait = at, wait
+        handle = self._handle
+        if handle is None or handle.when() > at:
+            if handle is not None:
+                handle.cancel()
+            self._handle = loop.call_at(at, self._fire)
+
+    @property
+    def armed(self) -> bool:
+        """Its timer handle is armed (the loop holds it, and this object with it)."""
+        return self._handle is not None
+
+    def unwatch(self, wait: Interruptible) -> None:
+        if self._wait is wait:
+            self._wait = None
+
+    def close(self) -> None:
+        self._wait = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        wait = self._wait
+        if wait is None:
+            return
+        # uvloop keeps time in milliseconds: a handle may fire up to one early.
+        if self.loop.time() + 0.001 < self._at:
+            self._handle = self.loop.call_at(self._at, self._fire)
+        else:
+            wait.fire("timeout")
