@@ -130,20 +130,29 @@ cdef tuple _split(const char *buf, h1_field *fields, size_t count):
     return raw, lower, noted
 
 
+cdef h1_field *_field_array(
+    const char *buf, size_t size, h1_field *on_stack, size_t *room
+) except NULL:
+    """Room for every field line ``buf`` can hold: ``on_stack``, or an array to ``free``."""
+    room[0] = h1_max_fields(<const uint8_t *>buf, size)
+    if room[0] <= _ON_STACK:
+        return on_stack
+    cdef h1_field *fields = <h1_field *>malloc(room[0] * sizeof(h1_field))
+    if fields == NULL:
+        raise MemoryError()
+    return fields
+
+
 def parse_fields(bytes block not None):
     """The raw and lowercased fields of a field section (its lines, each with its line end),
     and where the :data:`NOTED` ones are (lowercase name: indices)."""
     cdef const char *buf = PyBytes_AS_STRING(block)
     cdef size_t size = <size_t>PyBytes_GET_SIZE(block)
     cdef h1_field on_stack[_ON_STACK]
-    cdef h1_field *fields = on_stack
-    cdef size_t room = h1_max_fields(<const uint8_t *>buf, size)
+    cdef size_t room
     cdef size_t count = 0
     cdef h1_status status
-    if room > _ON_STACK:
-        fields = <h1_field *>malloc(room * sizeof(h1_field))
-        if fields == NULL:
-            raise MemoryError()
+    cdef h1_field *fields = _field_array(buf, size, on_stack, &room)
     try:
         status = h1_parse_fields(<const uint8_t *>buf, 0, size, fields, room, &count)
         if status != H1_OK:
@@ -161,26 +170,22 @@ def parse_head(bytes head not None, bint request):
     cdef const char *buf = PyBytes_AS_STRING(head)
     cdef size_t size = <size_t>PyBytes_GET_SIZE(head)
     cdef h1_field on_stack[_ON_STACK]
-    cdef h1_field *fields = on_stack
-    cdef size_t room = h1_max_fields(<const uint8_t *>buf, size)
+    cdef size_t room
     cdef h1_head parsed
     cdef h1_status status
     cdef const char *digits
-    if room > _ON_STACK:
-        fields = <h1_field *>malloc(room * sizeof(h1_field))
-        if fields == NULL:
-            raise MemoryError()
+    cdef h1_field *fields = _field_array(buf, size, on_stack, &room)
     try:
         status = h1_parse_head(<const uint8_t *>buf, size, request, &parsed, fields, room)
         if status == H1_BAD_HEAD:
             raise ValueError(f"not a complete head: {head[:256]!r}")
-        if status != H1_OK and status != H1_BAD_START_LINE:
-            section = _slice(buf, parsed.field_section)
-            raise ValueError(f"illegal header line in {section[:256]!r}")
         if status == H1_BAD_START_LINE:
             line = _slice(buf, parsed.start_line)
             kind = "request" if request else "status"
             raise ValueError(f"illegal {kind} line: {line[:256]!r}")
+        if status != H1_OK:
+            section = _slice(buf, parsed.field_section)
+            raise ValueError(f"illegal header line in {section[:256]!r}")
         raw, lower, noted = _split(buf, fields, parsed.fields)
         if request:
             return (
