@@ -28,6 +28,8 @@ EXTENSIONS: list[tuple[str, str, list[str]]] = [
     ("meshstats._requests_c", "src/meshstats/_requests_c.pyx", ["_core/request_table.c"]),
     # The sidecar's HTTP/1.1 heads: the grammar in C, the lists built by the glue.
     ("meshstats._h1_head_c", "src/meshstats/_h1_head_c.pyx", ["_core/h1_head.c"]),
+    # The connection's state machine over those heads: Python objects only, no _core.
+    ("meshstats._h1_conn_c", "src/meshstats/_h1_conn_c.pyx", []),
     # Python objects only (contexts in a dict): compiled for the argument parsing, no _core.
     ("meshstats._peer_cache_c", "src/meshstats/_peer_cache_c.pyx", []),
 ]

@@ -33,6 +33,7 @@ class Backend:
     requests: ModuleType
     peer_cache: ModuleType
     h1_head: ModuleType
+    h1_conn: ModuleType
 
     def __str__(self) -> str:
         return self.name
@@ -47,6 +48,7 @@ def _load(name: str) -> Backend:
         requests=importlib.import_module(f"meshstats._requests{suffix}"),
         peer_cache=importlib.import_module(f"meshstats._peer_cache{suffix}"),
         h1_head=importlib.import_module(f"meshstats._h1_head{suffix}"),
+        h1_conn=importlib.import_module(f"meshstats._h1_conn{suffix}"),
     )
 
 

@@ -39,10 +39,18 @@ def _section_names(path: Path) -> list[str]:
 
 @pytest.mark.c_extension
 def test_compiled_modules_carry_no_debug_info() -> None:
-    from meshstats import _h1_head_c, _peer_cache_c, _peer_exchange_c, _requests_c, _store_c
+    from meshstats import (
+        _h1_conn_c,
+        _h1_head_c,
+        _peer_cache_c,
+        _peer_exchange_c,
+        _requests_c,
+        _store_c,
+    )
 
     debug_build = os.environ.get("MESHSTATS_DEBUG_BUILD", "") not in ("", "0")
-    for module in (_store_c, _peer_exchange_c, _requests_c, _peer_cache_c, _h1_head_c):
+    compiled = (_store_c, _peer_exchange_c, _requests_c, _peer_cache_c, _h1_head_c, _h1_conn_c)
+    for module in compiled:
         assert module.__file__ is not None
         names = _section_names(Path(module.__file__))
         assert ".text" in names  # really parsed

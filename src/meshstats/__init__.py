@@ -13,7 +13,7 @@ True
 
 from __future__ import annotations
 
-from . import _h1_head, _peer_cache, _peer_exchange, _requests, _store
+from . import _h1_conn, _h1_head, _peer_cache, _peer_exchange, _requests, _store
 from ._peer_exchange import (
     DEFAULT_MAX_FRAME,
     DONE,
@@ -62,7 +62,8 @@ from .registry import WorkloadRegistry
 
 #: True when every compiled module loaded (neither disabled nor missing).
 HAS_EXTENSION: bool = all(
-    module.COMPILED for module in (_store, _peer_exchange, _requests, _peer_cache, _h1_head)
+    module.COMPILED
+    for module in (_store, _peer_exchange, _requests, _peer_cache, _h1_head, _h1_conn)
 )
 
 __version__ = "0.1.0"
