@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import gc
 import os
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -181,6 +182,39 @@ async def left_to_the_collector(work: Callable[[], Awaitable[object]]) -> tuple[
         gc.garbage.clear()
         gc.enable()
     return found, str(kinds.most_common(12))
+
+
+async def loop_lookups(work: Callable[[], Awaitable[object]]) -> collections.Counter[str]:
+    """Where the sidecar's code looked the running loop up while ``work`` ran, by function:
+    ``asyncio.get_running_loop()``, and ``asyncio.current_task()`` without a loop (which
+    looks it up). On 3.11 each lookup is a ``getpid()`` system call too, so the relay keeps
+    its loop instead of asking per request."""
+    seen: collections.Counter[str] = collections.Counter()
+    get_running_loop, current_task = asyncio.get_running_loop, asyncio.current_task
+
+    def note() -> None:
+        caller = sys._getframe(2)
+        if caller.f_globals.get("__name__", "").startswith("meshstats."):
+            seen[f"{caller.f_globals['__name__']}.{caller.f_code.co_name}"] += 1
+
+    def counted_get_running_loop() -> asyncio.AbstractEventLoop:
+        note()
+        return get_running_loop()
+
+    def counted_current_task(
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Task[Any] | None:
+        if loop is None:
+            note()
+        return current_task(loop)
+
+    asyncio.get_running_loop = counted_get_running_loop
+    asyncio.current_task = counted_current_task
+    try:
+        await work()
+    finally:
+        asyncio.get_running_loop, asyncio.current_task = get_running_loop, current_task
+    return seen
 
 
 def engine(config: SidecarConfig, backend: Backend) -> StatsEngine:

@@ -37,6 +37,7 @@ from proxy_support import (
     eventually,
     free_port,
     left_to_the_collector,
+    loop_lookups,
     make_certs,
     mesh,
     only_labels,
@@ -183,6 +184,34 @@ def test_relayed_streams_leave_no_reference_cycles(certs: Certs, backend: Backen
             await client.close()
             # 40 streams through two sidecars: a cycle per stream would be hundreds.
             assert found < 40, kinds
+
+    run(main())
+
+
+def test_relayed_streams_look_the_loop_up_once_per_connection(
+    certs: Certs, backend: Backend
+) -> None:
+    """No step of a relayed stream asks asyncio for the running loop: each lookup is a
+    ``getpid()`` on 3.11, and a GET's steps made six of them per sidecar."""
+    post: Headers = [(b"content-type", b"application/octet-stream")]
+
+    async def main() -> None:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+
+            async def streams(n: int) -> None:
+                ids = [await client.start("/status/200") for _ in range(n)]
+                ids += [
+                    await client.start("/echo", method="POST", body=b"x" * 100, headers=post)
+                    for _ in range(n)
+                ]
+                assert [(await client.finish(i)).status for i in ids] == [200] * (2 * n)
+
+            await streams(2)  # the connections through both sidecars: made once, kept
+            seen = await loop_lookups(lambda: streams(20))
+            await client.close()
+            # 40 streams through two sidecars; a lookup per stream would be 80 or more.
+            assert sum(seen.values()) < 10, seen
 
     run(main())
 

@@ -553,8 +553,7 @@ class H2Conn:
     def idle(self) -> None:
         """The last stream ended: an upstream connection closes if none comes in time."""
         if self.idle_timeout is not None and self._idle is None and not self.closed:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(self.idle_timeout, self.close)
+            self._idle = self._loop.call_later(self.idle_timeout, self.close)
 
     def open(self, headers: Headers, *, end_stream: bool) -> H2Stream:
         """Open a stream with a request's headers (client role)."""
@@ -732,15 +731,20 @@ class _StreamTimer:
     __slots__ = ("_wait", "_ex", "_idle", "_deadline", "_loop", "_handle")
 
     def __init__(
-        self, wait: Interruptible, ex: _Exchange, idle: float | None, deadline: float | None
+        self,
+        wait: Interruptible,
+        ex: _Exchange,
+        idle: float | None,
+        deadline: float | None,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._wait = wait
         self._ex = ex
         self._idle = idle
         self._deadline = deadline
+        self._loop = loop
         self._handle: asyncio.TimerHandle | None = None
         if idle is not None or deadline is not None:
-            self._loop = asyncio.get_running_loop()
             self._handle = self._loop.call_at(self._due(), self._check)
 
     def _due(self) -> float:
@@ -795,6 +799,9 @@ class _H2Proxy:
     def __init__(self, sidecar: Sidecar, down: H2Conn) -> None:
         self.sidecar = sidecar
         self.down = down
+        # Looked up once: on 3.11 each get_running_loop() is a getpid() system call, and a
+        # stream's steps asked for it six times.
+        self.loop = asyncio.get_running_loop()
         self._peer_key: tuple[object, ...] | None = None
         self._peer_ctx: PeerContext | None = None
 
@@ -822,7 +829,7 @@ class _H2Proxy:
         down = self.down.start()
         tasks: set[asyncio.Task[None]] = set()
         idle = no_zero(self.sidecar.config.idle_timeout)
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         timer: asyncio.TimerHandle | None = None
         idled = False
 
@@ -870,7 +877,7 @@ class _H2Proxy:
             down.close()
 
     async def relay(self, ds: H2Stream, request: h2.events.RequestReceived) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now = loop.time()
         ex = _Exchange(started=now, last=now)
         headers: Headers = list(request.headers or [])
@@ -924,7 +931,7 @@ class _H2Proxy:
         """Fill in what the downstream connection says about the peer (inbound)."""
 
     async def _exchange(self, ds: H2Stream, us: H2Stream, ex: _Exchange) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         cfg = self.sidecar.config
         idle = no_zero(cfg.stream_idle_timeout)
         deadline = ex.started + cfg.request_timeout if cfg.request_timeout > 0 else None
@@ -997,8 +1004,8 @@ class _H2Proxy:
         were a good part of its cost). Which timeout, and when, as :meth:`_exchange`
         decides."""
         try:
-            with Interruptible() as wait:
-                timer = _StreamTimer(wait, ex, idle, deadline)
+            with Interruptible(loop=self.loop) as wait:
+                timer = _StreamTimer(wait, ex, idle, deadline, self.loop)
                 try:
                     await self._response(ds, us, ex)
                 finally:
@@ -1028,7 +1035,7 @@ class _H2Proxy:
 
     async def _request(self, ds: H2Stream, us: H2Stream, ex: _Exchange) -> None:
         """Downstream -> upstream: DATA, trailers, the end."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         up, down = us.conn, ds.conn
 
         def done() -> None:
@@ -1075,7 +1082,7 @@ class _H2Proxy:
 
     async def _response(self, ds: H2Stream, us: H2Stream, ex: _Exchange) -> None:
         """Upstream -> downstream: the headers (peer exchange), DATA, trailers, the end."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         up, down = us.conn, ds.conn
         ended = False
 
@@ -1212,7 +1219,7 @@ class _H2Proxy:
         if ex.recorded:
             return
         ex.recorded = True
-        elapsed = (asyncio.get_running_loop().time() - ex.started) * 1000.0
+        elapsed = (self.loop.time() - ex.started) * 1000.0
         peer = self._peer(ex)
         grpc_status = ex.grpc_status
         if ex.grpc is not None:

@@ -51,13 +51,21 @@ class Interrupted(Exception):
 
 class Interruptible:
     """A block whose ``await`` ends with :class:`Interrupted` after ``timeout`` seconds
-    (reason ``"timeout"``; None: no deadline) or as soon as :meth:`fire` is called."""
+    (reason ``"timeout"``; None: no deadline) or as soon as :meth:`fire` is called.
+    ``loop``, when given (or the ``deadline``'s), spares looking up the running one."""
 
-    __slots__ = ("_task", "_timer", "reason", "_timeout", "_deadline")
+    __slots__ = ("_task", "_timer", "reason", "_timeout", "_deadline", "_loop")
 
-    def __init__(self, timeout: float | None = None, deadline: Deadline | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._timeout = timeout
         self._deadline = deadline  # the task's own timer, if it has one (else a handle here)
+        self._loop = deadline.loop if deadline is not None else loop
         self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.reason: str | None = None
@@ -65,7 +73,7 @@ class Interruptible:
     def __enter__(self) -> Interruptible:
         deadline = self._deadline
         # (Given the loop, current_task() need not look it up: a getpid() call on 3.11.)
-        task = asyncio.current_task(deadline.loop if deadline is not None else None)
+        task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("Interruptible needs a running task")
         self._task = task
