@@ -14,7 +14,9 @@ each step waits for the frames it needs (``eventually`` polls with a generous de
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -49,7 +51,8 @@ from proxy_support import (
 
 from meshstats import encode_peer_header
 from meshstats.proxy import OutboundConfig, Sidecar, SidecarConfig
-from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW
+from meshstats.proxy import h2 as h2_relay
+from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW, _StreamTimers
 
 pytestmark = pytest.mark.timing
 
@@ -214,6 +217,41 @@ def test_relayed_streams_look_the_loop_up_once_per_connection(
             assert sum(seen.values()) < 10, seen
 
     run(main())
+
+
+def test_a_closed_connection_leaves_no_stream_timer_armed(
+    certs: Certs, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection keeps one timer for its streams' timeouts (``h2._StreamTimers``),
+    armed from stream to stream; the loop would hold it, and with it the connection's
+    timers, up to the stream idle timeout, had the relay not cancelled it as its connection
+    ended. Once the client left and the sidecars stopped, none is armed."""
+    made: weakref.WeakSet[_StreamTimers] = weakref.WeakSet()
+
+    class Counted(_StreamTimers):
+        __slots__ = ("__weakref__",)
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            super().__init__(loop)
+            made.add(self)
+
+    monkeypatch.setattr(h2_relay, "_StreamTimers", Counted)
+
+    async def main() -> tuple[int, list[bool]]:
+        async with h2_app() as app, mesh(certs, app.port, backend) as m:
+            client = await H2Client.connect(m.port)
+            ids = [await client.start("/status/200") for _ in range(5)]
+            assert [(await client.finish(i)).status for i in ids] == [200] * 5
+            armed_meanwhile = sum(timers.armed for timers in made)
+            await client.close()
+        gc.collect()
+        return armed_meanwhile, [timers.armed for timers in made]
+
+    armed_meanwhile, after = run(main())
+    # One per relayed connection, armed while it served (so the test counts the right
+    # class): the client's at its sidecar, that sidecar's at the other.
+    assert len(after) >= 2 and armed_meanwhile >= 2
+    assert not any(after)
 
 
 def test_bodies_trailers_and_exact_sizes(certs: Certs, backend: Backend) -> None:

@@ -239,3 +239,73 @@ def test_waits_on_a_deadline_are_interrupted_on_the_real_loop() -> None:
         return outcomes
 
     assert asyncio.run(main()) == ["data", "timeout", "data", "timeout"]
+
+
+# -- the HTTP/2 relay's timeouts of a connection's streams, on one timer ----------------------
+
+
+def _stream_timers() -> tuple[Any, _Clock]:
+    """An HTTP/2 connection's stream timers on a clock moved by hand."""
+    from meshstats.proxy.h2 import _StreamTimers
+
+    clock = _Clock()
+    timers: Any = _StreamTimers(cast(asyncio.AbstractEventLoop, clock))
+    return timers, clock
+
+
+def _stream(clock: _Clock) -> Any:
+    from meshstats.proxy.h2 import _Exchange
+
+    return _Exchange(started=clock.now, last=clock.now)
+
+
+def test_streams_share_one_timer_until_one_is_due() -> None:
+    timers, clock = _stream_timers()
+    first, second, third = _Wait(), _Wait(), _Wait()
+    a, b, c = _stream(clock), _stream(clock), _stream(clock)
+    timers.add(first, a, 300.0, None)
+    clock.now += 10
+    b.started = b.last = clock.now
+    timers.add(second, b, 300.0, None)  # due later than the armed handle: kept
+    assert clock.armed() == [1300.0] and len(clock.handles) == 1
+    timers.add(third, c, None, clock.now + 30)  # a request deadline sooner: moved
+    assert clock.armed() == [1040.0]
+    clock.fire()
+    assert third.fired == ["UT"] and first.fired == second.fired == []
+    assert clock.armed() == [1300.0]  # the soonest of the others
+    a.last = clock.now  # the first stream moved: its idle clock starts again
+    clock.fire()
+    assert first.fired == [] and second.fired == []
+    assert clock.armed() == [1310.0]
+    clock.fire()
+    assert second.fired == ["SI"] and first.fired == []
+    assert clock.armed() == [1340.0]
+    timers.discard(first)  # its relay ended: nothing left to watch
+    clock.fire()
+    assert first.fired == [] and clock.armed() == []  # lapsed
+    assert not timers.armed
+
+
+def test_a_stream_that_responded_is_past_its_request_deadline() -> None:
+    """``UT`` holds until the response began; then only the idle timeout does."""
+    timers, clock = _stream_timers()
+    wait, ex = _Wait(), _stream(clock)
+    timers.add(wait, ex, 60.0, clock.now + 15)
+    assert clock.armed() == [1015.0]
+    ex.responded = True
+    ex.last = clock.now + 14
+    clock.fire()
+    assert wait.fired == [] and clock.armed() == [1074.0]
+    clock.fire()
+    assert wait.fired == ["SI"]
+
+
+def test_stream_timers_close_with_their_connection() -> None:
+    timers, clock = _stream_timers()
+    wait = _Wait()
+    timers.add(wait, _stream(clock), 300.0, None)
+    timers.add(_Wait(), _stream(clock), None, None)  # no timeout: nothing watched
+    assert timers.armed and len(clock.armed()) == 1
+    timers.close()
+    assert clock.armed() == [] and not timers.armed
+    timers.discard(wait)  # (a relay ending after its connection: no effect)

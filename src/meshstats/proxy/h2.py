@@ -716,59 +716,86 @@ class _Exchange:
     response_frames: GrpcFrames | None = None
 
 
-class _StreamTimer:
-    """The timeouts of a stream relayed in one task, as :meth:`_H2Proxy._exchange` decides
-    them: ``UT`` at the request's deadline until the response began, ``SI`` once nothing
-    moved for ``idle`` seconds (``ex.last``); each fires into the task's ``wait``.
+class _StreamTimers:
+    """The timeouts of every stream of one connection relayed in one task (a GET), as
+    :meth:`_H2Proxy._exchange` decides them, on one timer handle: ``UT`` at the request's
+    deadline until the response began, ``SI`` once nothing moved for ``idle`` seconds
+    (``ex.last``); each fires into its stream's ``wait``.
 
-    A class rather than closures: a closure that re-arms itself holds itself through its
-    cell, a reference cycle per stream that took with it the stream's exchange, its
-    timer handle and the loop; only the cycle collector freed them (a fifth of the pair
-    process's CPU under HTTP/2 load, December 2026). Once cancelled, nothing here refers
-    back to itself.
+    The handle is armed for the soonest of them and stays armed as streams come and go:
+    a stream whose time comes later than the armed one (every stream, when they share the
+    same timeouts) costs a dictionary entry, not a timer armed and cancelled (a handle
+    pushed on the loop's heap, or a libuv timer made, per stream). When it fires, the
+    streams whose time has come are interrupted and it is armed again for the soonest of
+    the others (a stream that moved meanwhile starts its idle clock again); with none left it
+    lapses. :meth:`close` cancels it when the connection ends: until then the loop holds
+    this object. Nothing here refers back to itself, so no cycle outlives a stream (one per
+    stream was once a fifth of the pair process's CPU under HTTP/2 load).
     """
 
-    __slots__ = ("_wait", "_ex", "_idle", "_deadline", "_loop", "_handle")
+    __slots__ = ("_loop", "_streams", "_handle", "_at")
 
-    def __init__(
-        self,
-        wait: Interruptible,
-        ex: _Exchange,
-        idle: float | None,
-        deadline: float | None,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self._wait = wait
-        self._ex = ex
-        self._idle = idle
-        self._deadline = deadline
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._streams: dict[Interruptible, tuple[_Exchange, float | None, float | None]] = {}
         self._handle: asyncio.TimerHandle | None = None
-        if idle is not None or deadline is not None:
-            self._handle = self._loop.call_at(self._due(), self._check)
+        self._at = 0.0
 
-    def _due(self) -> float:
-        ex, idle, deadline = self._ex, self._idle, self._deadline
-        waits = [] if idle is None else [ex.last + idle]
-        if deadline is not None and not ex.responded:
-            waits.append(deadline)
-        return min(waits)
+    def add(
+        self, wait: Interruptible, ex: _Exchange, idle: float | None, deadline: float | None
+    ) -> None:
+        """Watch a stream until :meth:`discard` (no timeout at all: nothing to watch)."""
+        if idle is None and deadline is None:
+            return
+        self._streams[wait] = (ex, idle, deadline)
+        due = _due(ex, idle, deadline)
+        if self._handle is None or due < self._at:
+            self._arm(due)
 
-    def _check(self) -> None:
-        ex, idle, deadline = self._ex, self._idle, self._deadline
-        now = self._loop.time()
-        self._handle = None
-        if deadline is not None and not ex.responded and now >= deadline:
-            self._wait.fire("UT")
-        elif idle is not None and now - ex.last >= idle:
-            self._wait.fire("SI")
-        else:  # a frame moved meanwhile: the stream's idle clock starts again
-            self._handle = self._loop.call_at(self._due(), self._check)
+    def discard(self, wait: Interruptible) -> None:
+        self._streams.pop(wait, None)
 
-    def cancel(self) -> None:
+    @property
+    def armed(self) -> bool:
+        """Its timer handle is armed (the loop holds it, and this object with it)."""
+        return self._handle is not None
+
+    def close(self) -> None:
+        self._streams.clear()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def _arm(self, at: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = at
+        self._handle = self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        soonest: float | None = None
+        for wait, (ex, idle, deadline) in list(self._streams.items()):
+            if deadline is not None and not ex.responded and now >= deadline:
+                del self._streams[wait]
+                wait.fire("UT")
+            elif idle is not None and now - ex.last >= idle:
+                del self._streams[wait]
+                wait.fire("SI")
+            else:  # not yet (a frame moved meanwhile, or a timer that fired early)
+                due = _due(ex, idle, deadline)
+                soonest = due if soonest is None else min(soonest, due)
+        if soonest is not None:
+            self._arm(soonest)
+
+
+def _due(ex: _Exchange, idle: float | None, deadline: float | None) -> float:
+    """When a stream's next timeout comes, if nothing moves before."""
+    waits = [] if idle is None else [ex.last + idle]
+    if deadline is not None and not ex.responded:
+        waits.append(deadline)
+    return min(waits)
 
 
 def _downstream_gone(us: H2Stream) -> Callable[[], None]:
@@ -802,6 +829,8 @@ class _H2Proxy:
         # Looked up once: on 3.11 each get_running_loop() is a getpid() system call, and a
         # stream's steps asked for it six times.
         self.loop = asyncio.get_running_loop()
+        # The timeouts of the streams relayed in one task, on one timer (closed by serve()).
+        self.timers = _StreamTimers(self.loop)
         self._peer_key: tuple[object, ...] | None = None
         self._peer_ctx: PeerContext | None = None
 
@@ -868,6 +897,7 @@ class _H2Proxy:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            self.timers.close()  # (the streams left are cancelled: their timeouts are moot)
             if timer is not None:
                 timer.cancel()
             for task in tasks:
@@ -1005,11 +1035,11 @@ class _H2Proxy:
         decides."""
         try:
             with Interruptible(loop=self.loop) as wait:
-                timer = _StreamTimer(wait, ex, idle, deadline, self.loop)
+                self.timers.add(wait, ex, idle, deadline)
                 try:
                     await self._response(ds, us, ex)
                 finally:
-                    timer.cancel()
+                    self.timers.discard(wait)
         except Interrupted as why:
             await self._timed_out(ds, us, ex, why.reason)
         except _Upstream as broke:
