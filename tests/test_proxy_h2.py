@@ -163,27 +163,28 @@ def test_many_streams_one_connection_headers_exchanged_and_stripped(
     run(main())
 
 
+async def gets_and_posts(client: H2Client, n: int) -> None:
+    """``n`` GETs (each relayed in one task, with its timeouts) then ``n`` POSTs (a task
+    each way), all in flight at once, all answered 200."""
+    post: Headers = [(b"content-type", b"application/octet-stream")]
+    ids = [await client.start("/status/200") for _ in range(n)]
+    ids += [
+        await client.start("/echo", method="POST", body=b"x" * 100, headers=post) for _ in range(n)
+    ]
+    assert [(await client.finish(i)).status for i in ids] == [200] * (2 * n)
+
+
 def test_relayed_streams_leave_no_reference_cycles(certs: Certs, backend: Backend) -> None:
     """A stream's objects go as it ends (reference counting), not at the cycle collector's
     next pass: a cycle per stream (a timer closure that held itself, and with it the
     stream's exchange) made the collector a fifth of a sidecar's CPU under HTTP/2 load.
     GETs (relayed in one task, with its timeouts) and POSTs (a task each way)."""
-    post: Headers = [(b"content-type", b"application/octet-stream")]
 
     async def main() -> None:
         async with h2_app() as app, mesh(certs, app.port, backend) as m:
             client = await H2Client.connect(m.port)
-
-            async def streams(n: int) -> None:
-                ids = [await client.start("/status/200") for _ in range(n)]
-                ids += [
-                    await client.start("/echo", method="POST", body=b"x" * 100, headers=post)
-                    for _ in range(n)
-                ]
-                assert [(await client.finish(i)).status for i in ids] == [200] * (2 * n)
-
-            await streams(3)  # connections, pools and caches: made once, kept
-            found, kinds = await left_to_the_collector(lambda: streams(20))
+            await gets_and_posts(client, 3)  # connections, pools, caches: made once, kept
+            found, kinds = await left_to_the_collector(lambda: gets_and_posts(client, 20))
             await client.close()
             # 40 streams through two sidecars: a cycle per stream would be hundreds.
             assert found < 40, kinds
@@ -196,22 +197,12 @@ def test_relayed_streams_look_the_loop_up_once_per_connection(
 ) -> None:
     """No step of a relayed stream asks asyncio for the running loop: each lookup is a
     ``getpid()`` on 3.11, and a GET's steps made six of them per sidecar."""
-    post: Headers = [(b"content-type", b"application/octet-stream")]
 
     async def main() -> None:
         async with h2_app() as app, mesh(certs, app.port, backend) as m:
             client = await H2Client.connect(m.port)
-
-            async def streams(n: int) -> None:
-                ids = [await client.start("/status/200") for _ in range(n)]
-                ids += [
-                    await client.start("/echo", method="POST", body=b"x" * 100, headers=post)
-                    for _ in range(n)
-                ]
-                assert [(await client.finish(i)).status for i in ids] == [200] * (2 * n)
-
-            await streams(2)  # the connections through both sidecars: made once, kept
-            seen = await loop_lookups(lambda: streams(20))
+            await gets_and_posts(client, 2)  # the connections through both sidecars: kept
+            seen = await loop_lookups(lambda: gets_and_posts(client, 20))
             await client.close()
             # 40 streams through two sidecars; a lookup per stream would be 80 or more.
             assert sum(seen.values()) < 10, seen
