@@ -54,6 +54,38 @@ cdef object ProtocolError = _ev.ProtocolError
 cdef object RemoteProtocolError = _ev.RemoteProtocolError
 cdef object LocalProtocolError = _ev.LocalProtocolError
 cdef Py_ssize_t MAX_INCOMPLETE_EVENT_SIZE = _ev.MAX_INCOMPLETE_EVENT_SIZE
+cdef object _object_new = object.__new__
+
+
+# The events a connection receives are made without their __init__ (keyword arguments and
+# a conversion a parsed message never needs): their slots set here, as __init__ sets them.
+# tests/test_h1_conn.py compares every slot with what the twin's constructors give.
+cdef inline object _fields(list raw, object lower):
+    headers = _object_new(Headers)
+    headers._raw = raw
+    headers._lower = lower
+    return headers
+
+
+cdef inline object _data(bytes data):
+    event = _object_new(Data)
+    event.data = data
+    return event
+
+
+cdef inline object _end(object headers):
+    event = _object_new(EndOfMessage)
+    event.headers = headers if headers is not None else _fields([], None)
+    return event
+
+
+cdef inline object _status_event(object kind, int status, object headers, bytes reason, bytes version):
+    event = _object_new(kind)
+    event.status_code = status
+    event.headers = headers
+    event.reason = reason
+    event.http_version = version
+    return event
 
 cdef bytes _HTTP_11 = b"1.1"
 cdef bytes _CONNECT = b"CONNECT"
@@ -414,12 +446,16 @@ cdef class Connection:
         cdef bint keep_alive = _keep_alive(lower, noted, version)
         expects = _tokens(lower, noted, _F_EXPECT) if version >= _HTTP_11 else []
         cdef int framing = _framing(lower, raw, noted, &length, &lengths)
-        headers = Headers(raw, lower)
+        headers = _fields(raw, lower)
         if hosts > 1:
             raise RemoteProtocolError("Found multiple Host: headers")
         if version == _HTTP_11 and hosts == 0:
             raise RemoteProtocolError("Missing mandatory Host: header")
-        request = Request(method=method, target=target, headers=headers, http_version=version)
+        request = _object_new(Request)
+        request.method = method
+        request.target = target
+        request.headers = headers
+        request.http_version = version
         request.content_lengths = lengths
         self._request_method = method
         self.their_http_version = version
@@ -442,19 +478,13 @@ cdef class Connection:
         cdef int framing = _framing(lower, raw, noted, &length, &lengths)
         self.their_http_version = version
         if status < 200:
-            info = InformationalResponse(
-                status_code=status, headers=Headers(raw, lower), reason=reason,
-                http_version=version,
-            )
+            info = _status_event(InformationalResponse, status, _fields(raw, lower), reason, version)
             if status == 101:
                 if not self._switch_proposed:
                     raise RemoteProtocolError("101 Switching Protocols without an upgrade asked")
                 self.their_state = self.our_state = SWITCHED_PROTOCOL
             return info
-        headers = Headers(raw, lower)
-        response = Response(
-            status_code=status, headers=headers, reason=reason, http_version=version
-        )
+        response = _status_event(Response, status, _fields(raw, lower), reason, version)
         if not keep_alive:
             self._keep_alive = False
             self._done_to_close()
@@ -488,7 +518,7 @@ cdef class Connection:
         cdef int reading = self._reading
         if reading == F_CONTENT_LENGTH:
             if self._remaining == 0:
-                return self._message_end(EndOfMessage())
+                return self._message_end(_end(None))
             available = size - pos
             if available == 0:
                 if self._closed:
@@ -499,16 +529,16 @@ cdef class Connection:
             take = available if available < self._remaining else self._remaining
             self._pos = pos + <Py_ssize_t>take
             self._remaining -= take
-            return Data(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._buf) + pos, take))
+            return _data(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._buf) + pos, take))
         if reading == F_CLOSE:
             if pos < size:
                 self._pos = size
-                return Data(PyBytes_FromStringAndSize(
+                return _data(PyBytes_FromStringAndSize(
                     PyByteArray_AS_STRING(self._buf) + pos, size - pos
                 ))
             if self._closed:
                 self._keep_alive = False
-                return self._message_end(EndOfMessage())
+                return self._message_end(_end(None))
             return NEED_DATA
         return self._chunked()
 
@@ -523,7 +553,7 @@ cdef class Connection:
                 return self._starved()
             if (pos + 1 < size and buf[pos] == 13 and buf[pos + 1] == 10) or buf[pos] == 10:
                 self._pos = pos + (2 if buf[pos] == 13 else 1)
-                return self._message_end(EndOfMessage())
+                return self._message_end(_end(None))
             end = _head_end(buf, pos, size)
             if end < 0:
                 return self._starved()
@@ -534,7 +564,7 @@ cdef class Connection:
             except ValueError as exc:
                 raise RemoteProtocolError(str(exc)) from None
             _framing(lower, raw, noted, &take, &available)  # refused there as in a head
-            return self._message_end(EndOfMessage(Headers(raw, lower)))
+            return self._message_end(_end(_fields(raw, lower)))
         if chunk == _CHUNK_CRLF:
             got = PyBytes_FromStringAndSize(buf + pos, min(2, size - pos))
             if got != b"\r\n"[: len(got)]:
@@ -573,7 +603,7 @@ cdef class Connection:
         take = available if available < chunk else chunk
         self._pos = pos + <Py_ssize_t>take
         self._chunk = chunk - take if take < chunk else _CHUNK_CRLF
-        return Data(PyBytes_FromStringAndSize(buf + pos, take))
+        return _data(PyBytes_FromStringAndSize(buf + pos, take))
 
     cdef object _starved(self):
         if self._closed:

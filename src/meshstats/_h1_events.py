@@ -6,7 +6,9 @@ b'a'
 They are h11's (the subset the relay uses, with the same meaning). Plain Python classes,
 built by ``_h1_conn_c`` and ``_h1_conn_py`` alike, so that the relay's ``isinstance`` checks
 and the tests see one set of types whichever connection parsed the bytes. Users import them
-from :mod:`meshstats.proxy.h1`.
+from :mod:`meshstats.proxy.h1`. ``_h1_conn_c`` makes the events it receives without calling
+``__init__`` (it sets their slots itself): a slot added here must be set there too, which
+tests/test_h1_conn.py checks by comparing every slot with the twin's.
 """
 
 from __future__ import annotations
