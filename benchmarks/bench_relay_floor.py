@@ -10,7 +10,10 @@ plaintext on 127.0.0.1. Two relay designs:
 
 Each case's process CPU per round trip less the straight case's (same rounds, interleaved)
 is what the relay costs per relayed request, the figure a sidecar's own ≤ 150 µs compares
-with (a sidecar also runs TLS on one side, both heads through its codec, and telemetry)::
+with (a sidecar also runs TLS on one side, both heads through its codec, and telemetry).
+A third straight case runs over mutual TLS (``meshstats.certs`` contexts, as between
+sidecars): less the plaintext one, what TLS adds to a round trip at both ends, of which a
+sidecar carries one::
 
     python benchmarks/bench_relay_floor.py --loops asyncio,uvloop
 """
@@ -20,9 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
+
+from meshstats.certs import LocalCA, client_context, server_context
 
 MESSAGE = b"x" * 100
 
@@ -80,7 +87,7 @@ async def _task_relay(port: int) -> asyncio.Server:
     return await asyncio.start_server(relay, "127.0.0.1", 0)
 
 
-async def _measure(rounds: int, requests: int) -> dict[str, list[float]]:
+async def _measure(rounds: int, requests: int, cert_dir: Path) -> dict[str, list[float]]:
     loop = asyncio.get_running_loop()
     echo = await loop.create_server(_Echo, "127.0.0.1", 0)
     echo_port = echo.sockets[0].getsockname()[1]
@@ -88,11 +95,15 @@ async def _measure(rounds: int, requests: int) -> dict[str, list[float]]:
         "straight": echo,
         "task": await _task_relay(echo_port),
         "protocol": await loop.create_server(lambda: _Down(echo_port), "127.0.0.1", 0),
+        "straight, mTLS": await loop.create_server(
+            _Echo, "127.0.0.1", 0, ssl=server_context(cert_dir, alpn=None)
+        ),
     }
     clients = {}
     for name, server in relays.items():
+        tls = client_context(cert_dir, alpn=None) if "TLS" in name else None
         clients[name] = await asyncio.open_connection(
-            "127.0.0.1", server.sockets[0].getsockname()[1]
+            "127.0.0.1", server.sockets[0].getsockname()[1], ssl=tls
         )
 
     async def trips(name: str, n: int) -> float:
@@ -120,7 +131,7 @@ async def _measure(rounds: int, requests: int) -> dict[str, list[float]]:
     return got
 
 
-def _run(loop_name: str, rounds: int, requests: int) -> dict[str, list[float]]:
+def _run(loop_name: str, rounds: int, requests: int, cert_dir: Path) -> dict[str, list[float]]:
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if loop_name == "uvloop":
         import uvloop
@@ -128,7 +139,7 @@ def _run(loop_name: str, rounds: int, requests: int) -> dict[str, list[float]]:
         factory = uvloop.new_event_loop
     loop = factory()
     try:
-        return loop.run_until_complete(_measure(rounds, requests))
+        return loop.run_until_complete(_measure(rounds, requests, cert_dir))
     finally:
         loop.close()
 
@@ -139,24 +150,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=10000)
     args = parser.parse_args()
-    for loop_name in args.loops.split(","):
-        got = _run(loop_name, args.rounds, args.requests)
-        straight = got["straight"]
+    with tempfile.TemporaryDirectory() as directory:
+        cert_dir = LocalCA.create().issue("default", "bench").write(directory)
+        for loop_name in args.loops.split(","):
+            _report(loop_name, _run(loop_name, args.rounds, args.requests, cert_dir))
+
+
+def _report(loop_name: str, got: dict[str, list[float]]) -> None:
+    straight = got["straight"]
+    print(
+        f"{loop_name}: straight {statistics.median(straight):.1f} µs CPU per round trip "
+        f"({min(straight):.1f}–{max(straight):.1f})"
+    )
+    for name in ("task", "protocol"):
+        extra = [a - b for a, b in zip(got[name], straight, strict=True)]
         print(
-            f"{loop_name}: straight {statistics.median(straight):.1f} µs CPU per round trip "
-            f"({min(straight):.1f}–{max(straight):.1f})"
+            f"  {name} relay: +{statistics.median(extra):.1f} µs per relayed request "
+            f"({min(extra):.1f}–{max(extra):.1f}), same round"
         )
-        for name in ("task", "protocol"):
-            extra = [a - b for a, b in zip(got[name], straight, strict=True)]
-            print(
-                f"  {name} relay: +{statistics.median(extra):.1f} µs per relayed request "
-                f"({min(extra):.1f}–{max(extra):.1f}), same round"
-            )
-        saved = [a - b for a, b in zip(got["task"], got["protocol"], strict=True)]
-        print(
-            f"  task - protocol: {statistics.median(saved):.1f} µs "
-            f"({min(saved):.1f}–{max(saved):.1f})"
-        )
+    saved = [a - b for a, b in zip(got["task"], got["protocol"], strict=True)]
+    print(
+        f"  task - protocol: {statistics.median(saved):.1f} µs ({min(saved):.1f}–{max(saved):.1f})"
+    )
+    tls = [a - b for a, b in zip(got["straight, mTLS"], straight, strict=True)]
+    print(
+        f"  mutual TLS, both ends of a round trip: +{statistics.median(tls):.1f} µs "
+        f"({min(tls):.1f}–{max(tls):.1f}), same round"
+    )
 
 
 if __name__ == "__main__":
