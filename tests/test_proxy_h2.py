@@ -52,7 +52,8 @@ from proxy_support import (
 from meshstats import encode_peer_header
 from meshstats.proxy import OutboundConfig, Sidecar, SidecarConfig
 from meshstats.proxy import h2 as h2_relay
-from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW, _StreamTimers
+from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW
+from meshstats.proxy.interrupt import Deadline
 
 pytestmark = pytest.mark.timing
 
@@ -213,20 +214,20 @@ def test_relayed_streams_look_the_loop_up_once_per_connection(
 def test_a_closed_connection_leaves_no_stream_timer_armed(
     certs: Certs, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each connection keeps one timer for its streams' timeouts (``h2._StreamTimers``),
+    """Each connection keeps one timer for its streams' timeouts (``interrupt.Deadline``),
     armed from stream to stream; the loop would hold it, and with it the connection's
     timers, up to the stream idle timeout, had the relay not cancelled it as its connection
     ended. Once the client left and the sidecars stopped, none is armed."""
-    made: weakref.WeakSet[_StreamTimers] = weakref.WeakSet()
+    made: weakref.WeakSet[Deadline] = weakref.WeakSet()
 
-    class Counted(_StreamTimers):
+    class Counted(Deadline):
         __slots__ = ("__weakref__",)
 
         def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
             super().__init__(loop)
             made.add(self)
 
-    monkeypatch.setattr(h2_relay, "_StreamTimers", Counted)
+    monkeypatch.setattr(h2_relay, "Deadline", Counted)
 
     async def main() -> tuple[int, list[bool]]:
         async with h2_app() as app, mesh(certs, app.port, backend) as m:

@@ -245,12 +245,17 @@ def test_waits_on_a_deadline_are_interrupted_on_the_real_loop() -> None:
 
 
 def _stream_timers() -> tuple[Any, _Clock]:
-    """An HTTP/2 connection's stream timers on a clock moved by hand."""
-    from meshstats.proxy.h2 import _StreamTimers
-
+    """An HTTP/2 connection's timer for its streams, on a clock moved by hand."""
     clock = _Clock()
-    timers: Any = _StreamTimers(cast(asyncio.AbstractEventLoop, clock))
+    timers: Any = Deadline(cast(asyncio.AbstractEventLoop, clock))
     return timers, clock
+
+
+def _add(timers: Any, wait: _Wait, ex: Any, idle: float | None, deadline: float | None) -> None:
+    """Watch a stream as the HTTP/2 relay does."""
+    from meshstats.proxy.h2 import _watch_stream
+
+    _watch_stream(timers, cast(Interruptible, wait), ex, idle, deadline)
 
 
 def _stream(clock: _Clock) -> Any:
@@ -263,12 +268,12 @@ def test_streams_share_one_timer_until_one_is_due() -> None:
     timers, clock = _stream_timers()
     first, second, third = _Wait(), _Wait(), _Wait()
     a, b, c = _stream(clock), _stream(clock), _stream(clock)
-    timers.add(first, a, 300.0, None)
+    _add(timers, first, a, 300.0, None)
     clock.now += 10
     b.started = b.last = clock.now
-    timers.add(second, b, 300.0, None)  # due later than the armed handle: kept
+    _add(timers, second, b, 300.0, None)  # due later than the armed handle: kept
     assert clock.armed() == [1300.0] and len(clock.handles) == 1
-    timers.add(third, c, None, clock.now + 30)  # a request deadline sooner: moved
+    _add(timers, third, c, None, clock.now + 30)  # a request deadline sooner: moved
     assert clock.armed() == [1040.0]
     clock.fire()
     assert third.fired == ["UT"] and first.fired == second.fired == []
@@ -280,7 +285,7 @@ def test_streams_share_one_timer_until_one_is_due() -> None:
     clock.fire()
     assert second.fired == ["SI"] and first.fired == []
     assert clock.armed() == [1340.0]
-    timers.discard(first)  # its relay ended: nothing left to watch
+    timers.unwatch(first)  # its relay ended: nothing left to watch
     clock.fire()
     assert first.fired == [] and clock.armed() == []  # lapsed
     assert not timers.armed
@@ -290,7 +295,7 @@ def test_a_stream_that_responded_is_past_its_request_deadline() -> None:
     """``UT`` holds until the response began; then only the idle timeout does."""
     timers, clock = _stream_timers()
     wait, ex = _Wait(), _stream(clock)
-    timers.add(wait, ex, 60.0, clock.now + 15)
+    _add(timers, wait, ex, 60.0, clock.now + 15)
     assert clock.armed() == [1015.0]
     ex.responded = True
     ex.last = clock.now + 14
@@ -303,9 +308,9 @@ def test_a_stream_that_responded_is_past_its_request_deadline() -> None:
 def test_stream_timers_close_with_their_connection() -> None:
     timers, clock = _stream_timers()
     wait = _Wait()
-    timers.add(wait, _stream(clock), 300.0, None)
-    timers.add(_Wait(), _stream(clock), None, None)  # no timeout: nothing watched
+    _add(timers, wait, _stream(clock), 300.0, None)
+    _add(timers, _Wait(), _stream(clock), None, None)  # no timeout: nothing watched
     assert timers.armed and len(clock.armed()) == 1
     timers.close()
     assert clock.armed() == [] and not timers.armed
-    timers.discard(wait)  # (a relay ending after its connection: no effect)
+    timers.unwatch(wait)  # (a relay ending after its connection: no effect)

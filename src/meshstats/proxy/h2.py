@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -83,7 +84,7 @@ from .http import (
     outbound_http,
     peer_from_headers,
 )
-from .interrupt import Interrupted, Interruptible
+from .interrupt import Deadline, Interrupted, Interruptible
 from .listener import log, peer_address, write
 
 if TYPE_CHECKING:
@@ -716,86 +717,40 @@ class _Exchange:
     response_frames: GrpcFrames | None = None
 
 
-class _StreamTimers:
-    """The timeouts of every stream of one connection relayed in one task (a GET), as
-    :meth:`_H2Proxy._exchange` decides them, on one timer handle: ``UT`` at the request's
-    deadline until the response began, ``SI`` once nothing moved for ``idle`` seconds
-    (``ex.last``); each fires into its stream's ``wait``.
-
-    The handle is armed for the soonest of them and stays armed as streams come and go:
-    a stream whose time comes later than the armed one (every stream, when they share the
-    same timeouts) costs a dictionary entry, not a timer armed and cancelled (a handle
-    pushed on the loop's heap, or a libuv timer made, per stream). When it fires, the
-    streams whose time has come are interrupted and it is armed again for the soonest of
-    the others (a stream that moved meanwhile starts its idle clock again); with none left it
-    lapses. :meth:`close` cancels it when the connection ends: until then the loop holds
-    this object. Nothing here refers back to itself, so no cycle outlives a stream (one per
-    stream was once a fifth of the pair process's CPU under HTTP/2 load).
-    """
-
-    __slots__ = ("_loop", "_streams", "_handle", "_at")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._streams: dict[Interruptible, tuple[_Exchange, float | None, float | None]] = {}
-        self._handle: asyncio.TimerHandle | None = None
-        self._at = 0.0
-
-    def add(
-        self, wait: Interruptible, ex: _Exchange, idle: float | None, deadline: float | None
-    ) -> None:
-        """Watch a stream until :meth:`discard` (no timeout at all: nothing to watch)."""
-        if idle is None and deadline is None:
-            return
-        self._streams[wait] = (ex, idle, deadline)
-        due = _due(ex, idle, deadline)
-        if self._handle is None or due < self._at:
-            self._arm(due)
-
-    def discard(self, wait: Interruptible) -> None:
-        self._streams.pop(wait, None)
-
-    @property
-    def armed(self) -> bool:
-        """Its timer handle is armed (the loop holds it, and this object with it)."""
-        return self._handle is not None
-
-    def close(self) -> None:
-        self._streams.clear()
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _arm(self, at: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._at = at
-        self._handle = self._loop.call_at(at, self._check)
-
-    def _check(self) -> None:
-        self._handle = None
-        now = self._loop.time()
-        soonest: float | None = None
-        for wait, (ex, idle, deadline) in list(self._streams.items()):
-            if deadline is not None and not ex.responded and now >= deadline:
-                del self._streams[wait]
-                wait.fire("UT")
-            elif idle is not None and now - ex.last >= idle:
-                del self._streams[wait]
-                wait.fire("SI")
-            else:  # not yet (a frame moved meanwhile, or a timer that fired early)
-                due = _due(ex, idle, deadline)
-                soonest = due if soonest is None else min(soonest, due)
-        if soonest is not None:
-            self._arm(soonest)
+def _watch_stream(
+    timers: Deadline,
+    wait: Interruptible,
+    ex: _Exchange,
+    idle: float | None,
+    deadline: float | None,
+) -> None:
+    """Put a stream relayed in one task on its connection's timer until ``wait`` ends (with
+    no timeout at all, nothing to watch): ``UT`` at the request's ``deadline``, ``SI`` after
+    ``idle`` seconds without a frame."""
+    if idle is not None or deadline is not None:
+        check = functools.partial(_stream_timeout, ex, idle, deadline)
+        timers.watch_until(wait, _stream_due(ex, idle, deadline), check)
 
 
-def _due(ex: _Exchange, idle: float | None, deadline: float | None) -> float:
+def _stream_due(ex: _Exchange, idle: float | None, deadline: float | None) -> float:
     """When a stream's next timeout comes, if nothing moves before."""
     waits = [] if idle is None else [ex.last + idle]
     if deadline is not None and not ex.responded:
         waits.append(deadline)
     return min(waits)
+
+
+def _stream_timeout(
+    ex: _Exchange, idle: float | None, deadline: float | None, now: float
+) -> str | float:
+    """A stream's timeout when its time comes (its :class:`.Deadline` check): ``UT`` at the
+    request's deadline until the response began, ``SI`` once nothing moved for ``idle``
+    seconds (``ex.last``); else, a frame having moved meanwhile, when to look again."""
+    if deadline is not None and not ex.responded and now >= deadline:
+        return "UT"
+    if idle is not None and now - ex.last >= idle:
+        return "SI"
+    return _stream_due(ex, idle, deadline)
 
 
 def _downstream_gone(us: H2Stream) -> Callable[[], None]:
@@ -830,7 +785,7 @@ class _H2Proxy:
         # stream's steps asked for it six times.
         self.loop = asyncio.get_running_loop()
         # The timeouts of the streams relayed in one task, on one timer (closed by serve()).
-        self.timers = _StreamTimers(self.loop)
+        self.timers = Deadline(self.loop)
         self._peer_key: tuple[object, ...] | None = None
         self._peer_ctx: PeerContext | None = None
 
@@ -1034,12 +989,9 @@ class _H2Proxy:
         were a good part of its cost). Which timeout, and when, as :meth:`_exchange`
         decides."""
         try:
-            with Interruptible(loop=self.loop) as wait:
-                self.timers.add(wait, ex, idle, deadline)
-                try:
-                    await self._response(ds, us, ex)
-                finally:
-                    self.timers.discard(wait)
+            with Interruptible(deadline=self.timers) as wait:
+                _watch_stream(self.timers, wait, ex, idle, deadline)
+                await self._response(ds, us, ex)
         except Interrupted as why:
             await self._timed_out(ds, us, ex, why.reason)
         except _Upstream as broke:

@@ -27,18 +27,24 @@ awaited future finished in the same loop iteration). On Python 3.10, which has n
 interruption is taken for the interruption.
 
 A task that waits again and again (a keep-alive connection's relay: the next request, the
-upstream's answer, a body's next bytes) can give its blocks one :class:`Deadline`: its
-timer handle stays armed from wait to wait and is moved only when a wait's deadline comes
-sooner, instead of a handle armed and cancelled per wait (about 2.5 µs each on the standard
-loop, twice a request).
+upstream's answer, a body's next bytes), or many tasks waiting at once (an HTTP/2
+connection's streams), can give their blocks one :class:`Deadline`: its timer handle stays
+armed from wait to wait and is moved only when a wait's deadline comes sooner, instead of a
+handle armed and cancelled per wait (about 2.5 µs each on the standard loop, twice a
+request).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 
-__all__ = ["Deadline", "Interruptible", "Interrupted"]
+__all__ = ["Check", "Deadline", "Interruptible", "Interrupted"]
+
+#: What :meth:`Deadline.watch_until` asks when a wait's time comes: given the loop's time,
+#: the reason to interrupt it with, or the time to look again.
+Check = Callable[[float], "str | float"]
 
 
 class Interrupted(Exception):
@@ -52,20 +58,13 @@ class Interrupted(Exception):
 class Interruptible:
     """A block whose ``await`` ends with :class:`Interrupted` after ``timeout`` seconds
     (reason ``"timeout"``; None: no deadline) or as soon as :meth:`fire` is called.
-    ``loop``, when given (or the ``deadline``'s), spares looking up the running one."""
+    With a ``deadline``, the timeout is timed by it, and it is left when the block ends."""
 
-    __slots__ = ("_task", "_timer", "reason", "_timeout", "_deadline", "_loop")
+    __slots__ = ("_task", "_timer", "reason", "_timeout", "_deadline")
 
-    def __init__(
-        self,
-        timeout: float | None = None,
-        deadline: Deadline | None = None,
-        *,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
+    def __init__(self, timeout: float | None = None, deadline: Deadline | None = None) -> None:
         self._timeout = timeout
         self._deadline = deadline  # the task's own timer, if it has one (else a handle here)
-        self._loop = deadline.loop if deadline is not None else loop
         self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.reason: str | None = None
@@ -73,7 +72,7 @@ class Interruptible:
     def __enter__(self) -> Interruptible:
         deadline = self._deadline
         # (Given the loop, current_task() need not look it up: a getpid() call on 3.11.)
-        task = asyncio.current_task(self._loop)
+        task = asyncio.current_task(deadline.loop if deadline is not None else None)
         if task is None:
             raise RuntimeError("Interruptible needs a running task")
         self._task = task
@@ -112,36 +111,40 @@ class Interruptible:
 
 
 class Deadline:
-    """One timer handle for the successive :class:`Interruptible` waits of one task, each
-    with its own timeout.
+    """One timer handle for timed :class:`Interruptible` waits, each with its own time: the
+    successive waits of one task (a keep-alive connection's relay) or the waits of many at
+    once (the streams of an HTTP/2 connection).
 
-    The handle stays armed when a wait ends. When it fires, a wait still under way whose
-    deadline has come is interrupted; one whose deadline lies later (a wait that began
-    after the handle was armed) gets the handle armed again for it; with no wait under way
-    it just lapses, and the next wait arms it. A wait whose deadline comes sooner than the
-    armed one moves the handle. :meth:`close` cancels it: until then the loop holds this
-    object (up to the longest timeout), so the task closes it when it ends.
+    The handle is armed for the soonest wait and stays armed as waits come and go: a wait
+    due later than the armed handle costs a dictionary entry, not a timer armed and
+    cancelled (a handle pushed on the loop's heap, or a libuv timer made). When it fires,
+    each wait whose time has come is interrupted and the handle is armed again for the
+    soonest of the others; with none left it lapses, and the next wait arms it. A wait due
+    sooner than the armed handle moves it. :meth:`close` cancels it: until then the loop
+    holds this object (up to the longest timeout), so its owner closes it when it ends.
     """
 
-    __slots__ = ("loop", "_handle", "_at", "_wait")
+    __slots__ = ("loop", "_handle", "_at", "_waits")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._handle: asyncio.TimerHandle | None = None
-        self._at = 0.0
-        self._wait: Interruptible | None = None
+        self._at = 0.0  # when the handle fires
+        self._waits: dict[Interruptible, tuple[float, Check | None]] = {}
 
     def watch(self, wait: Interruptible, timeout: float) -> None:
         """Interrupt ``wait`` (reason ``"timeout"``) ``timeout`` seconds from now, unless
         :meth:`unwatch` comes first."""
-        loop = self.loop
-        at = loop.time() + timeout
-        self._at, self._wait = at, wait
-        handle = self._handle
-        if handle is None or handle.when() > at:
-            if handle is not None:
-                handle.cancel()
-            self._handle = loop.call_at(at, self._fire)
+        self.watch_until(wait, self.loop.time() + timeout)
+
+    def watch_until(self, wait: Interruptible, at: float, check: Check | None = None) -> None:
+        """Interrupt ``wait`` at loop time ``at`` (reason ``"timeout"``), unless :meth:`unwatch`
+        comes first. Given ``check``, the reason is what ``check(now)`` returns then, or, when
+        it returns a time instead, ``wait`` goes on and is looked at again at that time (a
+        stream that moved meanwhile)."""
+        self._waits[wait] = (at, check)
+        if self._handle is None or at < self._at:
+            self._arm(at)
 
     @property
     def armed(self) -> bool:
@@ -149,22 +152,34 @@ class Deadline:
         return self._handle is not None
 
     def unwatch(self, wait: Interruptible) -> None:
-        if self._wait is wait:
-            self._wait = None
+        self._waits.pop(wait, None)
 
     def close(self) -> None:
-        self._wait = None
+        self._waits.clear()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
+    def _arm(self, at: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = at
+        self._handle = self.loop.call_at(at, self._fire)
+
     def _fire(self) -> None:
         self._handle = None
-        wait = self._wait
-        if wait is None:
-            return
-        # uvloop keeps time in milliseconds: a handle may fire up to one early.
-        if self.loop.time() + 0.001 < self._at:
-            self._handle = self.loop.call_at(self._at, self._fire)
-        else:
-            wait.fire("timeout")
+        now = self.loop.time()
+        soonest: float | None = None
+        for wait, (at, check) in list(self._waits.items()):
+            # uvloop keeps time in milliseconds: a handle may fire up to one early.
+            due: str | float = at
+            if now + 0.001 >= at:
+                due = "timeout" if check is None else check(now)
+            if isinstance(due, str):
+                del self._waits[wait]
+                wait.fire(due)
+            else:
+                self._waits[wait] = (due, check)
+                soonest = due if soonest is None else min(soonest, due)
+        if soonest is not None:
+            self._arm(soonest)
