@@ -101,7 +101,6 @@ cdef bytes _F_CONNECTION = b"connection"
 cdef bytes _F_CONTENT_LENGTH = b"content-length"
 cdef bytes _F_TRANSFER_ENCODING = b"transfer-encoding"
 cdef tuple _FRAMING_FIELDS = (_F_CONTENT_LENGTH, _F_TRANSFER_ENCODING)
-cdef tuple _NOTHING = ()
 
 cdef enum:
     _CONTENT_LENGTH_MAX_DIGITS = 20
