@@ -30,6 +30,8 @@ EXTENSIONS: list[tuple[str, str, list[str]]] = [
     ("meshstats._h1_head_c", "src/meshstats/_h1_head_c.pyx", ["_core/h1_head.c"]),
     # The connection's state machine over those heads: Python objects only, no _core.
     ("meshstats._h1_conn_c", "src/meshstats/_h1_conn_c.pyx", []),
+    # The HTTP/2 connection (frames, states, windows); HPACK stays hpack's.
+    ("meshstats.proxy._h2_conn_c", "src/meshstats/proxy/_h2_conn_c.pyx", []),
     # Python objects only (contexts in a dict): compiled for the argument parsing, no _core.
     ("meshstats._peer_cache_c", "src/meshstats/_peer_cache_c.pyx", []),
 ]

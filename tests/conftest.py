@@ -34,6 +34,7 @@ class Backend:
     peer_cache: ModuleType
     h1_head: ModuleType
     h1_conn: ModuleType
+    h2_conn: ModuleType
 
     def __str__(self) -> str:
         return self.name
@@ -49,6 +50,7 @@ def _load(name: str) -> Backend:
         peer_cache=importlib.import_module(f"meshstats._peer_cache{suffix}"),
         h1_head=importlib.import_module(f"meshstats._h1_head{suffix}"),
         h1_conn=importlib.import_module(f"meshstats._h1_conn{suffix}"),
+        h2_conn=importlib.import_module(f"meshstats.proxy._h2_conn{suffix}"),
     )
 
 

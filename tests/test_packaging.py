@@ -47,9 +47,12 @@ def test_compiled_modules_carry_no_debug_info() -> None:
         _requests_c,
         _store_c,
     )
+    from meshstats.proxy import _h2_conn_c
 
     debug_build = os.environ.get("MESHSTATS_DEBUG_BUILD", "") not in ("", "0")
-    compiled = (_store_c, _peer_exchange_c, _requests_c, _peer_cache_c, _h1_head_c, _h1_conn_c)
+    compiled = (
+        _store_c, _peer_exchange_c, _requests_c, _peer_cache_c, _h1_head_c, _h1_conn_c, _h2_conn_c
+    )  # fmt: skip
     for module in compiled:
         assert module.__file__ is not None
         names = _section_names(Path(module.__file__))

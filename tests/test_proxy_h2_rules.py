@@ -7,13 +7,17 @@ refuse it, or both accept it and hand on the same fields (values, order, and whe
 HPACK may index them). Blocks are drawn near the rules' edges: valid blocks with a few
 fields inserted, dropped or replaced, from names and values each rule is about, and
 plain random bytes. 1,000 examples per kind of block in CI; ``MESHSTATS_H2_RULES_EXAMPLES``
-raises them for a long run.
+raises them for a long run. Every test runs each backend's ``checked`` (``backend.h2_conn``:
+the compiled connection's, which takes the common blocks in C and hands the rest to the
+twin, and the twin's, ``h2_rules.checked`` itself).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -23,12 +27,13 @@ import h2.exceptions
 import h2.utilities
 import hpack.hpack
 import pytest
+from conftest import Backend
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from meshstats.proxy.h2 import _connection
-from meshstats.proxy.h2_rules import REQUEST, RESPONSE, TRAILERS, checked
+from meshstats.proxy.h2_rules import REQUEST, RESPONSE, TRAILERS
 
 Header = tuple[bytes, bytes]
 
@@ -127,9 +132,21 @@ def _h2(block: list[Header], kind: int) -> list[tuple[bytes, bytes, bool]] | Non
     return [(n, v, getattr(h, "indexable", True)) for h in out for n, v in (h,)]
 
 
+_RULES: dict[str, Any] = {}  # "checked": the backend's function under test
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rules(backend: Backend) -> Iterator[None]:
+    _RULES["checked"] = backend.h2_conn.checked
+    try:
+        yield
+    finally:
+        _RULES.clear()
+
+
 def _ours(block: list[Header], kind: int) -> list[tuple[bytes, bytes, bool]] | None:
     try:
-        out = checked(block, kind)
+        out = _RULES["checked"](block, kind)
     except h2.exceptions.ProtocolError:
         return None
     return [(n, v, getattr(h, "indexable", True)) for h in out for n, v in (h,)]
@@ -174,6 +191,21 @@ def test_trailers_as_h2(block: list[Header]) -> None:
 @given(block=st.lists(fields(), max_size=6))
 def test_random_fields_as_h2(kind: int, block: list[Header]) -> None:
     assert _ours(block, kind) == _h2(block, kind)
+
+
+@pytest.mark.parametrize("kind", [REQUEST, RESPONSE, TRAILERS])
+def test_every_byte_in_a_name_and_a_value_as_h2(kind: int) -> None:
+    """Each of the 256 bytes at the start, in the middle and at the end of a field name and
+    of a value: the character classes' edges (``@``/``A``, ``Z``/``[``, ``:``, DEL, ...)
+    taken or refused as h2 does."""
+    base = {REQUEST: _GET, RESPONSE: [(b":status", b"200")], TRAILERS: []}[kind]
+    for byte in (bytes((c,)) for c in range(256)):
+        for name in (byte + b"x", b"x" + byte + b"x", b"x" + byte):
+            block = [*base, (name, b"v")]
+            assert _ours(block, kind) == _h2(block, kind), (kind, name)
+        for value in (byte + b"v", b"v" + byte + b"v", b"v" + byte, byte):
+            block = [*base, (b"x-a", value)]
+            assert _ours(block, kind) == _h2(block, kind), (kind, value)
 
 
 def _h2_conn(client: bool, checks: bool) -> h2.connection.H2Connection:

@@ -10,13 +10,15 @@ window updates, settings changes, pings, GOAWAY), cut anywhere, and then the sam
 mutated and spliced with hostile frames. One deliberate difference: an oversized frame is
 refused on its header, not once h2 would have buffered all of it (see ``_Duo.oversized``).
 
+Every test here runs with each backend's connection (``backend.h2_conn``: the compiled
+``_h2_conn_c`` and its pure twin ``_h2_conn_py``), each held to h2: so the two agree.
 ``MESHSTATS_H2CODEC_EXAMPLES`` raises the example counts for a long run.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import h2.config
@@ -26,13 +28,13 @@ import h2.exceptions
 import h2.settings
 import hpack
 import pytest
+from conftest import Backend
 from h2_reference import h2_connection
 from hyperframe.frame import Frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshstats.proxy.h2 import CONNECTION_WINDOW, STREAM_WINDOW
-from meshstats.proxy.h2codec import Connection
 
 _EXAMPLES = int(os.environ.get("MESHSTATS_H2CODEC_EXAMPLES", "300"))
 _SETTINGS = settings(
@@ -47,9 +49,22 @@ _FRAME_SIZE_ERROR = 6
 _OVERSIZED = ("raised", ("FrameTooLargeError", _FRAME_SIZE_ERROR))
 
 
+_CODEC: dict[str, Any] = {}  # "Connection": the backend's class under test
+
+
+@pytest.fixture(scope="module", autouse=True)
+def codec(backend: Backend) -> Iterator[None]:
+    """The module's tests run ``backend``'s connection: the compiled one or the pure twin."""
+    _CODEC["Connection"] = backend.h2_conn.Connection
+    try:
+        yield
+    finally:
+        _CODEC.clear()
+
+
 def _pair(client: bool) -> tuple[Subject, Subject]:
     """h2 as the relay configured it, and the codec, each started as H2Conn starts one."""
-    pair: tuple[Subject, Subject] = (h2_connection(client), Connection(client=client))
+    pair: tuple[Subject, Subject] = (h2_connection(client), _CODEC["Connection"](client=client))
     for conn in pair:
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)
