@@ -281,46 +281,6 @@ def _connection(client: bool) -> h2codec.Connection:
     return h2codec.Connection(client=client)
 
 
-class _Wake:
-    """``asyncio.Event`` (set, clear, wait) on a loop given up front: an Event looks the
-    running loop up at each wait, which on 3.11 is a ``getpid()`` system call, and each
-    relayed stream makes two (its events, its send window) and waits once or more."""
-
-    __slots__ = ("_loop", "_set", "_waiters")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._set = False
-        self._waiters: list[asyncio.Future[bool]] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            for waiter in self._waiters or ():
-                if not waiter.done():
-                    waiter.set_result(True)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> bool:
-        if self._set:
-            return True
-        waiter = self._loop.create_future()
-        waiters = self._waiters
-        if waiters is None:
-            waiters = self._waiters = []
-        waiters.append(waiter)
-        try:
-            await waiter
-            return True
-        finally:
-            waiters.remove(waiter)
-
-
 class H2Stream:
     """One stream of an :class:`H2Conn`: the events the peer sent on it, in order."""
 
@@ -332,8 +292,8 @@ class H2Stream:
         self.conn = conn
         self.id = stream_id
         self._events: collections.deque[h2.events.Event] = collections.deque()
-        self._ready = _Wake(conn._loop)
-        self.window = _Wake(conn._loop)  # set when the send window may have grown
+        self._ready = asyncio.Event()
+        self.window = asyncio.Event()  # set when the send window may have grown
         self.gone = False  # reset by the peer, or the connection ended
         self.ended = False  # the peer ended its side (END_STREAM)
         #: Why it is gone: the peer's RST_STREAM error code, or None (connection lost).
@@ -431,8 +391,7 @@ class H2Conn:
         self._incoming: collections.deque[tuple[H2Stream, h2.events.RequestReceived]] = (
             collections.deque()
         )
-        self._loop = asyncio.get_running_loop()
-        self._arrived = _Wake(self._loop)
+        self._arrived = asyncio.Event()
         self._drain_lock = asyncio.Lock()
         self._initial = initial
         self._reading: asyncio.Task[None] | None = None
@@ -448,6 +407,7 @@ class H2Conn:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)
         self._write()
+        self._loop = asyncio.get_running_loop()
         self._reading = self._loop.create_task(self._read_loop())
         return self
 
