@@ -31,6 +31,22 @@ import h2.settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from . import h2_hpack, h2_rules
+# The rare frames' parsers and the settings' helpers are the twin's own Python: only the
+# steps of every stream are ported.
+from ._h2_conn_py import (
+    _defaults,
+    _error_code,
+    _parse_altsvc,
+    _parse_priority,
+    _parse_push_promise,
+    _parse_settings,
+    _parse_window_update,
+    _priority_event,
+    _setting_code,
+    _setting_error,
+    _Settings,
+    _unknown_frame,
+)
 
 __all__ = ["Connection", "checked"]
 
@@ -179,20 +195,6 @@ cdef bytes _frame(int kind, int flags, long long stream_id, bytes payload):
     if length:
         memcpy(p + 9, <const char*>payload, length)
     return out
-
-
-def _error_code(code):
-    try:
-        return _Codes(code)
-    except ValueError:
-        return code
-
-
-def _setting_code(code):
-    try:
-        return _Setting(code)
-    except ValueError:
-        return code
 
 
 cdef object _frame_size_error(str what):
@@ -470,56 +472,6 @@ cdef class _Stream:
         return 0
 
 
-class _Settings:
-    """The peer's settings, as h2 keeps them: known ones with their defaults."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values):
-        self.values = values
-
-    @property
-    def max_concurrent_streams(self):
-        return self.values.get(_Setting.MAX_CONCURRENT_STREAMS, 2**32 + 1)
-
-    @property
-    def initial_window_size(self):
-        return self.values[_Setting.INITIAL_WINDOW_SIZE]
-
-    @property
-    def max_frame_size(self):
-        return self.values[_Setting.MAX_FRAME_SIZE]
-
-    @property
-    def header_table_size(self):
-        return self.values[_Setting.HEADER_TABLE_SIZE]
-
-
-def _defaults(client):
-    return {
-        _Setting.HEADER_TABLE_SIZE: 4096,
-        _Setting.ENABLE_PUSH: int(client),
-        _Setting.INITIAL_WINDOW_SIZE: 65_535,
-        _Setting.MAX_FRAME_SIZE: 16_384,
-        _Setting.ENABLE_CONNECT_PROTOCOL: 0,
-    }
-
-
-def _setting_error(code, value, sender_is_client):
-    if code == _Setting.ENABLE_PUSH:
-        if value not in (0, 1) or (not sender_is_client and value != 0):
-            return _Codes.PROTOCOL_ERROR
-    elif code == _Setting.INITIAL_WINDOW_SIZE:
-        if value > _LARGEST_WINDOW:
-            return _Codes.FLOW_CONTROL_ERROR
-    elif code == _Setting.MAX_FRAME_SIZE:
-        if not 16_384 <= value <= 16_777_215:
-            return _Codes.PROTOCOL_ERROR
-    elif code == _Setting.ENABLE_CONNECT_PROTOCOL and value not in (0, 1):
-        return _Codes.PROTOCOL_ERROR
-    return 0
-
-
 cdef dict _HEADER_EVENTS = {
     h2.events.RequestReceived: h2_rules.REQUEST,
     h2.events.ResponseReceived: h2_rules.RESPONSE,
@@ -528,7 +480,6 @@ cdef dict _HEADER_EVENTS = {
 }
 
 cdef object _INITIAL_WINDOW_SIZE = _Setting.INITIAL_WINDOW_SIZE
-cdef object _MAX_CONCURRENT_STREAMS = _Setting.MAX_CONCURRENT_STREAMS
 
 
 cdef class Connection:
@@ -1322,76 +1273,3 @@ cdef tuple _parse_headers(int flags, bytes body):
     if pad and pad >= length:
         raise _ProtocolError("Received frame with invalid padding.")
     return fragment, priority
-
-
-def _parse_priority(body):
-    """(depends on, exclusive, weight as sent: one less than the weight)."""
-    dependency = int.from_bytes(body[:4], "big")
-    return dependency & 0x7FFF_FFFF, bool(dependency >> 31), body[4]
-
-
-def _priority_event(stream_id, priority):
-    depends_on, exclusive, weight = priority
-    updated = h2.events.PriorityUpdated()
-    updated.stream_id, updated.depends_on = stream_id, depends_on
-    updated.exclusive, updated.weight = exclusive, weight + 1
-    if depends_on == stream_id:
-        raise _ProtocolError(f"Stream {stream_id} may not depend on itself")
-    return updated
-
-
-def _parse_settings(flags, body):
-    if flags & _ACK:
-        if body:
-            raise _ProtocolError("SETTINGS ack frame must not have payload")
-        return {}
-    if len(body) % 6:
-        raise _frame_size_error("SETTINGS")
-    return {
-        int.from_bytes(body[i : i + 2], "big"): int.from_bytes(body[i + 2 : i + 6], "big")
-        for i in range(0, len(body), 6)
-    }
-
-
-def _parse_push_promise(flags, body):
-    start = pad = 0
-    if flags & _PADDED:
-        if not body:
-            raise _frame_size_error("PUSH_PROMISE")
-        pad, start = body[0], 1
-    if len(body) < start + 4:
-        raise _frame_size_error("PUSH_PROMISE")
-    promised = int.from_bytes(body[start : start + 4], "big")
-    fragment = body[start + 4 : len(body) - pad]
-    if promised == 0 or promised % 2:
-        raise _ProtocolError(f"Invalid PUSH_PROMISE promised stream id: {promised}")
-    if pad and pad >= len(body):
-        raise _ProtocolError("Received frame with invalid padding.")
-    return promised, fragment
-
-
-def _parse_window_update(body):
-    if len(body) != 4:
-        raise _frame_size_error("WINDOW_UPDATE")
-    increment = int.from_bytes(body, "big")
-    if not 1 <= increment <= _LARGEST_WINDOW:
-        raise _ProtocolError("WINDOW_UPDATE increment must be between 1 to 2^31-1")
-    return increment
-
-
-def _parse_altsvc(body):
-    if len(body) < 2:
-        raise _frame_size_error("ALTSVC")
-    length = int.from_bytes(body[:2], "big")
-    origin = body[2 : 2 + length]
-    if len(origin) != length:
-        raise _frame_size_error("ALTSVC")
-    return origin, body[2 + length :]
-
-
-def _unknown_frame(kind, flags, stream_id, body):
-    import hyperframe.frame
-
-    frame = hyperframe.frame.ExtensionFrame(type=kind, stream_id=stream_id, flag_byte=flags)
-    frame.body = body
-    return h2.events.UnknownFrameReceived(frame=frame)
