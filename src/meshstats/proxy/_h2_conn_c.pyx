@@ -851,7 +851,8 @@ cdef class Connection:
         cdef bytes body
         try:
             while size - at >= 9:
-                # (Again each frame: acting on one never resizes the buffer, but cheap.)
+                # Taken again per frame: acting on a frame does not resize the buffer
+                # today, and a stale pointer would be a read of freed memory if it did.
                 p = <const unsigned char*>PyByteArray_AS_STRING(buffer) + at
                 length = p[0] << 16 | p[1] << 8 | p[2]
                 kind, flags = p[3], p[4]
