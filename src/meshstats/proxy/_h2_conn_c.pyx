@@ -30,12 +30,13 @@ import h2.exceptions
 import h2.settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
-from . import h2_hpack, h2_rules
+from . import _h2_conn_py, h2_hpack, h2_rules
 # The rare frames' parsers and the settings' helpers are the twin's own Python: only the
 # steps of every stream are ported.
 from ._h2_conn_py import (
     _defaults,
     _error_code,
+    _frame_size_error,
     _parse_altsvc,
     _parse_priority,
     _parse_push_promise,
@@ -61,9 +62,7 @@ cdef object _checked_py = h2_rules.checked
 cdef int _REQUEST = h2_rules.REQUEST
 cdef int _RESPONSE = h2_rules.RESPONSE
 cdef int _TRAILERS = h2_rules.TRAILERS
-cdef frozenset _CONNECTION_FIELDS = frozenset(
-    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
-)
+cdef frozenset _CONNECTION_FIELDS = h2_rules._CONNECTION
 
 cdef object _RequestReceived = h2.events.RequestReceived
 cdef object _ResponseReceived = h2.events.ResponseReceived
@@ -146,36 +145,30 @@ cdef signed char _MOVES[4][20]
 
 
 cdef void _fill_moves():
+    """The twin's table of moves (``_CONNECTION_MOVES``), as C arrays; the numbering of
+    states and inputs above is the twin's, which ``_check_numbering`` holds."""
     cdef int state, what
     for state in range(4):
         for what in range(20):
             _MOVES[state][what] = -1
-    both_open = (
-        _SEND_HEADERS, _SEND_DATA, _SEND_GOAWAY, _SEND_WINDOW_UPDATE, _SEND_PING,
-        _SEND_SETTINGS, _SEND_PRIORITY, _SEND_RST_STREAM, _RECV_HEADERS, _RECV_DATA,
-        _RECV_GOAWAY, _RECV_WINDOW_UPDATE, _RECV_PING, _RECV_SETTINGS, _RECV_RST_STREAM,
-        _RECV_PRIORITY, _RECV_ALTSVC,
-    )
-    idle = {
-        _SEND_HEADERS: _C_CLIENT_OPEN, _RECV_HEADERS: _C_SERVER_OPEN,
-        _SEND_SETTINGS: _C_IDLE, _RECV_SETTINGS: _C_IDLE, _SEND_WINDOW_UPDATE: _C_IDLE,
-        _RECV_WINDOW_UPDATE: _C_IDLE, _SEND_PING: _C_IDLE, _RECV_PING: _C_IDLE,
-        _SEND_GOAWAY: _C_CLOSED, _RECV_GOAWAY: _C_CLOSED, _SEND_PRIORITY: _C_IDLE,
-        _RECV_PRIORITY: _C_IDLE, _SEND_ALTSVC: _C_SERVER_OPEN, _RECV_ALTSVC: _C_CLIENT_OPEN,
+    for state, moves in _h2_conn_py._CONNECTION_MOVES.items():
+        for what, target in moves.items():
+            _MOVES[state][what] = target
+
+
+def _check_numbering():
+    twin = _h2_conn_py
+    ours = {
+        "_C_CLOSED": _C_CLOSED, "_SEND_ALTSVC": _SEND_ALTSVC, "_RECV_ALTSVC": _RECV_ALTSVC,
+        "_RECV_HEADERS": _RECV_HEADERS, "_CLOSED": _CLOSED, "_BY_RECV_END": _BY_RECV_END,
+        "_ALTSVC": _ALTSVC, "_PRIORITY_FLAG": _PRIORITY_FLAG,
     }
-    for what, target in idle.items():
-        _MOVES[_C_IDLE][what] = target
-    for what in both_open:
-        _MOVES[_C_CLIENT_OPEN][what] = _C_CLIENT_OPEN
-        _MOVES[_C_SERVER_OPEN][what] = _C_SERVER_OPEN
-    _MOVES[_C_CLIENT_OPEN][_RECV_PUSH_PROMISE] = _C_CLIENT_OPEN
-    _MOVES[_C_SERVER_OPEN][_SEND_PUSH_PROMISE] = _C_SERVER_OPEN
-    _MOVES[_C_SERVER_OPEN][_SEND_ALTSVC] = _C_SERVER_OPEN
-    for state in range(4):
-        _MOVES[state][_SEND_GOAWAY] = _C_CLOSED
-        _MOVES[state][_RECV_GOAWAY] = _C_CLOSED
+    for name, value in ours.items():
+        if getattr(twin, name) != value:
+            raise ImportError(f"_h2_conn_c numbers {name} unlike its twin")
 
 
+_check_numbering()
 _fill_moves()
 
 
@@ -195,10 +188,6 @@ cdef bytes _frame(int kind, int flags, long long stream_id, bytes payload):
     if length:
         memcpy(p + 9, <const char*>payload, length)
     return out
-
-
-cdef object _frame_size_error(str what):
-    return h2.exceptions.FrameDataMissingError(f"{what} frame has the wrong length")
 
 
 cdef bint _is_informational(list headers) except -1:
@@ -472,12 +461,7 @@ cdef class _Stream:
         return 0
 
 
-cdef dict _HEADER_EVENTS = {
-    h2.events.RequestReceived: h2_rules.REQUEST,
-    h2.events.ResponseReceived: h2_rules.RESPONSE,
-    h2.events.InformationalResponseReceived: h2_rules.RESPONSE,
-    h2.events.TrailersReceived: h2_rules.TRAILERS,
-}
+cdef dict _HEADER_EVENTS = _h2_conn_py._HEADER_EVENTS
 
 cdef object _INITIAL_WINDOW_SIZE = _Setting.INITIAL_WINDOW_SIZE
 
