@@ -73,8 +73,9 @@ from ..certs import peer_principal
 from ..errors import MeshstatsError
 from ..peer_metadata import PeerMetadata
 from . import h1
+from .http_direct import DirectRelay, Handover
 from .interrupt import Deadline, Interrupted, Interruptible
-from .listener import Watched, peer_address, write
+from .listener import Watched, open_watched, peer_address, write
 from .pool import Pooled
 
 if TYPE_CHECKING:
@@ -111,6 +112,10 @@ CHUNK = 1 << 16
 # read full of one-byte chunks (about 11,000 in 64 KiB) would hold the event loop for
 # milliseconds; capped, a step is short and other connections get the loop between steps.
 BODY_EVENTS_PER_STEP = 256
+
+# Relay the plain requests of a keep-alive connection in the loop's callbacks (.http_direct);
+# False leaves every request to the connection's task (the tests run both ways).
+_DIRECT = True
 
 # Envoy's local reply bodies.
 LOCAL_REPLY_BODIES = {
@@ -184,6 +189,9 @@ class HttpStream:
         self.transport = writer.transport
         # A connection the sidecar accepted can be watched while the relay waits upstream.
         self.watched: Watched | None = getattr(writer, "watched", None)
+        # Its protocol, when its bytes can be taken in the callbacks (http_direct).
+        tap = writer.transport.get_protocol()
+        self.tap: Watched | None = tap if isinstance(tap, Watched) else None
         self.conn = h1.Connection(role)
         # Bytes already read from the connection (the first ones, read to tell HTTP/1.1
         # from HTTP/2): parsed as if they had just arrived.
@@ -191,7 +199,9 @@ class HttpStream:
         if initial:
             self.conn.receive_data(initial)
         self.sent = 0
-        self._held: Any = None  # an event next_body_event took from the codec ahead of time
+        # Events (or a ProtocolError) taken from the codec ahead of time, returned first:
+        # by ready() and next_body_event, or pushed back by the callbacks (http_direct).
+        self._held: list[Any] = []
         # Bytes sent with flush=False, written together by the next flush: a response's head
         # and body in one write (one TLS record, one system call) instead of two.
         self._pending: list[bytes] = []
@@ -213,6 +223,8 @@ class HttpStream:
         An event the codec already holds is returned without yielding to the loop: the request
         is recorded before anyone who saw its response end can scrape.
         """
+        if self._held:
+            return self._pop_held()
         while True:
             event = self.conn.next_event()
             if event is not h1.NEED_DATA:
@@ -228,14 +240,41 @@ class HttpStream:
             self.fed += len(data)
             self.conn.receive_data(data)
 
+    def _pop_held(self) -> Any:
+        event = self._held.pop(0)
+        if isinstance(event, h1.ProtocolError):
+            raise event
+        return event
+
+    def push(self, *events: Any) -> None:
+        """Put events taken from the codec back (a ``ProtocolError`` last, to be raised):
+        the next reads return them first, in order."""
+        self._held.extend(events)
+
     async def send(self, event: h1.Event, *, flush: bool = True) -> None:
         """Send ``event``; with ``flush=False`` its bytes wait for the next :meth:`flush`
         (or flushing send), which the relay does before it waits for anything."""
+        self.queue(event)
+        if flush and self._pending:
+            await self.flush()
+
+    def queue(self, event: h1.Event) -> None:
+        """:meth:`send` with ``flush=False``, for a caller that is not a coroutine."""
         data = self.conn.send(event)
         if data:
             self._pending.append(data)
-        if flush and self._pending:
-            await self.flush()
+
+    def write_queued(self) -> bool:
+        """Hand what was queued to the transport now; True when a :meth:`flush` must still
+        wait for it (bytes buffered, or the connection closing: ``drain`` raises then)."""
+        data = b"".join(self._pending)
+        self._pending.clear()
+        transport = self.transport
+        if transport.is_closing():
+            return True  # (dropped, as listener.write drops it)
+        transport.write(data)
+        self.sent += len(data)
+        return bool(transport.get_write_buffer_size())
 
     @property
     def pending(self) -> bool:
@@ -262,16 +301,16 @@ class HttpStream:
         """The next event can be had without reading the socket (it is parsed and held);
         False as well when the bytes there do not parse: the error is held, and the next
         :meth:`next_body_event` raises it (its message and offset kept)."""
-        if self._held is None:
+        if not self._held:
             try:
                 event = self.conn.next_event()
             except h1.ProtocolError as exc:
-                self._held = exc
+                self._held.append(exc)
                 return False
             if event is h1.NEED_DATA:
                 return False
-            self._held = event
-        return not isinstance(self._held, h1.ProtocolError)
+            self._held.append(event)
+        return not isinstance(self._held[0], h1.ProtocolError)
 
     async def next_body_event(
         self, idle: float | None = None, deadline: Deadline | None = None
@@ -280,20 +319,15 @@ class HttpStream:
         into one (up to CHUNK bytes or BODY_EVENTS_PER_STEP events), so a body sent as many
         tiny chunks (1 MB as 174,762 of them) costs one relay step per few hundred chunks, not
         one per chunk, and no step holds the loop for long."""
-        if self._held is not None:
-            event, self._held = self._held, None
-            if isinstance(event, h1.ProtocolError):
-                raise event
-        else:
-            event = await self.next_event(idle, deadline)
-        if not isinstance(event, h1.Data):
+        event = await self.next_event(idle, deadline)  # (a held one first)
+        if not isinstance(event, h1.Data) or self._held:
             return event
         parts, size = [event.data], len(event.data)
         while size < CHUNK and len(parts) < BODY_EVENTS_PER_STEP:
             more = self.conn.next_event()
             if not isinstance(more, h1.Data):
                 if more is not h1.NEED_DATA:
-                    self._held = more  # the end of the message: returned next
+                    self._held.append(more)  # the end of the message: returned next
                 break
             parts.append(more.data)
             size += len(more.data)
@@ -302,7 +336,7 @@ class HttpStream:
     @property
     def holds_event(self) -> bool:
         """Whether the next body event is already parsed (the message end, usually)."""
-        return self._held is not None
+        return bool(self._held)
 
     def reusable(self) -> bool:
         """Both sides finished a cycle and neither asked to close: start the next one."""
@@ -310,7 +344,7 @@ class HttpStream:
             self.conn.start_next_cycle()
             # A body event parsed ahead (ready(), next_body_event) of a message that ended
             # another way (its relay failed, its rest was drained) is not the next one's.
-            self._held = None
+            self._held.clear()
             return True
         return False
 
@@ -502,9 +536,30 @@ class _Proxy:
     # -- the loop ------------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        """Relay requests until the connection is done. Between requests, while both
+        connections are open and idle, the loop's callbacks relay the common ones
+        (:mod:`.http_direct`); this task takes over for anything else, where they left off."""
+        direct: DirectRelay | None = None
         try:
-            while await self.one_request():
-                pass
+            going = True
+            while going:
+                if not (_DIRECT and self._can_go_direct()):
+                    going = await self.one_request()
+                    continue
+                if direct is None:
+                    direct = DirectRelay(self)
+                handover = await direct.run()
+                if handover.kind == "request":  # its event, if parsed, pushed back
+                    going = await self.one_request(handover.ex)
+                elif handover.kind == "response":  # the request went upstream
+                    request, headers, ex = handover.request, handover.headers, handover.ex
+                    assert request is not None and headers is not None and ex is not None
+                    going = await self._relay(request, headers, ex, handover)
+                elif handover.kind == "flush":  # the response is written, not yet sent
+                    assert handover.request is not None and handover.ex is not None
+                    going = await self._after_write(handover.request, handover.ex)
+                else:
+                    going = False  # "closed"
         finally:
             self.deadline.close()
             up, self.up = self.up, None
@@ -516,11 +571,37 @@ class _Proxy:
                 else:
                     up.close()
 
-    async def one_request(self) -> bool:
-        """Relay one request and its response; False when the connection is done."""
+    def _can_go_direct(self) -> bool:
+        """Both connections are between messages, open, and have nothing unread: what
+        arrives next can be taken in the callbacks."""
+        down, up = self.down, self.up
+        return (
+            up is not None
+            and down.tap is not None
+            and up.tap is not None
+            and not down._held
+            and not up._held
+            and down.tap.received == down.fed
+            and up.tap.received == up.fed
+            and down.conn.their_state is h1.IDLE
+            and up.conn.their_state is h1.IDLE
+            and not down.tap.ended
+            and not up.tap.ended
+            and not down.transport.is_closing()
+            and not up.transport.is_closing()
+        )
+
+    def exchange(self) -> _Exchange:
+        """The state of the next request, from the downstream's counts so far."""
+        return _Exchange(self.loop.time(), self.down.consumed, self.down.sent)
+
+    async def one_request(self, ex: _Exchange | None = None) -> bool:
+        """Relay one request and its response; False when the connection is done. ``ex``:
+        the request's state, when the callbacks began it (its event pushed back)."""
         down = self.down
         loop = self.loop
-        ex = _Exchange(loop.time(), down.consumed, down.sent)
+        if ex is None:
+            ex = self.exchange()
         try:
             # A connection waiting for its next request (or a head trickling in) is closed
             # after idle_timeout, as Envoy's connection idle timeout does; nothing to record.
@@ -574,8 +655,18 @@ class _Proxy:
             # hears of the expectation.
             kept = [(name, value) for name, value in kept if name.lower() != b"expect"]
         headers = self.request_headers(kept, ex)
+        return await self._relay(event, headers, ex)
+
+    async def _relay(
+        self,
+        event: h1.Request,
+        headers: Headers,
+        ex: _Exchange,
+        resumed: Handover | None = None,
+    ) -> bool:
+        """:meth:`_exchange` and what follows it: the request recorded, once."""
         try:
-            await self._exchange(event, headers, ex)
+            await self._exchange(event, headers, ex, resumed)
         except DownstreamError as broke:
             # Envoy resets the upstream stream: the app must not act on half a request.
             if self.up is not None:
@@ -591,46 +682,58 @@ class _Proxy:
             # The response had begun: nothing sane can follow on this connection.
             self._record(event, ex)
             return False
-        self._record(event, ex)
+        return self.finish(event, ex)
+
+    def finish(self, request: h1.Request, ex: _Exchange) -> bool:
+        """Record a request whose response was relayed whole; False when the downstream
+        connection is done. The upstream one is let go unless it can serve again."""
+        self._record(request, ex)
         if self.up is not None and not self.up.reusable():
             self.up.close()
             self.up = None
-        return down.reusable()
+        return self.down.reusable()
 
-    async def _exchange(self, request: h1.Request, headers: Headers, ex: _Exchange) -> None:
+    async def _after_write(self, request: h1.Request, ex: _Exchange) -> bool:
+        """A response the callbacks wrote whole, still in the transport's buffer: wait for
+        it as a flush would (a client gone: ``DC``), then as :meth:`finish`."""
+        try:
+            await self.down.writer.drain()
+        except OSError:
+            ex.flags = "DC"
+            self._record(request, ex)
+            return False
+        return self.finish(request, ex)
+
+    async def _exchange(
+        self,
+        request: h1.Request,
+        headers: Headers,
+        ex: _Exchange,
+        resumed: Handover | None = None,
+    ) -> None:
+        """Connect, send the request, relay the response; ``resumed``: the request was
+        sent already (by the callbacks), so start at waiting for the response."""
         down = self.down
         try:
-            target = self.upstream_for(request)
-            if self.up is not None and target != self.up_target:
-                self.up.close()
-                self.up = None
-            if self.up is None:
-                self.up = await self.connect(request)
-                self.up_target = target
+            if resumed is None:
+                target = self.upstream_for(request)
+                if self.up is not None and target != self.up_target:
+                    self.up.close()
+                    self.up = None
+                if self.up is None:
+                    self.up = await self.connect(request)
+                    self.up_target = target
+            else:
+                target = self.up_target
+                if resumed.failure is not None:
+                    raise resumed.failure  # (a timeout)
             up = self.up
-            fed = up.fed
+            assert up is not None
+            fed = up.fed if resumed is None else resumed.fed
             try:
-                await up.send(
-                    h1.Request(method=request.method, target=request.target, headers=headers),
-                    flush=False,
-                )
-                response = None
-                if down.conn.they_are_waiting_for_100_continue:
-                    # The client holds its body back until told to go on: by the upstream's
-                    # 100, forwarded (Istio's default), or by the sidecar itself (Envoy's).
-                    if not self.config.proxy_100_continue:
-                        await self._continue([])
-                    else:
-                        first = await self._response(up, until_continue=True)
-                        if isinstance(first, h1.InformationalResponse):
-                            await self._continue(_informational(first.headers))
-                        else:
-                            # None: the client went ahead with its body. A final answer
-                            # before the body: the body is never read, and the connection
-                            # closes after the response (as Envoy closes it).
-                            response = first
-                if response is None:
-                    await self._body(down, up, downstream=down)
+                if resumed is None:
+                    response = await self._send(request, headers, up)
+                else:  # (a response the callbacks had begun to read is pushed back)
                     response = await self._response(up)
             except (OSError, h1.ProtocolError) as exc:
                 if not (self.up_reused and up.fed == fed and not _has_body(request)):
@@ -663,15 +766,78 @@ class _Proxy:
         if isinstance(response, h1.InformationalResponse):  # 101: the upgrade was accepted
             await self._switch(response, ex)
             return
+        # Written with the body's first bytes (see _body), or before _body waits for them.
+        await down.send(self.response_head(response, ex), flush=False)
+        await self._body(up, down, ex=ex)
+
+    def response_head(self, response: h1.Response, ex: _Exchange) -> h1.Response:
+        """The head to send downstream for the upstream's ``response`` (its status noted)."""
         kept, _, _ = _split(response.headers)
         ex.code = response.status_code
         out = self._closing(self.response_headers(kept, ex, response), ex)
-        # Written with the body's first bytes (see _body), or before _body waits for them.
-        await down.send(
-            h1.Response(status_code=response.status_code, headers=out, reason=response.reason),
+        return h1.Response(status_code=response.status_code, headers=out, reason=response.reason)
+
+    def direct_headers(self, request: h1.Request, ex: _Exchange) -> Headers | None:
+        """The headers to send upstream for ``request`` when the callbacks can relay it as
+        it is, on the upstream connection open now; None for anything that needs more
+        than that (HTTP/1.0, an upgrade or CONNECT, an expectation, ambiguous framing, a
+        new upstream), which :meth:`one_request` then takes from the start."""
+        headers = request.headers
+        if (
+            request.http_version != b"1.1"
+            or request.method == b"CONNECT"
+            or headers.get(b"upgrade") is not None
+            or headers.get(b"expect") is not None
+            or framing_problem(request) is not None
+            or self.upstream_for(request) != self.up_target
+        ):
+            return None
+        ex.started = self.loop.time()
+        kept, ex.metadata, ex.metadata_id = _split(headers)
+        return self.request_headers(kept, ex)
+
+    def response_timeout(self) -> tuple[float | None, UpstreamError | None]:
+        """How long to wait for a response head (None: no limit), and what that wait ends
+        with when it runs out: ``504``/``UT`` (``request_timeout``), else ``408``/``SI``."""
+        cfg = self.config
+        waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
+        if cfg.request_timeout > 0:
+            waits.append(cfg.request_timeout)
+        if not waits:
+            return None, None
+        timeout = min(waits)
+        # Which timeout the one timer stands for, decided now: comparing the loop's clock with
+        # a deadline when it fires is not exact (uvloop rounds timers to milliseconds).
+        if cfg.request_timeout > 0 and timeout == cfg.request_timeout:
+            return timeout, UpstreamError("UT", 504)
+        return timeout, UpstreamError("SI", 408)
+
+    async def _send(self, request: h1.Request, headers: Headers, up: HttpStream) -> Any:
+        """Send the request (its body too, and a 100's turn) and wait for the response."""
+        down = self.down
+        await up.send(
+            h1.Request(method=request.method, target=request.target, headers=headers),
             flush=False,
         )
-        await self._body(up, down, ex=ex)
+        response = None
+        if down.conn.they_are_waiting_for_100_continue:
+            # The client holds its body back until told to go on: by the upstream's
+            # 100, forwarded (Istio's default), or by the sidecar itself (Envoy's).
+            if not self.config.proxy_100_continue:
+                await self._continue([])
+            else:
+                first = await self._response(up, until_continue=True)
+                if isinstance(first, h1.InformationalResponse):
+                    await self._continue(_informational(first.headers))
+                else:
+                    # None: the client went ahead with its body. A final answer
+                    # before the body: the body is never read, and the connection
+                    # closes after the response (as Envoy closes it).
+                    response = first
+        if response is None:
+            await self._body(down, up, downstream=down)
+            response = await self._response(up)
+        return response
 
     @property
     def config(self) -> Any:
@@ -781,20 +947,13 @@ class _Proxy:
         when full.
         """
         await up.flush()  # the request's head, when it went out without a body
-        cfg = self.config
         watched = self.down.watched
         assert watched is not None  # a downstream: accepted by the sidecar's listener
         if watched.ended:
             raise DownstreamError(0, "DC")
         if until_continue and self.down.unread():
             return None  # the client sent its body without waiting
-        waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
-        if cfg.request_timeout > 0:
-            waits.append(cfg.request_timeout)
-        timeout = min(waits) if waits else None
-        # Which timeout the one timer stands for, decided now: comparing the loop's clock with
-        # a deadline when it fires is not exact (uvloop rounds timers to milliseconds).
-        request_timed_out = cfg.request_timeout > 0 and timeout == cfg.request_timeout
+        timeout, timed_out = self.response_timeout()
         try:
             with Interruptible(timeout, self.deadline) as wait:
 
@@ -815,11 +974,9 @@ class _Proxy:
         except Interrupted as why:
             if why.reason == "data":
                 return None  # (until_continue) the client sent its body without waiting
-            if why.reason != "timeout":
+            if why.reason != "timeout" or timed_out is None:
                 raise DownstreamError(0, "DC") from None
-            if request_timed_out:
-                raise UpstreamError("UT", 504) from None
-            raise UpstreamError("SI", 408) from None
+            raise timed_out from None
         finally:
             watched.watcher = None
 
@@ -1035,7 +1192,7 @@ class _Inbound(_Proxy):
         self.up_reused = False
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(*inbound.app), self.sidecar.config.connect_timeout
+                open_watched(*inbound.app), self.sidecar.config.connect_timeout
             )
         except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamError("UF") from exc

@@ -39,12 +39,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
-__all__ = ["Check", "Deadline", "Interruptible", "Interrupted"]
+__all__ = ["Check", "Deadline", "Interruptible", "Interrupted", "Waiter"]
 
 #: What :meth:`Deadline.watch_until` asks when a wait's time comes: given the loop's time,
 #: the reason to interrupt it with, or the time to look again.
 Check = Callable[[float], "str | float"]
+
+
+class Waiter(Protocol):
+    """What a :class:`Deadline` times: anything told ``fire(reason)`` when its time comes
+    (an :class:`Interruptible`, or a relay timing its own waits)."""
+
+    def fire(self, reason: str) -> None: ...
 
 
 class Interrupted(Exception):
@@ -130,14 +138,14 @@ class Deadline:
         self.loop = loop
         self._handle: asyncio.TimerHandle | None = None
         self._at = 0.0  # when the handle fires
-        self._waits: dict[Interruptible, tuple[float, Check | None]] = {}
+        self._waits: dict[Waiter, tuple[float, Check | None]] = {}
 
-    def watch(self, wait: Interruptible, timeout: float) -> None:
+    def watch(self, wait: Waiter, timeout: float) -> None:
         """Interrupt ``wait`` (reason ``"timeout"``) ``timeout`` seconds from now, unless
         :meth:`unwatch` comes first."""
         self.watch_until(wait, self.loop.time() + timeout)
 
-    def watch_until(self, wait: Interruptible, at: float, check: Check | None = None) -> None:
+    def watch_until(self, wait: Waiter, at: float, check: Check | None = None) -> None:
         """Interrupt ``wait`` at loop time ``at`` (reason ``"timeout"``), unless :meth:`unwatch`
         comes first. Given ``check``, the reason is what ``check(now)`` returns then, or, when
         it returns a time instead, ``wait`` goes on and is looked at again at that time (a
@@ -151,7 +159,7 @@ class Deadline:
         """Its timer handle is armed (the loop holds it, and this object with it)."""
         return self._handle is not None
 
-    def unwatch(self, wait: Interruptible) -> None:
+    def unwatch(self, wait: Waiter) -> None:
         self._waits.pop(wait, None)
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "TlsCounters",
     "Watched",
     "format_address",
+    "open_watched",
     "peer_address",
     "write",
 ]
@@ -95,21 +96,31 @@ class Watched(asyncio.StreamReaderProtocol):
     A relay waiting for its upstream learns this way that its client went away, without a
     task reading the downstream meanwhile (see :mod:`.interrupt`). :attr:`ended` says the
     FIN or the loss came already; :attr:`received` counts the bytes that arrived.
+
+    :attr:`direct` (when set) is offered each arrival first, and takes it when it returns
+    True: the bytes then never reach the reader (an HTTP/1.1 relay parsing them in the
+    callback, :mod:`.http_direct`). The FIN or the loss always reaches the reader first,
+    then ``direct(b"")`` is told.
     """
 
     watcher: Callable[[str], None] | None = None
+    direct: Callable[[bytes], bool] | None = None
     ended = False
     received = 0
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
         self.received += len(data)
+        if self.direct is not None and self.direct(data):
+            return
+        super().data_received(data)
         if self.watcher is not None:
             self.watcher("data")
 
     def eof_received(self) -> bool:
         keep_open = bool(super().eof_received())
         self.ended = True
+        if self.direct is not None:
+            self.direct(b"")
         if self.watcher is not None:
             self.watcher("eof")
         return keep_open
@@ -117,8 +128,23 @@ class Watched(asyncio.StreamReaderProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.ended = True
+        if self.direct is not None:
+            self.direct(b"")
         if self.watcher is not None:
             self.watcher("lost")
+
+
+async def open_watched(
+    host: str, port: int, **kwargs: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` (``kwargs``: ``create_connection``'s, e.g. ``ssl``), with a
+    :class:`Watched` protocol and the relay's read limit: an upstream connection that
+    :mod:`.http_direct` can read from its callbacks."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+    protocol = Watched(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, **kwargs)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 class _Downstream(asyncio.StreamWriter):

@@ -57,7 +57,7 @@ from ..peer_metadata import PeerMetadata
 from .config import Address, OutboundConfig, SidecarConfig, load_registry
 from .h2 import inbound_auto, outbound_auto
 from .http import MX_HEADER, MX_ID_HEADER
-from .listener import STREAM_LIMIT, Listener, TlsCounters
+from .listener import Listener, TlsCounters, open_watched
 from .pool import UpstreamPool
 from .tcp import inbound_tcp, outbound_tcp
 
@@ -246,11 +246,8 @@ class Sidecar:
         """
         context = self._client_context(protocol, address) if mesh else None
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                *address,
-                ssl=context,
-                server_hostname="" if context is not None else None,
-                limit=STREAM_LIMIT,
+            open_watched(
+                *address, ssl=context, server_hostname="" if context is not None else None
             ),
             self.config.connect_timeout,
         )
