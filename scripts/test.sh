@@ -91,11 +91,13 @@ step "pytest: the pure-Python leg (MESHSTATS_NO_EXTENSIONS=1)"
 MESHSTATS_NO_EXTENSIONS=1 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "${select[@]}"
 
 # The sidecar's behaviour tests on uvloop's event loop (the sidecar's default when installed).
-# The HTTP/1.1 (upgrades, pipelining, 100-continue and the waits the downstream's protocol
-# interrupts included) and TCP relays, and peers that go away (where the two loops differed):
-# about 15 s; `pytest --event-loop uvloop tests/test_proxy_*.py` runs them all.
+# The HTTP/1.1 (upgrades, pipelining, 100-continue, the waits the downstream's protocol
+# interrupts, and the requests relayed in the protocols' callbacks included) and TCP relays,
+# and peers that go away (where the two loops differed): about 25 s;
+# `pytest --event-loop uvloop tests/test_proxy_*.py` runs them all.
 step "pytest: the sidecar on uvloop (HTTP/1.1 and TCP relays, downstream faults)"
 "$VENV/bin/python" -m pytest tests/test_proxy_http.py tests/test_proxy_h1.py \
+  tests/test_proxy_http_direct.py \
   tests/test_proxy_tcp.py tests/test_proxy_downstream.py tests/test_loop.py \
   -q -p no:cacheprovider --event-loop uvloop
 
