@@ -57,11 +57,12 @@ def relay(request: pytest.FixtureRequest) -> Iterator[str]:
 class App:
     """A raw HTTP/1.1 app. Every request is answered ``200`` with ``<target>:<body>``,
     except: ``/chunked`` (the same, chunked, one write), ``/hints`` (a ``103`` first, in the
-    same write), ``/close`` (``connection: close``, then closed), ``/silent`` (never
-    answered), ``/split`` (its head and half its body, then the rest once ``release`` is
-    set), ``/large`` and ``/big`` (``LARGE`` and ``BIG`` bytes: less and more than the
-    server sidecar reads at once). ``heads`` is set when a request head arrived (its body
-    perhaps not yet); ``closed`` when a connection ended."""
+    same write), ``/close`` (``connection: close``, then closed), ``/ahead`` (the answers
+    to the next ``x-ahead`` requests at once, those then read and not answered),
+    ``/silent`` (never answered), ``/split`` (its head and half its body, then the rest
+    once ``release`` is set), ``/large`` and ``/big`` (``LARGE`` and ``BIG`` bytes: less
+    and more than the server sidecar reads at once). ``heads`` is set when a request head
+    arrived (its body perhaps not yet); ``closed`` when a connection ended."""
 
     requests: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
@@ -75,6 +76,7 @@ class App:
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        owed = 0  # requests answered ahead (/ahead), to be read without an answer
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -90,6 +92,20 @@ class App:
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = await self._body(reader, fields)
                 self.bodies.append(body)
+                if owed:
+                    owed -= 1
+                    continue
+                if target == b"/ahead":
+                    owed = int(fields[b"x-ahead"]) - 1
+                    writer.write(
+                        b"".join(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\nahead:%d"
+                            % (6 + len(b"%d" % i), i)
+                            for i in range(owed + 1)
+                        )
+                    )
+                    await writer.drain()
+                    continue
                 reply = target + b":" + body
                 if target == b"/silent":
                     await reader.read()  # until the sidecar lets go
@@ -536,5 +552,36 @@ def test_a_client_that_reads_late(certs: Certs, backend: Backend, relay: str) ->
             client_samples, _ = await m.metrics()
             assert codes(client_samples, "source") == {("200", "-"): 1 + len(requests)}
             assert await bytes_recorded(m) == (client.sent, client.received)
+
+    run(main())
+
+
+def test_an_upstream_answering_ahead_of_pipelined_requests(
+    certs: Certs, backend: Backend, relay: str
+) -> None:
+    """A client pipelining a thousand requests to the server sidecar (plaintext, straight to
+    its inbound port) and an app that answers them all at the first: each answer relayed
+    once, in order, each request recorded once (the callbacks take one request and one
+    answer after the other in a loop, never nesting a call per request)."""
+    n = 1000
+    requests = [b"GET /ahead HTTP/1.1\r\n" + HOST + b"x-ahead: %d\r\n\r\n" % n]
+    requests += [b"GET /x HTTP/1.1\r\n" + HOST + b"\r\n"] * (n - 1)
+    assert sum(map(len, requests)) < 65536  # (less than the callbacks hold while they wait)
+
+    async def main() -> None:
+        async with setup(certs, backend) as (app, m, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", m.server.inbound_port)
+            client = Client(reader, writer)
+            try:
+                warm = await client.ask(b"GET /warm HTTP/1.1\r\n" + HOST + b"\r\n")
+                assert warm.body == b"/warm:"
+                client.send(b"".join(requests))
+                answers = [await client.response() for _ in requests]
+                assert [a.body for a in answers] == [b"ahead:%d" % i for i in range(n)]
+                assert len(app.requests) == 2 + n  # (the two warm-ups, then these)
+            finally:
+                writer.close()
+            _, server_samples = await m.metrics()
+            assert codes(server_samples, "destination") == {("200", "-"): 2 + n}
 
     run(main())

@@ -270,10 +270,10 @@ class HttpStream:
         data = b"".join(self._pending)
         self._pending.clear()
         transport = self.transport
+        self.sent += len(data)  # (counted when dropped too, as flush counts it)
         if transport.is_closing():
             return True  # (dropped, as listener.write drops it)
         transport.write(data)
-        self.sent += len(data)
         return bool(transport.get_write_buffer_size())
 
     @property

@@ -118,7 +118,7 @@ class DirectRelay:
         self.down.tap.direct = self._from_down
         up.tap.direct = self._from_up
         self._between_requests()
-        self._guarded(self._take_request)  # one may have come pipelined
+        self._guarded(self._relay_requests)  # one may have come pipelined
         try:
             return await future
         finally:
@@ -134,7 +134,7 @@ class DirectRelay:
         down.fed += len(data)
         down.conn.receive_data(data)
         if self._state == _IDLE:
-            self._guarded(self._take_request)
+            self._guarded(self._relay_requests)
         elif down.conn.unparsed() > STREAM_LIMIT:
             # A client pipelining that far ahead is held back by the task's reader.
             self._hand(self._in_flight())
@@ -153,7 +153,7 @@ class DirectRelay:
         assert up is not None
         up.fed += len(data)
         up.conn.receive_data(data)
-        self._guarded(self._take_response)
+        self._guarded(self._relay_responses)
         return True
 
     def fire(self, reason: str) -> None:
@@ -169,7 +169,19 @@ class DirectRelay:
 
     # -- the relay's steps ----------------------------------------------------------------
 
-    def _take_request(self) -> None:
+    def _relay_requests(self) -> None:
+        # A loop, not steps calling each other: an upstream answering ahead of a client's
+        # pipelined requests would otherwise nest a call per request.
+        while self._take_request() and self._take_response():
+            pass
+
+    def _relay_responses(self) -> None:
+        if self._take_response():
+            self._relay_requests()
+
+    def _take_request(self) -> bool:
+        """Send the next request upstream if all of it is here; True when the upstream's
+        bytes are there to be read at once (its answer may have come ahead)."""
         proxy, down = self.proxy, self.down
         conn = down.conn
         ex = proxy.exchange()
@@ -178,16 +190,16 @@ class DirectRelay:
         except h1.ProtocolError as exc:
             down.push(exc)
             self._hand(Handover("request", ex))
-            return
+            return False
         if event is h1.NEED_DATA:
             if conn.unparsed():
                 self._set_due(self._idle)  # a head trickling in: each piece restarts it
-            return
+            return False
         headers = proxy.direct_headers(event, ex) if type(event) is h1.Request else None
         if headers is None:
             down.push(event)
             self._hand(Handover("request", ex))
-            return
+            return False
         body: list[h1.Data] = []
         while True:  # the body, when all of it is here
             try:
@@ -195,13 +207,13 @@ class DirectRelay:
             except h1.ProtocolError as exc:
                 down.push(event, *body, exc)
                 self._hand(Handover("request", ex))
-                return
+                return False
             if type(end) is h1.EndOfMessage:
                 break
             if type(end) is not h1.Data:  # NEED_DATA: the rest is still on its way
                 down.push(event, *body)
                 self._hand(Handover("request", ex))
-                return
+                return False
             body.append(end)
         up = self.up
         assert up is not None
@@ -215,10 +227,12 @@ class DirectRelay:
         if up.write_queued():
             # The upstream reads slowly or is closing: the task waits for it.
             self._hand(self._in_flight())
-        elif up.conn.unparsed():
-            self._take_response()  # (bytes the upstream sent ahead of the request)
+            return False
+        return up.conn.unparsed() > 0  # (bytes the upstream sent ahead of the request)
 
-    def _take_response(self) -> None:
+    def _take_response(self) -> bool:
+        """Relay the response if all of it is here; True when it was, and the relay can
+        take the next request."""
         up = self.up
         assert up is not None
         conn = up.conn
@@ -227,13 +241,13 @@ class DirectRelay:
         except h1.ProtocolError as exc:
             up.push(exc)
             self._hand(self._in_flight())
-            return
+            return False
         if response is h1.NEED_DATA:
-            return
+            return False
         if type(response) is not h1.Response:  # a 1xx
             up.push(response)
             self._hand(self._in_flight())
-            return
+            return False
         body: list[h1.Data] = []
         while True:
             try:
@@ -241,13 +255,13 @@ class DirectRelay:
             except h1.ProtocolError as exc:
                 up.push(response, *body, exc)
                 self._hand(self._in_flight())
-                return
+                return False
             if type(end) is h1.EndOfMessage:
                 break
             if type(end) is not h1.Data:
                 up.push(response, *body)
                 self._hand(self._in_flight())
-                return
+                return False
             body.append(end)
         proxy, down, ex, request = self.proxy, self.down, self._ex, self._request
         assert ex is not None and request is not None
@@ -264,7 +278,8 @@ class DirectRelay:
             self._hand(Handover("request"))  # let go: the next request connects anew
         else:
             self._between_requests()
-            self._take_request()
+            return True
+        return False
 
     # -- state ----------------------------------------------------------------------------
 
