@@ -129,6 +129,15 @@ def total(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(s[2] for s in select(samples, name, **labels))
 
 
+def codes(samples: list[Sample], reporter: str) -> dict[tuple[str, str], float]:
+    """Requests by (response_code, response_flags)."""
+    out: dict[tuple[str, str], float] = {}
+    for _, labels, value in select(samples, "istio_requests_total", reporter=reporter):
+        key = (labels["response_code"], labels["response_flags"])
+        out[key] = out.get(key, 0) + value
+    return out
+
+
 def only_labels(samples: list[Sample], name: str, **labels: str) -> dict[str, str]:
     """The label set of the one series of ``name`` matching ``labels`` (asserts one)."""
     found = select(samples, name, **labels)

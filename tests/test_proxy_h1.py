@@ -37,15 +37,14 @@ from proxy_support import (
     SERVER_SA,
     SERVICE_HOST,
     Certs,
-    Sample,
     assert_labels,
+    codes,
     eventually,
     free_port,
     make_certs,
     mesh,
     only_labels,
     run,
-    select,
     start_app,
     total,
 )
@@ -221,15 +220,6 @@ async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
 
 def no_mx(fields: dict[bytes, bytes]) -> bool:
     return MX not in fields and MX_ID not in fields
-
-
-def codes(samples: list[Sample], reporter: str) -> dict[tuple[str, str], float]:
-    """Requests by (response_code, response_flags)."""
-    out: dict[tuple[str, str], float] = {}
-    for _, labels, value in select(samples, "istio_requests_total", reporter=reporter):
-        key = (labels["response_code"], labels["response_flags"])
-        out[key] = out.get(key, 0) + value
-    return out
 
 
 def ws_request(path: bytes = b"/ws", upgrade: bytes = b"websocket") -> bytes:

@@ -33,8 +33,8 @@ from proxy_support import (
     SERVER_SA,
     SERVICE_HOST,
     Certs,
-    Sample,
     assert_labels,
+    codes,
     engine,
     eventually,
     free_port,
@@ -45,7 +45,6 @@ from proxy_support import (
     only_labels,
     run,
     scrape,
-    select,
     total,
 )
 
@@ -86,15 +85,6 @@ async def h2_app() -> AsyncIterator[AppServer]:
         for conn in app.connections:
             conn.writer.close()
         await app.server.wait_closed()
-
-
-def codes(samples: list[Sample], reporter: str) -> dict[tuple[str, str], float]:
-    """Requests by (response_code, response_flags)."""
-    out: dict[tuple[str, str], float] = {}
-    for _, labels, value in select(samples, "istio_requests_total", reporter=reporter):
-        key = (labels["response_code"], labels["response_flags"])
-        out[key] = out.get(key, 0) + value
-    return out
 
 
 def no_mx(headers: Headers) -> bool:

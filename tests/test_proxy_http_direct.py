@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from conftest import Backend
-from proxy_support import Certs, Mesh, Sample, eventually, make_certs, mesh, run, select, total
+from proxy_support import Certs, Mesh, codes, eventually, make_certs, mesh, run, total
 
 from meshstats.proxy import http
 
@@ -255,15 +255,6 @@ class Client:
 
     async def closed(self) -> bool:
         return await asyncio.wait_for(self.reader.read(), STALL) == b""
-
-
-def codes(samples: list[Sample], reporter: str) -> dict[tuple[str, str], float]:
-    """Requests by (response_code, response_flags)."""
-    out: dict[tuple[str, str], float] = {}
-    for _, labels, value in select(samples, "istio_requests_total", reporter=reporter):
-        key = (labels["response_code"], labels["response_flags"])
-        out[key] = out.get(key, 0) + value
-    return out
 
 
 async def bytes_recorded(m: Mesh) -> tuple[float, float]:
