@@ -792,7 +792,7 @@ class _Proxy:
             or self.upstream_for(request) != self.up_target
         ):
             return None
-        ex.started = self.loop.time()
+        # (ex.started: when the callbacks began it, as the head was parsed)
         kept, ex.metadata, ex.metadata_id = _split(headers)
         return self.request_headers(kept, ex)
 
