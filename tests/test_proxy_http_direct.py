@@ -17,6 +17,7 @@ sent only after the other side has shown that it received the first.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -134,6 +135,8 @@ class App:
                     await writer.drain()
                     await self.release.wait()
                     writer.write(b"-last")
+                elif target.startswith(b"/cut/"):
+                    await self._cut_answer(writer, target, reply)
                 elif target == b"/large":
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % self.LARGE)
                     writer.write(b"l" * self.LARGE)
@@ -151,6 +154,29 @@ class App:
         finally:
             writer.close()
             self.closed.set()
+
+    @staticmethod
+    async def _cut_answer(writer: asyncio.StreamWriter, target: bytes, reply: bytes) -> None:
+        """``/cut/<seed>``: the reply framed by length or chunked, written in pieces, as
+        the seed says (the relay sees it arrive whole or in any cut)."""
+        rng = random.Random(target)
+        if rng.random() < 0.5:
+            wire = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply)
+        else:
+            cut = rng.randrange(len(reply) + 1)
+            wire = (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                + b"".join(
+                    b"%x\r\n%s\r\n" % (len(part), part)
+                    for part in (reply[:cut], reply[cut:])
+                    if part
+                )
+                + b"0\r\n\r\n"
+            )
+        for piece in _pieces(rng, wire):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0)  # (a piece may or may not be read before the next)
 
     @staticmethod
     async def _body(reader: asyncio.StreamReader, fields: dict[bytes, bytes]) -> bytes:
@@ -182,6 +208,9 @@ async def setup(
     try:
         async with mesh(certs, port, backend, client_settings, **(settings or {})) as m:
             sock = socket.socket()
+            # (asyncio sets it only on a socket made with IPPROTO_TCP: without it, a request
+            # written in pieces waits for delayed ACKs, 40 ms each)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if receive_buffer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             sock.setblocking(False)
@@ -196,6 +225,12 @@ async def setup(
                 writer.close()
     finally:
         server.close()
+
+
+def _pieces(rng: random.Random, data: bytes) -> list[bytes]:
+    """``data`` cut at up to three random places."""
+    cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(4)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)]) if b > a]
 
 
 # -- a raw client ----------------------------------------------------------------------------
@@ -574,5 +609,51 @@ def test_an_upstream_answering_ahead_of_pipelined_requests(
                 writer.close()
             _, server_samples = await m.metrics()
             assert codes(server_samples, "destination") == {("200", "-"): 2 + n}
+
+    run(main())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_requests_and_answers_in_random_cuts(
+    certs: Certs, backend: Backend, relay: str, seed: int
+) -> None:
+    """Forty requests of every framing (none, by length, chunked with a trailer), sent one
+    by one or pipelined in twos, the client's bytes and the app's answers (by length or
+    chunked) each cut at random places: whichever piece each relay step sees, every answer
+    arrives whole and in order, and every byte is counted once."""
+    rng = random.Random(seed)
+
+    def request(i: int) -> tuple[bytes, bytes]:
+        body = rng.randbytes(rng.choice([0, 1, 7, 300, 5000]))
+        target = b"/cut/%d-%d" % (seed, i)
+        kind = rng.randrange(3)
+        if kind == 0 and not body:
+            return b"GET %s HTTP/1.1\r\n%s\r\n" % (target, HOST), target + b":"
+        if kind == 2:
+            framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in _pieces(rng, body))
+            head = b"POST %s HTTP/1.1\r\n%sTransfer-Encoding: chunked\r\n\r\n" % (target, HOST)
+            return head + framed + b"0\r\nx-t: 1\r\n\r\n", target + b":" + body
+        head = b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n" % (target, HOST, len(body))
+        return head + body, target + b":" + body
+
+    exchanges = [request(i) for i in range(40)]
+
+    async def main() -> None:
+        async with setup(certs, backend) as (app, m, client):
+            i = 0
+            while i < len(exchanges):
+                batch = exchanges[i : i + rng.choice([1, 1, 2])]
+                for piece in _pieces(rng, b"".join(wire for wire, _ in batch)):
+                    client.send(piece)
+                    await asyncio.sleep(0)
+                for _, expected in batch:
+                    answer = await client.response()
+                    assert (answer.status, answer.body) == (200, expected)
+                i += len(batch)
+            assert app.connections == 1
+            client_samples, server_samples = await m.metrics()
+            assert codes(client_samples, "source") == {("200", "-"): 1 + len(exchanges)}
+            assert codes(server_samples, "destination") == {("200", "-"): 1 + len(exchanges)}
+            assert await bytes_recorded(m) == (client.sent, client.received)
 
     run(main())
