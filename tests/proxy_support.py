@@ -129,6 +129,16 @@ def total(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(s[2] for s in select(samples, name, **labels))
 
 
+@dataclass
+class Response:
+    """An HTTP/1.1 response as a raw client read it."""
+
+    status: int
+    fields: dict[bytes, bytes]
+    body: bytes
+    size: int  # bytes on the wire, head included
+
+
 def codes(samples: list[Sample], reporter: str) -> dict[tuple[str, str], float]:
     """Requests by (response_code, response_flags)."""
     out: dict[tuple[str, str], float] = {}

@@ -37,6 +37,7 @@ from proxy_support import (
     SERVER_SA,
     SERVICE_HOST,
     Certs,
+    Response,
     assert_labels,
     codes,
     eventually,
@@ -181,14 +182,6 @@ async def app_server() -> AsyncIterator[tuple[App, int]]:
 
 
 # -- a raw client -------------------------------------------------------------------------------
-
-
-@dataclass
-class Response:
-    status: int
-    fields: dict[bytes, bytes]
-    body: bytes
-    size: int  # bytes on the wire, head included
 
 
 async def read_response(reader: asyncio.StreamReader) -> Response:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from conftest import Backend
-from proxy_support import Certs, Mesh, codes, eventually, make_certs, mesh, run, total
+from proxy_support import Certs, Mesh, Response, codes, eventually, make_certs, mesh, run, total
 
 from meshstats.proxy import http
 
@@ -234,14 +234,6 @@ def _pieces(rng: random.Random, data: bytes) -> list[bytes]:
 
 
 # -- a raw client ----------------------------------------------------------------------------
-
-
-@dataclass
-class Response:
-    status: int
-    fields: dict[bytes, bytes]
-    body: bytes
-    size: int  # bytes on the wire, head included
 
 
 @dataclass
