@@ -58,12 +58,14 @@ def relay(request: pytest.FixtureRequest) -> Iterator[str]:
 class App:
     """A raw HTTP/1.1 app. Every request is answered ``200`` with ``<target>:<body>``,
     except: ``/chunked`` (the same, chunked, one write), ``/hints`` (a ``103`` first, in the
-    same write), ``/close`` (``connection: close``, then closed), ``/ahead`` (the answers
-    to the next ``x-ahead`` requests at once, those then read and not answered),
-    ``/silent`` (never answered), ``/split`` (its head and half its body, then the rest
-    once ``release`` is set), ``/large`` and ``/big`` (``LARGE`` and ``BIG`` bytes: less
-    and more than the server sidecar reads at once). ``heads`` is set when a request head
-    arrived (its body perhaps not yet); ``closed`` when a connection ended."""
+    same write), ``/close`` (``connection: close``, then closed), ``/quiet-close`` (closed
+    after the answer, without saying so: an app's keep-alive timeout), ``/drop-next`` (the
+    next request on the connection read, then the connection closed: a close that crossed
+    it), ``/ahead`` (the answers to the next ``x-ahead`` requests at once, those then read
+    and not answered), ``/silent`` (never answered), ``/split`` (its head and half its
+    body, then the rest once ``release`` is set), ``/large`` and ``/big`` (``LARGE`` and
+    ``BIG`` bytes: less and more than the server sidecar reads at once). ``heads`` is set
+    when a request head arrived (its body perhaps not yet); ``closed`` when a connection ended."""
 
     requests: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
@@ -78,6 +80,7 @@ class App:
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         owed = 0  # requests answered ahead (/ahead), to be read without an answer
+        dropping = False  # the next request is read and the connection closed (/drop-next)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -96,6 +99,8 @@ class App:
                 if owed:
                     owed -= 1
                     continue
+                if dropping:
+                    return  # (a close that crossed this request: never answered)
                 if target == b"/ahead":
                     owed = int(fields[b"x-ahead"]) - 1
                     writer.write(
@@ -123,6 +128,17 @@ class App:
                         b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"
                         b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply)
                     )
+                elif target == b"/drop-next":
+                    dropping = True
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply)
+                    )
+                elif target == b"/quiet-close":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply)
+                    )
+                    await writer.drain()
+                    return
                 elif target == b"/close":
                     writer.write(
                         b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
@@ -647,5 +663,52 @@ def test_requests_and_answers_in_random_cuts(
             assert codes(client_samples, "source") == {("200", "-"): 1 + len(exchanges)}
             assert codes(server_samples, "destination") == {("200", "-"): 1 + len(exchanges)}
             assert await bytes_recorded(m) == (client.sent, client.received)
+
+    run(main())
+
+
+def test_an_upstream_that_closed_while_idle_is_replaced(
+    certs: Certs, backend: Backend, relay: str
+) -> None:
+    """An app that closes a kept connection between requests (its keep-alive timeout, as
+    uvicorn's 5 s) without saying so: the next request goes on a new connection, as Envoy
+    sends it, never a 503 for an app that is up."""
+
+    async def main() -> None:
+        async with setup(certs, backend) as (app, m, client):
+            app.closed.clear()
+            answer = await client.ask(b"GET /quiet-close HTTP/1.1\r\n" + HOST + b"\r\n")
+            assert (answer.status, answer.body) == (200, b"/quiet-close:")
+            await asyncio.wait_for(app.closed.wait(), STALL)  # closed between requests
+            again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
+            assert (again.status, again.body) == (200, b"/after:")
+            assert app.connections == 2
+            client_samples, server_samples = await m.metrics()
+            assert codes(client_samples, "source") == {("200", "-"): 3}
+            assert codes(server_samples, "destination") == {("200", "-"): 3}
+
+    run(main())
+
+
+def test_a_request_that_crossed_an_upstream_close_is_sent_again(
+    certs: Certs, backend: Backend, relay: str
+) -> None:
+    """The app closes a kept connection as the next request arrives, reading it and
+    answering nothing: the request had no body and got no byte back, so it goes once more
+    on a new connection (as HTTP clients do on a kept connection, and as the relay did for
+    a pooled one), and is recorded once."""
+
+    async def main() -> None:
+        async with setup(certs, backend) as (app, m, client):
+            answer = await client.ask(b"GET /drop-next HTTP/1.1\r\n" + HOST + b"\r\n")
+            assert answer.status == 200
+            again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
+            assert (again.status, again.body) == (200, b"/after:")
+            targets = [head.split(b" ")[1] for head in app.requests]
+            assert targets == [b"/warm", b"/drop-next", b"/after", b"/after"]
+            assert app.connections == 2
+            client_samples, server_samples = await m.metrics()
+            assert codes(client_samples, "source") == {("200", "-"): 3}
+            assert codes(server_samples, "destination") == {("200", "-"): 3}
 
     run(main())

@@ -348,6 +348,11 @@ class HttpStream:
             return True
         return False
 
+    def usable(self) -> bool:
+        """Open both ways as far as this end knows: no FIN or loss read, not closing (what
+        the pool asks of an idle connection)."""
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -495,7 +500,9 @@ class _Proxy:
         self.principal: str | None = None  # the upstream's (outbound) / downstream's (inbound)
         self.address: str | None = None  # the same peer's ip:port, for the workload registry
         self.up_target: object = None  # what self.up is connected to (see upstream_for)
-        self.up_reused = False  # self.up came from the sidecar's pool of idle connections
+        # self.up came from the sidecar's pool of idle connections, or served a request of
+        # this connection's already: a peer may have closed it meanwhile (a retry is safe)
+        self.up_reused = False
         # A keep-alive connection sees the same peer headers on every request: resolve once.
         self._peer_key: tuple[object, ...] | None = None
         self._peer_ctx: PeerContext | None = None
@@ -688,9 +695,12 @@ class _Proxy:
         """Record a request whose response was relayed whole; False when the downstream
         connection is done. The upstream one is let go unless it can serve again."""
         self._record(request, ex)
-        if self.up is not None and not self.up.reusable():
-            self.up.close()
-            self.up = None
+        if self.up is not None:
+            if self.up.reusable():
+                self.up_reused = True  # (kept: it may be closed before the next request)
+            else:
+                self.up.close()
+                self.up = None
         return self.down.reusable()
 
     async def _after_write(self, request: h1.Request, ex: _Exchange) -> bool:
@@ -717,7 +727,9 @@ class _Proxy:
         try:
             if resumed is None:
                 target = self.upstream_for(request)
-                if self.up is not None and target != self.up_target:
+                if self.up is not None and (target != self.up_target or not self.up.usable()):
+                    # (Not usable: the app closed it between requests, its keep-alive
+                    # timeout; Envoy's pool drops such a connection too.)
                     self.up.close()
                     self.up = None
                 if self.up is None:
