@@ -17,6 +17,7 @@ sent only after the other side has shown that it received the first.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from conftest import Backend
 from proxy_support import Certs, Mesh, Response, codes, eventually, make_certs, mesh, run, total
 
 from meshstats.proxy import http
+from meshstats.proxy.listener import Watched
 
 pytestmark = pytest.mark.timing
 
@@ -63,9 +65,10 @@ class App:
     next request on the connection read, then the connection closed: a close that crossed
     it), ``/ahead`` (the answers to the next ``x-ahead`` requests at once, those then read
     and not answered), ``/silent`` (never answered), ``/split`` (its head and half its
-    body, then the rest once ``release`` is set), ``/large`` and ``/big`` (``LARGE`` and
-    ``BIG`` bytes: less and more than the server sidecar reads at once). ``heads`` is set
-    when a request head arrived (its body perhaps not yet); ``closed`` when a connection ended."""
+    body, then the rest once ``release`` is set), ``/held`` (nothing until then),
+    ``/large`` and ``/big`` (``LARGE`` and ``BIG`` bytes: less and more than the server
+    sidecar reads at once). ``heads`` is set when a request head arrived (its body perhaps
+    not yet); ``closed`` when a connection ended."""
 
     requests: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
@@ -146,6 +149,11 @@ class App:
                     )
                     await writer.drain()
                     return
+                elif target == b"/held":
+                    await self.release.wait()
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply)
+                    )
                 elif target == b"/split":
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
                     await writer.drain()
@@ -710,5 +718,49 @@ def test_a_request_that_crossed_an_upstream_close_is_sent_again(
             client_samples, server_samples = await m.metrics()
             assert codes(client_samples, "source") == {("200", "-"): 3}
             assert codes(server_samples, "destination") == {("200", "-"): 3}
+
+    run(main())
+
+
+def test_a_client_pipelining_megabytes_while_it_waits_is_held_back(
+    certs: Certs, backend: Backend, relay: str
+) -> None:
+    """While an answer is awaited, what a client pipelines is read only up to the relay's
+    bounds (64 KiB parsed ahead, then the reader's limit), after which the client sidecar
+    stops reading its socket: no client can make it buffer without limit. Once the answer
+    comes, every request is answered, in order."""
+    body = b"p" * 65536
+    burst = [b"POST /p%d HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (i, HOST, len(body), body)
+             for i in range(128)]  # fmt: skip
+
+    async def main() -> None:
+        async with setup(certs, backend) as (app, m, client):
+            app.heads.clear()
+            client.send(b"GET /held HTTP/1.1\r\n" + HOST + b"\r\n")
+            await asyncio.wait_for(app.heads.wait(), STALL)  # its answer is held back
+            client.send(b"".join(burst))  # 8 MB
+            # The client sidecar's end of this connection, found by its address among the
+            # protocols the sidecars read with (uvloop's transports are not asyncio's class).
+            ours = client.writer.get_extra_info("sockname")
+            ends = [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, Watched) and o.transport.get_extra_info("peername") == ours
+            ]
+            assert len(ends) == 1
+            end = ends[0]
+
+            async def paused() -> bool:
+                return not end.transport.is_reading()
+
+            await eventually(paused)
+            assert end.received < 1 << 20  # of the 8 MB sent
+            app.release.set()
+            first = await client.response()
+            assert first.body == b"/held:"
+            answers = [await client.response() for _ in burst]
+            assert [a.body for a in answers] == [b"/p%d:" % i + body for i in range(128)]
+            client_samples, _ = await m.metrics()
+            assert codes(client_samples, "source") == {("200", "-"): 2 + len(burst)}
 
     run(main())

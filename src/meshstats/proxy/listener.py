@@ -105,8 +105,13 @@ class Watched(asyncio.StreamReaderProtocol):
 
     watcher: Callable[[str], None] | None = None
     direct: Callable[[bytes], bool] | None = None
+    transport: Any = None  # the connection's transport, once made
     ended = False
     received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
