@@ -267,10 +267,10 @@ class HttpStream:
     def write_queued(self) -> bool:
         """Hand what was queued to the transport now; True when a :meth:`flush` must still
         wait for it (bytes buffered, or the connection closing: ``drain`` raises then)."""
-        data = b"".join(self._pending)
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         transport = self.transport
-        self.sent += len(data)  # (counted when dropped too, as flush counts it)
+        self.sent += len(data)  # (counted when dropped too)
         if transport.is_closing():
             return True  # (dropped, as listener.write drops it)
         transport.write(data)
@@ -283,15 +283,7 @@ class HttpStream:
 
     async def flush(self) -> None:
         """Write what was sent with ``flush=False`` (``OSError`` when the peer is gone)."""
-        if not self._pending:
-            return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending.clear()
-        transport = self.transport
-        if not transport.is_closing():  # (else dropped, as listener.write drops it)
-            transport.write(data)
-        self.sent += len(data)
-        if transport.is_closing() or transport.get_write_buffer_size():
+        if self._pending and self.write_queued():
             # drain() raises for a lost connection and waits while the peer reads slowly
             # (the protocol is paused only with bytes in the buffer). With every byte handed
             # to the socket and the transport open it would only return: skipped.
@@ -586,8 +578,8 @@ class _Proxy:
             up is not None
             and down.tap is not None
             and up.tap is not None
-            and not down._held
-            and not up._held
+            and not down.holds_event
+            and not up.holds_event
             and down.tap.received == down.fed
             and up.tap.received == up.fed
             and down.conn.their_state is h1.IDLE
@@ -808,21 +800,24 @@ class _Proxy:
         kept, ex.metadata, ex.metadata_id = _split(headers)
         return self.request_headers(kept, ex)
 
-    def response_timeout(self) -> tuple[float | None, UpstreamError | None]:
-        """How long to wait for a response head (None: no limit), and what that wait ends
-        with when it runs out: ``504``/``UT`` (``request_timeout``), else ``408``/``SI``."""
+    def response_timeout(self) -> float | None:
+        """How long to wait for a response head (None: no limit): the shorter of
+        ``request_timeout`` and ``stream_idle_timeout``."""
         cfg = self.config
         waits = [cfg.stream_idle_timeout] if cfg.stream_idle_timeout > 0 else []
         if cfg.request_timeout > 0:
             waits.append(cfg.request_timeout)
-        if not waits:
-            return None, None
-        timeout = min(waits)
-        # Which timeout the one timer stands for, decided now: comparing the loop's clock with
-        # a deadline when it fires is not exact (uvloop rounds timers to milliseconds).
-        if cfg.request_timeout > 0 and timeout == cfg.request_timeout:
-            return timeout, UpstreamError("UT", 504)
-        return timeout, UpstreamError("SI", 408)
+        return min(waits) if waits else None
+
+    def timed_out(self) -> UpstreamError:
+        """What a response wait of :meth:`response_timeout` ends with when it runs out:
+        ``504``/``UT`` when it is ``request_timeout``'s, else ``408``/``SI``. (Decided by the
+        configuration, not by comparing the loop's clock with a deadline when the timer
+        fires, which is not exact: uvloop rounds timers to milliseconds.)"""
+        cfg = self.config
+        if cfg.request_timeout > 0 and self.response_timeout() == cfg.request_timeout:
+            return UpstreamError("UT", 504)
+        return UpstreamError("SI", 408)
 
     async def _send(self, request: h1.Request, headers: Headers, up: HttpStream) -> Any:
         """Send the request (its body too, and a 100's turn) and wait for the response."""
@@ -965,7 +960,7 @@ class _Proxy:
             raise DownstreamError(0, "DC")
         if until_continue and self.down.unread():
             return None  # the client sent its body without waiting
-        timeout, timed_out = self.response_timeout()
+        timeout = self.response_timeout()
         try:
             with Interruptible(timeout, self.deadline) as wait:
 
@@ -986,9 +981,9 @@ class _Proxy:
         except Interrupted as why:
             if why.reason == "data":
                 return None  # (until_continue) the client sent its body without waiting
-            if why.reason != "timeout" or timed_out is None:
+            if why.reason != "timeout":
                 raise DownstreamError(0, "DC") from None
-            raise timed_out from None
+            raise self.timed_out() from None
         finally:
             watched.watcher = None
 

@@ -65,6 +65,26 @@ class Handover:
         self.failure = failure
 
 
+def _rest_of(stream: HttpStream, head: h1.Request | h1.Response) -> list[h1.Event] | None:
+    """The rest of the message ``head`` began (its body's events, then its end) when all of
+    it is in ``stream``'s codec; else None, with what was taken pushed back on ``stream``
+    (a refusal last, to be raised), for the task to go on from."""
+    conn = stream.conn
+    rest: list[h1.Event] = []
+    while True:
+        try:
+            event = conn.next_event()
+        except h1.ProtocolError as exc:
+            stream.push(head, *rest, exc)
+            return None
+        if type(event) is not h1.Data and type(event) is not h1.EndOfMessage:
+            stream.push(head, *rest)  # NEED_DATA: the rest is still on its way
+            return None
+        rest.append(event)
+        if type(event) is h1.EndOfMessage:
+            return rest
+
+
 class DirectRelay:
     """The callbacks' side of one downstream connection's relay (see the module's text).
 
@@ -112,7 +132,7 @@ class DirectRelay:
         assert up is not None and up.tap is not None and self.down.tap is not None
         idle = proxy.config.idle_timeout
         self._idle = idle if idle > 0 else None
-        self._wait = proxy.response_timeout()[0]
+        self._wait = proxy.response_timeout()
         future: asyncio.Future[Handover] = self.loop.create_future()
         self._future = future
         self.down.tap.direct = self._from_down
@@ -164,8 +184,7 @@ class DirectRelay:
         if self._state == _IDLE:
             self._hand(Handover("closed"))  # an idle connection closes, unrecorded
         else:
-            failure = self.proxy.response_timeout()[1]
-            self._hand(self._in_flight(failure))
+            self._hand(self._in_flight(self.proxy.timed_out()))
 
     # -- the relay's steps ----------------------------------------------------------------
 
@@ -200,30 +219,18 @@ class DirectRelay:
             down.push(event)
             self._hand(Handover("request", ex))
             return False
-        body: list[h1.Data] = []
-        while True:  # the body, when all of it is here
-            try:
-                end = conn.next_event()
-            except h1.ProtocolError as exc:
-                down.push(event, *body, exc)
-                self._hand(Handover("request", ex))
-                return False
-            if type(end) is h1.EndOfMessage:
-                break
-            if type(end) is not h1.Data:  # NEED_DATA: the rest is still on its way
-                down.push(event, *body)
-                self._hand(Handover("request", ex))
-                return False
-            body.append(end)
+        rest = _rest_of(down, event)
+        if rest is None:
+            self._hand(Handover("request", ex))
+            return False
         up = self.up
         assert up is not None
         self._state, self._ex, self._request, self._headers = _WAITING, ex, event, headers
         self._fed = up.fed
         self._set_due(self._wait)
         up.queue(h1.Request(method=event.method, target=event.target, headers=headers))
-        for part in body:
+        for part in rest:
             up.queue(part)
-        up.queue(end)
         if up.write_queued():
             # The upstream reads slowly or is closing: the task waits for it.
             self._hand(self._in_flight())
@@ -248,27 +255,15 @@ class DirectRelay:
             up.push(response)
             self._hand(self._in_flight())
             return False
-        body: list[h1.Data] = []
-        while True:
-            try:
-                end = conn.next_event()
-            except h1.ProtocolError as exc:
-                up.push(response, *body, exc)
-                self._hand(self._in_flight())
-                return False
-            if type(end) is h1.EndOfMessage:
-                break
-            if type(end) is not h1.Data:
-                up.push(response, *body)
-                self._hand(self._in_flight())
-                return False
-            body.append(end)
+        rest = _rest_of(up, response)
+        if rest is None:
+            self._hand(self._in_flight())
+            return False
         proxy, down, ex, request = self.proxy, self.down, self._ex, self._request
         assert ex is not None and request is not None
         down.queue(proxy.response_head(response, ex))
-        for part in body:
+        for part in rest:
             down.queue(part)
-        down.queue(end)
         self._state = _IDLE
         if down.write_queued():
             self._hand(Handover("flush", ex, request))  # a client reading slowly, or gone
