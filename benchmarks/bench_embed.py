@@ -33,6 +33,14 @@ to a shared machine's drift)::
 ``--grpc-compare FILE`` adds one more gRPC case: another version of ``meshstats/grpc.py``
 (``git show main:src/meshstats/grpc.py > /tmp/grpc_main.py``), for a before/after measured
 in the same run.
+
+``--instructions`` counts instead the instructions each gRPC case executes per call, every
+thread of the process, under valgrind's callgrind (each case in its own process, untimed,
+two call counts whose difference is the calls alone): a measure that does not swing with
+the machine's load or gRPC's thread scheduling as CPU time does (two runs of a case differ
+by under 10k instructions a call, about 1%)::
+
+    PYTHONPATH=src python benchmarks/bench_embed.py --instructions
 """
 
 from __future__ import annotations
@@ -253,21 +261,27 @@ class GrpcCase:
     ``spent`` collects the thread CPU time the case's interceptors take (see :class:`Spent`).
     """
 
-    def __init__(self, server_interceptor: Any, client_interceptor: Any) -> None:
+    def __init__(
+        self, server_interceptor: Any, client_interceptor: Any, timed: bool = True
+    ) -> None:
         self.spent = Spent()
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(2),
-            interceptors=[ServerTimer(server_interceptor, self.spent)],
-        )
+        self.interceptors = (server_interceptor, client_interceptor)
+        if timed:
+            server_side = [ServerTimer(server_interceptor, self.spent)]
+            client_side: Any = ClientTimer(client_interceptor, self.spent)
+        else:  # what a user's process runs: no timers, and no interceptor for a None
+            server_side = [server_interceptor] if server_interceptor is not None else []
+            client_side = client_interceptor
+        self.server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=server_side)
         handler = grpc.method_handlers_generic_handler(
             "bench.Reviews", {"Get": grpc.unary_unary_rpc_method_handler(_echo)}
         )
         self.server.add_generic_rpc_handlers((handler,))
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
-        self.channel = grpc.intercept_channel(
-            grpc.insecure_channel(f"127.0.0.1:{port}"), ClientTimer(client_interceptor, self.spent)
-        )
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        if client_side is not None:
+            self.channel = grpc.intercept_channel(self.channel, client_side)
         self.call = self.channel.unary_unary("/bench.Reviews/Get")
         self.run(10)  # the connection is up before anything is timed
         self.spent.take()
@@ -330,9 +344,10 @@ def load_grpc_module(path: str) -> ModuleType:
     return module
 
 
-def grpc_cases(
-    store_c: ModuleType, store_py: ModuleType, compared: str | None = None
-) -> dict[str, GrpcCase]:
+def grpc_case_factories(
+    store_c: ModuleType, store_py: ModuleType, compared: str | None = None, timed: bool = True
+) -> dict[str, Callable[[], GrpcCase]]:
+    """Each gRPC case by name, built when called (``timed``: see :class:`GrpcCase`)."""
     # py-grpc-prometheus ships no types
     from py_grpc_prometheus.prometheus_client_interceptor import (  # type: ignore[import-untyped]
         PromClientInterceptor,
@@ -341,31 +356,44 @@ def grpc_cases(
         PromServerInterceptor,
     )
 
-    cases = {"bare grpcio": GrpcCase(None, None)}
-    for name, store in (("meshstats C", store_c), ("meshstats pure Python", store_py)):
-        server = StatsEngine(SERVER, store=store.Store())
-        client = StatsEngine(CLIENT, store=store.Store())
-        cases[f"+ {name} interceptors"] = GrpcCase(
-            IstioServerInterceptor(server), IstioClientInterceptor(client, host="reviews:9080")
-        )
-    # The opt-in lean exchange between meshstats ends (one metadata entry each way).
-    server = StatsEngine(SERVER, store=store_c.Store())
-    client = StatsEngine(CLIENT, store=store_c.Store())
-    cases["+ meshstats C interceptors, istio_headers='auto'"] = GrpcCase(
-        IstioServerInterceptor(server),
-        IstioClientInterceptor(client, host="reviews:9080", istio_headers="auto"),
-    )
+    def meshstats(store: ModuleType, module: Any = None, **client: Any) -> Callable[[], GrpcCase]:
+        def build() -> GrpcCase:
+            serving = module.IstioServerInterceptor if module else IstioServerInterceptor
+            calling = module.IstioClientInterceptor if module else IstioClientInterceptor
+            server = StatsEngine(SERVER, store=store.Store())
+            caller = StatsEngine(CLIENT, store=store.Store())
+            return GrpcCase(serving(server), calling(caller, host="reviews:9080", **client), timed)
+
+        return build
+
+    cases: dict[str, Callable[[], GrpcCase]] = {
+        "bare grpcio": lambda: GrpcCase(None, None, timed),
+        "+ meshstats C interceptors": meshstats(store_c),
+        "+ meshstats pure Python interceptors": meshstats(store_py),
+        # The opt-in lean exchange between meshstats ends (one metadata entry each way).
+        "+ meshstats C interceptors, istio_headers='auto'": meshstats(
+            store_c, istio_headers="auto"
+        ),
+    }
     if compared is not None:  # the C store, as the first meshstats case
-        other = load_grpc_module(compared)
-        server = StatsEngine(SERVER, store=store_c.Store())
-        client = StatsEngine(CLIENT, store=store_c.Store())
-        cases[f"+ meshstats C, {os.path.basename(compared)}"] = GrpcCase(
-            other.IstioServerInterceptor(server),
-            other.IstioClientInterceptor(client, host="reviews:9080"),
+        cases[f"+ meshstats C, {os.path.basename(compared)}"] = meshstats(
+            store_c, load_grpc_module(compared)
         )
-    cases["+ py-grpc-prometheus"] = GrpcCase(PromServerInterceptor(), PromClientInterceptor())
-    cases["+ the exchange's metadata alone"] = GrpcCase(ExchangeOnlyServer(), ExchangeOnlyClient())
+    cases["+ py-grpc-prometheus"] = lambda: GrpcCase(
+        PromServerInterceptor(), PromClientInterceptor(), timed
+    )
+    cases["+ the exchange's metadata alone"] = lambda: GrpcCase(
+        ExchangeOnlyServer(), ExchangeOnlyClient(), timed
+    )
     return cases
+
+
+def grpc_cases(
+    store_c: ModuleType, store_py: ModuleType, compared: str | None = None
+) -> dict[str, GrpcCase]:
+    return {
+        name: build() for name, build in grpc_case_factories(store_c, store_py, compared).items()
+    }
 
 
 # -- pytest-benchmark --------------------------------------------------------------------------
@@ -413,6 +441,24 @@ def test_grpc(benchmark: Any, grpc_pair: dict[str, GrpcCase], name: str) -> None
     case = grpc_pair[name]
     benchmark.extra_info["calls_per_round"] = 20
     benchmark(case.run, 20)
+
+
+def test_grpc_untimed_cases(store_c: ModuleType, store_py: ModuleType) -> None:
+    """The cases as ``--instructions`` runs them (no timers; the bare one with no
+    interceptor at all) answer, and the meshstats ones record what they answered."""
+    for name, build in grpc_case_factories(store_c, store_py, timed=False).items():
+        if name == "+ py-grpc-prometheus":
+            continue  # its metrics live in the default registry: built once per process
+        case = build()
+        try:
+            case.run(3)  # after the 10 the case makes when built
+            server, client = case.interceptors
+            assert (server is None) == (client is None) == (name == "bare grpcio"), name
+            for side in (server, client) if isinstance(server, IstioServerInterceptor) else ():
+                text = side.engine.render().decode()
+                assert 'request_protocol="grpc"' in text and "} 13" in text, (name, text)
+        finally:
+            case.close()
 
 
 # -- interleaved figures -----------------------------------------------------------------------
@@ -494,6 +540,60 @@ def _inside(cases: dict[str, GrpcCase], rounds: int, n: int) -> None:
         print(f"{name:<40}{text(both):>24}{text(server):>24}{text(client):>24}{ratio:>14.2f}x")
 
 
+#: Calls in the two runs of a case under callgrind: their difference is per call only
+#: (start-up, imports and the connection cancel out).
+INSTRUCTION_CALLS = (200, 2200)
+
+
+def _callgrind(name: str, calls: int, compared: str | None) -> int:
+    """Instructions one process executes (every thread) building case ``name`` and making
+    ``calls`` calls, counted by valgrind's callgrind."""
+    import re
+    import subprocess
+
+    command = [
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        sys.executable, os.path.abspath(__file__), "--one-case", name, "--calls", str(calls),
+    ]  # fmt: skip
+    if compared is not None:
+        command += ["--grpc-compare", compared]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{name!r} under callgrind failed:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def _instructions(names: list[str], compared: str | None) -> None:
+    """Instructions per call of each case, every thread of the process counted, and what
+    each adds to the bare call: deterministic where CPU time swings by hundreds of us
+    (two runs of a case differ by a few hundred instructions a call). The cases run
+    untimed, as a user's process does (gRPC's interceptor machinery included)."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    low, high = INSTRUCTION_CALLS
+    jobs = [(name, calls) for name in names for calls in (low, high)]
+    counts: dict[tuple[str, int], int] = {}
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # each run is one process
+        running = {job: pool.submit(_callgrind, *job, compared) for job in jobs}
+        for i, (job, future) in enumerate(running.items()):
+            counts[job] = future.result()
+            print(f"\rcallgrind: run {i + 1}/{len(jobs)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    per = {name: (counts[name, high] - counts[name, low]) / (high - low) for name in names}
+    bare, ours = per[names[0]], per[names[1]] - per[names[0]]
+    print(f"\n{GRPC_GROUP}: instructions per call, every thread (callgrind; the difference")
+    print(f"of {high} and {low} calls in one process each, the cases untimed)")
+    print(f"{'case':<50}{'per call':>12}{'added':>12}{'added / meshstats C':>22}")
+    for name in names:
+        added = per[name] - bare
+        ratio = f"{added / ours:.2f}x" if name != names[0] and ours > 0 else ""
+        print(f"{name:<50}{per[name] / 1e3:>10.1f} k{added / 1e3:>+10.1f} k{ratio:>22}")
+
+
 def main(argv: list[str]) -> int:
     """Per-request CPU time of each case, rounds interleaved; the cost each adds to the bare
     app, and that cost as a multiple of meshstats'."""
@@ -507,7 +607,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--grpc-compare", metavar="GRPC_PY", help="another meshstats/grpc.py, as one more case"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="gRPC: instructions per call under valgrind's callgrind, instead of CPU time",
+    )
+    parser.add_argument("--one-case", help=argparse.SUPPRESS)  # a callgrind run's process
     args = parser.parse_args(argv)
+    if args.one_case is not None:
+        factories = grpc_case_factories(_store_c, _store_py, args.grpc_compare, timed=False)
+        case = factories[args.one_case]()
+        case.run(args.calls)
+        case.close()
+        return 0
+    if args.instructions:
+        names = list(grpc_case_factories(_store_c, _store_py, args.grpc_compare))
+        _instructions(names, args.grpc_compare)
+        return 0
     if args.only != "grpc":
         asgi = asgi_cases(_store_c, _store_py)
         for case in asgi.values():
