@@ -37,8 +37,8 @@ in the same run.
 ``--instructions`` counts instead the instructions each gRPC case executes per call, every
 thread of the process, under valgrind's callgrind (each case in its own process, untimed,
 two call counts whose difference is the calls alone): a measure that does not swing with
-the machine's load or gRPC's thread scheduling as CPU time does (two runs of a case differ
-by under 10k instructions a call, about 1%)::
+the machine's load as CPU time does (two runs of a case differ by up to about 15k
+instructions a call, 2% of the call, where CPU time's middle half spans 100 us, 15%)::
 
     PYTHONPATH=src python benchmarks/bench_embed.py --instructions
 """
@@ -566,9 +566,9 @@ def _callgrind(name: str, calls: int, compared: str | None) -> int:
 
 def _instructions(names: list[str], compared: str | None) -> None:
     """Instructions per call of each case, every thread of the process counted, and what
-    each adds to the bare call: deterministic where CPU time swings by hundreds of us
-    (two runs of a case differ by a few hundred instructions a call). The cases run
-    untimed, as a user's process does (gRPC's interceptor machinery included)."""
+    each adds to the bare call: repeatable where CPU time swings by hundreds of us (see
+    the module's docstring). The cases run untimed, as a user's process does (gRPC's
+    interceptor machinery included)."""
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
