@@ -314,6 +314,20 @@ async def bytes_recorded(m: Mesh) -> tuple[float, float]:
     return total(client, "istio_request_bytes_sum"), total(client, "istio_response_bytes_sum")
 
 
+async def ask_after(client: Client) -> None:
+    """One more plain request on the connection, answered by the app."""
+    again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
+    assert again.body == b"/after:"
+
+
+async def served_plainly(m: Mesh, client: Client, n: int) -> None:
+    """The client sidecar recorded ``n`` requests answered 200, with the bytes the client
+    sent and received."""
+    client_samples, _ = await m.metrics()
+    assert codes(client_samples, "source") == {("200", "-"): n}
+    assert await bytes_recorded(m) == (client.sent, client.received)
+
+
 # -- whole requests ----------------------------------------------------------------------------
 
 
@@ -376,9 +390,7 @@ def test_a_request_body_still_arriving(certs: Certs, backend: Backend, relay: st
             assert (answer.status, answer.body) == (200, b"/up:first-last")
             again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
             assert again.body == b"/after:" and app.connections == 1
-            client_samples, _ = await m.metrics()
-            assert codes(client_samples, "source") == {("200", "-"): 3}
-            assert await bytes_recorded(m) == (client.sent, client.received)
+            await served_plainly(m, client, 3)
 
     run(main())
 
@@ -396,11 +408,8 @@ def test_a_response_still_arriving(certs: Certs, backend: Backend, relay: str) -
             rest = await asyncio.wait_for(client.reader.readexactly(5), STALL)
             assert rest == b"-last"
             client.received += size + 10
-            again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
-            assert again.body == b"/after:"
-            client_samples, _ = await m.metrics()
-            assert codes(client_samples, "source") == {("200", "-"): 3}
-            assert await bytes_recorded(m) == (client.sent, client.received)
+            await ask_after(client)
+            await served_plainly(m, client, 3)
 
     run(main())
 
@@ -412,11 +421,8 @@ def test_an_informational_response_is_not_forwarded(
         async with setup(certs, backend) as (app, m, client):
             answer = await client.ask(b"GET /hints HTTP/1.1\r\n" + HOST + b"\r\n")
             assert (answer.status, answer.body) == (200, b"/hints:")
-            again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
-            assert again.body == b"/after:"
-            client_samples, _ = await m.metrics()
-            assert codes(client_samples, "source") == {("200", "-"): 3}
-            assert await bytes_recorded(m) == (client.sent, client.received)
+            await ask_after(client)
+            await served_plainly(m, client, 3)
 
     run(main())
 
@@ -430,8 +436,7 @@ def test_an_upstream_that_lets_go_is_replaced(certs: Certs, backend: Backend, re
             answer = await client.ask(b"GET /close HTTP/1.1\r\n" + HOST + b"\r\n")
             assert (answer.status, answer.body) == (200, b"/close:")
             assert b"connection" not in answer.fields  # the client's connection goes on
-            again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
-            assert again.body == b"/after:"
+            await ask_after(client)
             assert app.connections == 2
             client_samples, _ = await m.metrics()
             assert codes(client_samples, "source") == {("200", "-"): 3}
@@ -531,9 +536,7 @@ def test_a_client_pipelining_far_ahead_and_not_reading(
             answers = [await client.response() for _ in requests]
             assert all(a.body == b"b" * App.BIG for a in answers[:40])
             assert [a.body for a in answers[40:]] == [b"/p%d:" % i + b"q" * 3000 for i in range(40)]
-            client_samples, _ = await m.metrics()
-            assert codes(client_samples, "source") == {("200", "-"): 1 + len(requests)}
-            assert await bytes_recorded(m) == (client.sent, client.received)
+            await served_plainly(m, client, 1 + len(requests))
 
     run(main())
 
@@ -551,8 +554,7 @@ def test_an_expectation_after_plain_requests(certs: Certs, backend: Backend, rel
             client.received += size
             answer = await client.ask(b"body")
             assert (answer.status, answer.body) == (200, b"/e:body")
-            again = await client.ask(b"GET /after HTTP/1.1\r\n" + HOST + b"\r\n")
-            assert again.body == b"/after:"
+            await ask_after(client)
             assert await bytes_recorded(m) == (client.sent, client.received)
 
     run(main())
@@ -591,9 +593,7 @@ def test_a_client_that_reads_late(certs: Certs, backend: Backend, relay: str) ->
             await eventually(answered)  # nothing read until then
             answers = [await client.response() for _ in requests]
             assert all(a.body == b"l" * App.LARGE for a in answers)
-            client_samples, _ = await m.metrics()
-            assert codes(client_samples, "source") == {("200", "-"): 1 + len(requests)}
-            assert await bytes_recorded(m) == (client.sent, client.received)
+            await served_plainly(m, client, 1 + len(requests))
 
     run(main())
 
